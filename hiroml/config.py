@@ -1,0 +1,169 @@
+"""Typed configuration: one dataclass per config group.
+
+These dataclasses are the schema of the YAML files under ``configs/`` (Hydra structured
+configs): a misspelled key or a value of the wrong type is rejected when Hydra composes the
+config. ``hiroml.cli`` converts the composed config with ``OmegaConf.to_object`` into a
+:class:`BuildConfig` and passes each stage its own section. Nothing below the CLI imports
+Hydra.
+
+``Optional[...]``/``List[...]`` spellings are kept on purpose: OmegaConf reads these
+annotations at run time.
+"""
+
+# ruff: noqa: UP006, UP035, UP045
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hiroml.errors import ConfigError
+
+
+def _check_choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{key}={value!r}: choose one of {', '.join(choices)}")
+
+
+@dataclass
+class PathsConfig:
+    """Where to read and write. ``datamart: null`` builds the synthetic demo datamart."""
+
+    datamart: Optional[str] = None
+    output: str = "hiroml-out"
+    remap_sheet: Optional[str] = None  # default: <datamart>/C19_HIRO_LDS_REMAP_PUB-LIST.xlsx
+    clinical: Optional[str] = None  # CSV, Parquet or xlsx with one row per patient
+    index_db: Optional[str] = None  # default: <output>/.hiroml/index.sqlite
+    demo_dir: Optional[str] = None  # where the demo datamart is generated; default <output>/../
+
+
+@dataclass
+class IndexConfig:
+    """Zip safety caps, applied before anything is inflated."""
+
+    max_members: int = 20_000
+    max_member_bytes: int = 2 * 1024**3
+    max_total_bytes: int = 16 * 1024**3
+    max_ratio: float = 200.0  # uncompressed / compressed, per member
+
+
+@dataclass
+class IdentityConfig:
+    remap_old_column: Optional[str] = None  # header of the old-id column; None: detected
+    remap_new_column: Optional[str] = None
+    clinical_id_column: str = "patient_id"
+    clinical_encounter_column: Optional[str] = "covid_encounter_date"
+    enforce_windows: bool = False  # drop exams outside the tip sheet's windows (else report)
+    cxr_window_days: int = 365  # radiographs from one year before the encounter
+    ct_window_days: int = 31  # CT from one month before
+
+
+@dataclass
+class ExamsConfig:
+    ct_split_window_minutes: float = 30.0  # split CT zips closer than this are one exam
+
+
+@dataclass
+class CxrConfig:
+    enabled: bool = True
+    size: List[int] = field(default_factory=lambda: [512, 512])  # (H, W)
+    keep_aspect: bool = True  # pad to size instead of stretching
+    normalization: str = "voi"  # voi | percentile | minmax
+    voi_index: int = 0  # which of several windows / VOI LUTs
+    percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
+    dtype: str = "float16"  # float16 | uint8 | uint16
+    views: List[str] = field(default_factory=lambda: ["frontal"])  # frontal, lateral, unknown
+    drop_derived: bool = True  # drop ImageType DERIVED/SECONDARY and Modality OT/SC
+
+    def __post_init__(self) -> None:
+        _check_choice("cxr", "normalization", self.normalization, ("voi", "percentile", "minmax"))
+        _check_choice("cxr", "dtype", self.dtype, ("float16", "uint8", "uint16"))
+        for v in self.views:
+            _check_choice("cxr", "views", v, ("frontal", "lateral", "unknown"))
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise ConfigError(f"cxr.size={list(self.size)}: give [height, width], each >= 8")
+
+
+@dataclass
+class CtConfig:
+    enabled: bool = True
+    series: str = "best"  # best | all
+    preferred_kernels: List[str] = field(
+        default_factory=lambda: ["LUNG", "B70", "B60", "BONE", "SHARP", "STANDARD", "SOFT", "B30"]
+    )
+    min_slices: int = 10
+    drop_derived: bool = True
+    duplicate_policy: str = "split"  # split | reject: same position, different pixels
+    spacing_policy: str = "resample"  # resample | reject: gaps or uneven spacing
+    tilt_policy: str = "resample"  # resample | reject
+    spacing_rtol: float = 0.05  # relative tolerance on slice spacing
+    spacing_atol: float = 0.01  # mm
+    resample_spacing: Optional[List[float]] = None  # e.g. [1.5, 1.5, 1.5] (x, y, z) mm
+    clip_hu: Optional[List[float]] = None  # e.g. [-1024, 3071]
+
+    def __post_init__(self) -> None:
+        _check_choice("ct", "series", self.series, ("best", "all"))
+        _check_choice("ct", "duplicate_policy", self.duplicate_policy, ("split", "reject"))
+        _check_choice("ct", "spacing_policy", self.spacing_policy, ("resample", "reject"))
+        _check_choice("ct", "tilt_policy", self.tilt_policy, ("resample", "reject"))
+
+
+@dataclass
+class ShardsConfig:
+    max_samples: int = 512  # roll over after this many samples ...
+    max_bytes: int = 2 * 1024**3  # ... or this many uncompressed bytes
+    compression: str = "none"  # none | lz4 | zstd | gzip
+    ct_chunks: str = "slice"  # slice | cube: favour whole slices or 3-D patches
+
+    def __post_init__(self) -> None:
+        _check_choice("shards", "compression", self.compression, ("none", "lz4", "zstd", "gzip"))
+        _check_choice("shards", "ct_chunks", self.ct_chunks, ("slice", "cube"))
+
+
+@dataclass
+class SplitsConfig:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    salt: str = "hiroml"
+    stratify: Optional[str] = None  # a label column of the clinical table
+    test_list: Optional[str] = None  # text file of patient ids always put in test
+
+    def __post_init__(self) -> None:
+        total = self.train + self.val + self.test
+        if min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
+            raise ConfigError(
+                f"splits: train={self.train}, val={self.val}, test={self.test} must be >= 0 "
+                f"and add up to 1 (they add up to {total:g})"
+            )
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"  # local | dask
+    workers: Optional[int] = None  # None: all cores
+    scheduler: Optional[str] = None  # dask scheduler address; None starts a LocalCluster
+    exams_per_task: int = 16
+
+    def __post_init__(self) -> None:
+        _check_choice("executor", "kind", self.kind, ("local", "dask"))
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers if self.workers else (os.cpu_count() or 1)
+
+
+@dataclass
+class BuildConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    exams: ExamsConfig = field(default_factory=ExamsConfig)
+    cxr: CxrConfig = field(default_factory=CxrConfig)
+    ct: CtConfig = field(default_factory=CtConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    strict: bool = False  # any per-exam error fails the build
+    demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
+    seed: int = 0
+    progress: bool = True

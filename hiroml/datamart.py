@@ -1,0 +1,232 @@
+"""Discovery: batch folders and exam zip names, parsed into typed records.
+
+Pure parsing of names plus one directory listing; no zip is opened here. Names that do not
+parse are reported (a :class:`~hiroml.records.Problem` with the reason), never fatal.
+
+Layout (the data provider's tip sheet)::
+
+    <root>/C19_HIRO_LDS_REMAP_PUB-LIST.xlsx
+    <root>/{CXR|CT}-UPDATE-YYYYMMDD-{COMPLETE|IN-PROGRESS}/
+        PATIENT_yyyymmdd-hhmmss_HIROID_Description.zip
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from hiroml.errors import DatamartError
+from hiroml.records import Action, Batch, BatchStatus, ExamZip, Modality, Problem, ZipName
+
+log = logging.getLogger(__name__)
+
+REMAP_SHEET_NAME = "C19_HIRO_LDS_REMAP_PUB-LIST.xlsx"
+ZIP_NAME_FORMAT = "PATIENT_yyyymmdd-hhmmss_HIROID_Description.zip"
+
+_BATCH_RE = re.compile(r"^(CXR|CT)-UPDATE-(\d{8})-(COMPLETE|IN-PROGRESS)$", re.IGNORECASE)
+_ZIP_RE = re.compile(
+    r"^(?P<patient>[^_\s]+)_(?P<date>\d{8})-(?P<time>\d{6})_(?P<hiro>[^_\s]+)_(?P<desc>.+)\.zip$",
+    re.IGNORECASE,
+)
+_TOKEN_SPLIT = re.compile(r"[-_\s]+")
+# Modality codes that open an EPIC procedure description ("XR-P-PORT-CHEST-1-VIEW").
+_MODALITY_CODES = frozenset({"XR", "CR", "DX", "CT", "CTA"})
+
+
+def parse_batch_name(name: str) -> Batch:
+    """Parse ``{CXR|CT}-UPDATE-YYYYMMDD-{COMPLETE|IN-PROGRESS}``; ValueError says why not."""
+    m = _BATCH_RE.match(name)
+    if m is None:
+        raise ValueError(
+            f"folder name {name!r} is not {{CXR|CT}}-UPDATE-YYYYMMDD-{{COMPLETE|IN-PROGRESS}}"
+        )
+    kind, date, status = m.groups()
+    try:
+        day = dt.datetime.strptime(date, "%Y%m%d").date()
+    except ValueError as e:
+        raise ValueError(f"folder name {name!r}: {date} is not a valid date") from e
+    return Batch(
+        name=name,
+        modality=Modality.CXR if kind.upper() == "CXR" else Modality.CT,
+        date=day,
+        status=BatchStatus(status.upper()),
+    )
+
+
+def is_pediatric(description: str) -> bool:
+    """True when a ``P`` token follows the modality code: ``XR-P-PORT-CHEST-1-VIEW``,
+    ``XR P PORT CHEST 1 VIEW`` (the tip sheet's pediatric marker)."""
+    tokens = [t for t in _TOKEN_SPLIT.split(description.strip()) if t]
+    return len(tokens) >= 2 and tokens[0].upper() in _MODALITY_CODES and tokens[1].upper() == "P"
+
+
+def parse_zip_name(file_name: str) -> ZipName:
+    """Parse ``PATIENT_yyyymmdd-hhmmss_HIROID_Description.zip``.
+
+    The description is everything after the third underscore and may hold ``_`` and ``-``.
+    Raises ValueError naming what is wrong.
+    """
+    m = _ZIP_RE.match(file_name)
+    if m is None:
+        raise ValueError(f"zip name {file_name!r} does not follow {ZIP_NAME_FORMAT}")
+    try:
+        time = dt.datetime.strptime(m["date"] + m["time"], "%Y%m%d%H%M%S")
+    except ValueError as e:
+        raise ValueError(
+            f"zip name {file_name!r}: {m['date']}-{m['time']} is not a valid timestamp"
+        ) from e
+    desc = m["desc"]
+    return ZipName(
+        patient_id=m["patient"],
+        time=time,
+        hiro_id=m["hiro"],
+        description=desc,
+        pediatric=is_pediatric(desc),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a datamart folder holds. ``zips`` are the exam zips of COMPLETE batches;
+    ``problems`` hold skipped (in-progress) and unusable entries, one per file."""
+
+    root: str
+    batches: tuple[Batch, ...]
+    zips: tuple[ExamZip, ...]
+    problems: tuple[Problem, ...]
+    remap_sheet: str | None
+
+
+def discover(root: str | os.PathLike[str]) -> Discovery:
+    """List batch folders and exam zips under ``root``, sorted by batch date then name.
+
+    Folders marked IN-PROGRESS are never read: each of their zips becomes a ``skipped``
+    problem. Entries that are neither batch folders nor the remap sheet are reported too.
+    """
+    rootp = Path(root)
+    if not rootp.is_dir():
+        raise DatamartError(f"datamart folder {rootp} does not exist or is not a folder")
+    batches: list[Batch] = []
+    zips: list[ExamZip] = []
+    problems: list[Problem] = []
+    remap: str | None = None
+    for entry in sorted(os.scandir(rootp), key=lambda e: e.name):
+        if entry.is_file() and entry.name.lower() == REMAP_SHEET_NAME.lower():
+            remap = entry.path
+            continue
+        if not entry.is_dir():
+            log.debug("ignoring file %s at the datamart root", entry.name)
+            continue
+        if entry.name.startswith("."):
+            continue
+        try:
+            batch = parse_batch_name(entry.name)
+        except ValueError as e:
+            problems.append(
+                Problem(
+                    zip="",
+                    batch=entry.name,
+                    member="",
+                    stage="discover",
+                    reason=f"{e}; folder not read",
+                    action=Action.SKIPPED,
+                )
+            )
+            continue
+        batches.append(batch)
+        found, bad = _scan_batch(Path(entry.path), batch)
+        zips.extend(found)
+        problems.extend(bad)
+    batches.sort(key=lambda b: (b.date, b.name))
+    order = {b.name: i for i, b in enumerate(batches)}
+    zips.sort(key=lambda z: (order[z.batch.name], z.file_name))
+    return Discovery(
+        root=str(rootp),
+        batches=tuple(batches),
+        zips=tuple(zips),
+        problems=tuple(problems),
+        remap_sheet=remap,
+    )
+
+
+def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem]]:
+    zips: list[ExamZip] = []
+    problems: list[Problem] = []
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    if batch.status is BatchStatus.IN_PROGRESS:
+        names = [e.name for e in entries if not e.name.startswith(".")]
+        reason = "batch upload IN-PROGRESS: not read until the folder is marked COMPLETE"
+        for name in names:
+            problems.append(
+                Problem(
+                    zip=name,
+                    batch=batch.name,
+                    member="",
+                    stage="discover",
+                    reason=reason,
+                    action=Action.SKIPPED,
+                )
+            )
+        if not names:
+            problems.append(
+                Problem(
+                    zip="",
+                    batch=batch.name,
+                    member="",
+                    stage="discover",
+                    reason=reason + " (folder empty)",
+                    action=Action.SKIPPED,
+                )
+            )
+        return zips, problems
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            problems.append(
+                Problem(
+                    zip=e.name,
+                    batch=batch.name,
+                    member="",
+                    stage="discover",
+                    reason="a folder inside a batch folder, not an exam zip; not read",
+                    action=Action.SKIPPED,
+                )
+            )
+            continue
+        if not e.name.lower().endswith(".zip"):
+            problems.append(
+                Problem(
+                    zip=e.name,
+                    batch=batch.name,
+                    member="",
+                    stage="discover",
+                    reason="not a .zip file; not read",
+                    action=Action.SKIPPED,
+                )
+            )
+            continue
+        try:
+            parsed = parse_zip_name(e.name)
+        except ValueError as err:
+            problems.append(
+                Problem(
+                    zip=e.name,
+                    batch=batch.name,
+                    member="",
+                    stage="discover",
+                    reason=f"{err}; not read",
+                )
+            )
+            continue
+        st = e.stat()
+        zips.append(
+            ExamZip(
+                batch=batch, file_name=e.name, name=parsed, size=st.st_size, mtime_ns=st.st_mtime_ns
+            )
+        )
+    return zips, problems

@@ -1,0 +1,44 @@
+"""The exception hierarchy. Messages are built before raising and name the file concerned."""
+
+from __future__ import annotations
+
+
+class HiromlError(Exception):
+    """Base of every error hiroml raises on purpose."""
+
+
+class ConfigError(HiromlError):
+    """A configuration value is missing, misspelled or out of range."""
+
+
+class DatamartError(HiromlError):
+    """The datamart folder itself cannot be used (missing, unreadable)."""
+
+
+class ZipSafetyError(HiromlError):
+    """A zip exceeds a safety cap (member count, size, compression ratio) or has unsafe
+    member names."""
+
+
+class BadInputError(HiromlError):
+    """One input file (zip, member, DICOM) is unusable; the build records it and goes on."""
+
+
+class RemapError(HiromlError):
+    """The patient-id remap sheet is inconsistent (cycle, conflicting targets) or unreadable."""
+
+
+class DecodeError(BadInputError):
+    """Pixel data could not be decoded."""
+
+
+class GeometryError(BadInputError):
+    """A CT series has geometry we refuse to store (gaps, duplicates, odd orientation...)."""
+
+
+class ExamError(HiromlError):
+    """An error wrapped with the exam's key at the exam boundary."""
+
+
+class VerifyError(HiromlError):
+    """An output folder failed verification."""

@@ -1,0 +1,420 @@
+"""Header indexing: one :class:`~hiroml.records.Instance` per DICOM member, cached in SQLite.
+
+Each zip is read in memory through :class:`hiroml.zipio.SafeZip`; each member is parsed
+with pydicom and fingerprinted (SHA-1 of the raw (7FE0,0010) Pixel Data bytes); no pixel is
+decoded. Results are cached per zip in an SQLite database keyed by the zip's path relative
+to the datamart root, its size and its modification time, so a weekly re-run reads only new
+or changed zips, and zips that disappeared leave the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from tqdm import tqdm
+
+from hiroml.config import IndexConfig
+from hiroml.errors import BadInputError, ZipSafetyError
+from hiroml.records import Action, ExamZip, Instance, Problem
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_FIELDS = tuple(f.name for f in fields(Instance))
+_TUPLE_FIELDS = frozenset(
+    {"image_type", "position", "orientation", "pixel_spacing", "imager_pixel_spacing"}
+)
+# The cache is invalidated whenever the Instance record changes shape.
+SCHEMA_VERSION = "1:" + hashlib.sha1(",".join(_INSTANCE_FIELDS).encode()).hexdigest()[:12]
+
+_UNCOMPRESSED = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+}
+
+
+# --------------------------------------------------------------------------- one instance
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        seq = list(value) if isinstance(value, pydicom.multival.MultiValue | list) else [value]
+        out = tuple(float(v) for v in seq)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    vals = _floats(ds, keyword, 1)
+    return vals[0] if vals else None
+
+
+def instance_from_dataset(
+    ds: Dataset, *, batch: str, zip_name: str, member: str, member_size: int
+) -> Instance:
+    """Build the header record of one instance. Tolerates absent or malformed optional
+    attributes (they become ``None``/""); raises :class:`BadInputError` when (0008,0018)
+    SOP Instance UID is missing or the pixel data is shorter than its header promises."""
+    sop = _text(ds, "SOPInstanceUID")
+    if not sop:
+        raise BadInputError(f"{zip_name}: {member} has no (0008,0018) SOP Instance UID")
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    pixel_bytes: bytes | None = None
+    if "PixelData" in ds:
+        raw = ds["PixelData"].value
+        pixel_bytes = raw if isinstance(raw, bytes) else bytes(raw or b"")
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits = _int(ds, "BitsAllocated") or 0
+    frames = _int(ds, "NumberOfFrames") or 1
+    spp = _int(ds, "SamplesPerPixel") or 1
+    if pixel_bytes is not None and tsyntax in _UNCOMPRESSED:
+        want = rows * cols * frames * spp * bits // 8
+        if bits >= 8 and len(pixel_bytes) < want:
+            raise BadInputError(
+                f"{zip_name}: {member} has {len(pixel_bytes)} bytes of pixel data, its header "
+                f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}: "
+                "truncated pixel data"
+            )
+    kernel = _text(ds, "ConvolutionKernel")
+    return Instance(
+        batch=batch,
+        zip=zip_name,
+        member=member,
+        member_size=member_size,
+        sop_uid=sop,
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        modality=_text(ds, "Modality"),
+        patient_id=_text(ds, "PatientID"),
+        patient_age=_text(ds, "PatientAge"),
+        sex=_text(ds, "PatientSex"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        series_date=_text(ds, "SeriesDate"),
+        series_time=_text(ds, "SeriesTime"),
+        acquisition_time=_text(ds, "AcquisitionTime"),
+        image_type=tuple(_text(ds, "ImageType").split("\\")) if "ImageType" in ds else (),
+        position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+        orientation=_floats(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
+        pixel_spacing=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
+        imager_pixel_spacing=_floats(ds, "ImagerPixelSpacing", 2),  # type: ignore[arg-type]
+        slice_thickness=_float(ds, "SliceThickness"),
+        rows=rows,
+        columns=cols,
+        number_of_frames=frames,
+        samples_per_pixel=spp,
+        photometric=_text(ds, "PhotometricInterpretation"),
+        bits_allocated=bits,
+        bits_stored=_int(ds, "BitsStored") or 0,
+        pixel_representation=_int(ds, "PixelRepresentation") or 0,
+        rescale_slope=_float(ds, "RescaleSlope"),
+        rescale_intercept=_float(ds, "RescaleIntercept"),
+        transfer_syntax=tsyntax,
+        view_position=_text(ds, "ViewPosition"),
+        laterality=_text(ds, "ImageLaterality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        kernel=kernel,
+        gantry_tilt=_float(ds, "GantryDetectorTilt"),
+        has_pixels=pixel_bytes is not None,
+        pixel_hash=hashlib.sha1(pixel_bytes).hexdigest() if pixel_bytes is not None else "",
+    )
+
+
+def read_dataset(data: bytes, *, label: str) -> Dataset:
+    """Parse a DICOM member's bytes; :class:`BadInputError` names ``label`` and the cause."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as e:
+        raise BadInputError(f"{label}: not a DICOM file ({e})") from e
+    except Exception as e:  # pydicom raises many types on damaged files
+        raise BadInputError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and not UID(str(ts)).is_transfer_syntax:
+        raise BadInputError(f"{label}: unknown (0002,0010) Transfer Syntax UID {ts}")
+    return ds
+
+
+# --------------------------------------------------------------------------- one zip
+
+
+@dataclass(frozen=True, slots=True)
+class ZipIndex:
+    """What one zip holds: its instances and the problems met while reading it."""
+
+    rel_path: str
+    instances: tuple[Instance, ...]
+    problems: tuple[Problem, ...]
+
+
+def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) -> ZipIndex:
+    """Index every member of one exam zip. Never raises for bad input: an unreadable zip or
+    member becomes a :class:`Problem` naming it."""
+    from hiroml.zipio import SafeZip
+
+    batch, name = ezip.batch.name, ezip.file_name
+    instances: list[Instance] = []
+    problems: list[Problem] = []
+
+    def problem(member: str, reason: str, action: Action = Action.ERROR) -> None:
+        problems.append(
+            Problem(
+                zip=name, batch=batch, member=member, stage="index", reason=reason, action=action
+            )
+        )
+
+    try:
+        z = SafeZip(path, limits)
+    except (BadInputError, ZipSafetyError, OSError) as e:
+        problem("", str(e))
+        return ZipIndex(ezip.rel_path, (), tuple(problems))
+    with z:
+        for member, reason in z.rejected:
+            problem(member, f"{name}: member {member!r} refused: {reason}")
+        members = z.members()
+        if not members:
+            problem("", f"{name}: the zip holds no files")
+        seen: dict[str, str] = {}
+        for member in members:
+            label = f"{name}: {member}"
+            try:
+                data = z.read(member)
+                ds = read_dataset(data, label=label)
+                inst = instance_from_dataset(
+                    ds, batch=batch, zip_name=name, member=member, member_size=len(data)
+                )
+            except BadInputError as e:
+                problem(member, str(e))
+                continue
+            if inst.sop_uid in seen:
+                problem(
+                    member,
+                    f"{label}: SOP Instance UID {inst.sop_uid} repeats member "
+                    f"{seen[inst.sop_uid]}; kept once",
+                    Action.DUPLICATE,
+                )
+                continue
+            seen[inst.sop_uid] = member
+            instances.append(inst)
+    return ZipIndex(ezip.rel_path, tuple(instances), tuple(problems))
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def _to_row(obj: Instance | Problem) -> list[Any]:
+    return [getattr(obj, f.name) for f in fields(obj)]
+
+
+def _instance_from_row(row: list[Any]) -> Instance:
+    kw = dict(zip(_INSTANCE_FIELDS, row, strict=True))
+    for k in _TUPLE_FIELDS:
+        if kw[k] is not None:
+            kw[k] = tuple(kw[k])
+    return Instance(**kw)
+
+
+def _problem_from_row(row: list[Any]) -> Problem:
+    zip_, batch, member, stage, reason, action = row
+    return Problem(
+        zip=zip_, batch=batch, member=member, stage=stage, reason=reason, action=Action(action)
+    )
+
+
+class IndexCache:
+    """The SQLite index database: one row per zip with its instances and problems as JSON.
+
+    ``key`` is ``(size, mtime_ns)``: a zip whose key changed is re-read.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, root: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS zips (rel_path TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, instances TEXT, problems TEXT)"
+        )
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        want = {"schema": SCHEMA_VERSION, "root": os.path.abspath(root)}
+        if any(meta.get(k) != v for k, v in want.items()):
+            if meta:
+                log.info("index cache %s was made for another schema or datamart: reset", self.path)
+            self.db.execute("DELETE FROM zips")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", want.items())
+            self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def keys(self) -> dict[str, tuple[int, int]]:
+        rows = self.db.execute("SELECT rel_path, size, mtime_ns FROM zips").fetchall()
+        return {r: (s, m) for r, s, m in rows}
+
+    def load(self, rel_paths: Iterable[str]) -> Iterator[ZipIndex]:
+        wanted = set(rel_paths)
+        for rel, inst_json, prob_json in self.db.execute(
+            "SELECT rel_path, instances, problems FROM zips ORDER BY rel_path"
+        ):
+            if rel in wanted:
+                yield ZipIndex(
+                    rel,
+                    tuple(_instance_from_row(r) for r in json.loads(inst_json)),
+                    tuple(_problem_from_row(r) for r in json.loads(prob_json)),
+                )
+
+    def store(self, ezip: ExamZip, zi: ZipIndex) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO zips VALUES (?, ?, ?, ?, ?)",
+            (
+                ezip.rel_path,
+                ezip.size,
+                ezip.mtime_ns,
+                json.dumps([_to_row(i) for i in zi.instances]),
+                json.dumps([_to_row(p) for p in zi.problems]),
+            ),
+        )
+
+    def forget(self, rel_paths: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM zips WHERE rel_path = ?", [(r,) for r in rel_paths])
+
+    def commit(self) -> None:
+        self.db.commit()
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True, slots=True)
+class IndexResult:
+    instances: tuple[Instance, ...]
+    problems: tuple[Problem, ...]
+    read: int  # zips read now
+    cached: int  # zips taken from the cache
+    removed: int  # zips that left the index
+    seconds: float
+    bytes_read: int
+
+
+def _index_job(args: tuple[str, ExamZip, IndexConfig]) -> ZipIndex:
+    return index_zip(*args)
+
+
+def build_index(
+    root: str | os.PathLike[str],
+    zips: Sequence[ExamZip],
+    *,
+    db_path: str | os.PathLike[str],
+    limits: IndexConfig,
+    workers: int = 1,
+    progress: bool = True,
+    on_zip: Callable[[ZipIndex], None] | None = None,
+) -> IndexResult:
+    """Index ``zips`` (from :func:`hiroml.datamart.discover`), reading only the new or
+    changed ones; the database at ``db_path`` is updated in place.
+
+    Results come back in the order of ``zips``, whatever the worker count.
+    """
+    t0 = time.perf_counter()
+    root = os.fspath(root)
+    cache = IndexCache(db_path, root=root)
+    try:
+        known = cache.keys()
+        current = {z.rel_path: z for z in zips}
+        gone = [r for r in known if r not in current]
+        cache.forget(gone)
+        todo = [z for z in zips if known.get(z.rel_path) != (z.size, z.mtime_ns)]
+        fresh = {z.rel_path for z in todo}
+        results: dict[str, ZipIndex] = {
+            zi.rel_path: zi for zi in cache.load(r for r in current if r not in fresh)
+        }
+        nbytes = sum(z.size for z in todo)
+        bar = tqdm(
+            total=nbytes,
+            unit="B",
+            unit_scale=True,
+            desc=f"index {len(todo)} zips",
+            disable=not progress or not todo,
+            leave=False,
+        )
+        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits) for z in todo]
+        with bar:
+            if workers > 1 and len(jobs) > 1:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    stream: Iterable[ZipIndex] = pool.map(_index_job, jobs, chunksize=1)
+                    _collect(stream, todo, cache, results, bar, on_zip)
+            else:
+                _collect(map(_index_job, jobs), todo, cache, results, bar, on_zip)
+        cache.commit()
+    finally:
+        cache.close()
+    ordered = [results[z.rel_path] for z in zips if z.rel_path in results]
+    return IndexResult(
+        instances=tuple(i for zi in ordered for i in zi.instances),
+        problems=tuple(p for zi in ordered for p in zi.problems),
+        read=len(todo),
+        cached=len(zips) - len(todo),
+        removed=len(gone),
+        seconds=time.perf_counter() - t0,
+        bytes_read=nbytes,
+    )
+
+
+def _collect(
+    stream: Iterable[ZipIndex],
+    todo: Sequence[ExamZip],
+    cache: IndexCache,
+    results: dict[str, ZipIndex],
+    bar: tqdm,
+    on_zip: Callable[[ZipIndex], None] | None,
+) -> None:
+    for n, (ezip, zi) in enumerate(zip(todo, stream, strict=True), 1):
+        cache.store(ezip, zi)
+        results[zi.rel_path] = zi
+        bar.update(ezip.size)
+        if on_zip is not None:
+            on_zip(zi)
+        if n % 64 == 0:
+            cache.commit()  # a crash keeps what was indexed so far

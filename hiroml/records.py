@@ -1,0 +1,273 @@
+"""Typed records that flow between the stages.
+
+Every record is a frozen, slotted dataclass; update with :func:`dataclasses.replace`.
+Code strings that end up in output files are :class:`enum.StrEnum` members, so they
+compare equal to (and serialise as) their plain string values.
+
+Axis conventions: numpy arrays are (z, y, x) for volumes and (y, x) for images;
+geometry tuples named ``*_xyz`` and ``direction`` follow SimpleITK's (x, y, z) order
+in the DICOM patient coordinate system (LPS), lengths in mm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+
+class Modality(StrEnum):
+    """Exam kind, as decided by the batch folder (``CXR-UPDATE-*`` or ``CT-UPDATE-*``)."""
+
+    CXR = "cxr"
+    CT = "ct"
+
+
+class BatchStatus(StrEnum):
+    COMPLETE = "COMPLETE"
+    IN_PROGRESS = "IN-PROGRESS"
+
+
+class Action(StrEnum):
+    """What happened to a zip (or a part of it); the ``action`` column of audit.csv."""
+
+    KEPT = "kept"
+    DUPLICATE = "duplicate"
+    MERGED = "merged"
+    SKIPPED = "skipped"
+    DROPPED = "dropped"
+    ERROR = "error"
+
+
+class View(StrEnum):
+    FRONTAL = "frontal"
+    LATERAL = "lateral"
+    UNKNOWN = "unknown"
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One weekly batch folder, e.g. ``CXR-UPDATE-20200523-COMPLETE``."""
+
+    name: str
+    modality: Modality
+    date: dt.date
+    status: BatchStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ZipName:
+    """The parts of ``PATIENT_yyyymmdd-hhmmss_HIROID_Description.zip``."""
+
+    patient_id: str
+    time: dt.datetime
+    hiro_id: str
+    description: str
+    pediatric: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExamZip:
+    """One exam zip found in a batch folder.
+
+    ``rel_path`` is ``<batch>/<file name>``, relative to the datamart root: the key by which
+    every later stage refers to the zip.
+    """
+
+    batch: Batch
+    file_name: str
+    name: ZipName
+    size: int
+    mtime_ns: int
+
+    @property
+    def rel_path(self) -> str:
+        return f"{self.batch.name}/{self.file_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A bad input found by any stage: becomes an ``error`` (or ``skipped``/``dropped``) audit
+    row. ``zip`` is the zip file name ("" for problems with a folder), ``member`` the member
+    path inside the zip ("" when the whole zip is concerned)."""
+
+    zip: str
+    batch: str
+    member: str
+    stage: str
+    reason: str
+    action: Action = Action.ERROR
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """The header of one DICOM instance (no pixels), as indexed from a zip member.
+
+    DICOM attributes are named by keyword; tuples of numbers are ``None`` when the tag is
+    absent or unreadable. ``pixel_hash`` is a SHA-1 digest (hex) of the raw, still encoded
+    (7FE0,0010) Pixel Data bytes ("" when there is none): equal hashes mean identical stored
+    pixels. (SHA-1 as a content fingerprint, not for security: it is the fastest of hashlib's
+    digests here, 8 ms for a 15 MB radiograph.)
+    """
+
+    batch: str
+    zip: str  # zip file name
+    member: str  # member path inside the zip
+    member_size: int
+    sop_uid: str  # (0008,0018) SOP Instance UID
+    series_uid: str  # (0020,000E) Series Instance UID
+    study_uid: str  # (0020,000D) Study Instance UID
+    sop_class_uid: str  # (0008,0016) SOP Class UID
+    modality: str  # (0008,0060) Modality, e.g. "CR", "DX", "CT"
+    patient_id: str  # (0010,0020) Patient ID, as in the header
+    patient_age: str = ""  # (0010,1010) Patient's Age, e.g. "057Y"
+    sex: str = ""  # (0010,0040) Patient's Sex
+    study_date: str = ""  # (0008,0020) DA
+    study_time: str = ""  # (0008,0030) TM
+    series_date: str = ""
+    series_time: str = ""
+    acquisition_time: str = ""
+    image_type: tuple[str, ...] = ()  # (0008,0008)
+    position: tuple[float, float, float] | None = None  # (0020,0032) mm
+    orientation: tuple[float, float, float, float, float, float] | None = None  # (0020,0037)
+    pixel_spacing: tuple[float, float] | None = None  # (0028,0030) row, column spacing mm
+    imager_pixel_spacing: tuple[float, float] | None = None  # (0018,1164) mm
+    slice_thickness: float | None = None  # (0018,0050) mm
+    rows: int = 0
+    columns: int = 0
+    number_of_frames: int = 1
+    samples_per_pixel: int = 1
+    photometric: str = ""  # (0028,0004)
+    bits_allocated: int = 0
+    bits_stored: int = 0
+    pixel_representation: int = 0
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+    transfer_syntax: str = ""  # (0002,0010) Transfer Syntax UID
+    view_position: str = ""  # (0018,5101)
+    laterality: str = ""  # (0020,0062) Image Laterality
+    body_part: str = ""  # (0018,0015)
+    series_description: str = ""  # (0008,103E)
+    series_number: int | None = None
+    instance_number: int | None = None
+    kernel: str = ""  # (0018,1210) Convolution Kernel, joined with "\\"
+    gantry_tilt: float | None = None  # (0018,1120) degrees
+    has_pixels: bool = True
+    pixel_hash: str = ""
+
+    @property
+    def rel_zip(self) -> str:
+        return f"{self.batch}/{self.zip}"
+
+    @property
+    def folder(self) -> str:
+        """The series folder of the member (its parent path inside the zip)."""
+        return self.member.rpartition("/")[0]
+
+
+# --------------------------------------------------------------------------- exams
+
+
+@dataclass(frozen=True, slots=True)
+class Exam:
+    """A logical exam after dedupe and split-scan merge.
+
+    ``zips`` are rel paths (``<batch>/<file>``) of every zip whose instances it holds, the
+    primary (earliest) first; ``instances`` hold each SOP Instance UID once.
+    """
+
+    exam_key: str
+    modality: Modality
+    patient_id: str  # current id, after the remap sheet
+    source_patient_id: str  # as in the primary zip's name
+    hiro_id: str
+    time: dt.datetime
+    description: str
+    pediatric: bool
+    batch: str  # batch of the primary zip
+    zips: tuple[str, ...]
+    instances: tuple[Instance, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One decision; a row of audit.csv. ``kept_as`` names the zip or exam a duplicate or a
+    merged part went to."""
+
+    zip: str
+    batch: str
+    action: Action
+    reason: str
+    kept_as: str = ""
+    detail: str = ""
+    exam_key: str = ""
+    member: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PatientGroup:
+    """Patient ids that must share a split: linked by the remap sheet, a shared SOP Instance
+    UID or identical pixels. ``links`` explain each non-remap link, for the report."""
+
+    group: str
+    patient_ids: tuple[str, ...]
+    links: tuple[str, ...] = ()
+    source_ids: tuple[str, ...] = ()  # ids as in the zip names (old ids before remap too)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+@dataclass(frozen=True, slots=True)
+class CxrImage:
+    """One radiograph, normalised for training. ``array`` is (H, W) in the storage dtype
+    (float16 in [0, 1], or uint8/uint16 spanning [0, 1] by ``scale``)."""
+
+    sop_uid: str
+    series_uid: str
+    zip: str  # rel path of the source zip
+    member: str
+    array: np.ndarray = field(repr=False)
+    view: View
+    view_source: str  # which attribute decided the view, e.g. "ViewPosition=PA"
+    original_shape: tuple[int, int]
+    pixel_spacing: tuple[float, float] | None  # mm, as stored in the DICOM (row, col)
+    spacing_after: tuple[float, float] | None  # mm, after resizing (row, col)
+    photometric: str
+    bits_stored: int
+    transfer_syntax: str
+    lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
+    inverted: bool
+    scale: float = 1.0  # stored value * scale -> [0, 1]
+
+
+@dataclass(frozen=True, slots=True)
+class CtVolume:
+    """One CT series as a volume in HU. ``array`` is numpy (z, y, x): int16 where lossless,
+    else float32. Geometry in SimpleITK order, mm."""
+
+    series_uid: str
+    series_description: str
+    kernel: str
+    sop_uids: tuple[str, ...]
+    zips: tuple[str, ...]
+    array: np.ndarray = field(repr=False)
+    spacing_xyz: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 numbers, row-major 3x3, columns are the axis directions
+    slice_thickness: float | None
+    resampled: bool
+    decisions: tuple[str, ...] = ()  # human-readable notes: "tilt 12.0 deg resampled", ...
+
+    @property
+    def size_xyz(self) -> tuple[int, int, int]:
+        z, y, x = self.array.shape
+        return (int(x), int(y), int(z))
