@@ -142,9 +142,12 @@ class ExecutorConfig:
     kind: str = "local"  # local | dask
     workers: Optional[int] = None  # None: all cores
     scheduler: Optional[str] = None  # dask scheduler address; None starts a LocalCluster
-    exams_per_task: int = 16
+    exams_per_task: int = 16  # radiograph exams converted by one task (one shard)
+    ct_exams_per_task: int = 1  # CT exams per task: volumes are large, keep tasks fine
 
     def __post_init__(self) -> None:
+        if self.exams_per_task < 1 or self.ct_exams_per_task < 1:
+            raise ConfigError("executor.exams_per_task and ct_exams_per_task must be >= 1")
         _check_choice("executor", "kind", self.kind, ("local", "dask"))
 
     @property

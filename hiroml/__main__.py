@@ -1,0 +1,5 @@
+"""``python -m hiroml`` is ``hiroml-build``."""
+
+from hiroml.cli import build
+
+build()

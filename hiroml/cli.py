@@ -1,0 +1,59 @@
+"""The Hydra entry point ``hiroml-build`` (also ``python -m hiroml``).
+
+The only module that imports Hydra: it composes ``configs/build.yaml`` (shipped inside the
+package as ``hiroml.conf``), converts it once into the typed :class:`~hiroml.config.BuildConfig`
+and hands it to :func:`hiroml.pipeline.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from hiroml.config import BuildConfig
+from hiroml.errors import ConfigError, HiromlError
+
+log = logging.getLogger("hiroml")
+
+ConfigStore.instance().store(name="build_schema", node=BuildConfig)
+
+
+def to_config(cfg: DictConfig) -> BuildConfig:
+    """The typed config of a composed one; :class:`ConfigError` says what is wrong."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as e:  # OmegaConf's validation errors
+        raise ConfigError(f"invalid configuration: {e}") from e
+    if not isinstance(obj, BuildConfig):
+        raise ConfigError(f"the composed config is a {type(obj).__name__}, not BuildConfig")
+    return obj
+
+
+@hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
+def _main(cfg: DictConfig) -> None:
+    from hiroml import pipeline
+
+    try:
+        build_cfg = to_config(cfg)
+        summary = pipeline.run(build_cfg)
+    except HiromlError as e:
+        log.error("%s", e)
+        print(f"hiroml-build: {e}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
+    print("\n".join(summary.lines()))
+    print(f"  open {summary.output}/report.html; check with: hiroml-verify {summary.output}")
+
+
+def build() -> None:
+    """``hiroml-build [overrides...]``."""
+    _main()
+
+
+if __name__ == "__main__":
+    build()
