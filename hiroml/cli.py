@@ -37,8 +37,13 @@ def to_config(cfg: DictConfig) -> BuildConfig:
 
 @hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
 def _main(cfg: DictConfig) -> None:
+    # pydicom resets its logger to WARNING when imported; damaged files are reported in the
+    # audit, so keep its warnings off the console (they still reach the log file as errors).
+    import pydicom  # noqa: F401
+
     from hiroml import pipeline
 
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     try:
         build_cfg = to_config(cfg)
         summary = pipeline.run(build_cfg)

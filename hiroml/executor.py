@@ -9,7 +9,6 @@ Results are yielded as tasks finish; the driver orders them.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TYPE_CHECKING
@@ -34,7 +33,7 @@ def _advance(bar: tqdm, spec: TaskSpec, result: TaskResult, mb: list[float]) -> 
     mb[0] += result.bytes_read / 1e6
     bar.update(len(spec.exams))
     rate = mb[0] / max(bar.format_dict.get("elapsed", 0.0) or 1e-9, 1e-9)
-    bar.set_postfix(samples=sum(1 for _ in result.samples), MBps=f"{rate:.1f}")
+    bar.set_postfix_str(f"{rate:.1f} MB/s in")
 
 
 def run_tasks(
@@ -57,8 +56,9 @@ def run_tasks(
                 _advance(bar, spec, result, mb)
                 yield result
             return
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # fork: workers inherit the logging set up by the entry point. The driver holds no
+        # open HDF5 file while tasks run, so h5py's fork pitfall does not arise.
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(run_task, spec): spec for spec in specs}
             for fut in as_completed(futures):
                 result = fut.result()

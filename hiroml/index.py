@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -164,11 +165,21 @@ def instance_from_dataset(
 def read_dataset(data: bytes, *, label: str) -> Dataset:
     """Parse a DICOM member's bytes; :class:`BadInputError` names ``label`` and the cause."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError as e:
         raise BadInputError(f"{label}: not a DICOM file ({e})") from e
     except Exception as e:  # pydicom raises many types on damaged files
         raise BadInputError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    for w in caught:
+        if "End of file reached" in str(w.message):
+            raise BadInputError(f"{label}: truncated DICOM ({w.message})")
+    if "PixelData" not in ds and "Rows" in ds and "Columns" in ds:
+        raise BadInputError(
+            f"{label}: an image (Rows/Columns set) without (7FE0,0010) Pixel Data: the file is "
+            "truncated or its pixels are missing"
+        )
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and not UID(str(ts)).is_transfer_syntax:
         raise BadInputError(f"{label}: unknown (0002,0010) Transfer Syntax UID {ts}")
@@ -213,7 +224,8 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
             problem(member, f"{name}: member {member!r} refused: {reason}")
         members = z.members()
         if not members:
-            problem("", f"{name}: the zip holds no files")
+            what = "no usable files" if z.rejected else "no files"
+            problem("", f"{name}: the zip holds {what}")
         seen: dict[str, str] = {}
         for member in members:
             label = f"{name}: {member}"

@@ -39,6 +39,13 @@ def datamart(tmp_path: Path) -> Path:
     no_pixels.SOPInstanceUID = "1.2.3.4.5"
     tmp = tmp_path / "nopix.dcm"
     no_pixels.save_as(tmp)
+    sr = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for kw in ("PixelData", "Rows", "Columns"):
+        delattr(sr, kw)
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
+    sr.SOPInstanceUID = "1.2.3.4.6"
+    sr_path = tmp_path / "sr.dcm"
+    sr.save_as(sr_path)
     _write_zip(
         b / "1_20200301-140030_A1_XR-CHEST.zip", {"1_PA/IM-0001.dcm": ct, "2_LAT/IM-0001.dcm": mr}
     )
@@ -49,6 +56,7 @@ def datamart(tmp_path: Path) -> Path:
             "1_PA/notes.txt": b"not dicom",
             "1_PA/IM-0002.dcm": mr[: len(mr) // 2],
             "1_PA/IM-0003.dcm": tmp.read_bytes(),
+            "9_DOSE/IM-0001.dcm": sr_path.read_bytes(),
             "../evil.dcm": ct,
         },
     )
@@ -87,9 +95,9 @@ def test_records_hold_the_header(datamart: Path, tmp_path: Path) -> None:
 
 def test_bad_inputs_become_problems_and_the_rest_is_indexed(datamart: Path, tmp_path: Path) -> None:
     r = _index(datamart, tmp_path / "i.sqlite")
-    assert len(r.instances) == 4  # 2 + CT + the no-pixel object (kept: has_pixels False)
-    nopix = next(i for i in r.instances if i.sop_uid == "1.2.3.4.5")
-    assert not nopix.has_pixels and nopix.pixel_hash == ""
+    assert len(r.instances) == 4  # zip 1: 2; zip 2: the CT and the dose report
+    dose = next(i for i in r.instances if i.sop_uid == "1.2.3.4.6")
+    assert not dose.has_pixels and dose.pixel_hash == "" and dose.rows == 0
     reasons = {(p.zip[:2], p.member): p.reason for p in r.problems}
     assert "not a DICOM file" in reasons[("2_", "1_PA/notes.txt")]
     assert (
@@ -97,6 +105,7 @@ def test_bad_inputs_become_problems_and_the_rest_is_indexed(datamart: Path, tmp_
         or "unreadable" in reasons[("2_", "1_PA/IM-0002.dcm")]
     )
     assert "traversal" in reasons[("2_", "../evil.dcm")]
+    assert "without (7FE0,0010) Pixel Data" in reasons[("2_", "1_PA/IM-0003.dcm")]
     assert "not a readable zip" in reasons[("3_", "")]
     assert all(p.action is Action.ERROR for p in r.problems)
     assert all(p.zip and p.batch == BATCH for p in r.problems)
