@@ -318,8 +318,10 @@ def _exam_error(exam: Exam, err: BaseException) -> list[tuple[str, Problem]]:
     for rel in exam.zips:
         batch, _, name = rel.partition("/")
         out.append(
-            (exam.exam_key, Problem(zip=name, batch=batch, member="", stage=str(exam.modality),
-                                    reason=reason))
+            (
+                exam.exam_key,
+                Problem(zip=name, batch=batch, member="", stage=str(exam.modality), reason=reason),
+            )
         )
     return out
 
@@ -369,9 +371,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     shard_of = {k: info for info in writer.shards for k in info.keys}
     for row in pending:
         info = shard_of[row["sample_key"]]
-        samples.append(
-            SampleRow(shard=f"shards/{info.name}", shard_sha256=info.sha256, **row)
-        )
+        samples.append(SampleRow(shard=f"shards/{info.name}", shard_sha256=info.sha256, **row))
     result = TaskResult(
         task_id=spec.task_id,
         samples=tuple(samples),
@@ -398,27 +398,52 @@ def _convert_exam(
         images, probs = cxr.convert_exam(exam, read, spec.cxr)
         for img in images:
             key = f"{exam.exam_key}:{img.sop_uid}"
-            rows.append((key, img.array, _cxr_meta(img, exam), {
-                "sample_key": key, "exam_key": exam.exam_key, "modality": "cxr",
-                "shape": tuple(int(s) for s in img.array.shape), "series_uid": img.series_uid,
-                "sop_uid": img.sop_uid, "sop_uids": (img.sop_uid,),
-                "pixel_hashes": (hashes.get(img.sop_uid, ""),), "view": str(img.view),
-            }))
+            rows.append(
+                (
+                    key,
+                    img.array,
+                    _cxr_meta(img, exam),
+                    {
+                        "sample_key": key,
+                        "exam_key": exam.exam_key,
+                        "modality": "cxr",
+                        "shape": tuple(int(s) for s in img.array.shape),
+                        "series_uid": img.series_uid,
+                        "sop_uid": img.sop_uid,
+                        "sop_uids": (img.sop_uid,),
+                        "pixel_hashes": (hashes.get(img.sop_uid, ""),),
+                        "view": str(img.view),
+                    },
+                )
+            )
         return rows, probs
     from hiroml import ct
 
     volumes, probs = ct.convert_exam(exam, read, spec.ct)
     for vol in volumes:
         key = f"{exam.exam_key}:{vol.series_uid}"
-        rows.append((key, vol.array, _ct_meta(vol, exam), {
-            "sample_key": key, "exam_key": exam.exam_key, "modality": "ct",
-            "shape": tuple(int(s) for s in vol.array.shape), "series_uid": vol.series_uid,
-            "sop_uid": "", "sop_uids": tuple(vol.sop_uids),
-            "pixel_hashes": tuple(hashes.get(s, "") for s in vol.sop_uids),
-            "view": "unknown", "size_xyz": tuple(vol.size_xyz),
-            "spacing_xyz": tuple(vol.spacing_xyz), "origin_xyz": tuple(vol.origin_xyz),
-            "direction": tuple(vol.direction),
-        }))
+        rows.append(
+            (
+                key,
+                vol.array,
+                _ct_meta(vol, exam),
+                {
+                    "sample_key": key,
+                    "exam_key": exam.exam_key,
+                    "modality": "ct",
+                    "shape": tuple(int(s) for s in vol.array.shape),
+                    "series_uid": vol.series_uid,
+                    "sop_uid": "",
+                    "sop_uids": tuple(vol.sop_uids),
+                    "pixel_hashes": tuple(hashes.get(s, "") for s in vol.sop_uids),
+                    "view": "unknown",
+                    "size_xyz": tuple(vol.size_xyz),
+                    "spacing_xyz": tuple(vol.spacing_xyz),
+                    "origin_xyz": tuple(vol.origin_xyz),
+                    "direction": tuple(vol.direction),
+                },
+            )
+        )
     return rows, probs
 
 
@@ -437,8 +462,13 @@ def age_years(age: str) -> float | None:
 
 def problem_to_audit(p: Problem, *, exam_key: str = "") -> AuditRow:
     return AuditRow(
-        zip=p.zip, batch=p.batch, action=p.action, reason=p.reason, exam_key=exam_key,
-        member=p.member, detail=f"stage {p.stage}",
+        zip=p.zip,
+        batch=p.batch,
+        action=p.action,
+        reason=p.reason,
+        exam_key=exam_key,
+        member=p.member,
+        detail=f"stage {p.stage}",
     )
 
 
@@ -564,38 +594,40 @@ def _manifest_frame(
             e = exams[s.exam_key]
             first = e.instances[0] if e.instances else None
             group = group_of.get(e.patient_id, e.patient_id)
-            rows.append({
-                "sample_key": s.sample_key,
-                "shard": s.shard,
-                "modality": s.modality,
-                "patient_id": e.patient_id,
-                "source_patient_id": e.source_patient_id,
-                "patient_group": group,
-                "split": split_of[group],
-                "exam_key": e.exam_key,
-                "hiro_id": e.hiro_id,
-                "exam_time": pd.Timestamp(e.time),
-                "description": e.description,
-                "batch": e.batch,
-                "source_zips": [z.partition("/")[2] for z in e.zips],
-                "series_uid": s.series_uid,
-                "sop_uid": s.sop_uid,
-                "view": s.view,
-                "age_years": age_years(first.patient_age) if first else None,
-                "sex": first.sex if first else "",
-                "shape": list(s.shape),
-                "size_xyz": list(s.size_xyz) if s.size_xyz else None,
-                "spacing_xyz": list(s.spacing_xyz) if s.spacing_xyz else None,
-                "origin_xyz": list(s.origin_xyz) if s.origin_xyz else None,
-                "direction": list(s.direction) if s.direction else None,
-                "shard_sha256": s.shard_sha256,
-                "data_hash": s.data_hash,
-                "sop_uids": list(s.sop_uids),
-                "pixel_hashes": list(s.pixel_hashes),
-                "batches": sorted({z.partition("/")[0] for z in e.zips}),
-                "days_from_encounter": days.get(e.exam_key),
-                "orphan": e.patient_id in orphans,
-            })
+            rows.append(
+                {
+                    "sample_key": s.sample_key,
+                    "shard": s.shard,
+                    "modality": s.modality,
+                    "patient_id": e.patient_id,
+                    "source_patient_id": e.source_patient_id,
+                    "patient_group": group,
+                    "split": split_of[group],
+                    "exam_key": e.exam_key,
+                    "hiro_id": e.hiro_id,
+                    "exam_time": pd.Timestamp(e.time),
+                    "description": e.description,
+                    "batch": e.batch,
+                    "source_zips": [z.partition("/")[2] for z in e.zips],
+                    "series_uid": s.series_uid,
+                    "sop_uid": s.sop_uid,
+                    "view": s.view,
+                    "age_years": age_years(first.patient_age) if first else None,
+                    "sex": first.sex if first else "",
+                    "shape": list(s.shape),
+                    "size_xyz": list(s.size_xyz) if s.size_xyz else None,
+                    "spacing_xyz": list(s.spacing_xyz) if s.spacing_xyz else None,
+                    "origin_xyz": list(s.origin_xyz) if s.origin_xyz else None,
+                    "direction": list(s.direction) if s.direction else None,
+                    "shard_sha256": s.shard_sha256,
+                    "data_hash": s.data_hash,
+                    "sop_uids": list(s.sop_uids),
+                    "pixel_hashes": list(s.pixel_hashes),
+                    "batches": sorted({z.partition("/")[0] for z in e.zips}),
+                    "days_from_encounter": days.get(e.exam_key),
+                    "orphan": e.patient_id in orphans,
+                }
+            )
     df = pd.DataFrame(rows)
     if df.empty:
         from hiroml.manifest import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
@@ -663,7 +695,10 @@ def run(cfg: BuildConfig) -> BuildSummary:
 
     db = cfg.paths.index_db or str(out / STATE_DIR / "index.sqlite")
     indexed = build_index(
-        root, found.zips, db_path=db, limits=cfg.index,
+        root,
+        found.zips,
+        db_path=db,
+        limits=cfg.index,
         workers=cfg.executor.n_workers if cfg.executor.kind == "local" else 1,
         progress=cfg.progress,
     )
@@ -675,7 +710,8 @@ def run(cfg: BuildConfig) -> BuildSummary:
     remap, remap_problems = identity.load_remap(root, sheet, cfg.identity)
     clinical = (
         identity.read_clinical(Path(cfg.paths.clinical), cfg.identity)
-        if cfg.paths.clinical else None
+        if cfg.paths.clinical
+        else None
     )
     result = exams.build_exams(found.zips, indexed.instances, remap, cfg.exams)
     joined = identity.join_clinical(result.exams, clinical, cfg.identity)
@@ -717,15 +753,22 @@ def run(cfg: BuildConfig) -> BuildSummary:
                 "table (paths.clinical)"
             )
         col = clinical.labels[cfg.splits.stratify].astype(str)
-        strata = {
-            result.group_of.get(pid, pid): col.get(pid, "") for pid in col.index.astype(str)
-        }
+        strata = {result.group_of.get(pid, pid): col.get(pid, "") for pid in col.index.astype(str)}
     split_of = splits.assign_splits(
-        groups, cfg.splits, strata=strata, group_members=members, test_ids=test_ids,
+        groups,
+        cfg.splits,
+        strata=strata,
+        group_members=members,
+        test_ids=test_ids,
         previous=previous,
     )
     manifest = _manifest_frame(
-        results, exam_by_key, result.group_of, split_of, joined.days, set(joined.orphans),
+        results,
+        exam_by_key,
+        result.group_of,
+        split_of,
+        joined.days,
+        set(joined.orphans),
         clinical.labels if clinical is not None else None,
     )
     patients = patients_frame(manifest, members)
@@ -748,8 +791,8 @@ def run(cfg: BuildConfig) -> BuildSummary:
         first = audit_df[audit_df["action"] == "error"].head(5)
         raise BuildError(
             f"strict=true and {summary.errors} input error(s); the previous output is left as "
-            "it was. First: " + " | ".join(f"{z}: {r}" for z, r in zip(
-                first["zip"], first["reason"], strict=True))
+            "it was. First: "
+            + " | ".join(f"{z}: {r}" for z, r in zip(first["zip"], first["reason"], strict=True))
         )
     t = _timed(summary, "manifest", t)
 
@@ -757,7 +800,8 @@ def run(cfg: BuildConfig) -> BuildSummary:
     _write_report(out, manifest, patients, audit_df, summary, joined.orphan_advice)
     write_outputs(out, manifest, patients, audit_df)
     _collect_garbage(
-        out, set(manifest["shard"]) | {s for r in results for s in r.shards},
+        out,
+        set(manifest["shard"]) | {s for r in results for s in r.shards},
         {r.task_id for r in results},
     )
     _timed(summary, "report", t)
@@ -786,6 +830,10 @@ def _write_report(
     if orphan_advice:
         info["orphans"] = orphan_advice
     report.write_report(
-        out, manifest=manifest, patients=patients, audit=audit, summary=info,
+        out,
+        manifest=manifest,
+        patients=patients,
+        audit=audit,
+        summary=info,
         read_array=read_array,
     )

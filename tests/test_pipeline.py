@@ -1,0 +1,256 @@
+"""End to end: the whole build on the tiny synthetic datamart, against its ground truth."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+
+from hiroml import cli, pipeline
+from hiroml.config import BuildConfig
+from hiroml.manifest import check_contract
+from hiroml.verify import verify
+
+MakeCfg = Callable[..., BuildConfig]
+
+
+@pytest.fixture(scope="module")
+def make_cfg() -> MakeCfg:
+    """Compose the real Hydra config (configs/build.yaml) with overrides, typed."""
+
+    def make(datamart: Path, out: Path, *overrides: str) -> BuildConfig:
+        with initialize_config_module(version_base="1.3", config_module="hiroml.conf"):
+            cfg = compose(
+                "build",
+                overrides=[
+                    f"paths.datamart={datamart}",
+                    f"paths.output={out}",
+                    "progress=false",
+                    "executor.workers=1",
+                    *overrides,
+                ],
+            )
+        return cli.to_config(cfg)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def built(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, pipeline.BuildSummary]:
+    root, _ = tiny_datamart
+    out = tmp_path_factory.mktemp("build") / "out"
+    summary = pipeline.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    return out, summary
+
+
+def _frame(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "manifest.parquet")
+
+
+def test_output_contract_and_verify(built: tuple[Path, pipeline.BuildSummary]) -> None:
+    out, summary = built
+    assert check_contract(out) == []
+    assert verify(out) == []
+    m = _frame(out)
+    assert summary.cxr_images == (m["modality"] == "cxr").sum() > 0
+    assert summary.ct_volumes == (m["modality"] == "ct").sum() > 0
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_every_zip_decision_matches_the_truth(
+    built: tuple[Path, pipeline.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
+) -> None:
+    out, _ = built
+    _, truth = tiny_datamart
+    audit = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
+    for rel, z in truth["zips"].items():
+        batch, _, name = rel.partition("/")
+        rows = audit[(audit["zip"] == name) & (audit["batch"] == batch)]
+        actions = set(rows["action"])
+        assert z["expected"] in actions, (rel, z["kind"], rows[["action", "reason"]].values)
+        if z["expected"] in ("duplicate", "merged"):
+            kept_as = set(rows.loc[rows["action"] == z["expected"], "kept_as"])
+            assert kept_as == {z["kept_as"]}, (rel, kept_as)
+        if z["expected"] == "kept":
+            assert not actions & {"duplicate", "merged", "skipped"}, (rel, actions)
+        if z["expected"] == "error":
+            assert all(r for r in rows.loc[rows["action"] == "error", "reason"])
+
+
+def test_instances_once_and_groups_as_planted(
+    built: tuple[Path, pipeline.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
+) -> None:
+    out, _ = built
+    _, truth = tiny_datamart
+    m = _frame(out)
+    sops = [s for lst in m["sop_uids"] for s in lst]
+    assert len(sops) == len(set(sops)), "an instance appears twice in the output"
+    truth_sops = {s for e in truth["exams"].values() for s in e["sop_uids"]}
+    assert set(sops) <= truth_sops
+    group_of = dict(zip(m["patient_id"], m["patient_group"], strict=True))
+    for ids in truth["patient_groups"]:
+        present = [i for i in ids if i in group_of]
+        assert len({group_of[i] for i in present}) <= 1, (ids, {i: group_of[i] for i in present})
+    linked = {i for ids in truth["patient_groups"] for i in ids}
+    loners = [p for p in set(m["patient_id"]) if p not in linked]
+    assert len({group_of[p] for p in loners}) == len(loners), "unrelated patients were grouped"
+    assert (m.groupby("patient_group")["split"].nunique() == 1).all()
+
+
+def test_rerun_reuses_every_task_and_gives_the_same_manifest(
+    built: tuple[Path, pipeline.BuildSummary],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+) -> None:
+    out, first = built
+    root, _ = tiny_datamart
+    before = _frame(out)
+    again = pipeline.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    assert again.tasks == first.tasks and again.tasks_reused == first.tasks
+    assert again.zips_indexed_now == 0
+    pd.testing.assert_frame_equal(before, _frame(out))
+
+
+def test_a_new_batch_converts_only_its_exams(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    root, truth = tiny_datamart
+    cxr_batches = [
+        b["name"] for b in truth["batches"] if b["modality"] == "cxr" and b["status"] == "COMPLETE"
+    ]
+    last = sorted(cxr_batches)[-1]
+    dm = tmp_path / "dm"
+    shutil.copytree(root, dm, ignore=shutil.ignore_patterns(last))
+    out = tmp_path / "out"
+    week1 = pipeline.run(make_cfg(dm, out))
+    shutil.copytree(root / last, dm / last)
+    week2 = pipeline.run(make_cfg(dm, out))
+    assert week2.tasks_reused >= week1.tasks - 1  # a task whose exams gained nothing is reused
+    assert week2.tasks > week2.tasks_reused
+    old = _frame(tmp_path / "out")
+    full = pipeline.run(make_cfg(root, tmp_path / "full"))
+    assert full.tasks == week2.tasks
+    pd.testing.assert_frame_equal(old.drop(columns=[]), _frame(tmp_path / "full"))
+    # no patient moved split between the weeks
+    assert verify(out) == []
+
+
+def test_killed_build_resumes_to_the_same_manifest(
+    built: tuple[Path, pipeline.BuildSummary],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hiroml",
+        f"paths.datamart={root}",
+        f"paths.output={out}",
+        "progress=false",
+        "executor.workers=1",
+        "cxr.views=[frontal,lateral,unknown]",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tasks = out / ".hiroml" / "tasks"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if tasks.is_dir() and len(list(tasks.glob("*.json"))) >= 3:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not (out / "manifest.parquet").exists(), "killed too late to test resuming"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "reused" in done.stdout
+    pd.testing.assert_frame_equal(_frame(built[0]), _frame(out))
+    assert verify(out) == []
+
+
+def test_dask_local_cluster_gives_the_same_manifest(
+    built: tuple[Path, pipeline.BuildSummary],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+) -> None:
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    pipeline.run(
+        make_cfg(
+            root, out, "executor=dask", "executor.workers=2", "cxr.views=[frontal,lateral,unknown]"
+        )
+    )
+    pd.testing.assert_frame_equal(_frame(built[0]), _frame(out))
+
+
+def test_strict_mode_fails_and_keeps_the_previous_output(
+    built: tuple[Path, pipeline.BuildSummary],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+) -> None:
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    shutil.copytree(built[0], out)
+    before = (out / "manifest.parquet").read_bytes()
+    with pytest.raises(pipeline.BuildError, match="strict=true"):
+        pipeline.run(make_cfg(root, out, "strict=true", "cxr.views=[frontal,lateral,unknown]"))
+    assert (out / "manifest.parquet").read_bytes() == before
+
+
+def test_misspelled_key_is_rejected(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="cxr.sise"):
+        make_cfg(tmp_path, tmp_path, "cxr.sise=3")
+    from hiroml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="add up to 1"):
+        make_cfg(tmp_path, tmp_path, "splits.train=0.9")
+
+
+def test_experiment_presets_compose(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    cxr = make_cfg(tmp_path, tmp_path, "experiment=covid_cxr")
+    assert (cxr.ct.enabled, cxr.cxr.views, cxr.cxr.size) == (False, ["frontal"], [512, 512])
+    ct = make_cfg(tmp_path, tmp_path, "experiment=covid_ct")
+    assert (ct.cxr.enabled, ct.ct.resample_spacing) == (False, [1.5, 1.5, 1.5])
+
+
+def test_the_readme_command_builds_the_demo(tmp_path: Path) -> None:
+    """`hiroml-build` with no datamart generates the synthetic one (tiny here) and builds."""
+    out = tmp_path / "hiroml-out"
+    done = subprocess.run(
+        [sys.executable, "-m", "hiroml", "demo_size=tiny", f"paths.output={out}", "progress=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "radiographs" in done.stdout and "CT volumes" in done.stdout
+    assert (tmp_path / "hiroml-out-demo-datamart" / "hiroml-synth-truth.json").is_file()
+    assert check_contract(out) == [] and verify(out) == []
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hiroml",
+            f"paths.datamart={tmp_path / 'nope'}",
+            f"paths.output={tmp_path / 'o'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
