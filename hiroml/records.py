@@ -220,7 +220,7 @@ class PatientGroup:
     group: str
     patient_ids: tuple[str, ...]
     links: tuple[str, ...] = ()
-    source_ids: tuple[str, ...] = ()  # ids as in the zip names (old ids before remap too)
+    aliases: tuple[str, ...] = ()  # other ids of these patients: old ids (remap sheet, zip names)
 
 
 # --------------------------------------------------------------------------- conversion
@@ -266,6 +266,7 @@ class CtVolume:
     slice_thickness: float | None
     resampled: bool
     decisions: tuple[str, ...] = ()  # human-readable notes: "tilt 12.0 deg resampled", ...
+    tilt_deg: float = 0.0  # gantry tilt found from the geometry (0 when none), degrees
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:

@@ -213,7 +213,9 @@ def test_strict_mode_fails_and_keeps_the_previous_output(
 
 
 def test_misspelled_key_is_rejected(make_cfg: MakeCfg, tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="cxr.sise"):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"cxr\.sise"):
         make_cfg(tmp_path, tmp_path, "cxr.sise=3")
     from hiroml.errors import ConfigError
 
