@@ -1,0 +1,625 @@
+"""From instance records to logical exams: dedupe, CT split-scan merge, patient groups.
+
+A pure function, :func:`build_exams`, with no I/O. It applies the rules of evidence of
+DESIGN §2 (which come from the data provider's tip sheet) and writes one audit row per zip
+and decision, with the evidence, so that every dropped or merged zip can be checked.
+
+Order of the rules
+------------------
+1. Every zip gets its *current* patient id: the remap sheet (already resolved, see
+   :func:`hiroml.identity.load_remap`) applied to the id in the zip name. A header
+   (0010,0020) Patient ID that disagrees with it after remap is noted in the audit detail.
+2. Zips are put in a total order, the *zip order*: batch date, batch name, zip file name.
+   "Earliest" always means first in this order; nothing depends on the order of the input.
+3. Duplicates, among zips of the same current patient and the same timestamp:
+
+   * cross-batch duplicate: the same (non-empty) set of (0008,0018) SOP Instance UIDs;
+     folder/file names and pixel hashes are recorded as supporting evidence only;
+   * pediatric duplicate: both zips pediatric (a ``P`` after the modality code), and the same
+     set of (member path, pixel hash) pairs, every hash non-empty: identical pixels under
+     identical folder/file names, whether or not the SOP Instance UIDs differ (tried
+     first, so that a pediatric pair with equal UIDs is reported as pediatric).
+
+   The earliest zip of a set of duplicates is kept; the others are ``duplicate`` rows whose
+   ``kept_as`` is the kept zip's rel path. A shared timestamp alone never makes a duplicate.
+4. CT split scans: kept CT zips of the same current patient and HIRO id whose timestamps
+   form a chain with gaps of at most ``ExamsConfig.ct_split_window_minutes`` are one exam;
+   the primary is the earliest timestamp (then zip order), the other zips are ``merged``
+   rows whose ``kept_as`` is the primary zip's rel path (``exam_key`` names the exam).
+   Series split over those zips share their (0020,000E) Series Instance UID in the exam's
+   instances, which is how later stages join them.
+5. Each instance, a SOP Instance UID, is kept once, by the first exam that holds it (exams in
+   zip order of their primary zips; inside an exam, primary first, then by time), even when
+   two patient ids hold it (a missed remap: the ids are grouped, see 6). A zip that shares
+   some SOP Instance UIDs with a zip of *another* exam is a partial overlap: it keeps only
+   its new instances and its row says so (a ``kept`` row gets the reason ``partial
+   overlap``; a ``merged`` row keeps its reason; in both the detail holds ``partial overlap:
+   k of n SOP Instance UIDs already kept in <zip> ...``). An exam left with no instance at all
+   is not emitted: each of its zips gets a ``dropped`` row naming the zip that holds them.
+6. Patient groups: union-find over current patient ids, linking ids whose zips share a SOP
+   Instance UID or an identical pixel hash (a missed remap); a pixel hash held by more than
+   ``ExamsConfig.pixel_link_max_patients`` ids is a common image (blank, template) and links
+   nothing. Ids linked by the remap sheet
+   are already one current id; the old ids are listed in :attr:`PatientGroup.aliases`
+   (images or not). Each link is explained in :attr:`PatientGroup.links` and in
+   the detail of the audit row of every zip that carries it.
+
+Rows for zips that cannot take part: a zip of an ``IN-PROGRESS`` batch is ``skipped``; a
+zip with no indexed instance is an ``error``; instances whose zip was not discovered are an
+``error`` row for that zip (never a crash). An image instance without (7FE0,0010) Pixel
+Data (reports and documents aside, by SOP Class UID) gets an ``error`` row of its own, with
+``member`` set; a zip holding nothing else is an ``error`` too. These member rows are the only
+rows with ``member`` set: every other row is the one decision about its zip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from hiroml.config import ExamsConfig
+from hiroml.records import (
+    Action,
+    AuditRow,
+    BatchStatus,
+    Exam,
+    ExamZip,
+    Instance,
+    Modality,
+    PatientGroup,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "exams"
+
+REASON_KEPT = "kept"
+REASON_PARTIAL = "partial overlap"
+REASON_CROSS_BATCH = "cross-batch duplicate"
+REASON_PEDIATRIC = "pediatric duplicate"
+REASON_CT_SPLIT = "CT split scan"
+REASON_ALL_SHARED = "every instance already kept"
+REASON_IN_PROGRESS = "upload in progress"
+REASON_NO_INSTANCES = "no DICOM instance indexed"
+REASON_UNKNOWN_ZIP = "instances of a zip that was not discovered"
+REASON_NO_PIXELS = "image without Pixel Data"
+REASON_NO_USABLE = "no usable DICOM instance"
+
+
+@dataclass(frozen=True, slots=True)
+class ExamsResult:
+    """What :func:`build_exams` gives.
+
+    ``exams`` are sorted by ``exam_key``; ``audit`` has one row per zip, plus member rows
+    (``member`` set) for images without pixels, sorted by batch then zip file name;
+    ``groups`` are sorted by group name and ``group_of`` maps every
+    current patient id seen in a zip name to its group name.
+    """
+
+    exams: tuple[Exam, ...]
+    audit: tuple[AuditRow, ...]
+    groups: tuple[PatientGroup, ...]
+    group_of: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Unit:
+    """One usable zip with its instances, in the making."""
+
+    zip: ExamZip
+    rel: str
+    order: tuple[dt.date, str, str]
+    patient: str  # current id
+    instances: tuple[Instance, ...]  # sorted by member path
+    sop_keys: tuple[str, ...]  # per instance: SOP Instance UID (or a member-based stand-in)
+    sops: frozenset[str]
+    pixsig: frozenset[tuple[str, str]] | None  # (member, pixel hash), None if a hash is blank
+    notes: list[str] = field(default_factory=list)
+    exam_key: str = ""
+    kept: tuple[Instance, ...] = ()
+    overlaps: list[str] = field(default_factory=list)  # rel paths of zips of other exams
+
+    @property
+    def time(self) -> dt.datetime:
+        return self.zip.name.time
+
+    @property
+    def hiro(self) -> str:
+        return self.zip.name.hiro_id
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _order(z: ExamZip) -> tuple[dt.date, str, str]:
+    """The zip order: batch date, batch name, zip file name."""
+    return (z.batch.date, z.batch.name, z.file_name)
+
+
+#: SOP Class UID prefixes of objects that never hold Pixel Data: structured reports (dose
+#: reports), encapsulated documents, presentation states, raw data.
+NON_IMAGE_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.",
+    "1.2.840.10008.5.1.4.1.1.104.",
+    "1.2.840.10008.5.1.4.1.1.11.",
+    "1.2.840.10008.5.1.4.1.1.66",
+)
+
+
+def is_unusable(inst: Instance) -> bool:
+    """An image instance (not a report or document, by (0008,0016) SOP Class UID) without
+    (7FE0,0010) Pixel Data: nothing can be made of it."""
+    return not inst.has_pixels and not inst.sop_class_uid.startswith(NON_IMAGE_CLASSES)
+
+
+def _sop_key(rel: str, inst: Instance) -> str:
+    """The SOP Instance UID, or a stand-in unique to the member when the UID is blank."""
+    return inst.sop_uid if inst.sop_uid else f"\x00{rel}/{inst.member}"
+
+
+def _make_unit(z: ExamZip, insts: Iterable[Instance], remap: Mapping[str, str]) -> _Unit:
+    rel = z.rel_path
+    ordered = tuple(sorted(insts, key=lambda i: (i.member, i.sop_uid, i.pixel_hash, i.series_uid)))
+    keys = tuple(_sop_key(rel, i) for i in ordered)
+    hashes_ok = all(i.pixel_hash for i in ordered)
+    pixsig = frozenset((i.member, i.pixel_hash) for i in ordered) if hashes_ok else None
+    patient = remap.get(z.name.patient_id, z.name.patient_id)
+    unit = _Unit(
+        zip=z,
+        rel=rel,
+        order=_order(z),
+        patient=patient,
+        instances=ordered,
+        sop_keys=keys,
+        sops=frozenset(keys),
+        pixsig=pixsig,
+    )
+    if patient != z.name.patient_id:
+        unit.notes.append(f"patient id {z.name.patient_id} remapped to {patient}")
+    header_ids = sorted({i.patient_id for i in ordered if i.patient_id})
+    odd = [h for h in header_ids if remap.get(h, h) != patient]
+    if odd:
+        unit.notes.append(
+            f"header PatientID {', '.join(odd)} differs from the zip name's {patient} "
+            "(after remap); the zip name is used"
+        )
+    return unit
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _evidence(u: _Unit, e: _Unit) -> str:
+    """Supporting evidence that ``u`` is a copy of ``e``: counts of shared UIDs, names, hashes."""
+    n = len(u.instances)
+    shared = len(u.sops & e.sops)
+    names_match = {i.member for i in u.instances} == {i.member for i in e.instances}
+    e_hashes = Counter(i.pixel_hash for i in e.instances if i.pixel_hash)
+    equal = 0
+    for i in u.instances:
+        if i.pixel_hash and e_hashes[i.pixel_hash] > 0:
+            e_hashes[i.pixel_hash] -= 1
+            equal += 1
+    return (
+        f"SOP Instance UIDs shared {shared} of {n}; folder/file names match: "
+        f"{_yes(names_match)}; pixel hashes equal {equal} of {n}; "
+        f"HIRO id {u.hiro} vs {e.hiro}; batch {u.zip.batch.name} vs {e.zip.batch.name}"
+    )
+
+
+def _find_duplicates(units: Sequence[_Unit]) -> dict[str, tuple[_Unit, _Unit, str]]:
+    """rel of each duplicate -> (kept root, matched zip, reason). ``units`` in zip order."""
+    by_slot: dict[tuple[str, dt.datetime], list[_Unit]] = defaultdict(list)
+    for u in units:
+        by_slot[(u.patient, u.time)].append(u)
+    dup: dict[str, tuple[_Unit, _Unit, str]] = {}
+    for slot in by_slot.values():
+        if len(slot) < 2:
+            continue
+        earlier: list[_Unit] = []
+        for u in slot:
+            for e in earlier:
+                reason = ""
+                if u.zip.name.pediatric and e.zip.name.pediatric and u.pixsig == e.pixsig:
+                    reason = REASON_PEDIATRIC if u.pixsig else ""
+                if not reason and u.sops and u.sops == e.sops:
+                    reason = REASON_CROSS_BATCH
+                if reason:
+                    root = dup[e.rel][0] if e.rel in dup else e
+                    dup[u.rel] = (root, e, reason)
+                    break
+            earlier.append(u)
+    return dup
+
+
+def _chains(kept: Sequence[_Unit], window: dt.timedelta) -> list[list[_Unit]]:
+    """Exams as lists of units, primary first: CXR zips alone, CT zips chained."""
+    exams: list[list[_Unit]] = []
+    ct: dict[tuple[str, str], list[_Unit]] = defaultdict(list)
+    for u in kept:
+        if u.zip.batch.modality is Modality.CT:
+            ct[(u.patient, u.hiro)].append(u)
+        else:
+            exams.append([u])
+    for members in ct.values():
+        members.sort(key=lambda u: (u.time, u.order))
+        chain = [members[0]]
+        for prev, cur in pairwise(members):
+            gap = cur.time - prev.time
+            if gap <= window:
+                minutes = gap.total_seconds() / 60
+                cur.notes.append(
+                    f"{minutes:g} min after {prev.rel}; same patient and HIRO id {cur.hiro}; "
+                    f"primary {chain[0].rel}"
+                )
+                chain.append(cur)
+            else:
+                exams.append(chain)
+                chain = [cur]
+        exams.append(chain)
+    return exams
+
+
+def _assign_keys(chains: list[list[_Unit]]) -> list[str]:
+    """``{patient}_{yyyymmdd-hhmmss}_{hiro}`` of the primary zip, ``-2``, ``-3``... on a clash
+    (in zip order of the primaries). Returns the keys in the order of ``chains``."""
+    base = [f"{c[0].patient}_{c[0].time:%Y%m%d-%H%M%S}_{c[0].hiro}" for c in chains]
+    order = sorted(range(len(chains)), key=lambda k: (base[k], chains[k][0].order))
+    used: set[str] = set()
+    keys = [""] * len(chains)
+    for k in order:
+        key, n = base[k], 1
+        while key in used:
+            n += 1
+            key = f"{base[k]}-{n}"
+        used.add(key)
+        keys[k] = key
+    for chain, key in zip(chains, keys, strict=True):
+        for u in chain:
+            u.exam_key = key
+    return keys
+
+
+def _keep_once(units_in_order: Sequence[_Unit], exam_of: Mapping[str, str]) -> None:
+    """Give each SOP Instance UID to the first zip that holds it (``units_in_order``: exams
+    in zip order of their primaries, each exam's zips primary first); note repeats and
+    partial overlaps on the units."""
+    owner: dict[str, _Unit] = {}
+    for u in units_in_order:
+        kept: list[Instance] = []
+        repeats = 0
+        shared: Counter[str] = Counter()
+        owners: dict[str, _Unit] = {}
+        for inst, key in zip(u.instances, u.sop_keys, strict=True):
+            o = owner.get(key)
+            if o is None:
+                owner[key] = u
+                kept.append(inst)
+            elif o is u:
+                repeats += 1
+            else:
+                shared[o.rel] += 1
+                owners[o.rel] = o
+        u.kept = tuple(kept)
+        n = len(u.instances)
+        if repeats:
+            u.notes.append(f"{repeats} member(s) repeat a SOP Instance UID of this zip: kept once")
+        for rel in sorted(shared):
+            o = owners[rel]
+            if exam_of[o.rel] == exam_of[u.rel]:
+                u.notes.append(
+                    f"{shared[rel]} of {n} SOP Instance UIDs already in this exam from {rel}"
+                )
+            else:
+                u.overlaps.append(rel)
+                u.notes.append(
+                    f"partial overlap: {shared[rel]} of {n} SOP Instance UIDs already kept in "
+                    f"{rel} (exam {exam_of[o.rel]}); {len(kept)} new instance(s) kept"
+                )
+
+
+class _UnionFind:
+    def __init__(self, items: Iterable[str]) -> None:
+        self.parent = {i: i for i in items}
+
+    def find(self, x: str) -> str:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # the smaller id becomes the root: deterministic whatever the order of unions
+            if rb < ra:
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+
+
+def _shared_across_patients(
+    units: Sequence[_Unit], values: Sequence[tuple[str, ...]]
+) -> dict[str, list[tuple[str, _Unit]]]:
+    """value -> [(patient, unit)...] for each value held by zips of two or more patients."""
+    first: dict[str, str] = {}
+    multi: set[str] = set()
+    for u, vals in zip(units, values, strict=True):
+        for v in vals:
+            p = first.setdefault(v, u.patient)
+            if p != u.patient:
+                multi.add(v)
+    out: dict[str, list[tuple[str, _Unit]]] = defaultdict(list)
+    if multi:
+        for u, vals in zip(units, values, strict=True):
+            for v in vals:
+                if v in multi:
+                    out[v].append((u.patient, u))
+    return out
+
+
+def _groups(
+    units: Sequence[_Unit], remap: Mapping[str, str], max_hash_patients: int
+) -> tuple[tuple[PatientGroup, ...], dict[str, str]]:
+    """Union-find over current patient ids, linked by shared SOP UIDs or pixel hashes.
+
+    A pixel hash held by more than ``max_hash_patients`` patient ids is a common image
+    (blank frame, template, phantom scout), not evidence of one patient: it links nothing and
+    is noted on the zips that hold it.
+
+    ``aliases`` of a group: every other id of its patients, from the zip names and from the
+    remap sheet (old ids whose images may or may not be in the datamart)."""
+    patients = sorted({u.patient for u in units})
+    uf = _UnionFind(patients)
+    sources: dict[str, set[str]] = defaultdict(set)
+    for u in units:
+        sources[u.patient].add(u.zip.name.patient_id)
+    for old, new in remap.items():
+        if new in uf.parent:
+            sources[new].add(old)
+    # (a, b) with a < b -> [n shared SOP UIDs, n shared pixel hashes]
+    pair: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    unit_links: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    unit_of: dict[int, _Unit] = {}
+    sop_vals = [tuple(k for k in u.sop_keys if not k.startswith("\x00")) for u in units]
+    hash_vals = [tuple({i.pixel_hash for i in u.instances if i.pixel_hash}) for u in units]
+    common: dict[int, set[str]] = defaultdict(set)  # unit -> common hashes it holds
+    for slot, values in ((0, sop_vals), (1, hash_vals)):
+        for value, holders in _shared_across_patients(units, values).items():
+            pts = sorted({p for p, _ in holders})
+            if slot == 1 and len(pts) > max_hash_patients:
+                for _p, u in holders:
+                    unit_of[id(u)] = u
+                    common[id(u)].add(value)
+                log.info("pixel hash %s under %d patient ids: common image", value, len(pts))
+                continue
+            for a in pts:
+                for b in pts:
+                    if a < b:
+                        pair[(a, b)][slot] += 1
+                        uf.union(a, b)
+            seen_units: set[int] = set()
+            for p, u in holders:
+                if id(u) in seen_units:
+                    continue
+                seen_units.add(id(u))
+                unit_of[id(u)] = u
+                for other in pts:
+                    if other != p:
+                        unit_links[id(u)][other][slot] += 1
+    for uid, hashes in common.items():
+        unit_of[uid].notes.append(
+            f"{len(hashes)} image(s) identical to images of more than {max_hash_patients} "
+            "patient ids: common images, no group link"
+        )
+    for uid, per_other in unit_links.items():
+        u = unit_of[uid]
+        for other in sorted(per_other):
+            n_sop, n_hash = per_other[other]
+            u.notes.append(
+                f"patient group link: {n_sop} SOP Instance UID(s) and {n_hash} pixel hash(es) "
+                f"also under patient {other}"
+            )
+    members: dict[str, list[str]] = defaultdict(list)
+    for p in patients:
+        members[uf.find(p)].append(p)
+    pair_text: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(pair.items()):
+        pair_text[uf.find(a)].append(
+            f"{a} ~ {b}: {n[0]} shared SOP Instance UID(s), {n[1]} identical pixel hash(es)"
+        )
+    group_of: dict[str, str] = {}
+    groups: list[PatientGroup] = []
+    for root in sorted(members):
+        ids = sorted(members[root])
+        name = f"g{ids[0]}"
+        for p in ids:
+            group_of[p] = name
+        links = tuple(pair_text.get(root, ()))
+        aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
+        groups.append(
+            PatientGroup(group=name, patient_ids=tuple(ids), links=links, aliases=tuple(aliases))
+        )
+        if links:
+            log.info("patient group %s joins ids %s", name, ", ".join(ids))
+    groups.sort(key=lambda g: g.group)
+    return tuple(groups), group_of
+
+
+def _row(u: _Unit, action: Action, reason: str, kept_as: str = "", extra: str = "") -> AuditRow:
+    detail = "; ".join([*([extra] if extra else []), *u.notes])
+    return AuditRow(
+        zip=u.zip.file_name,
+        batch=u.zip.batch.name,
+        action=action,
+        reason=reason,
+        kept_as=kept_as,
+        detail=detail,
+        exam_key=u.exam_key,
+    )
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def build_exams(
+    zips: Sequence[ExamZip],
+    instances: Sequence[Instance],
+    remap: Mapping[str, str],
+    cfg: ExamsConfig,
+) -> ExamsResult:
+    """Turn indexed instances into logical exams, audit rows and patient groups.
+
+    ``remap`` maps old patient ids to their final current id (chains already followed, as
+    :func:`hiroml.identity.load_remap` returns it). The result depends only on the *sets* of
+    records given, never on their order. See the module docstring for the rules.
+    """
+    audit: list[AuditRow] = []
+    by_rel: dict[str, ExamZip] = {}
+    for z in zips:
+        by_rel.setdefault(z.rel_path, z)
+    insts_of: dict[str, list[Instance]] = defaultdict(list)
+    for inst in instances:
+        insts_of[inst.rel_zip].append(inst)
+
+    for rel in sorted(set(insts_of) - set(by_rel)):
+        first = insts_of[rel][0]
+        log.error("%d instance(s) of %s whose zip was not discovered", len(insts_of[rel]), rel)
+        audit.append(
+            AuditRow(
+                zip=first.zip,
+                batch=first.batch,
+                action=Action.ERROR,
+                reason=REASON_UNKNOWN_ZIP,
+                detail=f"{len(insts_of[rel])} instance(s) indexed from {rel} ignored",
+            )
+        )
+
+    units: list[_Unit] = []
+    for rel in sorted(by_rel, key=lambda r: _order(by_rel[r])):
+        z = by_rel[rel]
+        if z.batch.status is BatchStatus.IN_PROGRESS:
+            audit.append(
+                AuditRow(
+                    zip=z.file_name,
+                    batch=z.batch.name,
+                    action=Action.SKIPPED,
+                    reason=REASON_IN_PROGRESS,
+                    detail=f"batch {z.batch.name} is still uploading",
+                )
+            )
+            continue
+        if rel not in insts_of:
+            audit.append(
+                AuditRow(
+                    zip=z.file_name,
+                    batch=z.batch.name,
+                    action=Action.ERROR,
+                    reason=REASON_NO_INSTANCES,
+                    detail=f"{rel}: no readable DICOM member",
+                )
+            )
+            continue
+        usable = [i for i in insts_of[rel] if not is_unusable(i)]
+        for i in sorted(insts_of[rel], key=lambda i: i.member):
+            if is_unusable(i):
+                audit.append(
+                    AuditRow(
+                        zip=z.file_name,
+                        batch=z.batch.name,
+                        action=Action.ERROR,
+                        reason=REASON_NO_PIXELS,
+                        detail=f"{rel}: {i.member} (SOP Class {i.sop_class_uid or '?'}) has no "
+                        "Pixel Data (7FE0,0010)",
+                        member=i.member,
+                    )
+                )
+        if not usable:
+            audit.append(
+                AuditRow(
+                    zip=z.file_name,
+                    batch=z.batch.name,
+                    action=Action.ERROR,
+                    reason=REASON_NO_USABLE,
+                    detail=f"{rel}: every member is an image without Pixel Data",
+                )
+            )
+            continue
+        units.append(_make_unit(z, usable, remap))
+
+    groups, group_of = _groups(units, remap, cfg.pixel_link_max_patients)
+
+    dup = _find_duplicates(units)
+    kept_units = [u for u in units if u.rel not in dup]
+    window = dt.timedelta(minutes=cfg.ct_split_window_minutes)
+    chains = _chains(kept_units, window)
+    keys = _assign_keys(chains)
+    exam_of = {u.rel: u.exam_key for u in kept_units}
+    by_primary = sorted(chains, key=lambda c: c[0].order)
+    _keep_once([u for c in by_primary for u in c], exam_of)
+
+    exams: list[Exam] = []
+    for chain, key in zip(chains, keys, strict=True):
+        primary = chain[0]
+        held = tuple(i for u in chain for i in u.kept)
+        if not held:
+            for u in chain:
+                kept_as = ", ".join(u.overlaps)
+                audit.append(_row(u, Action.DROPPED, REASON_ALL_SHARED, kept_as=kept_as))
+                u.exam_key = ""
+            log.info("exam %s dropped: every instance already kept elsewhere", key)
+            continue
+        exams.append(
+            Exam(
+                exam_key=key,
+                modality=primary.zip.batch.modality,
+                patient_id=primary.patient,
+                source_patient_id=primary.zip.name.patient_id,
+                hiro_id=primary.hiro,
+                time=primary.time,
+                description=primary.zip.name.description,
+                pediatric=primary.zip.name.pediatric,
+                batch=primary.zip.batch.name,
+                zips=tuple(u.rel for u in chain),
+                instances=held,
+            )
+        )
+        reason = REASON_PARTIAL if primary.overlaps else REASON_KEPT
+        audit.append(_row(primary, Action.KEPT, reason))
+        if len(chain) > 1:
+            series: dict[str, set[str]] = defaultdict(set)
+            for u in chain:
+                for i in u.instances:
+                    series[i.series_uid].add(u.rel)
+            joined = sum(1 for zs in series.values() if len(zs) > 1)
+            for u in chain[1:]:
+                extra = f"{len(chain)} zips in one exam; {joined} series joined by UID"
+                audit.append(
+                    _row(u, Action.MERGED, REASON_CT_SPLIT, kept_as=primary.rel, extra=extra)
+                )
+
+    for u in units:
+        if u.rel in dup:
+            root, matched, reason = dup[u.rel]
+            via = f"matched {matched.rel}, a duplicate of it" if matched is not root else ""
+            evidence = _evidence(u, matched)
+            extra = f"{evidence}; {via}" if via else evidence
+            u.exam_key = root.exam_key
+            audit.append(_row(u, Action.DUPLICATE, reason, kept_as=root.rel, extra=extra))
+
+    exams.sort(key=lambda e: e.exam_key)
+    audit.sort(key=lambda r: (r.batch, r.zip, r.action, r.reason, r.kept_as, r.detail))
+    log.info(
+        "%d zips -> %d exams, %d duplicates, %d patient groups",
+        len(by_rel),
+        len(exams),
+        len(dup),
+        len(groups),
+    )
+    return ExamsResult(exams=tuple(exams), audit=tuple(audit), groups=groups, group_of=group_of)

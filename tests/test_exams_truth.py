@@ -1,0 +1,138 @@
+"""The exams stage against the synthetic datamart's ground truth (seeds 0, 1, 2; tiny size).
+
+discover -> index -> load_remap -> build_exams -> join_clinical, then every decision is
+compared with ``hiroml-synth-truth.json``: per-zip actions and ``kept_as``, each exam's zips
+and SOP Instance UIDs, equal-timestamp non-duplicates, partial overlaps, patient groups,
+the resolved remap and the orphans.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hiroml.config import ExamsConfig, IdentityConfig, IndexConfig
+from hiroml.datamart import discover
+from hiroml.exams import REASON_PARTIAL, ExamsResult, build_exams
+from hiroml.identity import join_clinical, load_remap, read_clinical
+from hiroml.index import build_index
+from hiroml.records import Action
+
+SEEDS = (0, 1, 2)
+
+
+def _run(root: Path, db: Path) -> tuple[ExamsResult, dict[str, str], dict[str, Action]]:
+    """The stages up to exams; returns the result, the remap and one action per zip rel
+    path (exam decisions first, then discovery and index problems for zips exams never
+    saw)."""
+    found = discover(root)
+    idx = build_index(root, found.zips, db_path=db, limits=IndexConfig(), progress=False)
+    remap, problems = load_remap(root, None, IdentityConfig())
+    assert problems == []
+    res = build_exams(found.zips, idx.instances, remap, ExamsConfig())
+    actions: dict[str, Action] = {}
+    for r in res.audit:
+        if not r.member:
+            actions[f"{r.batch}/{r.zip}"] = r.action
+    for p in found.problems:
+        if p.zip:
+            actions.setdefault(f"{p.batch}/{p.zip}", p.action)
+    return res, remap, actions
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def built(
+    request: pytest.FixtureRequest,
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, Any], ExamsResult, dict[str, str], dict[str, Action]]:
+    seed = request.param
+    if seed == 0:
+        root, truth = tiny_datamart
+    else:
+        from hiroml import synth
+
+        root = tmp_path_factory.mktemp(f"datamart{seed}") / "datamart"
+        truth = synth.generate(root, seed=seed, size="tiny")
+    db = tmp_path_factory.mktemp(f"index{seed}") / "index.sqlite"
+    res, remap, actions = _run(root, db)
+    return root, truth, res, remap, actions
+
+
+def test_remap_resolved(built: tuple[Any, ...]) -> None:
+    _root, truth, _res, remap, _actions = built
+    assert remap == truth["remap_resolved"]
+
+
+def test_every_zip_decision_matches_truth(built: tuple[Any, ...]) -> None:
+    _root, truth, res, _remap, actions = built
+    got = {rel: str(actions.get(rel, "missing")) for rel in truth["zips"]}
+    want = {rel: z["expected"] for rel, z in truth["zips"].items()}
+    assert got == want
+    rows = {f"{r.batch}/{r.zip}": r for r in res.audit if not r.member}
+    for rel, z in truth["zips"].items():
+        if z["expected"] in ("duplicate", "merged"):
+            assert rows[rel].kept_as == z["kept_as"], rel
+
+
+def test_exams_match_truth(built: tuple[Any, ...]) -> None:
+    _root, truth, res, _remap, _actions = built
+    by_primary = {e.zips[0]: e for e in res.exams}
+    assert len(res.exams) == len(truth["exams"])
+    for exam_id, t in truth["exams"].items():
+        e = by_primary[t["zips"][0]]
+        assert list(e.zips) == t["zips"], exam_id
+        assert sorted(i.sop_uid for i in e.instances) == t["sop_uids"], exam_id
+        assert (e.patient_id, e.source_patient_id, e.hiro_id) == (
+            t["patient_id"],
+            t["source_patient_id"],
+            t["hiro_id"],
+        ), exam_id
+        assert (str(e.modality), e.batch, e.time.isoformat()) == (
+            t["modality"],
+            t["batch"],
+            t["time"],
+        ), exam_id
+    # a duplicate's row names the exam holding the zip it duplicates
+    key_of = {rel: e.exam_key for e in res.exams for rel in e.zips}
+    rows = {f"{r.batch}/{r.zip}": r for r in res.audit if not r.member}
+    for rel, z in truth["zips"].items():
+        if z["expected"] == "duplicate":
+            assert rows[rel].exam_key == key_of[z["kept_as"]], rel
+
+
+def test_not_duplicates_and_partial_overlaps(built: tuple[Any, ...]) -> None:
+    _root, truth, res, _remap, actions = built
+    assert truth["not_duplicates"] and truth["partial_overlaps"]
+    for a, b in truth["not_duplicates"]:
+        assert actions[a] is Action.KEPT and actions[b] is Action.KEPT
+    rows = {f"{r.batch}/{r.zip}": r for r in res.audit if not r.member}
+    for p in truth["partial_overlaps"]:
+        earlier, later = p["zips"]
+        r = rows[later]
+        assert r.reason == REASON_PARTIAL
+        assert f"partial overlap: {p['shared_sops']} of" in r.detail
+        assert earlier in r.detail
+
+
+def test_patient_groups_match_truth(built: tuple[Any, ...]) -> None:
+    _root, truth, res, _remap, _actions = built
+    got = sorted(
+        sorted({*g.patient_ids, *g.aliases})
+        for g in res.groups
+        if len({*g.patient_ids, *g.aliases}) > 1
+    )
+    assert got == truth["patient_groups"]
+    for m in truth["missed_remaps"]:
+        a, b = m["patient_ids"]
+        assert res.group_of[a] == res.group_of[b]
+
+
+def test_orphans_and_windows(built: tuple[Any, ...]) -> None:
+    root, truth, res, _remap, _actions = built
+    clinical = read_clinical(root / truth["clinical"], IdentityConfig())
+    joined = join_clinical(res.exams, clinical, IdentityConfig())
+    assert list(joined.orphans) == truth["orphans"]
+    assert joined.violations == {}
