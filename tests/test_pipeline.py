@@ -256,3 +256,31 @@ def test_the_readme_command_builds_the_demo(tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_training_example_runs_on_the_built_dataset(
+    built: tuple[Path, pipeline.BuildSummary],
+) -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_cxr_example.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(built[0]),
+            "--steps",
+            "3",
+            "--workers",
+            "2",
+            "--batch-size",
+            "4",
+            "--size",
+            "64",
+            "--log-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("train loss") == 3 and "val" in done.stdout
