@@ -102,6 +102,7 @@ class CtConfig:
     spacing_atol: float = 0.01  # mm
     resample_spacing: Optional[List[float]] = None  # e.g. [1.5, 1.5, 1.5] (x, y, z) mm
     clip_hu: Optional[List[float]] = None  # e.g. [-1024, 3071]
+    fill_hu: float = -1024.0  # HU outside the scanned field after tilt correction / resampling
 
     def __post_init__(self) -> None:
         _check_choice("ct", "series", self.series, ("best", "all"))

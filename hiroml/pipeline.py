@@ -720,7 +720,14 @@ def run(cfg: BuildConfig) -> BuildSummary:
     audit: list[AuditRow] = [problem_to_audit(p) for p in found.problems]
     audit += [problem_to_audit(p) for p in indexed.problems]
     audit += [problem_to_audit(p) for p in remap_problems]
-    audit += list(result.audit)
+    # A zip the index could not read already has its precise error rows: the exams stage's
+    # generic "no DICOM instance indexed" row would only repeat them.
+    reported = {(p.batch, p.zip) for p in indexed.problems}
+    audit += [
+        r
+        for r in result.audit
+        if not (r.reason == exams.REASON_NO_INSTANCES and (r.batch, r.zip) in reported)
+    ]
     audit += list(joined.audit)
 
     specs = plan_tasks(joined.exams, cfg, root=str(root), out_dir=str(out))
