@@ -329,8 +329,13 @@ def _exam_error(exam: Exam, err: BaseException) -> list[tuple[str, Problem]]:
 def run_task(spec: TaskSpec) -> TaskResult:
     """Convert the exams of one task into shard file(s). Never raises for one bad exam: its
     error becomes a problem naming the exam, and the other exams go on."""
+    import cv2
+
     from hiroml.shards import ShardWriter
 
+    # One thread per task: parallelism comes from the tasks (cv2 would otherwise spread each
+    # resize over every core and fight the other workers).
+    cv2.setNumThreads(1)
     t0 = time.perf_counter()
     samples: list[SampleRow] = []
     problems: list[tuple[str, Problem]] = []
