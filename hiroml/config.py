@@ -60,9 +60,10 @@ class IdentityConfig:
 @dataclass
 class ExamsConfig:
     ct_split_window_minutes: float = 30.0  # split CT zips closer than this are one exam
-    # identical pixels under more patient ids than this are a common image (blank, template),
-    # not a missed remap: no patient-group link (SOP Instance UID links are always made)
-    pixel_link_max_patients: int = 2
+    # > 0: identical pixels under more patient ids than this are taken for a common image
+    # (blank, template) and link nothing. 0 (default): every identical image links its ids,
+    # as a missed remap would; SOP Instance UID links are always made.
+    pixel_link_max_patients: int = 0
 
 
 @dataclass
