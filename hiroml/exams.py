@@ -37,9 +37,10 @@ Order of the rules
    k of n SOP Instance UIDs already kept in <zip> ...``). An exam left with no instance at all
    is not emitted: each of its zips gets a ``dropped`` row naming the zip that holds them.
 6. Patient groups: union-find over current patient ids, linking ids whose zips share a SOP
-   Instance UID or an identical pixel hash (a missed remap); a pixel hash held by more than
-   ``ExamsConfig.pixel_link_max_patients`` ids is a common image (blank, template) and links
-   nothing. Ids linked by the remap sheet
+   Instance UID or an identical pixel hash (a missed remap), as DESIGN.md requires. Optionally
+   (``ExamsConfig.pixel_link_max_patients`` > 0) a pixel hash held by more than that many ids
+   is taken for a common image (blank, template) and links nothing; off by default, since a
+   missed link can leak a patient across splits. Ids linked by the remap sheet
    are already one current id; the old ids are listed in :attr:`PatientGroup.aliases`
    (images or not). Each link is explained in :attr:`PatientGroup.links` and in
    the detail of the audit row of every zip that carries it.
@@ -393,7 +394,7 @@ def _groups(
     for slot, values in ((0, sop_vals), (1, hash_vals)):
         for value, holders in _shared_across_patients(units, values).items():
             pts = sorted({p for p, _ in holders})
-            if slot == 1 and len(pts) > max_hash_patients:
+            if slot == 1 and max_hash_patients and len(pts) > max_hash_patients:
                 for _p, u in holders:
                     unit_of[id(u)] = u
                     common[id(u)].add(value)

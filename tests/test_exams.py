@@ -465,17 +465,17 @@ def test_groups_via_shared_sop_and_pixel_hash() -> None:
     assert row(res, z2).reason == REASON_PARTIAL
 
 
-def test_common_image_under_many_patients_links_nothing() -> None:
+def test_common_image_under_many_patients_links_nothing_when_configured() -> None:
     b = batch(23)
     zs = [make_zip(b, f"{p}", f"A{p}") for p in range(5)]
     items = [inst(z, f"{k}.1", pixels="scout") for k, z in enumerate(zs)]
     items += [inst(z, f"{k}.2") for k, z in enumerate(zs)]
-    res = run(zs, items)
+    res = run(zs, items, cfg=ExamsConfig(pixel_link_max_patients=2))
     assert len(res.groups) == 5 and all(not g.links for g in res.groups)
     assert "common images, no group link" in row(res, zs[0]).detail
-    # the limit is configurable: with 5 allowed, the five ids are one group
-    res5 = run(zs, items, cfg=ExamsConfig(pixel_link_max_patients=5))
-    assert set(res5.group_of.values()) == {"g0"}
+    # by default (no limit) and with 5 allowed, the five ids are one group
+    for cfg in (ExamsConfig(), ExamsConfig(pixel_link_max_patients=5)):
+        assert set(run(zs, items, cfg=cfg).group_of.values()) == {"g0"}
 
 
 def test_groups_via_remap() -> None:
