@@ -559,7 +559,8 @@ def _orphans(manifest: pd.DataFrame) -> str:
     )
     body = _note(
         f"{'<b>1 patient</b> has' if len(t) == 1 else f'<b>{len(t)} patients</b> have'} "
-        "images but no rows in the clinical table. Most often the id was remapped: check the remap sheet "
+        "images but no rows in the clinical table. Most often the id was remapped: "
+        "check the remap sheet "
         f"<code>{html.escape(REMAP_SHEET)}</code> at the datamart root (old C19 id → current "
         "id) and that it is the latest one, then rebuild.",
         cls="warn",
