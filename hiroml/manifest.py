@@ -1,0 +1,285 @@
+"""The output tables of DESIGN.md section 4: ``manifest.parquet``, ``patients.parquet`` and
+``audit.csv``, written atomically (temp file + ``os.replace``), the manifest last, and
+:func:`check_contract`, the public contract check (the same checks as the shared
+``check_output_contract.py``).
+
+Column types in ``manifest.parquet``: list columns are parquet lists (``source_zips``,
+``sop_uids``, ``pixel_hashes``: strings; ``shape``, ``size_xyz``: int64; ``spacing_xyz``,
+``origin_xyz``, ``direction``: float64, mm, SimpleITK (x, y, z) order; null on CXR rows),
+``exam_time`` a timestamp, ``age_years`` and ``days_from_encounter`` nullable float64,
+``orphan`` bool. ``shape`` is the stored array's numpy shape: CXR (y, x), CT (z, y, x).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hiroml.errors import HiromlError
+from hiroml.records import AuditRow
+
+MANIFEST_COLUMNS = [
+    "sample_key", "shard", "modality", "patient_id", "source_patient_id", "patient_group",
+    "split", "exam_key", "hiro_id", "exam_time", "description", "batch", "source_zips",
+    "series_uid", "sop_uid", "view", "age_years", "sex", "shape",
+]  # fmt: skip
+CT_COLUMNS = ["size_xyz", "spacing_xyz", "origin_xyz", "direction"]
+EXTRA_COLUMNS = ["shard_sha256", "data_hash", "sop_uids", "pixel_hashes"]
+OPTIONAL_COLUMNS = {"days_from_encounter": None, "orphan": False}
+AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
+PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
+ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}
+
+_LIST_TYPES: dict[str, pa.DataType] = {
+    "source_zips": pa.list_(pa.string()),
+    "sop_uids": pa.list_(pa.string()),
+    "pixel_hashes": pa.list_(pa.string()),
+    "patient_ids": pa.list_(pa.string()),
+    "shape": pa.list_(pa.int64()),
+    "size_xyz": pa.list_(pa.int64()),
+    "spacing_xyz": pa.list_(pa.float64()),
+    "origin_xyz": pa.list_(pa.float64()),
+    "direction": pa.list_(pa.float64()),
+}
+_SCALAR_TYPES: dict[str, pa.DataType] = {
+    "age_years": pa.float64(),
+    "days_from_encounter": pa.float64(),
+    "orphan": pa.bool_(),
+}
+_STRING_COLUMNS = [
+    c for c in [*MANIFEST_COLUMNS, *EXTRA_COLUMNS]
+    if c not in _LIST_TYPES and c not in _SCALAR_TYPES and c != "exam_time"
+]  # fmt: skip
+
+
+class ManifestError(HiromlError):
+    """A table handed to :func:`write_outputs` breaks the output contract."""
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # arrays and lists
+        return False
+
+
+def _as_list(v: Any) -> list[Any] | None:
+    if _is_missing(v):
+        return None
+    if isinstance(v, str):
+        return [v]
+    return [x.item() if hasattr(x, "item") else x for x in v]
+
+
+def _scalar(v: Any) -> Any:
+    if _is_missing(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def _to_table(df: pd.DataFrame) -> pa.Table:
+    arrays, names = [], []
+    for col in df.columns:
+        values = df[col].tolist()
+        if col in _LIST_TYPES:
+            arr = pa.array([_as_list(v) for v in values], type=_LIST_TYPES[col])
+        elif col in _SCALAR_TYPES:
+            arr = pa.array([_scalar(v) for v in values], type=_SCALAR_TYPES[col])
+        elif col == "exam_time":
+            arr = pa.array(
+                pd.to_datetime(df[col]).astype("datetime64[us]"), type=pa.timestamp("us")
+            )
+        elif col in _STRING_COLUMNS:
+            arr = pa.array([None if _is_missing(v) else str(v) for v in values], type=pa.string())
+        else:  # labels and other extras: let arrow infer
+            arr = pa.array(df[col], from_pandas=True)
+        arrays.append(arr)
+        names.append(str(col))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _replace_atomically(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with optional columns filled in; raises :class:`ManifestError` naming
+    every missing column or bad value."""
+    m = manifest.copy()
+    has_ct = bool((m["modality"] == "ct").any()) if "modality" in m.columns else False
+    missing = [c for c in [*MANIFEST_COLUMNS, *EXTRA_COLUMNS] if c not in m.columns]
+    missing += [c for c in CT_COLUMNS if has_ct and c not in m.columns]
+    if missing:
+        raise ManifestError(f"manifest lacks columns: {', '.join(missing)}")
+    for c in CT_COLUMNS:
+        if c not in m.columns:
+            m[c] = None
+    for c, default in OPTIONAL_COLUMNS.items():
+        if c not in m.columns:
+            m[c] = default
+    bad = []
+    if not m["sample_key"].is_unique:
+        dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
+        bad.append(f"sample_key not unique: {dupes}")
+    for col, allowed in (("split", {"train", "val", "test"}), ("modality", {"cxr", "ct"})):
+        extra = set(m[col].astype(str)) - allowed
+        if extra:
+            bad.append(f"{col} has values {sorted(extra)}")
+    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
+    if views - {"frontal", "lateral", "unknown"}:
+        bad.append(f"view has values {sorted(views - {'frontal', 'lateral', 'unknown'})}")
+    ct = m[m["modality"] == "ct"]
+    for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
+        if not all(_as_list(v) is not None and len(v) == n for v in ct[c]):
+            bad.append(f"{c} must hold {n} numbers on every CT row")
+    if bad:
+        raise ManifestError("manifest: " + "; ".join(bad))
+    return m
+
+
+def audit_frame(rows: Iterable[AuditRow]) -> pd.DataFrame:
+    """audit.csv's rows from :class:`AuditRow` records (AUDIT_COLUMNS first)."""
+    records = [{k: str(v) for k, v in asdict(r).items()} for r in rows]
+    df = pd.DataFrame.from_records(records, columns=[*AUDIT_COLUMNS, "exam_key", "member"])
+    return df
+
+
+def patients_frame(
+    manifest: pd.DataFrame, group_members: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """One row per patient group of the manifest: its patient ids (current, source and those
+    of ``group_members``), split and sample counts."""
+    rows = []
+    members = group_members or {}
+    for group, g in manifest.groupby("patient_group", sort=True):
+        ids = set(g["patient_id"].astype(str)) | set(g["source_patient_id"].astype(str))
+        ids |= {str(p) for p in members.get(str(group), ())}
+        rows.append(
+            {
+                "patient_group": str(group),
+                "patient_ids": sorted(ids),
+                "split": ",".join(sorted(set(g["split"].astype(str)))),
+                "n_samples": len(g),
+                "n_cxr": int((g["modality"] == "cxr").sum()),
+                "n_ct": int((g["modality"] == "ct").sum()),
+            }
+        )
+    return pd.DataFrame(rows, columns=PATIENT_COLUMNS)
+
+
+def write_outputs(
+    out_dir: Path, manifest: pd.DataFrame, patients: pd.DataFrame, audit: pd.DataFrame
+) -> None:
+    """Write patients.parquet, audit.csv and, last, manifest.parquet into ``out_dir``, each
+    to a temporary name first and then renamed, after validating the columns."""
+    out_dir = Path(out_dir)
+    m = validate_manifest(manifest)
+    missing = [c for c in PATIENT_COLUMNS if c not in patients.columns]
+    missing += [f"audit.{c}" for c in AUDIT_COLUMNS if c not in audit.columns]
+    if missing:
+        raise ManifestError(f"patients/audit lack columns: {', '.join(missing)}")
+    bad_actions = set(audit["action"].astype(str)) - ACTIONS
+    if bad_actions:
+        raise ManifestError(f"audit has actions {sorted(bad_actions)}; allowed {sorted(ACTIONS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    tmp = out_dir / "patients.parquet.tmp"
+    pq.write_table(_to_table(patients.reset_index(drop=True)), tmp)
+    _replace_atomically(tmp, out_dir / "patients.parquet")
+
+    tmp = out_dir / "audit.csv.tmp"
+    audit.to_csv(tmp, index=False)
+    _replace_atomically(tmp, out_dir / "audit.csv")
+
+    tmp = out_dir / "manifest.parquet.tmp"
+    pq.write_table(_to_table(m.reset_index(drop=True)), tmp)
+    _replace_atomically(tmp, out_dir / "manifest.parquet")
+
+
+def read_manifest(out_dir: Path | str) -> pd.DataFrame:
+    """manifest.parquet of an output folder."""
+    return pd.read_parquet(Path(out_dir) / "manifest.parquet")
+
+
+def check_contract(out_dir: Path | str) -> list[str]:
+    """Every shortfall of an output folder against DESIGN.md section 4 (empty: it holds):
+    files present, columns, value sets, shards present, one split per patient group, and
+    ``HiromlDataset`` sizes and sample shapes. Names and types only, not correctness."""
+    out = Path(out_dir)
+    bad = [
+        f"missing {name}"
+        for name in ("manifest.parquet", "patients.parquet", "audit.csv", "report.html")
+        if not (out / name).exists()
+    ]
+    if bad:
+        return bad
+    m = pd.read_parquet(out / "manifest.parquet")
+    a = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
+    bad += [f"manifest.parquet lacks column {c}" for c in MANIFEST_COLUMNS if c not in m.columns]
+    if bad:
+        return bad
+    if (m["modality"] == "ct").any():
+        bad += [f"manifest.parquet lacks CT column {c}" for c in CT_COLUMNS if c not in m.columns]
+        ct = m[m["modality"] == "ct"]
+        for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
+            if c in ct.columns and not all(v is not None and len(v) == n for v in ct[c]):
+                bad.append(f"{c} must hold {n} numbers per CT row")
+    if not m["sample_key"].is_unique:
+        bad.append("sample_key is not unique")
+    if not set(m["split"]) <= {"train", "val", "test"}:
+        bad.append(f"unexpected split values {sorted(set(m['split']) - {'train', 'val', 'test'})}")
+    if not set(m["modality"]) <= {"cxr", "ct"}:
+        bad.append(f"unexpected modality values {sorted(set(m['modality']))}")
+    cxr_views = set(m.loc[m["modality"] == "cxr", "view"])
+    if not cxr_views <= {"frontal", "lateral", "unknown"}:
+        bad.append("view must be frontal, lateral or unknown")
+    for s in m["shard"].unique():
+        if not (out / s).exists():
+            bad.append(f"shard {s} named in the manifest does not exist")
+    bad += [f"audit.csv lacks column {c}" for c in AUDIT_COLUMNS if c not in a.columns]
+    if "action" in a.columns and not set(a["action"]) <= ACTIONS:
+        bad.append(f"unexpected audit actions {sorted(set(a['action']) - ACTIONS)}")
+    if (m.groupby("patient_group")["split"].nunique() > 1).any():
+        bad.append("a patient group appears in more than one split")
+    if any(b.startswith("shard ") for b in bad):
+        return bad  # the Dataset checks below would only fail on the missing files
+
+    from hiroml.dataset import HiromlDataset
+
+    for modality in sorted(set(m["modality"])):
+        for split in ("train", "val", "test"):
+            ds = HiromlDataset(out, split=split, modality=modality)
+            want = int(((m["modality"] == modality) & (m["split"] == split)).sum())
+            if len(ds) != want:
+                bad.append(
+                    f"HiromlDataset({split}, {modality}) has {len(ds)} samples, manifest {want}"
+                )
+            if len(ds):
+                s = ds[0]
+                bad += [
+                    f"{modality} sample lacks key {k}"
+                    for k in ("image", "sample_key", "patient_id", "meta")
+                    if k not in s
+                ]
+                img = s.get("image")
+                nd = 3 if modality == "cxr" else 4
+                if (
+                    img is None
+                    or getattr(img, "ndim", 0) != nd
+                    or str(img.dtype) != "torch.float32"
+                ):
+                    bad.append(
+                        f"{modality} image must be a float32 tensor with {nd} dims (channel first)"
+                    )
+    return bad

@@ -1,0 +1,162 @@
+"""``hiroml-verify OUT``: is an output folder sound?
+
+Errors (exit 1): the public contract (:func:`hiroml.manifest.check_contract`); leakage
+(a patient group, patient id, SOP Instance UID or source pixel hash in two splits); a shard
+whose SHA-256 differs from the manifest's ``shard_sha256``; a manifest row whose key is
+missing from its shard, or whose stored shape or ``data_hash`` differs from the manifest's
+(``deep``: the hash is also recomputed from the stored pixels).
+
+Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
+from an interrupted or superseded build; samples in a shard that the manifest does not name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from hiroml.manifest import check_contract
+from hiroml.shards import array_hash, open_shard, read_index, shard_sha256
+from hiroml.splits import find_leaks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Findings:
+    """What verification found: ``errors`` make the folder unsound, ``warnings`` do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_samples: int = 0
+    n_shards: int = 0
+
+
+def _shape(v: object) -> tuple[int, ...] | None:
+    if v is None:
+        return None
+    try:
+        return tuple(int(x) for x in v)  # type: ignore[attr-defined]
+    except TypeError:
+        return None
+
+
+def _check_shard(out: Path, shard: str, rows: pd.DataFrame, deep: bool, found: Findings) -> None:
+    path = out / shard
+    if not path.exists():
+        found.errors.append(f"shard {shard}: missing")
+        return
+    wanted = set(rows["shard_sha256"].astype(str))
+    if len(wanted) > 1:
+        found.errors.append(f"shard {shard}: manifest rows disagree on shard_sha256")
+    actual = shard_sha256(path)
+    if actual not in wanted:
+        found.errors.append(
+            f"shard {shard}: sha256 {actual[:16]}... differs from the manifest's "
+            f"{sorted(wanted)[0][:16]}... (corrupt or replaced)"
+        )
+    try:
+        with open_shard(path) as f:
+            samples = f["samples"]
+            names = set(samples.keys())
+            index = read_index(f)
+            for key, shape, digest in zip(
+                rows["sample_key"].astype(str),
+                rows["shape"],
+                rows["data_hash"].astype(str),
+                strict=True,
+            ):
+                if key not in names:
+                    found.errors.append(f"sample {key}: not in shard {shard}")
+                    continue
+                ds = samples[key]
+                if _shape(shape) != tuple(ds.shape):
+                    found.errors.append(
+                        f"sample {key}: shape {tuple(ds.shape)} in {shard}, "
+                        f"manifest {_shape(shape)}"
+                    )
+                if index:
+                    offset, dtype = index.get(key, (None, None))
+                    real = ds.id.get_offset()
+                    if offset != (-1 if real is None else real) or dtype != ds.dtype:
+                        found.errors.append(f"sample {key}: the offset index of {shard} is wrong")
+                stored = ds.attrs.get("data_hash")
+                stored = stored.decode() if isinstance(stored, bytes) else stored
+                if stored != digest:
+                    found.errors.append(f"sample {key}: data_hash in {shard} differs from manifest")
+                elif deep and array_hash(ds[()]) != digest:
+                    found.errors.append(f"sample {key}: stored pixels do not match data_hash")
+                else:
+                    json.loads(ds.attrs["meta"])
+            extra = names - set(rows["sample_key"].astype(str))
+            if extra:
+                found.warnings.append(
+                    f"shard {shard}: {len(extra)} sample(s) not in the manifest, "
+                    f"e.g. {sorted(extra)[0]}"
+                )
+    except (OSError, KeyError, ValueError) as e:
+        found.errors.append(f"shard {shard}: unreadable ({e})")
+
+
+def examine(out_dir: Path | str, *, deep: bool = True) -> Findings:
+    """Errors and warnings of one output folder (see the module docstring)."""
+    out = Path(out_dir)
+    found = Findings()
+    found.errors += check_contract(out)
+    if not (out / "manifest.parquet").exists():
+        return found
+    m = pd.read_parquet(out / "manifest.parquet")
+    found.n_samples = len(m)
+    found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
+    missing = [c for c in ("shard", "shard_sha256", "data_hash", "shape") if c not in m.columns]
+    if missing:
+        found.errors.append(f"manifest.parquet lacks column(s) {', '.join(missing)}")
+        return found
+    named = set()
+    for shard, rows in m.groupby("shard", sort=True):
+        named.add((out / str(shard)).resolve())
+        _check_shard(out, str(shard), rows, deep, found)
+    found.n_shards = len(named)
+    shard_dir = out / "shards"
+    if shard_dir.is_dir():
+        for p in sorted(shard_dir.rglob("*")):
+            if p.suffix == ".h5" and p.resolve() not in named:
+                found.warnings.append(f"shard {p.relative_to(out)} is not named in the manifest")
+            elif p.suffix == ".tmp":
+                found.warnings.append(f"{p.relative_to(out)}: leftover of an interrupted write")
+    for w in found.warnings:
+        log.warning("%s", w)
+    return found
+
+
+def verify(out_dir: Path | str, *, deep: bool = True) -> list[str]:
+    """Every error that makes an output folder unsound; empty when it is sound."""
+    return examine(out_dir, deep=deep).errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hiroml-verify OUT [--quick]``: print the offenders and exit 1, or a summary and 0."""
+    parser = argparse.ArgumentParser(prog="hiroml-verify", description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument(
+        "--quick", action="store_true", help="trust stored data hashes (skip re-hashing pixels)"
+    )
+    args = parser.parse_args(argv)
+    found = examine(args.out, deep=not args.quick)
+    for w in found.warnings:
+        print(f"warning: {w}")
+    for e in found.errors:
+        print(f"error: {e}")
+    if found.errors:
+        print(f"{args.out}: NOT sound, {len(found.errors)} error(s)")
+        return 1
+    print(
+        f"{args.out}: sound, {found.n_samples} samples in {found.n_shards} shards, "
+        f"{len(found.warnings)} warning(s)"
+    )
+    return 0

@@ -1,0 +1,127 @@
+"""dataset.py: samples, scaling, CT geometry, labels, collation, workers under fork/spawn."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_manifest import make_output
+from torch.utils.data import DataLoader, default_collate
+
+import hiroml
+from hiroml.dataset import HiromlDataset
+from hiroml.errors import HiromlError
+from hiroml.manifest import read_manifest
+from hiroml.shards import read_sample
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_output(tmp_path_factory.mktemp("ds"), n_patients=12, n_ct=2)
+
+
+def test_rows_and_cxr_sample(out: Path) -> None:
+    m = read_manifest(out)
+    ds = hiroml.HiromlDataset(out, split="train", modality="cxr")
+    want = m[(m["split"] == "train") & (m["modality"] == "cxr")]
+    assert ds.keys == sorted(want["sample_key"]) and len(ds) == 12
+    s = ds[0]
+    assert s["image"].dtype == torch.float32 and s["image"].shape == (1, 32, 32)
+    stored, _ = read_sample(out / ds.shards[0], ds.keys[0])
+    assert torch.equal(s["image"][0], torch.from_numpy(stored.astype(np.float32)))
+    assert s["sample_key"] == "cxr-1000-0" and s["patient_id"] == "1000"
+    meta = s["meta"]
+    assert meta["view"] == "frontal" and meta["exam_time"] == "2020-03-01T14:00:00"
+    assert np.isnan(meta["age_years"]) and meta["sex"] == "M"
+    assert "label" not in s
+    assert len(HiromlDataset(out, split=None, modality="cxr")) == 24
+
+
+def test_uint8_is_scaled_back(tmp_path: Path) -> None:
+    out = make_output(tmp_path, n_patients=4, n_ct=0, cxr_dtype="uint8")
+    ds = HiromlDataset(out, split="train")
+    img = ds[0]["image"]
+    raw = ds.read_array(0)
+    assert raw.dtype == np.uint8
+    assert torch.allclose(img[0], torch.from_numpy(raw.astype(np.float32)) / 255)
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+
+
+def test_ct_sample_geometry_and_region(out: Path) -> None:
+    ds = HiromlDataset(out, split="train", modality="ct")
+    assert ds.keys == ["ct-2000", "ct-2001"]
+    s = ds[1]
+    assert s["image"].shape == (1, 7, 32, 32) and s["image"].dtype == torch.float32
+    raw = ds.read_array(1)
+    assert raw.dtype == np.int16 and torch.equal(s["image"][0], torch.from_numpy(raw).float())
+    assert s["spacing"].tolist() == [0.7, 0.7, 2.5]
+    assert s["origin"].tolist() == [-180.0, -180.0, -301.0]
+    assert s["direction"].shape == (9,)
+    assert np.array_equal(ds.read_array(1, np.s_[2:5, 4:8, 1:3]), raw[2:5, 4:8, 1:3])
+    batch = default_collate([ds[0], ds[0]])
+    assert batch["spacing"].shape == (2, 3)
+
+
+def test_label_transform_and_collate(out: Path) -> None:
+    def flip(sample: dict[str, Any]) -> dict[str, Any]:
+        sample["image"] = sample["image"].flip(-1)
+        return sample
+
+    ds = HiromlDataset(out, split="train", label="label_covid", transform=flip)
+    plain = HiromlDataset(out, split="train")
+    assert torch.equal(ds[3]["image"], plain[3]["image"].flip(-1))
+    assert ds[0]["label"].dtype == torch.float32
+    batch = default_collate([ds[i] for i in range(4)])
+    assert batch["image"].shape == (4, 1, 32, 32)
+    assert batch["label"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert batch["sample_key"] == ds.keys[:4]
+    assert batch["meta"]["age_years"].dtype == torch.float64
+    with pytest.raises(HiromlError, match="label 'nope' is not a column"):
+        HiromlDataset(out, label="nope")
+
+
+def test_pickle_drops_handles(out: Path) -> None:
+    ds = HiromlDataset(out)
+    ds[0]
+    assert len(ds._files) == 1
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._files == {} and torch.equal(clone[0]["image"], ds[0]["image"])
+    ds.close()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_give_the_same_samples(out: Path, context: str) -> None:
+    ds = HiromlDataset(out, split="train")
+    ds[0]  # a handle opened in the parent before forking: the pitfall
+    ref = list(DataLoader(ds, batch_size=4, num_workers=0))
+    got = list(DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=context))
+    assert [b["sample_key"] for b in got] == [b["sample_key"] for b in ref]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(ref, got, strict=True))
+    shuffled = DataLoader(
+        ds, batch_size=5, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(0)
+    )
+    keys = [k for b in shuffled for k in b["sample_key"]]
+    assert sorted(keys) == ds.keys and keys != ds.keys
+
+
+def test_without_index_or_shape_hdf5_path_gives_the_same(out: Path) -> None:
+    fast = HiromlDataset(out, split=None, modality="cxr")
+    slow = HiromlDataset(out, split=None, modality="cxr")
+    slow.shapes = [None] * len(slow)  # as with a manifest without shapes
+    for i in (0, 5, len(fast) - 1):
+        assert fast._locate(i)[1] is not None
+        assert torch.equal(fast[i]["image"], slow[i]["image"])
+        assert slow._locate(i)[1] == fast._locate(i)[1]
+
+
+def test_compressed_shards_read_the_same(out: Path, tmp_path: Path) -> None:
+    lz4 = make_output(tmp_path, n_patients=12, n_ct=2, compression="lz4")
+    for modality in ("cxr", "ct"):
+        a = HiromlDataset(out, split=None, modality=modality)
+        b = HiromlDataset(lz4, split=None, modality=modality)
+        assert b._locate(0)[1] is None  # chunked: read through HDF5
+        assert all(torch.equal(a[i]["image"], b[i]["image"]) for i in range(len(a)))

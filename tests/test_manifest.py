@@ -1,0 +1,221 @@
+"""manifest.py: column types, atomic writes, validation, the contract check.
+
+``make_output`` builds a small, sound output folder in code (shards + tables); the verify
+and dataset tests import it from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hiroml.manifest import (
+    AUDIT_COLUMNS,
+    CT_COLUMNS,
+    MANIFEST_COLUMNS,
+    ManifestError,
+    audit_frame,
+    check_contract,
+    patients_frame,
+    read_manifest,
+    write_outputs,
+)
+from hiroml.records import Action, AuditRow
+from hiroml.shards import ShardWriter
+
+
+def _cxr(rng: np.random.Generator, dtype: str, size: int) -> tuple[np.ndarray, float]:
+    img = rng.random((size, size), dtype=np.float32)
+    if dtype == "uint8":
+        return np.round(img * 255).astype(np.uint8), 1 / 255
+    return img.astype(np.float16), 1.0
+
+
+def make_output(
+    root: Path,
+    *,
+    n_patients: int = 12,
+    n_ct: int = 2,
+    size: int = 32,
+    cxr_dtype: str = "float16",
+    seed: int = 0,
+    max_samples: int = 5,
+    compression: str = "none",
+) -> Path:
+    """A sound hiroml output folder: 2 CXR per patient, ``n_ct`` CT volumes, shards rolled
+    over every ``max_samples`` samples, patients dealt train, train, val, test in turn."""
+    rng = np.random.default_rng(seed)
+    out = root / "out"
+    rows = []
+    samples = []
+    for p in range(n_patients):
+        pid = f"{1000 + p}"
+        group = f"g{pid}"
+        for j in range(2):
+            arr, scale = _cxr(rng, cxr_dtype, size)
+            sop = f"1.2.826.0.1.{p}.{j}"
+            samples.append(("cxr", f"cxr-{pid}-{j}", arr, {"sop_uid": sop, "scale": scale}))
+            rows.append(
+                {
+                    "sample_key": f"cxr-{pid}-{j}",
+                    "modality": "cxr",
+                    "patient_id": pid,
+                    "source_patient_id": pid,
+                    "patient_group": group,
+                    "split": ("train", "train", "val", "test")[p % 4],
+                    "exam_key": f"e{pid}-{j}",
+                    "hiro_id": f"A{j:03d}",
+                    "exam_time": dt.datetime(2020, 3, 1 + j, 14, 0, p),
+                    "description": "XR-PORT-CHEST-1V",
+                    "batch": "CXR-UPDATE-20200523-COMPLETE",
+                    "source_zips": [f"{pid}_2020030{1 + j}-140000_A{j:03d}_XR.zip"],
+                    "series_uid": f"1.2.826.1.{p}.{j}",
+                    "sop_uid": sop,
+                    "view": "frontal" if j == 0 else "lateral",
+                    "age_years": 40.0 + p if p % 5 else None,
+                    "sex": "F" if p % 2 else "M",
+                    "shape": list(arr.shape),
+                    "sop_uids": [sop],
+                    "pixel_hashes": [f"px{p}-{j}"],
+                    "label_covid": float(p % 2),
+                    "scale": scale,
+                }
+            )
+    for c in range(n_ct):
+        pid = f"{2000 + c}"
+        group = f"g{pid}"
+        vol = rng.integers(-1024, 2000, size=(6 + c, size, size), dtype=np.int16)
+        sops = [f"1.2.840.9.{c}.{z}" for z in range(vol.shape[0])]
+        samples.append(("ct", f"ct-{pid}", vol, {"series_uid": f"1.2.840.8.{c}"}))
+        rows.append(
+            {
+                "sample_key": f"ct-{pid}",
+                "modality": "ct",
+                "patient_id": pid,
+                "source_patient_id": pid,
+                "patient_group": group,
+                "split": "train",
+                "exam_key": f"e{pid}",
+                "hiro_id": "A002",
+                "exam_time": dt.datetime(2020, 5, 8, 10, 53),
+                "description": "CT-CHEST-WO",
+                "batch": "CT-UPDATE-20200602-COMPLETE",
+                "source_zips": [f"{pid}_20200508-105300_A002_CT-CHEST-WO.zip"],
+                "series_uid": f"1.2.840.8.{c}",
+                "sop_uid": None,
+                "view": "unknown",
+                "age_years": 61.0,
+                "sex": "M",
+                "shape": list(vol.shape),
+                "size_xyz": [size, size, vol.shape[0]],
+                "spacing_xyz": [0.7, 0.7, 2.5],
+                "origin_xyz": [-180.0, -180.0, -300.0 - c],
+                "direction": [1.0, 0, 0, 0, 1, 0, 0, 0, 1],
+                "sop_uids": sops,
+                "pixel_hashes": [f"ct{c}-{z}" for z in range(vol.shape[0])],
+                "label_covid": 1.0,
+                "scale": 1.0,
+            }
+        )
+    located: dict[str, tuple[str, str, str]] = {}
+    for modality in ("cxr", "ct"):
+        with ShardWriter(
+            out / "shards",
+            f"{modality}-t0",
+            modality=modality,
+            max_samples=max_samples,
+            max_bytes=1 << 30,
+            attrs={"config_hash": "abc123"},
+            compression=compression,
+        ) as w:
+            for mod, key, arr, meta in samples:
+                if mod == modality:
+                    w.add(key, arr, meta)
+        for info in w.shards:
+            for key, digest in zip(info.keys, info.data_hashes, strict=True):
+                located[key] = (f"shards/{info.name}", info.sha256, digest)
+    manifest = pd.DataFrame(rows)
+    manifest["shard"] = [located[k][0] for k in manifest["sample_key"]]
+    manifest["shard_sha256"] = [located[k][1] for k in manifest["sample_key"]]
+    manifest["data_hash"] = [located[k][2] for k in manifest["sample_key"]]
+    audit = audit_frame(
+        [AuditRow("1000_x.zip", "CXR-UPDATE-20200523-COMPLETE", Action.KEPT, "unique exam")]
+    )
+    write_outputs(out, manifest, patients_frame(manifest), audit)
+    (out / "report.html").write_text("<html></html>")
+    return out
+
+
+def test_round_trip_types(tmp_path: Path) -> None:
+    out = make_output(tmp_path)
+    m = read_manifest(out)
+    assert set(MANIFEST_COLUMNS + CT_COLUMNS) <= set(m.columns)
+    schema = pq.read_schema(out / "manifest.parquet")
+    assert str(schema.field("exam_time").type) == "timestamp[us]"
+    for col, value_type in (
+        ("shape", pa.int64()),
+        ("direction", pa.float64()),
+        ("source_zips", pa.string()),
+        ("pixel_hashes", pa.string()),
+    ):
+        assert pa.types.is_list(schema.field(col).type)
+        assert schema.field(col).type.value_type == value_type
+    assert str(schema.field("orphan").type) == "bool"
+    assert str(schema.field("days_from_encounter").type) == "double"
+    ct = m[m["modality"] == "ct"].iloc[0]
+    assert list(ct["direction"]) == [1.0, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert list(ct["shape"]) == [6, 32, 32]
+    cxr = m[m["modality"] == "cxr"].iloc[0]
+    assert cxr["size_xyz"] is None
+    assert pd.isna(m.loc[m["sample_key"] == "cxr-1000-0", "age_years"]).all()
+    assert m["exam_time"].iloc[0] == pd.Timestamp("2020-03-01 14:00:00")
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    patients = pd.read_parquet(out / "patients.parquet")
+    assert len(patients) == 14
+    assert patients["n_samples"].sum() == len(m)
+    audit = pd.read_csv(out / "audit.csv", dtype=str)
+    assert list(audit.columns[:6]) == AUDIT_COLUMNS
+    assert audit["action"].tolist() == ["kept"]
+
+
+def test_check_contract_passes_and_names_shortfalls(tmp_path: Path) -> None:
+    out = make_output(tmp_path)
+    assert check_contract(out) == []
+    (out / "report.html").unlink()
+    assert check_contract(out) == ["missing report.html"]
+    (out / "report.html").write_text("")
+    m = read_manifest(out)
+    shard = m["shard"].iloc[0]
+    (out / shard).rename(out / (shard + ".moved"))
+    assert f"shard {shard} named in the manifest does not exist" in check_contract(out)
+
+
+def test_write_outputs_validates_before_writing(tmp_path: Path) -> None:
+    out = make_output(tmp_path)
+    m = read_manifest(out)
+    before = (out / "manifest.parquet").read_bytes()
+    patients = pd.read_parquet(out / "patients.parquet")
+    audit = pd.read_csv(out / "audit.csv", dtype=str)
+    with pytest.raises(ManifestError, match="lacks columns: patient_group"):
+        write_outputs(out, m.drop(columns=["patient_group"]), patients, audit)
+    bad = m.copy()
+    bad.loc[0, "split"] = "holdout"
+    with pytest.raises(ManifestError, match=r"split has values \['holdout'\]"):
+        write_outputs(out, bad, patients, audit)
+    bad = m.copy()
+    bad.loc[1, "sample_key"] = bad.loc[0, "sample_key"]
+    with pytest.raises(ManifestError, match="sample_key not unique"):
+        write_outputs(out, bad, patients, audit)
+    bad = m.copy()
+    bad["direction"] = [[1.0, 0.0, 0.0]] * len(bad)
+    with pytest.raises(ManifestError, match="direction must hold 9 numbers"):
+        write_outputs(out, bad, patients, audit)
+    with pytest.raises(ManifestError, match=r"audit has actions \['kept-ish'\]"):
+        write_outputs(out, m, patients, audit.assign(action="kept-ish"))
+    assert (out / "manifest.parquet").read_bytes() == before

@@ -1,0 +1,198 @@
+"""shards.py: round trip, plain-h5py layout, rollover, atomic completion, kills."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hiroml.shards import (
+    ShardError,
+    ShardWriter,
+    array_hash,
+    completed_shards,
+    iter_samples,
+    read_sample,
+    shard_keys,
+    shard_sha256,
+)
+
+
+def _writer(d: Path, **kw: object) -> ShardWriter:
+    args: dict[str, object] = {"modality": "cxr", "max_samples": 100, "max_bytes": 1 << 30}
+    args.update(kw)
+    return ShardWriter(d, "cxr-abc", **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd", "gzip"])
+def test_round_trip_arrays_and_meta(tmp_path: Path, compression: str) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 48), dtype=np.float32).astype(np.float16)
+    u8 = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    meta = {
+        "sop_uid": "1.2.3.4",
+        "age": 57,
+        "spacing": (0.14, 0.14),
+        "tags": ["a", "b"],
+        "inverted": True,
+        "window": None,
+        "scale": 0.5,
+        "missing": float("nan"),
+    }
+    with _writer(tmp_path, compression=compression, attrs={"config_hash": "h1", "n": [1, 2]}) as w:
+        h1 = w.add("1.2.3.4", img, meta)
+        w.add("k2", u8, {})
+    (info,) = w.shards
+    assert info.name == "cxr-abc.h5" and info.keys == ("1.2.3.4", "k2")
+    path = tmp_path / info.name
+    assert info.sha256 == shard_sha256(path) and info.n_bytes == path.stat().st_size
+    assert h1 == array_hash(img) == info.data_hashes[0]
+    arr, got = read_sample(path, "1.2.3.4")
+    assert arr.dtype == np.float16 and np.array_equal(arr, img)
+    assert got == {**meta, "spacing": [0.14, 0.14], "missing": None}  # JSON: no NaN
+    arr2, got2 = read_sample(path, "k2")
+    assert np.array_equal(arr2, u8) and got2 == {}
+    assert shard_keys(path) == ["1.2.3.4", "k2"]
+    assert [k for k, _, _ in iter_samples(path)] == ["1.2.3.4", "k2"]
+    # understandable with plain h5py
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "hiroml-shard" and f.attrs["modality"] == "cxr"
+        assert f.attrs["config_hash"] == "h1" and json.loads(f.attrs["n"]) == [1, 2]
+        assert f.attrs["n_samples"] == 2
+        ds = f["samples/1.2.3.4"]
+        assert ds.attrs["sop_uid"] == "1.2.3.4" and ds.attrs["age"] == 57
+        assert ds.attrs["data_hash"] == h1
+        assert (ds.chunks is None) == (compression == "none")
+
+
+@pytest.mark.parametrize(("ct_chunks", "chunks"), [("slice", (1, 80, 70)), ("cube", (40, 64, 64))])
+def test_ct_chunking(tmp_path: Path, ct_chunks: str, chunks: tuple[int, ...]) -> None:
+    vol = np.random.default_rng(1).integers(-1024, 3000, (40, 80, 70), dtype=np.int16)
+    with ShardWriter(
+        tmp_path, "ct-1", modality="ct", max_samples=4, max_bytes=1 << 30, ct_chunks=ct_chunks
+    ) as w:
+        w.add("vol", vol, {"spacing_xyz": [0.7, 0.7, 1.25]})
+    arr, meta = read_sample(tmp_path / "ct-1.h5", "vol")
+    assert np.array_equal(arr, vol) and meta["spacing_xyz"] == [0.7, 0.7, 1.25]
+    with h5py.File(tmp_path / "ct-1.h5") as f:
+        assert f["samples/vol"].chunks == chunks
+
+
+def test_array_hash_sees_dtype_and_shape() -> None:
+    a = np.zeros((4, 4), np.uint8)
+    assert array_hash(a) == array_hash(a.copy())
+    assert array_hash(a) != array_hash(a.reshape(2, 8))
+    assert array_hash(a) != array_hash(a.view(np.int8))
+    assert array_hash(a) != array_hash(np.ones((4, 4), np.uint8))
+
+
+def test_rollover_by_count(tmp_path: Path) -> None:
+    with _writer(tmp_path, max_samples=2) as w:
+        for i in range(5):
+            w.add(f"k{i}", np.full((4, 4), i, np.uint8), {"i": i})
+    assert [s.name for s in w.shards] == ["cxr-abc.h5", "cxr-abc-0001.h5", "cxr-abc-0002.h5"]
+    assert [s.keys for s in w.shards] == [("k0", "k1"), ("k2", "k3"), ("k4",)]
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == sorted(s.name for s in w.shards)
+    arr, meta = read_sample(tmp_path / "cxr-abc-0001.h5", "k3")
+    assert arr[0, 0] == 3 and meta == {"i": 3}
+
+
+def test_rollover_by_bytes(tmp_path: Path) -> None:
+    # 100 bytes each; 250 bytes per shard -> 2 per shard; an oversized sample goes alone
+    with _writer(tmp_path, max_bytes=250) as w:
+        for i in range(3):
+            w.add(f"k{i}", np.zeros((10, 10), np.uint8), {})
+        w.add("big", np.zeros((20, 20), np.uint8), {})
+        w.add("k3", np.zeros((10, 10), np.uint8), {})
+    assert [s.keys for s in w.shards] == [("k0", "k1"), ("k2",), ("big",), ("k3",)]
+
+
+def test_bad_and_duplicate_keys(tmp_path: Path) -> None:
+    with _writer(tmp_path, max_samples=1) as w:
+        w.add("k", np.zeros((2, 2), np.uint8), {})
+        with pytest.raises(ShardError, match="duplicate sample key 'k'"):
+            w.add("k", np.zeros((2, 2), np.uint8), {})  # even across a rollover
+        with pytest.raises(ShardError, match="no /"):
+            w.add("a/b", np.zeros((2, 2), np.uint8), {})
+        with pytest.raises(ShardError, match="is not str/int/float/bool/None/list"):
+            w.add("m", np.zeros((2, 2), np.uint8), {"x": {"nested": 1}})
+    with pytest.raises(ShardError, match="outside its `with` block"):
+        w.add("late", np.zeros((2, 2), np.uint8), {})
+    with pytest.raises(ShardError, match="compression='bz2'"):
+        _writer(tmp_path, compression="bz2")
+
+
+def test_exception_inside_with_leaves_no_half_shard(tmp_path: Path) -> None:
+    with _writer(tmp_path, max_samples=100) as w0:  # a previous, complete output
+        w0.add("old", np.ones((3, 3), np.uint8), {})
+    with pytest.raises(RuntimeError, match="convert failed"), _writer(tmp_path, max_samples=2) as w:
+        for i in range(3):
+            w.add(f"k{i}", np.full((4, 4), i, np.uint8), {})
+        raise RuntimeError("convert failed")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # the first rolled-over shard was complete; the second (k2) was in progress and is gone.
+    # cxr-abc.h5 was replaced by the new, complete shard of k0, k1
+    assert names == ["cxr-abc.h5"]
+    assert shard_keys(tmp_path / "cxr-abc.h5") == ["k0", "k1"]
+    assert [s.name for s in w.shards] == ["cxr-abc.h5"]
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import numpy as np
+    from hiroml.shards import ShardWriter
+
+    with ShardWriter(Path(sys.argv[1]), "cxr-new", modality="cxr", max_samples=3,
+                     max_bytes=1 << 30) as w:
+        for i in range(5):
+            w.add(f"k{i}", np.full((64, 64), i, np.uint16), {"i": i})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_sigkill_mid_shard_leaves_previous_output_readable(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, "cxr-prev", modality="cxr", max_samples=9, max_bytes=1 << 30) as w:
+        w.add("p0", np.ones((8, 8), np.uint8), {})
+    prev_sha = w.shards[0].sha256
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # shard 0 (k0-k2) was completed; shard 1 (k3, k4) died as a .tmp that never looks whole
+    assert names == ["cxr-new-0001.h5.tmp", "cxr-new.h5", "cxr-prev.done.json", "cxr-prev.h5"]
+    assert completed_shards(tmp_path, "cxr-new") is None  # the task must be re-run
+    assert shard_keys(tmp_path / "cxr-new.h5") == ["k0", "k1", "k2"]
+    assert shard_sha256(tmp_path / "cxr-prev.h5") == prev_sha
+    assert read_sample(tmp_path / "cxr-prev.h5", "p0")[0].sum() == 64
+    # a re-run completes the work and leaves no .tmp behind
+    with ShardWriter(tmp_path, "cxr-new", modality="cxr", max_samples=3, max_bytes=1 << 30) as w2:
+        for i in range(5):
+            w2.add(f"k{i}", np.full((64, 64), i, np.uint16), {"i": i})
+    assert sorted(p.name for p in tmp_path.glob("*.h5*")) == [
+        "cxr-new-0001.h5",
+        "cxr-new.h5",
+        "cxr-prev.h5",
+    ]
+    assert completed_shards(tmp_path, "cxr-new") == w2.shards
+    assert shard_keys(tmp_path / "cxr-new-0001.h5") == ["k3", "k4"]
+
+
+def test_completed_shards_lets_a_rerun_skip_a_finished_task(tmp_path: Path) -> None:
+    with _writer(tmp_path, max_samples=2, attrs={"config_hash": "c1"}) as w:
+        for i in range(3):
+            w.add(f"k{i}", np.full((4, 4), i, np.uint8), {})
+    assert completed_shards(tmp_path, "cxr-abc") == w.shards
+    assert completed_shards(tmp_path, "cxr-abc", attrs={"config_hash": "c1"}) == w.shards
+    assert completed_shards(tmp_path, "cxr-abc", attrs={"config_hash": "c2"}) is None
+    assert completed_shards(tmp_path, "cxr-other") is None
+    (tmp_path / "cxr-abc-0001.h5").unlink()
+    assert completed_shards(tmp_path, "cxr-abc") is None
