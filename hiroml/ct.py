@@ -482,6 +482,10 @@ class _HuVolume:
             not desc.lut_sequence
             and self.array.dtype == np.int16
             and slope == 1.0
+            # integer arithmetic only for a plausible intercept: a huge or non-finite one
+            # (a damaged header) would overflow it; the float path copes
+            and math.isfinite(intercept)
+            and abs(intercept) < 2**31
             and intercept == int(intercept)
         ):
             icpt = int(intercept)

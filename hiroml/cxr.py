@@ -397,10 +397,14 @@ def _affine01(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _window_value(ds: Dataset, keyword: str, index: int) -> tuple[float, int]:
-    """The ``index``-th value of a multi-valued DS attribute and how many there are."""
+    """The ``index``-th value of a multi-valued DS attribute and how many there are; NaN
+    (an unusable window) when the value is empty or not a number."""
     elem = ds[keyword]
     values = list(elem.value) if elem.VM > 1 else [elem.value]
-    return float(values[min(index, len(values) - 1)]), len(values)
+    try:
+        return float(values[min(index, len(values) - 1)]), len(values)
+    except (TypeError, ValueError):
+        return math.nan, len(values)
 
 
 def apply_window(

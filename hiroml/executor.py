@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 
 def _bar(specs: Sequence[TaskSpec], progress: bool) -> tqdm:
     n_exams = sum(len(s.exams) for s in specs)
-    return tqdm(total=n_exams, unit="exam", desc=f"convert {len(specs)} tasks",
-                disable=not progress or not specs, leave=False)
+    return tqdm(
+        total=n_exams,
+        unit="exam",
+        desc=f"convert {len(specs)} tasks",
+        disable=not progress or not specs,
+        leave=False,
+    )
 
 
 def _advance(bar: tqdm, spec: TaskSpec, result: TaskResult, mb: list[float]) -> None:
@@ -79,7 +84,9 @@ def _run_dask(
         client = Client(cfg.scheduler)
     else:
         cluster = LocalCluster(
-            n_workers=cfg.n_workers, threads_per_worker=1, processes=True,
+            n_workers=cfg.n_workers,
+            threads_per_worker=1,
+            processes=True,
             dashboard_address=None,
         )
         client = Client(cluster)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -39,9 +40,16 @@ _INSTANCE_FIELDS = tuple(f.name for f in fields(Instance))
 _TUPLE_FIELDS = frozenset(
     {"image_type", "position", "orientation", "pixel_spacing", "imager_pixel_spacing"}
 )
-# The cache is invalidated whenever the Instance record changes shape.
-SCHEMA_VERSION = "1:" + hashlib.sha1(",".join(_INSTANCE_FIELDS).encode()).hexdigest()[:12]
+# The cache is invalidated whenever the Instance record changes shape, or when the prefix
+# is bumped because the rules of what is indexed changed (2: NaN positions, 0 x 0 images,
+# missing Rows/Columns and over-long pixel data refused; damaged elements reported).
+SCHEMA_VERSION = "2:" + hashlib.sha1(",".join(_INSTANCE_FIELDS).encode()).hexdigest()[:12]
 
+_IMAGE_SIZE_TAGS = (
+    ("(0028,0010) Rows", "Rows"),
+    ("(0028,0011) Columns", "Columns"),
+    ("(0028,0100) Bits Allocated", "BitsAllocated"),
+)
 _UNCOMPRESSED = {
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.1",
@@ -79,7 +87,8 @@ def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
         out = tuple(float(v) for v in seq)
     except (TypeError, ValueError):
         return None
-    return out if len(out) == n else None
+    # NaN and infinities are no valid DS value: such an attribute counts as absent.
+    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
@@ -105,6 +114,19 @@ def instance_from_dataset(
     bits = _int(ds, "BitsAllocated") or 0
     frames = _int(ds, "NumberOfFrames") or 1
     spp = _int(ds, "SamplesPerPixel") or 1
+    if pixel_bytes is not None:
+        absent = [tag for tag, kw in _IMAGE_SIZE_TAGS if not isinstance(_int(ds, kw), int)]
+        if absent:
+            raise BadInputError(
+                f"{zip_name}: {member} has (7FE0,0010) Pixel Data but no valid "
+                f"{', '.join(absent)}: its pixels cannot be decoded"
+            )
+        if rows <= 0 or cols <= 0 or bits <= 0:
+            raise BadInputError(
+                f"{zip_name}: {member} is a {rows} x {cols} image of {bits} bits "
+                "((0028,0010) Rows x (0028,0011) Columns, (0028,0100) Bits Allocated): "
+                "no pixels to store"
+            )
     if pixel_bytes is not None and tsyntax in _UNCOMPRESSED:
         want = rows * cols * frames * spp * bits // 8
         if bits >= 8 and len(pixel_bytes) < want:
@@ -112,6 +134,14 @@ def instance_from_dataset(
                 f"{zip_name}: {member} has {len(pixel_bytes)} bytes of pixel data, its header "
                 f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}: "
                 "truncated pixel data"
+            )
+        # One trailing byte pads an odd length to an even one; more means that the header
+        # does not describe the data (wrong Rows/Columns/Bits Allocated/Number of Frames).
+        if bits >= 8 and len(pixel_bytes) > want + 1:
+            raise BadInputError(
+                f"{zip_name}: {member} has {len(pixel_bytes)} bytes of pixel data, its header "
+                f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}: "
+                "pixel data of the wrong length"
             )
     kernel = _text(ds, "ConvolutionKernel")
     return Instance(
@@ -168,6 +198,10 @@ def read_dataset(data: bytes, *, label: str) -> Dataset:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(io.BytesIO(data))
+            # Element values are decoded lazily, on first access: decode every one now, so
+            # that a damaged element (unknown VR, bad value) is reported here.
+            for _ in ds.iterall():
+                pass
     except InvalidDicomError as e:
         raise BadInputError(f"{label}: not a DICOM file ({e})") from e
     except Exception as e:  # pydicom raises many types on damaged files
@@ -237,6 +271,10 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
                 )
             except BadInputError as e:
                 problem(member, str(e))
+                continue
+            except Exception as e:  # an unforeseen parser failure on one member: never fatal
+                log.warning("%s: unexpected %s while indexing", label, type(e).__name__)
+                problem(member, f"{label}: unreadable DICOM ({type(e).__name__}: {e})")
                 continue
             if inst.sop_uid in seen:
                 problem(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ from hiroml.records import (
 log = logging.getLogger(__name__)
 
 # Bump when the conversion code changes what it stores: every task is then redone.
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 STATE_DIR = ".hiroml"
 
 
@@ -72,6 +73,8 @@ class SampleRow:
     spacing_xyz: tuple[float, ...] | None = None
     origin_xyz: tuple[float, ...] | None = None
     direction: tuple[float, ...] | None = None
+    scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
+    notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,7 @@ def _tuple_or_none(v: Any) -> tuple[Any, ...] | None:
 def _result_from_json(d: dict[str, Any]) -> TaskResult:
     samples = []
     for s in d["samples"]:
-        for k in ("shape", "sop_uids", "pixel_hashes"):
+        for k in ("shape", "sop_uids", "pixel_hashes", "notes"):
             s[k] = tuple(s[k])
         for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
             s[k] = _tuple_or_none(s[k])
@@ -418,6 +421,7 @@ def _convert_exam(
                         "sop_uids": (img.sop_uid,),
                         "pixel_hashes": (hashes.get(img.sop_uid, ""),),
                         "view": str(img.view),
+                        "scale": float(img.scale),
                     },
                 )
             )
@@ -446,6 +450,7 @@ def _convert_exam(
                     "spacing_xyz": tuple(vol.spacing_xyz),
                     "origin_xyz": tuple(vol.origin_xyz),
                     "direction": tuple(vol.direction),
+                    "notes": tuple(vol.decisions),
                 },
             )
         )
@@ -522,6 +527,22 @@ class BuildSummary:
 
 class BuildError(HiromlError):
     """The build could not complete (strict mode with errors, unusable datamart...)."""
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full(err: OSError, out: Path, doing: str) -> BuildError | None:
+    """A clear :class:`BuildError` when ``err`` is a full disk or an exceeded quota met while
+    writing into ``out``; None for any other OS error."""
+    text = str(err)
+    if err.errno not in _DISK_FULL and "No space left on device" not in text:
+        return None
+    return BuildError(
+        f"no space left on the device of {out} while {doing}: free some space (or set "
+        "paths.output elsewhere) and run again; the previous output is left as it was, and "
+        "the tasks already finished are reused"
+    )
 
 
 def _timed(summary: BuildSummary, stage: str, t0: float) -> float:
@@ -629,6 +650,8 @@ def _manifest_frame(
                     "sop_uids": list(s.sop_uids),
                     "pixel_hashes": list(s.pixel_hashes),
                     "batches": sorted({z.partition("/")[0] for z in e.zips}),
+                    "scale": s.scale,
+                    "ct_decisions": list(s.notes),
                     "days_from_encounter": days.get(e.exam_key),
                     "orphan": e.patient_id in orphans,
                 }
@@ -737,7 +760,13 @@ def run(cfg: BuildConfig) -> BuildSummary:
 
     specs = plan_tasks(joined.exams, cfg, root=str(root), out_dir=str(out))
     summary.tasks = len(specs)
-    results = execute(specs, cfg)
+    try:
+        results = execute(specs, cfg)
+    except OSError as err:
+        full = _disk_full(err, out, "writing shards")
+        if full is None:
+            raise
+        raise full from err
     summary.tasks_reused = sum(r.reused for r in results)
     for r in results:
         audit += [problem_to_audit(p, exam_key=k) for k, p in r.problems]
@@ -809,8 +838,14 @@ def run(cfg: BuildConfig) -> BuildSummary:
     t = _timed(summary, "manifest", t)
 
     summary.seconds = time.perf_counter() - t_start
-    _write_report(out, manifest, patients, audit_df, summary, joined.orphan_advice)
-    write_outputs(out, manifest, patients, audit_df)
+    try:
+        _write_report(out, manifest, patients, audit_df, summary, joined.orphan_advice)
+        write_outputs(out, manifest, patients, audit_df)
+    except OSError as err:
+        full = _disk_full(err, out, "writing the report and manifest")
+        if full is None:
+            raise
+        raise full from err
     _collect_garbage(
         out,
         set(manifest["shard"]) | {s for r in results for s in r.shards},

@@ -232,7 +232,11 @@ class ShardWriter:
     ) -> None:
         self._open = False
         if exc_type is None:
-            self._finish()
+            try:
+                self._finish()
+            except BaseException:  # e.g. ENOSPC while closing: never leave a .tmp behind
+                self._abort()
+                raise
         else:
             self._abort()
 
@@ -353,13 +357,16 @@ class ShardWriter:
         os.replace(tmp, final)
 
     def _abort(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
-                self._tmp_path().unlink(missing_ok=True)
-                log.warning("shard writer %s aborted; removed the incomplete shard", self.prefix)
+        try:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except Exception as e:  # the file may be half written: it goes anyway
+                    log.debug("closing the aborted shard %s failed: %s", self.prefix, e)
+        finally:
+            self._file = None
+            self._tmp_path().unlink(missing_ok=True)
+            log.warning("shard writer %s aborted; removed the incomplete shard", self.prefix)
 
 
 def read_index(f: h5py.File) -> dict[str, tuple[int, np.dtype[Any]]]:

@@ -196,3 +196,22 @@ def test_completed_shards_lets_a_rerun_skip_a_finished_task(tmp_path: Path) -> N
     assert completed_shards(tmp_path, "cxr-other") is None
     (tmp_path / "cxr-abc-0001.h5").unlink()
     assert completed_shards(tmp_path, "cxr-abc") is None
+
+
+def test_a_failure_while_finishing_leaves_no_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import hiroml.shards as shards_mod
+
+    def full(_path: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shards_mod, "shard_sha256", full)
+    writer = shards_mod.ShardWriter(
+        tmp_path, "cxr-x", modality="cxr", max_samples=8, max_bytes=2**30
+    )
+    with pytest.raises(OSError, match="No space left"), writer as w:
+        w.add("k1", np.zeros((8, 8), np.float16), {})
+    assert list(tmp_path.iterdir()) == []
