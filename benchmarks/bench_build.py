@@ -16,19 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hiroml import pipeline, synth
+from common import bench_datamart
+
+from hiroml import pipeline
 from hiroml.config import BuildConfig, ExecutorConfig, PathsConfig
-
-
-def _datamart(args: argparse.Namespace) -> Path:
-    if args.datamart:
-        return Path(args.datamart)
-    root = Path(tempfile.gettempdir()) / f"hiroml-bench-{args.size}"
-    if not (root / "hiroml-synth-truth.json").is_file():
-        t = time.perf_counter()
-        synth.generate(root, seed=0, size=args.size)
-        print(f"generated {root} in {time.perf_counter() - t:.1f} s")
-    return root
 
 
 def _build(root: Path, workers: int, tmp: Path) -> tuple[pipeline.BuildSummary, float]:
@@ -50,7 +41,7 @@ def main() -> None:
     ap.add_argument("--size", default="bench")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
-    root = _datamart(args)
+    root = bench_datamart(args.datamart, args.size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workers:

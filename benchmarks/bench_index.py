@@ -18,22 +18,11 @@ import zipfile
 from pathlib import Path
 
 import pydicom
+from common import bench_datamart
 
-from hiroml import synth
 from hiroml.config import IndexConfig
 from hiroml.datamart import discover
 from hiroml.index import build_index
-
-
-def _datamart(args: argparse.Namespace) -> Path:
-    if args.datamart:
-        return Path(args.datamart)
-    root = Path(tempfile.gettempdir()) / f"hiroml-bench-{args.size}"
-    if not (root / "hiroml-synth-truth.json").is_file():
-        t = time.perf_counter()
-        synth.generate(root, seed=0, size=args.size)
-        print(f"generated {root} in {time.perf_counter() - t:.1f} s")
-    return root
 
 
 def _plain(root: Path, zips: list[str]) -> tuple[float, int]:
@@ -58,7 +47,7 @@ def main() -> None:
     ap.add_argument("--size", default="bench")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    root = _datamart(args)
+    root = bench_datamart(args.datamart, args.size)
     found = discover(root)
     nbytes = sum(z.size for z in found.zips)
     with tempfile.TemporaryDirectory() as tmp:

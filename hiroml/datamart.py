@@ -156,77 +156,48 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
 def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem]]:
     zips: list[ExamZip] = []
     problems: list[Problem] = []
-    entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    if batch.status is BatchStatus.IN_PROGRESS:
-        names = [e.name for e in entries if not e.name.startswith(".")]
-        reason = "batch upload IN-PROGRESS: not read until the folder is marked COMPLETE"
-        for name in names:
-            problems.append(
-                Problem(
-                    zip=name,
-                    batch=batch.name,
-                    member="",
-                    stage="discover",
-                    reason=reason,
-                    action=Action.SKIPPED,
-                )
-            )
-        if not names:
-            problems.append(
-                Problem(
-                    zip="",
-                    batch=batch.name,
-                    member="",
-                    stage="discover",
-                    reason=reason + " (folder empty)",
-                    action=Action.SKIPPED,
-                )
-            )
-        return zips, problems
-    for e in entries:
-        if e.name.startswith("."):
-            continue
-        if e.is_dir():
-            problems.append(
-                Problem(
-                    zip=e.name,
-                    batch=batch.name,
-                    member="",
-                    stage="discover",
-                    reason="a folder inside a batch folder, not an exam zip; not read",
-                    action=Action.SKIPPED,
-                )
-            )
-            continue
-        if not e.name.lower().endswith(".zip"):
-            problems.append(
-                Problem(
-                    zip=e.name,
-                    batch=batch.name,
-                    member="",
-                    stage="discover",
-                    reason="not a .zip file; not read",
-                    action=Action.SKIPPED,
-                )
-            )
-            continue
-        try:
-            parsed = parse_zip_name(e.name)
-        except ValueError as err:
-            problems.append(
-                Problem(
-                    zip=e.name,
-                    batch=batch.name,
-                    member="",
-                    stage="discover",
-                    reason=f"{err}; not read",
-                )
-            )
-            continue
-        st = e.stat()
-        zips.append(
-            ExamZip(
-                batch=batch, file_name=e.name, name=parsed, size=st.st_size, mtime_ns=st.st_mtime_ns
+
+    def report(name: str, reason: str, action: Action = Action.SKIPPED) -> None:
+        problems.append(
+            Problem(
+                zip=name,
+                batch=batch.name,
+                member="",
+                stage="discover",
+                reason=reason,
+                action=action,
             )
         )
+
+    entries = [
+        e for e in sorted(os.scandir(folder), key=lambda e: e.name) if not e.name.startswith(".")
+    ]
+    if batch.status is BatchStatus.IN_PROGRESS:
+        reason = "batch upload IN-PROGRESS: not read until the folder is marked COMPLETE"
+        for e in entries:
+            report(e.name, reason)
+        if not entries:
+            report("", reason + " (folder empty)")
+        return zips, problems
+    for e in entries:
+        if e.is_dir():
+            report(e.name, "a folder inside a batch folder, not an exam zip; not read")
+        elif not e.name.lower().endswith(".zip"):
+            report(e.name, "not a .zip file; not read")
+        else:
+            try:
+                parsed = parse_zip_name(e.name)
+            except ValueError as err:
+                report(e.name, f"{err}; not read", Action.ERROR)
+                continue
+            st = e.stat()
+            zips.append(
+                ExamZip(
+                    batch=batch,
+                    file_name=e.name,
+                    name=parsed,
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                )
+            )
     return zips, problems

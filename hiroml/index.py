@@ -1,7 +1,7 @@
 """Header indexing: one :class:`~hiroml.records.Instance` per DICOM member, cached in SQLite.
 
 Each zip is read in memory through :class:`hiroml.zipio.SafeZip`; each member is parsed
-with pydicom and fingerprinted (SHA-1 of the raw (7FE0,0010) Pixel Data bytes); no pixel is
+with pydicom and fingerprinted (XXH3-128 of the raw (7FE0,0010) Pixel Data bytes); no pixel is
 decoded. Results are cached per zip in an SQLite database keyed by the zip's path relative
 to the datamart root, its size and its modification time, so a weekly re-run reads only new
 or changed zips, and zips that disappeared leave the index.
@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sqlite3
+import struct
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import xxhash
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -43,7 +45,7 @@ _TUPLE_FIELDS = frozenset(
 # The cache is invalidated whenever the Instance record changes shape, or when the prefix
 # is bumped because the rules of what is indexed changed (2: NaN positions, 0 x 0 images,
 # missing Rows/Columns and over-long pixel data refused; damaged elements reported).
-SCHEMA_VERSION = "2:" + hashlib.sha1(",".join(_INSTANCE_FIELDS).encode()).hexdigest()[:12]
+SCHEMA_VERSION = "3:" + hashlib.sha1(",".join(_INSTANCE_FIELDS).encode()).hexdigest()[:12]
 
 _IMAGE_SIZE_TAGS = (
     ("(0028,0010) Rows", "Rows"),
@@ -97,17 +99,25 @@ def _float(ds: Dataset, keyword: str) -> float | None:
 
 
 def instance_from_dataset(
-    ds: Dataset, *, batch: str, zip_name: str, member: str, member_size: int
+    ds: Dataset,
+    *,
+    batch: str,
+    zip_name: str,
+    member: str,
+    member_size: int,
+    pixels: bytes | memoryview | None = None,
 ) -> Instance:
     """Build the header record of one instance. Tolerates absent or malformed optional
     attributes (they become ``None``/""); raises :class:`BadInputError` when (0008,0018)
-    SOP Instance UID is missing or the pixel data is shorter than its header promises."""
+    SOP Instance UID is missing or the pixel data is shorter than its header promises.
+    ``pixels`` is the raw (7FE0,0010) Pixel Data value when the dataset was read without it
+    (:func:`read_member`)."""
     sop = _text(ds, "SOPInstanceUID")
     if not sop:
         raise BadInputError(f"{zip_name}: {member} has no (0008,0018) SOP Instance UID")
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    pixel_bytes: bytes | None = None
-    if "PixelData" in ds:
+    pixel_bytes = pixels
+    if pixel_bytes is None and "PixelData" in ds:
         raw = ds["PixelData"].value
         pixel_bytes = raw if isinstance(raw, bytes) else bytes(raw or b"")
     rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
@@ -188,20 +198,24 @@ def instance_from_dataset(
         kernel=kernel,
         gantry_tilt=_float(ds, "GantryDetectorTilt"),
         has_pixels=pixel_bytes is not None,
-        pixel_hash=hashlib.sha1(pixel_bytes).hexdigest() if pixel_bytes is not None else "",
+        pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
     )
 
 
-def read_dataset(data: bytes, *, label: str) -> Dataset:
-    """Parse a DICOM member's bytes; :class:`BadInputError` names ``label`` and the cause."""
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Dataset, int]:
+    """dcmread of a member's bytes; the offset where reading stopped (the Pixel Data tag
+    when ``stop_before_pixels``). :class:`BadInputError` names ``label`` and the cause."""
+    bio = io.BytesIO(data)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(io.BytesIO(data))
-            # Element values are decoded lazily, on first access: decode every one now, so
-            # that a damaged element (unknown VR, bad value) is reported here.
-            for _ in ds.iterall():
-                pass
+            ds = pydicom.dcmread(bio, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
         raise BadInputError(f"{label}: not a DICOM file ({e})") from e
     except Exception as e:  # pydicom raises many types on damaged files
@@ -209,15 +223,64 @@ def read_dataset(data: bytes, *, label: str) -> Dataset:
     for w in caught:
         if "End of file reached" in str(w.message):
             raise BadInputError(f"{label}: truncated DICOM ({w.message})")
-    if "PixelData" not in ds and "Rows" in ds and "Columns" in ds:
+    return ds, bio.tell()
+
+
+def _raw_pixels(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryview | None:
+    """The raw Pixel Data value that starts at ``pos`` in a little-endian, non-deflated
+    file, without copying it (encapsulated: the items, without the sequence delimiter)."""
+    if data[pos : pos + 4] != _PIXEL_TAG:
+        return None
+    if tsyntax == _IMPLICIT_LE:
+        (length,) = struct.unpack_from("<I", data, pos + 4)
+        start = pos + 8
+    else:
+        (length,) = struct.unpack_from("<I", data, pos + 8)
+        start = pos + 12
+    view = memoryview(data)
+    if length == 0xFFFFFFFF:
+        end = data.rfind(_SEQ_DELIMITER, start)
+        if end < 0:
+            raise BadInputError(
+                f"{label}: truncated DICOM (the encapsulated (7FE0,0010) Pixel Data has no "
+                "sequence delimiter)"
+            )
+        return view[start:end]
+    if start + length > len(data):
+        raise BadInputError(
+            f"{label}: truncated DICOM ((7FE0,0010) Pixel Data declares {length} bytes, "
+            f"{len(data) - start} remain): truncated pixel data"
+        )
+    return view[start : start + length]
+
+
+def read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview | None]:
+    """The header of a DICOM member (no pixel data) and its raw Pixel Data value (None when
+    it has none). The pixel value is sliced from ``data`` rather than parsed and copied by
+    pydicom, except for deflated and big-endian files, which are read whole."""
+    ds, pos = _parse(data, label=label, stop_before_pixels=True)
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    tsyntax = str(ts) if ts is not None else ""
+    if ts is not None and not UID(tsyntax).is_transfer_syntax:
+        raise BadInputError(f"{label}: unknown (0002,0010) Transfer Syntax UID {ts}")
+    pixels: bytes | memoryview | None = None
+    uid = UID(tsyntax)
+    if tsyntax and uid.is_little_endian and not uid.is_deflated:
+        pixels = _raw_pixels(data, pos, tsyntax, label=label) if pos < len(data) else None
+        whole = pixels is None and pos < len(data)  # e.g. float pixel data: pydicom decides
+    else:  # deflated, big endian or no transfer syntax: the offset means nothing here
+        whole = True
+    if whole:
+        full, _ = _parse(data, label=label, stop_before_pixels=False)
+        if "PixelData" in full:
+            raw = full["PixelData"].value
+            pixels = raw if isinstance(raw, bytes) else bytes(raw or b"")
+    if pixels is None and "Rows" in ds and "Columns" in ds:
         raise BadInputError(
             f"{label}: an image (Rows/Columns set) without (7FE0,0010) Pixel Data: the file is "
             "truncated or its pixels are missing"
         )
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts is not None and not UID(str(ts)).is_transfer_syntax:
-        raise BadInputError(f"{label}: unknown (0002,0010) Transfer Syntax UID {ts}")
-    return ds
+    return ds, pixels
 
 
 # --------------------------------------------------------------------------- one zip
@@ -265,9 +328,14 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
             label = f"{name}: {member}"
             try:
                 data = z.read(member)
-                ds = read_dataset(data, label=label)
+                ds, pixels = read_member(data, label=label)
                 inst = instance_from_dataset(
-                    ds, batch=batch, zip_name=name, member=member, member_size=len(data)
+                    ds,
+                    batch=batch,
+                    zip_name=name,
+                    member=member,
+                    member_size=len(data),
+                    pixels=pixels,
                 )
             except BadInputError as e:
                 problem(member, str(e))

@@ -112,10 +112,10 @@ class Instance:
     """The header of one DICOM instance (no pixels), as indexed from a zip member.
 
     DICOM attributes are named by keyword; tuples of numbers are ``None`` when the tag is
-    absent or unreadable. ``pixel_hash`` is a SHA-1 digest (hex) of the raw, still encoded
+    absent or unreadable. ``pixel_hash`` is an XXH3-128 digest (hex) of the raw, still encoded
     (7FE0,0010) Pixel Data bytes ("" when there is none): equal hashes mean identical stored
-    pixels. (SHA-1 as a content fingerprint, not for security: it is the fastest of hashlib's
-    digests here, 8 ms for a 15 MB radiograph.)
+    pixels. (A content fingerprint, not for security: 0.4 ms for a 15 MB radiograph where
+    SHA-1 takes 8.)
     """
 
     batch: str

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from hiroml.config import BuildConfig
+
+#: make_cfg(datamart, out, *overrides) -> the typed config composed by Hydra.
+MakeCfg = Callable[..., BuildConfig]
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +25,28 @@ def tiny_datamart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     root = tmp_path_factory.mktemp("datamart") / "datamart"
     truth = synth.generate(root, seed=0, size="tiny")
     return root, truth
+
+
+@pytest.fixture(scope="session")
+def make_cfg() -> MakeCfg:
+    """Compose the real Hydra config (configs/build.yaml, as ``hiroml-build`` does) with
+    overrides, converted to the typed :class:`BuildConfig`."""
+    from hydra import compose, initialize_config_module
+
+    from hiroml import cli
+
+    def make(datamart: Path, out: Path, *overrides: str) -> BuildConfig:
+        with initialize_config_module(version_base="1.3", config_module="hiroml.conf"):
+            cfg = compose(
+                "build",
+                overrides=[
+                    f"paths.datamart={datamart}",
+                    f"paths.output={out}",
+                    "progress=false",
+                    "executor.workers=1",
+                    *overrides,
+                ],
+            )
+        return cli.to_config(cfg)
+
+    return make

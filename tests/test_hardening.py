@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,41 +28,19 @@ import hostile
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
+from conftest import MakeCfg
 
-from hiroml import cli, pipeline
-from hiroml.config import BuildConfig, IndexConfig
+from hiroml import pipeline
+from hiroml.config import IndexConfig
 from hiroml.datamart import discover
 from hiroml.index import index_zip
 from hiroml.shards import read_sample
 from hiroml.verify import verify
 
-MakeCfg = Callable[..., BuildConfig]
 #: index.max_members for the hostile builds: above every normal zip of the tiny datamart
 #: (51 members at most), below the member-count zip of the corpus.
 MAX_MEMBERS = 60
 ACTIONS_FOR_BAD_INPUT = {"error", "skipped", "dropped"}
-
-
-@pytest.fixture(scope="module")
-def make_cfg() -> MakeCfg:
-    """Compose the real Hydra config (configs/build.yaml) with overrides, typed."""
-
-    def make(datamart: Path, out: Path, *overrides: str) -> BuildConfig:
-        with initialize_config_module(version_base="1.3", config_module="hiroml.conf"):
-            cfg = compose(
-                "build",
-                overrides=[
-                    f"paths.datamart={datamart}",
-                    f"paths.output={out}",
-                    "progress=false",
-                    "executor.workers=1",
-                    *overrides,
-                ],
-            )
-        return cli.to_config(cfg)
-
-    return make
 
 
 def _cli(datamart: Path, out: Path, *overrides: str) -> list[str]:

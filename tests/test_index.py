@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 
 from hiroml.config import IndexConfig
 from hiroml.datamart import discover
-from hiroml.index import build_index
+from hiroml.index import build_index, instance_from_dataset
 from hiroml.records import Action
 
 BATCH = "CXR-UPDATE-20200523-COMPLETE"
@@ -89,7 +89,7 @@ def test_records_hold_the_header(datamart: Path, tmp_path: Path) -> None:
     # Same pixels in another zip: same fingerprint; other pixels: another one.
     same = next(i for i in r.instances if i.zip.startswith("2_") and i.sop_uid == ct.sop_uid)
     mr = next(i for i in r.instances if i.member == "2_LAT/IM-0001.dcm")
-    assert same.pixel_hash == ct.pixel_hash and len(ct.pixel_hash) == 40
+    assert same.pixel_hash == ct.pixel_hash and len(ct.pixel_hash) == 32
     assert mr.pixel_hash != ct.pixel_hash
 
 
@@ -146,3 +146,37 @@ def test_cache_follows_the_datamart(datamart: Path, tmp_path: Path) -> None:
     shutil.copytree(datamart, other)
     moved = _index(other, db)
     assert moved.read == 3  # another root: the cache is not trusted
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",  # explicit VR little endian
+        "MR_small_implicit.dcm",  # implicit VR
+        "MR_small_bigendian.dcm",  # big endian: read whole by pydicom
+        "image_dfl.dcm",  # deflated: read whole by pydicom
+        "MR_small_RLE.dcm",  # encapsulated, with trailing padding after the delimiter
+        "JPEG2000.dcm",  # encapsulated
+    ],
+)
+def test_raw_pixels_sliced_from_the_bytes_equal_pydicoms(name: str) -> None:
+    import xxhash
+
+    from hiroml.index import read_member
+
+    data = _dcm(name)
+    ds, pixels = read_member(data, label=name)
+    assert "PixelData" not in ds or name in ("MR_small_bigendian.dcm", "image_dfl.dcm")
+    full = pydicom.dcmread(get_testdata_file(name))
+    assert pixels is not None and bytes(pixels) == full.PixelData
+    inst = instance_from_dataset(ds, batch="b", zip_name="z", member="m", member_size=1, pixels=pixels)
+    assert inst.pixel_hash == xxhash.xxh3_128_hexdigest(full.PixelData)
+
+
+def test_encapsulated_pixels_without_delimiter_are_truncated() -> None:
+    from hiroml.errors import BadInputError
+    from hiroml.index import read_member
+
+    data = _dcm("JPEG2000.dcm")
+    with pytest.raises(BadInputError, match="truncated DICOM"):
+        read_member(data[:-40], label="cut.dcm")

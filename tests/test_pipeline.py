@@ -6,41 +6,16 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
+from conftest import MakeCfg
 
-from hiroml import cli, pipeline
-from hiroml.config import BuildConfig
+from hiroml import pipeline
 from hiroml.manifest import check_contract
 from hiroml.verify import verify
-
-MakeCfg = Callable[..., BuildConfig]
-
-
-@pytest.fixture(scope="module")
-def make_cfg() -> MakeCfg:
-    """Compose the real Hydra config (configs/build.yaml) with overrides, typed."""
-
-    def make(datamart: Path, out: Path, *overrides: str) -> BuildConfig:
-        with initialize_config_module(version_base="1.3", config_module="hiroml.conf"):
-            cfg = compose(
-                "build",
-                overrides=[
-                    f"paths.datamart={datamart}",
-                    f"paths.output={out}",
-                    "progress=false",
-                    "executor.workers=1",
-                    *overrides,
-                ],
-            )
-        return cli.to_config(cfg)
-
-    return make
 
 
 @pytest.fixture(scope="module")
