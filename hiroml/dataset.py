@@ -77,8 +77,10 @@ class HiromlDataset(Dataset[Sample]):
     (``exam_time`` as ISO text, ``age_years`` NaN when unknown); for CT also ``spacing``,
     ``origin`` (mm) and ``direction`` (9 numbers) as float64 tensors in SimpleITK (x, y, z)
     order; ``label`` (float32 tensor) when ``label`` names a manifest column.
-    ``transform`` is applied to the whole sample dict. ``default_collate`` batches samples of
-    equal image shape. ``split=None`` takes every split.
+    ``dtype=torch.float16`` (or bfloat16) returns half-size images: with DataLoader workers
+    the batches cross processes twice as fast (cast with ``.float()`` on the GPU); the default
+    is float32. ``transform`` is applied to the whole sample dict. ``default_collate``
+    batches samples of equal image shape. ``split=None`` takes every split.
 
     Works with any sampler (shuffling, ``DistributedSampler``) and with DataLoader workers
     started by fork or spawn. Whole contiguous samples are read straight from their byte
@@ -93,7 +95,12 @@ class HiromlDataset(Dataset[Sample]):
         modality: str = "cxr",
         transform: Callable[[Sample], Sample] | None = None,
         label: str | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise HiromlError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
+        self.dtype = dtype
         self.out_dir = Path(out_dir)
         self.split = split
         self.modality = modality
@@ -273,8 +280,10 @@ class HiromlDataset(Dataset[Sample]):
         image = torch.from_numpy(arr)
         if arr.dtype.kind in "ui" and self.modality == "cxr":
             image = image.to(torch.float32, copy=True).mul_(self._scale(i, arr))
+            if self.dtype != torch.float32:
+                image = image.to(self.dtype)
         else:
-            image = image.to(torch.float32, copy=True)  # never a view of the scratch
+            image = image.to(self.dtype, copy=True)  # never a view of the scratch
         meta = dict(self.metas[i])
         sample: Sample = {
             "image": image.unsqueeze(0),

@@ -125,3 +125,16 @@ def test_compressed_shards_read_the_same(out: Path, tmp_path: Path) -> None:
         b = HiromlDataset(lz4, split=None, modality=modality)
         assert b._locate(0)[1] is None  # chunked: read through HDF5
         assert all(torch.equal(a[i]["image"], b[i]["image"]) for i in range(len(a)))
+
+
+def test_half_precision_images_on_request(tmp_path: Path) -> None:
+    import torch
+
+    out = make_output(tmp_path)
+    full = HiromlDataset(out, split=None, modality="cxr")
+    half = HiromlDataset(out, split=None, modality="cxr", dtype=torch.float16)
+    a, b = full[0]["image"], half[0]["image"]
+    assert a.dtype == torch.float32 and b.dtype == torch.float16
+    assert torch.allclose(a, b.float(), atol=1e-3)
+    with pytest.raises(HiromlError, match="dtype"):
+        HiromlDataset(out, split=None, modality="cxr", dtype=torch.int8)
