@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["HiromlDataset", "__version__"]
+__all__ = ["HiromlDataset", "__version__", "load_sitk"]
 
 if TYPE_CHECKING:
-    from hiroml.dataset import HiromlDataset
+    from hiroml.dataset import HiromlDataset, load_sitk
 
 
 def __getattr__(name: str) -> Any:
     # torch is imported only when the Dataset is asked for.
-    if name == "HiromlDataset":
-        from hiroml.dataset import HiromlDataset
+    if name in ("HiromlDataset", "load_sitk"):
+        from hiroml import dataset
 
-        return HiromlDataset
+        return getattr(dataset, name)
     raise AttributeError(f"module 'hiroml' has no attribute {name!r}")

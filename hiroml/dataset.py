@@ -306,3 +306,26 @@ class HiromlDataset(Dataset[Sample]):
             f"HiromlDataset({str(self.out_dir)!r}, split={self.split!r}, "
             f"modality={self.modality!r}, n={len(self)})"
         )
+
+
+def load_sitk(out_dir: Path | str, sample_key: str) -> Any:
+    """A stored CT volume as a ``SimpleITK.Image`` in HU with its geometry (origin, spacing in
+    mm and direction, from the manifest), e.g. to resample it or write it as NIfTI."""
+    from hiroml.ct import array_to_sitk
+    from hiroml.shards import read_sample
+
+    out = Path(out_dir)
+    m = pd.read_parquet(out / "manifest.parquet")
+    row = m[m["sample_key"] == sample_key]
+    if row.empty:
+        raise HiromlError(f"{sample_key!r} is not a sample of {out}/manifest.parquet")
+    r = row.iloc[0]
+    if r["modality"] != "ct":
+        raise HiromlError(f"{sample_key!r} is a {r['modality']} sample, not a CT volume")
+    array, _ = read_sample(out / str(r["shard"]), sample_key)
+    return array_to_sitk(
+        array,
+        spacing_xyz=tuple(float(v) for v in r["spacing_xyz"]),
+        origin_xyz=tuple(float(v) for v in r["origin_xyz"]),
+        direction=tuple(float(v) for v in r["direction"]),
+    )

@@ -269,3 +269,25 @@ def test_training_example_runs_on_the_built_dataset(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("train loss") == 3 and "val" in done.stdout
+
+
+def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
+    built: tuple[Path, pipeline.BuildSummary],
+) -> None:
+    import hiroml
+    from hiroml.shards import read_sample
+
+    out = built[0]
+    m = _frame(out)
+    row = m[m["modality"] == "ct"].iloc[0]
+    img = hiroml.load_sitk(out, row["sample_key"])
+    assert img.GetSize() == tuple(int(v) for v in row["size_xyz"])
+    assert img.GetSpacing() == pytest.approx(tuple(row["spacing_xyz"]))
+    assert img.GetOrigin() == pytest.approx(tuple(row["origin_xyz"]))
+    assert img.GetDirection() == pytest.approx(tuple(row["direction"]))
+    import SimpleITK as sitk
+
+    arr, _ = read_sample(out / row["shard"], row["sample_key"])
+    assert (sitk.GetArrayFromImage(img) == arr).all()
+    with pytest.raises(hiroml.errors.HiromlError, match="not a CT volume"):
+        hiroml.load_sitk(out, m[m["modality"] == "cxr"].iloc[0]["sample_key"])
