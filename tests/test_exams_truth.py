@@ -136,3 +136,22 @@ def test_orphans_and_windows(built: tuple[Any, ...]) -> None:
     joined = join_clinical(res.exams, clinical, IdentityConfig())
     assert list(joined.orphans) == truth["orphans"]
     assert joined.violations == {}
+
+
+def test_the_demo_size_matches_its_truth_too(tmp_path: Path) -> None:
+    """The checks above, on the larger demo datamart (another seed): every size holds."""
+    from hiroml import synth
+
+    root = tmp_path / "demo"
+    truth = synth.generate(root, seed=3, size="demo")
+    res, remap, actions = _run(root, tmp_path / "index.sqlite")
+    built = (root, truth, res, remap, actions)
+    for check in (
+        test_remap_resolved,
+        test_every_zip_decision_matches_truth,
+        test_exams_match_truth,
+        test_not_duplicates_and_partial_overlaps,
+        test_patient_groups_match_truth,
+        test_orphans_and_windows,
+    ):
+        check(built)
