@@ -469,6 +469,17 @@ def _row(u: _Unit, action: Action, reason: str, kept_as: str = "", extra: str = 
 # --------------------------------------------------------------------------- the stage
 
 
+def _zip_row(z: ExamZip, action: Action, reason: str, detail: str, member: str = "") -> AuditRow:
+    return AuditRow(
+        zip=z.file_name,
+        batch=z.batch.name,
+        action=action,
+        reason=reason,
+        detail=detail,
+        member=member,
+    )
+
+
 def build_exams(
     zips: Sequence[ExamZip],
     instances: Sequence[Instance],
@@ -505,50 +516,42 @@ def build_exams(
     units: list[_Unit] = []
     for rel in sorted(by_rel, key=lambda r: _order(by_rel[r])):
         z = by_rel[rel]
+
         if z.batch.status is BatchStatus.IN_PROGRESS:
             audit.append(
-                AuditRow(
-                    zip=z.file_name,
-                    batch=z.batch.name,
-                    action=Action.SKIPPED,
-                    reason=REASON_IN_PROGRESS,
-                    detail=f"batch {z.batch.name} is still uploading",
+                _zip_row(
+                    z,
+                    Action.SKIPPED,
+                    REASON_IN_PROGRESS,
+                    f"batch {z.batch.name} is still uploading",
                 )
             )
             continue
         if rel not in insts_of:
             audit.append(
-                AuditRow(
-                    zip=z.file_name,
-                    batch=z.batch.name,
-                    action=Action.ERROR,
-                    reason=REASON_NO_INSTANCES,
-                    detail=f"{rel}: no readable DICOM member",
-                )
+                _zip_row(z, Action.ERROR, REASON_NO_INSTANCES, f"{rel}: no readable DICOM member")
             )
             continue
         usable = [i for i in insts_of[rel] if not is_unusable(i)]
         for i in sorted(insts_of[rel], key=lambda i: i.member):
             if is_unusable(i):
                 audit.append(
-                    AuditRow(
-                        zip=z.file_name,
-                        batch=z.batch.name,
-                        action=Action.ERROR,
-                        reason=REASON_NO_PIXELS,
-                        detail=f"{rel}: {i.member} (SOP Class {i.sop_class_uid or '?'}) has no "
+                    _zip_row(
+                        z,
+                        Action.ERROR,
+                        REASON_NO_PIXELS,
+                        f"{rel}: {i.member} (SOP Class {i.sop_class_uid or '?'}) has no "
                         "Pixel Data (7FE0,0010)",
                         member=i.member,
                     )
                 )
         if not usable:
             audit.append(
-                AuditRow(
-                    zip=z.file_name,
-                    batch=z.batch.name,
-                    action=Action.ERROR,
-                    reason=REASON_NO_USABLE,
-                    detail=f"{rel}: every member is an image without Pixel Data",
+                _zip_row(
+                    z,
+                    Action.ERROR,
+                    REASON_NO_USABLE,
+                    f"{rel}: every member is an image without Pixel Data",
                 )
             )
             continue
