@@ -697,6 +697,52 @@ def _collect_garbage(out: Path, keep_shards: set[str], keep_tasks: set[str]) -> 
             p.unlink(missing_ok=True)
 
 
+def _assign_splits(
+    cfg: BuildConfig,
+    exams: Sequence[Exam],
+    group_of: Mapping[str, str],
+    clinical: Any,
+    out: Path,
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The split of every patient group, and each group's patient ids (current and source).
+
+    Groups keep the split any of their patients had in the previous build (no patient ever
+    changes split); optional stratification by a clinical label and test sequestration."""
+    from hiroml import splits
+
+    groups = sorted({group_of.get(e.patient_id, e.patient_id) for e in exams})
+    members: dict[str, list[str]] = {}
+    for pid, g in group_of.items():
+        members.setdefault(g, []).append(pid)
+    for e in exams:
+        members.setdefault(group_of.get(e.patient_id, e.patient_id), []).append(e.source_patient_id)
+    prev_by_id = _previous_splits(out)
+    previous: dict[str, str] = {}
+    for g in groups:
+        for p in sorted(members.get(g, [])):
+            if p in prev_by_id:
+                previous.setdefault(g, prev_by_id[p])
+    test_ids = splits.load_test_ids(cfg.splits.test_list) if cfg.splits.test_list else set()
+    strata = None
+    if cfg.splits.stratify:
+        if clinical is None or cfg.splits.stratify not in clinical.labels.columns:
+            raise BuildError(
+                f"splits.stratify={cfg.splits.stratify!r} needs that column in the clinical "
+                "table (paths.clinical)"
+            )
+        col = clinical.labels[cfg.splits.stratify].astype(str)
+        strata = {group_of.get(pid, pid): col.get(pid, "") for pid in col.index.astype(str)}
+    split_of = splits.assign_splits(
+        groups,
+        cfg.splits,
+        strata=strata,
+        group_members=members,
+        test_ids=test_ids,
+        previous=previous,
+    )
+    return split_of, members
+
+
 def run(cfg: BuildConfig) -> BuildSummary:
     """Build (or bring up to date) the dataset described by ``cfg``.
 
@@ -773,36 +819,7 @@ def run(cfg: BuildConfig) -> BuildSummary:
     t = _timed(summary, "convert", t)
 
     exam_by_key = {e.exam_key: e for e in joined.exams}
-    groups = sorted({result.group_of.get(e.patient_id, e.patient_id) for e in joined.exams})
-    members: dict[str, list[str]] = {}
-    for pid, g in result.group_of.items():
-        members.setdefault(g, []).append(pid)
-    for e in joined.exams:
-        members.setdefault(result.group_of.get(e.patient_id, e.patient_id), []).append(
-            e.source_patient_id
-        )
-    prev_by_id = _previous_splits(out)
-    previous = {
-        g: prev_by_id[p] for g in groups for p in sorted(members.get(g, [])) if p in prev_by_id
-    }
-    test_ids = splits.load_test_ids(cfg.splits.test_list) if cfg.splits.test_list else set()
-    strata = None
-    if cfg.splits.stratify:
-        if clinical is None or cfg.splits.stratify not in clinical.labels.columns:
-            raise BuildError(
-                f"splits.stratify={cfg.splits.stratify!r} needs that column in the clinical "
-                "table (paths.clinical)"
-            )
-        col = clinical.labels[cfg.splits.stratify].astype(str)
-        strata = {result.group_of.get(pid, pid): col.get(pid, "") for pid in col.index.astype(str)}
-    split_of = splits.assign_splits(
-        groups,
-        cfg.splits,
-        strata=strata,
-        group_members=members,
-        test_ids=test_ids,
-        previous=previous,
-    )
+    split_of, members = _assign_splits(cfg, joined.exams, result.group_of, clinical, out)
     manifest = _manifest_frame(
         results,
         exam_by_key,
