@@ -34,11 +34,13 @@ def _bar(specs: Sequence[TaskSpec], progress: bool) -> tqdm:
     )
 
 
-def _advance(bar: tqdm, spec: TaskSpec, result: TaskResult, mb: list[float]) -> None:
-    mb[0] += result.bytes_read / 1e6
+def _advance(bar: tqdm, spec: TaskSpec, result: TaskResult, tally: list[float]) -> None:
+    """Count a finished task: exams on the bar, images written and zip MB/s read beside it."""
+    tally[0] += result.bytes_read / 1e6
+    tally[1] += len(result.samples)
     bar.update(len(spec.exams))
-    rate = mb[0] / max(bar.format_dict.get("elapsed", 0.0) or 1e-9, 1e-9)
-    bar.set_postfix_str(f"{rate:.1f} MB/s in")
+    rate = tally[0] / max(bar.format_dict.get("elapsed", 0.0) or 1e-9, 1e-9)
+    bar.set_postfix_str(f"{int(tally[1])} images, {rate:.1f} MB/s in")
 
 
 def run_tasks(
@@ -49,7 +51,7 @@ def run_tasks(
 
     if not specs:
         return
-    mb = [0.0]
+    mb = [0.0, 0.0]  # MB read, images written
     with _bar(specs, progress) as bar:
         if cfg.kind == "dask":
             yield from _run_dask(specs, cfg, bar, mb)

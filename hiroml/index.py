@@ -532,6 +532,7 @@ def _collect(
         cache.store(ezip, zi)
         results[zi.rel_path] = zi
         bar.update(ezip.size)
+        bar.set_postfix_str(f"{n}/{len(todo)} zips", refresh=False)
         if on_zip is not None:
             on_zip(zi)
         if n % 64 == 0:
