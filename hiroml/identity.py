@@ -18,6 +18,7 @@ from one year before the encounter, CT from one month before) are reported or en
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -369,6 +370,11 @@ def read_clinical(path: Path, cfg: IdentityConfig) -> ClinicalTable:
                 encounter[pid] = d
     elif enc_col:
         log.info("%s: no encounter column %r: windows are not checked", path.name, enc_col)
+    for col in df.columns:  # label columns that hold numbers become numbers (NaN if blank)
+        if col in (idc, enc_col) or df[col].dtype.kind in "biufcM":
+            continue
+        with contextlib.suppress(ValueError, TypeError):  # text labels stay text
+            df[col] = pd.to_numeric(df[col].replace("", None))
     dup = df[idc][df[idc].duplicated()].unique().tolist()
     if dup:
         log.warning("%s: %d patient ids have several rows; first kept", path.name, len(dup))

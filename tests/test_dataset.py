@@ -138,3 +138,18 @@ def test_half_precision_images_on_request(tmp_path: Path) -> None:
     assert torch.allclose(a, b.float(), atol=1e-3)
     with pytest.raises(HiromlError, match="dtype"):
         HiromlDataset(out, split=None, modality="cxr", dtype=torch.int8)
+
+
+def test_distributed_sampler_shards_the_split_between_ranks(tmp_path: Path) -> None:
+    from torch.utils.data.distributed import DistributedSampler
+
+    out = make_output(tmp_path, n_patients=12, n_ct=0)
+    ds = HiromlDataset(out, split=None, modality="cxr")
+    seen: list[str] = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(1)
+        loader = DataLoader(ds, batch_size=4, sampler=sampler)
+        seen += [k for batch in loader for k in batch["sample_key"]]
+    # every sample once (DistributedSampler pads an odd count with one repeat)
+    assert set(seen) == set(ds.keys) and len(seen) - len(ds) in (0, 1)

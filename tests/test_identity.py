@@ -219,7 +219,7 @@ def test_read_clinical_csv_keeps_leading_zeros(tmp_path: Path) -> None:
     assert t.ids == frozenset({"0012", "34", "56"})
     assert t.encounter == {"0012": dt.date(2020, 4, 1), "34": dt.date(2020, 3, 10)}
     assert t.duplicate_ids == ("34",)
-    assert t.labels.loc["0012", "label"] == "1"
+    assert t.labels.loc["0012", "label"] == 1  # numeric label columns become numbers
 
 
 def test_read_clinical_parquet_and_xlsx(tmp_path: Path) -> None:

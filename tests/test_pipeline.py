@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from conftest import MakeCfg
 
 from hiroml import pipeline
@@ -295,3 +296,27 @@ def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
     assert (sitk.GetArrayFromImage(img) == arr).all()
     with pytest.raises(hiroml.errors.HiromlError, match="not a CT volume"):
         hiroml.load_sitk(out, m[m["modality"] == "cxr"].iloc[0]["sample_key"])
+
+
+def test_a_clinical_table_joins_labels_orphans_and_strata(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    import hiroml
+
+    root, truth = tiny_datamart
+    out = tmp_path / "out"
+    pipeline.run(
+        make_cfg(root, out, f"paths.clinical={root / truth['clinical']}", "splits.stratify=icu")
+    )
+    m = _frame(out)
+    clinical = pd.read_csv(root / truth["clinical"], dtype={"patient_id": str})
+    assert "icu" in m.columns
+    known = m[m["patient_id"].isin(set(clinical["patient_id"]))]
+    want = dict(zip(clinical["patient_id"], clinical["icu"], strict=True))
+    assert len(known) and all(known["icu"] == known["patient_id"].map(want))
+    assert set(m.loc[m["orphan"], "patient_id"]) == set(truth["orphans"]) & set(m["patient_id"])
+    assert known["days_from_encounter"].notna().all()
+    assert verify(out) == []
+    ds = hiroml.HiromlDataset(out, split="train", modality="cxr", label="icu")
+    sample = ds[0]
+    assert sample["label"].dtype == torch.float32
