@@ -51,6 +51,9 @@ def run_tasks(
 
     if not specs:
         return
+    # Largest first (bytes of DICOM to convert): a big CT task started last would leave the
+    # other workers idle at the end. Results are re-ordered by the driver.
+    specs = sorted(specs, key=lambda s: -sum(i.member_size for e in s.exams for i in e.instances))
     mb = [0.0, 0.0]  # MB read, images written
     with _bar(specs, progress) as bar:
         if cfg.kind == "dask":

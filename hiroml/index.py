@@ -497,6 +497,8 @@ def build_index(
             disable=not progress or not todo,
             leave=False,
         )
+        if workers > 1:  # largest first: a big CT zip last would leave a worker idle
+            todo = sorted(todo, key=lambda z: -z.size)
         jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits) for z in todo]
         with bar:
             if workers > 1 and len(jobs) > 1:
