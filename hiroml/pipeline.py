@@ -395,66 +395,66 @@ def run_task(spec: TaskSpec) -> TaskResult:
 _Row = tuple[str, np.ndarray, dict[str, Any], dict[str, Any]]
 
 
+def _row(
+    key: str, exam: Exam, modality: str, array: np.ndarray, meta: dict[str, Any], **fields: Any
+) -> _Row:
+    """A converted sample: its key, array, shard metadata and the SampleRow fields."""
+    common = {
+        "sample_key": key,
+        "exam_key": exam.exam_key,
+        "modality": modality,
+        "shape": tuple(int(s) for s in array.shape),
+    }
+    return key, array, meta, {**common, **fields}
+
+
 def _convert_exam(
     exam: Exam, read: Callable[[Instance], bytes], spec: TaskSpec
 ) -> tuple[list[_Row], list[Problem]]:
     hashes = {i.sop_uid: i.pixel_hash for i in exam.instances}
-    rows: list[_Row] = []
     if exam.modality is Modality.CXR:
         from hiroml import cxr
 
         images, probs = cxr.convert_exam(exam, read, spec.cxr)
-        for img in images:
-            key = f"{exam.exam_key}:{img.sop_uid}"
-            rows.append(
-                (
-                    key,
-                    img.array,
-                    _cxr_meta(img, exam),
-                    {
-                        "sample_key": key,
-                        "exam_key": exam.exam_key,
-                        "modality": "cxr",
-                        "shape": tuple(int(s) for s in img.array.shape),
-                        "series_uid": img.series_uid,
-                        "sop_uid": img.sop_uid,
-                        "sop_uids": (img.sop_uid,),
-                        "pixel_hashes": (hashes.get(img.sop_uid, ""),),
-                        "view": str(img.view),
-                        "scale": float(img.scale),
-                    },
-                )
+        return [
+            _row(
+                f"{exam.exam_key}:{img.sop_uid}",
+                exam,
+                "cxr",
+                img.array,
+                _cxr_meta(img, exam),
+                series_uid=img.series_uid,
+                sop_uid=img.sop_uid,
+                sop_uids=(img.sop_uid,),
+                pixel_hashes=(hashes.get(img.sop_uid, ""),),
+                view=str(img.view),
+                scale=float(img.scale),
             )
-        return rows, probs
+            for img in images
+        ], probs
     from hiroml import ct
 
     volumes, probs = ct.convert_exam(exam, read, spec.ct)
-    for vol in volumes:
-        key = f"{exam.exam_key}:{vol.series_uid}"
-        rows.append(
-            (
-                key,
-                vol.array,
-                _ct_meta(vol, exam),
-                {
-                    "sample_key": key,
-                    "exam_key": exam.exam_key,
-                    "modality": "ct",
-                    "shape": tuple(int(s) for s in vol.array.shape),
-                    "series_uid": vol.series_uid,
-                    "sop_uid": "",
-                    "sop_uids": tuple(vol.sop_uids),
-                    "pixel_hashes": tuple(hashes.get(s, "") for s in vol.sop_uids),
-                    "view": "unknown",
-                    "size_xyz": tuple(vol.size_xyz),
-                    "spacing_xyz": tuple(vol.spacing_xyz),
-                    "origin_xyz": tuple(vol.origin_xyz),
-                    "direction": tuple(vol.direction),
-                    "notes": tuple(vol.decisions),
-                },
-            )
+    return [
+        _row(
+            f"{exam.exam_key}:{vol.series_uid}",
+            exam,
+            "ct",
+            vol.array,
+            _ct_meta(vol, exam),
+            series_uid=vol.series_uid,
+            sop_uid="",
+            sop_uids=tuple(vol.sop_uids),
+            pixel_hashes=tuple(hashes.get(s, "") for s in vol.sop_uids),
+            view="unknown",
+            size_xyz=tuple(vol.size_xyz),
+            spacing_xyz=tuple(vol.spacing_xyz),
+            origin_xyz=tuple(vol.origin_xyz),
+            direction=tuple(vol.direction),
+            notes=tuple(vol.decisions),
         )
-    return rows, probs
+        for vol in volumes
+    ], probs
 
 
 # --------------------------------------------------------------------------- helpers
