@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml import __version__
+from hiroml.card import settings_of
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
 from hiroml.errors import HiromlError
 from hiroml.records import (
@@ -856,7 +857,9 @@ def run(cfg: BuildConfig) -> BuildSummary:
 
     summary.seconds = time.perf_counter() - t_start
     try:
-        _write_report(out, manifest, patients, audit_df, summary, joined.orphan_advice)
+        _write_report(
+            out, manifest, patients, audit_df, summary, joined.orphan_advice, settings_of(cfg)
+        )
         write_outputs(out, manifest, patients, audit_df)
     except OSError as err:
         full = _disk_full(err, out, "writing the report and manifest")
@@ -880,6 +883,7 @@ def _write_report(
     audit: pd.DataFrame,
     summary: BuildSummary,
     orphan_advice: str,
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
     from hiroml import report
     from hiroml.shards import read_sample
@@ -900,4 +904,5 @@ def _write_report(
         audit=audit,
         summary=info,
         read_array=read_array,
+        settings=settings,
     )

@@ -323,6 +323,15 @@ def _header(summary: Mapping[str, Any], n_errors: int) -> str:
     )
 
 
+def _flow_section(svg: str) -> str:
+    body = f'<div class="flow">{svg}</div>' + _note(
+        "From the zips found to the samples of each split, as counted in audit.csv and the "
+        "manifest. The same figure is in <code>flow.svg</code> beside this page; the numbers "
+        "are in <code>DATASET.md</code>."
+    )
+    return _section("flow", "Flow", body)
+
+
 def _counts(manifest: pd.DataFrame, patients: pd.DataFrame, audit: pd.DataFrame) -> str:
     mod = _keys(_col(manifest, "modality"))
     cards: list[tuple[str, int | str]] = [
@@ -680,6 +689,7 @@ figcaption{font-size:11px;color:var(--mut);overflow-wrap:anywhere}
 .broken{width:150px;height:150px;display:flex;align-items:center;justify-content:center;
 background:var(--badbg);color:var(--bad);font-size:12px}
 code{background:#eef1f6;padding:0 4px;border-radius:3px}
+.flow{overflow-x:auto}.flow svg{max-width:100%;height:auto}
 """
 
 
@@ -691,12 +701,19 @@ def render_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    flow: str | None = None,
 ) -> str:
-    """The report page as an HTML string; see :func:`write_report`."""
+    """The report page as an HTML string; see :func:`write_report`. ``flow`` is the flow
+    diagram's SVG (:func:`hiroml.flow.flow_svg`), drawn at the top; computed when None."""
+    if flow is None:
+        from hiroml.flow import compute_flow, flow_svg
+
+        flow = flow_svg(compute_flow(audit, manifest))
     n_errors = int((_keys(_col(audit, "action")) == "error").sum())
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
         for a, t in (
+            ("flow", "Flow"),
             ("counts", "Counts"),
             ("splits", "Splits"),
             ("errors", f"Errors ({n_errors})"),
@@ -709,6 +726,7 @@ def render_report(
     body = "".join(
         [
             _header(summary, n_errors),
+            _flow_section(flow),
             _counts(manifest, patients, audit),
             _balance(manifest, patients),
             _errors(audit),
@@ -751,8 +769,11 @@ def write_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    settings: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html``, one self-contained page, and return its path.
+    """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
+    inclusion/exclusion flow, :mod:`hiroml.flow`, also drawn at the top of the page) and
+    ``DATASET.md`` (the dataset card, :mod:`hiroml.card`) beside it; return the page's path.
 
     ``manifest``, ``patients`` and ``audit`` are the output tables of DESIGN.md section 4
     (missing optional columns are tolerated; an empty manifest gives a page of errors and
@@ -761,10 +782,20 @@ def write_report(
     in [0, 1], or uint8/uint16) or a CT volume numpy (z, y, x) in HU; without it the page
     has no thumbnails. ``max_thumbnails`` radiographs are shown per split, and
     ``max(1, max_thumbnails // 4)`` CT volumes per split (three mid-slices each).
-    The page is written to a temporary name then moved into place (``os.replace``).
+    ``settings`` (config key -> value, :func:`hiroml.card.settings_of`) are the conversion
+    settings printed in the card; ``summary`` keys ``version`` and ``dataset_hash`` are
+    printed there when present.
+    Each file is written to a temporary name then moved into place (``os.replace``).
     """
+    from hiroml.card import CARD_NAME, render_card
+    from hiroml.flow import FLOW_NAME, compute_flow, flow_svg
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    flow = compute_flow(audit, manifest)
+    for problem in flow.problems():
+        log.warning("flow diagram: the counts do not add up: %s", problem)
+    svg = flow_svg(flow)
     page = render_report(
         manifest=manifest,
         patients=patients,
@@ -772,13 +803,25 @@ def write_report(
         summary=summary,
         read_array=read_array,
         max_thumbnails=max_thumbnails,
+        flow=svg,
     )
-    path = out_dir / REPORT_NAME
-    tmp = out_dir / f".{REPORT_NAME}.{os.getpid()}.tmp"
+    card = render_card(
+        manifest=manifest, audit=audit, summary=summary, flow=flow, settings=settings
+    )
+    _write_text(out_dir, FLOW_NAME, svg)
+    _write_text(out_dir, CARD_NAME, card)
+    path = _write_text(out_dir, REPORT_NAME, page)
+    log.info("report written: %s (%.1f kB)", path, len(page) / 1024)
+    return path
+
+
+def _write_text(out_dir: Path, name: str, text: str) -> Path:
+    """Write ``out_dir/name`` through a temporary name and ``os.replace``."""
+    path = out_dir / name
+    tmp = out_dir / f".{name}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("report written: %s (%.1f kB)", path, len(page) / 1024)
     return path
