@@ -275,10 +275,18 @@ def render_card(
         "## Composition per split",
         "",
         _table(
-            ["split", "patients", "exams", "samples", "age, years: median (IQR), per exam",
-             "F", "M", "other / unknown"],
+            [
+                "split",
+                "patients",
+                "exams",
+                "samples",
+                "age, years: median (IQR), per exam",
+                "F",
+                "M",
+                "other / unknown",
+            ],
             _demographics(manifest),
-        ),  # fmt: skip
+        ),
         "",
         "## Label prevalence per split (per patient: positives / known)",
         "",

@@ -68,6 +68,24 @@ def _float(v: Any) -> float:
         return float("nan")
 
 
+class _Chain:
+    """``then(first(sample))``; a class, not a lambda, so that it pickles into workers."""
+
+    def __init__(
+        self, first: Callable[[Sample], Sample], then: Callable[[Sample], Sample]
+    ) -> None:
+        self.first, self.then = first, then
+
+    def __call__(self, sample: Sample) -> Sample:
+        return self.then(self.first(sample))
+
+
+def _chain(
+    first: Callable[[Sample], Sample], then: Callable[[Sample], Sample] | None
+) -> Callable[[Sample], Sample]:
+    return first if then is None else _Chain(first, then)
+
+
 class HiromlDataset(Dataset[Sample]):
     """Samples of one split and modality of a hiroml output folder, sorted by sample key.
 
@@ -81,6 +99,9 @@ class HiromlDataset(Dataset[Sample]):
     the batches cross processes twice as fast (cast with ``.float()`` on the GPU); the default
     is float32. ``transform`` is applied to the whole sample dict. ``default_collate``
     batches samples of equal image shape. ``split=None`` takes every split.
+    ``monai=True`` (``pip install "hiroml[monai]"``) makes ``image`` a MONAI ``MetaTensor``
+    with its RAS affine before ``transform`` runs (CT then (1, x, y, z), MONAI's layout; see
+    :mod:`hiroml.monai`), so MONAI's dictionary transforms work in physical space.
 
     Works with any sampler (shuffling, ``DistributedSampler``) and with DataLoader workers
     started by fork or spawn. Whole contiguous samples are read straight from their byte
@@ -97,7 +118,12 @@ class HiromlDataset(Dataset[Sample]):
         label: str | None = None,
         *,
         dtype: torch.dtype = torch.float32,
+        monai: bool = False,
     ) -> None:
+        if monai:
+            from hiroml.monai import ToMetaTensord
+
+            transform = _chain(ToMetaTensord(), transform)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise HiromlError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
         self.dtype = dtype

@@ -177,15 +177,15 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
     n = pd.Series(list(status.values()), dtype=object).value_counts()
     count = {s: int(n.get(s, 0)) for s in ("skipped", "duplicate", "merged", "kept", "error")}
     count["error"] += int(n.get("other", 0))
-    kept_zips = {k for k, s in status.items() if s == "kept"}
-    in_kept = a["key"].isin(kept_zips)
+    # rows about an exam's content: its primary zip's and its merged parts'
+    in_exam = a["key"].isin({k for k, s in status.items() if s in ("kept", "merged")})
     exams = count["kept"]  # a kept zip is the primary zip of one exam
 
-    dropped_reasons = a.loc[in_kept & (a["action"] == "dropped"), "reason"].map(reason_class)
+    dropped_reasons = a.loc[in_exam & (a["action"] == "dropped"), "reason"].map(reason_class)
     by_class = dropped_reasons.value_counts()
     order = [name for name, _ in REASON_CLASSES] + [OTHER]
     dropped = {c: int(by_class[c]) for c in order if c in by_class}
-    errors_in_exams = int((in_kept & (a["action"] == "error")).sum())
+    errors_in_exams = int((in_exam & (a["action"] == "error")).sum())
 
     m = pd.DataFrame(
         {
@@ -255,7 +255,10 @@ def _box(x: int, y: int, w: int, lines: Sequence[str], *, cls: str) -> tuple[str
 
 
 def _arrow(x1: float, y1: float, x2: float, y2: float) -> str:
-    return f'<line class="arrow" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" marker-end="url(#hiroml-flow-head)"/>'
+    return (
+        f'<line class="arrow" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" '
+        'marker-end="url(#hiroml-flow-head)"/>'
+    )
 
 
 def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
@@ -339,8 +342,9 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         "svg.hiroml-flow text.title{font-size:16px;font-weight:bold}"
     )
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="hiroml-flow" width="{_W}" height="{height}" '
-        f'viewBox="0 0 {_W} {height}" role="img" aria-label="{html.escape(title)}">'
+        '<svg xmlns="http://www.w3.org/2000/svg" class="hiroml-flow" '
+        f'width="{_W}" height="{height}" viewBox="0 0 {_W} {height}" role="img" '
+        f'aria-label="{html.escape(title)}">'
         f"<title>{html.escape(title)}</title><style>{style}</style>"
         '<defs><marker id="hiroml-flow-head" markerWidth="8" markerHeight="8" refX="7" refY="4" '
         'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#5b6577"/></marker></defs>'

@@ -21,6 +21,12 @@ What it learns:
   images; ``covid_cxr`` keeps frontal images only). Neither is a clinical finding: they only
   show that images, targets and the training loop are wired correctly.
 
+How it trains (``--trainer``): with Lightning installed (``pip install "hiroml[lightning]"``)
+the default ``auto`` uses :class:`hiroml.lightning.HiromlDataModule` and a
+``lightning.pytorch.Trainer`` (``--steps`` is ``max_steps``; devices, precision and
+checkpoints are Lightning's); without it, or with ``--trainer torch``, a plain PyTorch loop
+over two ``DataLoader`` objects. Both print the same validation line.
+
 The script holds no dataset logic: everything it knows about the output comes from
 ``HiromlDataset``. Copy it and change the model, the target and the augmentations.
 """
@@ -28,6 +34,7 @@ The script holds no dataset logic: everything it knows about the output comes fr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -203,6 +210,63 @@ def open_split(
     return HiromlDataset(out, split=split, modality="cxr", transform=transform, label=label)
 
 
+def lightning_available() -> bool:
+    """Whether ``lightning`` (and so :mod:`hiroml.lightning`) can be imported."""
+    return importlib.util.find_spec("lightning") is not None
+
+
+def train_lightning(args: argparse.Namespace, prep: PrepareSample) -> dict[str, Any]:
+    """Train a :class:`SmallCNN` with ``lightning.pytorch`` on
+    :class:`hiroml.lightning.HiromlDataModule`; returns what :func:`train` returns."""
+    import lightning.pytorch as pl
+
+    from hiroml.lightning import HiromlDataModule
+
+    dm = HiromlDataModule(
+        args.out, modality="cxr", batch_size=args.batch_size, num_workers=args.workers,
+        label=args.label, transform=prep, pin_memory=args.device.startswith("cuda"),
+        persistent_workers=args.workers > 0,
+    )  # fmt: skip
+    dm.setup("fit")
+    train_set = dm.datasets["train"]
+    print(f"train {len(train_set)} radiographs, val {len(dm.datasets['val'])}; "
+          f"target {args.label or f'proxy: {args.proxy}'} (Lightning)")  # fmt: skip
+    if len(train_set) == 0:
+        return {}
+    outputs = int(train_set[0]["target"].shape[-1])
+    log_every = args.log_every
+
+    class LitCnn(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = SmallCNN(outputs=outputs)
+            self.losses: list[float] = []
+
+        def training_step(self, batch: Sample, _: int) -> torch.Tensor | None:
+            loss, n = masked_bce(self.model(batch["image"]), batch["target"])
+            self.losses.append(float(loss.detach()) if n else math.nan)
+            step = len(self.losses)
+            if step % log_every == 0 or step == args.steps:
+                print(f"step {step:6d}  train loss {self.losses[-1]:.4f}", flush=True)
+            return loss if n else None
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=args.lr)
+
+    lit = LitCnn()
+    trainer = pl.Trainer(
+        max_steps=args.steps, accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(lit, train_dataloaders=dm.train_dataloader())
+    model = lit.model.to(args.device)
+    result: dict[str, Any] = {"model": model, "losses": lit.losses}
+    result.update(evaluate(model, dm.val_dataloader(), args.device))
+    dm.teardown()
+    return result
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -219,6 +283,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", type=Path, help="write the trained weights (state_dict) here")
+    p.add_argument("--trainer", choices=("auto", "lightning", "torch"), default="auto",
+                   help="auto: Lightning when installed, else plain PyTorch")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -227,6 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     prep = PrepareSample(args.size, label=args.label is not None, proxy=args.proxy)
+    use_lightning = args.trainer == "lightning" or (
+        args.trainer == "auto" and lightning_available()
+    )
+    if use_lightning:
+        r = train_lightning(args, prep)
+        if not r:
+            print(f"{args.out}: the train split has no radiograph")
+            return 2
+        return _finish(args, r)
     ds_train = open_split(args.out, "train", label=args.label, transform=prep)
     ds_val = open_split(args.out, "val", label=args.label, transform=prep)
     target = args.label or f"proxy: {args.proxy}"
@@ -251,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         log_every=args.log_every,
     )
+    return _finish(args, r)
+
+
+def _finish(args: argparse.Namespace, r: dict[str, Any]) -> int:
     print(
         f"val loss {r['val_loss']:.4f}  accuracy {r['val_accuracy']:.3f}  "
         f"(majority class {r['val_majority']:.3f}, n={r['val_n']})"

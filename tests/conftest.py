@@ -50,3 +50,26 @@ def make_cfg() -> MakeCfg:
         return cli.to_config(cfg)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_build_clinical(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The tiny datamart built once per session with its clinical table (labels: ``icu``) and
+    every radiograph view; read-only for the tests (flow, card, export, MONAI, Lightning)."""
+    from hiroml import pipeline
+
+    root, truth = tiny_datamart
+    out = tmp_path_factory.mktemp("tiny-build") / "out"
+    pipeline.run(
+        make_cfg(
+            root,
+            out,
+            "cxr.views=[frontal,lateral,unknown]",
+            f"paths.clinical={root / truth['clinical']}",
+        )
+    )
+    return out

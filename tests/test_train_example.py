@@ -154,7 +154,8 @@ def test_main_prints_losses(
     monkeypatch.setattr(script, "open_split", fake_open_split)
     weights = tmp_path / "w.pt"
     argv = [str(tmp_path), "--steps", "6", "--batch-size", "8", "--workers", "0",
-            "--log-every", "2", "--size", "24", "--device", "cpu", "--save", str(weights)]  # fmt: skip
+            "--log-every", "2", "--size", "24", "--device", "cpu", "--save", str(weights),
+            "--trainer", "torch"]  # fmt: skip
     assert script.main(argv) == 0
     assert opened == [(tmp_path, "train", None), (tmp_path, "val", None)]
     out = capsys.readouterr().out
@@ -170,7 +171,7 @@ def test_main_empty_train_split(
     monkeypatch.setattr(
         script, "open_split", lambda out, split, *, label, transform: FakeCxr(0, seed=0)
     )
-    assert script.main(["nowhere", "--workers", "0", "--label", "x"]) == 2
+    assert script.main(["nowhere", "--workers", "0", "--label", "x", "--trainer", "torch"]) == 2
     assert "the train split has no radiograph" in capsys.readouterr().out
 
 
@@ -181,8 +182,25 @@ def test_main_on_written_output(
     helpers = _load(Path(__file__).with_name("test_report.py"), "_report_tables")
     helpers.write_output_folder(tmp_path)
     argv = [str(tmp_path), "--steps", "3", "--batch-size", "4", "--workers", "0",
-            "--log-every", "1", "--size", "32", "--device", "cpu"]  # fmt: skip
+            "--log-every", "1", "--size", "32", "--device", "cpu", "--trainer", "torch"]  # fmt: skip
     assert script.main(argv) == 0
     out = capsys.readouterr().out
     assert "train 8 radiographs, val 4; target proxy: sex" in out
     assert out.count("train loss") == 3 and "val loss" in out
+
+
+def test_main_with_lightning_on_written_output(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With Lightning installed, the default trainer is Lightning over HiromlDataModule."""
+    helpers = _load(Path(__file__).with_name("test_report.py"), "_report_tables")
+    helpers.write_output_folder(tmp_path)
+    assert script.lightning_available()
+    weights = tmp_path / "w.pt"
+    argv = [str(tmp_path), "--steps", "3", "--batch-size", "4", "--workers", "0",
+            "--log-every", "1", "--size", "32", "--device", "cpu", "--save", str(weights)]  # fmt: skip
+    assert script.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train 8 radiographs, val 4; target proxy: sex (Lightning)" in out
+    assert out.count("train loss") == 3 and "val loss" in out and "majority class" in out
+    assert set(torch.load(weights, weights_only=True)) >= {"head.weight", "head.bias"}
