@@ -197,7 +197,7 @@ def render_card(
     ident.insert(0, ["hiroml", __version__])
     labels = _label_columns(manifest)
     f = flow
-    flow_rows = [
+    flow_rows: list[list[Any]] = [
         ["exam zips found", f.zips_found],
         ["skipped: upload in progress (IN-PROGRESS batch)", f.zips_skipped],
         ["zips read", f.zips_read],

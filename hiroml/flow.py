@@ -31,6 +31,7 @@ generic ``sans-serif``), a figure a paper can use as it is.
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -255,9 +256,17 @@ def _box(x: int, y: int, w: int, lines: Sequence[str], *, cls: str) -> tuple[str
 
 
 def _arrow(x1: float, y1: float, x2: float, y2: float) -> str:
+    """A line from (x1, y1) to (x2, y2) with an arrowhead drawn as a polygon (no marker, so
+    that the SVG holds no ``url(...)`` reference when inlined in a page)."""
+    dx, dy = x2 - x1, y2 - y1
+    n = math.hypot(dx, dy) or 1.0
+    ux, uy = dx / n, dy / n
+    bx, by = x2 - 8 * ux, y2 - 8 * uy  # base of the head, 8 px back
+    pts = [(x2, y2), (bx - 4 * uy, by + 4 * ux), (bx + 4 * uy, by - 4 * ux)]
+    head = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
     return (
-        f'<line class="arrow" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" '
-        'marker-end="url(#hiroml-flow-head)"/>'
+        f'<line class="arrow" x1="{x1:.1f}" y1="{y1:.1f}" x2="{bx:.1f}" y2="{by:.1f}"/>'
+        f'<polygon class="head" points="{head}"/>'
     )
 
 
@@ -339,6 +348,7 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         "svg.hiroml-flow rect.side{fill:#fff6e0;stroke:#8a5a00;stroke-width:1}"
         "svg.hiroml-flow rect.split{fill:#e6f4ea;stroke:#2e7d32;stroke-width:1.5}"
         "svg.hiroml-flow line.arrow{stroke:#5b6577;stroke-width:1.5}"
+        "svg.hiroml-flow polygon.head{fill:#5b6577}"
         "svg.hiroml-flow text.title{font-size:16px;font-weight:bold}"
     )
     return (
@@ -346,8 +356,6 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         f'width="{_W}" height="{height}" viewBox="0 0 {_W} {height}" role="img" '
         f'aria-label="{html.escape(title)}">'
         f"<title>{html.escape(title)}</title><style>{style}</style>"
-        '<defs><marker id="hiroml-flow-head" markerWidth="8" markerHeight="8" refX="7" refY="4" '
-        'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#5b6577"/></marker></defs>'
         f'<rect x="0" y="0" width="{_W}" height="{height}" fill="#ffffff"/>'
         f'<text class="title" x="{_MAIN_X}" y="28">{html.escape(title)}</text>'
         + "".join(out)

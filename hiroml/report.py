@@ -324,7 +324,9 @@ def _header(summary: Mapping[str, Any], n_errors: int) -> str:
 
 
 def _flow_section(svg: str) -> str:
-    body = f'<div class="flow">{svg}</div>' + _note(
+    # inline SVG in HTML needs no namespace: the page keeps no external reference at all
+    inline = svg.replace(' xmlns="http://www.w3.org/2000/svg"', "", 1).strip()
+    body = f'<div class="flow">{inline}</div>' + _note(
         "From the zips found to the samples of each split, as counted in audit.csv and the "
         "manifest. The same figure is in <code>flow.svg</code> beside this page; the numbers "
         "are in <code>DATASET.md</code>."

@@ -30,7 +30,7 @@ class MeanIntensity(pl.LightningModule):
         y = x.mean(dim=(1, 2, 3))
         loss = nn.functional.mse_loss(self.net(x)[:, 0], y)
         self.seen[split] += len(x)
-        self.losses.append(float(loss))
+        self.losses.append(float(loss.detach()))
         return loss
 
     def training_step(self, batch: dict[str, Any], _: int) -> torch.Tensor:
