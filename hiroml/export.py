@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default=None, help="train, val or test (default: all)")
     p.add_argument("--version", default=None, help="a retained version (default: latest)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="hiroml-export: %(message)s")
     try:
         r = export(a.out, a.dest, fmt=a.fmt, modality=a.modality, split=a.split, version=a.version)
     except (HiromlError, ValueError, OSError) as e:
