@@ -161,6 +161,22 @@ class ExecutorConfig:
 
 
 @dataclass
+class PublishConfig:
+    """The shrink guard (:mod:`hiroml.guard`): a build that would remove more than this
+    fraction of the previous samples or patients, unexplained by its audit, is refused
+    (exit 4) unless ``allow_shrink=true``."""
+
+    max_removed_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_removed_fraction <= 1.0:
+            raise ConfigError(
+                f"publish.max_removed_fraction={self.max_removed_fraction}: give a fraction "
+                "between 0 and 1 (0.02 refuses a build that loses more than 2%)"
+            )
+
+
+@dataclass
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -171,7 +187,10 @@ class BuildConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
     seed: int = 0
     progress: bool = True
+    allow_shrink: bool = False  # publish even when the shrink guard would refuse
+    wait_for_lock: bool = False  # wait for another build of the same output instead of exit 3

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from hiroml.records import (
     Modality,
     Problem,
 )
+
+if TYPE_CHECKING:
+    from hiroml.datamart import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +510,8 @@ class BuildSummary:
     patients_per_split: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     config_hash: dict[str, str] = field(default_factory=dict)
+    # What the shrink guard let through (hiroml.guard): empty when nothing was lost.
+    shrink: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
@@ -522,6 +527,19 @@ class BuildSummary:
             f"  dropped {self.dropped}, errors {self.errors} (see audit.csv / report.html)",
             f"  patients per split: {split}",
             f"  time per stage: {stages}",
+            *self._shrink_lines(),
+        ]
+
+    def _shrink_lines(self) -> list[str]:
+        s = self.shrink
+        if not s:
+            return []
+        gone = ", ".join(s.get("missing_batches", [])) or "none"
+        return [
+            f"  SHRINK published ({s.get('allowed_by')}): {s.get('unexplained_samples')} of "
+            f"{s.get('previous_samples')} previous samples and {s.get('unexplained_patients')} "
+            f"of {s.get('previous_patients')} patients removed without an explanation; "
+            f"batch folders gone: {gone}"
         ]
 
 
@@ -746,26 +764,49 @@ def _assign_splits(
 def run(cfg: BuildConfig) -> BuildSummary:
     """Build (or bring up to date) the dataset described by ``cfg``.
 
-    Raises :class:`BuildError` when the build cannot complete; the previous output stays
-    readable in every case, since the manifest is replaced last and atomically.
+    The datamart is listed first: a missing one, or one without any batch folder, raises
+    :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
+    the output's lock (:mod:`hiroml.lock`; :class:`~hiroml.errors.OutputLockedError` when
+    another build holds it) until it ends. Raises :class:`BuildError` when the build cannot
+    complete and :class:`~hiroml.errors.ShrinkRefusedError` when it would remove too much of
+    the previous dataset (:mod:`hiroml.guard`); the previous output stays readable in every
+    case, since the manifest is replaced last and atomically.
     """
-    from hiroml import datamart, exams, identity, splits
+    from hiroml import datamart
+    from hiroml.lock import build_lock
+
+    t_start = time.perf_counter()
+    started = _now()
+    root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)
+    t = time.perf_counter()
+    found = datamart.discover(root)  # a missing or empty datamart stops here
+    t_discover = time.perf_counter() - t
+    out = Path(cfg.paths.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out, wait=cfg.wait_for_lock):
+        summary = BuildSummary(started=started)
+        summary.stage_seconds["discover"] = t_discover
+        return _build(cfg, root, out, found, summary, t_start)
+
+
+def _build(
+    cfg: BuildConfig,
+    root: Path,
+    out: Path,
+    found: Discovery,
+    summary: BuildSummary,
+    t_start: float,
+) -> BuildSummary:
+    """The build itself, under the output's lock (see :func:`run`)."""
+    from hiroml import exams, guard, identity, splits
     from hiroml.index import build_index
     from hiroml.manifest import audit_frame, patients_frame, write_outputs
 
-    t_start = time.perf_counter()
-    summary = BuildSummary(started=_now())
-    root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)
-    out = Path(cfg.paths.output)
-    out.mkdir(parents=True, exist_ok=True)
     summary.datamart, summary.output = str(root), str(out)
     t = time.perf_counter()
-
-    found = datamart.discover(root)
     summary.batches_read = sum(b.status == "COMPLETE" for b in found.batches)
     summary.batches_skipped = len(found.batches) - summary.batches_read
     summary.zips = len(found.zips)
-    t = _timed(summary, "discover", t)
 
     db = cfg.paths.index_db or str(out / STATE_DIR / "index.sqlite")
     indexed = build_index(
@@ -854,6 +895,7 @@ def run(cfg: BuildConfig) -> BuildSummary:
         )
     t = _timed(summary, "manifest", t)
 
+    summary.shrink = guard.check_shrink(out, manifest, audit_df, _batches_read(found), cfg)
     summary.seconds = time.perf_counter() - t_start
     try:
         _write_report(out, manifest, patients, audit_df, summary, joined.orphan_advice)
@@ -871,6 +913,11 @@ def run(cfg: BuildConfig) -> BuildSummary:
     _timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _batches_read(found: Discovery) -> list[str]:
+    """Names of the COMPLETE batch folders a discovery read."""
+    return [b.name for b in found.batches if b.status == "COMPLETE"]
 
 
 def _write_report(

@@ -245,7 +245,7 @@ def test_the_readme_command_builds_the_demo(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
 def test_training_example_runs_on_the_built_dataset(
