@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 #: Audit actions that explain why a sample of the previous build is gone.
 EXPLAINING_ACTIONS = frozenset({"duplicate", "merged", "dropped"})
 #: How many unexplained sample keys a refusal names.
-SHOWN = 5
+SHOWN = 3
 
 
 @dataclass(frozen=True, slots=True)
