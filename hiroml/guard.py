@@ -64,9 +64,7 @@ class ShrinkCheck:
 
     @property
     def patient_fraction(self) -> float:
-        return (
-            self.unexplained_patients / self.previous_patients if self.previous_patients else 0.0
-        )
+        return self.unexplained_patients / self.previous_patients if self.previous_patients else 0.0
 
     def exceeds(self, max_removed_fraction: float) -> bool:
         return max(self.sample_fraction, self.patient_fraction) > max_removed_fraction

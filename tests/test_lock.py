@@ -128,6 +128,8 @@ def test_the_lock_is_released_whatever_ends_the_build(tmp_path: Path) -> None:
     with build_lock(out):  # free again at once
         pass
     assert time.perf_counter() - t0 < 1.0
-    with pytest.raises(TypeError, match="wait must be a bool"):
-        with build_lock(out, wait="yes"):  # type: ignore[arg-type]
-            pass
+    with (
+        pytest.raises(TypeError, match="wait must be a bool"),
+        build_lock(out, wait="yes"),  # type: ignore[arg-type]
+    ):
+        pass
