@@ -78,10 +78,16 @@ def read_holder(out: Path | str) -> Holder | None:
 
 
 def _write_holder(out: Path, holder: Holder) -> None:
+    """Record the holder beside the lock. Only informative: a disk too full to hold it
+    must not stop the build here (the build reports the full disk where it writes data)."""
     path = out / STATE_DIR / HOLDER_NAME
     tmp = path.with_name(f"{HOLDER_NAME}.{holder.pid}.tmp")
-    tmp.write_text(json.dumps(asdict(holder), indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(asdict(holder), indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log.warning("could not record the lock's holder in %s (%s)", path, e)
 
 
 def _locked_message(out: Path, holder: Holder | None) -> str:

@@ -3,7 +3,10 @@ a lock whose holder died is taken over with a warning."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,6 +120,42 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(
     assert f"taking over the lock of {out}: the build pid {proc.pid} on host" in caplog.text
     assert "that process is no longer running" in caplog.text
     assert read_holder(out) is None  # released
+
+
+_HOLD_WITH_WORKER = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from hiroml.lock import build_lock
+with build_lock(sys.argv[1]):
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    worker = pool.submit(os.getpid).result()
+    pool.submit(time.sleep, 30)
+    print(worker, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_builds_forked_workers_do_not_keep_the_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The conversion workers are forked while the lock is held; when the build is killed
+    they may run on for a while, and must not keep the next build out."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WITH_WORKER, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    try:
+        os.kill(worker, 0)  # the orphaned worker still runs
+        with caplog.at_level(logging.WARNING, logger="hiroml.lock"), build_lock(out):
+            pass
+        assert f"the build pid {proc.pid} on host" in caplog.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_the_lock_is_released_whatever_ends_the_build(tmp_path: Path) -> None:
