@@ -572,6 +572,8 @@ def _timed(summary: BuildSummary, stage: str, t0: float) -> float:
 def _jsonable_summary(summary: BuildSummary) -> dict[str, Any]:
     d = dataclasses.asdict(summary)
     d["stage_seconds"] = {k: round(v, 2) for k, v in summary.stage_seconds.items()}
+    if not summary.shrink:  # the report shows a shrink only when one was published
+        del d["shrink"]
     return d
 
 

@@ -171,6 +171,18 @@ def test_a_weekly_build_that_only_adds_data_is_never_refused(
     keys2 = set(pd.read_parquet(out / "manifest.parquet")["sample_key"])
     assert keys1 - keys2, "the planted duplicate should change a sample key"
     assert len(keys2) > len(keys1)
+    assert "allowed_by" not in (out / "report.html").read_text()
+
+
+def test_a_narrower_view_selection_is_explained_by_the_audit(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    """Lateral and unknown views dropped on purpose: each is a `dropped` audit row."""
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    wide = pipeline.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    narrow = pipeline.run(make_cfg(root, out, "publish.max_removed_fraction=0"))
+    assert narrow.cxr_images < wide.cxr_images and narrow.shrink == {}
 
 
 def test_a_small_loss_within_the_limit_is_published_and_reported(
