@@ -71,12 +71,11 @@ class ShrinkCheck:
 
     def describe(self) -> str:
         text = (
-            f"{self.unexplained_samples} of {self.previous_samples} previous samples "
-            f"({self.sample_fraction:.1%}) and {self.unexplained_patients} of "
-            f"{self.previous_patients} previous patients ({self.patient_fraction:.1%}) would "
-            f"be removed without an explanation in the audit ({self.explained_samples} more "
-            "removals are explained: duplicates, merges, drops, or the same image under a "
-            "new key)"
+            f"this build lacks {self.unexplained_samples} of {self.previous_samples} previous "
+            f"samples ({self.sample_fraction:.1%}) and {self.unexplained_patients} of "
+            f"{self.previous_patients} previous patients ({self.patient_fraction:.1%}) with no "
+            f"explanation in the audit ({self.explained_samples} more removals are explained: "
+            "duplicates, merges, drops, or the same image under a new key)"
         )
         if self.missing_batches:
             text += (

@@ -126,7 +126,7 @@ def test_losing_half_the_zips_is_refused_and_the_output_left_as_it_was(
         z.unlink()
     out = _copy(previous, tmp_path / "out")
     before = _published(out)
-    with pytest.raises(ShrinkRefusedError, match="would be removed without an explanation"):
+    with pytest.raises(ShrinkRefusedError, match="with no explanation in the audit"):
         pipeline.run(make_cfg(dm, out))
     _assert_untouched(out, before)
     assert verify(out) == []
@@ -256,7 +256,7 @@ def test_compare_takes_audit_explanations_but_never_errors() -> None:
     assert check.missing_batches == ("CXR-UPDATE-20200509-COMPLETE",)
     assert check.sample_fraction == pytest.approx(0.5)
     assert check.exceeds(0.02) and not check.exceeds(0.5)
-    assert "2 of 4 previous samples (50.0%)" in check.describe()
+    assert "lacks 2 of 4 previous samples (50.0%)" in check.describe()
 
 
 def test_compare_a_patient_who_keeps_another_sample_is_not_lost() -> None:
