@@ -111,14 +111,18 @@ def _strings(values: Any) -> list[str]:
 
 
 def _column(df: pd.DataFrame, name: str) -> list[Any]:
-    return list(df[name]) if name in df.columns else [None] * len(df)
+    return df[name].tolist() if name in df.columns else [None] * len(df)
 
 
 def _flat(df: pd.DataFrame, *names: str) -> set[str]:
     found: set[str] = set()
     for name in names:
         for cell in _column(df, name):
-            found.update(_strings(cell))
+            if isinstance(cell, str):
+                found.add(cell)
+            else:
+                found.update(_strings(cell))
+    found.discard("")
     return found
 
 
@@ -153,15 +157,11 @@ def compare(
             seen |= actions.get(z, set())
         return bool(seen & EXPLAINING_ACTIONS) and "error" not in seen
 
-    removed = 0
+    gone = previous.loc[[k not in new_keys for k in _column(previous, "sample_key")]]
     unexplained: list[str] = []
     lost_patients: set[str] = set()
-    is_ct = list(_is_ct(previous))
-    for row, ct in zip(previous.to_dict("records"), is_ct, strict=True):
-        if row.get("sample_key") in new_keys:
-            continue
-        removed += 1
-        if still_there(row, ct) or audit_explains(row):
+    for row, ct in zip(gone.to_dict("records"), _is_ct(gone), strict=True):
+        if still_there(row, bool(ct)) or audit_explains(row):
             continue
         unexplained.append(str(row.get("sample_key")))
         pid = str(row.get("patient_id") or "")
@@ -171,7 +171,7 @@ def compare(
     return ShrinkCheck(
         previous_samples=len(previous),
         previous_patients=len(_flat(previous, "patient_id")),
-        removed_samples=removed,
+        removed_samples=len(gone),
         unexplained_samples=len(unexplained),
         unexplained_patients=len(lost_patients),
         missing_batches=tuple(sorted(before_batches - set(batches_read))),
