@@ -57,8 +57,14 @@ def to_config(cfg: DictConfig) -> BuildConfig:
     return obj
 
 
+#: Set once Hydra has composed a config and called the job: an exit before that is Hydra's
+#: own report of a configuration it could not compose (a misspelled key, a bad override).
+_composed: list[bool] = []
+
+
 @hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
 def _main(cfg: DictConfig) -> None:
+    _composed.append(True)
     # pydicom resets its logger to WARNING when imported; damaged files are reported in the
     # audit, so keep its warnings off the console (they still reach the log file as errors).
     import pydicom  # noqa: F401
@@ -78,8 +84,13 @@ def _main(cfg: DictConfig) -> None:
 
 
 def build() -> None:
-    """``hiroml-build [overrides...]``."""
-    _main()
+    """``hiroml-build [overrides...]``; exit codes as :func:`exit_code` says."""
+    try:
+        _main()
+    except SystemExit as e:
+        if e.code == 1 and not _composed:  # Hydra could not compose the config
+            raise SystemExit(EXIT_CONFIG) from None
+        raise
 
 
 if __name__ == "__main__":

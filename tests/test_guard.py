@@ -272,12 +272,13 @@ def test_compare_a_patient_who_keeps_another_sample_is_not_lost() -> None:
 def test_exit_codes_through_the_cli(
     previous: Path, tiny_datamart: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    """`python -m hiroml`: 2 for an empty datamart, 4 for a refused shrink; no traceback."""
+    """`python -m hiroml`: 2 for an empty datamart or a misspelled key, 4 for a refused
+    shrink; no traceback."""
     root, _ = tiny_datamart
     (tmp_path / "empty").mkdir()
     out = _copy(previous, tmp_path / "out")
 
-    def build(dm: Path) -> subprocess.CompletedProcess[str]:
+    def build(dm: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
                 sys.executable,
@@ -287,6 +288,7 @@ def test_exit_codes_through_the_cli(
                 f"paths.output={out}",
                 "progress=false",
                 "executor.workers=1",
+                *overrides,
             ],
             capture_output=True,
             text=True,
@@ -296,8 +298,11 @@ def test_exit_codes_through_the_cli(
     empty = build(tmp_path / "empty")
     assert empty.returncode == 2, empty.stderr
     assert "holds no batch folder" in empty.stderr
+    misspelled = build(root, "cxr.sise=3")
+    assert misspelled.returncode == 2, misspelled.stderr
+    assert "sise" in misspelled.stderr
     refused = build(_lost_batch(root, tmp_path))
     assert refused.returncode == 4, refused.stderr
     assert "refusing to publish" in refused.stderr and EARLY in refused.stderr
-    for done in (empty, refused):
+    for done in (empty, misspelled, refused):
         assert "Traceback" not in done.stderr + done.stdout
