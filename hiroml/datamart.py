@@ -169,9 +169,8 @@ def no_batches_message(root: Path, *, shown: int = 8) -> str:
     Names the first ``shown`` entries (folders end with ``/``) and, when batch folders sit
     one level down (the path stops one folder too early), the folder to point at instead.
     """
-    entries = sorted(
-        (e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name
-    )
+    with os.scandir(root) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     names = [e.name + ("/" if e.is_dir() else "") for e in entries]
     n_dirs = sum(n.endswith("/") for n in names)
     if names:
@@ -186,9 +185,10 @@ def no_batches_message(root: Path, *, shown: int = 8) -> str:
     for e in entries:
         if e.is_dir():
             try:
-                if any(_is_batch_folder(sub) for sub in os.scandir(e.path)):
-                    hint = f"; batch folders were found in {e.path}: set paths.datamart to it"
-                    break
+                with os.scandir(e.path) as sub:
+                    if any(_is_batch_folder(x) for x in sub):
+                        hint = f"; batch folders were found in {e.path}: set paths.datamart to it"
+                        break
             except OSError:
                 continue
     return (
