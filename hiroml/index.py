@@ -197,6 +197,7 @@ def instance_from_dataset(
         instance_number=_int(ds, "InstanceNumber"),
         kernel=kernel,
         gantry_tilt=_float(ds, "GantryDetectorTilt"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         has_pixels=pixel_bytes is not None,
         pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
     )
