@@ -1063,7 +1063,7 @@ def _stitch_problems(exam: Exam, scan: Scan, vol: CtVolume) -> list[Problem]:
         f"seam_slices {list(vol.seam_slices)}; zips {list(vol.zips)}"
     )
     out = []
-    for part, note in zip(scan.joined, scan.notes, strict=True):
+    for part in scan.joined:
         first = min(part, key=lambda i: (i.zip, i.member))
         out.append(
             Problem(
@@ -1072,16 +1072,17 @@ def _stitch_problems(exam: Exam, scan: Scan, vol: CtVolume) -> list[Problem]:
                 member=first.member,
                 stage=STAGE,
                 reason=(
-                    f"series {part[0].series_uid} stitched onto series {vol.series_uid} "
-                    f"(split scan resumed as a new series: same frame of reference, "
-                    f"orientation, matrix, pixel spacing, kernel and thickness): {note}"
+                    f"series {part[0].series_uid} ({len(part)} slices) stitched with series "
+                    f"{vol.series_uid} into one scan (split scan resumed as a new series: same "
+                    "frame of reference, orientation, matrix, pixel spacing, kernel and "
+                    "thickness): " + "; ".join(scan.notes)
                 ),
                 action=Action.MERGED,
                 kept_as=key,
                 detail=detail,
             )
         )
-    for series_uid in {i.series_uid for i, _ in scan.left_out}:
+    for series_uid in sorted({i.series_uid for i, _ in scan.left_out}):
         items = [(i, why) for i, why in scan.left_out if i.series_uid == series_uid]
         out.extend(_problems_for(series_uid, items, len(items)))
     return out

@@ -26,8 +26,9 @@ Position (Patient), in mm. Parts sorted by their first position are then joined 
   coincide keep the parts apart, with the reason.
 * a slice step that differs between the parts goes through ``ct.spacing_policy`` like a gap.
 
-The first part (lowest positions along the normal) names the stitched scan: its Series
-Instance UID is the volume's, so the sample key ``{exam_key}:{series_uid}`` is unchanged.
+The part acquired first ((0008,0021)/(0008,0031) Series Date/Time, then (0020,0011) Series
+Number) names the stitched scan: its Series Instance UID is the volume's, so the sample key
+keeps its scheme ``{exam_key}:{series_uid}``.
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ PixelCheck = Callable[[Instance, Instance], str | None]
 class Scan:
     """One scan after stitching: a single series, or parts of one scan joined.
 
-    ``instances`` hold the first part's slices first (so ``instances[0].series_uid`` names the
-    scan), then the new slices of each following part; slices repeated in an overlap are in
+    ``instances`` hold the slices of the part acquired first ((0008,0021)/(0008,0031) Series
+    Date/Time, then (0020,0011) Series Number) first, so ``instances[0].series_uid`` names the
+    scan, then the new slices of the other parts; slices repeated in an overlap are in
     ``left_out`` instead, each with its reason. ``series`` are the parts' Series Instance
     UIDs in order along the normal; ``seams_mm`` the position ``n . IPP`` (mm) of the first
-    slice taken from each following part (none for a part that added no slice); ``notes``
-    say how each seam was made (abutting, overlap deduplicated, gap or spacing resampled).
+    slice taken from each part after the first along the normal (none for a part that added
+    no slice); ``notes`` say how each part joined (abutting, overlap deduplicated, gap or
+    spacing resampled); ``joined`` are the parts other than the one naming the scan.
     """
 
     instances: tuple[Instance, ...]
@@ -186,6 +189,18 @@ class _Chain:
     @property
     def start(self) -> float:
         return min(self.d)
+
+
+def _acquired(part: Sequence[Instance]) -> tuple[str, str, int, str]:
+    """Which part was acquired first: (0008,0021) Series Date, (0008,0031) Series Time,
+    (0020,0011) Series Number, then (0020,000E) Series Instance UID."""
+    first = part[0]
+    return (
+        first.series_date or "~",
+        first.series_time or "~",
+        first.series_number if first.series_number is not None else 2**31,
+        first.series_uid,
+    )
 
 
 def _step(d: np.ndarray) -> float:
@@ -389,14 +404,17 @@ def plan_scans(
             scans.append(Scan(instances=s, series=(s[0].series_uid,)))
             continue
         chain = found
+        head = min(chain.parts, key=_acquired)
+        rest = [inst for inst in chain.instances if inst.series_uid != head[0].series_uid]
+        heads = [inst for inst in chain.instances if inst.series_uid == head[0].series_uid]
         scans.append(
             Scan(
-                instances=tuple(chain.instances),
+                instances=(*heads, *rest),
                 series=tuple(p[0].series_uid for p in chain.parts),
                 seams_mm=tuple(round(v, 4) for v in chain.seams),
                 left_out=tuple(chain.left_out),
                 notes=tuple(chain.notes),
-                joined=tuple(chain.parts[1:]),
+                joined=tuple(p for p in chain.parts if p is not head),
             )
         )
         log.debug("stitched series %s: %s", ", ".join(scans[-1].series), "; ".join(chain.notes))
