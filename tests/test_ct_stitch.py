@@ -352,3 +352,22 @@ def test_bad_stitch_config_is_refused() -> None:
         CtConfig(stitch_max_gap=-1.0)
     with pytest.raises(ConfigError, match=r"ct\.stitch_atol_hu"):
         CtConfig(stitch_atol_hu=float("nan"))
+
+
+def test_report_lists_series_kept_apart_and_counts_only_zips_as_kept() -> None:
+    import pandas as pd
+
+    from hiroml import report
+
+    audit = pd.DataFrame(
+        [
+            {"zip": "a.zip", "batch": "B1", "action": "kept", "reason": "", "kept_as": "",
+             "detail": "", "exam_key": "", "member": ""},
+            {"zip": "b.zip", "batch": "B1", "action": "kept", "kept_as": "", "detail": "",
+             "reason": "series 1.2.3 not stitched (ct.stitch=auto): overlaps series 1.2.4 ...",
+             "exam_key": "E1", "member": "3_CHEST/IM-0001.dcm"},
+        ]
+    )  # fmt: skip
+    page = report._decisions(audit)
+    assert "1 zip was kept as they are" in page
+    assert "kept, not stitched</b> (1)" in page and "series 1.2.3 not stitched" in page

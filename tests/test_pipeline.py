@@ -97,6 +97,8 @@ def test_the_resumed_scan_is_one_stitched_volume(
     [merged] = audit[(audit["action"] == "merged") & (audit["member"] != "")].itertuples()
     assert merged.kept_as == row["sample_key"] and st["stitched_series"][1] in merged.reason
     assert "seams_mm" in merged.detail
+    report = (out / "report.html").read_text()
+    assert "stitched from 2 series; seams at" in report
 
 
 def test_instances_once_and_groups_as_planted(
