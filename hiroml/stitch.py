@@ -227,9 +227,12 @@ def _try_join(
     rtol, atol = cfg.spacing_rtol, cfg.spacing_atol
     step_part = _step(d_part)
     steps = [s for s in (chain.step, step_part) if math.isfinite(s)]
-    step = min(steps) if steps else math.inf
-    tol = atol + rtol * (step if math.isfinite(step) else 0.0)
+    thick = _median_thickness(part)
     head = chain.parts[0][0].series_uid
+    if not steps and not (thick is not None and thick > 0):
+        return "far", f"single slices without (0018,0050) Slice Thickness: no step to join {head}"
+    step = min(steps) if steps else float(thick or 0.0)  # one slice each: its thickness
+    tol = atol + rtol * step
     order = np.argsort(d_part, kind="stable")
     ds = d_part[order]
     end = chain.end
@@ -242,7 +245,7 @@ def _try_join(
 
     if ds[0] > end + atol:  # after the scan so far: abutting, a gap, or another region
         gap = float(ds[0] - end)
-        if not math.isfinite(step) or gap <= step + tol:
+        if gap <= step + tol:
             new = [part[i] for i in order]
             chain.seams.append(float(ds[0]))
             note = f"abuts at {ds[0]:.3f} mm (step {gap:.4g} mm)" + spacing_note

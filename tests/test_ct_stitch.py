@@ -345,6 +345,17 @@ def test_a_stitched_scan_that_fails_falls_back_to_its_parts() -> None:
     assert "stitched scan" in errors[0].reason and "tried alone" in errors[0].reason
 
 
+def test_single_slice_parts_use_their_thickness_as_the_step() -> None:
+    dss = _scan(3, thickness=2.5)
+    cfg = CtConfig(series="all", min_slices=1)
+    near = [_as_part([dss[0]], 2, "105300"), _as_part([dss[1]], 3, "110200")]
+    vols, _ = _convert(near, [ZIP_A, ZIP_B], cfg)
+    assert [v.array.shape[0] for v in vols] == [2] and vols[0].seam_slices == (1,)
+    far = _scan(1, origin=(-8.0, -10.0, 60.0), thickness=2.5)
+    vols, _ = _convert([near[0], _as_part(far, 3, "110200")], [ZIP_A, ZIP_B], cfg)
+    assert [v.array.shape[0] for v in vols] == [1, 1]
+
+
 def test_bad_stitch_config_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"ct\.stitch="):
         CtConfig(stitch="yes")
