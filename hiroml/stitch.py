@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hiroml.config import CtConfig
+from hiroml.errors import HiromlError
 from hiroml.records import Instance
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def _try_join(
     for a, b, dv in pairs:
         try:
             why = same(a, b)
-        except Exception as e:  # a damaged slice: the comparison cannot be made
+        except (HiromlError, OSError, ValueError, IndexError, EOFError) as e:  # damaged slice
             return "apart", (
                 f"overlaps series {head}, but the slices at {dv:.3f} mm could not be compared "
                 f"({type(e).__name__}: {e})"

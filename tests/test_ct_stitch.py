@@ -356,6 +356,24 @@ def test_single_slice_parts_use_their_thickness_as_the_step() -> None:
     assert [v.array.shape[0] for v in vols] == [1, 1]
 
 
+def test_an_overlap_slice_that_cannot_be_read_keeps_the_parts_apart() -> None:
+    dss = _scan(24, seed=7)
+    a, b = _as_part(dss[:14], 2, "105300"), _as_part(dss[12:], 3, "110200")
+    for d in b:
+        d.SOPInstanceUID = generate_uid()
+    insts, store = _instances([a, b], [ZIP_A, ZIP_B])
+    bad = next(i for i in insts if i.sop_uid == b[0].SOPInstanceUID)  # in the overlap
+
+    def read(i: Instance) -> bytes:
+        return b"not dicom" if i.sop_uid == bad.sop_uid else store[(i.zip, i.member)]
+
+    vols, probs = ct.convert_exam(_exam(insts), read, CtConfig(series="all"))
+    assert [v.series_uid for v in vols] == [a[0].SeriesInstanceUID]
+    [apart] = [p for p in probs if p.action is Action.KEPT]
+    assert "could not be compared" in apart.reason and "DecodeError" in apart.reason
+    assert [p.action for p in probs if p.zip == ZIP_B and p is not apart] == [Action.ERROR]
+
+
 def test_bad_stitch_config_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"ct\.stitch="):
         CtConfig(stitch="yes")
