@@ -10,11 +10,13 @@ import copy
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import xxhash
+from conftest import MakeCfg
 from ct_factory import SeriesSpec, make_series, to_bytes, to_instance
 from ct_geometry import assert_pixels_at_positions
 from pydicom.data import get_testdata_file
@@ -372,6 +374,13 @@ def test_an_overlap_slice_that_cannot_be_read_keeps_the_parts_apart() -> None:
     [apart] = [p for p in probs if p.action is Action.KEPT]
     assert "could not be compared" in apart.reason and "DecodeError" in apart.reason
     assert [p.action for p in probs if p.zip == ZIP_B and p is not apart] == [Action.ERROR]
+
+
+def test_stitch_keys_compose_from_the_shipped_config(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, tmp_path / "out")
+    assert (cfg.ct.stitch, cfg.ct.stitch_max_gap, cfg.ct.stitch_atol_hu) == ("auto", 10.0, 0.0)
+    cfg = make_cfg(tmp_path, tmp_path / "out", "ct.stitch=off", "ct.stitch_atol_hu=2")
+    assert (cfg.ct.stitch, cfg.ct.stitch_atol_hu) == ("off", 2.0)
 
 
 def test_bad_stitch_config_is_refused() -> None:
