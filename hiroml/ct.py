@@ -18,6 +18,10 @@ or file name. Duplicates, gaps, uneven spacing and gantry tilt are detected agai
 tolerances and either rejected (:class:`~hiroml.errors.GeometryError`) or resampled onto an
 orthogonal, evenly spaced grid that covers every original pixel, as configured in
 :class:`~hiroml.config.CtConfig`. Every decision is written to ``CtVolume.decisions``.
+
+Before a series is chosen, the parts of one scan that resumed under a new (0020,000E) Series
+Instance UID are stitched (:mod:`hiroml.stitch`, ``ct.stitch``), so ``ct.series=best``
+chooses among whole scans.
 """
 
 from __future__ import annotations
