@@ -78,6 +78,9 @@ class SampleRow:
     direction: tuple[float, ...] | None = None
     scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
     notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
+    stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
+    seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
+    seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,8 @@ def _result_from_json(d: dict[str, Any]) -> TaskResult:
     for s in d["samples"]:
         for k in ("shape", "sop_uids", "pixel_hashes", "notes"):
             s[k] = tuple(s[k])
+        for k in ("stitched_series", "seams_mm", "seam_slices"):
+            s[k] = tuple(s.get(k, ()))
         for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
             s[k] = _tuple_or_none(s[k])
         samples.append(SampleRow(**s))
@@ -287,6 +292,9 @@ def _ct_meta(vol: CtVolume, exam: Exam) -> dict[str, Any]:
         "decisions": list(vol.decisions),
         "n_source_slices": len(vol.sop_uids),
         "source_zips": list(vol.zips),
+        "stitched_series": list(vol.stitched_series),
+        "seams_mm": list(vol.seams_mm),
+        "seam_slices": list(vol.seam_slices),
         "exam_time": exam.time.isoformat(),
         "description": exam.description,
     }
@@ -455,6 +463,9 @@ def _convert_exam(
             origin_xyz=tuple(vol.origin_xyz),
             direction=tuple(vol.direction),
             notes=tuple(vol.decisions),
+            stitched_series=tuple(vol.stitched_series),
+            seams_mm=tuple(vol.seams_mm),
+            seam_slices=tuple(vol.seam_slices),
         )
         for vol in volumes
     ], probs
@@ -481,7 +492,8 @@ def problem_to_audit(p: Problem, *, exam_key: str = "") -> AuditRow:
         reason=p.reason,
         exam_key=exam_key,
         member=p.member,
-        detail=f"stage {p.stage}",
+        kept_as=p.kept_as,
+        detail=f"stage {p.stage}; {p.detail}" if p.detail else f"stage {p.stage}",
     )
 
 
@@ -672,6 +684,9 @@ def _manifest_frame(
                     "batches": sorted({z.partition("/")[0] for z in e.zips}),
                     "scale": s.scale,
                     "ct_decisions": list(s.notes),
+                    "stitched_series": list(s.stitched_series),
+                    "seams_mm": list(s.seams_mm),
+                    "seam_slices": list(s.seam_slices),
                     "days_from_encounter": days.get(e.exam_key),
                     "orphan": e.patient_id in orphans,
                 }
