@@ -47,7 +47,7 @@ def test_flow_counts_match_the_truth_and_add_up(
     audit, manifest = _tables(built)
     f = compute_flow(audit, manifest)
     expected = Counter(z["expected"] for z in truth["zips"].values())
-    assert f.zips_found == len(truth["zips"]) == 41
+    assert f.zips_found == len(truth["zips"]) > 40
     assert f.zips_skipped == expected["skipped"] == 1
     assert f.zips_read == len(truth["zips"]) - expected["skipped"]
     assert f.zips_error == expected["error"]
@@ -66,9 +66,9 @@ def test_flow_counts_match_the_truth_and_add_up(
         )
 
     cxr_screens = sum(1 for c in truth["cxr_images"].values() if c["kind"] == "screen_save")
-    assert f.dropped["localizer"] == planted("localizer") == 6
-    assert f.dropped["non-image object"] == planted("dose") == 1
-    assert f.dropped["screen save / secondary"] == planted("screen_save") + cxr_screens == 2
+    assert f.dropped["localizer"] == planted("localizer") > 0
+    assert f.dropped["non-image object"] == planted("dose") > 0
+    assert f.dropped["screen save / secondary"] == planted("screen_save") + cxr_screens > 0
     in_exams = audit["zip"].isin({Path(r).name for r in read})
     assert sum(f.dropped.values()) == int((in_exams & (audit["action"] == "dropped")).sum())
     # samples and splits, from the manifest
