@@ -162,6 +162,7 @@ class Instance:
     gantry_tilt: float | None = None  # (0018,1120) degrees
     has_pixels: bool = True
     pixel_hash: str = ""
+    read_note: str = ""  # how a file without a Part 10 header was read ("" for a normal file)
 
     @property
     def rel_zip(self) -> str:
@@ -247,6 +248,7 @@ class CxrImage:
     lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
+    decoder: str = ""  # library that decoded the pixels (hiroml.dicom.SYNTAXES), e.g. "openjpeg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +269,7 @@ class CtVolume:
     resampled: bool
     decisions: tuple[str, ...] = ()  # human-readable notes: "tilt 12.0 deg resampled", ...
     tilt_deg: float = 0.0  # gantry tilt found from the geometry (0 when none), degrees
+    decoder: str = ""  # library(ies) that decoded the slices (hiroml.dicom.SYNTAXES): "numpy"
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:
