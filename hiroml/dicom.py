@@ -376,7 +376,8 @@ def _deflated_frame(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
     fn = _codec("deflate_decode")
     if fn is None or lay.alloc not in (8, 16, 32):
         return None
-    raw = fn(_encapsulated_frame(ds, lay, frame), raw=True)
+    # libdeflate inflates into a buffer of the known frame size (a trailing pad byte is fine)
+    raw = fn(_encapsulated_frame(ds, lay, frame), raw=True, out=lay.frame_bytes)
     if len(raw) < lay.frame_bytes:
         raise DecodeError(
             f"deflated frame {frame} inflates to {len(raw)} bytes, {lay.rows}x{lay.cols}x"
