@@ -679,7 +679,8 @@ def convert_exam(
         except Exception as e:  # bad input must never stop the exam
             ts = _uid_label(inst.transfer_syntax)
             reason = f"{_where(inst)}: {type(e).__name__}: {e} (transfer syntax {ts})"
-            logger.warning("%s", reason, exc_info=True)
+            logger.warning("%s", reason)
+            logger.info("%s: traceback of the error above", _where(inst), exc_info=True)
             problems.append(_problem(inst, reason, Action.ERROR))
     return images, problems
 
