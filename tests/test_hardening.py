@@ -516,7 +516,7 @@ ALLOWED_META = {
     "transfer_syntax", "lut", "inverted", "scale", "exam_time", "description", "source_zip",
     "member", "series_description", "kernel", "size_xyz", "spacing_xyz", "origin_xyz",
     "direction", "slice_thickness", "resampled", "decisions", "n_source_slices",
-    "source_zips", "data_hash",
+    "source_zips", "data_hash", "decoder",
 }  # fmt: skip
 
 
