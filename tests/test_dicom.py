@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from hiroml.datamart import discover
 from hiroml.errors import BadInputError
 from hiroml.exams import build_exams
 from hiroml.index import index_zip, instance_from_dataset, read_member
+from hiroml.logs import OneLineFormatter, console_filter
 from hiroml.records import Action, CxrImage
 
 STUDY = synth.StudyInfo(
@@ -443,3 +446,38 @@ def test_a_frame_argument_selects_the_frame() -> None:
 
 def test_zip_members_are_inflated_by_isa_l() -> None:
     assert zipio._inflate_lib is isal.isal_zlib
+
+
+def test_both_converters_read_a_file_without_preamble() -> None:
+    """The converters parse members with the same helper as the index."""
+    data = _real_cr()[132:]
+    head, pixels = read_member(data, label="cr.dcm")
+    inst = instance_from_dataset(
+        head, batch="B", zip_name="z.zip", member="cr.dcm", member_size=len(data), pixels=pixels
+    )
+    image = cxr.convert_instance(data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig())
+    assert image.original_shape == (1955, 1841) and image.decoder == dicom.NUMPY
+    ct_file = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ds = ct._read_dataset(ct_file[132:], "ct.dcm")
+    reference = pydicom.dcmread(io.BytesIO(ct_file))
+    np.testing.assert_array_equal(
+        ct.decode_hu(ds),
+        np.asarray(pydicom.pixels.apply_modality_lut(reference.pixel_array, reference)),
+    )
+
+
+def test_the_console_formatter_gives_one_line_without_traceback() -> None:
+    try:
+        raise RuntimeError("deep\ninside")
+    except RuntimeError:
+        exc = sys.exc_info()
+    record = logging.LogRecord(
+        "hiroml.cxr", logging.WARNING, __file__, 1, "cannot decode:\n  a: x\n  b: y", (), exc
+    )
+    line = OneLineFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "WARNING hiroml.cxr: cannot decode: | a: x | b: y"
+    assert record.exc_info is exc  # the run log's handler still gets the traceback
+    assert "Traceback" in logging.Formatter().format(record)
+    assert console_filter().filter(record)
+    other = logging.LogRecord("pydicom.pixels", logging.ERROR, __file__, 1, "m", (), None)
+    assert not console_filter().filter(other)
