@@ -271,6 +271,7 @@ class _Layout:
     alloc: int
     frames: int
     planar: int
+    photometric: str
 
     @classmethod
     def of(cls, ds: Dataset) -> _Layout:
@@ -281,7 +282,14 @@ class _Layout:
             alloc=int(ds.get("BitsAllocated", 0) or 0),
             frames=int(ds.get("NumberOfFrames", 1) or 1),
             planar=int(ds.get("PlanarConfiguration", 0) or 0),
+            photometric=str(ds.get("PhotometricInterpretation", "")).strip().upper(),
         )
+
+    @property
+    def grey_or_rgb(self) -> bool:
+        """One sample, or three in (0028,0004) RGB: values as stored, no colour conversion
+        (YBR and its subsampled layouts are left to pydicom, which converts them to RGB)."""
+        return self.samples == 1 or (self.samples == 3 and self.photometric == "RGB")
 
     @property
     def frame_bytes(self) -> int:
@@ -308,7 +316,7 @@ def _from_native(
 
 
 def _native(ds: Dataset, ts: str, lay: _Layout, frame: int) -> np.ndarray | None:
-    if lay.alloc not in (8, 16, 32) or lay.samples not in (1, 3):
+    if lay.alloc not in (8, 16, 32) or not lay.grey_or_rgb:
         return None
     buf = ds.PixelData
     start = frame * lay.frame_bytes
@@ -365,7 +373,7 @@ def _jpeg2k(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
 
 def _jpegxl(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
     fn = _codec("jpegxl_decode")
-    if fn is None:
+    if fn is None or not lay.grey_or_rgb:
         return None
     return np.asarray(fn(_encapsulated_frame(ds, lay, frame), numthreads=1))
 
@@ -374,7 +382,7 @@ def _deflated_frame(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
     """Deflated Image Frame Compression (PS3.5 A.4.11): each frame is the native frame's
     bytes compressed with raw deflate (RFC 1951)."""
     fn = _codec("deflate_decode")
-    if fn is None or lay.alloc not in (8, 16, 32):
+    if fn is None or lay.alloc not in (8, 16, 32) or not lay.grey_or_rgb:
         return None
     # libdeflate inflates into a buffer of the known frame size (a trailing pad byte is fine)
     raw = fn(_encapsulated_frame(ds, lay, frame), raw=True, out=lay.frame_bytes)

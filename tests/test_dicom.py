@@ -481,3 +481,26 @@ def test_the_console_formatter_gives_one_line_without_traceback() -> None:
     assert console_filter().filter(record)
     other = logging.LogRecord("pydicom.pixels", logging.ERROR, __file__, 1, "m", (), None)
     assert not console_filter().filter(other)
+
+
+@pytest.mark.parametrize(
+    ("name", "decoder"),
+    [
+        ("SC_rgb.dcm", dicom.NUMPY),
+        ("SC_rgb_expb.dcm", dicom.NUMPY),
+        ("SC_rgb_small_odd.dcm", dicom.NUMPY),
+        ("SC_ybr_full_uncompressed.dcm", dicom.PYDICOM),  # converted to RGB by pydicom
+        ("SC_ybr_full_422_uncompressed.dcm", dicom.PYDICOM),  # subsampled layout
+        ("MR_small_bigendian.dcm", dicom.NUMPY),
+        ("JPEG2000.dcm", dicom.OPENJPEG),
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", dicom.LIBJPEG_TURBO),
+        ("MR_small_RLE.dcm", dicom.PYLIBJPEG_RLE),
+    ],
+)
+def test_real_files_decode_as_pydicom_does(name: str, decoder: str) -> None:
+    """Real files shipped by pydicom / pydicom-data: the values pydicom gives, by the decoder
+    the table pins (colour in YBR is left to pydicom, which converts it to RGB)."""
+    path = get_testdata_file(name)
+    got = dicom.decode(pydicom.dcmread(path))
+    assert got.decoder == decoder
+    np.testing.assert_array_equal(got.array, pydicom.dcmread(path).pixel_array)
