@@ -161,6 +161,19 @@ class ExecutorConfig:
 
 
 @dataclass
+class VersionsConfig:
+    """Retention of published versions (``<output>/versions/<version>/``): the newest
+    ``keep`` versions and every pinned one are kept; a build prunes the rest after publishing,
+    with the shards no kept version names."""
+
+    keep: int = 10
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ConfigError(f"versions.keep={self.keep}: keep at least 1 version")
+
+
+@dataclass
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -171,6 +184,7 @@ class BuildConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    versions: VersionsConfig = field(default_factory=VersionsConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
     seed: int = 0
