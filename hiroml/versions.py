@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,7 @@ class VersionDiff:
     b: str
     samples_added: tuple[str, ...]
     samples_removed: tuple[str, ...]
+    samples_changed: tuple[str, ...]  # in both, with other stored pixels (data_hash)
     patients_added: tuple[str, ...]
     patients_removed: tuple[str, ...]
     added_per_split: dict[str, dict[str, int]]  # split -> {"patients": n, "samples": n}
@@ -241,6 +243,7 @@ class VersionDiff:
         return not (
             self.samples_added
             or self.samples_removed
+            or self.samples_changed
             or self.patients_added
             or self.patients_removed
             or self.decisions
@@ -255,7 +258,8 @@ class VersionDiff:
         head = f"{self.a or '(nothing)'} -> {self.b}"
         out = [
             head,
-            f"  samples: +{len(self.samples_added)} -{len(self.samples_removed)}; "
+            f"  samples: +{len(self.samples_added)} -{len(self.samples_removed)} "
+            f"~{len(self.samples_changed)} (other pixels); "
             f"patients: +{len(self.patients_added)} -{len(self.patients_removed)}",
         ]
         for split, n in self.added_per_split.items():
@@ -263,6 +267,7 @@ class VersionDiff:
         for title, items in (
             ("samples added", self.samples_added),
             ("samples removed", self.samples_removed),
+            ("samples with other pixels", self.samples_changed),
             ("patients removed", self.patients_removed),
         ):
             if items:
@@ -285,10 +290,11 @@ class VersionDiff:
 
 
 def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cols = ["sample_key", "patient_id", "source_patient_id", "patient_group", "split"]
+    cols = ["sample_key", "patient_id", "source_patient_id", "patient_group", "split", "data_hash"]
     if folder is None or not (folder / MANIFEST).is_file():
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
-    m = pd.read_parquet(folder / MANIFEST, columns=cols)
+    m = pd.read_parquet(folder / MANIFEST)
+    m = m.reindex(columns=cols)
     audit_path = folder / "audit.csv"
     a = (
         pd.read_csv(audit_path, dtype=str, keep_default_na=False)
@@ -319,6 +325,12 @@ def diff_tables(
     ka, kb = set(ma["sample_key"].astype(str)), set(mb["sample_key"].astype(str))
     pa_, pb = set(ma["patient_id"].astype(str)), set(mb["patient_id"].astype(str))
     new_p = pb - pa_
+    hash_a = dict(zip(ma["sample_key"].astype(str), ma["data_hash"].astype(str), strict=True))
+    changed = sorted(
+        k
+        for k, h in zip(mb["sample_key"].astype(str), mb["data_hash"].astype(str), strict=True)
+        if k in hash_a and hash_a[k] != h
+    )
     per_split: dict[str, dict[str, int]] = {}
     for split in SPLIT_ORDER:
         rows = mb[mb["split"] == split]
@@ -359,6 +371,7 @@ def diff_tables(
         b=b_name,
         samples_added=tuple(sorted(kb - ka)),
         samples_removed=tuple(sorted(ka - kb)),
+        samples_changed=tuple(changed),
         patients_added=tuple(sorted(new_p)),
         patients_removed=tuple(sorted(pa_ - pb)),
         added_per_split=per_split,
@@ -390,7 +403,8 @@ def changes_html(d: VersionDiff, *, limit: int = 200) -> str:
 
     parts = [
         f"<p>{e(d.b)} against {e(d.a)}: {len(d.samples_added)} sample(s) added, "
-        f"{len(d.samples_removed)} removed; {len(d.patients_added)} patient(s) added, "
+        f"{len(d.samples_removed)} removed, {len(d.samples_changed)} with other stored pixels "
+        f"(e.g. a conversion setting changed); {len(d.patients_added)} patient(s) added, "
         f"{len(d.patients_removed)} removed.</p>",
         table(
             ["split", "new patients", "new samples"],
@@ -531,6 +545,14 @@ def prune(
             path.unlink(missing_ok=True)
             removed.append(rel)
             faults.point("during_prune")
+    if sweep and (out / "shards").is_dir():
+        # a shard writer's record (<task>.done.json) goes with the last of its shards
+        live = set(live_tasks)
+        for p in (out / "shards").glob("*.done.json"):
+            prefix = p.name.removesuffix(".done.json")
+            mine = [f"shards/{q.name}" for q in (out / "shards").glob(f"{prefix}*.h5")]
+            if prefix not in live and not any(s in named for s in mine):
+                p.unlink(missing_ok=True)
     n_tasks = 0
     if sweep and task_dir is not None and task_dir.is_dir():
         live = set(live_tasks)
@@ -668,6 +690,7 @@ def publish(
         "changes": {
             "samples_added": len(change.samples_added),
             "samples_removed": len(change.samples_removed),
+            "samples_changed": len(change.samples_changed),
             "patients_added": len(change.patients_added),
             "patients_removed": len(change.patients_removed),
             "split_moves": [dataclasses.asdict(m) for m in change.moves],
@@ -686,3 +709,86 @@ def publish(
         out, keep, sweep=True, live_shards=live_shards, live_tasks=live_tasks, task_dir=task_dir
     )
     return Published(version, True, change, pruned)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _default_keep(out: Path) -> int:
+    """``versions.keep`` of the latest build (its ``build.json``), else the default 10."""
+    latest = find_version(out)
+    if latest is not None:
+        try:
+            info = json.loads((latest.path / BUILD_JSON).read_text(encoding="utf-8"))
+            return int(info["config"]["versions"]["keep"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return 10
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hiroml-versions OUT [--json] [--diff A B] [--pin V] [--unpin V] [--prune]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="hiroml-versions",
+        description="List, compare, pin and prune the published versions of a hiroml output.",
+    )
+    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--diff", nargs=2, metavar=("A", "B"), help="what changed from A to B")
+    parser.add_argument("--pin", metavar="V", help="protect version V from pruning")
+    parser.add_argument("--note", default="", help="with --pin: why (e.g. the paper)")
+    parser.add_argument("--unpin", metavar="V", help="let version V be pruned again")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove unpinned versions beyond --keep and the shards only they named",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="versions to keep (default: the build's versions.keep)",
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    try:
+        if not out.is_dir():
+            raise VersionError(f"{out} is not a folder (give a hiroml output folder)")
+        if args.pin:
+            v = pin(out, args.pin, args.note)
+            print(f"pinned {v.name}")
+        if args.unpin:
+            v = unpin(out, args.unpin)
+            print(f"unpinned {v.name}")
+        if args.prune:
+            keep = args.keep if args.keep is not None else _default_keep(out)
+            if keep < 1:
+                raise VersionError(f"--keep {keep}: keep at least 1 version")
+            done = prune(out, keep)
+            print(
+                f"pruned {len(done.versions)} version(s) "
+                f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
+            )
+        if args.diff:
+            d = diff(out, args.diff[0], args.diff[1])
+            print(json.dumps(d.as_json(), indent=2) if args.json else "\n".join(d.lines()))
+            return 0
+        if args.pin or args.unpin or args.prune:
+            return 0
+        found = list_versions(out)
+        if args.json:
+            print(json.dumps([v.as_json() for v in reversed(found)], indent=2))
+            return 0
+        if not found:
+            print(f"{out}: no versions (an output of the first release, or no build yet)")
+            return 0
+        print(f"{'version':<16} {'created':<26} {'samples':>8} {'patients':>8}  pinned")
+        for v in reversed(found):
+            mark = "pinned" if v.pinned else ""
+            print(f"{v.name:<16} {v.created:<26} {v.samples:>8} {v.patients:>8}  {mark}")
+        return 0
+    except (HiromlError, OSError) as e:
+        print(f"hiroml-versions: {e}", file=sys.stderr)
+        return 1
