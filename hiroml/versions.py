@@ -675,7 +675,7 @@ def publish(
         shutil.rmtree(tmp)
     write_outputs(tmp, manifest, patients, audit)
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
-    prev_name = latest.name if latest is not None else ("root tables" if prev_dir else "")
+    prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
     change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
     write_report(tmp, changes_html(change))
     info = {
