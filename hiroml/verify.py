@@ -152,9 +152,7 @@ def examine(
     if shard_dir.is_dir():
         for p in sorted(shard_dir.rglob("*")):
             if p.suffix == ".h5" and p.resolve() not in named:
-                found.warnings.append(
-                    f"shard {p.relative_to(out)} is not named in the manifest of any kept version"
-                )
+                found.warnings.append(f"shard {p.relative_to(out)} is not named in the manifest")
             elif p.suffix == ".tmp":
                 found.warnings.append(f"{p.relative_to(out)}: leftover of an interrupted write")
     for w in found.warnings:
@@ -200,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             results = examine_all(args.out, deep=not args.quick)
         else:
             results = [examine(args.out, deep=not args.quick, version=args.version)]
-    except HiromlError as e:
-        print(f"hiroml-verify: {e}")
+    except HiromlError as err:
+        print(f"hiroml-verify: {err}")
         return 1
     n_bad = 0
     for found in results:

@@ -585,10 +585,13 @@ def _now() -> str:
 
 def _copy_atomically(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -624,6 +627,28 @@ class Published:
 WriteReport = Callable[[Path, str], None]
 
 
+def _write_version(
+    tmp: Path,
+    out: Path,
+    latest: Version | None,
+    name: str,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    write_report: WriteReport,
+) -> VersionDiff:
+    """The tables and report of a new version, into the hidden folder ``tmp``; the diff
+    against the latest version (or the root tables of an output without versions)."""
+    from hiroml.manifest import write_outputs
+
+    write_outputs(tmp, manifest, patients, audit)
+    prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
+    prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
+    change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
+    write_report(tmp, changes_html(change))
+    return change
+
+
 def publish(
     out: Path,
     manifest: pd.DataFrame,
@@ -646,8 +671,6 @@ def publish(
     timings), with ``version``, ``dataset_hash``, ``created``, ``hiroml_version``,
     ``samples``, ``patients`` and ``previous`` added.
     """
-    from hiroml.manifest import write_outputs
-
     out = Path(out)
     digest = dataset_hash(manifest)
     latest = find_version(out)
@@ -673,11 +696,11 @@ def publish(
     tmp = root / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_outputs(tmp, manifest, patients, audit)
-    prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
-    prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
-    change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
-    write_report(tmp, changes_html(change))
+    try:
+        change = _write_version(tmp, out, latest, name, manifest, patients, audit, write_report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half version behind
+        raise
     info = {
         **build_info,
         "version": name,
@@ -697,7 +720,11 @@ def publish(
             "decisions_changed": len(change.decisions),
         },
     }
-    (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
+    try:
+        (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.replace(tmp, root / name)
     version = _read_version(root / name)
     if version is None:  # pragma: no cover - written just above
