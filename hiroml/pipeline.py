@@ -769,9 +769,10 @@ def _publish(
     report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
     from hiroml import versions
 
-    def write_report(folder: Path, changes: str) -> None:
+    def write_report(folder: Path, version: str, changes: str) -> None:
+        shown = dataclasses.replace(summary, version=version, published=True)
         _write_report(
-            out, manifest, patients, audit, summary, orphan_advice, folder=folder, changes=changes
+            out, manifest, patients, audit, shown, orphan_advice, folder=folder, changes=changes
         )
 
     build_info = {
@@ -783,7 +784,11 @@ def _publish(
             "instances": summary.instances,
         },
         "timings": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
-        "summary": _jsonable_summary(summary),
+        "summary": {
+            k: v
+            for k, v in _jsonable_summary(summary).items()
+            if k not in ("version", "published", "versions_pruned")
+        },
     }
     return versions.publish(
         out,

@@ -624,7 +624,7 @@ class Published:
     pruned: Pruned
 
 
-WriteReport = Callable[[Path, str], None]
+WriteReport = Callable[[Path, str, str], None]
 
 
 def _write_version(
@@ -645,7 +645,7 @@ def _write_version(
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
     change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
-    write_report(tmp, changes_html(change))
+    write_report(tmp, name, changes_html(change))
     return change
 
 
@@ -665,11 +665,11 @@ def publish(
     """Publish the tables of a finished build as a new version, unless the latest version
     already holds the same dataset; then bring the root tables up to date and prune.
 
-    ``write_report(folder, changes_html)`` writes the report (and whatever goes beside it)
-    into ``folder``; ``changes_html`` is the body of the "What changed since the previous
-    version" section. ``build_info`` goes into ``build.json`` (resolved config, inputs,
-    timings), with ``version``, ``dataset_hash``, ``created``, ``hiroml_version``,
-    ``samples``, ``patients`` and ``previous`` added.
+    ``write_report(folder, version, changes_html)`` writes the report of ``version`` (and
+    whatever goes beside it) into ``folder``; ``changes_html`` is the body of the "What
+    changed since the previous version" section. ``build_info`` goes into ``build.json``
+    (resolved config, inputs, timings), with ``version``, ``dataset_hash``, ``created``,
+    ``hiroml_version``, ``samples``, ``patients``, ``previous`` and ``changes`` added.
     """
     out = Path(out)
     digest = dataset_hash(manifest)
