@@ -402,3 +402,24 @@ def test_readers_ignore_a_half_written_version_folder(
     assert versions.find_version(out).name == latest.name  # type: ignore[union-attr]
     assert HiromlDataset(out, "train").version == latest.name
     assert torch.is_tensor(HiromlDataset(out, "train")[0]["image"])
+
+
+def test_the_changes_section_escapes_what_it_shows() -> None:
+    move = versions.SplitMove("<b>1</b>", "g<1>", "test", "train", "remap <sheet>")
+    d = versions.VersionDiff(
+        a="0001-aaaaaaaa",
+        b="0002-bbbbbbbb",
+        samples_added=("k<1>",),
+        samples_removed=(),
+        samples_changed=(),
+        patients_added=("<b>1</b>",),
+        patients_removed=("<i>2</i>",),
+        added_per_split={"train": {"patients": 1, "samples": 1}},
+        decisions=(versions.DecisionChange("B", "z<1>.zip", "", "error: bad <tag>"),),
+        moves=(move,),
+    )
+    page = versions.changes_html(d)
+    assert "<b>1</b>" not in page and "&lt;b&gt;1&lt;/b&gt;" in page
+    assert "remap &lt;sheet&gt;" in page and "Split moves (1)" in page
+    assert "Decisions that changed (1)" in page and "(absent)" in page
+    assert any("test -> train: remap <sheet>" in line for line in d.lines())
