@@ -232,6 +232,9 @@ class VersionDiff:
     samples_added: tuple[str, ...]
     samples_removed: tuple[str, ...]
     samples_changed: tuple[str, ...]  # in both, with other stored pixels (data_hash)
+    #: manifest column -> samples (in both versions) whose value changed; a column added or
+    #: removed counts every sample. Labels of a new clinical table show up here.
+    columns_changed: dict[str, int]
     patients_added: tuple[str, ...]
     patients_removed: tuple[str, ...]
     added_per_split: dict[str, dict[str, int]]  # split -> {"patients": n, "samples": n}
@@ -244,6 +247,7 @@ class VersionDiff:
             self.samples_added
             or self.samples_removed
             or self.samples_changed
+            or self.columns_changed
             or self.patients_added
             or self.patients_removed
             or self.decisions
@@ -264,6 +268,9 @@ class VersionDiff:
         ]
         for split, n in self.added_per_split.items():
             out.append(f"  new in {split}: {n['patients']} patient(s), {n['samples']} sample(s)")
+        if self.columns_changed:
+            cols = ", ".join(f"{c} ({n})" for c, n in self.columns_changed.items())
+            out.append(f"  values changed (column, samples): {cols}")
         for title, items in (
             ("samples added", self.samples_added),
             ("samples removed", self.samples_removed),
@@ -294,7 +301,9 @@ def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     if folder is None or not (folder / MANIFEST).is_file():
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
     m = pd.read_parquet(folder / MANIFEST)
-    m = m.reindex(columns=cols)
+    for c in cols:
+        if c not in m.columns:
+            m[c] = None
     audit_path = folder / "audit.csv"
     a = (
         pd.read_csv(audit_path, dtype=str, keep_default_na=False)
@@ -314,6 +323,46 @@ def _decisions_of(audit: pd.DataFrame) -> dict[tuple[str, str], str]:
             what += f" (kept as {r['kept_as']})"
         out.setdefault((str(r.get("batch", "")), str(r.get("zip", ""))), set()).add(what)
     return {k: "; ".join(sorted(v)) for k, v in out.items()}
+
+
+#: columns whose change is reported otherwise (pixels: samples_changed) or is bookkeeping
+_NOT_COMPARED = frozenset({"sample_key", "data_hash", "shard", "shard_sha256", "split"})
+
+
+def _columns_changed(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
+    """Per manifest column, how many samples of both tables have another value in ``mb``."""
+    if ma.empty or mb.empty:
+        return {}
+    a = ma.drop_duplicates("sample_key").set_index(ma["sample_key"].drop_duplicates().astype(str))
+    b = mb.drop_duplicates("sample_key").set_index(mb["sample_key"].drop_duplicates().astype(str))
+    common = a.index.intersection(b.index)
+    if common.empty:
+        return {}
+    out: dict[str, int] = {}
+    for col in sorted((set(a.columns) | set(b.columns)) - _NOT_COMPARED):
+        if col not in a.columns or col not in b.columns:
+            out[col] = len(common)
+            continue
+        va = [json.dumps(_canonical(_plain(x)), default=str) for x in a.loc[common, col]]
+        vb = [json.dumps(_canonical(_plain(x)), default=str) for x in b.loc[common, col]]
+        n = sum(x != y for x, y in zip(va, vb, strict=True))
+        if n:
+            out[col] = n
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """A pandas/numpy cell as plain Python (arrays as lists, NaN/NaT as None)."""
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v
 
 
 def diff_tables(
@@ -367,6 +416,7 @@ def diff_tables(
         if da.get(k, "") != db.get(k, "")
     )
     return VersionDiff(
+        columns_changed=_columns_changed(ma, mb),
         a=a_name,
         b=b_name,
         samples_added=tuple(sorted(kb - ka)),
@@ -406,6 +456,13 @@ def changes_html(d: VersionDiff, *, limit: int = 200) -> str:
         f"{len(d.samples_removed)} removed, {len(d.samples_changed)} with other stored pixels "
         f"(e.g. a conversion setting changed); {len(d.patients_added)} patient(s) added, "
         f"{len(d.patients_removed)} removed.</p>",
+        (
+            "<p>Values changed (column: samples): "
+            + e(", ".join(f"{c}: {n}" for c, n in d.columns_changed.items()))
+            + "</p>"
+            if d.columns_changed
+            else ""
+        ),
         table(
             ["split", "new patients", "new samples"],
             [[s, str(n["patients"]), str(n["samples"])] for s, n in d.added_per_split.items()],
@@ -714,6 +771,7 @@ def publish(
             "samples_added": len(change.samples_added),
             "samples_removed": len(change.samples_removed),
             "samples_changed": len(change.samples_changed),
+            "columns_changed": change.columns_changed,
             "patients_added": len(change.patients_added),
             "patients_removed": len(change.patients_removed),
             "split_moves": [dataclasses.asdict(m) for m in change.moves],

@@ -412,6 +412,7 @@ def test_the_changes_section_escapes_what_it_shows() -> None:
         samples_added=("k<1>",),
         samples_removed=(),
         samples_changed=(),
+        columns_changed={"icu": 2},
         patients_added=("<b>1</b>",),
         patients_removed=("<i>2</i>",),
         added_per_split={"train": {"patients": 1, "samples": 1}},
@@ -422,4 +423,5 @@ def test_the_changes_section_escapes_what_it_shows() -> None:
     assert "<b>1</b>" not in page and "&lt;b&gt;1&lt;/b&gt;" in page
     assert "remap &lt;sheet&gt;" in page and "Split moves (1)" in page
     assert "Decisions that changed (1)" in page and "(absent)" in page
+    assert "icu: 2" in page
     assert any("test -> train: remap <sheet>" in line for line in d.lines())
