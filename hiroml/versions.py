@@ -729,6 +729,13 @@ def publish(
     ``hiroml_version``, ``samples``, ``patients``, ``previous`` and ``changes`` added.
     """
     out = Path(out)
+    missing = sorted(s for s in set(manifest["shard"].astype(str)) if not (out / s).is_file())
+    if missing:
+        raise VersionError(
+            f"{len(missing)} shard(s) this build needs vanished while it ran, e.g. {missing[0]} "
+            "(a hiroml-versions --prune beside the build?): nothing was published; run the "
+            "build again"
+        )
     digest = dataset_hash(manifest)
     latest = find_version(out)
     if latest is not None and latest.dataset_hash == digest:

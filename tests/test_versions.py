@@ -425,3 +425,25 @@ def test_the_changes_section_escapes_what_it_shows() -> None:
     assert "Decisions that changed (1)" in page and "(absent)" in page
     assert "icu: 2" in page
     assert any("test -> train: remap <sheet>" in line for line in d.lines())
+
+
+def test_a_build_whose_shards_vanished_publishes_nothing(
+    history: tuple[Path, list[pipeline.BuildSummary]], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    before = versions.list_versions(out)
+    m = pd.read_parquet(out / "manifest.parquet")
+    m.loc[0, "split"] = "val" if m.loc[0, "split"] != "val" else "test"  # a new dataset
+    (out / m.loc[0, "shard"]).unlink()
+    with pytest.raises(versions.VersionError, match="vanished while it ran"):
+        versions.publish(
+            out,
+            m,
+            pd.read_parquet(out / "patients.parquet"),
+            pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False),
+            write_report=lambda *a: None,
+            build_info={},
+            keep=10,
+        )
+    assert versions.list_versions(out) == before
