@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,10 @@ from hiroml.records import (
     Modality,
     Problem,
 )
+
+if TYPE_CHECKING:
+    from hiroml.datamart import Discovery
+    from hiroml.versions import Published
 
 log = logging.getLogger(__name__)
 
@@ -761,10 +765,10 @@ def _publish(
     patients: pd.DataFrame,
     audit: pd.DataFrame,
     summary: BuildSummary,
-    found: Any,
+    found: Discovery,
     results: Sequence[TaskResult],
     orphan_advice: str,
-) -> Any:
+) -> Published:
     """Publish the build as a version (:func:`hiroml.versions.publish`): its folder with the
     report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
     from hiroml import versions
