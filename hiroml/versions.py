@@ -575,9 +575,12 @@ def prune(
         raise ValueError(f"keep={keep}: keep at least 1 version (versions.keep)")
     out = Path(out)
     found = list_versions(out)
-    # a version folder left hidden by a killed prune
-    for p in versions_dir(out).glob(".*.deleting") if versions_dir(out).is_dir() else ():
-        shutil.rmtree(p, ignore_errors=True)
+    # a version folder left hidden by a killed prune, or (sweep: a build holds the output)
+    # half written by a killed publish
+    hidden = [".*.deleting", ".*.tmp"] if sweep else [".*.deleting"]
+    for pattern in hidden if versions_dir(out).is_dir() else ():
+        for p in versions_dir(out).glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
     newest = {v.name for v in found[-keep:]}
     kept = [v for v in found if v.name in newest or v.pinned]
     gone = [v for v in found if v not in kept]

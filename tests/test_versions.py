@@ -397,11 +397,15 @@ def test_readers_ignore_a_half_written_version_folder(
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
     latest = versions.list_versions(out)[-1]
-    (out / "versions" / ".0003-deadbeef.tmp").mkdir()
+    (out / "versions" / ".0003-deadbeef.tmp").mkdir()  # a publish killed half way
     (out / "versions" / "0004-deadbeef").mkdir()  # no manifest: not complete
     assert versions.find_version(out).name == latest.name  # type: ignore[union-attr]
     assert HiromlDataset(out, "train").version == latest.name
     assert torch.is_tensor(HiromlDataset(out, "train")[0]["image"])
+    versions.prune(out, 10)  # beside a build: leaves what a build may be writing
+    assert (out / "versions" / ".0003-deadbeef.tmp").is_dir()
+    versions.prune(out, 10, sweep=True)  # a build, holding the output, clears it
+    assert not (out / "versions" / ".0003-deadbeef.tmp").exists()
 
 
 def test_the_changes_section_escapes_what_it_shows() -> None:
