@@ -451,3 +451,19 @@ def test_a_build_whose_shards_vanished_publishes_nothing(
             keep=10,
         )
     assert versions.list_versions(out) == before
+
+
+def test_hiroml_verify_checks_one_version_or_all(
+    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hiroml.verify import main as verify_main
+
+    out, _ = history
+    old, new = versions.list_versions(out)
+    assert verify_main([str(out), "--all", "--quick"]) == 0
+    text = capsys.readouterr().out
+    assert f"version {old.name}: sound" in text and f"version {new.name}: sound" in text
+    assert verify_main([str(out), "--version", "1", "--quick"]) == 0
+    assert f"version {old.name}: sound" in capsys.readouterr().out
+    assert verify_main([str(out), "--version", "0009"]) == 1
+    assert "no version '0009'" in capsys.readouterr().out
