@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hiroml import __version__, faults
-from hiroml.errors import HiromlError
+from hiroml.errors import HiromlError, OutputLockedError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ MANIFEST = "manifest.parquet"
 #: audit ``reason`` of a patient whose split changed because its group was joined to another
 SPLIT_MOVED = "split moved"
 SPLIT_ORDER = ("train", "val", "test")
+#: exit status of ``hiroml-versions --prune`` when a build holds the output (as hiroml-build)
+EXIT_LOCKED = 3
 _NAME = re.compile(r"^(\d{4,})-([0-9a-f]{8})$")
 #: files of a version folder that are not copied to the root
 _NOT_AT_ROOT = frozenset({BUILD_JSON, PIN_FILE, MANIFEST})
@@ -822,7 +824,10 @@ def _default_keep(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hiroml-versions OUT [--json] [--diff A B] [--pin V] [--unpin V] [--prune]``."""
+    """``hiroml-versions OUT [--json] [--diff A B] [--pin V] [--unpin V] [--prune]``.
+
+    ``--prune`` takes the output's build lock (:mod:`hiroml.lock`): it exits 3, naming the
+    holder, while a build runs."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -858,10 +863,13 @@ def main(argv: list[str] | None = None) -> int:
             v = unpin(out, args.unpin)
             print(f"unpinned {v.name}")
         if args.prune:
+            from hiroml.lock import build_lock
+
             keep = args.keep if args.keep is not None else _default_keep(out)
             if keep < 1:
                 raise VersionError(f"--keep {keep}: keep at least 1 version")
-            done = prune(out, keep)
+            with build_lock(out):  # no build runs meanwhile: every unnamed shard can go
+                done = prune(out, keep, sweep=True, task_dir=out / ".hiroml" / "tasks")
             print(
                 f"pruned {len(done.versions)} version(s) "
                 f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
@@ -884,6 +892,9 @@ def main(argv: list[str] | None = None) -> int:
             mark = "pinned" if v.pinned else ""
             print(f"{v.name:<16} {v.created:<26} {v.samples:>8} {v.patients:>8}  {mark}")
         return 0
+    except OutputLockedError as e:
+        print(f"hiroml-versions: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except (HiromlError, OSError) as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return 1

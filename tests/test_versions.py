@@ -467,3 +467,42 @@ def test_hiroml_verify_checks_one_version_or_all(
     assert f"version {old.name}: sound" in capsys.readouterr().out
     assert verify_main([str(out), "--version", "0009"]) == 1
     assert "no version '0009'" in capsys.readouterr().out
+
+
+def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hiroml.lock import build_lock
+
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    before = versions.list_versions(out)
+    # the build lock is held by another process (a build running beside the prune)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from hiroml.lock import build_lock\n"
+            f"with build_lock({str(out)!r}):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert versions.main([str(out), "--prune", "--keep", "1"]) == versions.EXIT_LOCKED
+        err = capsys.readouterr().err
+        assert "hiroml-versions:" in err and "Traceback" not in err
+        assert versions.list_versions(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with build_lock(out):  # free again
+        pass
+    assert versions.main([str(out), "--prune", "--keep", "1"]) == 0
+    assert [v.name for v in versions.list_versions(out)] == [before[-1].name]
