@@ -721,6 +721,7 @@ def render_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    changes: str = "",
     flow: str | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`. ``flow`` is the flow
@@ -733,6 +734,7 @@ def render_report(
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
         for a, t in (
+            *((("changes", "Changes"),) if changes else ()),
             ("flow", "Flow"),
             ("counts", "Counts"),
             ("splits", "Splits"),
@@ -746,6 +748,9 @@ def render_report(
     body = "".join(
         [
             _header(summary, n_errors),
+            _section("changes", "What changed since the previous version", changes)
+            if changes
+            else "",
             _flow_section(flow),
             _counts(manifest, patients, audit),
             _balance(manifest, patients),
@@ -789,6 +794,7 @@ def write_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    changes: str = "",
     settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
@@ -802,6 +808,8 @@ def write_report(
     in [0, 1], or uint8/uint16) or a CT volume numpy (z, y, x) in HU; without it the page
     has no thumbnails. ``max_thumbnails`` radiographs are shown per split, and
     ``max(1, max_thumbnails // 4)`` CT volumes per split (three mid-slices each).
+    ``changes`` (trusted HTML, from :func:`hiroml.versions.changes_html`) becomes the section
+    "What changed since the previous version", shown first.
     ``settings`` (config key -> value, :func:`hiroml.card.settings_of`) are the conversion
     settings printed in the card; ``summary`` keys ``version`` and ``dataset_hash`` are
     printed there when present.
@@ -824,6 +832,7 @@ def write_report(
         read_array=read_array,
         max_thumbnails=max_thumbnails,
         flow=svg,
+        changes=changes,
     )
     card = render_card(
         manifest=manifest, audit=audit, summary=summary, flow=flow, settings=settings
