@@ -193,6 +193,10 @@ def render_card(
     """The dataset card as Markdown text; see :func:`hiroml.report.write_report`."""
     version = summary.get("version")
     title = f"Dataset card: hiroml dataset{f' version {version}' if version else ''}"
+    if version and not summary.get("dataset_hash") and len(manifest):
+        from hiroml.versions import dataset_hash  # the hash build.json records
+
+        summary = {**summary, "dataset_hash": dataset_hash(manifest)}
     ident = [[k, summary[k]] for k in SUMMARY_FIELDS if summary.get(k) not in (None, "", {})]
     ident.insert(0, ["hiroml", __version__])
     labels = _label_columns(manifest)
