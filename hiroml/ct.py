@@ -35,6 +35,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from hiroml import enhanced
 from hiroml.config import CtConfig
 from hiroml.errors import DecodeError, GeometryError, HiromlError
 from hiroml.records import Action, CtVolume, Exam, Instance, Problem
@@ -53,10 +54,7 @@ __all__ = [
 
 STAGE = "ct"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-_ENHANCED_CT = {
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
+_ENHANCED_CT = enhanced.ENHANCED_CT  # their frames are slices: see hiroml.enhanced
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC and its multi-frame variants
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # structured reports, dose SR included
 _UNCOMPRESSED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -94,9 +92,12 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
             f"secondary capture / screen save ((0008,0016) SOP Class UID {sop_class or '?'}, "
             f"(0008,0060) Modality {inst.modality or '?'}, (0008,0008) Image Type {it_text})"
         )
-    if sop_class in _ENHANCED_CT:
-        return f"{_ENHANCED_CT[sop_class]} (multi-frame) is not supported"
-    if sop_class and sop_class != CT_IMAGE_STORAGE:
+    if enhanced.is_enhanced_ct(inst):
+        return (
+            f"{_ENHANCED_CT[sop_class]} (multi-frame) not expanded into its frames "
+            "(hiroml.enhanced.expand)"
+        )
+    if sop_class and sop_class != CT_IMAGE_STORAGE and sop_class not in _ENHANCED_CT:
         return f"(0008,0016) SOP Class UID {sop_class} is not CT Image Storage"
     if inst.modality and inst.modality != "CT":
         return f"(0008,0060) Modality {inst.modality} is not CT"
@@ -106,7 +107,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
         (len(itype) > 0 and itype[0] == "DERIVED") or (len(itype) > 1 and itype[1] == "SECONDARY")
     ):
         return f"derived / secondary image ((0008,0008) Image Type {it_text}; ct.drop_derived)"
-    if inst.number_of_frames > 1:
+    if inst.number_of_frames > 1 and inst.frame is None:
         return f"multi-frame image ((0028,0008) Number of Frames {inst.number_of_frames})"
     if inst.samples_per_pixel != 1 or (
         inst.photometric and not inst.photometric.startswith("MONOCHROME")
@@ -981,6 +982,9 @@ def build_volume(
     def raw_of(i: int) -> tuple[np.ndarray, _PixelDesc, Dataset]:
         inst, ds = slices[i]
         label = f"{inst.zip}:{inst.member}"
+        if inst.frame is not None:  # a frame of an enhanced instance: rescale from its record
+            desc = _PixelDesc.of_instance(inst, ds)
+            return _frame_raw(inst, ds, label), desc, ds
         desc = _PixelDesc.of_dataset(ds)
         return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
 
@@ -993,11 +997,21 @@ def build_volume(
     ).volume
 
 
+def _frame_raw(inst: Instance, ds: Dataset, label: str) -> np.ndarray:
+    assert inst.frame is not None
+    return enhanced.frame_pixels(ds, inst.frame, rows=inst.rows, cols=inst.columns, label=label)
+
+
 def _read_dataset(data: bytes, label: str) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as e:  # pydicom raises many types on damaged files
         raise DecodeError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
+
+
+def _slice_name(inst: Instance) -> str:
+    """The SOP Instance UID, and the frame (1-based) for a frame of a multi-frame instance."""
+    return inst.sop_uid if inst.frame is None else f"{inst.sop_uid} frame {inst.frame + 1}"
 
 
 def convert_series(
@@ -1009,13 +1023,22 @@ def convert_series(
     the preallocated volume one at a time, so memory stays within about two volumes. For
     speed, the pixel attributes (size, bits, Pixel Representation, transfer syntax, Rescale
     Slope/Intercept) come from the index record of the same member, not from the dataset.
+    The frames of an (Legacy Converted) Enhanced CT instance (records from
+    :func:`hiroml.enhanced.expand`) are decoded from one reading of their member.
     Slices left out (duplicates) come back as DROPPED problems. Raises
     :class:`GeometryError`, :class:`DecodeError` or another :class:`HiromlError` from ``read``
     (e.g. a zip safety cap)."""
 
+    multi_frame: dict[tuple[str, str], Dataset] = {}  # enhanced members, read once
+
     def raw_of(i: int) -> tuple[np.ndarray, _PixelDesc, Dataset]:
         inst = series[i]
         label = f"{inst.zip}:{inst.member}"
+        if inst.frame is not None:
+            ds = multi_frame.get((inst.rel_zip, inst.member))
+            if ds is None:
+                ds = multi_frame[(inst.rel_zip, inst.member)] = _read_dataset(read(inst), label)
+            return _frame_raw(inst, ds, label), _PixelDesc.of_instance(inst, ds), ds
         ds = _read_dataset(read(inst), label)
         desc = _PixelDesc.of_instance(inst, ds)
         return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
@@ -1027,7 +1050,7 @@ def convert_series(
             batch=inst.batch,
             member=inst.member,
             stage=STAGE,
-            reason=f"series {inst.series_uid}: instance {inst.sop_uid}: {why}",
+            reason=f"series {inst.series_uid}: instance {_slice_name(inst)}: {why}",
             action=Action.DROPPED,
         )
         for inst, why in built.dropped
@@ -1046,11 +1069,14 @@ def convert_exam(
     first that converts is kept, so a rejected best series falls back to the next one; the
     ones not tried are DROPPED as "not the best series".
     """
+    # (Legacy Converted) Enhanced CT: each frame becomes a slice record before selection
+    instances, problems = enhanced.expand(exam.instances, read)
     if cfg.series != "best":
-        selected, problems = select_series(exam.instances, cfg)
+        selected, left_out = select_series(instances, cfg)
     else:
-        selected, problems = select_series(exam.instances, dataclasses.replace(cfg, series="all"))
+        selected, left_out = select_series(instances, dataclasses.replace(cfg, series="all"))
         selected.sort(key=lambda s: _series_score(s, cfg))
+    problems.extend(left_out)
     volumes: list[CtVolume] = []
     chosen: tuple[Instance, ...] | None = None
     for series in selected:

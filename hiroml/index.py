@@ -199,6 +199,7 @@ def instance_from_dataset(
         gantry_tilt=_float(ds, "GantryDetectorTilt"),
         has_pixels=pixel_bytes is not None,
         pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
+        presentation_intent=_text(ds, "PresentationIntentType"),
     )
 
 

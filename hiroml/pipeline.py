@@ -45,7 +45,7 @@ from hiroml.records import (
 log = logging.getLogger(__name__)
 
 # Bump when the conversion code changes what it stores: every task is then redone.
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 STATE_DIR = ".hiroml"
 
 
@@ -75,6 +75,8 @@ class SampleRow:
     direction: tuple[float, ...] | None = None
     scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
     notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
+    frame: int | None = None  # radiographs: 0-based frame (0 for single-frame); None for CT
+    for_processing: bool = False  # radiographs kept by cxr.keep_for_processing=true
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,10 @@ def _cxr_meta(img: CxrImage, exam: Exam) -> dict[str, Any]:
         "lut": img.lut,
         "inverted": img.inverted,
         "scale": img.scale,
+        "frame": img.frame,
+        "n_frames": img.n_frames,
+        "for_processing": img.for_processing,
+        "padding": img.padding,
         "exam_time": exam.time.isoformat(),
         "description": exam.description,
         "source_zip": img.zip,
@@ -408,6 +414,13 @@ def _row(
     return key, array, meta, {**common, **fields}
 
 
+def _cxr_key(exam: Exam, img: CxrImage) -> str:
+    """``{exam_key}:{sop_uid}``, and ``:f{frame}`` (0-based) for a frame of a multi-frame
+    radiograph."""
+    key = f"{exam.exam_key}:{img.sop_uid}"
+    return f"{key}:f{img.frame}" if img.n_frames > 1 else key
+
+
 def _convert_exam(
     exam: Exam, read: Callable[[Instance], bytes], spec: TaskSpec
 ) -> tuple[list[_Row], list[Problem]]:
@@ -418,7 +431,7 @@ def _convert_exam(
         images, probs = cxr.convert_exam(exam, read, spec.cxr)
         return [
             _row(
-                f"{exam.exam_key}:{img.sop_uid}",
+                _cxr_key(exam, img),
                 exam,
                 "cxr",
                 img.array,
@@ -429,6 +442,8 @@ def _convert_exam(
                 pixel_hashes=(hashes.get(img.sop_uid, ""),),
                 view=str(img.view),
                 scale=float(img.scale),
+                frame=img.frame,
+                for_processing=img.for_processing,
             )
             for img in images
         ], probs
@@ -652,6 +667,8 @@ def _manifest_frame(
                     "batches": sorted({z.partition("/")[0] for z in e.zips}),
                     "scale": s.scale,
                     "ct_decisions": list(s.notes),
+                    "frame": s.frame,
+                    "for_processing": s.for_processing,
                     "days_from_encounter": days.get(e.exam_key),
                     "orphan": e.patient_id in orphans,
                 }

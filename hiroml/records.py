@@ -162,6 +162,10 @@ class Instance:
     gantry_tilt: float | None = None  # (0018,1120) degrees
     has_pixels: bool = True
     pixel_hash: str = ""
+    presentation_intent: str = ""  # (0008,0068) Presentation Intent Type, e.g. FOR PROCESSING
+    # A frame of a multi-frame instance taken as a slice of its own (0-based; None for the
+    # instance itself, as the index records it): see hiroml.enhanced.
+    frame: int | None = None
 
     @property
     def rel_zip(self) -> str:
@@ -247,6 +251,10 @@ class CxrImage:
     lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
+    frame: int = 0  # 0-based frame of a multi-frame object ((0028,0008) Number of Frames)
+    n_frames: int = 1
+    for_processing: bool = False  # raw detector data kept by cxr.keep_for_processing=true
+    padding: str = ""  # (0028,0120) Pixel Padding Value left out of the statistics, if any
 
 
 @dataclass(frozen=True, slots=True)
