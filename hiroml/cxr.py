@@ -342,8 +342,8 @@ def _decode_jpeg_turbo(ds: Dataset, frame: int = 0) -> np.ndarray | None:
 
 def decode(ds: Dataset, frame: int = 0) -> np.ndarray:
     """The stored values of frame ``frame`` (0-based, below (0028,0008) Number of Frames):
-    (rows, columns), or (rows, columns, 3) for colour, as an integer numpy array (signed when (0028,0103) Pixel Representation is 1,
-    only the (0028,0101) Bits Stored bits kept).
+    (rows, columns), or (rows, columns, 3) for colour, as an integer numpy array (signed when
+    (0028,0103) Pixel Representation is 1, only the (0028,0101) Bits Stored bits kept).
 
     Fast paths by (0002,0010) Transfer Syntax UID: uncompressed (implicit/explicit VR, big
     endian, deflated) by :func:`numpy.frombuffer`; JPEG lossless (1.2.840.10008.1.2.4.57 and

@@ -183,7 +183,9 @@ def expand(
             problems.append(_problem(inst, f"{kind}: {e}"))
             continue
         except Exception as e:  # pydicom raises many kinds on damaged files
-            reason = f"{inst.zip}: {inst.member}: {kind}: unreadable header ({type(e).__name__}: {e})"
+            reason = (
+                f"{inst.zip}: {inst.member}: {kind}: unreadable header ({type(e).__name__}: {e})"
+            )
             problems.append(_problem(inst, reason))
             continue
         log.debug("%s: %s: %s expanded into %d frames", inst.zip, inst.member, kind, len(frames))

@@ -111,9 +111,7 @@ def test_for_processing_twin_yields_one_sample_and_one_audit_row() -> None:
     presentation = _dx(
         raw, sop_class=DigitalXRayImageStorageForPresentation, intent="FOR PRESENTATION"
     )
-    processing = _dx(
-        raw, sop_class=DigitalXRayImageStorageForProcessing, intent="FOR PROCESSING"
-    )
+    processing = _dx(raw, sop_class=DigitalXRayImageStorageForProcessing, intent="FOR PROCESSING")
     (p_inst, p_data), (q_inst, q_data) = (
         _indexed(presentation, "1/present.dcm"),
         _indexed(processing, "2/raw.dcm"),
@@ -178,7 +176,9 @@ def test_padded_radiograph_normalizes_as_the_unpadded_one_inside(
         assert "set to 0" in padded.padding
         assert plain.padding == ""
         # without the padding attribute, the border does shift the intensities
-        unmarked = _convert(make_ds(_padded(inner, value), photometric=photometric), normalization=normalization)
+        unmarked = _convert(
+            make_ds(_padded(inner, value), photometric=photometric), normalization=normalization
+        )
         assert np.abs(_inside(unmarked.array) - plain.array).max() > 0.01
 
 
