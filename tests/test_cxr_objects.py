@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import zipfile
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import imagecodecs
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pydicom
 import pytest
+from conftest import MakeCfg
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -26,11 +32,12 @@ from pydicom.uid import (
 )
 from test_cxr import make_ds, make_inst, radiograph, to_bytes
 
-from hiroml import cxr
+from hiroml import cxr, pipeline
 from hiroml.config import CxrConfig
 from hiroml.errors import DecodeError
 from hiroml.index import instance_from_dataset
 from hiroml.records import Action, CxrImage, Exam, Instance, Modality
+from hiroml.shards import read_sample
 
 # --------------------------------------------------------------------------- helpers
 
@@ -292,3 +299,67 @@ def test_undecodable_frame_is_an_audit_row_naming_it() -> None:
 def test_single_frame_image_is_frame_zero_of_one() -> None:
     image = _convert(make_ds(radiograph(8, shape=(20, 20)), SOPInstanceUID=generate_uid()))
     assert (image.frame, image.n_frames, image.for_processing) == (0, 1, False)
+
+
+# --------------------------------------------------------------------------- through the build
+
+
+def test_build_keys_frames_and_drops_for_processing(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    """One exam: a radiograph, its "for processing" twin, a two-frame radiograph and a padded
+    one. The manifest has a sample per frame (``:f{k}`` keys, ``frame`` column), the
+    single-frame keys are unchanged, and the twin is one audit row."""
+    shape = (40, 32)
+    study = generate_uid()
+    members: dict[str, Dataset] = {
+        "1/present.dcm": _dx(
+            radiograph(1, shape), sop_class=DigitalXRayImageStorageForPresentation, intent=""
+        ),
+        "2/raw.dcm": _dx(
+            radiograph(1, shape), sop_class=DigitalXRayImageStorageForProcessing, intent=""
+        ),
+        "3/cine.dcm": _multi_frame_ds(_two_frames(shape=shape), ViewPosition="PA"),
+        "4/padded.dcm": make_ds(
+            _padded(radiograph(2, (28, 20)), 0), ViewPosition="PA", PixelPaddingValue=0
+        ),
+    }
+    zip_name = "1234_20200301-140030_A003_XR-CHEST-PA.zip"
+    batch = tmp_path / "dm" / "CXR-UPDATE-20200523-COMPLETE"
+    batch.mkdir(parents=True)
+    with zipfile.ZipFile(batch / zip_name, "w") as zf:
+        for member, ds in members.items():
+            ds.PatientID = ds.PatientName = "1234"
+            ds.StudyInstanceUID = study
+            ds.StudyDate, ds.StudyTime = "20200301", "140030"
+            zf.writestr(member, to_bytes(ds))
+    out = tmp_path / "out"
+    pipeline.run(make_cfg(tmp_path / "dm", out, "cxr.size=[16,16]"))
+
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    exam = "1234_20200301-140030_A003"
+    uid = {m: str(ds.SOPInstanceUID) for m, ds in members.items()}
+    want = {
+        f"{exam}:{uid['1/present.dcm']}": 0,
+        f"{exam}:{uid['3/cine.dcm']}:f0": 0,
+        f"{exam}:{uid['3/cine.dcm']}:f1": 1,
+        f"{exam}:{uid['4/padded.dcm']}": 0,
+    }
+    assert dict(zip(manifest["sample_key"], manifest["frame"], strict=True)) == want
+    assert pa.types.is_integer(pq.read_schema(out / "manifest.parquet").field("frame").type)
+    assert not manifest["for_processing"].any()
+    audit = pd.read_csv(out / "audit.csv", keep_default_na=False)
+    raw = audit[audit["member"] == "2/raw.dcm"]
+    assert list(raw["action"]) == ["dropped"]
+    assert raw["reason"].iloc[0].startswith("for processing")
+
+    shard = manifest.set_index("sample_key")["shard"]
+    key = f"{exam}:{uid['4/padded.dcm']}"
+    _, meta = read_sample(out / shard[key], key)  # the provenance in the shard
+    assert meta["padding"].startswith("PixelPaddingValue=0: ") and meta["frame"] == 0
+    key = f"{exam}:{uid['3/cine.dcm']}:f1"
+    _, meta = read_sample(out / shard[key], key)
+    assert (meta["frame"], meta["n_frames"], meta["for_processing"]) == (1, 2, False)
+
+    from hiroml.dataset import HiromlDataset
+
+    by_key = {s["sample_key"]: s["meta"] for s in HiromlDataset(out, split=None)}
+    assert by_key[key]["frame"] == 1
