@@ -1029,15 +1029,19 @@ def convert_series(
     :class:`GeometryError`, :class:`DecodeError` or another :class:`HiromlError` from ``read``
     (e.g. a zip safety cap)."""
 
-    multi_frame: dict[tuple[str, str], Dataset] = {}  # enhanced members, read once
+    # Enhanced members, each read once and before the volume is allocated: the inflated bytes
+    # are gone by then, so the peak stays at two volumes (parsed frames + volume).
+    multi_frame: dict[tuple[str, str], Dataset] = {}
+    for inst in series:
+        key = (inst.rel_zip, inst.member)
+        if inst.frame is not None and key not in multi_frame:
+            multi_frame[key] = _read_dataset(read(inst), f"{inst.zip}:{inst.member}")
 
     def raw_of(i: int) -> tuple[np.ndarray, _PixelDesc, Dataset]:
         inst = series[i]
         label = f"{inst.zip}:{inst.member}"
         if inst.frame is not None:
-            ds = multi_frame.get((inst.rel_zip, inst.member))
-            if ds is None:
-                ds = multi_frame[(inst.rel_zip, inst.member)] = _read_dataset(read(inst), label)
+            ds = multi_frame[(inst.rel_zip, inst.member)]
             return _frame_raw(inst, ds, label), _PixelDesc.of_instance(inst, ds), ds
         ds = _read_dataset(read(inst), label)
         desc = _PixelDesc.of_instance(inst, ds)
