@@ -1003,10 +1003,16 @@ def _frame_raw(inst: Instance, ds: Dataset, label: str) -> np.ndarray:
 
 
 def _read_dataset(data: bytes, label: str) -> Dataset:
+    """The parsed member. The buffer is closed after parsing: the dataset keeps a reference
+    to its file object, which would otherwise hold the member's bytes beside the parsed
+    (7FE0,0010) Pixel Data (a whole volume for an enhanced CT member)."""
+    buf = io.BytesIO(data)
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        return pydicom.dcmread(buf, force=True)
     except Exception as e:  # pydicom raises many types on damaged files
         raise DecodeError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    finally:
+        buf.close()
 
 
 def _slice_name(inst: Instance) -> str:
