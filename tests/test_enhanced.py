@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import tracemalloc
 from collections.abc import Callable, Sequence
 
 import highdicom
@@ -292,3 +293,20 @@ def test_unexpanded_enhanced_instance_is_named_in_selection() -> None:
     multi = _reload(enhanced_from_classic(make_series(SeriesSpec(n=12))))
     _, problems = ct.select_series([_record(multi)], CtConfig())
     assert "Enhanced CT Image Storage (multi-frame) not expanded" in problems[0].reason
+
+
+def test_enhanced_build_peaks_at_two_volumes() -> None:
+    """The parsed multi-frame pixel data and the volume; the member's bytes are not kept."""
+    spec = SeriesSpec(n=40, rows=192, cols=192, values=None, seed=9)
+    multi = _reload(enhanced_from_classic(make_series(spec)))
+    data = to_bytes(multi)
+    frames = enhanced.frame_records(_record(multi), multi)
+    del multi
+    ct.convert_series(frames[:1], lambda inst: data, CtConfig(min_slices=1))  # imports done
+    tracemalloc.start()
+    try:
+        vol, _ = ct.convert_series(frames, lambda inst: bytes(bytearray(data)), CtConfig())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 2.0 * vol.array.nbytes < peak < 2.4 * vol.array.nbytes, peak / vol.array.nbytes
