@@ -38,6 +38,7 @@ from hiroml.errors import DecodeError
 from hiroml.index import instance_from_dataset
 from hiroml.records import Action, CxrImage, Exam, Instance, Modality
 from hiroml.shards import read_sample
+from hiroml.verify import verify
 
 # --------------------------------------------------------------------------- helpers
 
@@ -334,6 +335,7 @@ def test_build_keys_frames_and_drops_for_processing(make_cfg: MakeCfg, tmp_path:
     out = tmp_path / "out"
     pipeline.run(make_cfg(tmp_path / "dm", out, "cxr.size=[16,16]"))
 
+    assert verify(out) == []  # the output contract holds with the new columns
     manifest = pd.read_parquet(out / "manifest.parquet")
     exam = "1234_20200301-140030_A003"
     uid = {m: str(ds.SOPInstanceUID) for m, ds in members.items()}
