@@ -984,7 +984,7 @@ def build_volume(
         label = f"{inst.zip}:{inst.member}"
         if inst.frame is not None:  # a frame of an enhanced instance: rescale from its record
             desc = _PixelDesc.of_instance(inst, ds)
-            return _frame_raw(inst, ds, label), desc, ds
+            return _frame_raw(inst, inst.frame, ds, label), desc, ds
         desc = _PixelDesc.of_dataset(ds)
         return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
 
@@ -997,9 +997,8 @@ def build_volume(
     ).volume
 
 
-def _frame_raw(inst: Instance, ds: Dataset, label: str) -> np.ndarray:
-    assert inst.frame is not None
-    return enhanced.frame_pixels(ds, inst.frame, rows=inst.rows, cols=inst.columns, label=label)
+def _frame_raw(inst: Instance, frame: int, ds: Dataset, label: str) -> np.ndarray:
+    return enhanced.frame_pixels(ds, frame, rows=inst.rows, cols=inst.columns, label=label)
 
 
 def _read_dataset(data: bytes, label: str) -> Dataset:
@@ -1048,7 +1047,8 @@ def convert_series(
         label = f"{inst.zip}:{inst.member}"
         if inst.frame is not None:
             ds = multi_frame[(inst.rel_zip, inst.member)]
-            return _frame_raw(inst, ds, label), _PixelDesc.of_instance(inst, ds), ds
+            raw = _frame_raw(inst, inst.frame, ds, label)
+            return raw, _PixelDesc.of_instance(inst, ds), ds
         ds = _read_dataset(read(inst), label)
         desc = _PixelDesc.of_instance(inst, ds)
         return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
