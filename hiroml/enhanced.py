@@ -106,7 +106,9 @@ def _values(value: Any) -> tuple[str, ...]:
 def frame_records(inst: Instance, ds: Dataset) -> list[Instance]:
     """One record per frame of the enhanced instance ``inst`` (its header ``ds``, pixels not
     needed), with the frame's own position, orientation, pixel spacing, slice thickness and
-    rescale from the functional groups (see the module docstring). A frame without a position
+    rescale from the functional groups (see the module docstring), and no ``pixel_hash`` (the
+    instance's hash covers every frame: identical frames are found by decoding them, as
+    :mod:`hiroml.stitch` does when a hash is missing). A frame without a position
     keeps ``position=None``, and series selection drops it as it drops a slice without
     (0020,0032). Raises :class:`BadInputError` when the per-frame sequence does not have one
     item per frame."""
@@ -145,6 +147,7 @@ def frame_records(inst: Instance, ds: Dataset) -> list[Instance]:
                 image_type=_values(frame_type) or inst.image_type,
                 acquisition_time=acquired[8:] if len(acquired) > 8 else inst.acquisition_time,
                 instance_number=k + 1,
+                pixel_hash="",  # the instance's hash is not the frame's: compare decoded frames
             )
         )
     return out

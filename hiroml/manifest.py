@@ -47,6 +47,9 @@ _LIST_TYPES: dict[str, pa.DataType] = {
     "spacing_xyz": pa.list_(pa.float64()),
     "origin_xyz": pa.list_(pa.float64()),
     "direction": pa.list_(pa.float64()),
+    "stitched_series": pa.list_(pa.string()),
+    "seams_mm": pa.list_(pa.float64()),
+    "seam_slices": pa.list_(pa.int64()),
 }
 _SCALAR_TYPES: dict[str, pa.DataType] = {
     "age_years": pa.float64(),

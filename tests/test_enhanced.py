@@ -8,6 +8,7 @@ uneven and duplicate cases, against the pixel-position truth of ``ct_geometry``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -310,3 +311,27 @@ def test_enhanced_build_peaks_at_two_volumes() -> None:
     finally:
         tracemalloc.stop()
     assert 2.0 * vol.array.nbytes < peak < 2.4 * vol.array.nbytes, peak / vol.array.nbytes
+
+
+def test_enhanced_parts_of_a_split_scan_are_stitched_like_classic_ones() -> None:
+    """A scan resumed as a new series, both parts stored as Enhanced CT and overlapping by
+    two positions: the overlap frames are decoded and compared (the instance hash is not a
+    frame's), and the stitched volume is the classic one."""
+    slices = make_series(SeriesSpec(n=20, values=None, seed=11))
+    parts = []
+    for number, (lo, hi) in enumerate([(0, 12), (10, 20)], start=2):
+        part = copy.deepcopy(slices[lo:hi])
+        uid = generate_uid()
+        for s in part:
+            s.SeriesInstanceUID, s.SeriesNumber = uid, number
+        parts.append(_reload(enhanced_from_classic(part)))
+    records = [
+        dataclasses.replace(_record(p, member=f"s{k}/enhanced.dcm"), pixel_hash=f"hash-{k}")
+        for k, p in enumerate(parts)
+    ]
+    items = list(zip(records, parts, strict=True))
+    volumes, problems = ct.convert_exam(_exam(records), _reader(items), CtConfig())
+    assert len(volumes) == 1, problems
+    assert volumes[0].stitched_series == tuple(p.SeriesInstanceUID for p in parts)
+    np.testing.assert_array_equal(volumes[0].array, _classic_volume(slices).array)
+    assert all(f.pixel_hash == "" for f in enhanced.frame_records(records[0], parts[0]))
