@@ -31,45 +31,32 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from io import BytesIO
 
 import cv2
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
 from pydicom.pixels.processing import apply_voi as _pydicom_voi
 from pydicom.uid import (
-    UID,
     DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing,
     DigitalXRayImageStorageForProcessing,
 )
 
+from hiroml import dicom
 from hiroml.config import CxrConfig
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
-
-try:  # libjpeg-turbo >= 3 (JPEG lossless, bit-exact) through imagecodecs
-    import imagecodecs as _imagecodecs
-except ImportError:  # pragma: no cover - imagecodecs is a dependency; pydicom is the fallback
-    _imagecodecs = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
 STAGE = "cxr"
 
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
-# JPEG baseline (8-bit) and extended (12-bit) too: libjpeg-turbo also reads 12-bit extended
-# streams that pydicom's plugins refuse.
-JPEG_TURBO = JPEG_LOSSLESS | {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
-JPEG_2000 = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
-UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+IMPLICIT_VR_LE = dicom.IMPLICIT_VR_LE
+EXPLICIT_VR_LE = dicom.EXPLICIT_VR_LE
+DEFLATED_LE = dicom.DEFLATED_LE
+EXPLICIT_VR_BE = dicom.EXPLICIT_VR_BE
+UNCOMPRESSED = dicom.UNCOMPRESSED
 
 # --------------------------------------------------------------------------- object selection
 
@@ -102,10 +89,7 @@ _FOR_PROCESSING_SOP_CLASSES = frozenset(
 FOR_PROCESSING = "FOR PROCESSING"
 
 
-def _uid_label(uid: str) -> str:
-    """``"<name> <uid>"`` when pydicom knows the UID, else the UID."""
-    name = UID(uid).name if uid else ""
-    return f"{name} {uid}" if name and name != uid else (uid or "(none)")
+_uid_label = dicom.uid_label
 
 
 def is_for_processing(sop_class_uid: str, presentation_intent: str) -> bool:
@@ -235,56 +219,8 @@ def _header_view(inst: Instance, exam_description: str) -> tuple[View, str]:
 
 # --------------------------------------------------------------------------- decoding
 
-
-def _transfer_syntax(ds: Dataset) -> str:
-    meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID", "") if meta is not None else ""
-    return str(ts) if ts else IMPLICIT_VR_LE
-
-
-def _fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
-    """Stored values as numbers: keep the low (0028,0101) Bits Stored bits and, for
-    (0028,0103) Pixel Representation 1, sign-extend them. ``arr`` is an integer array as a
-    decoder or the raw buffer gives it (possibly unsigned); returns a new array or ``arr``."""
-    nbits = arr.dtype.itemsize * 8
-    udt = np.dtype(f"u{arr.dtype.itemsize}")
-    sdt = np.dtype(f"i{arr.dtype.itemsize}")
-    if bits_stored <= 0 or bits_stored >= nbits:
-        return arr.view(sdt if signed else udt)
-    shift = nbits - bits_stored
-    u = arr.view(udt)
-    if signed:
-        return (u << np.asarray(shift, udt)).view(sdt) >> np.asarray(shift, sdt)
-    if int(u.max()) < (1 << bits_stored):  # nothing in the unused high bits: no copy
-        return u
-    return u & np.asarray((1 << bits_stored) - 1, udt)
-
-
-def _decode_native(ds: Dataset, ts: str, frame: int = 0) -> np.ndarray | None:
-    """Frame ``frame`` (0-based) of uncompressed one-sample pixels as a view of (7FE0,0010)
-    Pixel Data, or ``None`` when this fast path does not apply."""
-    alloc = int(ds.get("BitsAllocated", 0) or 0)
-    if alloc not in (8, 16, 32) or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    if "PixelData" not in ds:
-        return None
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    endian = ">" if ts == EXPLICIT_VR_BE else "<"
-    dtype = np.dtype(f"{endian}u{alloc // 8}")
-    buf = ds.PixelData
-    size = rows * cols * dtype.itemsize
-    need = size * (frame + 1)
-    if len(buf) < need:
-        of = f" (frame {frame + 1})" if frame else ""
-        raise DecodeError(
-            f"pixel data truncated: {len(buf)} bytes, {rows}x{cols}x{alloc} bits{of} need "
-            f"{need} ({_uid_label(ts)})"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, count=rows * cols, offset=size * frame)
-    arr = arr.reshape(rows, cols)
-    if endian == ">":
-        arr = arr.astype(dtype.newbyteorder("="))
-    return arr
+_transfer_syntax = dicom.transfer_syntax
+_fix_bits = dicom.fix_bits
 
 
 def number_of_frames(ds: Dataset) -> int:
@@ -295,92 +231,28 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
-def _encoded_frame(ds: Dataset, frame: int) -> bytes:
-    return get_frame(ds.PixelData, frame, number_of_frames=number_of_frames(ds))
+def decode_frame(ds: Dataset, *, frame: int = 0) -> dicom.Decoded:
+    """:func:`decode`, with the name of the decoder that produced the values."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        ts = _transfer_syntax(ds)
+        raise DecodeError(f"PALETTE COLOR pixels are not a radiograph ({_uid_label(ts)})")
+    return dicom.decode(ds, frame=frame)
 
 
-def _decode_jpeg2000(ds: Dataset, frame: int = 0) -> np.ndarray | None:
-    """Frame ``frame`` of a one-sample JPEG 2000 image through OpenJPEG in imagecodecs (one
-    thread, a little faster than pydicom's plugin: fewer copies), or ``None`` to let pydicom
-    decode it."""
-    fn = getattr(_imagecodecs, "jpeg2k_decode", None)
-    if fn is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    try:
-        arr = np.asarray(fn(_encoded_frame(ds, frame), numthreads=1))
-    except Exception as e:  # imagecodecs raises its own error types
-        logger.debug("imagecodecs.jpeg2k_decode failed (%s); pydicom decodes", e)
-        return None
-    if arr.shape != (int(ds.Rows), int(ds.Columns)) or arr.dtype.kind not in "iu":
-        return None
-    alloc = int(ds.get("BitsAllocated", 16) or 16)
-    if arr.dtype.itemsize * 8 != alloc:
-        arr = arr.astype(f"{arr.dtype.kind}{alloc // 8}")
-    return arr
-
-
-def _decode_jpeg_turbo(ds: Dataset, frame: int = 0) -> np.ndarray | None:
-    """Frame ``frame`` of a one-sample JPEG (lossless process 14, baseline or extended) image
-    through libjpeg-turbo, or ``None`` when imagecodecs is missing or cannot take it (pydicom
-    then decodes)."""
-    if _imagecodecs is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    encoded = _encoded_frame(ds, frame)
-    for name in ("jpeg8_decode", "ljpeg_decode"):
-        fn = getattr(_imagecodecs, name, None)
-        if fn is None:
-            continue
-        try:
-            arr = np.asarray(fn(encoded))
-        except Exception as e:  # imagecodecs raises its own error types
-            logger.debug("imagecodecs.%s failed (%s); trying the next decoder", name, e)
-            continue
-        if arr.shape == (int(ds.Rows), int(ds.Columns)):
-            return arr
-    return None
-
-
-def decode(ds: Dataset, frame: int = 0) -> np.ndarray:
+def decode(ds: Dataset, *, frame: int = 0) -> np.ndarray:
     """The stored values of frame ``frame`` (0-based, below (0028,0008) Number of Frames):
     (rows, columns), or (rows, columns, 3) for colour, as an integer numpy array (signed when
     (0028,0103) Pixel Representation is 1, only the (0028,0101) Bits Stored bits kept).
 
-    Fast paths by (0002,0010) Transfer Syntax UID: uncompressed (implicit/explicit VR, big
-    endian, deflated) by :func:`numpy.frombuffer`; JPEG lossless (1.2.840.10008.1.2.4.57 and
-    .70, bit-exact), baseline (.50) and extended (.51) one-sample images by libjpeg-turbo
-    through imagecodecs; one-sample JPEG 2000 by OpenJPEG through imagecodecs. Everything
-    else (RLE, JPEG-LS, colour, odd layouts), and anything imagecodecs refuses, through
-    pydicom's pixel backends. The result may be a read-only view of the dataset's buffer.
-    Raises :class:`DecodeError` naming the transfer syntax, :class:`ValueError` for a frame
-    the object does not have.
+    The decoder per (0002,0010) Transfer Syntax UID is the one :data:`hiroml.dicom.SYNTAXES`
+    pins (uncompressed by :func:`numpy.frombuffer`, JPEG by libjpeg-turbo, JPEG-LS by CharLS,
+    JPEG 2000 and HTJ2K by OpenJPEG, JPEG XL by libjxl, Deflated Image Frame by libdeflate,
+    RLE by pylibjpeg-rle); anything else through pydicom's pixel backends. The result may be a
+    read-only view of the dataset's buffer. Raises :class:`DecodeError` naming the transfer
+    syntax.
     """
-    nframes = number_of_frames(ds)
-    if not 0 <= frame < nframes:
-        raise ValueError(f"frame {frame}: the image has {nframes} frame(s), 0 to {nframes - 1}")
-    ts = _transfer_syntax(ds)
-    if "PixelData" not in ds:
-        raise DecodeError(f"no (7FE0,0010) Pixel Data ({_uid_label(ts)})")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric == "PALETTE COLOR":
-        raise DecodeError(f"PALETTE COLOR pixels are not a radiograph ({_uid_label(ts)})")
-    bits = int(ds.get("BitsStored", 0) or 0)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    try:
-        arr: np.ndarray | None = None
-        if ts in UNCOMPRESSED:
-            arr = _decode_native(ds, ts, frame)
-        elif ts in JPEG_TURBO:
-            arr = _decode_jpeg_turbo(ds, frame)
-        elif ts in JPEG_2000 and _imagecodecs is not None:
-            arr = _decode_jpeg2000(ds, frame)
-        if arr is not None:
-            return _fix_bits(arr, bits, signed)
-        ds.pixel_array_options(index=frame if nframes > 1 else None)
-        return np.asarray(ds.pixel_array)
-    except DecodeError:
-        raise
-    except Exception as e:  # pixel plugins raise anything; we name the syntax
-        raise DecodeError(f"cannot decode pixel data ({_uid_label(ts)}): {e}") from e
+    return decode_frame(ds, frame=frame).array
 
 
 def to_grayscale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -811,11 +683,9 @@ def _padding_note(mask: np.ndarray, ds: Dataset) -> str:
 def read_image(data: bytes, inst: Instance) -> Dataset:
     """A member's bytes as a dataset with (0028,0010) Rows and (0028,0011) Columns; raises
     :class:`BadInputError` naming the zip and member for an unreadable DICOM."""
-    try:
-        ds = pydicom.dcmread(BytesIO(data), force=True)
-        _ = ds.Rows, ds.Columns
-    except Exception as e:  # pydicom raises many kinds on bad files
-        raise BadInputError(f"{_where(inst)}: not a readable DICOM image ({e})") from e
+    ds = dicom.parse(data, label=_where(inst)).dataset
+    if "Rows" not in ds or "Columns" not in ds:
+        raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
     return ds
 
 
@@ -866,9 +736,9 @@ def _convert_frame(
     ts = _transfer_syntax(ds)
     view, view_source = classify_view(ds, exam_description=exam_description)
     try:
-        arr = decode(ds, frame)
-        padding = padding_mask(arr, ds)
-        arr = to_grayscale(arr, ds)
+        decoded = decode_frame(ds, frame=frame)
+        padding = padding_mask(decoded.array, ds)
+        arr = to_grayscale(decoded.array, ds)
     except DecodeError as e:
         msg = str(e)
         if ts not in msg:
@@ -908,6 +778,7 @@ def _convert_frame(
         lut=lut,
         inverted=inverted,
         scale=storage_scale,
+        decoder=decoded.decoder,
         frame=frame,
         n_frames=number_of_frames(ds),
         for_processing=is_for_processing(sop_class, intent),
@@ -960,7 +831,7 @@ def convert_exam(
             data = read(inst)
             if view == View.UNKNOWN and View.UNKNOWN not in selected:
                 # The indexed header did not tell: look at the full header before decoding.
-                head = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+                head = dicom.parse(data, label=_where(inst), stop_before_pixels=True).dataset
                 view, source = classify_view(head, exam_description=exam.description)
                 if view not in selected:
                     problems.append(
@@ -980,7 +851,8 @@ def convert_exam(
         except Exception as e:  # bad input must never stop the exam
             ts = _uid_label(inst.transfer_syntax)
             reason = f"{_where(inst)}: {type(e).__name__}: {e} (transfer syntax {ts})"
-            logger.warning("%s", reason, exc_info=True)
+            logger.warning("%s", reason)
+            logger.info("%s: traceback of the error above", _where(inst), exc_info=True)
             problems.append(_problem(inst, reason, Action.ERROR))
     return images, problems
 

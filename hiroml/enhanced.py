@@ -200,11 +200,11 @@ def frame_pixels(ds: Dataset, frame: int, *, rows: int, cols: int, label: str) -
     """Stored values (rows, columns) of frame ``frame`` (0-based) of a multi-frame dataset, in
     any transfer syntax the radiograph decoder reads (no modality LUT; the rescale is per frame,
     on the frame's record). Raises :class:`DecodeError` naming ``label`` and the frame."""
-    from hiroml.cxr import decode
+    from hiroml.dicom import decode
 
     n = max(1, int(ds.get("NumberOfFrames", 1) or 1))
     try:
-        arr = decode(ds, frame)
+        arr = decode(ds, frame=frame).array
     except (DecodeError, ValueError) as e:
         raise DecodeError(f"{label}: frame {frame + 1} of {n}: {e}") from e
     if arr.shape != (rows, cols):

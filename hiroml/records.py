@@ -165,6 +165,7 @@ class Instance:
     frame_of_reference_uid: str = ""  # (0020,0052) Frame of Reference UID
     has_pixels: bool = True
     pixel_hash: str = ""
+    read_note: str = ""  # how a file without a Part 10 header was read ("" for a normal file)
     presentation_intent: str = ""  # (0008,0068) Presentation Intent Type, e.g. FOR PROCESSING
     # A frame of a multi-frame instance taken as a slice of its own (0-based; None for the
     # instance itself, as the index records it): see hiroml.enhanced.
@@ -254,6 +255,7 @@ class CxrImage:
     lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
+    decoder: str = ""  # library that decoded the pixels (hiroml.dicom.SYNTAXES), e.g. "openjpeg"
     frame: int = 0  # 0-based frame of a multi-frame object ((0028,0008) Number of Frames)
     n_frames: int = 1
     for_processing: bool = False  # raw detector data kept by cxr.keep_for_processing=true
@@ -282,6 +284,7 @@ class CtVolume:
     stitched_series: tuple[str, ...] = ()  # (0020,000E) of every part, in order along the normal
     seams_mm: tuple[float, ...] = ()  # n . (0020,0032) of each part's first slice after the first
     seam_slices: tuple[int, ...] = ()  # z index in ``array`` of those slices (nearest)
+    decoder: str = ""  # library(ies) that decoded the slices (hiroml.dicom.SYNTAXES): "numpy"
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:

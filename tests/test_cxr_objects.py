@@ -254,9 +254,9 @@ def test_decode_selects_the_frame(syntax: str) -> None:
         ds.compress(RLELossless, frames)  # pydicom's backend, index=frame
     ds = pydicom.dcmread(BytesIO(to_bytes(ds)))
     for k in range(2):
-        np.testing.assert_array_equal(cxr.decode(ds, k), frames[k])
-    with pytest.raises(ValueError, match=r"frame 2: the image has 2 frame\(s\)"):
-        cxr.decode(ds, 2)
+        np.testing.assert_array_equal(cxr.decode(ds, frame=k), frames[k])
+    with pytest.raises(ValueError, match=r"frame 2 is outside the 2 frame\(s\)"):
+        cxr.decode(ds, frame=2)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +269,7 @@ def test_decode_every_frame_of_a_real_multi_frame_file(name: str) -> None:
     truth = pydicom.dcmread(path).pixel_array
     assert truth.shape[0] == cxr.number_of_frames(ds) == 10
     for k in (0, 4, 9):
-        np.testing.assert_array_equal(cxr.decode(ds, k), truth[k])
+        np.testing.assert_array_equal(cxr.decode(ds, frame=k), truth[k])
 
 
 def test_two_frame_radiograph_yields_two_samples() -> None:
