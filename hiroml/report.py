@@ -709,12 +709,14 @@ def render_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    changes: str = "",
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`."""
     n_errors = int((_keys(_col(audit, "action")) == "error").sum())
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
         for a, t in (
+            *((("changes", "Changes"),) if changes else ()),
             ("counts", "Counts"),
             ("splits", "Splits"),
             ("errors", f"Errors ({n_errors})"),
@@ -727,6 +729,9 @@ def render_report(
     body = "".join(
         [
             _header(summary, n_errors),
+            _section("changes", "What changed since the previous version", changes)
+            if changes
+            else "",
             _counts(manifest, patients, audit),
             _balance(manifest, patients),
             _errors(audit),
@@ -769,6 +774,7 @@ def write_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    changes: str = "",
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, and return its path.
 
@@ -779,6 +785,8 @@ def write_report(
     in [0, 1], or uint8/uint16) or a CT volume numpy (z, y, x) in HU; without it the page
     has no thumbnails. ``max_thumbnails`` radiographs are shown per split, and
     ``max(1, max_thumbnails // 4)`` CT volumes per split (three mid-slices each).
+    ``changes`` (trusted HTML, from :func:`hiroml.versions.changes_html`) becomes the section
+    "What changed since the previous version", shown first.
     The page is written to a temporary name then moved into place (``os.replace``).
     """
     out_dir = Path(out_dir)
@@ -790,6 +798,7 @@ def write_report(
         summary=summary,
         read_array=read_array,
         max_thumbnails=max_thumbnails,
+        changes=changes,
     )
     path = out_dir / REPORT_NAME
     tmp = out_dir / f".{REPORT_NAME}.{os.getpid()}.tmp"
