@@ -79,19 +79,19 @@ def test_png_is_16_bit_and_holds_the_stored_intensities(
 def test_version_argument(tiny_build_clinical: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(tiny_build_clinical, out)
-    with pytest.raises(ExportError, match=r"no version '0001-deadbeef'.*Leave out --version"):
-        export(out, tmp_path / "x", fmt="png", version="0001-deadbeef")
-    v = out / "versions" / "0001-deadbeef"
+    with pytest.raises(ExportError, match=r"no version '9999-deadbeef'.*Leave out --version"):
+        export(out, tmp_path / "x", fmt="png", version="9999-deadbeef")
+    v = out / "versions" / "9999-deadbeef"
     v.mkdir(parents=True)
     m = pd.read_parquet(out / "manifest.parquet")
     m[m["split"] == "test"].to_parquet(v / "manifest.parquet")
-    r = export(out, tmp_path / "v1", fmt="png", version="0001-deadbeef")
-    assert r.version == "0001-deadbeef"
+    r = export(out, tmp_path / "v1", fmt="png", version="9999-deadbeef")
+    assert r.version == "9999-deadbeef"
     assert r.files == int(((m["split"] == "test") & (m["modality"] == "cxr")).sum())
     side = json.loads(next((tmp_path / "v1" / "test").glob("*.json")).read_text())
-    assert side["version"] == "0001-deadbeef"
+    assert side["version"] == "9999-deadbeef"
     # no --version: the root manifest, named after the latest retained version
-    assert export(out, tmp_path / "latest", fmt="png").version == "0001-deadbeef"
+    assert export(out, tmp_path / "latest", fmt="png").version == "9999-deadbeef"
 
 
 def test_cli_errors_are_one_line(
