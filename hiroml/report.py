@@ -2,7 +2,8 @@
 
 It shows the build summary, counts, the split balance (patients, exams, samples per
 modality, age and sex per split), every non-kept decision of the audit grouped by action,
-the errors in their own section, orphans, patient groups that link several ids, and
+the errors in their own section, orphans, patient groups that link several ids,
+near-duplicate radiographs across patient groups (both thumbnails side by side), and
 thumbnails: a contact sheet of radiographs per split and, for CT volumes, mid-slices in the
 three planes under a lung window.
 
@@ -691,6 +692,7 @@ def render_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    near_duplicates: pd.DataFrame | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`."""
     n_errors = int((_keys(_col(audit, "action")) == "error").sum())
@@ -703,6 +705,7 @@ def render_report(
             ("decisions", "Decisions"),
             ("orphans", "Orphans"),
             ("groups", "Linked ids"),
+            ("neardup", "Near duplicates"),
             ("thumbs", "Thumbnails"),
         )
     )
@@ -715,6 +718,7 @@ def render_report(
             _decisions(audit),
             _orphans(manifest),
             _groups(patients),
+            _near_duplicates(near_duplicates, read_array),
             _thumbnails(manifest, read_array, max_thumbnails),
         ]
     )
@@ -751,6 +755,7 @@ def write_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    near_duplicates: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, and return its path.
 
@@ -761,6 +766,8 @@ def write_report(
     in [0, 1], or uint8/uint16) or a CT volume numpy (z, y, x) in HU; without it the page
     has no thumbnails. ``max_thumbnails`` radiographs are shown per split, and
     ``max(1, max_thumbnails // 4)`` CT volumes per split (three mid-slices each).
+    ``near_duplicates`` (:func:`near_duplicate_frame`) lists the near-duplicate pairs across
+    patient groups, shown with both thumbnails side by side.
     The page is written to a temporary name then moved into place (``os.replace``).
     """
     out_dir = Path(out_dir)
@@ -772,6 +779,7 @@ def write_report(
         summary=summary,
         read_array=read_array,
         max_thumbnails=max_thumbnails,
+        near_duplicates=near_duplicates,
     )
     path = out_dir / REPORT_NAME
     tmp = out_dir / f".{REPORT_NAME}.{os.getpid()}.tmp"
@@ -782,3 +790,72 @@ def write_report(
         tmp.unlink(missing_ok=True)
     log.info("report written: %s (%.1f kB)", path, len(page) / 1024)
     return path
+
+
+# --------------------------------------------------------------------------- near duplicates
+
+NEAR_COLUMNS = [
+    "sample_key", "other_key", "patient_id", "other_patient_id", "group", "other_group",
+    "similarity", "linked",
+]  # fmt: skip
+MAX_NEAR_PAIRS = 200  # pairs drawn with thumbnails; all are in the audit and manifest
+
+
+def near_duplicate_frame(links: Iterable[Any]) -> pd.DataFrame:
+    """The near-duplicate pairs among :class:`hiroml.linking.GroupLink` records, one row each
+    (columns ``NEAR_COLUMNS``), most similar first."""
+    rows = [
+        {c: getattr(k, c) for c in NEAR_COLUMNS}
+        for k in links
+        if getattr(k, "kind", "") == "near duplicate"
+    ]
+    df = pd.DataFrame(rows, columns=NEAR_COLUMNS)
+    return df.sort_values(["similarity", "sample_key"], ascending=[False, True]).reset_index(
+        drop=True
+    )
+
+
+def _pair_thumb(read_array: ReadArray | None, key: str) -> str | None:
+    if read_array is None:
+        return None
+    arr = _read(read_array, key)
+    if arr is None:
+        return None
+    try:
+        return _png_uri(cxr_thumbnail(arr))
+    except ValueError:
+        log.warning("report: sample %s has no drawable image", key, exc_info=True)
+        return None
+
+
+def _near_duplicates(pairs: pd.DataFrame | None, read_array: ReadArray | None) -> str:
+    title = "Near-duplicate radiographs across patient groups"
+    if pairs is None or pairs.empty:
+        body = _note(
+            "No radiograph of one patient group is a near duplicate of another group's "
+            "(rank correlation of 32 x 32 signatures below splits.near_duplicate_threshold)."
+        )
+        return _section("neardup", f"{title} (0)", body)
+    body = _note(
+        "The same radiograph re-exported (lossy, 8-bit, resized, another transfer syntax) "
+        "under two patient groups: a missed remap would leak it across splits. Linked pairs "
+        "were joined into one group (splits.link_near_duplicates); check each pair."
+    )
+    figs = []
+    for r in pairs.head(MAX_NEAR_PAIRS).to_dict("records"):
+        status = "linked" if r["linked"] else "NOT linked"
+        left = _figure(
+            _pair_thumb(read_array, str(r["sample_key"])),
+            [f"patient {r['patient_id']} ({r['group']})", str(r["sample_key"])],
+            alt=f"radiograph of {r['patient_id']}",
+        )
+        right = _figure(
+            _pair_thumb(read_array, str(r["other_key"])),
+            [f"patient {r['other_patient_id']} ({r['other_group']})", str(r["other_key"])],
+            alt=f"radiograph of {r['other_patient_id']}",
+        )
+        label = html.escape(f"rank correlation {float(r['similarity']):.3f}, {status}")
+        figs.append(f'<div class="sheet"><p>{label}</p>{left}{right}</div>')
+    if len(pairs) > MAX_NEAR_PAIRS:
+        figs.append(_note(f"{len(pairs) - MAX_NEAR_PAIRS} more pair(s) in audit.csv."))
+    return _section("neardup", f"{title} ({len(pairs)})", body + "".join(figs))
