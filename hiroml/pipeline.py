@@ -899,9 +899,7 @@ def run(cfg: BuildConfig) -> BuildSummary:
         else None
     )
     decoded = _decode_pediatric_candidates(root, found.zips, indexed.instances, remap, cfg.index)
-    result = exams.build_exams(
-        found.zips, indexed.instances, remap, cfg.exams, decoded=decoded
-    )
+    result = exams.build_exams(found.zips, indexed.instances, remap, cfg.exams, decoded=decoded)
     joined = identity.join_clinical(result.exams, clinical, cfg.identity)
     t = _timed(summary, "exams", t)
 
