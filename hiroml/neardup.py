@@ -139,13 +139,17 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
     u = unit_vectors(sig)
     live = np.linalg.norm(u, axis=1) > 0
     c = _coarse(u)
-    cn = np.einsum("ij,ij->i", c, c)
+    cn = np.einsum("ij,ij->i", c, c)[:, None]
+    ones = np.ones_like(cn)
+    # |ci - cj|^2 = [ci, |ci|^2, 1] . [-2 cj, 1, |cj|^2]: one matrix product per block
+    left = np.hstack([c, cn, ones])
+    right = np.hstack([-2.0 * c, ones, cn])
     radius2 = 2.0 - 2.0 * threshold + 1e-4  # float32 slack: never a false negative
     out: list[NearPair] = []
     for s in range(0, n, block):
-        ci = c[s : s + block]
+        li = left[s : s + block]
         for t in range(s, n, block):
-            d2 = cn[s : s + block, None] + cn[None, t : t + block] - 2.0 * (ci @ c[t : t + block].T)
+            d2 = li @ right[t : t + block].T
             ii, jj = np.nonzero(d2 <= radius2)
             ii, jj = ii + s, jj + t
             keep = (ii < jj) & live[ii] & live[jj]
