@@ -44,8 +44,7 @@ REAL_NAMES = (
     "RG1_UNCR.dcm",  # CR, 1955 x 1841, 15 bits, MONOCHROME1
     "RG3_UNCR.dcm",  # CR, 1760 x 1760, 10 bits, MONOCHROME1
     "JPEG2000_UNC.dcm",  # NM, 1024 x 256
-    "mlut_18.dcm",  # OT, 512 x 512
-    "vlut_04.dcm",  # OT, 512 x 512
+    "mlut_18.dcm",  # OT, 512 x 512 (vlut_04.dcm is the same image in 8 bits: see SAME_REAL)
     "image_dfl.dcm",  # OT, 512 x 512
     "JPGLosslessP14SV1_1s_1f_8b.dcm",  # US, 768 x 1024
 )
@@ -92,6 +91,13 @@ def shift(arr: np.ndarray, frac: float) -> np.ndarray:
     )
 
 
+#: real pairs of one image delivered twice: (original, other delivery, what differs)
+SAME_REAL = (
+    ("RG1_UNCR.dcm", "RG1_J2KI.dcm", "lossy JPEG 2000 (pydicom-data)"),
+    ("RG3_UNCR.dcm", "RG3_J2KI.dcm", "lossy JPEG 2000 (pydicom-data)"),
+    ("mlut_18.dcm", "vlut_04.dcm", "12 bits vs 8 bits (pydicom)"),
+)
+
 REEXPORTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "8-bit JPEG q90": lambda a: jpeg8(a, 90),
     "8-bit JPEG q75": lambda a: jpeg8(a, 75),
@@ -108,7 +114,7 @@ MOVES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def real_images() -> list[tuple[str, np.ndarray, bool]]:
+def real_images(names: tuple[str, ...] = REAL_NAMES) -> list[tuple[str, np.ndarray, bool]]:
     """(name, stored values, MONOCHROME1) of pydicom's and pydicom-data's grey images."""
     roots = [Path(pydicom.__file__).parent / "data"]
     try:
@@ -118,7 +124,7 @@ def real_images() -> list[tuple[str, np.ndarray, bool]]:
     except ImportError:
         logging.warning("pydicom-data is not installed: fewer real images")
     out = []
-    for name in REAL_NAMES:
+    for name in names:
         path = next((p for r in roots for p in r.rglob(name)), None)
         if path is None:
             continue
@@ -203,6 +209,13 @@ def main() -> None:
     rows["different synthetic phantoms"] = [
         neardup.similarity(a, b) for a, b in itertools.combinations(psigs, 2)
     ]
+    for a_name, b_name, what in SAME_REAL:
+        pair = real_images((a_name, b_name))
+        if len(pair) == 2:
+            (_, a, ma), (_, b, mb) = pair
+            rows.setdefault(f"same image re-exported: real, {what}", []).append(
+                neardup.similarity(sig(a, monochrome1=ma), sig(b, monochrome1=mb))
+            )
     radiographs = [r for r in reals if r[0].startswith("RG")] + phantoms
     for label, moves in (("re-exported", REEXPORTS), ("moved", MOVES)):
         for what, f in moves.items():

@@ -136,9 +136,13 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
     n = sig.shape[0] if sig.ndim == 2 else 0
     if n < 2:
         return []
-    u = unit_vectors(sig)
-    live = np.linalg.norm(u, axis=1) > 0
-    c = _coarse(u)
+    # unit vectors block by block (memory: the uint8 signatures and 66 floats per row)
+    c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
+    live = np.empty(n, dtype=bool)
+    for s in range(0, n, block):
+        u = unit_vectors(sig[s : s + block])
+        live[s : s + block] = np.any(u != 0, axis=1)
+        c[s : s + block] = _coarse(u)
     cn = np.einsum("ij,ij->i", c, c)[:, None]
     ones = np.ones_like(cn)
     # |ci - cj|^2 = [ci, |ci|^2, 1] . [-2 cj, 1, |cj|^2]: one matrix product per block
@@ -148,20 +152,21 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
     out: list[NearPair] = []
     for s in range(0, n, block):
         li = left[s : s + block]
+        ui = unit_vectors(sig[s : s + block])
         for t in range(s, n, block):
             d2 = li @ right[t : t + block].T
             ii, jj = np.nonzero(d2 <= radius2)
-            ii, jj = ii + s, jj + t
-            keep = (ii < jj) & live[ii] & live[jj]
+            keep = (ii + s < jj + t) & live[ii + s] & live[jj + t]
             ii, jj = ii[keep], jj[keep]
             if not len(ii):
                 continue
+            uj = ui if t == s else unit_vectors(sig[t : t + block])
             for a in range(0, len(ii), 65536):  # confirm on the full vectors, in chunks
                 pa, pb = ii[a : a + 65536], jj[a : a + 65536]
-                sims = np.einsum("ij,ij->i", u[pa], u[pb])
+                sims = np.einsum("ij,ij->i", ui[pa], uj[pb])
                 ok = sims >= threshold - 1e-6
                 out.extend(
-                    NearPair(int(x), int(y), float(min(1.0, z)))
+                    NearPair(int(x) + s, int(y) + t, float(min(1.0, z)))
                     for x, y, z in zip(pa[ok], pb[ok], sims[ok], strict=True)
                 )
     out.sort(key=lambda p: (p.i, p.j))

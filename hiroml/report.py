@@ -586,7 +586,9 @@ def _groups(patients: pd.DataFrame) -> str:
     cols += [c for c in patients.columns if c.startswith("n_") and c not in cols]
     body = _note(
         "These ids are one person or must share a split: linked by the remap sheet, a shared "
-        "SOP Instance UID, or identical pixels. All their samples are in the same split.",
+        "SOP Instance UID, identical pixels (encoded bytes or decoded values, whatever the "
+        "transfer syntax) or a near-duplicate radiograph (see links). All their samples are "
+        "in the same split.",
     )
     body += _table(cols, ([r.get(c) for c in cols] for r in multi.to_dict("records")))
     return _section("groups", f"Linked patient ids ({len(multi)})", body)
