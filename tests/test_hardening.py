@@ -486,6 +486,7 @@ ALLOWED_COLUMNS = {
     "series_uid", "sop_uid", "view", "age_years", "sex", "shape", "size_xyz", "spacing_xyz",
     "origin_xyz", "direction", "shard_sha256", "data_hash", "sop_uids", "pixel_hashes",
     "batches", "days_from_encounter", "orphan", "scale", "ct_decisions",
+    "signature", "near_duplicates",  # derived from pixels and sample keys (issue 18)
 }  # fmt: skip
 #: The shard metadata keys a sample may carry (pipeline._cxr_meta / _ct_meta).
 ALLOWED_META = {
