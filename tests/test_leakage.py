@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from hiroml import cxr, exams, linking, neardup, pipeline, synth, verify
+from hiroml.errors import ConfigError
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
 SHAPE = (400, 330)  # rows, columns of the generated radiographs
@@ -388,3 +389,39 @@ def test_pediatric_duplicate_in_another_transfer_syntax_is_recognised(
     assert row["action"] == "duplicate" and row["reason"] == exams.REASON_PEDIATRIC
     assert row["kept_as"].endswith(first) and "decoded pixels identical" in row["detail"]
     assert (m["patient_id"] == "8400").sum() == 1
+
+
+def test_config_keys_and_their_checks(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, tmp_path / "out")
+    assert cfg.splits.near_duplicate_threshold == neardup.DEFAULT_THRESHOLD
+    assert cfg.splits.link_near_duplicates is True
+    assert (
+        make_cfg(
+            tmp_path, tmp_path, "splits.near_duplicate_threshold=null"
+        ).splits.near_duplicate_threshold
+        is None
+    )
+    with pytest.raises(ConfigError, match="near_duplicate_threshold"):
+        make_cfg(tmp_path, tmp_path, "splits.near_duplicate_threshold=1.5")
+
+
+def test_task_records_without_signatures_get_them_from_the_shards(
+    copies_datamart: tuple[Path, dict[str, str]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    """A task converted by an older hiroml (no signature in its record) is reused, and its
+    radiographs' signatures are computed from the shard."""
+    import json
+
+    root, _ = copies_datamart
+    out = tmp_path / "out"
+    first = _build(make_cfg, root, out)
+    for rec in (out / ".hiroml" / "tasks").glob("*.json"):
+        data = json.loads(rec.read_text())
+        for s in data["samples"]:
+            s.pop("signature", None)
+        rec.write_text(json.dumps(data))
+    summary = pipeline.run(make_cfg(root, out))
+    assert summary.tasks_reused == summary.tasks
+    again = pd.read_parquet(out / "manifest.parquet")
+    assert again["signature"].map(list).tolist() == first["signature"].map(list).tolist()
+    assert again["patient_group"].tolist() == first["patient_group"].tolist()
