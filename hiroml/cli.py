@@ -15,11 +15,33 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from hiroml.config import BuildConfig
-from hiroml.errors import ConfigError, HiromlError
+from hiroml.errors import (
+    ConfigError,
+    DatamartError,
+    HiromlError,
+    OutputLockedError,
+    ShrinkRefusedError,
+)
 
 log = logging.getLogger("hiroml")
 
 ConfigStore.instance().store(name="build_schema", node=BuildConfig)
+
+#: Exit codes of ``hiroml-build`` (README, "Exit codes"): 0 built; 1 the build failed.
+EXIT_CONFIG = 2  # configuration or datamart error: nothing was written
+EXIT_LOCKED = 3  # another build holds the output's lock
+EXIT_SHRINK = 4  # the shrink guard refused to publish
+
+
+def exit_code(err: HiromlError) -> int:
+    """The exit code of ``hiroml-build`` for an error it reports."""
+    if isinstance(err, ConfigError | DatamartError):
+        return EXIT_CONFIG
+    if isinstance(err, OutputLockedError):
+        return EXIT_LOCKED
+    if isinstance(err, ShrinkRefusedError):
+        return EXIT_SHRINK
+    return 1
 
 
 def to_config(cfg: DictConfig) -> BuildConfig:
@@ -35,8 +57,14 @@ def to_config(cfg: DictConfig) -> BuildConfig:
     return obj
 
 
+#: Set once Hydra has composed a config and called the job: an exit before that is Hydra's
+#: own report of a configuration it could not compose (a misspelled key, a bad override).
+_composed: list[bool] = []
+
+
 @hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
 def _main(cfg: DictConfig) -> None:
+    _composed.append(True)
     # pydicom resets its logger to WARNING when imported; damaged files are reported in the
     # audit, so keep its warnings off the console (they still reach the log file as errors).
     import pydicom  # noqa: F401
@@ -50,14 +78,19 @@ def _main(cfg: DictConfig) -> None:
     except HiromlError as e:
         log.error("%s", e)
         print(f"hiroml-build: {e}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
+        raise SystemExit(exit_code(e)) from None
     print("\n".join(summary.lines()))
     print(f"  open {summary.output}/report.html; check with: hiroml-verify {summary.output}")
 
 
 def build() -> None:
-    """``hiroml-build [overrides...]``."""
-    _main()
+    """``hiroml-build [overrides...]``; exit codes as :func:`exit_code` says."""
+    try:
+        _main()
+    except SystemExit as e:
+        if e.code == 1 and not _composed:  # Hydra could not compose the config
+            raise SystemExit(EXIT_CONFIG) from None
+        raise
 
 
 if __name__ == "__main__":

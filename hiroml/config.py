@@ -12,6 +12,7 @@ annotations at run time.
 
 # ruff: noqa: UP006, UP035, UP045
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -105,9 +106,17 @@ class CtConfig:
     resample_spacing: Optional[List[float]] = None  # e.g. [1.5, 1.5, 1.5] (x, y, z) mm
     clip_hu: Optional[List[float]] = None  # e.g. [-1024, 3071]
     fill_hu: float = -1024.0  # HU outside the scanned field after tilt correction / resampling
+    stitch: str = "auto"  # auto | off: join a scan resumed under a new Series Instance UID
+    stitch_max_gap: float = 10.0  # mm between parts beyond one slice step: larger is apart
+    stitch_atol_hu: float = 0.0  # overlapping slices are the same when |HU difference| <= this
 
     def __post_init__(self) -> None:
         _check_choice("ct", "series", self.series, ("best", "all"))
+        _check_choice("ct", "stitch", self.stitch, ("auto", "off"))
+        for key in ("stitch_max_gap", "stitch_atol_hu"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"ct.{key}={value!r}: give a finite number >= 0")
         _check_choice("ct", "duplicate_policy", self.duplicate_policy, ("split", "reject"))
         _check_choice("ct", "spacing_policy", self.spacing_policy, ("resample", "reject"))
         _check_choice("ct", "tilt_policy", self.tilt_policy, ("resample", "reject"))
@@ -173,6 +182,22 @@ class ExecutorConfig:
 
 
 @dataclass
+class PublishConfig:
+    """The shrink guard (:mod:`hiroml.guard`): a build that would remove more than this
+    fraction of the previous samples or patients, unexplained by its audit, is refused
+    (exit 4) unless ``allow_shrink=true``."""
+
+    max_removed_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_removed_fraction <= 1.0:
+            raise ConfigError(
+                f"publish.max_removed_fraction={self.max_removed_fraction}: give a fraction "
+                "between 0 and 1 (0.02 refuses a build that loses more than 2%)"
+            )
+
+
+@dataclass
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -183,7 +208,10 @@ class BuildConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
     seed: int = 0
     progress: bool = True
+    allow_shrink: bool = False  # publish even when the shrink guard would refuse
+    wait_for_lock: bool = False  # wait for another build of the same output instead of exit 3

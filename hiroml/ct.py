@@ -18,6 +18,10 @@ or file name. Duplicates, gaps, uneven spacing and gantry tilt are detected agai
 tolerances and either rejected (:class:`~hiroml.errors.GeometryError`) or resampled onto an
 orthogonal, evenly spaced grid that covers every original pixel, as configured in
 :class:`~hiroml.config.CtConfig`. Every decision is written to ``CtVolume.decisions``.
+
+Before a series is chosen, the parts of one scan that resumed under a new (0020,000E) Series
+Instance UID are stitched (:mod:`hiroml.stitch`, ``ct.stitch``), so ``ct.series=best``
+chooses among whole scans.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pydicom.dataset import Dataset
 from hiroml.config import CtConfig
 from hiroml.errors import DecodeError, GeometryError, HiromlError
 from hiroml.records import Action, CtVolume, Exam, Instance, Problem
+from hiroml.stitch import Scan, StitchPlan, pixels_differ, plan_scans
 
 log = logging.getLogger(__name__)
 
@@ -1035,25 +1040,107 @@ def convert_series(
     return built.volume, problems
 
 
+def _slice_hu(inst: Instance, read: Callable[[Instance], bytes]) -> np.ndarray:
+    """One slice of an exam in HU (float64 (y, x)): read, decoded, modality LUT applied."""
+    label = f"{inst.zip}:{inst.member}"
+    ds = _read_dataset(read(inst), label)
+    desc = _PixelDesc.of_instance(inst, ds)
+    raw = _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
+    return _hu_float(raw, desc, ds)
+
+
+def _seam_slices(vol: CtVolume, seams_mm: Sequence[float]) -> tuple[int, ...]:
+    """z index of the volume nearest each seam position ``n . IPP`` (mm along the normal)."""
+    n = np.asarray(vol.direction, float).reshape(3, 3)[:, 2]
+    d0 = float(np.dot(n, vol.origin_xyz))
+    step = vol.spacing_xyz[2]
+    last = vol.array.shape[0] - 1
+    return tuple(int(min(max(round((d - d0) / step), 0), last)) for d in seams_mm)
+
+
+def _stitch_problems(exam: Exam, scan: Scan, vol: CtVolume) -> list[Problem]:
+    """The audit of one stitched scan: a MERGED row per joined part (its first member),
+    naming the series and giving the seams; DROPPED rows for overlap slices left out."""
+    key = f"{exam.exam_key}:{vol.series_uid}"
+    detail = (
+        f"stitched series {list(vol.stitched_series)}; seams_mm {list(vol.seams_mm)}; "
+        f"seam_slices {list(vol.seam_slices)}; zips {list(vol.zips)}"
+    )
+    out = []
+    for part in scan.joined:
+        first = min(part, key=lambda i: (i.zip, i.member))
+        out.append(
+            Problem(
+                zip=first.zip,
+                batch=first.batch,
+                member=first.member,
+                stage=STAGE,
+                reason=(
+                    f"series {part[0].series_uid} ({len(part)} slices) stitched with series "
+                    f"{vol.series_uid} into one scan (split scan resumed as a new series: same "
+                    "frame of reference, orientation, matrix, pixel spacing, kernel and "
+                    "thickness): " + "; ".join(scan.notes)
+                ),
+                action=Action.MERGED,
+                kept_as=key,
+                detail=detail,
+            )
+        )
+    for series_uid in sorted({i.series_uid for i, _ in scan.left_out}):
+        items = [(i, why) for i, why in scan.left_out if i.series_uid == series_uid]
+        out.extend(_problems_for(series_uid, items, len(items)))
+    return out
+
+
+def _apart_problems(plan: StitchPlan) -> list[Problem]:
+    """A KEPT row (on the part's first member) for each part kept apart from a candidate."""
+    out = []
+    for part, why in plan.apart:
+        first = min(part, key=lambda i: (i.zip, i.member))
+        out.append(
+            Problem(
+                zip=first.zip,
+                batch=first.batch,
+                member=first.member,
+                stage=STAGE,
+                reason=f"series {part[0].series_uid} not stitched (ct.stitch=auto): {why}",
+                action=Action.KEPT,
+            )
+        )
+    return out
+
+
 def convert_exam(
     exam: Exam, read: Callable[[Instance], bytes], cfg: CtConfig
 ) -> tuple[list[CtVolume], list[Problem]]:
-    """Select the exam's series (:func:`select_series`) and build a volume for each.
+    """Select the exam's series (:func:`select_series`), stitch the parts of a scan resumed
+    under a new Series Instance UID (:mod:`hiroml.stitch`, unless ``cfg.stitch == "off"``)
+    and build a volume for each scan.
 
-    A series that fails (bad geometry, undecodable or unreadable slice) becomes an ERROR
-    problem naming the series and the cause; the other series go on. With
-    ``cfg.series == "best"`` the qualifying series are tried in order of preference and the
-    first that converts is kept, so a rejected best series falls back to the next one; the
-    ones not tried are DROPPED as "not the best series".
+    A scan that fails (bad geometry, undecodable or unreadable slice) becomes an ERROR
+    problem naming the series and the cause; the other scans go on (the parts of a stitched
+    scan that fails are then tried one by one). With ``cfg.series == "best"`` the scans are
+    tried in order of preference, so a whole stitched scan is preferred over any of its parts
+    (more slices) and a rejected best scan falls back to the next one; the ones not tried are
+    DROPPED as "not the best series". A stitched volume records its parts and seams
+    (``CtVolume.stitched_series``, ``seams_mm``, ``seam_slices``) and comes with a MERGED
+    problem per joined part.
     """
-    if cfg.series != "best":
-        selected, problems = select_series(exam.instances, cfg)
-    else:
-        selected, problems = select_series(exam.instances, dataclasses.replace(cfg, series="all"))
-        selected.sort(key=lambda s: _series_score(s, cfg))
+    selected, problems = select_series(exam.instances, dataclasses.replace(cfg, series="all"))
+    plan = plan_scans(
+        selected,
+        lambda a, b: pixels_differ(a, b, lambda i: _slice_hu(i, read), cfg.stitch_atol_hu),
+        cfg,
+    )
+    problems.extend(_apart_problems(plan))
+    queue: list[Scan] = list(plan.scans)
+    if cfg.series == "best":
+        queue.sort(key=lambda sc: _series_score(sc.instances, cfg))
     volumes: list[CtVolume] = []
     chosen: tuple[Instance, ...] | None = None
-    for series in selected:
+    while queue:
+        scan = queue.pop(0)
+        series = scan.instances
         if cfg.series == "best" and chosen is not None:
             problems.extend(_not_best_problems(chosen, series))
             continue
@@ -1062,7 +1149,15 @@ def convert_exam(
             vol, dropped = convert_series(series, read, cfg)
         except (HiromlError, OSError, ValueError, IndexError, EOFError, MemoryError) as e:
             cause = str(e) if isinstance(e, HiromlError) else f"{type(e).__name__}: {e}"
-            reason = f"series {first.series_uid} ({len(series)} slices): {cause}"
+            what = f"stitched scan {', '.join(scan.series)}" if scan.stitched else "series"
+            reason = f"{what} {first.series_uid} ({len(series)} slices): {cause}"
+            if scan.stitched:
+                reason = f"{what} ({len(series)} slices): {cause}; its parts are tried alone"
+                parts = [p for p in selected if p[0].series_uid in scan.series]
+                singles = [Scan(instances=p, series=(p[0].series_uid,)) for p in parts]
+                if cfg.series == "best":
+                    singles.sort(key=lambda sc: _series_score(sc.instances, cfg))
+                queue[0:0] = singles
             log.warning("exam %s: %s", exam.exam_key, reason)
             problems.append(
                 Problem(
@@ -1076,16 +1171,30 @@ def convert_exam(
             )
             continue
         chosen = series
+        if scan.stitched:
+            vol = dataclasses.replace(
+                vol,
+                stitched_series=scan.series,
+                seams_mm=scan.seams_mm,
+                decisions=(
+                    *vol.decisions,
+                    f"stitched from {len(scan.series)} series ({', '.join(scan.series)}); "
+                    + "; ".join(scan.notes),
+                ),
+            )
+            vol = dataclasses.replace(vol, seam_slices=_seam_slices(vol, scan.seams_mm))
+            problems.extend(_stitch_problems(exam, scan, vol))
         volumes.append(vol)
         problems.extend(dropped)
         log.info(
-            "exam %s: series %s -> %s %s spacing %s%s",
+            "exam %s: series %s -> %s %s spacing %s%s%s",
             exam.exam_key,
             vol.series_uid,
             vol.size_xyz,
             vol.array.dtype,
             _fmt(vol.spacing_xyz),
             " (resampled)" if vol.resampled else "",
+            f" (stitched from {len(scan.series)} series)" if scan.stitched else "",
         )
     return volumes, problems
 

@@ -106,6 +106,10 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
 
     Folders marked IN-PROGRESS are never read: each of their zips becomes a ``skipped``
     problem. Entries that are neither batch folders nor the remap sheet are reported too.
+
+    Raises :class:`DatamartError` when ``root`` is missing or holds no batch folder at all
+    (a typo in the path, a network share that is not mounted): building from it would
+    publish an empty dataset.
     """
     rootp = Path(root)
     if not rootp.is_dir():
@@ -141,6 +145,8 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
         found, bad = _scan_batch(Path(entry.path), batch)
         zips.extend(found)
         problems.extend(bad)
+    if not batches:
+        raise DatamartError(no_batches_message(rootp))
     batches.sort(key=lambda b: (b.date, b.name))
     order = {b.name: i for i, b in enumerate(batches)}
     zips.sort(key=lambda z: (order[z.batch.name], z.file_name))
@@ -150,6 +156,46 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
         zips=tuple(zips),
         problems=tuple(problems),
         remap_sheet=remap,
+    )
+
+
+def _is_batch_folder(entry: os.DirEntry[str]) -> bool:
+    return entry.is_dir() and _BATCH_RE.match(entry.name) is not None
+
+
+def no_batches_message(root: Path, *, shown: int = 8) -> str:
+    """What a datamart folder without any batch folder holds, and the layout it should have.
+
+    Names the first ``shown`` entries (folders end with ``/``) and, when batch folders sit
+    one level down (the path stops one folder too early), the folder to point at instead.
+    """
+    with os.scandir(root) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+    n_dirs = sum(n.endswith("/") for n in names)
+    if names:
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        found = (
+            f"it holds {n_dirs} folder(s) and {len(names) - n_dirs} file(s), none of them a "
+            f"batch folder: {', '.join(names[:shown])}{more}"
+        )
+    else:
+        found = "it is empty (a network share that is not mounted looks like this)"
+    hint = ""
+    for e in entries:
+        if e.is_dir():
+            try:
+                with os.scandir(e.path) as sub:
+                    if any(_is_batch_folder(x) for x in sub):
+                        hint = f"; batch folders were found in {e.path}: set paths.datamart to it"
+                        break
+            except OSError:
+                continue
+    return (
+        f"datamart folder {root} holds no batch folder: {found}. The datamart should hold "
+        f"batch folders such as CXR-UPDATE-YYYYMMDD-COMPLETE/{ZIP_NAME_FORMAT} "
+        "({CXR|CT}-UPDATE-YYYYMMDD-{COMPLETE|IN-PROGRESS}); check paths.datamart" + hint + ". "
+        "Nothing was built and the output was not touched"
     )
 
 

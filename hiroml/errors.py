@@ -12,7 +12,8 @@ class ConfigError(HiromlError):
 
 
 class DatamartError(HiromlError):
-    """The datamart folder itself cannot be used (missing, unreadable)."""
+    """The datamart folder itself cannot be used (missing, unreadable, or holding no batch
+    folder at all): ``hiroml-build`` exits 2, before anything is written."""
 
 
 class ZipSafetyError(HiromlError):
@@ -42,3 +43,15 @@ class ExamError(HiromlError):
 
 class VerifyError(HiromlError):
     """An output folder failed verification."""
+
+
+class OutputLockedError(HiromlError):
+    """Another build holds the output folder's lock (``<out>/.hiroml/build.lock``):
+    ``hiroml-build`` exits 3 at once, or waits with ``wait_for_lock=true``."""
+
+
+class ShrinkRefusedError(HiromlError):
+    """The build would remove more of the previous dataset than
+    ``publish.max_removed_fraction`` allows, without an explanation in the audit:
+    ``hiroml-build`` exits 4 and the previous output is left exactly as it was
+    (``allow_shrink=true`` publishes anyway)."""

@@ -197,6 +197,7 @@ def instance_from_dataset(
         instance_number=_int(ds, "InstanceNumber"),
         kernel=kernel,
         gantry_tilt=_float(ds, "GantryDetectorTilt"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         has_pixels=pixel_bytes is not None,
         pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
     )
@@ -373,10 +374,11 @@ def _instance_from_row(row: list[Any]) -> Instance:
 
 
 def _problem_from_row(row: list[Any]) -> Problem:
-    zip_, batch, member, stage, reason, action = row
-    return Problem(
-        zip=zip_, batch=batch, member=member, stage=stage, reason=reason, action=Action(action)
-    )
+    """A Problem from its stored row (its fields in order; a shorter row, written before
+    fields were added, leaves the newer ones at their defaults)."""
+    kw = dict(zip((f.name for f in fields(Problem)), row, strict=False))
+    kw["action"] = Action(kw["action"])
+    return Problem(**kw)
 
 
 class IndexCache:

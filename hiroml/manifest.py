@@ -58,6 +58,9 @@ _LIST_TYPES: dict[str, pa.DataType] = {
     "signature": pa.list_(pa.uint8()),
     "near_duplicates": pa.list_(pa.string()),
     "links": pa.list_(pa.string()),
+    "stitched_series": pa.list_(pa.string()),
+    "seams_mm": pa.list_(pa.float64()),
+    "seam_slices": pa.list_(pa.int64()),
 }
 _SCALAR_TYPES: dict[str, pa.DataType] = {
     "age_years": pa.float64(),

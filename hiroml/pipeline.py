@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from hiroml.records import (
     Modality,
     Problem,
 )
+
+if TYPE_CHECKING:
+    from hiroml.datamart import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,9 @@ class SampleRow:
     scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
     notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
     signature: tuple[int, ...] = ()  # radiographs: hiroml.neardup.signature (uint8 values)
+    stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
+    seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
+    seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +231,8 @@ def _result_from_json(d: dict[str, Any]) -> TaskResult:
         for k in ("shape", "sop_uids", "pixel_hashes", "notes"):
             s[k] = tuple(s[k])
         s["signature"] = tuple(s.get("signature") or ())  # absent from older task records
+        for k in ("stitched_series", "seams_mm", "seam_slices"):
+            s[k] = tuple(s.get(k, ()))
         for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
             s[k] = _tuple_or_none(s[k])
         samples.append(SampleRow(**s))
@@ -287,6 +295,9 @@ def _ct_meta(vol: CtVolume, exam: Exam) -> dict[str, Any]:
         "decisions": list(vol.decisions),
         "n_source_slices": len(vol.sop_uids),
         "source_zips": list(vol.zips),
+        "stitched_series": list(vol.stitched_series),
+        "seams_mm": list(vol.seams_mm),
+        "seam_slices": list(vol.seam_slices),
         "exam_time": exam.time.isoformat(),
         "description": exam.description,
     }
@@ -456,6 +467,9 @@ def _convert_exam(
             origin_xyz=tuple(vol.origin_xyz),
             direction=tuple(vol.direction),
             notes=tuple(vol.decisions),
+            stitched_series=tuple(vol.stitched_series),
+            seams_mm=tuple(vol.seams_mm),
+            seam_slices=tuple(vol.seam_slices),
         )
         for vol in volumes
     ], probs
@@ -482,7 +496,8 @@ def problem_to_audit(p: Problem, *, exam_key: str = "") -> AuditRow:
         reason=p.reason,
         exam_key=exam_key,
         member=p.member,
-        detail=f"stage {p.stage}",
+        kept_as=p.kept_as,
+        detail=f"stage {p.stage}; {p.detail}" if p.detail else f"stage {p.stage}",
     )
 
 
@@ -513,6 +528,8 @@ class BuildSummary:
     patients_per_split: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     config_hash: dict[str, str] = field(default_factory=dict)
+    # What the shrink guard let through (hiroml.guard): empty when nothing was lost.
+    shrink: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
@@ -530,6 +547,19 @@ class BuildSummary:
             f"pairs across groups {self.near_duplicates}",
             f"  patients per split: {split}",
             f"  time per stage: {stages}",
+            *self._shrink_lines(),
+        ]
+
+    def _shrink_lines(self) -> list[str]:
+        s = self.shrink
+        if not s:
+            return []
+        gone = ", ".join(s.get("missing_batches", [])) or "none"
+        return [
+            f"  SHRINK published ({s.get('allowed_by')}): {s.get('unexplained_samples')} of "
+            f"{s.get('previous_samples')} previous samples and {s.get('unexplained_patients')} "
+            f"of {s.get('previous_patients')} patients removed without an explanation; "
+            f"batch folders gone: {gone}"
         ]
 
 
@@ -562,6 +592,8 @@ def _timed(summary: BuildSummary, stage: str, t0: float) -> float:
 def _jsonable_summary(summary: BuildSummary) -> dict[str, Any]:
     d = dataclasses.asdict(summary)
     d["stage_seconds"] = {k: round(v, 2) for k, v in summary.stage_seconds.items()}
+    if not summary.shrink:  # the report shows a shrink only when one was published
+        del d["shrink"]
     return d
 
 
@@ -660,6 +692,9 @@ def _manifest_frame(
                     "batches": sorted({z.partition("/")[0] for z in e.zips}),
                     "scale": s.scale,
                     "ct_decisions": list(s.notes),
+                    "stitched_series": list(s.stitched_series),
+                    "seams_mm": list(s.seams_mm),
+                    "seam_slices": list(s.seam_slices),
                     "days_from_encounter": days.get(e.exam_key),
                     "orphan": e.patient_id in orphans,
                 }
@@ -857,26 +892,49 @@ def _assign_splits(
 def run(cfg: BuildConfig) -> BuildSummary:
     """Build (or bring up to date) the dataset described by ``cfg``.
 
-    Raises :class:`BuildError` when the build cannot complete; the previous output stays
-    readable in every case, since the manifest is replaced last and atomically.
+    The datamart is listed first: a missing one, or one without any batch folder, raises
+    :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
+    the output's lock (:mod:`hiroml.lock`; :class:`~hiroml.errors.OutputLockedError` when
+    another build holds it) until it ends. Raises :class:`BuildError` when the build cannot
+    complete and :class:`~hiroml.errors.ShrinkRefusedError` when it would remove too much of
+    the previous dataset (:mod:`hiroml.guard`); the previous output stays readable in every
+    case, since the manifest is replaced last and atomically.
     """
-    from hiroml import datamart, exams, identity, linking, splits
+    from hiroml import datamart
+    from hiroml.lock import build_lock
+
+    t_start = time.perf_counter()
+    started = _now()
+    root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)
+    t = time.perf_counter()
+    found = datamart.discover(root)  # a missing or empty datamart stops here
+    t_discover = time.perf_counter() - t
+    out = Path(cfg.paths.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out, wait=cfg.wait_for_lock):
+        summary = BuildSummary(started=started)
+        summary.stage_seconds["discover"] = t_discover
+        return _build(cfg, root, out, found, summary, t_start)
+
+
+def _build(
+    cfg: BuildConfig,
+    root: Path,
+    out: Path,
+    found: Discovery,
+    summary: BuildSummary,
+    t_start: float,
+) -> BuildSummary:
+    """The build itself, under the output's lock (see :func:`run`)."""
+    from hiroml import exams, guard, identity, linking, splits
     from hiroml.index import build_index
     from hiroml.manifest import audit_frame, patients_frame, write_outputs
 
-    t_start = time.perf_counter()
-    summary = BuildSummary(started=_now())
-    root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)
-    out = Path(cfg.paths.output)
-    out.mkdir(parents=True, exist_ok=True)
     summary.datamart, summary.output = str(root), str(out)
     t = time.perf_counter()
-
-    found = datamart.discover(root)
     summary.batches_read = sum(b.status == "COMPLETE" for b in found.batches)
     summary.batches_skipped = len(found.batches) - summary.batches_read
     summary.zips = len(found.zips)
-    t = _timed(summary, "discover", t)
 
     db = cfg.paths.index_db or str(out / STATE_DIR / "index.sqlite")
     indexed = build_index(
@@ -974,6 +1032,7 @@ def run(cfg: BuildConfig) -> BuildSummary:
         )
     t = _timed(summary, "manifest", t)
 
+    summary.shrink = guard.check_shrink(out, manifest, audit_df, _batches_read(found), cfg)
     summary.seconds = time.perf_counter() - t_start
     try:
         _write_report(
@@ -993,6 +1052,11 @@ def run(cfg: BuildConfig) -> BuildSummary:
     _timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _batches_read(found: Discovery) -> list[str]:
+    """Names of the COMPLETE batch folders a discovery read."""
+    return [b.name for b in found.batches if b.status == "COMPLETE"]
 
 
 def _write_report(

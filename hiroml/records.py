@@ -102,6 +102,8 @@ class Problem:
     stage: str
     reason: str
     action: Action = Action.ERROR
+    kept_as: str = ""  # the sample or exam a merged part went to (audit ``kept_as``)
+    detail: str = ""  # supporting evidence (audit ``detail``), e.g. the seams of a stitch
 
 
 # --------------------------------------------------------------------------- index
@@ -160,6 +162,7 @@ class Instance:
     instance_number: int | None = None
     kernel: str = ""  # (0018,1210) Convolution Kernel, joined with "\\"
     gantry_tilt: float | None = None  # (0018,1120) degrees
+    frame_of_reference_uid: str = ""  # (0020,0052) Frame of Reference UID
     has_pixels: bool = True
     pixel_hash: str = ""
 
@@ -267,6 +270,10 @@ class CtVolume:
     resampled: bool
     decisions: tuple[str, ...] = ()  # human-readable notes: "tilt 12.0 deg resampled", ...
     tilt_deg: float = 0.0  # gantry tilt found from the geometry (0 when none), degrees
+    # a scan stitched from several series (hiroml.stitch); empty for an ordinary series:
+    stitched_series: tuple[str, ...] = ()  # (0020,000E) of every part, in order along the normal
+    seams_mm: tuple[float, ...] = ()  # n . (0020,0032) of each part's first slice after the first
+    seam_slices: tuple[int, ...] = ()  # z index in ``array`` of those slices (nearest)
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:

@@ -296,6 +296,15 @@ def _ct_sheet(rows: pd.DataFrame, read_array: ReadArray, n: int) -> str:
             f"shape (z, y, x) {shape or MISSING}; spacing (x, y, z) {spacing or MISSING} mm",
             key,
         ]
+        parts = _as_list(r.get("stitched_series"))
+        if parts:
+            seams = ", ".join(
+                f"{float(mm):.1f} mm (slice {_text(z)})"
+                for mm, z in zip(
+                    _as_list(r.get("seams_mm")), _as_list(r.get("seam_slices")), strict=False
+                )
+            )
+            cap.append(f"stitched from {len(parts)} series; seams at {seams or MISSING}")
         capt = "<br>".join(html.escape(c) for c in cap)
         items.append(f'<div class="ct-item"><div class="planes">{imgs}</div><p>{capt}</p></div>')
     return f'<div class="ct-sheet">{"".join(items)}</div>'
@@ -503,7 +512,8 @@ _ACTION_HELP = {
     "error": "could not be converted (listed in full under Errors above)",
     "duplicate": "the same exam arrived again (a re-upload or a later weekly batch); the copy "
     "named in <i>kept as</i> is in the dataset",
-    "merged": "one exam split over several zips; the parts were merged into <i>kept as</i>",
+    "merged": "one exam split over several zips; the parts were merged into <i>kept as</i> "
+    "(a CT series stitched into one scan with another names the sample and its seams)",
     "dropped": "read but not used (e.g. not a chest image, a localizer, a filtered view)",
     "skipped": "not read (e.g. an IN-PROGRESS batch still uploading, an unreadable zip name)",
 }
@@ -525,9 +535,17 @@ def _decisions(audit: pd.DataFrame) -> str:
             f"{_reason_counts(rows)}{_audit_rows(rows, cols)}</details>"
         )
     body = _table(["action", "count", "meaning"], summary_rows, cls="narrow", raw=True)
-    n_kept = int((action == "kept").sum())
+    zip_level = _keys(_col(audit, "member")) == ""
+    n_kept = int(((action == "kept") & zip_level).sum())  # not a CT series kept unstitched
     kept = f"{n_kept} zip was" if n_kept == 1 else f"{n_kept} zips were"
     body += _note(f"{kept} kept as they are.")
+    apart = audit[(action == "kept") & ~zip_level]
+    if not apart.empty:  # CT series kept as their own volume though a stitch candidate
+        cols = _audit_columns(audit, ["zip", "batch", "reason"])
+        body += (
+            f"<details open><summary><b>kept, not stitched</b> ({len(apart)})</summary>"
+            f"{_audit_rows(apart, cols)}</details>"
+        )
     body += "".join(parts) if parts else _note("No duplicate, merged, dropped or skipped input.")
     return _section("decisions", "Decisions (non-kept)", body)
 

@@ -55,8 +55,9 @@ Ground truth (``root / "hiroml-synth-truth.json"``; every id is a string)
     ``kept_as``: rel path of the kept zip for duplicate/merged, else "";
     ``kind``: ``normal``, ``cross_batch_duplicate`` (on both zips of the pair),
     ``pediatric_duplicate_same_uids``, ``pediatric_duplicate_new_uids``,
-    ``same_timestamp_different``, ``partial_overlap``, ``split_ct_part``, ``in_progress``,
-    ``missed_remap_shared_pixels``, ``mixed_bad_member``, and for bad inputs
+    ``same_timestamp_different``, ``partial_overlap``, ``split_ct_part``,
+    ``resumed_ct_part`` (a CT exam in two zips whose scan resumed as a new series),
+    ``in_progress``, ``missed_remap_shared_pixels``, ``mixed_bad_member``, and for bad inputs
     ``corrupt_zip``, ``truncated_zip``, ``non_dicom``, ``truncated_dicom``,
     ``no_pixel_data``, ``bad_name``, ``path_traversal``;
     ``exam``: the logical exam id (also on duplicates: the exam they duplicate; "" for
@@ -96,12 +97,18 @@ Ground truth (``root / "hiroml-synth-truth.json"``; every id is a string)
     ``{series_uid: {"exam", "zips", "folder", "description", "series_number", "n_slices"
     (instances in the series), "kind" ("axial" | "localizer" | "dose" | "screen_save" |
     "tilted" | "uneven" | "missing_slice" | "duplicate_slice" | "rescale_varies" |
-    "split_across_zips"), "kernel", "tilt_deg", "keep" (false for localizer, dose report,
-    screen save and anything not in the output), "best" (the series the default
+    "split_across_zips" | "resumed_part"), "kernel", "tilt_deg", "keep" (false for
+    localizer, dose report, screen save, anything not in the output, and a resumed part
+    stitched into another series' volume), "best" (the series the default
     ``ct.preferred_kernels`` order picks for the exam), "rows", "columns", "pixel_spacing"
     [row, col] mm, "slice_thickness", "orientation" (6 numbers), "positions" ([[x, y, z]] mm
     in instance order), "missing_z" (z of the removed slice), "duplicate_z" (z given twice),
     "spacings" (sorted distinct z steps, mm), "rescale_varies" (bool), "signed" (bool)}}``.
+    A scan resumed as a new series ("resumed_part", two series in two zips): the part
+    acquired first also has "stitched_series" (both Series Instance UIDs, in order along z),
+    "stitched_zips" (both zips), "seams_z" (z of the second part's first slice, mm) and
+    "n_stitched" (slices of the whole scan); the other part has "stitched_into" (the first
+    part's Series Instance UID).
     Tilted series: IOP is axial, and ``y_i - y_0 = (z_i - z_0) * tan(radians(tilt_deg))``.
 ``clinical``
     Path of the clinical CSV relative to root (``"clinical.csv"``). Columns
@@ -133,7 +140,7 @@ import re
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -2164,8 +2171,67 @@ class _Builder:
             self.flush(z)
 
         self.flush_all()  # bounded memory: finished zips go to disk now
+        self.resumed_scan(c2)
+
+        self.flush_all()  # bounded memory: finished zips go to disk now
         # ---- the upload still in progress
         self.ct_exam(c3, "2500", self.when(45), "CT-CHEST-WO")
+
+    def resumed_scan(self, batch: str) -> None:
+        """A scan interrupted and resumed as a new series: two zips 9 minutes apart, one
+        patient and HIRO id; the second part (new Series Instance UID, number and time)
+        starts one slice step after the first stopped, in the same frame of reference."""
+        exam = self.exam_id("ct")
+        hiro = self.hiro()
+        t0 = self.when(40, hour=10)
+        t1 = t0 + dt.timedelta(minutes=9)
+        first = self.add_zip(
+            batch, "2600", t0, hiro, "CT-CHEST-WO", kind="resumed_ct_part", exam=exam
+        )
+        second = self.add_zip(
+            batch,
+            "2600",
+            t1,
+            hiro,
+            "CT-CHEST-WO",
+            kind="resumed_ct_part",
+            exam=exam,
+            expected="merged",
+            kept_as=f"{batch}/{first.file}",
+        )
+        tag = exam
+        study = self.ct_study(first, tag)
+        self.ct_localizer(first, study, uid_tag=tag, exam=exam)
+        pos = self.axial_positions(self.spec.ct_thin)
+        cut = len(pos) // 2
+        uids = [self.uid(tag, "series", number) for number in (2, 3)]
+        zips = [f"{batch}/{first.file}", f"{batch}/{second.file}"]
+        for k, (z, part, st) in enumerate(
+            ((first, pos[:cut], study), (second, pos[cut:], replace(study, time=t1)))
+        ):
+            self.ct_series_add(
+                [z],
+                st,
+                uid_tag=tag,
+                exam=exam,
+                number=2 + k,
+                description="CHEST LUNG",
+                kind="resumed_part",
+                kernel="LUNG",
+                positions=part,
+                noise=30.0,
+                thickness=round(pos[1][2] - pos[0][2], 3),
+                extra=(
+                    {
+                        "stitched_series": uids,
+                        "stitched_zips": zips,
+                        "seams_z": [pos[cut][2]],
+                        "n_stitched": len(pos),
+                    }
+                    if k == 0
+                    else {"stitched_into": uids[0], "keep": False}
+                ),
+            )
 
     def tilted(
         self,

@@ -250,5 +250,6 @@ def to_instance(
         if ds.get("ConvolutionKernel") is not None and not isinstance(ds.ConvolutionKernel, str)
         else str(ds.get("ConvolutionKernel", "")),
         gantry_tilt=f("GantryDetectorTilt"),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
         has_pixels="PixelData" in ds,
     )

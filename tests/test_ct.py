@@ -684,17 +684,30 @@ def test_synthetic_datamart_ct_exams(tiny_datamart: tuple[Path, dict[str, Any]])
                         store[(inst.zip, inst.member)] = z.read(inst.member)
         keep = {u for u, s in series_truth.items() if s["exam"] == exam_id and s["keep"]}
         best = {u for u, s in series_truth.items() if s["exam"] == exam_id and s["best"]}
-        selected, problems = ct.select_series(exam.instances, CtConfig())
-        assert {s[0].series_uid for s in selected} == best, exam_id
-        volumes, problems = ct.convert_exam(
-            exam, functools.partial(_lookup, store), CtConfig(series="all")
-        )
+        read = functools.partial(_lookup, store)
+        stitched = {
+            u for u, s in series_truth.items() if s["exam"] == exam_id and "stitched_into" in s
+        }
+        if not stitched:  # headers alone choose the best series
+            selected, problems = ct.select_series(exam.instances, CtConfig())
+            assert {s[0].series_uid for s in selected} == best, exam_id
+        else:  # the stitched scan beats each of its parts
+            volumes, problems = ct.convert_exam(exam, read, CtConfig())
+            assert {v.series_uid for v in volumes} == best, exam_id
+        volumes, problems = ct.convert_exam(exam, read, CtConfig(series="all"))
         assert {v.series_uid for v in volumes} == keep, (exam_id, problems)
-        assert all(p.action == Action.DROPPED for p in problems), problems
+        merged = {p.member.partition("/")[0] for p in problems if p.action == Action.MERGED}
+        assert merged == {series_truth[u]["folder"] for u in stitched}, problems
+        assert all(p.action in (Action.DROPPED, Action.MERGED) for p in problems), problems
         for vol in volumes:
             st = series_truth[vol.series_uid]
             dss = [datasets[u] for u in vol.sop_uids]
-            assert set(vol.zips) == {z.rpartition("/")[2] for z in st["zips"]}
+            zips = st.get("stitched_zips", st["zips"])
+            assert set(vol.zips) == {z.rpartition("/")[2] for z in zips}
+            assert vol.stitched_series == tuple(st.get("stitched_series", ()))
+            assert vol.seams_mm == pytest.approx(st.get("seams_z", []))
+            if st["kind"] == "resumed_part":
+                assert len(vol.sop_uids) == st["n_stitched"] == vol.array.shape[0]
             if st["kind"] == "duplicate_slice":
                 assert len(vol.sop_uids) == st["n_slices"] - 1
             if st["kind"] in ("tilted", "uneven", "missing_slice"):

@@ -138,6 +138,21 @@ def test_orphans_and_windows(built: tuple[Any, ...]) -> None:
     assert joined.violations == {}
 
 
+def test_resumed_scan_parts_form_one_exam(built: tuple[Any, ...]) -> None:
+    """The two zips of the scan resumed as a new series (9 minutes apart, one HIRO id) are
+    one exam holding both series, so CT conversion can stitch them."""
+    _root, truth, res, _remap, actions = built
+    parts = sorted(r for r, z in truth["zips"].items() if z["kind"] == "resumed_ct_part")
+    assert len(parts) == 2
+    [exam] = [e for e in res.exams if set(parts) <= set(e.zips)]
+    assert [str(actions[r]) for r in exam.zips] == ["kept", "merged"]
+    stitched = [
+        s for s in truth["ct_series"].values() if s["exam"] == truth["zips"][parts[0]]["exam"]
+    ]
+    series = {u for s in stitched for u in s.get("stitched_series", [])}
+    assert len(series) == 2 and series <= {i.series_uid for i in exam.instances}
+
+
 def test_the_demo_size_matches_its_truth_too(tmp_path: Path) -> None:
     """The checks above, on the larger demo datamart (another seed): every size holds."""
     from hiroml import synth
@@ -153,5 +168,6 @@ def test_the_demo_size_matches_its_truth_too(tmp_path: Path) -> None:
         test_not_duplicates_and_partial_overlaps,
         test_patient_groups_match_truth,
         test_orphans_and_windows,
+        test_resumed_scan_parts_form_one_exam,
     ):
         check(built)

@@ -487,6 +487,7 @@ ALLOWED_COLUMNS = {
     "origin_xyz", "direction", "shard_sha256", "data_hash", "sop_uids", "pixel_hashes",
     "batches", "days_from_encounter", "orphan", "scale", "ct_decisions",
     "signature", "near_duplicates",  # derived from pixels and sample keys (issue 18)
+    "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
 }  # fmt: skip
 #: The shard metadata keys a sample may carry (pipeline._cxr_meta / _ct_meta).
 ALLOWED_META = {
@@ -496,6 +497,7 @@ ALLOWED_META = {
     "member", "series_description", "kernel", "size_xyz", "spacing_xyz", "origin_xyz",
     "direction", "slice_thickness", "resampled", "decisions", "n_source_slices",
     "source_zips", "data_hash",
+    "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
 }  # fmt: skip
 
 

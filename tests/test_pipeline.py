@@ -67,12 +67,38 @@ def test_every_zip_decision_matches_the_truth(
         actions = set(rows["action"])
         assert z["expected"] in actions, (rel, z["kind"], rows[["action", "reason"]].values)
         if z["expected"] in ("duplicate", "merged"):
-            kept_as = set(rows.loc[rows["action"] == z["expected"], "kept_as"])
+            whole = rows[rows["member"] == ""]  # the zip's own row (a stitched series: its own)
+            kept_as = set(whole.loc[whole["action"] == z["expected"], "kept_as"])
             assert kept_as == {z["kept_as"]}, (rel, kept_as)
         if z["expected"] == "kept":
             assert not actions & {"duplicate", "merged", "skipped"}, (rel, actions)
         if z["expected"] == "error":
             assert all(r for r in rows.loc[rows["action"] == "error", "reason"])
+
+
+def test_the_resumed_scan_is_one_stitched_volume(
+    built: tuple[Path, pipeline.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
+) -> None:
+    """The planted scan resumed as a new series: one CT row whose provenance names both
+    series and the seam; the second part's zip has a merged row naming that sample."""
+    out, _ = built
+    _, truth = tiny_datamart
+    [(head, st)] = [(u, s) for u, s in truth["ct_series"].items() if "stitched_series" in s]
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    row = manifest[manifest["series_uid"] == head].iloc[0]
+    assert list(row["stitched_series"]) == st["stitched_series"]
+    assert list(row["seams_mm"]) == pytest.approx(st["seams_z"])
+    assert list(row["seam_slices"]) == [st["n_stitched"] // 2]
+    assert row["size_xyz"][2] == st["n_stitched"]
+    assert not (manifest["series_uid"] == st["stitched_series"][1]).any()
+    plain = manifest[manifest["series_uid"] != head]
+    assert all(len(v) == 0 for v in plain["stitched_series"])
+    audit = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
+    [merged] = audit[(audit["action"] == "merged") & (audit["member"] != "")].itertuples()
+    assert merged.kept_as == row["sample_key"] and st["stitched_series"][1] in merged.reason
+    assert "seams_mm" in merged.detail
+    report = (out / "report.html").read_text()
+    assert "stitched from 2 series; seams at" in report
 
 
 def test_instances_once_and_groups_as_planted(
@@ -245,7 +271,7 @@ def test_the_readme_command_builds_the_demo(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
 def test_training_example_runs_on_the_built_dataset(

@@ -4,6 +4,7 @@ checked against the files themselves (stdlib zipfile + pydicom), not only the tr
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -179,6 +180,7 @@ def test_every_planted_kind_is_present(dm: tuple[Path, Truth]) -> None:
         "same_timestamp_different",
         "partial_overlap",
         "split_ct_part",
+        "resumed_ct_part",
         "in_progress",
         "corrupt_zip",
         "truncated_zip",
@@ -202,6 +204,7 @@ def test_every_planted_kind_is_present(dm: tuple[Path, Truth]) -> None:
         "duplicate_slice",
         "rescale_varies",
         "split_across_zips",
+        "resumed_part",
     } <= ct_kinds
     imgs = [c for c in truth["cxr_images"].values() if c["keep"]]
     assert {c["view"] for c in imgs} == {"frontal", "lateral", "unknown"}
@@ -471,6 +474,40 @@ def test_split_ct_exam(dm: tuple[Path, Truth]) -> None:
     assert len({str(d.SOPInstanceUID) for d in dss}) == s["n_slices"]
     all_sops = {str(d.SOPInstanceUID) for d in dss}
     assert all_sops <= set(exam["sop_uids"])
+
+
+def test_resumed_ct_scan(dm: tuple[Path, Truth]) -> None:
+    """Two zips 9 minutes apart (one patient, one HIRO id) whose scan resumed as a new
+    series: new Series Instance UID, number and time; same frame of reference; the second
+    part starts one slice step after the first stopped."""
+    root, truth = dm
+    parts = zips_of_kind(truth, "resumed_ct_part")
+    zs = [truth["zips"][r] for r in parts]
+    assert len(parts) == 2 and len({(z["hiro_id"], z["patient_id"], z["exam"]) for z in zs}) == 1
+    times = sorted(z["time"] for z in zs)
+    assert (
+        dt.datetime.fromisoformat(times[1]) - dt.datetime.fromisoformat(times[0])
+    ).seconds == 540
+    exam = truth["exams"][zs[0]["exam"]]
+    assert [truth["zips"][r]["expected"] for r in exam["zips"]] == ["kept", "merged"]
+    [head] = [u for u, s in truth["ct_series"].items() if "stitched_series" in s]
+    h = truth["ct_series"][head]
+    first_uid, second_uid = h["stitched_series"]
+    assert head == first_uid and h["keep"] and h["best"] and sorted(h["stitched_zips"]) == parts
+    second = truth["ct_series"][second_uid]
+    assert second["stitched_into"] == head and not second["keep"] and not second["best"]
+    assert h["zips"] != second["zips"]
+    a, b = ct_datasets(root, truth, first_uid), ct_datasets(root, truth, second_uid)
+    assert len(a) + len(b) == h["n_stitched"]
+    assert a[0].SeriesInstanceUID != b[0].SeriesInstanceUID
+    assert a[0].SeriesNumber != b[0].SeriesNumber and a[0].SeriesTime < b[0].SeriesTime
+    assert {d.FrameOfReferenceUID for d in a} == {d.FrameOfReferenceUID for d in b}
+    assert len({d.FrameOfReferenceUID for d in a}) == 1
+    za = sorted(float(d.ImagePositionPatient[2]) for d in a)
+    zb = sorted(float(d.ImagePositionPatient[2]) for d in b)
+    step = za[1] - za[0]
+    assert zb[0] == pytest.approx(za[-1] + step) and [zb[0]] == h["seams_z"]
+    assert all(u in exam["sop_uids"] for u in (str(d.SOPInstanceUID) for d in a + b))
 
 
 def test_ct_auxiliary_series(dm: tuple[Path, Truth]) -> None:

@@ -1,0 +1,242 @@
+"""The shrink guard: a wrong, empty or half-mounted datamart must never wipe a dataset.
+
+Before a build publishes, its new manifest is compared with the previous one (the root
+``manifest.parquet``, which always shows the latest version). A previous sample that is not
+in the new manifest is *removed*; it is *explained* when
+
+1. the same image is still there under another key (a remap or a merge changed its exam
+   key): the same radiograph SOP Instance UID (0008,0018), the same CT Series Instance UID
+   (0020,000E) or one of its SOP Instance UIDs, or the same stored pixels (``data_hash``); or
+2. this build's audit explains it: one of its zips is now a ``duplicate``, ``merged`` or
+   ``dropped`` row (and none of its zips has an ``error`` row: a share that fails to read
+   gives errors, not explanations).
+
+The build is refused (:class:`~hiroml.errors.ShrinkRefusedError`, exit 4) when the
+unexplained removals exceed ``publish.max_removed_fraction`` of the previous samples or of
+the previous patients; nothing is then published and nothing deleted. ``allow_shrink=true``
+publishes anyway, and the build summary (so the report) says what was allowed. Batch folders
+read last time (the previous manifest's ``batch``/``batches`` columns) that are gone now are
+named in every case.
+
+:func:`compare` is pure; :func:`check_shrink` reads the previous manifest and decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hiroml.config import BuildConfig
+from hiroml.errors import ShrinkRefusedError
+
+log = logging.getLogger(__name__)
+
+#: Audit actions that explain why a sample of the previous build is gone.
+EXPLAINING_ACTIONS = frozenset({"duplicate", "merged", "dropped"})
+#: How many unexplained sample keys a refusal names.
+SHOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ShrinkCheck:
+    """The new manifest against the previous one (counts of samples and patient ids)."""
+
+    previous_samples: int
+    previous_patients: int
+    removed_samples: int  # previous sample keys absent from the new manifest
+    unexplained_samples: int  # ... of which neither still present nor explained by the audit
+    unexplained_patients: int  # previous patients left with no sample, for an unexplained loss
+    missing_batches: tuple[str, ...]  # read last time, not read now
+    examples: tuple[str, ...]  # the first unexplained sample keys
+
+    @property
+    def explained_samples(self) -> int:
+        return self.removed_samples - self.unexplained_samples
+
+    @property
+    def sample_fraction(self) -> float:
+        return self.unexplained_samples / self.previous_samples if self.previous_samples else 0.0
+
+    @property
+    def patient_fraction(self) -> float:
+        return self.unexplained_patients / self.previous_patients if self.previous_patients else 0.0
+
+    def exceeds(self, max_removed_fraction: float) -> bool:
+        return max(self.sample_fraction, self.patient_fraction) > max_removed_fraction
+
+    def describe(self) -> str:
+        text = (
+            f"this build lacks {self.unexplained_samples} of {self.previous_samples} previous "
+            f"samples ({self.sample_fraction:.1%}) and {self.unexplained_patients} of "
+            f"{self.previous_patients} previous patients ({self.patient_fraction:.1%}) with no "
+            f"explanation in the audit ({self.explained_samples} more removals are explained: "
+            "duplicates, merges, drops, or the same image under a new key)"
+        )
+        if self.missing_batches:
+            text += (
+                f"; batch folders read last time and gone now: {', '.join(self.missing_batches)}"
+            )
+        if self.examples:
+            text += f"; e.g. {', '.join(self.examples)}"
+        return text
+
+    def summary(self, allowed_by: str) -> dict[str, Any]:
+        """The ``shrink`` entry of the build summary (shown in the report)."""
+        return {
+            "allowed_by": allowed_by,
+            "previous_samples": self.previous_samples,
+            "removed_samples": self.removed_samples,
+            "unexplained_samples": self.unexplained_samples,
+            "previous_patients": self.previous_patients,
+            "unexplained_patients": self.unexplained_patients,
+            "missing_batches": list(self.missing_batches),
+        }
+
+
+def _strings(values: Any) -> list[str]:
+    """The non-empty strings of a cell that holds a list (or array) of them, or one."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values] if values else []
+    try:
+        return [str(v) for v in values if isinstance(v, str) and v]
+    except TypeError:
+        return []
+
+
+def _column(df: pd.DataFrame, name: str) -> list[Any]:
+    return df[name].tolist() if name in df.columns else [None] * len(df)
+
+
+def _flat(df: pd.DataFrame, *names: str) -> set[str]:
+    found: set[str] = set()
+    for name in names:
+        for cell in _column(df, name):
+            if isinstance(cell, str):
+                found.add(cell)
+            else:
+                found.update(_strings(cell))
+    found.discard("")
+    return found
+
+
+def compare(
+    previous: pd.DataFrame,
+    manifest: pd.DataFrame,
+    audit: pd.DataFrame,
+    batches_read: Iterable[str],
+) -> ShrinkCheck:
+    """Compare the previous manifest with the new one, this build's audit and the batch
+    folders it read (pure). See the module docstring for what counts as explained."""
+    new_keys = set(_column(manifest, "sample_key"))
+    new_sops = _flat(manifest, "sop_uid", "sop_uids")
+    new_series = _flat(manifest.loc[_is_ct(manifest)], "series_uid")
+    new_hashes = _flat(manifest, "data_hash")
+    new_patients = _flat(manifest, "patient_id", "source_patient_id")
+
+    actions: dict[str, set[str]] = {}
+    for z, a in zip(_column(audit, "zip"), _column(audit, "action"), strict=True):
+        if isinstance(z, str) and z:
+            actions.setdefault(z, set()).add(str(a))
+
+    def still_there(row: Any, ct: bool) -> bool:
+        if ct and str(row.get("series_uid") or "") in new_series:
+            return True
+        sops = set(_strings(row.get("sop_uid"))) | set(_strings(row.get("sop_uids")))
+        return bool(sops & new_sops) or str(row.get("data_hash") or "") in new_hashes
+
+    def audit_explains(row: Any) -> bool:
+        seen: set[str] = set()
+        for z in _strings(row.get("source_zips")):
+            seen |= actions.get(z, set())
+        return bool(seen & EXPLAINING_ACTIONS) and "error" not in seen
+
+    gone = previous.loc[[k not in new_keys for k in _column(previous, "sample_key")]]
+    unexplained: list[str] = []
+    lost_patients: set[str] = set()
+    for row, ct in zip(gone.to_dict("records"), _is_ct(gone), strict=True):
+        if still_there(row, bool(ct)) or audit_explains(row):
+            continue
+        unexplained.append(str(row.get("sample_key")))
+        pid = str(row.get("patient_id") or "")
+        if pid and pid not in new_patients:
+            lost_patients.add(pid)
+    before_batches = _flat(previous, "batch", "batches")
+    return ShrinkCheck(
+        previous_samples=len(previous),
+        previous_patients=len(_flat(previous, "patient_id")),
+        removed_samples=len(gone),
+        unexplained_samples=len(unexplained),
+        unexplained_patients=len(lost_patients),
+        missing_batches=tuple(sorted(before_batches - set(batches_read))),
+        examples=tuple(sorted(unexplained)[:SHOWN]),
+    )
+
+
+def _is_ct(df: pd.DataFrame) -> pd.Series:
+    if "modality" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["modality"].astype(str) == "ct"
+
+
+def read_previous(out: Path) -> pd.DataFrame | None:
+    """The previous build's manifest (the root ``manifest.parquet``); None when there is none
+    or it cannot be read (then there is nothing the guard could protect)."""
+    path = Path(out) / "manifest.parquet"
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        log.warning("could not read the previous manifest %s (%s): no shrink check", path, e)
+        return None
+
+
+def check_shrink(
+    out: Path,
+    manifest: pd.DataFrame,
+    audit: pd.DataFrame,
+    batches_read: Iterable[str],
+    cfg: BuildConfig,
+) -> dict[str, Any]:
+    """Refuse to publish a build that loses too much of the previous one.
+
+    Returns the ``shrink`` entry of the build summary: empty when nothing was lost without
+    an explanation and no batch folder went missing, else what was published anyway and
+    why (within ``publish.max_removed_fraction``, or ``allow_shrink=true``). Raises
+    :class:`ShrinkRefusedError` naming the numbers, the missing batch folders and the
+    override when the fraction is exceeded and ``allow_shrink`` is false.
+    """
+    previous = read_previous(out)
+    if previous is None or previous.empty:
+        return {}
+    check = compare(previous, manifest, audit, batches_read)
+    limit = cfg.publish.max_removed_fraction
+    if check.missing_batches:
+        log.warning(
+            "batch folders read by the previous build are gone from the datamart: %s",
+            ", ".join(check.missing_batches),
+        )
+    if not check.unexplained_samples and not check.missing_batches:
+        return {}
+    if check.exceeds(limit):
+        if not cfg.allow_shrink:
+            raise ShrinkRefusedError(
+                f"refusing to publish into {out}: {check.describe()}. That is more than "
+                f"publish.max_removed_fraction={limit:g}. Nothing was published: the previous "
+                "manifest, tables, report and shards are left as they were. Check "
+                "paths.datamart (a wrong folder, or a share not fully mounted); if the removal "
+                "is intended, run again with allow_shrink=true (or raise "
+                "publish.max_removed_fraction)"
+            )
+        log.warning("allow_shrink=true: publishing anyway: %s", check.describe())
+        return check.summary("allow_shrink=true")
+    if check.unexplained_samples:
+        log.warning("publishing a smaller dataset: %s", check.describe())
+    return check.summary(f"within publish.max_removed_fraction={limit:g}")
