@@ -65,13 +65,16 @@ _composed: list[bool] = []
 @hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
 def _main(cfg: DictConfig) -> None:
     _composed.append(True)
-    # pydicom resets its logger to WARNING when imported; damaged files are reported in the
-    # audit, so keep its warnings off the console (they still reach the log file as errors).
+    # pydicom resets its logger to WARNING when imported. Its messages, and those of every
+    # other third-party library, reach the run log only: the console handler passes hiroml's
+    # own records (configs/hydra/job_logging/hiroml.yaml, hiroml/logs.py). Python warnings
+    # are logged too (to ``py.warnings``), so they also stay off the console.
     import pydicom  # noqa: F401
 
     from hiroml import pipeline
 
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pydicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
     try:
         build_cfg = to_config(cfg)
         summary = pipeline.run(build_cfg)

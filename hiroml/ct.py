@@ -27,20 +27,19 @@ chooses among whole scans.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from hiroml import dicom
 from hiroml.config import CtConfig
-from hiroml.errors import DecodeError, GeometryError, HiromlError
+from hiroml.errors import BadInputError, DecodeError, GeometryError, HiromlError
 from hiroml.records import Action, CtVolume, Exam, Instance, Problem
 from hiroml.stitch import Scan, StitchPlan, pixels_differ, plan_scans
 
@@ -410,11 +409,20 @@ class _PixelDesc:
 
 
 def _raw_pixels(ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: str) -> np.ndarray:
-    """Stored values of one single-frame slice, (rows, cols) integers (no modality LUT).
+    """Stored values of one single-frame slice (see :func:`_decode_slice`)."""
+    return _decode_slice(ds, desc, rows=rows, cols=cols, label=label).array
+
+
+def _decode_slice(
+    ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: str
+) -> dicom.Decoded:
+    """Stored values of one single-frame slice, (rows, cols) integers (no modality LUT), and
+    the decoder that produced them.
 
     Uncompressed little-endian 16-bit data is read straight from the (7FE0,0010) Pixel Data
     bytes, with (0028,0101) Bits Stored masked or sign-extended as pydicom does; anything else
-    goes through pydicom's decoders (JPEG, JPEG 2000, RLE, big endian, ...).
+    goes through :func:`hiroml.dicom.decode`, the decoder pinned per transfer syntax (JPEG,
+    JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, RLE, deflated frames, big endian, ...).
     """
     if "PixelData" not in ds:
         raise DecodeError(f"{label}: no (7FE0,0010) Pixel Data")
@@ -437,17 +445,18 @@ def _raw_pixels(ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: s
                 arr = np.right_shift(np.left_shift(arr, shift), shift)
             else:
                 arr = np.bitwise_and(arr, (1 << bits) - 1)
-        return arr
+        return dicom.Decoded(arr, dicom.NUMPY)
     try:
-        arr = ds.pixel_array
-    except Exception as e:  # pydicom raises many types on undecodable pixel data
+        decoded = dicom.decode(ds)
+    except Exception as e:  # DecodeError naming the syntax, or a header it cannot use
         raise DecodeError(
             f"{label}: cannot decode pixel data (transfer syntax "
             f"{desc.transfer_syntax or '?'}): {type(e).__name__}: {e}"
         ) from e
-    if arr.shape != (rows, cols):
-        raise DecodeError(f"{label}: decoded shape {arr.shape}, expected ({rows}, {cols})")
-    return arr
+    if decoded.array.shape != (rows, cols):
+        shape = decoded.array.shape
+        raise DecodeError(f"{label}: decoded shape {shape}, expected ({rows}, {cols})")
+    return decoded
 
 
 def decode_hu(ds: Dataset, *, label: str = "") -> np.ndarray:
@@ -1000,9 +1009,9 @@ def build_volume(
 
 def _read_dataset(data: bytes, label: str) -> Dataset:
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as e:  # pydicom raises many types on damaged files
-        raise DecodeError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
+        return dicom.parse(data, label=label).dataset
+    except BadInputError as e:
+        raise DecodeError(str(e)) from e
 
 
 def convert_series(
@@ -1018,14 +1027,19 @@ def convert_series(
     :class:`GeometryError`, :class:`DecodeError` or another :class:`HiromlError` from ``read``
     (e.g. a zip safety cap)."""
 
+    decoders: Counter[str] = Counter()
+
     def raw_of(i: int) -> tuple[np.ndarray, _PixelDesc, Dataset]:
         inst = series[i]
         label = f"{inst.zip}:{inst.member}"
         ds = _read_dataset(read(inst), label)
         desc = _PixelDesc.of_instance(inst, ds)
-        return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
+        decoded = _decode_slice(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
+        decoders[decoded.decoder] += 1
+        return decoded.array, desc, ds
 
     built = _build(series, raw_of, cfg, rtol=cfg.spacing_rtol, atol=cfg.spacing_atol)
+    volume = dataclasses.replace(built.volume, decoder=", ".join(sorted(decoders)))
     problems = [
         Problem(
             zip=inst.zip,
@@ -1037,7 +1051,7 @@ def convert_series(
         )
         for inst, why in built.dropped
     ]
-    return built.volume, problems
+    return volume, problems
 
 
 def _slice_hu(inst: Instance, read: Callable[[Instance], bytes]) -> np.ndarray:

@@ -30,40 +30,27 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from io import BytesIO
 
 import cv2
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
 from pydicom.pixels.processing import apply_voi as _pydicom_voi
-from pydicom.uid import UID
 
+from hiroml import dicom
 from hiroml.config import CxrConfig
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
-
-try:  # libjpeg-turbo >= 3 (JPEG lossless, bit-exact) through imagecodecs
-    import imagecodecs as _imagecodecs
-except ImportError:  # pragma: no cover - imagecodecs is a dependency; pydicom is the fallback
-    _imagecodecs = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
 STAGE = "cxr"
 
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
-# JPEG baseline (8-bit) and extended (12-bit) too: libjpeg-turbo also reads 12-bit extended
-# streams that pydicom's plugins refuse.
-JPEG_TURBO = JPEG_LOSSLESS | {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
-JPEG_2000 = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
-UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+IMPLICIT_VR_LE = dicom.IMPLICIT_VR_LE
+EXPLICIT_VR_LE = dicom.EXPLICIT_VR_LE
+DEFLATED_LE = dicom.DEFLATED_LE
+EXPLICIT_VR_BE = dicom.EXPLICIT_VR_BE
+UNCOMPRESSED = dicom.UNCOMPRESSED
 
 # --------------------------------------------------------------------------- object selection
 
@@ -86,10 +73,7 @@ _NON_IMAGE_MODALITIES = frozenset(
 _SECONDARY_MODALITIES = frozenset({"OT", "SC"})
 
 
-def _uid_label(uid: str) -> str:
-    """``"<name> <uid>"`` when pydicom knows the UID, else the UID."""
-    name = UID(uid).name if uid else ""
-    return f"{name} {uid}" if name and name != uid else (uid or "(none)")
+_uid_label = dicom.uid_label
 
 
 def keep_reason(inst: Instance, *, drop_derived: bool) -> str | None:
@@ -200,139 +184,32 @@ def _header_view(inst: Instance, exam_description: str) -> tuple[View, str]:
 
 # --------------------------------------------------------------------------- decoding
 
-
-def _transfer_syntax(ds: Dataset) -> str:
-    meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID", "") if meta is not None else ""
-    return str(ts) if ts else IMPLICIT_VR_LE
+_transfer_syntax = dicom.transfer_syntax
+_fix_bits = dicom.fix_bits
 
 
-def _fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
-    """Stored values as numbers: keep the low (0028,0101) Bits Stored bits and, for
-    (0028,0103) Pixel Representation 1, sign-extend them. ``arr`` is an integer array as a
-    decoder or the raw buffer gives it (possibly unsigned); returns a new array or ``arr``."""
-    nbits = arr.dtype.itemsize * 8
-    udt = np.dtype(f"u{arr.dtype.itemsize}")
-    sdt = np.dtype(f"i{arr.dtype.itemsize}")
-    if bits_stored <= 0 or bits_stored >= nbits:
-        return arr.view(sdt if signed else udt)
-    shift = nbits - bits_stored
-    u = arr.view(udt)
-    if signed:
-        return (u << np.asarray(shift, udt)).view(sdt) >> np.asarray(shift, sdt)
-    if int(u.max()) < (1 << bits_stored):  # nothing in the unused high bits: no copy
-        return u
-    return u & np.asarray((1 << bits_stored) - 1, udt)
-
-
-def _decode_native(ds: Dataset, ts: str) -> np.ndarray | None:
-    """First frame of uncompressed one-sample pixels as a view of (7FE0,0010) Pixel Data,
-    or ``None`` when this fast path does not apply."""
-    alloc = int(ds.get("BitsAllocated", 0) or 0)
-    if alloc not in (8, 16, 32) or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    if "PixelData" not in ds:
-        return None
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    endian = ">" if ts == EXPLICIT_VR_BE else "<"
-    dtype = np.dtype(f"{endian}u{alloc // 8}")
-    buf = ds.PixelData
-    need = rows * cols * dtype.itemsize
-    if len(buf) < need:
-        raise DecodeError(
-            f"pixel data truncated: {len(buf)} bytes, {rows}x{cols}x{alloc} bits need {need} "
-            f"({_uid_label(ts)})"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, count=rows * cols).reshape(rows, cols)
-    if endian == ">":
-        arr = arr.astype(dtype.newbyteorder("="))
-    return arr
-
-
-def _first_frame(ds: Dataset) -> bytes:
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    return get_frame(ds.PixelData, 0, number_of_frames=nframes)
-
-
-def _decode_jpeg2000(ds: Dataset) -> np.ndarray | None:
-    """First frame of a one-sample JPEG 2000 image through OpenJPEG in imagecodecs (one
-    thread, a little faster than pydicom's plugin: fewer copies), or ``None`` to let pydicom
-    decode it."""
-    fn = getattr(_imagecodecs, "jpeg2k_decode", None)
-    if fn is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    try:
-        arr = np.asarray(fn(_first_frame(ds), numthreads=1))
-    except Exception as e:  # imagecodecs raises its own error types
-        logger.debug("imagecodecs.jpeg2k_decode failed (%s); pydicom decodes", e)
-        return None
-    if arr.shape != (int(ds.Rows), int(ds.Columns)) or arr.dtype.kind not in "iu":
-        return None
-    alloc = int(ds.get("BitsAllocated", 16) or 16)
-    if arr.dtype.itemsize * 8 != alloc:
-        arr = arr.astype(f"{arr.dtype.kind}{alloc // 8}")
-    return arr
-
-
-def _decode_jpeg_turbo(ds: Dataset) -> np.ndarray | None:
-    """First frame of a one-sample JPEG (lossless process 14, baseline or extended) image
-    through libjpeg-turbo, or ``None`` when imagecodecs is missing or cannot take it (pydicom
-    then decodes)."""
-    if _imagecodecs is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    frame = _first_frame(ds)
-    for name in ("jpeg8_decode", "ljpeg_decode"):
-        fn = getattr(_imagecodecs, name, None)
-        if fn is None:
-            continue
-        try:
-            arr = np.asarray(fn(frame))
-        except Exception as e:  # imagecodecs raises its own error types
-            logger.debug("imagecodecs.%s failed (%s); trying the next decoder", name, e)
-            continue
-        if arr.shape == (int(ds.Rows), int(ds.Columns)):
-            return arr
-    return None
-
-
-def decode(ds: Dataset) -> np.ndarray:
-    """The stored values of the first frame: (rows, columns), or (rows, columns, 3) for
-    colour, as an integer numpy array (signed when (0028,0103) Pixel Representation is 1,
-    only the (0028,0101) Bits Stored bits kept).
-
-    Fast paths by (0002,0010) Transfer Syntax UID: uncompressed (implicit/explicit VR, big
-    endian, deflated) by :func:`numpy.frombuffer`; JPEG lossless (1.2.840.10008.1.2.4.57 and
-    .70, bit-exact), baseline (.50) and extended (.51) one-sample images by libjpeg-turbo
-    through imagecodecs; one-sample JPEG 2000 by OpenJPEG through imagecodecs. Everything
-    else (RLE, JPEG-LS, colour, odd layouts), and anything imagecodecs refuses, through
-    pydicom's pixel backends. The result may be a read-only view of the dataset's buffer.
-    Raises :class:`DecodeError` naming the transfer syntax.
-    """
-    ts = _transfer_syntax(ds)
-    if "PixelData" not in ds:
-        raise DecodeError(f"no (7FE0,0010) Pixel Data ({_uid_label(ts)})")
+def decode_frame(ds: Dataset, *, frame: int = 0) -> dicom.Decoded:
+    """:func:`decode`, with the name of the decoder that produced the values."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
+        ts = _transfer_syntax(ds)
         raise DecodeError(f"PALETTE COLOR pixels are not a radiograph ({_uid_label(ts)})")
-    bits = int(ds.get("BitsStored", 0) or 0)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    try:
-        arr: np.ndarray | None = None
-        if ts in UNCOMPRESSED:
-            arr = _decode_native(ds, ts)
-        elif ts in JPEG_TURBO:
-            arr = _decode_jpeg_turbo(ds)
-        elif ts in JPEG_2000 and _imagecodecs is not None:
-            arr = _decode_jpeg2000(ds)
-        if arr is not None:
-            return _fix_bits(arr, bits, signed)
-        nframes = int(ds.get("NumberOfFrames", 1) or 1)
-        ds.pixel_array_options(index=0 if nframes > 1 else None)
-        return np.asarray(ds.pixel_array)
-    except DecodeError:
-        raise
-    except Exception as e:  # pixel plugins raise anything; we name the syntax
-        raise DecodeError(f"cannot decode pixel data ({_uid_label(ts)}): {e}") from e
+    return dicom.decode(ds, frame=frame)
+
+
+def decode(ds: Dataset, *, frame: int = 0) -> np.ndarray:
+    """The stored values of frame ``frame`` (0-based; radiographs have one): (rows, columns),
+    or (rows, columns, 3) for colour, as an integer numpy array (signed when (0028,0103)
+    Pixel Representation is 1, only the (0028,0101) Bits Stored bits kept).
+
+    The decoder per (0002,0010) Transfer Syntax UID is the one :data:`hiroml.dicom.SYNTAXES`
+    pins (uncompressed by :func:`numpy.frombuffer`, JPEG by libjpeg-turbo, JPEG-LS by CharLS,
+    JPEG 2000 and HTJ2K by OpenJPEG, JPEG XL by libjxl, Deflated Image Frame by libdeflate,
+    RLE by pylibjpeg-rle); anything else through pydicom's pixel backends. The result may be a
+    read-only view of the dataset's buffer. Raises :class:`DecodeError` naming the transfer
+    syntax.
+    """
+    return decode_frame(ds, frame=frame).array
 
 
 def to_grayscale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -700,15 +577,14 @@ def convert_instance(
     :func:`resize` and :func:`to_storage`. Raises :class:`DecodeError` (or
     :class:`BadInputError` for an unreadable DICOM) naming the zip, member and transfer syntax.
     """
-    try:
-        ds = pydicom.dcmread(BytesIO(data), force=True)
-        _ = ds.Rows, ds.Columns
-    except Exception as e:  # pydicom raises many kinds on bad files
-        raise BadInputError(f"{_where(inst)}: not a readable DICOM image ({e})") from e
+    ds = dicom.parse(data, label=_where(inst)).dataset
+    if "Rows" not in ds or "Columns" not in ds:
+        raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
     ts = _transfer_syntax(ds)
     view, view_source = classify_view(ds, exam_description=exam_description)
     try:
-        arr = to_grayscale(decode(ds), ds)
+        decoded = decode_frame(ds)
+        arr = to_grayscale(decoded.array, ds)
     except DecodeError as e:
         msg = str(e)
         if ts not in msg:
@@ -738,6 +614,7 @@ def convert_instance(
         lut=lut,
         inverted=inverted,
         scale=storage_scale,
+        decoder=decoded.decoder,
     )
 
 
@@ -783,7 +660,7 @@ def convert_exam(
             data = read(inst)
             if view == View.UNKNOWN and View.UNKNOWN not in selected:
                 # The indexed header did not tell: look at the full header before decoding.
-                head = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+                head = dicom.parse(data, label=_where(inst), stop_before_pixels=True).dataset
                 view, source = classify_view(head, exam_description=exam.description)
                 if view not in selected:
                     problems.append(
@@ -802,7 +679,8 @@ def convert_exam(
         except Exception as e:  # bad input must never stop the exam
             ts = _uid_label(inst.transfer_syntax)
             reason = f"{_where(inst)}: {type(e).__name__}: {e} (transfer syntax {ts})"
-            logger.warning("%s", reason, exc_info=True)
+            logger.warning("%s", reason)
+            logger.info("%s: traceback of the error above", _where(inst), exc_info=True)
             problems.append(_problem(inst, reason, Action.ERROR))
     return images, problems
 

@@ -166,6 +166,19 @@ def _sop_key(rel: str, inst: Instance) -> str:
     return inst.sop_uid if inst.sop_uid else f"\x00{rel}/{inst.member}"
 
 
+def _read_notes(insts: Sequence[Instance]) -> list[str]:
+    """One note per way of reading members without a Part 10 header (no preamble, no meta):
+    how many, which one first, and what was inferred (:attr:`Instance.read_note`)."""
+    by_note: dict[str, list[str]] = {}
+    for i in insts:
+        if i.read_note:
+            by_note.setdefault(i.read_note, []).append(i.member)
+    return [
+        f"{len(members)} member(s) {note}, e.g. {members[0]}"
+        for note, members in sorted(by_note.items())
+    ]
+
+
 def _make_unit(
     z: ExamZip,
     insts: Iterable[Instance],
@@ -198,6 +211,7 @@ def _make_unit(
     )
     if patient != z.name.patient_id:
         unit.notes.append(f"patient id {z.name.patient_id} remapped to {patient}")
+    unit.notes.extend(_read_notes(ordered))
     header_ids = sorted({i.patient_id for i in ordered if i.patient_id})
     odd = [h for h in header_ids if remap.get(h, h) != patient]
     if odd:

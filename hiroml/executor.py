@@ -93,6 +93,7 @@ def _run_dask(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            silence_logs=logging.ERROR,  # distributed's chatter stays off the console
         )
         client = Client(cluster)
     try:

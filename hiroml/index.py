@@ -10,7 +10,6 @@ or changed zips, and zips that disappeared leave the index.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -18,7 +17,6 @@ import os
 import sqlite3
 import struct
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -28,10 +26,10 @@ from typing import Any
 import pydicom
 import xxhash
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from tqdm import tqdm
 
+from hiroml import dicom
 from hiroml.config import IndexConfig
 from hiroml.errors import BadInputError, ZipSafetyError
 from hiroml.records import Action, ExamZip, Instance, Problem
@@ -106,12 +104,14 @@ def instance_from_dataset(
     member: str,
     member_size: int,
     pixels: bytes | memoryview | None = None,
+    read_note: str = "",
 ) -> Instance:
     """Build the header record of one instance. Tolerates absent or malformed optional
     attributes (they become ``None``/""); raises :class:`BadInputError` when (0008,0018)
     SOP Instance UID is missing or the pixel data is shorter than its header promises.
     ``pixels`` is the raw (7FE0,0010) Pixel Data value when the dataset was read without it
-    (:func:`read_member`)."""
+    (:func:`read_member`); ``read_note`` says how a file without a Part 10 header was read
+    (:func:`hiroml.dicom.parse`)."""
     sop = _text(ds, "SOPInstanceUID")
     if not sop:
         raise BadInputError(f"{zip_name}: {member} has no (0008,0018) SOP Instance UID")
@@ -200,6 +200,7 @@ def instance_from_dataset(
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         has_pixels=pixel_bytes is not None,
         pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
+        read_note=read_note,
     )
 
 
@@ -209,22 +210,12 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Dataset, int]:
-    """dcmread of a member's bytes; the offset where reading stopped (the Pixel Data tag
-    when ``stop_before_pixels``). :class:`BadInputError` names ``label`` and the cause."""
-    bio = io.BytesIO(data)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(bio, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError as e:
-        raise BadInputError(f"{label}: not a DICOM file ({e})") from e
-    except Exception as e:  # pydicom raises many types on damaged files
-        raise BadInputError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
-    for w in caught:
-        if "End of file reached" in str(w.message):
-            raise BadInputError(f"{label}: truncated DICOM ({w.message})")
-    return ds, bio.tell()
+def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Dataset, int, str]:
+    """:func:`hiroml.dicom.parse` of a member's bytes: the dataset, the offset where reading
+    stopped (the Pixel Data tag when ``stop_before_pixels``) and the note on how a file
+    without a Part 10 header was read. :class:`BadInputError` names ``label`` and the cause."""
+    parsed = dicom.parse(data, label=label, stop_before_pixels=stop_before_pixels)
+    return parsed.dataset, parsed.stopped_at, parsed.note
 
 
 def _raw_pixels(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryview | None:
@@ -259,7 +250,13 @@ def read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview
     """The header of a DICOM member (no pixel data) and its raw Pixel Data value (None when
     it has none). The pixel value is sliced from ``data`` rather than parsed and copied by
     pydicom, except for deflated and big-endian files, which are read whole."""
-    ds, pos = _parse(data, label=label, stop_before_pixels=True)
+    ds, pixels, _ = _read_member(data, label=label)
+    return ds, pixels
+
+
+def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview | None, str]:
+    """:func:`read_member`, and the note on how a file without a Part 10 header was read."""
+    ds, pos, note = _parse(data, label=label, stop_before_pixels=True)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     tsyntax = str(ts) if ts is not None else ""
     if ts is not None and not UID(tsyntax).is_transfer_syntax:
@@ -272,7 +269,7 @@ def read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview
     else:  # deflated, big endian or no transfer syntax: the offset means nothing here
         whole = True
     if whole:
-        full, _ = _parse(data, label=label, stop_before_pixels=False)
+        full, _, _ = _parse(data, label=label, stop_before_pixels=False)
         if "PixelData" in full:
             raw = full["PixelData"].value
             pixels = raw if isinstance(raw, bytes) else bytes(raw or b"")
@@ -281,7 +278,7 @@ def read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview
             f"{label}: an image (Rows/Columns set) without (7FE0,0010) Pixel Data: the file is "
             "truncated or its pixels are missing"
         )
-    return ds, pixels
+    return ds, pixels, note
 
 
 # --------------------------------------------------------------------------- one zip
@@ -329,7 +326,7 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
             label = f"{name}: {member}"
             try:
                 data = z.read(member)
-                ds, pixels = read_member(data, label=label)
+                ds, pixels, note = _read_member(data, label=label)
                 inst = instance_from_dataset(
                     ds,
                     batch=batch,
@@ -337,6 +334,7 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
                     member=member,
                     member_size=len(data),
                     pixels=pixels,
+                    read_note=note,
                 )
             except BadInputError as e:
                 problem(member, str(e))

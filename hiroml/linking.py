@@ -24,7 +24,6 @@ smallest group name, so the result never depends on the order of the samples.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -232,17 +231,19 @@ def link_groups(
 
 def decoded_pixel_hash(data: bytes) -> str:
     """BLAKE2b (128 bit, hex) of a DICOM instance's decoded (7FE0,0010) Pixel Data: the
-    array pydicom decodes (before any LUT), in native byte order, with its shape and kind.
-    The same image in any transfer syntax (explicit/implicit little endian, big endian,
-    RLE, JPEG lossless, JPEG-LS, JPEG 2000 lossless) gives the same hash.
+    stored values of every frame as :func:`hiroml.dicom.decode` gives them (before any LUT),
+    in native byte order, with their shape and kind. The same image in any transfer syntax
+    (explicit/implicit little endian, big endian, RLE, JPEG lossless, JPEG-LS, JPEG 2000
+    lossless...) gives the same hash.
 
-    Raises the decoder's error when the pixels cannot be decoded."""
-    import pydicom
+    Raises :class:`hiroml.errors.HiromlError` (or the decoder's error) when the member does
+    not parse or its pixels cannot be decoded."""
+    from hiroml import dicom
 
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    arr = np.asarray(ds.pixel_array)
-    arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
-    a = np.ascontiguousarray(arr)
+    ds = dicom.parse(data, label="pixel identity").dataset
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    arr = np.stack([dicom.decode(ds, frame=k).array for k in range(frames)])
+    a = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{a.dtype.kind}{a.dtype.itemsize}".encode())
     h.update(repr(tuple(int(n) for n in a.shape)).encode())

@@ -165,6 +165,7 @@ class Instance:
     frame_of_reference_uid: str = ""  # (0020,0052) Frame of Reference UID
     has_pixels: bool = True
     pixel_hash: str = ""
+    read_note: str = ""  # how a file without a Part 10 header was read ("" for a normal file)
 
     @property
     def rel_zip(self) -> str:
@@ -250,6 +251,7 @@ class CxrImage:
     lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
+    decoder: str = ""  # library that decoded the pixels (hiroml.dicom.SYNTAXES), e.g. "openjpeg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +276,7 @@ class CtVolume:
     stitched_series: tuple[str, ...] = ()  # (0020,000E) of every part, in order along the normal
     seams_mm: tuple[float, ...] = ()  # n . (0020,0032) of each part's first slice after the first
     seam_slices: tuple[int, ...] = ()  # z index in ``array`` of those slices (nearest)
+    decoder: str = ""  # library(ies) that decoded the slices (hiroml.dicom.SYNTAXES): "numpy"
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:

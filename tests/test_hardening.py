@@ -201,6 +201,28 @@ def test_read_only_datamart_is_never_written(
     assert len(snaps["before"]) > 60
 
 
+def test_the_console_shows_hiroml_lines_only_and_the_run_log_the_rest(
+    hostile_build: tuple[Path, subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    """A person watching a build over the hostile corpus sees hiroml's own warnings, one line
+    per problem, and the summary: no third-party message, no traceback (the build handles
+    every bad input and writes its audit row). Those go to the run log."""
+    out, done, _ = hostile_build
+    console = done.stdout + done.stderr
+    assert "Traceback" not in console
+    lines = [x for x in done.stderr.splitlines() if not x.startswith("peak-rss-kib=")]
+    assert lines, "the hostile corpus gives hiroml warnings"
+    assert all(x.startswith(("WARNING hiroml", "ERROR hiroml")) for x in lines), lines
+    assert "pydicom" not in done.stderr.replace("pydicom-data", "")
+    assert "hiroml" in done.stdout and "errors" in done.stdout  # the summary
+    audit = pd.read_csv(out / "audit.csv", keep_default_na=False)
+    undecodable = audit[audit["reason"].str.contains("cannot decode pixel data")]
+    assert len(undecodable) >= 1 and set(undecodable["action"]) == {"error"}
+    (run_log,) = (out / ".hiroml" / "runs").glob("*/*.log")
+    text = run_log.read_text()
+    assert "[pydicom." in text and "Traceback" in text
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
 def test_hostile_build_peak_memory_is_that_of_the_normal_build(
     normal: Path,
@@ -496,7 +518,7 @@ ALLOWED_META = {
     "transfer_syntax", "lut", "inverted", "scale", "exam_time", "description", "source_zip",
     "member", "series_description", "kernel", "size_xyz", "spacing_xyz", "origin_xyz",
     "direction", "slice_thickness", "resampled", "decisions", "n_source_slices",
-    "source_zips", "data_hash",
+    "source_zips", "data_hash", "decoder",
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
 }  # fmt: skip
 

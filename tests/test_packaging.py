@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -33,8 +35,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
         timeout=300,
     )
-    if done.returncode != 0:
-        pytest.skip(f"cannot build a wheel here: {done.stderr[-300:]}")
+    assert done.returncode == 0, f"cannot build a wheel: {done.stderr[-600:]}"
     return next(out.glob("hiroml-*.whl"))
 
 
@@ -48,15 +49,52 @@ def test_the_wheel_holds_every_config(wheel: Path) -> None:
     assert "hiroml/py.typed" in names
 
 
+def _site_dirs_of_this_interpreter() -> list[str]:
+    """Where the running interpreter finds its packages: its own site-packages (a venv's, a
+    conda env's or the base's), the user site, and any site/dist-packages on its path (a venv
+    with system site packages, Debian's dist-packages)."""
+    paths = sysconfig.get_paths()
+    dirs = [paths["purelib"], paths["platlib"], *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    dirs += [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
 def test_an_installed_wheel_composes_its_configs(wheel: Path, tmp_path: Path) -> None:
+    # A nested venv made with system_site_packages=True sees the *base* interpreter, not the
+    # venv or conda env the tests run in. Make an isolated one, install only the wheel, and let
+    # it find hydra & co. through a .pth naming this interpreter's site-packages; .pth lines
+    # are plain paths (their own .pth files are not processed), so an editable hiroml of the
+    # checkout stays invisible and the wheel's hiroml is the one imported.
     env = tmp_path / "venv"
-    venv.create(env, system_site_packages=True, with_pip=True)
+    venv.create(env, system_site_packages=False, with_pip=False)
     py = env / "bin" / "python"
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            purelib,
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
+    )
+    (Path(purelib) / "zz_running_interpreter.pth").write_text(
+        "".join(f"{d}\n" for d in _site_dirs_of_this_interpreter())
     )
     code = (
         "import hiroml, sys\n"

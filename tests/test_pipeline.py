@@ -324,6 +324,30 @@ def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
         hiroml.load_sitk(out, m[m["modality"] == "cxr"].iloc[0]["sample_key"])
 
 
+def test_every_sample_records_the_decoder_pinned_for_its_syntax(
+    built: tuple[Path, pipeline.BuildSummary],
+) -> None:
+    """The shard meta's ``decoder`` is the one hiroml.dicom.SYNTAXES pins (CT slices of
+    uncompressed 16-bit data: numpy): a build that fell back to pydicom fails here."""
+    from hiroml import dicom
+    from hiroml.shards import read_sample
+
+    out = built[0]
+    m = _frame(out)
+    seen = set()
+    for key, shard, modality in zip(m["sample_key"], m["shard"], m["modality"], strict=True):
+        _, meta = read_sample(out / shard, key)
+        if modality == "cxr":
+            want = dicom.SYNTAXES[meta["transfer_syntax"]].decoder
+            assert meta["decoder"] == want, (key, meta["transfer_syntax"], meta["decoder"])
+            seen.add(meta["transfer_syntax"])
+        else:
+            used = set(meta["decoder"].split(", "))
+            assert used and used <= {s.decoder for s in dicom.SYNTAXES.values()}, meta
+            assert dicom.PYDICOM not in used
+    assert len(seen) >= 3  # the tiny datamart stores radiographs in several syntaxes
+
+
 def test_a_clinical_table_joins_labels_orphans_and_strata(
     tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
 ) -> None:

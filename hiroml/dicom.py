@@ -1,0 +1,477 @@
+"""DICOM helpers shared by the index and both converters: parse a member's bytes, and decode
+one frame of (7FE0,0010) Pixel Data with the decoder pinned for its transfer syntax.
+
+Parsing (:func:`parse`). A Part 10 file starts with a 128-byte preamble, ``DICM`` and the
+(0002,xxxx) File Meta Information. Older modalities and some PACS exports write files without
+the preamble (the meta group first) or without any meta (the dataset's group 0008 first).
+pydicom reads those with ``force=True``; hiroml does so only when the first bytes parse as a
+plausible group 0002 or 0008 element, infers the transfer syntax from the encoding as pydicom
+does (implicit or explicit VR, little or big endian), writes it into
+(0002,0010) Transfer Syntax UID and returns a note for the audit. Anything else that does not
+parse stays a :class:`~hiroml.errors.BadInputError`.
+
+Decoding (:func:`decode`). :data:`SYNTAXES` is the one dispatch table: for each
+(0002,0010) Transfer Syntax UID read, the library that decodes it and whether it is lossless.
+The decoder actually used is returned with the array (:class:`Decoded`), so the shard meta
+records it (``decoder``, for radiographs and CT volumes) and tests pin it: a silent fallback
+to a slower path fails CI.
+
+Transfer syntaxes newer than the installed pydicom (JPEG XL 1.2.840.10008.1.2.4.110-.112,
+Deflated Image Frame Compression 1.2.840.10008.1.2.8.1) are added to pydicom's UID dictionary
+when this module is imported, so that :func:`pydicom.dcmread` reads their datasets (explicit VR
+little endian, encapsulated pixel data).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import get_frame
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, UID_dictionary
+
+from hiroml.errors import BadInputError, DecodeError
+
+try:
+    import imagecodecs as _imagecodecs
+except ImportError:  # pragma: no cover - imagecodecs is a dependency; pydicom is the fallback
+    _imagecodecs = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- transfer syntaxes
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
+HTJ2K = "1.2.840.10008.1.2.4.203"
+JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
+JPEG_XL_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
+JPEG_XL = "1.2.840.10008.1.2.4.112"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
+
+UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+
+# Decoder names, as recorded in the shard meta ("decoder").
+NUMPY = "numpy"
+LIBJPEG_TURBO = "libjpeg-turbo"
+CHARLS = "charls"
+OPENJPEG = "openjpeg"
+LIBJXL = "libjxl"
+LIBDEFLATE = "libdeflate"
+PYLIBJPEG_RLE = "pylibjpeg-rle"
+PYDICOM = "pydicom"
+
+
+@dataclass(frozen=True, slots=True)
+class Syntax:
+    """One row of the dispatch table. ``lossless``: the syntax only allows lossless coding
+    (decoded values are the encoder's input, bit for bit); ``False`` where it may be lossy."""
+
+    uid: str
+    name: str
+    decoder: str
+    lossless: bool
+
+
+_TABLE = (
+    Syntax(IMPLICIT_VR_LE, "Implicit VR Little Endian", NUMPY, True),
+    Syntax(EXPLICIT_VR_LE, "Explicit VR Little Endian", NUMPY, True),
+    Syntax(DEFLATED_LE, "Deflated Explicit VR Little Endian", NUMPY, True),
+    Syntax(EXPLICIT_VR_BE, "Explicit VR Big Endian", NUMPY, True),
+    Syntax(JPEG_BASELINE, "JPEG Baseline (Process 1)", LIBJPEG_TURBO, False),
+    Syntax(JPEG_EXTENDED, "JPEG Extended (Process 2 and 4)", LIBJPEG_TURBO, False),
+    Syntax(JPEG_LOSSLESS, "JPEG Lossless (Process 14)", LIBJPEG_TURBO, True),
+    Syntax(JPEG_LOSSLESS_SV1, "JPEG Lossless, SV1", LIBJPEG_TURBO, True),
+    Syntax(JPEG_LS_LOSSLESS, "JPEG-LS Lossless", CHARLS, True),
+    Syntax(JPEG_LS_NEAR_LOSSLESS, "JPEG-LS Near-Lossless", CHARLS, False),
+    Syntax(JPEG_2000_LOSSLESS, "JPEG 2000 Lossless", OPENJPEG, True),
+    Syntax(JPEG_2000, "JPEG 2000", OPENJPEG, False),
+    Syntax(HTJ2K_LOSSLESS, "HTJ2K Lossless", OPENJPEG, True),
+    Syntax(HTJ2K_LOSSLESS_RPCL, "HTJ2K Lossless RPCL", OPENJPEG, True),
+    Syntax(HTJ2K, "HTJ2K", OPENJPEG, False),
+    Syntax(JPEG_XL_LOSSLESS, "JPEG XL Lossless", LIBJXL, True),
+    Syntax(JPEG_XL_RECOMPRESSION, "JPEG XL JPEG Recompression", LIBJXL, False),
+    Syntax(JPEG_XL, "JPEG XL", LIBJXL, False),
+    Syntax(RLE_LOSSLESS, "RLE Lossless", PYLIBJPEG_RLE, True),
+    Syntax(DEFLATED_IMAGE_FRAME, "Deflated Image Frame Compression", LIBDEFLATE, True),
+)
+SYNTAXES: dict[str, Syntax] = {s.uid: s for s in _TABLE}
+
+# Standard transfer syntaxes that pydicom 3.0 does not know yet: explicit VR little endian
+# datasets with encapsulated pixel data. (name, keyword) as in PS3.6 Table A-1.
+_NEWER_THAN_PYDICOM = {
+    JPEG_XL_LOSSLESS: ("JPEG XL Lossless", "JPEGXLLossless"),
+    JPEG_XL_RECOMPRESSION: ("JPEG XL JPEG Recompression", "JPEGXLJPEGRecompression"),
+    JPEG_XL: ("JPEG XL", "JPEGXL"),
+    DEFLATED_IMAGE_FRAME: ("Deflated Image Frame Compression", "DeflatedImageFrameCompression"),
+}
+for _uid, (_name, _keyword) in _NEWER_THAN_PYDICOM.items():
+    UID_dictionary.setdefault(_uid, (_name, "Transfer Syntax", "", "", _keyword))
+
+
+def uid_label(uid: str) -> str:
+    """``"<name> <uid>"`` when the UID is known, else the UID (``"(none)"`` when empty)."""
+    if not uid:
+        return "(none)"
+    name = SYNTAXES[uid].name if uid in SYNTAXES else UID(uid).name
+    return f"{name} {uid}" if name and name != uid else uid
+
+
+# --------------------------------------------------------------------------- parsing
+
+_PLAUSIBLE_GROUPS = (0x0002, 0x0008)
+
+
+def _plausible_start(data: bytes) -> bool:
+    """The first bytes are a (0002,xxxx) or (0008,xxxx) element tag, little or big endian:
+    a DICOM stream without its preamble (or its meta group), not some other file."""
+    if len(data) < 8:
+        return False
+    le = int.from_bytes(data[0:2], "little")
+    be = int.from_bytes(data[0:2], "big")
+    return le in _PLAUSIBLE_GROUPS or be in _PLAUSIBLE_GROUPS
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A parsed member: the dataset, the offset where reading stopped (the (7FE0,0010) tag
+    when the pixels were not read) and ``note``, "" or how a non-standard file was read."""
+
+    dataset: Dataset
+    stopped_at: int
+    note: str = ""
+
+
+def _dcmread(data: bytes, *, label: str, stop_before_pixels: bool, force: bool) -> Parsed:
+    bio = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(bio, stop_before_pixels=stop_before_pixels, force=force)
+    except InvalidDicomError:
+        raise
+    except Exception as e:  # pydicom raises many types on damaged files
+        raise BadInputError(f"{label}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    for w in caught:
+        if "End of file reached" in str(w.message):
+            raise BadInputError(f"{label}: truncated DICOM ({w.message})")
+    return Parsed(ds, bio.tell())
+
+
+def _inferred_syntax(ds: Dataset) -> str:
+    """The transfer syntax of a dataset read without (0002,0010), from the encoding pydicom
+    found: implicit VR little endian, explicit VR little endian or explicit VR big endian."""
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        return ""
+    if implicit:
+        return IMPLICIT_VR_LE if little else ""
+    return EXPLICIT_VR_LE if little else EXPLICIT_VR_BE
+
+
+def parse(data: bytes, *, label: str, stop_before_pixels: bool = False) -> Parsed:
+    """Parse one member's bytes (``label`` names it in errors, e.g. ``"<zip>: <member>"``).
+
+    A file without the 128-byte preamble and ``DICM`` prefix, or without File Meta
+    Information, is read with pydicom's ``force=True`` when it starts with a plausible
+    group 0002 or 0008 element; its transfer syntax, when absent, is inferred from the
+    encoding and set in (0002,0010) Transfer Syntax UID, and :attr:`Parsed.note` says so.
+    Raises :class:`BadInputError` for anything that does not parse, or parses truncated.
+    """
+    try:
+        return _dcmread(data, label=label, stop_before_pixels=stop_before_pixels, force=False)
+    except InvalidDicomError as e:
+        if not _plausible_start(data):
+            raise BadInputError(f"{label}: not a DICOM file ({e})") from e
+    try:
+        parsed = _dcmread(data, label=label, stop_before_pixels=stop_before_pixels, force=True)
+    except InvalidDicomError as e:  # pragma: no cover - force=True does not raise it
+        raise BadInputError(f"{label}: not a DICOM file ({e})") from e
+    ds = parsed.dataset
+    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+        ds.file_meta = FileMetaDataset()
+    what = "no 128-byte preamble and DICM prefix"
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is None:
+        inferred = _inferred_syntax(ds)
+        if not inferred or "SOPInstanceUID" not in ds:
+            raise BadInputError(
+                f"{label}: not a DICOM file (no preamble, no File Meta Information, and no "
+                "readable dataset)"
+            )
+        ds.file_meta.TransferSyntaxUID = UID(inferred)
+        what += f", no File Meta Information: transfer syntax inferred as {uid_label(inferred)}"
+    return Parsed(ds, parsed.stopped_at, f"read without a Part 10 header ({what})")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """Stored values of one frame: (rows, columns) integers ((rows, columns, 3) for colour),
+    signed when (0028,0103) Pixel Representation is 1, only the (0028,0101) Bits Stored bits
+    kept; and ``decoder``, the library that decoded them (a :data:`SYNTAXES` decoder, or
+    ``"pydicom"`` where the pinned one was unavailable or refused the data)."""
+
+    array: np.ndarray
+    decoder: str
+
+
+def transfer_syntax(ds: Dataset) -> str:
+    """(0002,0010) Transfer Syntax UID; implicit VR little endian when absent (PS3.5 10.1)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID", "") if meta is not None else ""
+    return str(ts) if ts else IMPLICIT_VR_LE
+
+
+def fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Stored values as numbers: keep the low (0028,0101) Bits Stored bits and, for
+    (0028,0103) Pixel Representation 1, sign-extend them. ``arr`` is an integer array as a
+    decoder or the raw buffer gives it (possibly unsigned); returns a new array or ``arr``."""
+    nbits = arr.dtype.itemsize * 8
+    udt = np.dtype(f"u{arr.dtype.itemsize}")
+    sdt = np.dtype(f"i{arr.dtype.itemsize}")
+    if bits_stored <= 0 or bits_stored >= nbits:
+        return arr.view(sdt if signed else udt)
+    shift = nbits - bits_stored
+    u = arr.view(udt)
+    if signed:
+        return (u << np.asarray(shift, udt)).view(sdt) >> np.asarray(shift, sdt)
+    if int(u.max()) < (1 << bits_stored):  # nothing in the unused high bits: no copy
+        return u
+    return u & np.asarray((1 << bits_stored) - 1, udt)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    rows: int
+    cols: int
+    samples: int
+    alloc: int
+    frames: int
+    planar: int
+    photometric: str
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _Layout:
+        return cls(
+            rows=int(ds.Rows),
+            cols=int(ds.Columns),
+            samples=int(ds.get("SamplesPerPixel", 1) or 1),
+            alloc=int(ds.get("BitsAllocated", 0) or 0),
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            planar=int(ds.get("PlanarConfiguration", 0) or 0),
+            photometric=str(ds.get("PhotometricInterpretation", "")).strip().upper(),
+        )
+
+    @property
+    def grey_or_rgb(self) -> bool:
+        """One sample, or three in (0028,0004) RGB: values as stored, no colour conversion
+        (YBR and its subsampled layouts are left to pydicom, which converts them to RGB)."""
+        return self.samples == 1 or (self.samples == 3 and self.photometric == "RGB")
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rows * self.cols * self.samples * self.alloc // 8
+
+    def shape(self) -> tuple[int, ...]:
+        return (self.rows, self.cols) if self.samples == 1 else (self.rows, self.cols, 3)
+
+
+def _from_native(
+    buf: bytes | memoryview | np.ndarray, lay: _Layout, *, big_endian: bool
+) -> np.ndarray:
+    """One frame of native pixel bytes (starting at ``buf[0]``) as (rows, cols[, samples])."""
+    dtype = np.dtype(f"{'>' if big_endian else '<'}u{lay.alloc // 8}")
+    n = lay.rows * lay.cols * lay.samples
+    arr = np.frombuffer(buf, dtype=dtype, count=n)
+    if big_endian and lay.alloc > 8:
+        arr = arr.astype(dtype.newbyteorder("="))
+    if lay.samples == 1:
+        return arr.reshape(lay.rows, lay.cols)
+    if lay.planar == 1:
+        return arr.reshape(lay.samples, lay.rows, lay.cols).transpose(1, 2, 0)
+    return arr.reshape(lay.rows, lay.cols, lay.samples)
+
+
+def _native(ds: Dataset, ts: str, lay: _Layout, frame: int) -> np.ndarray | None:
+    if lay.alloc not in (8, 16, 32) or not lay.grey_or_rgb:
+        return None
+    buf = ds.PixelData
+    start = frame * lay.frame_bytes
+    if len(buf) < start + lay.frame_bytes:
+        raise DecodeError(
+            f"pixel data truncated: {len(buf)} bytes, frame {frame} of {lay.rows}x{lay.cols}x"
+            f"{lay.alloc} bits x {lay.samples} samples needs {start + lay.frame_bytes} "
+            f"({uid_label(ts)})"
+        )
+    big = ts == EXPLICIT_VR_BE
+    if big and lay.alloc == 8 and ds["PixelData"].VR == "OW":
+        # 8-bit samples in OW words: big endian swaps each byte pair (PS3.5 8.1.1).
+        words = np.frombuffer(buf, dtype=">u2", count=(len(buf) // 2)).astype("<u2")
+        return _from_native(words.tobytes()[start:], lay, big_endian=False)
+    return _from_native(memoryview(buf)[start:], lay, big_endian=big)
+
+
+def _codec(name: str) -> Callable[..., np.ndarray] | None:
+    fn = getattr(_imagecodecs, name, None) if _imagecodecs is not None else None
+    return fn if callable(fn) else None
+
+
+def _encapsulated_frame(ds: Dataset, lay: _Layout, frame: int) -> bytes:
+    return get_frame(ds.PixelData, frame, number_of_frames=lay.frames)
+
+
+def _grey_only(lay: _Layout) -> bool:
+    return lay.samples == 1
+
+
+def _jpeg(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
+    fn = _codec("jpeg8_decode")
+    if fn is None or not _grey_only(lay):
+        return None
+    return np.asarray(fn(_encapsulated_frame(ds, lay, frame)))
+
+
+def _jpegls(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
+    fn = _codec("jpegls_decode")
+    if fn is None or not _grey_only(lay):
+        return None
+    return np.asarray(fn(_encapsulated_frame(ds, lay, frame)))
+
+
+def _jpeg2k(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
+    fn = _codec("jpeg2k_decode")  # OpenJPEG >= 2.5 also decodes HTJ2K (Part 15) streams
+    if fn is None or not _grey_only(lay):
+        return None
+    arr = np.asarray(fn(_encapsulated_frame(ds, lay, frame), numthreads=1))
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize * 8 != lay.alloc and lay.alloc in (8, 16):
+        arr = arr.astype(f"{arr.dtype.kind}{lay.alloc // 8}")
+    return arr
+
+
+def _jpegxl(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
+    fn = _codec("jpegxl_decode")
+    if fn is None or not lay.grey_or_rgb:
+        return None
+    return np.asarray(fn(_encapsulated_frame(ds, lay, frame), numthreads=1))
+
+
+def _deflated_frame(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
+    """Deflated Image Frame Compression (PS3.5 A.4.11): each frame is the native frame's
+    bytes compressed with raw deflate (RFC 1951)."""
+    fn = _codec("deflate_decode")
+    if fn is None or lay.alloc not in (8, 16, 32) or not lay.grey_or_rgb:
+        return None
+    # libdeflate inflates into a buffer of the known frame size (a trailing pad byte is fine)
+    raw = fn(_encapsulated_frame(ds, lay, frame), raw=True, out=lay.frame_bytes)
+    if len(raw) < lay.frame_bytes:
+        raise DecodeError(
+            f"deflated frame {frame} inflates to {len(raw)} bytes, {lay.rows}x{lay.cols}x"
+            f"{lay.alloc} bits x {lay.samples} samples need {lay.frame_bytes}"
+        )
+    return _from_native(raw, lay, big_endian=False)
+
+
+def _rle(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray | None:
+    ds.pixel_array_options(index=frame if lay.frames > 1 else None, decoding_plugin="pylibjpeg")
+    return np.asarray(ds.pixel_array)
+
+
+_FAST: dict[str, Callable[[Dataset, _Layout, int], np.ndarray | None]] = {
+    LIBJPEG_TURBO: _jpeg,
+    CHARLS: _jpegls,
+    OPENJPEG: _jpeg2k,
+    LIBJXL: _jpegxl,
+    LIBDEFLATE: _deflated_frame,
+    PYLIBJPEG_RLE: _rle,
+}
+
+
+def _pydicom(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray:
+    ds.pixel_array_options(index=frame if lay.frames > 1 else None, decoding_plugin="")
+    return np.asarray(ds.pixel_array)
+
+
+def decode(ds: Dataset, *, frame: int = 0) -> Decoded:
+    """Stored values of frame ``frame`` (0-based) of (7FE0,0010) Pixel Data, and the decoder.
+
+    The decoder is the one :data:`SYNTAXES` pins for (0002,0010) Transfer Syntax UID
+    (uncompressed: :func:`numpy.frombuffer`; JPEG: libjpeg-turbo; JPEG-LS: CharLS;
+    JPEG 2000 and HTJ2K: OpenJPEG; JPEG XL: libjxl; Deflated Image Frame: libdeflate, all
+    through imagecodecs; RLE: pylibjpeg-rle through pydicom). Colour JPEG family images,
+    layouts the fast path does not take, syntaxes not in the table, and data the pinned
+    decoder refuses go through pydicom's pixel backends (``decoder == "pydicom"``).
+    Raises :class:`DecodeError` naming the transfer syntax; ``ValueError`` for a ``frame``
+    outside (0028,0008) Number of Frames.
+    """
+    ts = transfer_syntax(ds)
+    if "PixelData" not in ds:
+        raise DecodeError(f"no (7FE0,0010) Pixel Data ({uid_label(ts)})")
+    try:
+        lay = _Layout.of(ds)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DecodeError(f"no usable (0028,0010) Rows / (0028,0011) Columns: {e}") from e
+    if not 0 <= frame < lay.frames:
+        raise ValueError(f"frame {frame} is outside the {lay.frames} frame(s) of the image")
+    bits = int(ds.get("BitsStored", 0) or 0)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    syntax = SYNTAXES.get(ts)
+    try:
+        arr: np.ndarray | None = None
+        decoder = syntax.decoder if syntax is not None else PYDICOM
+        if syntax is not None and syntax.decoder == NUMPY:
+            arr = _native(ds, ts, lay, frame)
+        elif syntax is not None:
+            try:
+                arr = _FAST[syntax.decoder](ds, lay, frame)
+            except DecodeError:
+                raise
+            except Exception as e:  # codecs raise their own error types: pydicom tries
+                logger.debug("%s refused the data (%s); pydicom decodes", syntax.decoder, e)
+                arr = None
+            if arr is not None and arr.shape != lay.shape():
+                logger.debug("%s gave shape %s; pydicom decodes", syntax.decoder, arr.shape)
+                arr = None
+        if arr is None or arr.dtype.kind not in "iu":
+            # pydicom applies (0028,0101) Bits Stored and (0028,0103) itself
+            return Decoded(_pydicom(ds, lay, frame), PYDICOM)
+        return Decoded(fix_bits(arr, bits, signed), decoder)
+    except DecodeError:
+        raise
+    except Exception as e:  # pixel plugins raise anything; we name the syntax
+        raise DecodeError(f"cannot decode pixel data ({uid_label(ts)}): {e}") from e
+
+
+__all__ = [
+    "SYNTAXES",
+    "Decoded",
+    "Parsed",
+    "Syntax",
+    "decode",
+    "fix_bits",
+    "parse",
+    "transfer_syntax",
+    "uid_label",
+]
