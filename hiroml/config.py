@@ -182,6 +182,19 @@ class ExecutorConfig:
 
 
 @dataclass
+class VersionsConfig:
+    """Retention of published versions (``<output>/versions/<version>/``): the newest
+    ``keep`` versions and every pinned one are kept; a build prunes the rest after publishing,
+    with the shards no kept version names."""
+
+    keep: int = 10
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ConfigError(f"versions.keep={self.keep}: keep at least 1 version")
+
+
+@dataclass
 class PublishConfig:
     """The shrink guard (:mod:`hiroml.guard`): a build that would remove more than this
     fraction of the previous samples or patients, unexplained by its audit, is refused
@@ -208,6 +221,7 @@ class BuildConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    versions: VersionsConfig = field(default_factory=VersionsConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null

@@ -86,6 +86,13 @@ class HiromlDataset(Dataset[Sample]):
     started by fork or spawn. Whole contiguous samples are read straight from their byte
     offset (the shard's ``/offsets`` index, checked by ``hiroml-verify``); chunked or
     compressed ones through HDF5. ``read_array(i, region)`` reads a CT slice or patch.
+
+    ``version`` names the published version to read (``"0007-3f9a1c2e"``, or its number
+    ``7``); ``None`` takes the latest. The object reads that version's manifest once, here,
+    and keeps it for its whole life (``ds.version``), in every DataLoader worker, whatever
+    builds run meanwhile: shards are immutable and a build deletes only shards that no kept
+    version names. An output of the first release (no ``versions/``) is read from its root
+    manifest (``ds.version`` is then ``None``).
     """
 
     def __init__(
@@ -97,7 +104,10 @@ class HiromlDataset(Dataset[Sample]):
         label: str | None = None,
         *,
         dtype: torch.dtype = torch.float32,
+        version: str | int | None = None,
     ) -> None:
+        from hiroml.versions import tables_dir
+
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise HiromlError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
         self.dtype = dtype
@@ -106,9 +116,10 @@ class HiromlDataset(Dataset[Sample]):
         self.modality = modality
         self.transform = transform
         self.label = label
-        m = pd.read_parquet(self.out_dir / "manifest.parquet")
+        folder, self.version = tables_dir(self.out_dir, version)
+        m = pd.read_parquet(folder / "manifest.parquet")
         if label is not None and label not in m.columns:
-            raise HiromlError(f"label {label!r} is not a column of {self.out_dir}/manifest.parquet")
+            raise HiromlError(f"label {label!r} is not a column of {folder}/manifest.parquet")
         rows = m[m["modality"] == modality]
         if split is not None:
             rows = rows[rows["split"] == split]
@@ -304,21 +315,24 @@ class HiromlDataset(Dataset[Sample]):
     def __repr__(self) -> str:
         return (
             f"HiromlDataset({str(self.out_dir)!r}, split={self.split!r}, "
-            f"modality={self.modality!r}, n={len(self)})"
+            f"modality={self.modality!r}, version={self.version!r}, n={len(self)})"
         )
 
 
-def load_sitk(out_dir: Path | str, sample_key: str) -> Any:
+def load_sitk(out_dir: Path | str, sample_key: str, *, version: str | int | None = None) -> Any:
     """A stored CT volume as a ``SimpleITK.Image`` in HU with its geometry (origin, spacing in
-    mm and direction, from the manifest), e.g. to resample it or write it as NIfTI."""
+    mm and direction, from the manifest), e.g. to resample it or write it as NIfTI.
+    ``version`` as in :class:`HiromlDataset` (default: the latest)."""
     from hiroml.ct import array_to_sitk
     from hiroml.shards import read_sample
+    from hiroml.versions import tables_dir
 
     out = Path(out_dir)
-    m = pd.read_parquet(out / "manifest.parquet")
+    folder, _ = tables_dir(out, version)
+    m = pd.read_parquet(folder / "manifest.parquet")
     row = m[m["sample_key"] == sample_key]
     if row.empty:
-        raise HiromlError(f"{sample_key!r} is not a sample of {out}/manifest.parquet")
+        raise HiromlError(f"{sample_key!r} is not a sample of {folder}/manifest.parquet")
     r = row.iloc[0]
     if r["modality"] != "ct":
         raise HiromlError(f"{sample_key!r} is a {r['modality']} sample, not a CT volume")

@@ -226,20 +226,30 @@ def read_manifest(out_dir: Path | str) -> pd.DataFrame:
     return pd.read_parquet(Path(out_dir) / "manifest.parquet")
 
 
-def check_contract(out_dir: Path | str) -> list[str]:
+def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
     """Every shortfall of an output folder against DESIGN.md section 4 (empty: it holds):
     files present, columns, value sets, shards present, one split per patient group, and
-    ``HiromlDataset`` sizes and sample shapes. Names and types only, not correctness."""
+    ``HiromlDataset`` sizes and sample shapes. Names and types only, not correctness.
+
+    Where the output has published versions (section 4b) the tables checked are those of
+    ``version`` (default: the latest), in ``versions/<version>/`` with its ``build.json``;
+    an output of the first release is checked at its root. Shards are under ``out_dir``."""
+    from hiroml.versions import BUILD_JSON, tables_dir
+
     out = Path(out_dir)
+    where, name = tables_dir(out, version)
+    names = ["manifest.parquet", "patients.parquet", "audit.csv", "report.html"]
+    if name is not None:
+        names.append(BUILD_JSON)
     bad = [
-        f"missing {name}"
-        for name in ("manifest.parquet", "patients.parquet", "audit.csv", "report.html")
-        if not (out / name).exists()
+        f"missing {n}" if name is None else f"missing {n} in version {name}"
+        for n in names
+        if not (where / n).exists()
     ]
     if bad:
         return bad
-    m = pd.read_parquet(out / "manifest.parquet")
-    a = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
+    m = pd.read_parquet(where / "manifest.parquet")
+    a = pd.read_csv(where / "audit.csv", dtype=str).fillna("")
     bad += [f"manifest.parquet lacks column {c}" for c in MANIFEST_COLUMNS if c not in m.columns]
     if bad:
         return bad
@@ -273,7 +283,7 @@ def check_contract(out_dir: Path | str) -> list[str]:
 
     for modality in sorted(set(m["modality"])):
         for split in ("train", "val", "test"):
-            ds = HiromlDataset(out, split=split, modality=modality)
+            ds = HiromlDataset(out, split=split, modality=modality, version=name)
             want = int(((m["modality"] == modality) & (m["split"] == split)).sum())
             if len(ds) != want:
                 bad.append(

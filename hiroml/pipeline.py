@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from hiroml import __version__
+from hiroml import __version__, faults
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
 from hiroml.errors import HiromlError
 from hiroml.linking import NEAR_DUPLICATE, GroupLink, LinkResult
@@ -45,6 +45,7 @@ from hiroml.records import (
 
 if TYPE_CHECKING:
     from hiroml.datamart import Discovery
+    from hiroml.versions import Published
 
 log = logging.getLogger(__name__)
 
@@ -532,6 +533,10 @@ class BuildSummary:
     config_hash: dict[str, str] = field(default_factory=dict)
     # What the shrink guard let through (hiroml.guard): empty when nothing was lost.
     shrink: dict[str, Any] = field(default_factory=dict)
+    version: str = ""  # the latest version after this build
+    published: bool = False  # False: the result equals the latest version, none published
+    split_moves: int = 0
+    versions_pruned: int = 0
 
     def lines(self) -> list[str]:
         split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
@@ -550,6 +555,7 @@ class BuildSummary:
             f"  patients per split: {split}",
             f"  time per stage: {stages}",
             *self._shrink_lines(),
+            *self._version_lines(),
         ]
 
     def _shrink_lines(self) -> list[str]:
@@ -563,6 +569,22 @@ class BuildSummary:
             f"of {s.get('previous_patients')} patients removed without an explanation; "
             f"batch folders gone: {gone}"
         ]
+
+    def _version_lines(self) -> list[str]:
+        if not self.version:
+            return []
+        head = (
+            f"  version {self.version} published"
+            if self.published
+            else f"  nothing changed since version {self.version}: no new version published"
+        )
+        tail = f"; {self.versions_pruned} old version(s) pruned" if self.versions_pruned else ""
+        moves = (
+            f"; {self.split_moves} patient(s) changed split (see the audit)"
+            if self.split_moves
+            else ""
+        )
+        return [head + moves + tail]
 
 
 class BuildError(HiromlError):
@@ -632,8 +654,14 @@ def _now() -> str:
 
 
 def _previous_splits(out: Path) -> dict[str, str]:
-    """patient id -> split in the last complete build (so that no patient changes split)."""
-    path = out / "manifest.parquet"
+    """patient id -> split in the latest version (so that no patient changes split)."""
+    from hiroml.versions import VersionError, tables_dir
+
+    try:
+        path = tables_dir(out)[0] / "manifest.parquet"
+    except (OSError, VersionError) as e:
+        log.warning("could not list the versions of %s (%s): splits start afresh", out, e)
+        return {}
     if not path.is_file():
         return {}
     try:
@@ -729,17 +757,107 @@ def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
             done[spec.task_id] = prev
     for result in run_tasks(todo, cfg.executor, progress=cfg.progress):
         done[result.task_id] = result
+        faults.point("after_shards")
     return [done[s.task_id] for s in specs]
 
 
-def _collect_garbage(out: Path, keep_shards: set[str], keep_tasks: set[str]) -> None:
-    """Delete shards and task records that the manifest just written no longer names."""
-    for p in (out / "shards").glob("*.h5*"):
-        if f"shards/{p.name}" not in keep_shards:
-            p.unlink(missing_ok=True)
-    for p in (out / STATE_DIR / "tasks").glob("*.json*"):
-        if p.name.removesuffix(".json") not in keep_tasks:
-            p.unlink(missing_ok=True)
+def _split_move_rows(
+    out: Path, exams: Sequence[Exam], split_of: Mapping[str, str], members: Mapping[str, list[str]]
+) -> list[AuditRow]:
+    """One audit row (``kept``, reason ``split moved``) per patient whose split differs from
+    the latest version's: its group was joined to patients of another split."""
+    from hiroml import splits
+    from hiroml.versions import SPLIT_MOVED
+
+    remapped = {
+        e.source_patient_id: e.patient_id for e in exams if e.source_patient_id != e.patient_id
+    }
+    rows = []
+    for m in splits.split_moves(split_of, members, _previous_splits(out)):
+        ids = [m.patient_id, *m.joined_with]
+        remaps = [f"{p} -> {remapped[p]}" for p in ids if p in remapped]
+        cause = (
+            f"the remap sheet maps {', '.join(remaps)}"
+            if remaps
+            else "a shared image (same SOP Instance UID or identical pixels) links them"
+        )
+        detail = (
+            f"patient {m.patient_id}: {m.from_split} -> {m.to_split}; group {m.patient_group} "
+            f"now joins it with {', '.join(m.joined_with) or 'patients of another split'} "
+            f"({cause}); a joined group takes the split nearest train"
+        )
+        log.warning("split moved: %s", detail)
+        rows.append(
+            AuditRow(
+                zip="",
+                batch="",
+                action=Action.KEPT,
+                reason=SPLIT_MOVED,
+                kept_as=m.patient_group,
+                detail=detail,
+            )
+        )
+    return rows
+
+
+def _publish(
+    cfg: BuildConfig,
+    out: Path,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    summary: BuildSummary,
+    found: Discovery,
+    results: Sequence[TaskResult],
+    orphan_advice: str,
+    *,
+    links: Sequence[GroupLink] = (),
+) -> Published:
+    """Publish the build as a version (:func:`hiroml.versions.publish`): its folder with the
+    report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
+    from hiroml import versions
+
+    def write_report(folder: Path, version: str, changes: str) -> None:
+        shown = dataclasses.replace(summary, version=version, published=True)
+        _write_report(
+            out,
+            manifest,
+            patients,
+            audit,
+            shown,
+            orphan_advice,
+            folder=folder,
+            changes=changes,
+            links=links,
+        )
+
+    build_info = {
+        "config": dataclasses.asdict(cfg),
+        "inputs": {
+            "batches": sorted(b.name for b in found.batches if b.status == "COMPLETE"),
+            "batches_skipped": sorted(b.name for b in found.batches if b.status != "COMPLETE"),
+            "zips": len(found.zips),
+            "instances": summary.instances,
+        },
+        "timings": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
+        "summary": {
+            k: v
+            for k, v in _jsonable_summary(summary).items()
+            if k not in ("version", "published", "versions_pruned")
+        },
+    }
+    return versions.publish(
+        out,
+        manifest,
+        patients,
+        audit,
+        write_report=write_report,
+        build_info=build_info,
+        keep=cfg.versions.keep,
+        live_shards=set(manifest["shard"]) | {s for r in results for s in r.shards},
+        live_tasks={r.task_id for r in results},
+        task_dir=out / STATE_DIR / "tasks",
+    )
 
 
 def _decode_pediatric_candidates(
@@ -854,8 +972,10 @@ def _assign_splits(
 ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """The split of every patient group, and each group's patient ids (current and source).
 
-    Groups keep the split any of their patients had in the previous build (no patient ever
-    changes split); optional stratification by a clinical label and test sequestration."""
+    Groups keep the split their patients had in the latest version; a group that joins
+    patients of different splits takes the split nearest train (train > val > test, see
+    :func:`hiroml.splits.inherited_splits`). Optional stratification by a clinical label and
+    test sequestration."""
     from hiroml import splits
 
     groups = sorted({group_of.get(e.patient_id, e.patient_id) for e in exams})
@@ -865,11 +985,7 @@ def _assign_splits(
     for e in exams:
         members.setdefault(group_of.get(e.patient_id, e.patient_id), []).append(e.source_patient_id)
     prev_by_id = _previous_splits(out)
-    previous: dict[str, str] = {}
-    for g in groups:
-        for p in sorted(members.get(g, [])):
-            if p in prev_by_id:
-                previous.setdefault(g, prev_by_id[p])
+    previous = splits.inherited_splits(groups, members, prev_by_id)
     test_ids = splits.load_test_ids(cfg.splits.test_list) if cfg.splits.test_list else set()
     strata = None
     if cfg.splits.stratify:
@@ -930,7 +1046,7 @@ def _build(
     """The build itself, under the output's lock (see :func:`run`)."""
     from hiroml import exams, guard, identity, linking, splits
     from hiroml.index import build_index
-    from hiroml.manifest import audit_frame, patients_frame, write_outputs
+    from hiroml.manifest import audit_frame, patients_frame
 
     summary.datamart, summary.output = str(root), str(out)
     t = time.perf_counter()
@@ -997,6 +1113,9 @@ def _build(
     summary.pixel_links = sum(k.kind == linking.SAME_PIXELS for k in linked.links)
     summary.near_duplicates = sum(k.kind == linking.NEAR_DUPLICATE for k in linked.links)
     split_of, members = _assign_splits(cfg, joined.exams, group_of, clinical, out)
+    moves = _split_move_rows(out, joined.exams, split_of, members)
+    audit += moves
+    summary.split_moves = len(moves)
     manifest = _manifest_frame(
         results,
         exam_by_key,
@@ -1037,20 +1156,26 @@ def _build(
     summary.shrink = guard.check_shrink(out, manifest, audit_df, _batches_read(found), cfg)
     summary.seconds = time.perf_counter() - t_start
     try:
-        _write_report(
-            out, manifest, patients, audit_df, summary, joined.orphan_advice, linked.links
+        published = _publish(
+            cfg,
+            out,
+            manifest,
+            patients,
+            audit_df,
+            summary,
+            found,
+            results,
+            joined.orphan_advice,
+            links=linked.links,
         )
-        write_outputs(out, manifest, patients, audit_df)
     except OSError as err:
         full = _disk_full(err, out, "writing the report and manifest")
         if full is None:
             raise
         raise full from err
-    _collect_garbage(
-        out,
-        set(manifest["shard"]) | {s for r in results for s in r.shards},
-        {r.task_id for r in results},
-    )
+    summary.version = published.version.name
+    summary.published = published.new
+    summary.versions_pruned = len(published.pruned.versions)
     _timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -1068,8 +1193,13 @@ def _write_report(
     audit: pd.DataFrame,
     summary: BuildSummary,
     orphan_advice: str,
+    *,
+    folder: Path | None = None,
+    changes: str = "",
     links: Sequence[GroupLink] = (),
 ) -> None:
+    """The report of a build, written into ``folder`` (default ``out``); thumbnails are
+    read from the shards under ``out``."""
     from hiroml import report
     from hiroml.shards import read_sample
 
@@ -1083,7 +1213,8 @@ def _write_report(
     if orphan_advice:
         info["orphans"] = orphan_advice
     report.write_report(
-        out,
+        folder or out,
+        changes=changes,
         manifest=manifest,
         patients=patients,
         audit=audit,

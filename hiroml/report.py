@@ -712,6 +712,7 @@ def render_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    changes: str = "",
     near_duplicates: pd.DataFrame | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`."""
@@ -719,6 +720,7 @@ def render_report(
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
         for a, t in (
+            *((("changes", "Changes"),) if changes else ()),
             ("counts", "Counts"),
             ("splits", "Splits"),
             ("errors", f"Errors ({n_errors})"),
@@ -732,6 +734,9 @@ def render_report(
     body = "".join(
         [
             _header(summary, n_errors),
+            _section("changes", "What changed since the previous version", changes)
+            if changes
+            else "",
             _counts(manifest, patients, audit),
             _balance(manifest, patients),
             _errors(audit),
@@ -775,6 +780,7 @@ def write_report(
     summary: Mapping[str, Any],
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
+    changes: str = "",
     near_duplicates: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, and return its path.
@@ -786,6 +792,8 @@ def write_report(
     in [0, 1], or uint8/uint16) or a CT volume numpy (z, y, x) in HU; without it the page
     has no thumbnails. ``max_thumbnails`` radiographs are shown per split, and
     ``max(1, max_thumbnails // 4)`` CT volumes per split (three mid-slices each).
+    ``changes`` (trusted HTML, from :func:`hiroml.versions.changes_html`) becomes the section
+    "What changed since the previous version", shown first.
     ``near_duplicates`` (:func:`near_duplicate_frame`) lists the near-duplicate pairs across
     patient groups, shown with both thumbnails side by side.
     The page is written to a temporary name then moved into place (``os.replace``).
@@ -799,6 +807,7 @@ def write_report(
         summary=summary,
         read_array=read_array,
         max_thumbnails=max_thumbnails,
+        changes=changes,
         near_duplicates=near_duplicates,
     )
     path = out_dir / REPORT_NAME

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -99,6 +100,63 @@ def assign_splits(
             out[g] = best
             c[best] += 1
     return out
+
+
+def nearest_train(values: Collection[str]) -> str | None:
+    """Of several splits, the one nearest train (train > val > test); None when none is a
+    split."""
+    known = [s for s in SPLITS if s in values]
+    return known[0] if known else None
+
+
+def inherited_splits(
+    groups: Sequence[str],
+    group_members: Mapping[str, Sequence[str]],
+    previous_by_id: Mapping[str, str],
+) -> dict[str, str]:
+    """The split each group inherits from its patients' splits in the previous version
+    (``previous_by_id``: patient id -> split). A group whose patients sat in different
+    splits (a late remap sheet or a shared image joined them) takes the split nearest train,
+    so that no image a model may have trained on ever enters a later val or test. Groups
+    with no previous patient are absent."""
+    out: dict[str, str] = {}
+    for g in groups:
+        seen = {previous_by_id[p] for p in group_members.get(g, ()) if p in previous_by_id}
+        best = nearest_train(seen)
+        if best is not None:
+            out[g] = best
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SplitMove:
+    """A patient of a group whose split differs from the split it had in the previous
+    version; ``joined_with`` are the group's patients that had another split."""
+
+    patient_group: str
+    patient_id: str
+    from_split: str
+    to_split: str
+    joined_with: tuple[str, ...]
+
+
+def split_moves(
+    split_of: Mapping[str, str],
+    group_members: Mapping[str, Sequence[str]],
+    previous_by_id: Mapping[str, str],
+) -> list[SplitMove]:
+    """Every patient whose split changed against ``previous_by_id``, group by group."""
+    moves = []
+    for g in sorted(split_of):
+        ids = sorted(set(group_members.get(g, ())))
+        now = split_of[g]
+        for p in ids:
+            was = previous_by_id.get(p)
+            if was is None or was == now:
+                continue
+            others = tuple(q for q in ids if previous_by_id.get(q, was) != was)
+            moves.append(SplitMove(g, p, was, now, others))
+    return moves
 
 
 def load_test_ids(path: Path | str) -> set[str]:

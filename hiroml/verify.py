@@ -13,6 +13,12 @@ default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.neardup`).
 
 Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
 from an interrupted or superseded build; samples in a shard that the manifest does not name.
+
+Versions (DESIGN.md section 4b): the tables checked are those of one published version,
+``--version V`` (default: the latest); ``--all`` checks every kept version, each shard it
+names included. Root tables that differ from the latest version's (a build interrupted while
+publishing; the next build repairs them) are a warning. Shards named by no kept version are
+a warning.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Findings:
     warnings: list[str] = field(default_factory=list)
     n_samples: int = 0
     n_shards: int = 0
+    version: str | None = None
 
 
 def _shape(v: object) -> tuple[int, ...] | None:
@@ -140,19 +147,35 @@ def examine(
     out_dir: Path | str,
     *,
     deep: bool = True,
+    version: str | int | None = None,
     strict: bool = False,
     near_threshold: float = DEFAULT_THRESHOLD,
 ) -> Findings:
-    """Errors and warnings of one output folder (see the module docstring). ``strict``:
-    near-duplicate radiographs in two splits are errors, not warnings."""
+    """Errors and warnings of one output folder, or of one of its versions (default: the
+    latest); see the module docstring. :class:`~hiroml.versions.VersionError` when
+    ``version`` does not exist. ``strict``: near-duplicate radiographs in two splits are
+    errors, not warnings."""
+    from hiroml.versions import MANIFEST, list_versions, tables_dir
+
     out = Path(out_dir)
-    found = Findings()
-    found.errors += check_contract(out)
-    if not (out / "manifest.parquet").exists():
+    where, name = tables_dir(out, version)
+    found = Findings(version=name)
+    found.errors += check_contract(out, version=name)
+    if not (where / MANIFEST).exists():
         return found
-    m = pd.read_parquet(out / "manifest.parquet")
+    kept = list_versions(out)
+    if name is not None and version is None and kept and kept[-1].name == name:
+        root = out / MANIFEST
+        if not root.is_file() or root.read_bytes() != (where / MANIFEST).read_bytes():
+            found.warnings.append(
+                f"the root tables are not those of the latest version {name} (a build was "
+                "interrupted while publishing): the next build repairs them"
+            )
+    m = pd.read_parquet(where / MANIFEST)
     found.n_samples = len(m)
     found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
+    near = near_duplicates_across_splits(m, threshold=near_threshold)
+    (found.errors if strict else found.warnings).extend(near)
     near = near_duplicates_across_splits(m, threshold=near_threshold)
     (found.errors if strict else found.warnings).extend(near)
     missing = [c for c in ("shard", "shard_sha256", "data_hash", "shape") if c not in m.columns]
@@ -164,6 +187,10 @@ def examine(
         named.add((out / str(shard)).resolve())
         _check_shard(out, str(shard), rows, deep, found)
     found.n_shards = len(named)
+    for v in kept:  # shards of the other kept versions are expected too
+        if v.name != name:
+            kept_m = pd.read_parquet(v.path / MANIFEST, columns=["shard"])
+            named |= {(out / str(s)).resolve() for s in kept_m["shard"].unique()}
     shard_dir = out / "shards"
     if shard_dir.is_dir():
         for p in sorted(shard_dir.rglob("*")):
@@ -176,13 +203,39 @@ def examine(
     return found
 
 
-def verify(out_dir: Path | str, *, deep: bool = True) -> list[str]:
-    """Every error that makes an output folder unsound; empty when it is sound."""
-    return examine(out_dir, deep=deep).errors
+def verify(
+    out_dir: Path | str, *, deep: bool = True, version: str | int | None = None
+) -> list[str]:
+    """Every error that makes an output folder (or one of its versions) unsound; empty when
+    it is sound."""
+    return examine(out_dir, deep=deep, version=version).errors
+
+
+def examine_all(
+    out_dir: Path | str,
+    *,
+    deep: bool = True,
+    strict: bool = False,
+    near_threshold: float = DEFAULT_THRESHOLD,
+) -> list[Findings]:
+    """:func:`examine` of every kept version, oldest first (of the root tables when the
+    output has no versions)."""
+    from hiroml.versions import list_versions
+
+    kept = list_versions(out_dir)
+    if not kept:
+        return [examine(out_dir, deep=deep, strict=strict, near_threshold=near_threshold)]
+    return [
+        examine(out_dir, deep=deep, version=v.name, strict=strict, near_threshold=near_threshold)
+        for v in kept
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hiroml-verify OUT [--quick]``: print the offenders and exit 1, or a summary and 0."""
+    """``hiroml-verify OUT [--quick] [--version V | --all]``: print the offenders and exit 1,
+    or a summary and 0."""
+    from hiroml.errors import HiromlError
+
     parser = argparse.ArgumentParser(prog="hiroml-verify", description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="a hiroml output folder")
     parser.add_argument(
@@ -200,21 +253,34 @@ def main(argv: list[str] | None = None) -> int:
         help="rank correlation of signatures from which two radiographs are near duplicates "
         f"(default {DEFAULT_THRESHOLD}, as splits.near_duplicate_threshold)",
     )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", help="the version to check (default: the latest)")
+    which.add_argument("--all", action="store_true", help="check every kept version")
     args = parser.parse_args(argv)
     if not 0.0 < args.near_threshold <= 1.0:
         parser.error(f"--near-threshold {args.near_threshold}: give a value in (0, 1]")
-    found = examine(
-        args.out, deep=not args.quick, strict=args.strict, near_threshold=args.near_threshold
-    )
-    for w in found.warnings:
-        print(f"warning: {w}")
-    for e in found.errors:
-        print(f"error: {e}")
-    if found.errors:
-        print(f"{args.out}: NOT sound, {len(found.errors)} error(s)")
+    near = {"strict": args.strict, "near_threshold": args.near_threshold}
+    try:
+        if args.all:
+            results = examine_all(args.out, deep=not args.quick, **near)
+        else:
+            results = [examine(args.out, deep=not args.quick, version=args.version, **near)]
+    except HiromlError as err:
+        print(f"hiroml-verify: {err}")
         return 1
-    print(
-        f"{args.out}: sound, {found.n_samples} samples in {found.n_shards} shards, "
-        f"{len(found.warnings)} warning(s)"
-    )
-    return 0
+    n_bad = 0
+    for found in results:
+        label = f"{args.out} version {found.version}" if found.version else str(args.out)
+        for w in found.warnings:
+            print(f"warning: {w}")
+        for e in found.errors:
+            print(f"error: {e}")
+        if found.errors:
+            n_bad += 1
+            print(f"{label}: NOT sound, {len(found.errors)} error(s)")
+        else:
+            print(
+                f"{label}: sound, {found.n_samples} samples in {found.n_shards} shards, "
+                f"{len(found.warnings)} warning(s)"
+            )
+    return 1 if n_bad else 0

@@ -1,5 +1,6 @@
-"""Hardening, tested on whole builds: the hostile corpus (tests/hostile.py), faults (SIGKILL,
-full disk, read-only datamart), determinism and privacy.
+"""Hardening, tested on whole builds: the hostile corpus (tests/hostile.py), faults (full
+disk, read-only datamart), determinism and privacy. Kills at named points of a build are in
+tests/test_versions.py.
 
 Every build here runs on the tiny synthetic datamart (seconds); the hostile corpus is added
 to a copy of it.
@@ -10,14 +11,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,36 +312,6 @@ def test_remap_sheet_that_is_not_a_spreadsheet_stops_the_build(
 
 
 # --------------------------------------------------------------------------- faults
-
-
-def test_builds_killed_at_random_points_resume_to_the_same_manifest(
-    tiny_datamart: tuple[Path, dict[str, Any]], normal: Path, tmp_path: Path
-) -> None:
-    """5 trials; in each the build is killed (SIGKILL) twice after a seeded random delay,
-    then run to the end: the manifest equals the uninterrupted one and verify passes."""
-    root, _ = tiny_datamart
-    rng = random.Random(7)
-    ref = (normal / "manifest.parquet").read_bytes()
-    killed = 0
-    for trial in range(5):
-        out = tmp_path / f"trial{trial}"
-        for _ in range(2):
-            proc = subprocess.Popen(
-                _cli(root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            time.sleep(rng.uniform(0.3, 3.0))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-            proc.wait()
-        done = subprocess.run(_cli(root, out), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert verify(out) == [], trial
-        pd.testing.assert_frame_equal(_frame(normal), _frame(out))
-        assert (out / "manifest.parquet").read_bytes() == ref
-        assert not list((out / "shards").glob("*.tmp")), "a leftover of a killed run stayed"
-    print(f"kill-and-resume: 5 trials, {killed} SIGKILLs landed, all resumed")
-    assert killed >= 5, killed  # most kills land before the build ends
 
 
 def _enospc(*args: Any, **kwargs: Any) -> Any:

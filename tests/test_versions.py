@@ -1,0 +1,508 @@
+"""Versions (DESIGN.md section 4b): publishing, readers bound to a version, pins and pruning,
+split moves, the diff and the kill points. Every build is of the tiny synthetic datamart."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from conftest import MakeCfg
+from torch.utils.data import DataLoader
+
+from hiroml import faults, pipeline, splits, versions
+from hiroml.dataset import HiromlDataset, load_sitk
+from hiroml.synth import _write_remap_sheet
+from hiroml.verify import examine_all, verify
+
+#: a second config that changes every task (radiographs and CT): every shard is replaced
+OTHER = ("cxr.size=[256,256]", "ct.min_slices=9")
+
+
+def _shards(out: Path, version: versions.Version) -> set[str]:
+    return set(pd.read_parquet(version.path / "manifest.parquet")["shard"])
+
+
+@pytest.fixture(scope="module")
+def history(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[pipeline.BuildSummary]]:
+    """One output built three times: the default config, the same again (nothing new), then
+    :data:`OTHER`."""
+    root, _ = tiny_datamart
+    out = tmp_path_factory.mktemp("history") / "out"
+    runs = [pipeline.run(make_cfg(root, out)) for _ in range(2)]
+    runs.append(pipeline.run(make_cfg(root, out, *OTHER)))
+    return out, runs
+
+
+def test_each_changed_build_publishes_a_version_and_a_rerun_none(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+) -> None:
+    out, (first, again, other) = history
+    kept = versions.list_versions(out)
+    assert [v.seq for v in kept] == [1, 2]
+    assert first.published and first.version == kept[0].name
+    assert not again.published and again.version == kept[0].name
+    assert "nothing changed since version" in "\n".join(again.lines())
+    assert other.published and other.version == kept[1].name
+    for v in kept:
+        assert v.name == f"{v.seq:04d}-{v.dataset_hash[:8]}"
+        assert v.dataset_hash == versions.dataset_hash(v.path / "manifest.parquet")
+        info = json.loads((v.path / "build.json").read_text())
+        assert info["dataset_hash"] == v.dataset_hash and info["samples"] == v.samples
+        assert info["config"]["versions"]["keep"] == 10
+        assert info["inputs"]["zips"] == first.zips and info["inputs"]["batches"]
+        assert set(info["timings"]) >= {"index", "convert"}
+        assert {"manifest.parquet", "patients.parquet", "audit.csv", "report.html"} <= {
+            p.name for p in v.path.iterdir()
+        }
+    # the root tables are the latest version's, byte for byte
+    for name in ("manifest.parquet", "patients.parquet", "audit.csv", "report.html"):
+        assert (out / name).read_bytes() == (kept[1].path / name).read_bytes(), name
+    assert json.loads((kept[1].path / "build.json").read_text())["previous"] == kept[0].name
+    assert [f.errors for f in examine_all(out)] == [[], []]
+    assert verify(out, version=1) == []
+
+
+def test_dataset_hash_ignores_row_and_column_order(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+) -> None:
+    out, _ = history
+    m = pd.read_parquet(out / "manifest.parquet")
+    h = versions.dataset_hash(out / "manifest.parquet")
+    assert versions.dataset_hash(m) == h
+    shuffled = m.sample(frac=1.0, random_state=3)[list(reversed(m.columns))]
+    assert versions.dataset_hash(shuffled) == h
+    changed = m.copy()
+    changed.loc[0, "split"] = "val" if changed.loc[0, "split"] != "val" else "test"
+    assert versions.dataset_hash(changed) != h
+
+
+def test_version_opens_an_older_version_after_newer_builds(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+) -> None:
+    out, _ = history
+    old, new = versions.list_versions(out)
+    ds_old = HiromlDataset(out, "train", version=old.seq)
+    ds_new = HiromlDataset(out, "train")
+    assert ds_old.version == old.name and ds_new.version == new.name
+    assert tuple(ds_old[0]["image"].shape) == (1, 512, 512)
+    assert tuple(ds_new[0]["image"].shape) == (1, 256, 256)
+    assert HiromlDataset(out, "train", version=old.name).keys == ds_old.keys
+    assert f"version={old.name!r}" in repr(ds_old)
+    ct_key = pd.read_parquet(old.path / "manifest.parquet").query("modality == 'ct'")["sample_key"]
+    img = load_sitk(out, ct_key.iloc[0], version=old.name)
+    assert img.GetSize()[0] > 0
+    with pytest.raises(versions.VersionError, match=r"no version '0099'.*versions kept: 0001-"):
+        HiromlDataset(out, "train", version="0099")
+
+
+def test_the_diff_and_the_report_say_what_changed(
+    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = history
+    old, new = versions.list_versions(out)
+    d = versions.diff(out, old.name, new.name)
+    m = pd.read_parquet(new.path / "manifest.parquet")
+    # same samples, radiographs with other pixels (cxr.size changed), no split move
+    assert d.samples_added == () and d.samples_removed == ()
+    assert set(d.samples_changed) == set(m.loc[m["modality"] == "cxr", "sample_key"])
+    assert d.moves == ()
+    assert versions.main([str(out), "--diff", "1", "2", "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json["samples_changed"] == list(d.samples_changed) and as_json["moves"] == []
+    page = (new.path / "report.html").read_text()
+    assert "What changed since the previous version" in page and old.name in page
+    first = (old.path / "report.html").read_text()
+    assert "is the first version of this output" in first
+
+
+def test_hiroml_versions_lists_newest_first_as_text_and_json(
+    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = history
+    old, new = versions.list_versions(out)
+    assert versions.main([str(out), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listed] == [new.name, old.name]
+    for v in listed:
+        assert {"version", "created", "samples", "patients", "dataset_hash", "pinned"} <= set(v)
+        assert v["pinned"] is False and v["samples"] > 0 and v["patients"] > 0
+    assert versions.main([str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.index(new.name) < text.index(old.name)
+    assert versions.main([str(out), "--pin", "7"]) == 1
+    assert "no version '7'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_reader_survives_a_rebuild_that_replaces_every_shard(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    workers: int,
+) -> None:
+    """Forked DataLoader workers read the whole epoch across the rebuild; a spawned worker
+    gets the Dataset pickled, which is checked after the rebuild (keys and version travel
+    with it: the manifest is never read again)."""
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    pipeline.run(make_cfg(root, out))
+    ds = HiromlDataset(out, "train")
+    extra: dict[str, Any] = {"prefetch_factor": 1} if workers else {}
+    it = iter(DataLoader(ds, batch_size=1, num_workers=workers, **extra))
+    keys = [next(it)["sample_key"][0]]
+    pipeline.run(make_cfg(root, out, *OTHER))  # the weekly build, meanwhile
+    old, new = versions.list_versions(out)
+    assert ds.version == old.name
+    assert not _shards(out, old) & _shards(out, new), "the rebuild kept a shard"
+    keys += [b["sample_key"][0] for b in it]
+    assert keys == ds.keys and len(keys) > 3
+    spawned = pickle.loads(pickle.dumps(ds))  # what a spawned worker receives
+    assert spawned.version == old.name and spawned.keys == ds.keys
+    again = [spawned[i]["image"] for i in range(len(spawned))]
+    assert all(tuple(x.shape) == (1, 512, 512) for x in again)
+
+
+def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    pipeline.run(make_cfg(root, out, "cxr.size=[128,128]"))
+    v1, v2, v3 = versions.list_versions(out)
+    s1, s2, s3 = (_shards(out, v) for v in (v1, v2, v3))
+    assert versions.main([str(out), "--pin", v1.name, "--note", "paper"]) == 0
+    assert versions.main([str(out), "--prune", "--keep", "1"]) == 0
+    assert "pruned 1 version(s) (" + v2.name in capsys.readouterr().out
+    assert [v.name for v in versions.list_versions(out)] == [v1.name, v3.name]
+    assert versions.find_version(out, v1.name).pinned  # type: ignore[union-attr]
+    assert all((out / s).is_file() for s in s1 | s3)
+    assert not any((out / s).exists() for s in s2 - s1 - s3)
+    assert [f.errors for f in examine_all(out)] == [[], []]
+    # unpinned, the next build (nothing new) prunes it to versions.keep, its shards too
+    assert versions.main([str(out), "--unpin", "1"]) == 0
+    done = pipeline.run(make_cfg(root, out, "cxr.size=[128,128]", "versions.keep=1"))
+    assert not done.published and done.versions_pruned == 1
+    assert [v.name for v in versions.list_versions(out)] == [v3.name]
+    on_disk = {f"shards/{p.name}" for p in (out / "shards").glob("*.h5")}
+    assert on_disk == s3
+    # shard writer records and task records of removed shards went with them: what is
+    # left is the records of the latest build's tasks
+    tasks = {p.stem for p in (out / ".hiroml" / "tasks").glob("*.json")}
+    writers = {p.name.removesuffix(".done.json") for p in (out / "shards").glob("*.done.json")}
+    assert writers == tasks and len(tasks) == done.tasks
+    assert verify(out) == []
+
+
+def _single_patients(m: pd.DataFrame, split: str, remap: dict[str, str]) -> list[str]:
+    taken = set(remap) | set(remap.values())
+    sizes = m.groupby("patient_group")["patient_id"].nunique()
+    rows = m[(m["split"] == split) & (m["patient_id"] == m["source_patient_id"])]
+    return sorted(
+        p
+        for p, g in zip(rows["patient_id"], rows["patient_group"], strict=True)
+        if p not in taken and sizes[g] == 1
+    )
+
+
+def test_a_late_remap_joining_train_and_test_keeps_both_in_train_and_says_so(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    root, truth = tiny_datamart
+    dm = tmp_path / "dm"
+    shutil.copytree(root, dm)
+    out = tmp_path / "out"
+    pipeline.run(make_cfg(dm, out))
+    m1 = pd.read_parquet(out / "manifest.parquet")
+    in_train, in_test = (
+        _single_patients(m1, "train", truth["remap"])[0],
+        _single_patients(m1, "test", truth["remap"])[0],
+    )
+    # next week's remap sheet: the test patient is an old id of the train patient
+    _write_remap_sheet(dm / truth["remap_sheet"], {**truth["remap"], in_test: in_train})
+    week2 = pipeline.run(make_cfg(dm, out))
+    assert week2.published and week2.split_moves == 1
+    m2 = pd.read_parquet(out / "manifest.parquet")
+    both = m2[m2["source_patient_id"].isin([in_train, in_test])]
+    assert set(both["split"]) == {"train"} and set(both["patient_id"]) == {in_train}
+    audit = pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False)
+    moved = audit[audit["reason"] == versions.SPLIT_MOVED]
+    assert len(moved) == 1 and set(moved["action"]) == {"kept"}
+    detail = moved["detail"].iloc[0]
+    assert f"patient {in_test}: test -> train" in detail
+    assert f"remap sheet maps {in_test} -> {in_train}" in detail
+    old, new = versions.list_versions(out)
+    d = versions.diff(out, old.name, new.name)
+    assert [(x.patient_id, x.from_split, x.to_split) for x in d.moves] == [
+        (in_test, "test", "train")
+    ]
+    assert "remap sheet" in d.moves[0].reason
+    page = (new.path / "report.html").read_text()
+    assert "Split moves (1)" in page and in_test in page
+    assert verify(out) == []
+
+
+def test_a_joined_group_takes_the_split_nearest_train() -> None:
+    members = {"g": ["a", "b"], "h": ["c", "d"], "k": ["e"], "n": ["new"]}
+    prev = {"a": "test", "b": "train", "c": "test", "d": "val", "e": "test"}
+    assert splits.inherited_splits(["g", "h", "k", "n"], members, prev) == {
+        "g": "train",
+        "h": "val",
+        "k": "test",
+    }
+    moves = splits.split_moves({"g": "train", "h": "val", "k": "test"}, members, prev)
+    assert [(m.patient_id, m.from_split, m.to_split, m.joined_with) for m in moves] == [
+        ("a", "test", "train", ("b",)),
+        ("c", "test", "val", ("d",)),
+    ]
+
+
+def test_an_output_of_the_first_release_upgrades_to_version_one(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+) -> None:
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    shutil.rmtree(out / "versions")  # what the first release left: root tables only
+    ds = HiromlDataset(out, "train")
+    assert ds.version is None and len(ds) > 0
+    assert verify(out) == []
+    done = pipeline.run(make_cfg(root, out, *OTHER))
+    (v,) = versions.list_versions(out)
+    assert done.published and v.seq == 1
+    assert v.dataset_hash == versions.list_versions(history[0])[-1].dataset_hash
+    assert "Nothing changed since the root tables" in (v.path / "report.html").read_text()
+
+
+# --------------------------------------------------------------------------- kill points
+
+
+def _cli(root: Path, out: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hiroml",
+        f"paths.datamart={root}",
+        f"paths.output={out}",
+        "progress=false",
+        "executor.workers=1",
+        *overrides,
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    """Uninterrupted histories: the default build, then :data:`OTHER` (keep 10, and keep 1)."""
+    root, _ = tiny_datamart
+    base = tmp_path_factory.mktemp("kill-ref")
+    pipeline.run(make_cfg(root, base / "first"))
+    for keep in (10, 1):
+        shutil.copytree(base / "first", base / f"keep{keep}")
+        pipeline.run(make_cfg(root, base / f"keep{keep}", *OTHER, f"versions.keep={keep}"))
+    return {"first": base / "first", "keep10": base / "keep10", "keep1": base / "keep1"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "keep"),
+    [("after_shards:2", 10), ("before_root_tables", 10), ("during_prune", 1)],
+)
+def test_a_build_killed_at_a_named_point_resumes_to_what_an_uninterrupted_build_publishes(
+    reference: dict[str, Path],
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    fault: str,
+    keep: int,
+) -> None:
+    root, _ = tiny_datamart
+    ref = reference[f"keep{keep}"]
+    out = tmp_path / "out"
+    shutil.copytree(reference["first"], out)
+    (previous,) = versions.list_versions(out)
+    env = {**os.environ, faults.ENV: fault}
+    killed = subprocess.run(
+        _cli(root, out, *OTHER, f"versions.keep={keep}"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == faults.EXIT_CODE, killed.stderr
+    kept = versions.list_versions(out)
+    if fault.startswith("after_shards"):  # killed while converting: nothing published
+        assert kept == [previous]
+    elif fault == "before_root_tables":  # the new version is whole, the root still the old
+        assert len(kept) == 2
+        assert (out / "manifest.parquet").read_bytes() == (
+            previous.path / "manifest.parquet"
+        ).read_bytes()
+    else:  # killed while pruning the previous version
+        assert previous.name not in {v.name for v in kept} and len(kept) == 1
+    # the output stays readable throughout: the previous version while it is kept, and
+    # whatever the root and latest version are
+    if keep > 1:
+        assert verify(out, version=previous.name) == []
+        ds = HiromlDataset(out, None, version=previous.name)
+        assert [ds[i]["sample_key"] for i in range(len(ds))] == ds.keys
+    assert [f.errors for f in examine_all(out)] == [[]] * len(versions.list_versions(out))
+    latest = HiromlDataset(out, None)
+    assert len([latest[i] for i in range(len(latest))]) == len(latest) > 0
+    # the re-run publishes exactly what the uninterrupted build published
+    pipeline.run(make_cfg(root, out, *OTHER, f"versions.keep={keep}"))
+    want = [(v.name, v.dataset_hash) for v in versions.list_versions(ref)]
+    assert [(v.name, v.dataset_hash) for v in versions.list_versions(out)] == want
+    assert (out / "manifest.parquet").read_bytes() == (ref / "manifest.parquet").read_bytes()
+    on_disk = sorted(p.name for p in (out / "shards").iterdir())
+    assert on_disk == sorted(p.name for p in (ref / "shards").iterdir())
+    assert not list((out / "versions").glob(".*")), "a hidden leftover stayed"
+    assert verify(out) == []
+
+
+def test_fault_spec_is_checked() -> None:
+    assert faults.parse("after_shards:3") == ("after_shards", 3)
+    assert faults.parse("during_prune") == ("during_prune", 1)
+    with pytest.raises(ValueError, match="must be one of"):
+        faults.parse("somewhere")
+    with pytest.raises(ValueError, match="whole number"):
+        faults.parse("after_shards:x")
+
+
+def test_readers_ignore_a_half_written_version_folder(
+    history: tuple[Path, list[pipeline.BuildSummary]], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    latest = versions.list_versions(out)[-1]
+    (out / "versions" / ".0003-deadbeef.tmp").mkdir()  # a publish killed half way
+    (out / "versions" / "0004-deadbeef").mkdir()  # no manifest: not complete
+    assert versions.find_version(out).name == latest.name  # type: ignore[union-attr]
+    assert HiromlDataset(out, "train").version == latest.name
+    assert torch.is_tensor(HiromlDataset(out, "train")[0]["image"])
+    versions.prune(out, 10)  # beside a build: leaves what a build may be writing
+    assert (out / "versions" / ".0003-deadbeef.tmp").is_dir()
+    versions.prune(out, 10, sweep=True)  # a build, holding the output, clears it
+    assert not (out / "versions" / ".0003-deadbeef.tmp").exists()
+
+
+def test_the_changes_section_escapes_what_it_shows() -> None:
+    move = versions.SplitMove("<b>1</b>", "g<1>", "test", "train", "remap <sheet>")
+    d = versions.VersionDiff(
+        a="0001-aaaaaaaa",
+        b="0002-bbbbbbbb",
+        samples_added=("k<1>",),
+        samples_removed=(),
+        samples_changed=(),
+        columns_changed={"icu": 2},
+        patients_added=("<b>1</b>",),
+        patients_removed=("<i>2</i>",),
+        added_per_split={"train": {"patients": 1, "samples": 1}},
+        decisions=(versions.DecisionChange("B", "z<1>.zip", "", "error: bad <tag>"),),
+        moves=(move,),
+    )
+    page = versions.changes_html(d)
+    assert "<b>1</b>" not in page and "&lt;b&gt;1&lt;/b&gt;" in page
+    assert "remap &lt;sheet&gt;" in page and "Split moves (1)" in page
+    assert "Decisions that changed (1)" in page and "(absent)" in page
+    assert "icu: 2" in page
+    assert any("test -> train: remap <sheet>" in line for line in d.lines())
+
+
+def test_a_build_whose_shards_vanished_publishes_nothing(
+    history: tuple[Path, list[pipeline.BuildSummary]], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    before = versions.list_versions(out)
+    m = pd.read_parquet(out / "manifest.parquet")
+    m.loc[0, "split"] = "val" if m.loc[0, "split"] != "val" else "test"  # a new dataset
+    (out / m.loc[0, "shard"]).unlink()
+    with pytest.raises(versions.VersionError, match="vanished while it ran"):
+        versions.publish(
+            out,
+            m,
+            pd.read_parquet(out / "patients.parquet"),
+            pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False),
+            write_report=lambda *a: None,
+            build_info={},
+            keep=10,
+        )
+    assert versions.list_versions(out) == before
+
+
+def test_hiroml_verify_checks_one_version_or_all(
+    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hiroml.verify import main as verify_main
+
+    out, _ = history
+    old, new = versions.list_versions(out)
+    assert verify_main([str(out), "--all", "--quick"]) == 0
+    text = capsys.readouterr().out
+    assert f"version {old.name}: sound" in text and f"version {new.name}: sound" in text
+    assert verify_main([str(out), "--version", "1", "--quick"]) == 0
+    assert f"version {old.name}: sound" in capsys.readouterr().out
+    assert verify_main([str(out), "--version", "0009"]) == 1
+    assert "no version '0009'" in capsys.readouterr().out
+
+
+def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
+    history: tuple[Path, list[pipeline.BuildSummary]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hiroml.lock import build_lock
+
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    before = versions.list_versions(out)
+    # the build lock is held by another process (a build running beside the prune)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from hiroml.lock import build_lock\n"
+            f"with build_lock({str(out)!r}):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert versions.main([str(out), "--prune", "--keep", "1"]) == versions.EXIT_LOCKED
+        err = capsys.readouterr().err
+        assert "hiroml-versions:" in err and "Traceback" not in err
+        assert versions.list_versions(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with build_lock(out):  # free again
+        pass
+    assert versions.main([str(out), "--prune", "--keep", "1"]) == 0
+    assert [v.name for v in versions.list_versions(out)] == [before[-1].name]
