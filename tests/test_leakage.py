@@ -338,7 +338,8 @@ def _planted(out: Path, tmp_path: Path, plant: Callable[[pd.DataFrame, int, int]
     m = pd.read_parquet(planted / "manifest.parquet")
     a, b = _one_per_split(m)
     plant(m, a, b)
-    m.to_parquet(planted / "manifest.parquet")
+    for path in planted.rglob("manifest.parquet"):  # the root tables and the versions'
+        m.to_parquet(path)
     return planted
 
 
