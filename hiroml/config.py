@@ -79,6 +79,7 @@ class CxrConfig:
     dtype: str = "float16"  # float16 | uint8 | uint16
     views: List[str] = field(default_factory=lambda: ["frontal"])  # frontal, lateral, unknown
     drop_derived: bool = True  # drop ImageType DERIVED/SECONDARY and Modality OT/SC
+    keep_for_processing: bool = False  # keep DX "for processing" raw detector images
 
     def __post_init__(self) -> None:
         _check_choice("cxr", "normalization", self.normalization, ("voi", "percentile", "minmax"))

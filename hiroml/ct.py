@@ -37,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from hiroml import dicom
+from hiroml import dicom, enhanced
 from hiroml.config import CtConfig
 from hiroml.errors import BadInputError, DecodeError, GeometryError, HiromlError
 from hiroml.records import Action, CtVolume, Exam, Instance, Problem
@@ -57,10 +57,7 @@ __all__ = [
 
 STAGE = "ct"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-_ENHANCED_CT = {
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
+_ENHANCED_CT = enhanced.ENHANCED_CT  # their frames are slices: see hiroml.enhanced
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC and its multi-frame variants
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # structured reports, dose SR included
 _UNCOMPRESSED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -98,9 +95,12 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
             f"secondary capture / screen save ((0008,0016) SOP Class UID {sop_class or '?'}, "
             f"(0008,0060) Modality {inst.modality or '?'}, (0008,0008) Image Type {it_text})"
         )
-    if sop_class in _ENHANCED_CT:
-        return f"{_ENHANCED_CT[sop_class]} (multi-frame) is not supported"
-    if sop_class and sop_class != CT_IMAGE_STORAGE:
+    if enhanced.is_enhanced_ct(inst):
+        return (
+            f"{_ENHANCED_CT[sop_class]} (multi-frame) not expanded into its frames "
+            "(hiroml.enhanced.expand)"
+        )
+    if sop_class and sop_class != CT_IMAGE_STORAGE and sop_class not in _ENHANCED_CT:
         return f"(0008,0016) SOP Class UID {sop_class} is not CT Image Storage"
     if inst.modality and inst.modality != "CT":
         return f"(0008,0060) Modality {inst.modality} is not CT"
@@ -110,7 +110,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
         (len(itype) > 0 and itype[0] == "DERIVED") or (len(itype) > 1 and itype[1] == "SECONDARY")
     ):
         return f"derived / secondary image ((0008,0008) Image Type {it_text}; ct.drop_derived)"
-    if inst.number_of_frames > 1:
+    if inst.number_of_frames > 1 and inst.frame is None:
         return f"multi-frame image ((0028,0008) Number of Frames {inst.number_of_frames})"
     if inst.samples_per_pixel != 1 or (
         inst.photometric and not inst.photometric.startswith("MONOCHROME")
@@ -995,6 +995,9 @@ def build_volume(
     def raw_of(i: int) -> tuple[np.ndarray, _PixelDesc, Dataset]:
         inst, ds = slices[i]
         label = f"{inst.zip}:{inst.member}"
+        if inst.frame is not None:  # a frame of an enhanced instance: rescale from its record
+            desc = _PixelDesc.of_instance(inst, ds)
+            return _frame_raw(inst, inst.frame, ds, label), desc, ds
         desc = _PixelDesc.of_dataset(ds)
         return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
 
@@ -1007,11 +1010,20 @@ def build_volume(
     ).volume
 
 
+def _frame_raw(inst: Instance, frame: int, ds: Dataset, label: str) -> np.ndarray:
+    return enhanced.frame_pixels(ds, frame, rows=inst.rows, cols=inst.columns, label=label)
+
+
 def _read_dataset(data: bytes, label: str) -> Dataset:
     try:
         return dicom.parse(data, label=label).dataset
     except BadInputError as e:
         raise DecodeError(str(e)) from e
+
+
+def _slice_name(inst: Instance) -> str:
+    """The SOP Instance UID, and the frame (1-based) for a frame of a multi-frame instance."""
+    return inst.sop_uid if inst.frame is None else f"{inst.sop_uid} frame {inst.frame + 1}"
 
 
 def convert_series(
@@ -1023,15 +1035,28 @@ def convert_series(
     the preallocated volume one at a time, so memory stays within about two volumes. For
     speed, the pixel attributes (size, bits, Pixel Representation, transfer syntax, Rescale
     Slope/Intercept) come from the index record of the same member, not from the dataset.
+    The frames of an (Legacy Converted) Enhanced CT instance (records from
+    :func:`hiroml.enhanced.expand`) are decoded from one reading of their member.
     Slices left out (duplicates) come back as DROPPED problems. Raises
     :class:`GeometryError`, :class:`DecodeError` or another :class:`HiromlError` from ``read``
     (e.g. a zip safety cap)."""
 
     decoders: Counter[str] = Counter()
+    # Enhanced members, each read once and before the volume is allocated: the inflated bytes
+    # are gone by then, so the peak stays at two volumes (parsed frames + volume).
+    multi_frame: dict[tuple[str, str], Dataset] = {}
+    for inst in series:
+        key = (inst.rel_zip, inst.member)
+        if inst.frame is not None and key not in multi_frame:
+            multi_frame[key] = _read_dataset(read(inst), f"{inst.zip}:{inst.member}")
 
     def raw_of(i: int) -> tuple[np.ndarray, _PixelDesc, Dataset]:
         inst = series[i]
         label = f"{inst.zip}:{inst.member}"
+        if inst.frame is not None:
+            ds = multi_frame[(inst.rel_zip, inst.member)]
+            raw = _frame_raw(inst, inst.frame, ds, label)
+            return raw, _PixelDesc.of_instance(inst, ds), ds
         ds = _read_dataset(read(inst), label)
         desc = _PixelDesc.of_instance(inst, ds)
         decoded = _decode_slice(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
@@ -1046,7 +1071,7 @@ def convert_series(
             batch=inst.batch,
             member=inst.member,
             stage=STAGE,
-            reason=f"series {inst.series_uid}: instance {inst.sop_uid}: {why}",
+            reason=f"series {inst.series_uid}: instance {_slice_name(inst)}: {why}",
             action=Action.DROPPED,
         )
         for inst, why in built.dropped
@@ -1059,7 +1084,10 @@ def _slice_hu(inst: Instance, read: Callable[[Instance], bytes]) -> np.ndarray:
     label = f"{inst.zip}:{inst.member}"
     ds = _read_dataset(read(inst), label)
     desc = _PixelDesc.of_instance(inst, ds)
-    raw = _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
+    if inst.frame is not None:  # a frame of an enhanced instance
+        raw = _frame_raw(inst, inst.frame, ds, label)
+    else:
+        raw = _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
     return _hu_float(raw, desc, ds)
 
 
@@ -1140,7 +1168,10 @@ def convert_exam(
     (``CtVolume.stitched_series``, ``seams_mm``, ``seam_slices``) and comes with a MERGED
     problem per joined part.
     """
-    selected, problems = select_series(exam.instances, dataclasses.replace(cfg, series="all"))
+    # (Legacy Converted) Enhanced CT: each frame becomes a slice record before selection
+    instances, problems = enhanced.expand(exam.instances, read)
+    selected, left_out = select_series(instances, dataclasses.replace(cfg, series="all"))
+    problems.extend(left_out)
     plan = plan_scans(
         selected,
         lambda a, b: pixels_differ(a, b, lambda i: _slice_hu(i, read), cfg.stitch_atol_hu),

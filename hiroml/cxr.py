@@ -12,7 +12,8 @@ Interpretation. :func:`convert_instance` runs the chain for one instance and rec
 provenance; :func:`convert_exam` runs it over an exam, turning every dropped object and every
 bad image into a :class:`~hiroml.records.Problem` while the other images go on.
 
-Only the first frame of a multi-frame object is converted (radiographs have one).
+Every frame of a multi-frame radiograph is converted (:func:`convert_frames`), each one a
+sample of its own; a frame that cannot be decoded is a problem naming the frame.
 
 Speed (see ``benchmarks/bench_cxr.py``): uncompressed pixels are viewed with
 :func:`numpy.frombuffer`; JPEG lossless is decoded by libjpeg-turbo through ``imagecodecs``
@@ -36,6 +37,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
 from pydicom.pixels.processing import apply_voi as _pydicom_voi
+from pydicom.uid import (
+    DigitalIntraOralXRayImageStorageForProcessing,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForProcessing,
+)
 
 from hiroml import dicom
 from hiroml.config import CxrConfig
@@ -71,17 +77,39 @@ _NON_IMAGE_MODALITIES = frozenset(
     {"SR", "PR", "KO", "DOC", "REG", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG", "AU", "PLAN"}
 )
 _SECONDARY_MODALITIES = frozenset({"OT", "SC"})
+# Raw detector data that no radiologist reads: the "for processing" twin of a "for
+# presentation" image of the same exposure (PS3.3 A.26, (0008,0068) Presentation Intent Type).
+_FOR_PROCESSING_SOP_CLASSES = frozenset(
+    {
+        DigitalXRayImageStorageForProcessing,
+        DigitalMammographyXRayImageStorageForProcessing,
+        DigitalIntraOralXRayImageStorageForProcessing,
+    }
+)
+FOR_PROCESSING = "FOR PROCESSING"
 
 
 _uid_label = dicom.uid_label
 
 
-def keep_reason(inst: Instance, *, drop_derived: bool) -> str | None:
+def is_for_processing(sop_class_uid: str, presentation_intent: str) -> bool:
+    """Whether an image is raw detector data "for processing": a (0008,0016) SOP Class UID of
+    the DX, mammography or intra-oral "For Processing" storage classes, or (0008,0068)
+    Presentation Intent Type ``FOR PROCESSING``."""
+    intent = presentation_intent.strip().upper()
+    return sop_class_uid in _FOR_PROCESSING_SOP_CLASSES or intent == FOR_PROCESSING
+
+
+def keep_reason(
+    inst: Instance, *, drop_derived: bool, keep_for_processing: bool = False
+) -> str | None:
     """Why an instance is not a radiograph to keep, from its header alone; ``None`` to keep.
 
     Dropped always: no (7FE0,0010) Pixel Data, and non-image (0008,0016) SOP Class UIDs
     (structured and dose reports, presentation states, key objects, waveforms, encapsulated
-    documents...) or a non-image (0008,0060) Modality (SR, PR, KO, DOC...). Dropped when
+    documents...) or a non-image (0008,0060) Modality (SR, PR, KO, DOC...). Dropped unless
+    ``keep_for_processing``: "for processing" images (:func:`is_for_processing`), raw detector
+    data kept beside the "for presentation" image of the same exposure. Dropped when
     ``drop_derived``: Secondary Capture SOP classes, Modality OT/SC (screen saves), and
     (0008,0008) Image Type whose value 2 is SECONDARY (DERIVED\\SECONDARY). DERIVED\\PRIMARY is
     kept: many computed radiography units label their processed images so.
@@ -95,6 +123,13 @@ def keep_reason(inst: Instance, *, drop_derived: bool) -> str | None:
         return f"non-image object: Modality={modality} (SOP Class {_uid_label(sop)})"
     if not inst.has_pixels:
         return f"no pixel data (SOP Class {_uid_label(sop)}, Modality={modality or '?'})"
+    if not keep_for_processing and is_for_processing(sop, inst.presentation_intent):
+        intent = inst.presentation_intent.strip().upper()
+        evidence = f"PresentationIntentType={intent}, " if intent else ""
+        return (
+            f"for processing: raw detector data, not a radiograph to read ({evidence}"
+            f"SOP Class {_uid_label(sop)}); cxr.keep_for_processing=true keeps it"
+        )
     if not drop_derived:
         return None
     if sop == _SECONDARY_CAPTURE_PREFIX or sop.startswith(_SECONDARY_CAPTURE_PREFIX + "."):
@@ -188,6 +223,14 @@ _transfer_syntax = dicom.transfer_syntax
 _fix_bits = dicom.fix_bits
 
 
+def number_of_frames(ds: Dataset) -> int:
+    """(0028,0008) Number of Frames; 1 when absent, empty or not a positive number."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 def decode_frame(ds: Dataset, *, frame: int = 0) -> dicom.Decoded:
     """:func:`decode`, with the name of the decoder that produced the values."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
@@ -198,9 +241,9 @@ def decode_frame(ds: Dataset, *, frame: int = 0) -> dicom.Decoded:
 
 
 def decode(ds: Dataset, *, frame: int = 0) -> np.ndarray:
-    """The stored values of frame ``frame`` (0-based; radiographs have one): (rows, columns),
-    or (rows, columns, 3) for colour, as an integer numpy array (signed when (0028,0103)
-    Pixel Representation is 1, only the (0028,0101) Bits Stored bits kept).
+    """The stored values of frame ``frame`` (0-based, below (0028,0008) Number of Frames):
+    (rows, columns), or (rows, columns, 3) for colour, as an integer numpy array (signed when
+    (0028,0103) Pixel Representation is 1, only the (0028,0101) Bits Stored bits kept).
 
     The decoder per (0002,0010) Transfer Syntax UID is the one :data:`hiroml.dicom.SYNTAXES`
     pins (uncompressed by :func:`numpy.frombuffer`, JPEG by libjpeg-turbo, JPEG-LS by CharLS,
@@ -325,6 +368,7 @@ def apply_voi(
     index: int = 0,
     fallback_percentiles: tuple[float, float] = (0.5, 99.5),
     rescale: tuple[float, float] | None = None,
+    padding: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
     """Modality values -> [0, 1] float32 by the header's VOI, and what was applied.
 
@@ -337,6 +381,10 @@ def apply_voi(
     With ``rescale`` = (slope > 0, intercept), ``arr`` holds stored values and the modality
     rescale is folded in (see :func:`apply_window`): same result as
     ``apply_voi(apply_modality(arr, ds), ds)`` in one pass.
+
+    ``padding`` (a boolean mask of ``arr``'s shape, see :func:`padding_mask`) leaves the
+    padded pixels out of everything derived from the data: the fallback percentiles and the
+    top of a VOI LUT's output range.
     """
     seq = ds.get("VOILUTSequence", None)
     if seq:
@@ -348,7 +396,8 @@ def apply_voi(
         if arr.dtype.kind == "f":  # LUT indices: modality values are integers here
             arr = np.rint(arr).astype(np.int32)
         out = np.asarray(_pydicom_voi(arr, ds, index=i), dtype=np.float32)
-        top = float(max(2**bits - 1, float(out.max()) if out.size else 1.0, 1.0))
+        inside = out if padding is None else out[~padding]
+        top = float(max(2**bits - 1, float(inside.max()) if inside.size else 1.0, 1.0))
         np.multiply(out, np.float32(1.0 / top), out=out)
         explanation = str(item.get("LUTExplanation", "") or "").strip()
         return out, f"voi_lut({i + 1}/{len(seq)}{', ' + explanation if explanation else ''})"
@@ -366,7 +415,7 @@ def apply_voi(
         logger.info("unusable window c=%s w=%s: percentile instead", center, width)
     lo, hi = fallback_percentiles  # invariant under a positive rescale
     return (
-        normalize_percentile(arr, lo=lo, hi=hi),
+        normalize_percentile(arr, lo=lo, hi=hi, padding=padding),
         f"percentile({lo:g},{hi:g}) (no VOI in header)",
     )
 
@@ -417,16 +466,66 @@ def percentiles(arr: np.ndarray, qs: Sequence[float]) -> list[float]:
     return out
 
 
-def normalize_percentile(arr: np.ndarray, *, lo: float, hi: float) -> np.ndarray:
+def normalize_percentile(
+    arr: np.ndarray, *, lo: float, hi: float, padding: np.ndarray | None = None
+) -> np.ndarray:
     """Clip to the ``lo``-th and ``hi``-th percentiles (0-100) and scale to [0, 1] float32.
-    Percentiles are exact (numpy's linear method), from a histogram for integer data."""
-    p_lo, p_hi = percentiles(arr, (lo, hi))
+    Percentiles are exact (numpy's linear method), from a histogram for integer data, over
+    the pixels outside ``padding`` (a boolean mask, see :func:`padding_mask`) when given."""
+    p_lo, p_hi = percentiles(_unpadded(arr, padding), (lo, hi))
     return _affine01(arr, p_lo, p_hi)
 
 
-def normalize_minmax(arr: np.ndarray) -> np.ndarray:
-    """Scale the full range of ``arr`` to [0, 1] float32 (all zeros for a constant image)."""
-    return _affine01(arr, float(arr.min()), float(arr.max()))
+def normalize_minmax(arr: np.ndarray, *, padding: np.ndarray | None = None) -> np.ndarray:
+    """Scale the range of ``arr`` (outside ``padding`` when given) to [0, 1] float32 (all
+    zeros for a constant image)."""
+    inside = _unpadded(arr, padding)
+    return _affine01(arr, float(inside.min()), float(inside.max()))
+
+
+def _unpadded(arr: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
+    """The pixels of ``arr`` outside the ``padding`` mask (1-D), or ``arr`` without one."""
+    return arr if padding is None else arr[~padding]
+
+
+def _padding_value(ds: Dataset, keyword: str, arr: np.ndarray) -> int | None:
+    """An (0028,0120)/(0028,0121) value as a number comparable with the stored values in
+    ``arr``: a value written unsigned for signed pixels is read as two's complement."""
+    try:
+        value = int(ds[keyword].value)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if arr.dtype.kind == "i" and value > np.iinfo(arr.dtype).max:
+        value -= 1 << (8 * arr.dtype.itemsize)
+    return value
+
+
+def padding_mask(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Where the stored values ``arr`` (one channel, (rows, columns)) are padding, not image.
+
+    (0028,0120) Pixel Padding Value alone marks the pixels equal to it; with (0028,0121) Pixel
+    Padding Range Limit, every value between the two, inclusive, in either order (PS3.3
+    C.7.5.1.1.2). Both are stored values, compared before any rescale. Returns a boolean mask
+    of ``arr``'s shape, or ``None`` when the header declares no padding or no pixel is padded.
+    Raises :class:`DecodeError` when every pixel is padding: there is no image to keep.
+    """
+    if arr.ndim != 2 or arr.dtype.kind not in "iu" or "PixelPaddingValue" not in ds:
+        return None
+    value = _padding_value(ds, "PixelPaddingValue", arr)
+    if value is None:
+        return None
+    limit = _padding_value(ds, "PixelPaddingRangeLimit", arr)
+    lo, hi = sorted((value, value if limit is None else limit))
+    mask = arr == lo if lo == hi else (arr >= lo) & (arr <= hi)
+    if not mask.any():
+        return None
+    if mask.all():
+        raise DecodeError(
+            f"every pixel is padding ((0028,0120) Pixel Padding Value {value}"
+            + ("" if limit is None else f", (0028,0121) Pixel Padding Range Limit {limit}")
+            + "): no image"
+        )
+    return np.asarray(mask)
 
 
 def invert_if_monochrome1(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
@@ -530,11 +629,13 @@ def _where(inst: Instance) -> str:
     return f"{inst.rel_zip}: member {inst.member}"
 
 
-def _intensities(arr: np.ndarray, ds: Dataset, cfg: CxrConfig) -> tuple[np.ndarray, str]:
+def _intensities(
+    arr: np.ndarray, ds: Dataset, cfg: CxrConfig, padding: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
     """Stored values -> [0, 1] float32 by the configured normalisation, with its description.
     Percentile and min-max normalisation are invariant under a positive rescale, so they run
     on the integer stored values (exact histogram percentiles) when that is all the modality
-    transform is."""
+    transform is. Pixels in the ``padding`` mask take no part in any statistic."""
     lo, hi = float(cfg.percentiles[0]), float(cfg.percentiles[1])
     slope, intercept = _rescale(ds)
     has_lut = bool(ds.get("ModalityLUTSequence"))
@@ -546,10 +647,13 @@ def _intensities(arr: np.ndarray, ds: Dataset, cfg: CxrConfig) -> tuple[np.ndarr
                 index=cfg.voi_index,
                 fallback_percentiles=(lo, hi),
                 rescale=(slope, intercept),
+                padding=padding,
             )
         else:
             mod = apply_modality(arr, ds)
-            out, desc = apply_voi(mod, ds, index=cfg.voi_index, fallback_percentiles=(lo, hi))
+            out, desc = apply_voi(
+                mod, ds, index=cfg.voi_index, fallback_percentiles=(lo, hi), padding=padding
+            )
         if has_lut:
             return out, "modality_lut+" + desc
         if (slope, intercept) != (1.0, 0.0):
@@ -562,41 +666,101 @@ def _intensities(arr: np.ndarray, ds: Dataset, cfg: CxrConfig) -> tuple[np.ndarr
     else:
         src, prefix = apply_modality(arr, ds), f"rescale(m={slope:g},b={intercept:g})+"
     if cfg.normalization == "percentile":
-        return normalize_percentile(src, lo=lo, hi=hi), f"{prefix}percentile({lo:g},{hi:g})"
-    return normalize_minmax(src), f"{prefix}minmax"
+        out = normalize_percentile(src, lo=lo, hi=hi, padding=padding)
+        return out, f"{prefix}percentile({lo:g},{hi:g})"
+    return normalize_minmax(src, padding=padding), f"{prefix}minmax"
 
 
-def convert_instance(
-    data: bytes, inst: Instance, *, exam_description: str, cfg: CxrConfig
-) -> CxrImage:
-    """One DICOM instance (the member's bytes) -> a normalised, resized :class:`CxrImage`.
+def _padding_note(mask: np.ndarray, ds: Dataset) -> str:
+    """The provenance of the padding: which attributes, how many pixels."""
+    value = ds.get("PixelPaddingValue", "")
+    limit = ds.get("PixelPaddingRangeLimit", None)
+    attrs = f"PixelPaddingValue={value}" + ("" if limit is None else f",RangeLimit={limit}")
+    n = int(np.count_nonzero(mask))
+    return f"{attrs}: {n} px ({100.0 * n / mask.size:.1f}%) left out of the statistics, set to 0"
 
-    Steps: parse, :func:`classify_view`, :func:`decode`, :func:`to_grayscale`, the configured
-    intensity normalisation (``cfg.normalization``: ``voi`` = :func:`apply_modality` then
-    :func:`apply_voi`; ``percentile``; ``minmax``), :func:`invert_if_monochrome1`,
-    :func:`resize` and :func:`to_storage`. Raises :class:`DecodeError` (or
-    :class:`BadInputError` for an unreadable DICOM) naming the zip, member and transfer syntax.
-    """
+
+def read_image(data: bytes, inst: Instance) -> Dataset:
+    """A member's bytes as a dataset with (0028,0010) Rows and (0028,0011) Columns; raises
+    :class:`BadInputError` naming the zip and member for an unreadable DICOM."""
     ds = dicom.parse(data, label=_where(inst)).dataset
     if "Rows" not in ds or "Columns" not in ds:
         raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
+    return ds
+
+
+def convert_instance(
+    data: bytes, inst: Instance, *, exam_description: str, cfg: CxrConfig, frame: int = 0
+) -> CxrImage:
+    """One DICOM instance (the member's bytes) -> a normalised, resized :class:`CxrImage`
+    of its frame ``frame`` (0-based; :func:`convert_frames` converts them all).
+
+    Steps: parse, :func:`classify_view`, :func:`decode`, :func:`to_grayscale`,
+    :func:`padding_mask`, the configured intensity normalisation (``cfg.normalization``:
+    ``voi`` = :func:`apply_modality` then :func:`apply_voi`; ``percentile``; ``minmax``) over
+    the unpadded pixels, :func:`invert_if_monochrome1`, padded pixels set to 0 (the output's
+    background), :func:`resize` and :func:`to_storage`. Raises :class:`DecodeError` (or
+    :class:`BadInputError` for an unreadable DICOM) naming the zip, member and transfer syntax.
+    """
+    ds = read_image(data, inst)
+    return _convert_frame(ds, inst, exam_description=exam_description, cfg=cfg, frame=frame)
+
+
+def convert_frames(
+    data: bytes, inst: Instance, *, exam_description: str, cfg: CxrConfig
+) -> tuple[list[CxrImage], list[Problem]]:
+    """Every frame of an instance ((0028,0008) Number of Frames, 1 when absent) as a
+    :class:`CxrImage`; a frame that cannot be decoded is an ``error`` problem naming the
+    frame, and the other frames go on. Raises :class:`BadInputError` for an unreadable DICOM."""
+    ds = read_image(data, inst)
+    n = number_of_frames(ds)
+    images: list[CxrImage] = []
+    problems: list[Problem] = []
+    for k in range(n):
+        try:
+            images.append(
+                _convert_frame(ds, inst, exam_description=exam_description, cfg=cfg, frame=k)
+            )
+        except DecodeError as e:
+            if n == 1:
+                raise
+            reason = f"frame {k + 1} of {n} dropped: {e}"
+            logger.warning("%s", reason)
+            problems.append(_problem(inst, reason, Action.ERROR))
+    return images, problems
+
+
+def _convert_frame(
+    ds: Dataset, inst: Instance, *, exam_description: str, cfg: CxrConfig, frame: int
+) -> CxrImage:
     ts = _transfer_syntax(ds)
     view, view_source = classify_view(ds, exam_description=exam_description)
     try:
-        decoded = decode_frame(ds)
+        decoded = decode_frame(ds, frame=frame)
+        padding = padding_mask(decoded.array, ds)
         arr = to_grayscale(decoded.array, ds)
     except DecodeError as e:
         msg = str(e)
         if ts not in msg:
             msg += f" ({_uid_label(ts)})"
-        raise DecodeError(f"{_where(inst)}: {msg}") from e
+        n = number_of_frames(ds)
+        of = f" frame {frame + 1} of {n}:" if n > 1 else ""
+        raise DecodeError(f"{_where(inst)}:{of} {msg}") from e
     original_shape = (int(arr.shape[0]), int(arr.shape[1]))
-    arr01, lut = _intensities(arr, ds, cfg)
+    arr01, lut = _intensities(arr, ds, cfg, padding)
     arr01, inverted = invert_if_monochrome1(arr01, ds)
+    padding_note = ""
+    if padding is not None:
+        if not arr01.flags.writeable:
+            arr01 = arr01.copy()
+        arr01[padding] = 0.0
+        padding_note = _padding_note(padding, ds)
     small, scale = resize(arr01, (int(cfg.size[0]), int(cfg.size[1])), keep_aspect=cfg.keep_aspect)
     stored, storage_scale = to_storage(small, cfg.dtype)
     spacing = _spacing(ds)
     after = None if spacing is None else (spacing[0] / scale[0], spacing[1] / scale[1])
+    sop_class = str(ds.get("SOPClassUID", "") or inst.sop_class_uid)
+    intent = str(ds.get("PresentationIntentType", "") or inst.presentation_intent)
     return CxrImage(
         sop_uid=inst.sop_uid or str(ds.get("SOPInstanceUID", "")),
         series_uid=inst.series_uid or str(ds.get("SeriesInstanceUID", "")),
@@ -615,6 +779,10 @@ def convert_instance(
         inverted=inverted,
         scale=storage_scale,
         decoder=decoded.decoder,
+        frame=frame,
+        n_frames=number_of_frames(ds),
+        for_processing=is_for_processing(sop_class, intent),
+        padding=padding_note,
     )
 
 
@@ -641,14 +809,17 @@ def convert_exam(
     Per instance, in (0008,0018) SOP Instance UID order: :func:`keep_reason` on the indexed
     header (a dropped object is never read); the view from the indexed header when it decides,
     else from the full header, and views outside ``cfg.views`` dropped before decoding;
-    then :func:`convert_instance`. Errors (unreadable member, undecodable pixels) become
-    ``error`` problems naming the member and transfer syntax, and the other images go on.
+    then :func:`convert_frames`: every frame of a multi-frame radiograph is an image. Errors
+    (unreadable member, undecodable pixels) become ``error`` problems naming the member (and
+    the frame) and transfer syntax, and the other images go on.
     """
     images: list[CxrImage] = []
     problems: list[Problem] = []
     selected = set(cfg.views)
     for inst in sorted(exam.instances, key=lambda i: (i.sop_uid, i.member)):
-        reason = keep_reason(inst, drop_derived=cfg.drop_derived)
+        reason = keep_reason(
+            inst, drop_derived=cfg.drop_derived, keep_for_processing=cfg.keep_for_processing
+        )
         if reason is not None:
             problems.append(_problem(inst, reason, Action.DROPPED))
             continue
@@ -667,12 +838,13 @@ def convert_exam(
                         _problem(inst, _not_selected(view, source, cfg), Action.DROPPED)
                     )
                     continue
-            image = convert_instance(data, inst, exam_description=exam.description, cfg=cfg)
-            if image.view not in selected:  # the full header overruled the indexed one
-                reason = _not_selected(image.view, image.view_source, cfg)
+            frames, bad = convert_frames(data, inst, exam_description=exam.description, cfg=cfg)
+            problems.extend(bad)
+            if frames and frames[0].view not in selected:  # the full header overruled the index
+                reason = _not_selected(frames[0].view, frames[0].view_source, cfg)
                 problems.append(_problem(inst, reason, Action.DROPPED))
                 continue
-            images.append(image)
+            images.extend(frames)
         except BadInputError as e:
             logger.warning("%s", e)
             problems.append(_problem(inst, str(e), Action.ERROR))
@@ -691,13 +863,18 @@ __all__ = [
     "apply_window",
     "classify_view",
     "convert_exam",
+    "convert_frames",
     "convert_instance",
     "decode",
     "invert_if_monochrome1",
+    "is_for_processing",
     "keep_reason",
     "normalize_minmax",
     "normalize_percentile",
+    "number_of_frames",
+    "padding_mask",
     "percentiles",
+    "read_image",
     "resize",
     "to_grayscale",
     "to_storage",

@@ -152,6 +152,9 @@ class HiromlDataset(Dataset[Sample]):
         meta["exam_time"] = "" if t is None or pd.isna(t) else pd.Timestamp(t).isoformat()
         for c in META_FLOAT:
             meta[c] = _float(row.get(c))
+        if self.modality == "cxr":  # which frame of a multi-frame radiograph (0 for one)
+            frame = row.get("frame")
+            meta["frame"] = 0 if frame is None or pd.isna(frame) else int(frame)
         if self.modality == "ct":
             for c in CT_GEOMETRY:
                 v = row.get(c)

@@ -175,7 +175,12 @@ def _dcmread(data: bytes, *, label: str, stop_before_pixels: bool, force: bool) 
     for w in caught:
         if "End of file reached" in str(w.message):
             raise BadInputError(f"{label}: truncated DICOM ({w.message})")
-    return Parsed(ds, bio.tell())
+    stopped_at = bio.tell()
+    # The dataset keeps a reference to its file object: closed, it no longer holds the
+    # member's bytes beside the parsed (7FE0,0010) Pixel Data (a whole volume for an
+    # enhanced CT member).
+    bio.close()
+    return Parsed(ds, stopped_at)
 
 
 def _inferred_syntax(ds: Dataset) -> str:

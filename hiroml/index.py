@@ -201,6 +201,7 @@ def instance_from_dataset(
         has_pixels=pixel_bytes is not None,
         pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
         read_note=read_note,
+        presentation_intent=_text(ds, "PresentationIntentType"),
     )
 
 

@@ -66,6 +66,8 @@ _SCALAR_TYPES: dict[str, pa.DataType] = {
     "age_years": pa.float64(),
     "days_from_encounter": pa.float64(),
     "orphan": pa.bool_(),
+    "frame": pa.int64(),  # radiographs: 0-based frame, 0 for single-frame; null for CT
+    "for_processing": pa.bool_(),
 }
 _STRING_COLUMNS = [
     c for c in [*MANIFEST_COLUMNS, *EXTRA_COLUMNS]

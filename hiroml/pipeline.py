@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the conversion code changes what it stores: every task is then redone.
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 STATE_DIR = ".hiroml"
 
 
@@ -84,6 +84,8 @@ class SampleRow:
     stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
     seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
     seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
+    frame: int | None = None  # radiographs: 0-based frame (0 for single-frame); None for CT
+    for_processing: bool = False  # radiographs kept by cxr.keep_for_processing=true
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +275,10 @@ def _cxr_meta(img: CxrImage, exam: Exam) -> dict[str, Any]:
         "lut": img.lut,
         "inverted": img.inverted,
         "scale": img.scale,
+        "frame": img.frame,
+        "n_frames": img.n_frames,
+        "for_processing": img.for_processing,
+        "padding": img.padding,
         "exam_time": exam.time.isoformat(),
         "description": exam.description,
         "source_zip": img.zip,
@@ -425,6 +431,13 @@ def _row(
     return key, array, meta, {**common, **fields}
 
 
+def _cxr_key(exam: Exam, img: CxrImage) -> str:
+    """``{exam_key}:{sop_uid}``, and ``:f{frame}`` (0-based) for a frame of a multi-frame
+    radiograph."""
+    key = f"{exam.exam_key}:{img.sop_uid}"
+    return f"{key}:f{img.frame}" if img.n_frames > 1 else key
+
+
 def _convert_exam(
     exam: Exam, read: Callable[[Instance], bytes], spec: TaskSpec
 ) -> tuple[list[_Row], list[Problem]]:
@@ -435,7 +448,7 @@ def _convert_exam(
         images, probs = cxr.convert_exam(exam, read, spec.cxr)
         return [
             _row(
-                f"{exam.exam_key}:{img.sop_uid}",
+                _cxr_key(exam, img),
                 exam,
                 "cxr",
                 img.array,
@@ -447,6 +460,8 @@ def _convert_exam(
                 view=str(img.view),
                 scale=float(img.scale),
                 signature=tuple(int(v) for v in neardup.signature(img.array)),
+                frame=img.frame,
+                for_processing=img.for_processing,
             )
             for img in images
         ], probs
@@ -725,6 +740,8 @@ def _manifest_frame(
                     "stitched_series": list(s.stitched_series),
                     "seams_mm": list(s.seams_mm),
                     "seam_slices": list(s.seam_slices),
+                    "frame": s.frame,
+                    "for_processing": s.for_processing,
                     "days_from_encounter": days.get(e.exam_key),
                     "orphan": e.patient_id in orphans,
                 }

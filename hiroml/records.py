@@ -166,6 +166,10 @@ class Instance:
     has_pixels: bool = True
     pixel_hash: str = ""
     read_note: str = ""  # how a file without a Part 10 header was read ("" for a normal file)
+    presentation_intent: str = ""  # (0008,0068) Presentation Intent Type, e.g. FOR PROCESSING
+    # A frame of a multi-frame instance taken as a slice of its own (0-based; None for the
+    # instance itself, as the index records it): see hiroml.enhanced.
+    frame: int | None = None
 
     @property
     def rel_zip(self) -> str:
@@ -252,6 +256,10 @@ class CxrImage:
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
     decoder: str = ""  # library that decoded the pixels (hiroml.dicom.SYNTAXES), e.g. "openjpeg"
+    frame: int = 0  # 0-based frame of a multi-frame object ((0028,0008) Number of Frames)
+    n_frames: int = 1
+    for_processing: bool = False  # raw detector data kept by cxr.keep_for_processing=true
+    padding: str = ""  # (0028,0120) Pixel Padding Value left out of the statistics, if any
 
 
 @dataclass(frozen=True, slots=True)

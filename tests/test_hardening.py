@@ -478,6 +478,7 @@ ALLOWED_COLUMNS = {
     "batches", "days_from_encounter", "orphan", "scale", "ct_decisions",
     "signature", "near_duplicates",  # derived from pixels and sample keys (issue 18)
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
+    "frame", "for_processing",  # issue 19: a frame number and a flag, computed
 }  # fmt: skip
 #: The shard metadata keys a sample may carry (pipeline._cxr_meta / _ct_meta).
 ALLOWED_META = {
@@ -488,6 +489,8 @@ ALLOWED_META = {
     "direction", "slice_thickness", "resampled", "decisions", "n_source_slices",
     "source_zips", "data_hash", "decoder",
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
+    # issue 19: frame numbers, a flag and the padding note (attribute name, value, pixel count)
+    "frame", "n_frames", "for_processing", "padding",
 }  # fmt: skip
 
 
