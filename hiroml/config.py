@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hiroml.errors import ConfigError
+from hiroml.neardup import DEFAULT_THRESHOLD
 
 
 def _check_choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -142,8 +143,19 @@ class SplitsConfig:
     salt: str = "hiroml"
     stratify: Optional[str] = None  # a label column of the clinical table
     test_list: Optional[str] = None  # text file of patient ids always put in test
+    # Radiographs of two patient groups whose signatures' rank correlation reaches this are
+    # near duplicates (hiroml.neardup; measured in benchmarks/neardup_threshold.py): reported,
+    # and joined into one group when link_near_duplicates. null: no near-duplicate search.
+    near_duplicate_threshold: Optional[float] = DEFAULT_THRESHOLD
+    link_near_duplicates: bool = True
 
     def __post_init__(self) -> None:
+        t = self.near_duplicate_threshold
+        if t is not None and not 0.0 < t <= 1.0:
+            raise ConfigError(
+                f"splits.near_duplicate_threshold={t}: give a rank correlation in (0, 1], "
+                "or null to skip the near-duplicate search"
+            )
         total = self.train + self.val + self.test
         if min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
             raise ConfigError(

@@ -18,7 +18,10 @@ Order of the rules
    * pediatric duplicate: both zips pediatric (a ``P`` after the modality code), and the same
      set of (member path, pixel hash) pairs, every hash non-empty: identical pixels under
      identical folder/file names, whether or not the SOP Instance UIDs differ (tried
-     first, so that a pediatric pair with equal UIDs is reported as pediatric).
+     first, so that a pediatric pair with equal UIDs is reported as pediatric). "Identical
+     pixels" means the decoded values: the caller may pass ``decoded`` hashes (see
+     :func:`pediatric_candidates`), preferred to the hash of the encoded bytes, so a copy in
+     another transfer syntax is still recognised.
 
    The earliest zip of a set of duplicates is kept; the others are ``duplicate`` rows whose
    ``kept_as`` is the kept zip's rel path. A shared timestamp alone never makes a duplicate.
@@ -119,6 +122,7 @@ class _Unit:
     sop_keys: tuple[str, ...]  # per instance: SOP Instance UID (or a member-based stand-in)
     sops: frozenset[str]
     pixsig: frozenset[tuple[str, str]] | None  # (member, pixel hash), None if a hash is blank
+    decoded: bool = False  # pixsig holds decoded-pixel hashes
     notes: list[str] = field(default_factory=list)
     exam_key: str = ""
     kept: tuple[Instance, ...] = ()
@@ -175,12 +179,24 @@ def _read_notes(insts: Sequence[Instance]) -> list[str]:
     ]
 
 
-def _make_unit(z: ExamZip, insts: Iterable[Instance], remap: Mapping[str, str]) -> _Unit:
+def _make_unit(
+    z: ExamZip,
+    insts: Iterable[Instance],
+    remap: Mapping[str, str],
+    decoded: Mapping[tuple[str, str], str] | None = None,
+) -> _Unit:
     rel = z.rel_path
     ordered = tuple(sorted(insts, key=lambda i: (i.member, i.sop_uid, i.pixel_hash, i.series_uid)))
     keys = tuple(_sop_key(rel, i) for i in ordered)
-    hashes_ok = all(i.pixel_hash for i in ordered)
-    pixsig = frozenset((i.member, i.pixel_hash) for i in ordered) if hashes_ok else None
+    dec = decoded or {}
+    use_decoded = bool(ordered) and all((rel, i.member) in dec for i in ordered)
+    hashes = [dec[(rel, i.member)] if use_decoded else i.pixel_hash for i in ordered]
+    hashes_ok = all(hashes)
+    pixsig = (
+        frozenset((i.member, h) for i, h in zip(ordered, hashes, strict=True))
+        if hashes_ok
+        else None
+    )
     patient = remap.get(z.name.patient_id, z.name.patient_id)
     unit = _Unit(
         zip=z,
@@ -191,6 +207,7 @@ def _make_unit(z: ExamZip, insts: Iterable[Instance], remap: Mapping[str, str]) 
         sop_keys=keys,
         sops=frozenset(keys),
         pixsig=pixsig,
+        decoded=use_decoded,
     )
     if patient != z.name.patient_id:
         unit.notes.append(f"patient id {z.name.patient_id} remapped to {patient}")
@@ -220,9 +237,10 @@ def _evidence(u: _Unit, e: _Unit) -> str:
         if i.pixel_hash and e_hashes[i.pixel_hash] > 0:
             e_hashes[i.pixel_hash] -= 1
             equal += 1
+    decoded = "; decoded pixels identical (compared after decoding)" if u.decoded else ""
     return (
         f"SOP Instance UIDs shared {shared} of {n}; folder/file names match: "
-        f"{_yes(names_match)}; pixel hashes equal {equal} of {n}; "
+        f"{_yes(names_match)}; pixel hashes equal {equal} of {n}{decoded}; "
         f"HIRO id {u.hiro} vs {e.hiro}; batch {u.zip.batch.name} vs {e.zip.batch.name}"
     )
 
@@ -240,7 +258,12 @@ def _find_duplicates(units: Sequence[_Unit]) -> dict[str, tuple[_Unit, _Unit, st
         for u in slot:
             for e in earlier:
                 reason = ""
-                if u.zip.name.pediatric and e.zip.name.pediatric and u.pixsig == e.pixsig:
+                if (
+                    u.zip.name.pediatric
+                    and e.zip.name.pediatric
+                    and u.decoded == e.decoded
+                    and u.pixsig == e.pixsig
+                ):
                     reason = REASON_PEDIATRIC if u.pixsig else ""
                 if not reason and u.sops and u.sops == e.sops:
                     reason = REASON_CROSS_BATCH
@@ -494,17 +517,54 @@ def _zip_row(z: ExamZip, action: Action, reason: str, detail: str, member: str =
     )
 
 
+def pediatric_candidates(
+    zips: Sequence[ExamZip], instances: Sequence[Instance], remap: Mapping[str, str]
+) -> list[Instance]:
+    """The instances whose decoded pixels could make a pediatric duplicate that the encoded
+    bytes hide: those of pediatric zips of the same current patient and timestamp with the
+    same set of member names, whose (member, encoded pixel hash) sets differ. Decode just
+    these and pass their hashes to :func:`build_exams` (``decoded=``). Pure."""
+    by_rel: dict[str, ExamZip] = {}
+    for z in zips:
+        if z.name.pediatric and z.batch.status is not BatchStatus.IN_PROGRESS:
+            by_rel.setdefault(z.rel_path, z)
+    insts_of: dict[str, list[Instance]] = defaultdict(list)
+    for inst in instances:
+        if inst.rel_zip in by_rel and not is_unusable(inst):
+            insts_of[inst.rel_zip].append(inst)
+    slots: dict[tuple[str, dt.datetime], list[_Unit]] = defaultdict(list)
+    for rel in sorted(insts_of):
+        u = _make_unit(by_rel[rel], insts_of[rel], remap)
+        slots[(u.patient, u.time)].append(u)
+    wanted: dict[tuple[str, str], Instance] = {}
+    for slot in slots.values():
+        for a in slot:
+            for b in slot:
+                if a.rel >= b.rel or a.pixsig == b.pixsig:
+                    continue
+                if {i.member for i in a.instances} != {i.member for i in b.instances}:
+                    continue
+                for i in (*a.instances, *b.instances):
+                    wanted[(i.rel_zip, i.member)] = i
+    return [wanted[k] for k in sorted(wanted)]
+
+
 def build_exams(
     zips: Sequence[ExamZip],
     instances: Sequence[Instance],
     remap: Mapping[str, str],
     cfg: ExamsConfig,
+    *,
+    decoded: Mapping[tuple[str, str], str] | None = None,
 ) -> ExamsResult:
     """Turn indexed instances into logical exams, audit rows and patient groups.
 
     ``remap`` maps old patient ids to their final current id (chains already followed, as
-    :func:`hiroml.identity.load_remap` returns it). The result depends only on the *sets* of
-    records given, never on their order. See the module docstring for the rules.
+    :func:`hiroml.identity.load_remap` returns it). ``decoded`` maps (zip rel path, member)
+    to a hash of the member's decoded pixels (:func:`hiroml.linking.decoded_pixel_hash`) for
+    the :func:`pediatric_candidates`; a zip whose every member has one is compared on those.
+    The result depends only on the *sets* of records given, never on their order. See the
+    module docstring for the rules.
     """
     audit: list[AuditRow] = []
     by_rel: dict[str, ExamZip] = {}
@@ -569,7 +629,7 @@ def build_exams(
                 )
             )
             continue
-        units.append(_make_unit(z, usable, remap))
+        units.append(_make_unit(z, usable, remap, decoded))
 
     groups, group_of = _groups(units, remap, cfg.pixel_link_max_patients)
 

@@ -8,6 +8,14 @@ Column types in ``manifest.parquet``: list columns are parquet lists (``source_z
 ``origin_xyz``, ``direction``: float64, mm, SimpleITK (x, y, z) order; null on CXR rows),
 ``exam_time`` a timestamp, ``age_years`` and ``days_from_encounter`` nullable float64,
 ``orphan`` bool. ``shape`` is the stored array's numpy shape: CXR (y, x), CT (z, y, x).
+
+Leakage columns (:mod:`hiroml.linking`): ``signature``, a list of 1024 **uint8** values on
+radiograph rows (null for CT): the rank-normalised 32 x 32 area-downsampled thumbnail of the
+stored array, row-major (:func:`hiroml.neardup.signature`); ``near_duplicates``, a list of
+the sample keys of other patient groups' radiographs whose signature's rank correlation with
+this one reached ``splits.near_duplicate_threshold``. ``patients.parquet`` gains ``links``,
+a list of strings: the evidence of each link that joined the group (identical decoded
+pixels, near duplicates), naming both samples.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ _LIST_TYPES: dict[str, pa.DataType] = {
     "spacing_xyz": pa.list_(pa.float64()),
     "origin_xyz": pa.list_(pa.float64()),
     "direction": pa.list_(pa.float64()),
+    "signature": pa.list_(pa.uint8()),
+    "near_duplicates": pa.list_(pa.string()),
+    "links": pa.list_(pa.string()),
     "stitched_series": pa.list_(pa.string()),
     "seams_mm": pa.list_(pa.float64()),
     "seam_slices": pa.list_(pa.int64()),

@@ -32,6 +32,7 @@ from hiroml import __version__, faults
 from hiroml.card import settings_of
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
 from hiroml.errors import HiromlError
+from hiroml.linking import NEAR_DUPLICATE, GroupLink, LinkResult
 from hiroml.records import (
     Action,
     AuditRow,
@@ -80,6 +81,7 @@ class SampleRow:
     direction: tuple[float, ...] | None = None
     scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
     notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
+    signature: tuple[int, ...] = ()  # radiographs: hiroml.neardup.signature (uint8 values)
     stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
     seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
     seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
@@ -232,6 +234,7 @@ def _result_from_json(d: dict[str, Any]) -> TaskResult:
     for s in d["samples"]:
         for k in ("shape", "sop_uids", "pixel_hashes", "notes"):
             s[k] = tuple(s[k])
+        s["signature"] = tuple(s.get("signature") or ())  # absent from older task records
         for k in ("stitched_series", "seams_mm", "seam_slices"):
             s[k] = tuple(s.get(k, ()))
         for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
@@ -441,7 +444,7 @@ def _convert_exam(
 ) -> tuple[list[_Row], list[Problem]]:
     hashes = {i.sop_uid: i.pixel_hash for i in exam.instances}
     if exam.modality is Modality.CXR:
-        from hiroml import cxr
+        from hiroml import cxr, neardup
 
         images, probs = cxr.convert_exam(exam, read, spec.cxr)
         return [
@@ -457,6 +460,7 @@ def _convert_exam(
                 pixel_hashes=(hashes.get(img.sop_uid, ""),),
                 view=str(img.view),
                 scale=float(img.scale),
+                signature=tuple(int(v) for v in neardup.signature(img.array)),
                 frame=img.frame,
                 for_processing=img.for_processing,
             )
@@ -538,6 +542,8 @@ class BuildSummary:
     ct_volumes: int = 0
     errors: int = 0
     dropped: int = 0
+    pixel_links: int = 0  # patient groups joined by identical decoded pixels
+    near_duplicates: int = 0  # near-duplicate pairs across patient groups (linked or not)
     patients_per_split: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     config_hash: dict[str, str] = field(default_factory=dict)
@@ -560,6 +566,8 @@ class BuildSummary:
             f"  written: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes "
             f"({self.tasks} tasks, {self.tasks_reused} reused from an earlier run)",
             f"  dropped {self.dropped}, errors {self.errors} (see audit.csv / report.html)",
+            f"  patient groups joined by identical pixels {self.pixel_links}; near-duplicate "
+            f"pairs across groups {self.near_duplicates}",
             f"  patients per split: {split}",
             f"  time per stage: {stages}",
             *self._shrink_lines(),
@@ -820,6 +828,8 @@ def _publish(
     found: Discovery,
     results: Sequence[TaskResult],
     orphan_advice: str,
+    *,
+    links: Sequence[GroupLink] = (),
 ) -> Published:
     """Publish the build as a version (:func:`hiroml.versions.publish`): its folder with the
     report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
@@ -828,9 +838,17 @@ def _publish(
     def write_report(folder: Path, version: str, changes: str) -> None:
         shown = dataclasses.replace(summary, version=version, published=True)
         _write_report(
-            out, manifest, patients, audit, shown, orphan_advice, folder=folder, changes=changes,
+            out,
+            manifest,
+            patients,
+            audit,
+            shown,
+            orphan_advice,
+            folder=folder,
+            changes=changes,
+            links=links,
             settings=settings_of(cfg),
-        )  # fmt: skip
+        )
 
     build_info = {
         "config": dataclasses.asdict(cfg),
@@ -859,6 +877,109 @@ def _publish(
         live_tasks={r.task_id for r in results},
         task_dir=out / STATE_DIR / "tasks",
     )
+
+
+def _decode_pediatric_candidates(
+    root: Path,
+    zips: Sequence[Any],
+    instances: Sequence[Instance],
+    remap: Mapping[str, str],
+    limits: IndexConfig,
+) -> dict[tuple[str, str], str]:
+    """(zip rel path, member) -> decoded-pixel hash of the few instances that could make a
+    pediatric duplicate in another transfer syntax (:func:`hiroml.exams.pediatric_candidates`).
+    A member that cannot be decoded gets no hash (its zip is then compared on bytes)."""
+    from hiroml import exams, linking
+
+    wanted = exams.pediatric_candidates(zips, instances, remap)
+    out: dict[tuple[str, str], str] = {}
+    if not wanted:
+        return out
+    reader = _ExamReader(str(root), limits)
+    try:
+        for inst in wanted:
+            try:
+                out[(inst.rel_zip, inst.member)] = linking.decoded_pixel_hash(reader(inst))
+            except Exception as e:  # undecodable: the conversion stage reports it
+                log.info("pediatric check: %s/%s not decoded (%s)", inst.rel_zip, inst.member, e)
+    finally:
+        reader.close()
+    log.info("pediatric check: %d candidate instance(s) decoded", len(out))
+    return out
+
+
+def _link_by_pixels(
+    cfg: BuildConfig,
+    results: Sequence[TaskResult],
+    exams: Mapping[str, Exam],
+    group_of: Mapping[str, str],
+    out: Path,
+) -> tuple[LinkResult, dict[str, tuple[int, ...]]]:
+    """Join patient groups whose samples show the same image (:mod:`hiroml.linking`); also
+    gives each sample's near-duplicate signature (empty for CT).
+
+    A radiograph converted by an older hiroml (a reused task record without a signature)
+    gets its signature from its shard here."""
+    from hiroml import linking, neardup
+    from hiroml.shards import read_sample
+
+    samples = []
+    for r in results:
+        for s in r.samples:
+            sig = s.signature
+            if s.modality == "cxr" and not sig and cfg.splits.near_duplicate_threshold:
+                arr, _ = read_sample(out / s.shard, s.sample_key)
+                sig = tuple(int(v) for v in neardup.signature(arr))
+            e = exams[s.exam_key]
+            samples.append(
+                linking.SampleIdentity(
+                    sample_key=s.sample_key,
+                    exam_key=s.exam_key,
+                    patient_id=e.patient_id,
+                    data_hash=s.data_hash,
+                    signature=sig,
+                )
+            )
+    patients = {e.patient_id: group_of.get(e.patient_id, e.patient_id) for e in exams.values()}
+    linked = linking.link_groups(
+        samples,
+        {**patients, **group_of},
+        near_threshold=cfg.splits.near_duplicate_threshold,
+        link_near=cfg.splits.link_near_duplicates,
+        max_patients=cfg.exams.pixel_link_max_patients,
+    )
+    return linked, {s.sample_key: s.signature for s in samples}
+
+
+def _with_link_notes(audit: Sequence[AuditRow], linked: LinkResult) -> list[AuditRow]:
+    """The audit with each link noted in the detail of the ``kept`` row of the exams of both
+    samples (one row per zip stays one row per zip)."""
+    notes = linked.notes_by_exam()
+    out = []
+    for row in audit:
+        extra = notes.get(row.exam_key) if row.exam_key and row.action is Action.KEPT else None
+        if extra:
+            detail = "; ".join([*([row.detail] if row.detail else []), *extra])
+            row = dataclasses.replace(row, detail=detail)
+        out.append(row)
+    return out
+
+
+def _with_signatures(
+    manifest: pd.DataFrame, signatures: Mapping[str, tuple[int, ...]], linked: LinkResult
+) -> pd.DataFrame:
+    """The manifest with ``signature`` (uint8 list, radiographs; null for CT) and
+    ``near_duplicates`` (the other sample keys of its near-duplicate pairs across groups)."""
+    near: dict[str, list[str]] = {}
+    for k in linked.links:
+        if k.kind == NEAR_DUPLICATE:
+            near.setdefault(k.sample_key, []).append(k.other_key)
+            near.setdefault(k.other_key, []).append(k.sample_key)
+    m = manifest.copy()
+    keys = m["sample_key"].astype(str).tolist()
+    m["signature"] = [list(signatures[k]) if signatures.get(k) else None for k in keys]
+    m["near_duplicates"] = [sorted(near.get(k, [])) for k in keys]
+    return m
 
 
 def _assign_splits(
@@ -942,7 +1063,7 @@ def _build(
     t_start: float,
 ) -> BuildSummary:
     """The build itself, under the output's lock (see :func:`run`)."""
-    from hiroml import exams, guard, identity, splits
+    from hiroml import exams, guard, identity, linking, splits
     from hiroml.index import build_index
     from hiroml.manifest import audit_frame, patients_frame
 
@@ -972,7 +1093,8 @@ def _build(
         if cfg.paths.clinical
         else None
     )
-    result = exams.build_exams(found.zips, indexed.instances, remap, cfg.exams)
+    decoded = _decode_pediatric_candidates(root, found.zips, indexed.instances, remap, cfg.index)
+    result = exams.build_exams(found.zips, indexed.instances, remap, cfg.exams, decoded=decoded)
     joined = identity.join_clinical(result.exams, clinical, cfg.identity)
     t = _timed(summary, "exams", t)
 
@@ -1004,20 +1126,28 @@ def _build(
     t = _timed(summary, "convert", t)
 
     exam_by_key = {e.exam_key: e for e in joined.exams}
-    split_of, members = _assign_splits(cfg, joined.exams, result.group_of, clinical, out)
+    linked, signatures = _link_by_pixels(cfg, results, exam_by_key, result.group_of, out)
+    group_of = linked.group_of
+    audit = _with_link_notes(audit, linked)
+    summary.pixel_links = sum(k.kind == linking.SAME_PIXELS for k in linked.links)
+    summary.near_duplicates = sum(k.kind == linking.NEAR_DUPLICATE for k in linked.links)
+    split_of, members = _assign_splits(cfg, joined.exams, group_of, clinical, out)
     moves = _split_move_rows(out, joined.exams, split_of, members)
     audit += moves
     summary.split_moves = len(moves)
     manifest = _manifest_frame(
         results,
         exam_by_key,
-        result.group_of,
+        group_of,
         split_of,
         joined.days,
         set(joined.orphans),
         clinical.labels if clinical is not None else None,
     )
+    manifest = _with_signatures(manifest, signatures, linked)
     patients = patients_frame(manifest, members)
+    by_group = linked.texts_by_group()
+    patients["links"] = [by_group.get(str(g), []) for g in patients["patient_group"]]
     audit_df = audit_frame(audit)
     summary.cxr_images = int((manifest["modality"] == "cxr").sum()) if len(manifest) else 0
     summary.ct_volumes = int((manifest["modality"] == "ct").sum()) if len(manifest) else 0
@@ -1046,7 +1176,16 @@ def _build(
     summary.seconds = time.perf_counter() - t_start
     try:
         published = _publish(
-            cfg, out, manifest, patients, audit_df, summary, found, results, joined.orphan_advice
+            cfg,
+            out,
+            manifest,
+            patients,
+            audit_df,
+            summary,
+            found,
+            results,
+            joined.orphan_advice,
+            links=linked.links,
         )
     except OSError as err:
         full = _disk_full(err, out, "writing the report and manifest")
@@ -1076,6 +1215,7 @@ def _write_report(
     *,
     folder: Path | None = None,
     changes: str = "",
+    links: Sequence[GroupLink] = (),
     settings: Mapping[str, Any] | None = None,
 ) -> None:
     """The report of a build, written into ``folder`` (default ``out``); thumbnails are
@@ -1100,5 +1240,6 @@ def _write_report(
         audit=audit,
         summary=info,
         read_array=read_array,
+        near_duplicates=report.near_duplicate_frame(links),
         settings=settings,
     )

@@ -2,7 +2,8 @@
 
 It shows the build summary, counts, the split balance (patients, exams, samples per
 modality, age and sex per split), every non-kept decision of the audit grouped by action,
-the errors in their own section, orphans, patient groups that link several ids, and
+the errors in their own section, orphans, patient groups that link several ids,
+near-duplicate radiographs across patient groups (both thumbnails side by side), and
 thumbnails: a contact sheet of radiographs per split and, for CT volumes, mid-slices in the
 three planes under a lung window.
 
@@ -614,7 +615,9 @@ def _groups(patients: pd.DataFrame) -> str:
     cols += [c for c in patients.columns if c.startswith("n_") and c not in cols]
     body = _note(
         "These ids are one person or must share a split: linked by the remap sheet, a shared "
-        "SOP Instance UID, or identical pixels. All their samples are in the same split.",
+        "SOP Instance UID, identical pixels (encoded bytes or decoded values, whatever the "
+        "transfer syntax) or a near-duplicate radiograph (see links). All their samples are "
+        "in the same split.",
     )
     body += _table(cols, ([r.get(c) for c in cols] for r in multi.to_dict("records")))
     return _section("groups", f"Linked patient ids ({len(multi)})", body)
@@ -722,6 +725,7 @@ def render_report(
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
     changes: str = "",
+    near_duplicates: pd.DataFrame | None = None,
     flow: str | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`. ``flow`` is the flow
@@ -742,6 +746,7 @@ def render_report(
             ("decisions", "Decisions"),
             ("orphans", "Orphans"),
             ("groups", "Linked ids"),
+            ("neardup", "Near duplicates"),
             ("thumbs", "Thumbnails"),
         )
     )
@@ -758,6 +763,7 @@ def render_report(
             _decisions(audit),
             _orphans(manifest),
             _groups(patients),
+            _near_duplicates(near_duplicates, read_array),
             _thumbnails(manifest, read_array, max_thumbnails),
         ]
     )
@@ -795,6 +801,7 @@ def write_report(
     read_array: ReadArray | None = None,
     max_thumbnails: int = 24,
     changes: str = "",
+    near_duplicates: pd.DataFrame | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
@@ -810,6 +817,8 @@ def write_report(
     ``max(1, max_thumbnails // 4)`` CT volumes per split (three mid-slices each).
     ``changes`` (trusted HTML, from :func:`hiroml.versions.changes_html`) becomes the section
     "What changed since the previous version", shown first.
+    ``near_duplicates`` (:func:`near_duplicate_frame`) lists the near-duplicate pairs across
+    patient groups, shown with both thumbnails side by side.
     ``settings`` (config key -> value, :func:`hiroml.card.settings_of`) are the conversion
     settings printed in the card; ``summary`` keys ``version`` and ``dataset_hash`` are
     printed there when present.
@@ -833,6 +842,7 @@ def write_report(
         max_thumbnails=max_thumbnails,
         flow=svg,
         changes=changes,
+        near_duplicates=near_duplicates,
     )
     card = render_card(
         manifest=manifest, audit=audit, summary=summary, flow=flow, settings=settings
@@ -854,3 +864,72 @@ def _write_text(out_dir: Path, name: str, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------- near duplicates
+
+NEAR_COLUMNS = [
+    "sample_key", "other_key", "patient_id", "other_patient_id", "group", "other_group",
+    "similarity", "linked",
+]  # fmt: skip
+MAX_NEAR_PAIRS = 200  # pairs drawn with thumbnails; all are in the audit and manifest
+
+
+def near_duplicate_frame(links: Iterable[Any]) -> pd.DataFrame:
+    """The near-duplicate pairs among :class:`hiroml.linking.GroupLink` records, one row each
+    (columns ``NEAR_COLUMNS``), most similar first."""
+    rows = [
+        {c: getattr(k, c) for c in NEAR_COLUMNS}
+        for k in links
+        if getattr(k, "kind", "") == "near duplicate"
+    ]
+    df = pd.DataFrame(rows, columns=NEAR_COLUMNS)
+    return df.sort_values(["similarity", "sample_key"], ascending=[False, True]).reset_index(
+        drop=True
+    )
+
+
+def _pair_thumb(read_array: ReadArray | None, key: str) -> str | None:
+    if read_array is None:
+        return None
+    arr = _read(read_array, key)
+    if arr is None:
+        return None
+    try:
+        return _png_uri(cxr_thumbnail(arr))
+    except ValueError:
+        log.warning("report: sample %s has no drawable image", key, exc_info=True)
+        return None
+
+
+def _near_duplicates(pairs: pd.DataFrame | None, read_array: ReadArray | None) -> str:
+    title = "Near-duplicate radiographs across patient groups"
+    if pairs is None or pairs.empty:
+        body = _note(
+            "No radiograph of one patient group is a near duplicate of another group's "
+            "(rank correlation of 32 x 32 signatures below splits.near_duplicate_threshold)."
+        )
+        return _section("neardup", f"{title} (0)", body)
+    body = _note(
+        "The same radiograph re-exported (lossy, 8-bit, resized, another transfer syntax) "
+        "under two patient groups: a missed remap would leak it across splits. Linked pairs "
+        "were joined into one group (splits.link_near_duplicates); check each pair."
+    )
+    figs = []
+    for r in pairs.head(MAX_NEAR_PAIRS).to_dict("records"):
+        status = "linked" if r["linked"] else "NOT linked"
+        left = _figure(
+            _pair_thumb(read_array, str(r["sample_key"])),
+            [f"patient {r['patient_id']} ({r['group']})", str(r["sample_key"])],
+            alt=f"radiograph of {r['patient_id']}",
+        )
+        right = _figure(
+            _pair_thumb(read_array, str(r["other_key"])),
+            [f"patient {r['other_patient_id']} ({r['other_group']})", str(r["other_key"])],
+            alt=f"radiograph of {r['other_patient_id']}",
+        )
+        label = html.escape(f"rank correlation {float(r['similarity']):.3f}, {status}")
+        figs.append(f'<div class="sheet"><p>{label}</p>{left}{right}</div>')
+    if len(pairs) > MAX_NEAR_PAIRS:
+        figs.append(_note(f"{len(pairs) - MAX_NEAR_PAIRS} more pair(s) in audit.csv."))
+    return _section("neardup", f"{title} ({len(pairs)})", body + "".join(figs))

@@ -191,12 +191,14 @@ LEAK_COLUMNS = (
     ("sop_uid", "SOP Instance UID"),
     ("sop_uids", "SOP Instance UID"),
     ("pixel_hashes", "pixel hash"),
+    ("data_hash", "decoded pixels (data_hash)"),
 )
 
 
 def find_leaks(manifest: pd.DataFrame) -> list[str]:
-    """One message per patient group, patient id, SOP Instance UID or source pixel hash
-    found in more than one split, e.g. ``"patient_id '1234' in splits test, train"``."""
+    """One message per patient group, patient id, SOP Instance UID, source pixel hash or
+    stored-array ``data_hash`` (identical decoded pixels) found in more than one split,
+    e.g. ``"patient_id '1234' in splits test, train"``."""
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
     splits = manifest["split"].astype(str).tolist()
     for col, label in LEAK_COLUMNS:

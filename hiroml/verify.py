@@ -1,10 +1,15 @@
 """``hiroml-verify OUT``: is an output folder sound?
 
 Errors (exit 1): the public contract (:func:`hiroml.manifest.check_contract`); leakage
-(a patient group, patient id, SOP Instance UID or source pixel hash in two splits); a shard
+(a patient group, patient id, SOP Instance UID, source pixel hash or ``data_hash``, i.e.
+identical decoded pixels, in two splits); a shard
 whose SHA-256 differs from the manifest's ``shard_sha256``; a manifest row whose key is
 missing from its shard, or whose stored shape or ``data_hash`` differs from the manifest's
 (``deep``: the hash is also recomputed from the stored pixels).
+
+Warnings (exit 0; errors with ``--strict``): near-duplicate radiographs in two splits, found
+afresh from the manifest's ``signature`` column (rank correlation >= ``--near-threshold``,
+default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.neardup`).
 
 Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
 from an interrupted or superseded build; samples in a shard that the manifest does not name.
@@ -24,9 +29,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hiroml.manifest import check_contract
+from hiroml.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, find_pairs
 from hiroml.shards import array_hash, open_shard, read_index, shard_sha256
 from hiroml.splits import find_leaks
 
@@ -110,12 +117,44 @@ def _check_shard(out: Path, shard: str, rows: pd.DataFrame, deep: bool, found: F
         found.errors.append(f"shard {shard}: unreadable ({e})")
 
 
+def near_duplicates_across_splits(m: pd.DataFrame, *, threshold: float) -> list[str]:
+    """One message per pair of radiographs in two splits whose signatures' rank correlation
+    reaches ``threshold`` (identical pixels aside: those are ``data_hash`` leaks)."""
+    if "signature" not in m.columns or m.empty:
+        return []
+    keep = [
+        i for i, v in enumerate(m["signature"].tolist())
+        if v is not None and len(v) == SIGNATURE_SIZE
+    ]  # fmt: skip
+    if len(keep) < 2:
+        return []
+    rows = m.iloc[keep]
+    sigs = np.stack([np.asarray(v, dtype=np.uint8) for v in rows["signature"]])
+    keys = rows["sample_key"].astype(str).tolist()
+    splits = rows["split"].astype(str).tolist()
+    hashes = rows["data_hash"].astype(str).tolist() if "data_hash" in rows else [""] * len(keys)
+    out = []
+    for p in find_pairs(sigs, threshold=threshold):
+        if splits[p.i] != splits[p.j] and not (hashes[p.i] and hashes[p.i] == hashes[p.j]):
+            out.append(
+                f"near duplicate across splits: {keys[p.i]} ({splits[p.i]}) ~ {keys[p.j]} "
+                f"({splits[p.j]}), rank correlation {p.similarity:.3f}"
+            )
+    return out
+
+
 def examine(
-    out_dir: Path | str, *, deep: bool = True, version: str | int | None = None
+    out_dir: Path | str,
+    *,
+    deep: bool = True,
+    version: str | int | None = None,
+    strict: bool = False,
+    near_threshold: float = DEFAULT_THRESHOLD,
 ) -> Findings:
     """Errors and warnings of one output folder, or of one of its versions (default: the
     latest); see the module docstring. :class:`~hiroml.versions.VersionError` when
-    ``version`` does not exist."""
+    ``version`` does not exist. ``strict``: near-duplicate radiographs in two splits are
+    errors, not warnings."""
     from hiroml.versions import MANIFEST, list_versions, tables_dir
 
     out = Path(out_dir)
@@ -135,6 +174,10 @@ def examine(
     m = pd.read_parquet(where / MANIFEST)
     found.n_samples = len(m)
     found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
+    near = near_duplicates_across_splits(m, threshold=near_threshold)
+    (found.errors if strict else found.warnings).extend(near)
+    near = near_duplicates_across_splits(m, threshold=near_threshold)
+    (found.errors if strict else found.warnings).extend(near)
     missing = [c for c in ("shard", "shard_sha256", "data_hash", "shape") if c not in m.columns]
     if missing:
         found.errors.append(f"manifest.parquet lacks column(s) {', '.join(missing)}")
@@ -168,15 +211,24 @@ def verify(
     return examine(out_dir, deep=deep, version=version).errors
 
 
-def examine_all(out_dir: Path | str, *, deep: bool = True) -> list[Findings]:
+def examine_all(
+    out_dir: Path | str,
+    *,
+    deep: bool = True,
+    strict: bool = False,
+    near_threshold: float = DEFAULT_THRESHOLD,
+) -> list[Findings]:
     """:func:`examine` of every kept version, oldest first (of the root tables when the
     output has no versions)."""
     from hiroml.versions import list_versions
 
     kept = list_versions(out_dir)
     if not kept:
-        return [examine(out_dir, deep=deep)]
-    return [examine(out_dir, deep=deep, version=v.name) for v in kept]
+        return [examine(out_dir, deep=deep, strict=strict, near_threshold=near_threshold)]
+    return [
+        examine(out_dir, deep=deep, version=v.name, strict=strict, near_threshold=near_threshold)
+        for v in kept
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,15 +241,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="trust stored data hashes (skip re-hashing pixels)"
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="near-duplicate radiographs in two splits are errors (default: warnings)",
+    )
+    parser.add_argument(
+        "--near-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="rank correlation of signatures from which two radiographs are near duplicates "
+        f"(default {DEFAULT_THRESHOLD}, as splits.near_duplicate_threshold)",
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", help="the version to check (default: the latest)")
     which.add_argument("--all", action="store_true", help="check every kept version")
     args = parser.parse_args(argv)
+    if not 0.0 < args.near_threshold <= 1.0:
+        parser.error(f"--near-threshold {args.near_threshold}: give a value in (0, 1]")
+    near = {"strict": args.strict, "near_threshold": args.near_threshold}
     try:
         if args.all:
-            results = examine_all(args.out, deep=not args.quick)
+            results = examine_all(args.out, deep=not args.quick, **near)
         else:
-            results = [examine(args.out, deep=not args.quick, version=args.version)]
+            results = [examine(args.out, deep=not args.quick, version=args.version, **near)]
     except HiromlError as err:
         print(f"hiroml-verify: {err}")
         return 1

@@ -476,6 +476,7 @@ ALLOWED_COLUMNS = {
     "series_uid", "sop_uid", "view", "age_years", "sex", "shape", "size_xyz", "spacing_xyz",
     "origin_xyz", "direction", "shard_sha256", "data_hash", "sop_uids", "pixel_hashes",
     "batches", "days_from_encounter", "orphan", "scale", "ct_decisions",
+    "signature", "near_duplicates",  # derived from pixels and sample keys (issue 18)
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
     "frame", "for_processing",  # issue 19: a frame number and a flag, computed
 }  # fmt: skip

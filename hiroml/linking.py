@@ -1,0 +1,251 @@
+"""Patient groups linked by what the images show, not by their bytes (pure, no I/O but
+:func:`decoded_pixel_hash`, which decodes bytes it is given).
+
+The exams stage links patient ids through (0008,0018) SOP Instance UIDs and a hash of the
+*encoded* (7FE0,0010) Pixel Data; the same radiograph in another transfer syntax has other
+bytes and escapes it. After conversion every stored sample has a ``data_hash`` (BLAKE2b of
+the stored array, :func:`hiroml.shards.array_hash`) and radiographs a near-duplicate
+``signature`` (:mod:`hiroml.neardup`). :func:`link_groups` joins, with a union-find over
+the patient groups of the exams stage:
+
+* groups whose samples share a ``data_hash`` (identical decoded, stored pixels, any
+  modality, whatever the transfer syntax), always; a ``data_hash`` held by more than
+  ``max_patients`` patient ids (when > 0: ``exams.pixel_link_max_patients``) is a common
+  image (blank, template) and links nothing, as for encoded pixel hashes;
+* groups holding a pair of radiographs whose signatures' rank correlation is at least
+  ``near_threshold`` (``splits.near_duplicate_threshold``): reported always, linked when
+  ``link_near`` (``splits.link_near_duplicates``).
+
+Each link is a :class:`GroupLink` naming both samples and the evidence, for the audit
+detail, the patients table's ``links`` and the report. The joined group is named after the
+smallest group name, so the result never depends on the order of the samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from hiroml import neardup
+
+log = logging.getLogger(__name__)
+
+SAME_PIXELS = "same decoded pixels"
+NEAR_DUPLICATE = "near duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class SampleIdentity:
+    """What linking needs of one stored sample. ``signature``: radiographs only (uint8
+    values of :func:`hiroml.neardup.signature`), empty for CT."""
+
+    sample_key: str
+    exam_key: str
+    patient_id: str  # current id
+    data_hash: str
+    signature: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLink:
+    """Two samples of different patient groups that show the same image."""
+
+    kind: str  # SAME_PIXELS | NEAR_DUPLICATE
+    sample_key: str
+    other_key: str
+    exam_key: str
+    other_exam_key: str
+    patient_id: str
+    other_patient_id: str
+    group: str  # the groups before linking
+    other_group: str
+    similarity: float  # 1.0 for identical pixels
+    linked: bool  # False: a near duplicate reported but not linked
+
+    def text(self) -> str:
+        """The evidence in one line, naming both samples."""
+        if self.kind == SAME_PIXELS:
+            what = "identical decoded pixels (same data_hash)"
+        else:
+            what = f"near-duplicate signature (rank correlation {self.similarity:.3f})"
+        tail = "" if self.linked else "; not linked (splits.link_near_duplicates=false)"
+        return (
+            f"{what}: {self.sample_key} (patient {self.patient_id}, group {self.group}) ~ "
+            f"{self.other_key} (patient {self.other_patient_id}, group {self.other_group})"
+            f"{tail}"
+        )
+
+    def note_for(self, exam_key: str) -> str:
+        """The audit detail for the exam ``exam_key`` (one side of the link)."""
+        if exam_key == self.exam_key:
+            mine, other = self.sample_key, self.other_key
+            pid, group = self.other_patient_id, self.other_group
+        else:
+            mine, other, pid, group = self.other_key, self.sample_key, self.patient_id, self.group
+        verb = "patient group link" if self.linked else "near duplicate (not linked)"
+        if self.kind == SAME_PIXELS:
+            evidence = "identical decoded pixels (same data_hash)"
+        else:
+            evidence = f"near-duplicate signature, rank correlation {self.similarity:.3f}"
+        return f"{verb}: {mine} has {evidence} as {other} of patient {pid} (group {group})"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    """``group_of``: every patient id given -> its group after linking; ``links``: every
+    link made or reported, sorted by kind then sample keys."""
+
+    group_of: dict[str, str]
+    links: tuple[GroupLink, ...]
+
+    def notes_by_exam(self) -> dict[str, list[str]]:
+        """exam key -> the audit notes of the links its samples take part in."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for link in self.links:
+            out[link.exam_key].append(link.note_for(link.exam_key))
+            if link.other_exam_key != link.exam_key:
+                out[link.other_exam_key].append(link.note_for(link.other_exam_key))
+        return dict(out)
+
+    def texts_by_group(self) -> dict[str, list[str]]:
+        """final group -> the one-line evidence of each of its links."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for link in self.links:
+            out[self.group_of.get(link.patient_id, link.group)].append(link.text())
+        return dict(out)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        if rb < ra:  # the smaller name is the root: independent of the order of unions
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        return True
+
+
+def _link(
+    kind: str,
+    a: SampleIdentity,
+    b: SampleIdentity,
+    group: Mapping[str, str],
+    sim: float,
+    linked: bool,
+) -> GroupLink:
+    if b.sample_key < a.sample_key:
+        a, b = b, a
+    return GroupLink(
+        kind=kind,
+        sample_key=a.sample_key,
+        other_key=b.sample_key,
+        exam_key=a.exam_key,
+        other_exam_key=b.exam_key,
+        patient_id=a.patient_id,
+        other_patient_id=b.patient_id,
+        group=group[a.patient_id],
+        other_group=group[b.patient_id],
+        similarity=sim,
+        linked=linked,
+    )
+
+
+def link_groups(
+    samples: Iterable[SampleIdentity],
+    group_of: Mapping[str, str],
+    *,
+    near_threshold: float | None = None,
+    link_near: bool = True,
+    max_patients: int = 0,
+) -> LinkResult:
+    """Join the patient groups of ``group_of`` (patient id -> group) whose samples show the
+    same image; see the module docstring. A patient id missing from ``group_of`` is its own
+    group. ``near_threshold=None`` skips the near-duplicate search."""
+    if near_threshold is not None and not -1.0 <= near_threshold <= 1.0:
+        raise ValueError(f"near_threshold={near_threshold}: must lie in [-1, 1]")
+    items = sorted(samples, key=lambda s: s.sample_key)
+    group = {s.patient_id: group_of.get(s.patient_id, s.patient_id) for s in items}
+    group.update(group_of)
+    uf = _UnionFind()
+    links: list[GroupLink] = []
+
+    by_hash: dict[str, list[SampleIdentity]] = defaultdict(list)
+    for s in items:
+        if s.data_hash:
+            by_hash[s.data_hash].append(s)
+    for digest, holders in sorted(by_hash.items()):
+        first: dict[str, SampleIdentity] = {}  # group -> its first sample with this hash
+        for s in holders:
+            first.setdefault(group[s.patient_id], s)
+        if len(first) < 2:
+            continue
+        n_patients = len({s.patient_id for s in holders})
+        if max_patients and n_patients > max_patients:
+            log.info("data_hash %s under %d patient ids: common image, no link", digest, n_patients)
+            continue
+        anchor, *others = (first[g] for g in sorted(first))
+        for s in others:
+            uf.union(group[anchor.patient_id], group[s.patient_id])
+            links.append(_link(SAME_PIXELS, anchor, s, group, 1.0, True))
+
+    if near_threshold is not None:
+        signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
+        if len(signed) > 1:
+            sigs = np.asarray([s.signature for s in signed], dtype=np.uint8)
+            for p in neardup.find_pairs(sigs, threshold=near_threshold):
+                a, b = signed[p.i], signed[p.j]
+                if a.data_hash and a.data_hash == b.data_hash:
+                    continue  # identical pixels: linked above
+                ga, gb = group[a.patient_id], group[b.patient_id]
+                if ga == gb or (uf.find(ga) == uf.find(gb) and not link_near):
+                    continue
+                if link_near:
+                    uf.union(ga, gb)
+                links.append(_link(NEAR_DUPLICATE, a, b, group, p.similarity, link_near))
+
+    final = {pid: uf.find(g) for pid, g in group.items()}
+    links.sort(key=lambda k: (k.kind, k.sample_key, k.other_key))
+    joined = sum(1 for k in links if k.linked)
+    if links:
+        log.info("pixel identity: %d link(s) between patient groups, %d joined", len(links), joined)
+    return LinkResult(group_of=final, links=tuple(links))
+
+
+def decoded_pixel_hash(data: bytes) -> str:
+    """BLAKE2b (128 bit, hex) of a DICOM instance's decoded (7FE0,0010) Pixel Data: the
+    stored values of every frame as :func:`hiroml.dicom.decode` gives them (before any LUT),
+    in native byte order, with their shape and kind. The same image in any transfer syntax
+    (explicit/implicit little endian, big endian, RLE, JPEG lossless, JPEG-LS, JPEG 2000
+    lossless...) gives the same hash.
+
+    Raises :class:`hiroml.errors.HiromlError` (or the decoder's error) when the member does
+    not parse or its pixels cannot be decoded."""
+    from hiroml import dicom
+
+    ds = dicom.parse(data, label="pixel identity").dataset
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    arr = np.stack([dicom.decode(ds, frame=k).array for k in range(frames)])
+    a = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.kind}{a.dtype.itemsize}".encode())
+    h.update(repr(tuple(int(n) for n in a.shape)).encode())
+    h.update(a.reshape(-1).view(np.uint8).data if a.size else b"")
+    return h.hexdigest()
