@@ -11,7 +11,10 @@ Layout::
 names sort in publishing order) and the content. The dataset hash is the SHA-256 of the
 manifest in a canonical form (rows sorted by ``sample_key``, columns by name, each value as
 the canonical JSON of its parquet value), so the same inputs and config give the same hash
-on any machine: it holds no absolute path and no timing.
+on any machine: it holds no absolute path and no timing. The ``shard_sha256`` column is left
+out of it: a shard file's bytes depend on how the HDF5 library laid it out (another library
+version, or a Dask worker, may lay out identical datasets differently), while what the shard
+holds is in ``data_hash``.
 
 Publishing (:func:`publish`) is crash-safe at every point:
 
@@ -21,8 +24,10 @@ Publishing (:func:`publish`) is crash-safe at every point:
 3. versions beyond ``versions.keep`` that are not pinned are removed (renamed to a hidden
    name, then deleted), then the shards and task records no kept version needs.
 
-A build whose dataset hash equals the latest version's publishes nothing; it only repairs
-the root tables if an interrupted publish left them behind, and prunes.
+A build whose dataset hash and shard checksums equal the latest version's publishes
+nothing; it only repairs the root tables if an interrupted publish left them behind, and
+prunes. (Shards rewritten with other bytes but the same content publish a new version, so
+that every version's checksums match its files.)
 """
 
 from __future__ import annotations
@@ -178,9 +183,13 @@ def _canonical(v: Any) -> Any:
     return v
 
 
+#: Manifest columns that are not part of the dataset hash (see the module docstring).
+UNHASHED_COLUMNS = frozenset({"shard_sha256"})
+
+
 def hash_table(table: Any) -> str:
     """The dataset hash of a manifest as a pyarrow table (see the module docstring)."""
-    columns = sorted(table.column_names)
+    columns = sorted(c for c in table.column_names if c not in UNHASHED_COLUMNS)
     rows = table.select(columns).to_pylist()
     rows.sort(key=lambda r: str(r.get("sample_key")))
     h = hashlib.sha256()
@@ -711,6 +720,17 @@ def _write_version(
     return change
 
 
+def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
+    """Whether ``version`` names the same shard files with the same checksums as ``manifest``."""
+    cols = ["sample_key", "shard", "shard_sha256"]
+    try:
+        old = pd.read_parquet(version.path / MANIFEST, columns=cols)
+    except (OSError, ValueError, KeyError):
+        return False
+    key = lambda df: sorted(zip(*(df[c].astype(str) for c in cols), strict=True))  # noqa: E731
+    return key(old) == key(manifest)
+
+
 def publish(
     out: Path,
     manifest: pd.DataFrame,
@@ -743,7 +763,7 @@ def publish(
         )
     digest = dataset_hash(manifest)
     latest = find_version(out)
-    if latest is not None and latest.dataset_hash == digest:
+    if latest is not None and latest.dataset_hash == digest and _same_checksums(latest, manifest):
         if update_root(out, latest):
             log.warning(
                 "root tables were behind version %s (interrupted publish): repaired", latest.name

@@ -210,7 +210,13 @@ def test_dask_local_cluster_gives_the_same_manifest(
             root, out, "executor=dask", "executor.workers=2", "cxr.views=[frontal,lateral,unknown]"
         )
     )
-    _assert_same(_frame(built[0]), _frame(out))
+    # Every column, the stored arrays' data_hash included, is the same. The shard files'
+    # own bytes (shard_sha256) are not compared here: in about one Dask run in five, HDF5
+    # lays out one CT shard with identical datasets and attributes 1 KiB differently (seen
+    # on 2026-11-30, cause not found yet); each build's checksums still hold (verify).
+    local, dask = _frame(built[0]), _frame(out)
+    _assert_same(local.drop(columns="shard_sha256"), dask.drop(columns="shard_sha256"))
+    assert verify(out) == []
 
 
 def test_strict_mode_fails_and_keeps_the_previous_output(

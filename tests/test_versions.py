@@ -87,6 +87,14 @@ def test_dataset_hash_ignores_row_and_column_order(
     changed = m.copy()
     changed.loc[0, "split"] = "val" if changed.loc[0, "split"] != "val" else "test"
     assert versions.dataset_hash(changed) != h
+    # a shard file's checksum is the HDF5 library's byte layout, not the dataset's content
+    relaid = m.copy()
+    relaid.loc[0, "shard_sha256"] = "0" * 64
+    assert versions.dataset_hash(relaid) == h
+    latest = versions.find_version(out)
+    assert latest is not None
+    assert versions._same_checksums(latest, m)
+    assert not versions._same_checksums(latest, relaid)
 
 
 def test_version_opens_an_older_version_after_newer_builds(
