@@ -361,11 +361,15 @@ def _keep_once(units_in_order: Sequence[_Unit], exam_of: Mapping[str, str]) -> N
                 )
 
 
-class _UnionFind:
-    def __init__(self, items: Iterable[str]) -> None:
+class UnionFind:
+    """Disjoint sets of names; the smaller name is the root of each set, so the result does
+    not depend on the order of unions. ``find`` adds a name it has not seen."""
+
+    def __init__(self, items: Iterable[str] = ()) -> None:
         self.parent = {i: i for i in items}
 
     def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
         root = x
         while self.parent[root] != root:
             root = self.parent[root]
@@ -376,7 +380,6 @@ class _UnionFind:
     def union(self, a: str, b: str) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            # the smaller id becomes the root: deterministic whatever the order of unions
             if rb < ra:
                 ra, rb = rb, ra
             self.parent[rb] = ra
@@ -414,7 +417,7 @@ def _groups(
     ``aliases`` of a group: every other id of its patients, from the zip names and from the
     remap sheet (old ids whose images may or may not be in the datamart)."""
     patients = sorted({u.patient for u in units})
-    uf = _UnionFind(patients)
+    uf = UnionFind(patients)
     sources: dict[str, set[str]] = defaultdict(set)
     for u in units:
         sources[u.patient].add(u.zip.name.patient_id)

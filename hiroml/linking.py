@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hiroml import neardup
+from hiroml.exams import UnionFind
 
 log = logging.getLogger(__name__)
 
@@ -120,29 +121,6 @@ class LinkResult:
         return dict(out)
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: str, b: str) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        if rb < ra:  # the smaller name is the root: independent of the order of unions
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        return True
-
-
 def _link(
     kind: str,
     a: SampleIdentity,
@@ -184,7 +162,7 @@ def link_groups(
     items = sorted(samples, key=lambda s: s.sample_key)
     group = {s.patient_id: group_of.get(s.patient_id, s.patient_id) for s in items}
     group.update(group_of)
-    uf = _UnionFind()
+    uf = UnionFind()
     links: list[GroupLink] = []
 
     by_hash: dict[str, list[SampleIdentity]] = defaultdict(list)
