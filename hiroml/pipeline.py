@@ -1037,9 +1037,15 @@ def run(cfg: BuildConfig) -> BuildSummary:
     the previous dataset (:mod:`hiroml.guard`); the previous output stays readable in every
     case, since the manifest is replaced last and atomically.
     """
+    import cv2
+
     from hiroml import datamart
     from hiroml.lock import build_lock
 
+    # The driver decodes a few members itself (the pediatric check) and then forks the
+    # conversion workers: OpenCV's thread pool must not exist in it when it forks, or a child
+    # inherits the pool's locks without its threads and hangs in cv2.setNumThreads.
+    cv2.setNumThreads(1)
     t_start = time.perf_counter()
     started = _now()
     root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)

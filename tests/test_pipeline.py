@@ -252,6 +252,29 @@ def test_experiment_presets_compose(make_cfg: MakeCfg, tmp_path: Path) -> None:
     assert (ct.cxr.enabled, ct.ct.resample_spacing) == (False, [1.5, 1.5, 1.5])
 
 
+def test_the_default_demo_builds_with_forked_workers(tmp_path: Path) -> None:
+    """The README's first command as it is (the demo-size datamart) with two forked workers.
+    The driver decodes members itself (the pediatric check) before it forks; once, a driver
+    that had started OpenCV's thread pool hung a worker in cv2.setNumThreads (not reproduced
+    on demand since): a timeout here, never a stalled CI."""
+    out = tmp_path / "hiroml-out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hiroml",
+            f"paths.output={out}",
+            "progress=false",
+            "executor.workers=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    assert verify(out) == []
+
+
 def test_the_readme_command_builds_the_demo(tmp_path: Path) -> None:
     """`hiroml-build` with no datamart generates the synthetic one (tiny here) and builds."""
     out = tmp_path / "hiroml-out"
