@@ -1108,26 +1108,19 @@ def _stitch_problems(exam: Exam, scan: Scan, vol: CtVolume) -> list[Problem]:
         f"stitched series {list(vol.stitched_series)}; seams_mm {list(vol.seams_mm)}; "
         f"seam_slices {list(vol.seam_slices)}; zips {list(vol.zips)}"
     )
-    out = []
-    for part in scan.joined:
-        first = min(part, key=lambda i: (i.zip, i.member))
-        out.append(
-            Problem(
-                zip=first.zip,
-                batch=first.batch,
-                member=first.member,
-                stage=STAGE,
-                reason=(
-                    f"series {part[0].series_uid} ({len(part)} slices) stitched with series "
-                    f"{vol.series_uid} into one scan (split scan resumed as a new series: same "
-                    "frame of reference, orientation, matrix, pixel spacing, kernel and "
-                    "thickness): " + "; ".join(scan.notes)
-                ),
-                action=Action.MERGED,
-                kept_as=key,
-                detail=detail,
-            )
+    out = [
+        _part_problem(
+            part,
+            f"series {part[0].series_uid} ({len(part)} slices) stitched with series "
+            f"{vol.series_uid} into one scan (split scan resumed as a new series: same "
+            "frame of reference, orientation, matrix, pixel spacing, kernel and "
+            "thickness): " + "; ".join(scan.notes),
+            Action.MERGED,
+            kept_as=key,
+            detail=detail,
         )
+        for part in scan.joined
+    ]
     for series_uid in sorted({i.series_uid for i, _ in scan.left_out}):
         items = [(i, why) for i, why in scan.left_out if i.series_uid == series_uid]
         out.extend(_problems_for(series_uid, items, len(items)))
@@ -1136,20 +1129,29 @@ def _stitch_problems(exam: Exam, scan: Scan, vol: CtVolume) -> list[Problem]:
 
 def _apart_problems(plan: StitchPlan) -> list[Problem]:
     """A KEPT row (on the part's first member) for each part kept apart from a candidate."""
-    out = []
-    for part, why in plan.apart:
-        first = min(part, key=lambda i: (i.zip, i.member))
-        out.append(
-            Problem(
-                zip=first.zip,
-                batch=first.batch,
-                member=first.member,
-                stage=STAGE,
-                reason=f"series {part[0].series_uid} not stitched (ct.stitch=auto): {why}",
-                action=Action.KEPT,
-            )
+    return [
+        _part_problem(
+            part, f"series {part[0].series_uid} not stitched (ct.stitch=auto): {why}", Action.KEPT
         )
-    return out
+        for part, why in plan.apart
+    ]
+
+
+def _part_problem(
+    part: Sequence[Instance], reason: str, action: Action, *, kept_as: str = "", detail: str = ""
+) -> Problem:
+    """A row about one part of a scan, on its first member (by zip, then member path)."""
+    first = min(part, key=lambda i: (i.zip, i.member))
+    return Problem(
+        zip=first.zip,
+        batch=first.batch,
+        member=first.member,
+        stage=STAGE,
+        reason=reason,
+        action=action,
+        kept_as=kept_as,
+        detail=detail,
+    )
 
 
 def convert_exam(
