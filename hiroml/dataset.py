@@ -20,11 +20,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from h5py import h5d, h5s
 from torch.utils.data import Dataset
 
 from hiroml.errors import HiromlError
-from hiroml.shards import open_shard, read_index
+from hiroml.shards import SampleRef, open_shard, read_into, read_meta, read_ref, sample_refs
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +37,27 @@ META_FLOAT = ("age_years", "days_from_encounter")
 CT_GEOMETRY = ("spacing_xyz", "origin_xyz", "direction")
 
 Sample = dict[str, Any]
+# a located sample: its open shard, byte offset or None, shape, dtype, where it lies
+_Where = tuple["_OpenShard", int | None, tuple[int, ...], np.dtype[Any], SampleRef]
 
 
 class _OpenShard:
-    """One shard opened in this process: the h5py file, its ``/samples`` group id, its
-    offset index and a raw read-only descriptor for direct reads of contiguous datasets."""
+    """One shard opened in this process: the h5py file, where each sample lies in it
+    (either shard format), the datasets opened so far and a raw read-only descriptor for
+    direct reads of samples stored as one unfiltered run of bytes."""
 
     def __init__(self, path: str) -> None:
         self.file = open_shard(path)
-        self.samples = self.file["samples"].id
-        self.index = read_index(self.file)
+        self.refs = sample_refs(self.file)
+        self.arrays: dict[str, h5py.Dataset] = {}
         self.fd = os.open(path, os.O_RDONLY)
+
+    def array(self, ref: SampleRef) -> h5py.Dataset:
+        """The dataset holding a sample (a format-2 dataset holds many, one per row)."""
+        ds = self.arrays.get(ref.array)
+        if ds is None:
+            ds = self.arrays[ref.array] = self.file[ref.array]
+        return ds
 
     def close(self) -> None:
         os.close(self.fd)
@@ -170,7 +179,7 @@ class HiromlDataset(Dataset[Sample]):
         self._pid = -1
         self._scratch = np.empty(0, np.uint8)
         self._files: OrderedDict[str, _OpenShard] = OrderedDict()
-        self._where: dict[int, tuple[_OpenShard, int | None, tuple[int, ...], np.dtype[Any]]] = {}
+        self._where: dict[int, _Where] = {}
 
     def _meta(self, row: dict[str, Any]) -> dict[str, Any]:
         meta: dict[str, Any] = {c: _str(row.get(c)) for c in META_STR}
@@ -248,32 +257,36 @@ class HiromlDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _dsid(self, i: int) -> tuple[_OpenShard, h5d.DatasetID]:
+    def _ref(self, i: int) -> tuple[_OpenShard, SampleRef]:
         shard = self._shard(self.shards[i])
-        try:
-            return shard, h5d.open(shard.samples, self.keys[i].encode())
-        except KeyError:
-            raise HiromlError(f"{self.shards[i]}: no sample {self.keys[i]!r}") from None
+        ref = shard.refs.get(self.keys[i])
+        if ref is None:
+            raise HiromlError(f"{self.shards[i]}: no sample {self.keys[i]!r}")
+        return shard, ref
 
     def dataset(self, i: int) -> h5py.Dataset:
-        """The h5py dataset of sample ``i`` (opened lazily in this process)."""
-        return h5py.Dataset(self._dsid(i)[1])
+        """The h5py dataset holding sample ``i`` (opened lazily in this process): the sample
+        itself in a format-1 shard, a stack of samples of its shape (its row:
+        ``read_array`` does the indexing) in a format-2 one."""
+        shard, ref = self._ref(i)
+        return shard.array(ref)
 
-    def _locate(self, i: int) -> tuple[_OpenShard, int | None, tuple[int, ...], np.dtype[Any]]:
+    def _locate(self, i: int) -> _Where:
         self._check_pid()
         where = self._where.get(i)
         if where is None or where[0] is not self._files.get(self.shards[i]):
-            shard = self._shard(self.shards[i])
-            entry = shard.index.get(self.keys[i])
+            shard, ref = self._ref(i)
             shape = self.shapes[i]
-            if entry is not None and entry[0] >= 0 and shape is not None:
+            if ref.offset >= 0 and shape is not None:
                 # the shard's offset index and the manifest's shape: no HDF5 call at all
-                where = (shard, entry[0], shape, entry[1])
+                where = (shard, ref.offset, shape, ref.dtype, ref)
             else:
-                shard, dsid = self._dsid(i)
-                dtype = dsid.dtype
-                offset = dsid.get_offset() if dtype.kind in "biuf" else None
-                where = (shard, offset, tuple(dsid.shape), dtype)
+                ds = shard.array(ref)
+                offset = ref.offset if ref.offset >= 0 else None
+                if offset is None and ref.row is None and ds.dtype.kind in "biuf":
+                    offset = ds.id.get_offset()  # a format-1 shard without /offsets
+                shape = tuple(ds.shape) if ref.row is None else tuple(ds.shape[1:])
+                where = (shard, offset, shape, ds.dtype, ref)
             self._where[i] = where
         return where
 
@@ -281,17 +294,19 @@ class HiromlDataset(Dataset[Sample]):
         """Sample ``i``'s stored array (storage dtype) or a region of it, numpy (z, y, x)
         indexing, e.g. ``np.s_[z]`` for a CT slice or ``np.s_[z:z+96, y:y+96, x:x+96]``.
 
-        A whole contiguous, unfiltered dataset is read straight from its byte offset in the
-        file (``DatasetID.get_offset``), skipping HDF5's per-read overhead; everything else
+        A whole sample stored as one unfiltered run of bytes is read straight from its byte
+        offset in the file (the shard's ``/offsets``), skipping HDF5's per-read overhead;
+        everything else
         goes through HDF5."""
         if region != ():
-            return np.asarray(self.dataset(i)[region])
+            shard, ref = self._ref(i)
+            return read_ref(shard.file, ref, region)
         return self._read_whole(i, scratch=False)
 
     def _read_whole(self, i: int, *, scratch: bool) -> np.ndarray:
         """The whole array of sample ``i``; with ``scratch`` it lands in a buffer reused by
         the next call (saves page faults on a fresh allocation per sample)."""
-        shard, offset, shape, dtype = self._locate(i)
+        shard, offset, shape, dtype, ref = self._locate(i)
         nbytes = math.prod(shape) * dtype.itemsize
         if scratch:
             if len(self._scratch) < nbytes:
@@ -303,14 +318,15 @@ class HiromlDataset(Dataset[Sample]):
             return out
         if offset is not None and os.preadv(shard.fd, [out.data], offset) == nbytes:
             return out
-        self._dsid(i)[1].read(h5s.ALL, h5s.ALL, out)
+        read_into(shard.array(ref), ref, out)
         return out
 
     def _scale(self, i: int, arr: np.ndarray) -> float:
         s = self.scales[i]
         if math.isnan(s):
-            attr = self.dataset(i).attrs.get("scale")
-            s = float(attr) if attr is not None else 1.0 / float(np.iinfo(arr.dtype).max)
+            shard, ref = self._ref(i)
+            stored = read_meta(shard.file, ref).get("scale")
+            s = float(stored) if stored is not None else 1.0 / float(np.iinfo(arr.dtype).max)
             self.scales[i] = s
         return s
 

@@ -55,3 +55,8 @@ class ShrinkRefusedError(HiromlError):
     ``publish.max_removed_fraction`` allows, without an explanation in the audit:
     ``hiroml-build`` exits 4 and the previous output is left exactly as it was
     (``allow_shrink=true`` publishes anyway)."""
+
+
+class ShardError(HiromlError):
+    """A shard cannot be written or read as asked (bad or duplicate key, bad option, a
+    sample the shard does not hold)."""

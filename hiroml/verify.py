@@ -24,7 +24,6 @@ a warning.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,17 @@ import pandas as pd
 
 from hiroml.manifest import check_contract
 from hiroml.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, find_pairs
-from hiroml.shards import array_hash, open_shard, read_index, shard_sha256
+from hiroml.shards import (
+    array_hash,
+    open_shard,
+    read_meta,
+    read_ref,
+    sample_refs,
+    sample_shape,
+    shard_sha256,
+    stored_hash,
+    stored_offset,
+)
 from hiroml.splits import find_leaks
 
 log = logging.getLogger(__name__)
@@ -76,37 +85,34 @@ def _check_shard(out: Path, shard: str, rows: pd.DataFrame, deep: bool, found: F
         )
     try:
         with open_shard(path) as f:
-            samples = f["samples"]
-            names = set(samples.keys())
-            index = read_index(f)
+            refs = sample_refs(f)
+            names = set(refs)
             for key, shape, digest in zip(
                 rows["sample_key"].astype(str),
                 rows["shape"],
                 rows["data_hash"].astype(str),
                 strict=True,
             ):
-                if key not in names:
+                ref = refs.get(key)
+                if ref is None:
                     found.errors.append(f"sample {key}: not in shard {shard}")
                     continue
-                ds = samples[key]
-                if _shape(shape) != tuple(ds.shape):
+                stored_shape = sample_shape(f, ref)
+                if _shape(shape) != stored_shape:
                     found.errors.append(
-                        f"sample {key}: shape {tuple(ds.shape)} in {shard}, "
+                        f"sample {key}: shape {stored_shape} in {shard}, "
                         f"manifest {_shape(shape)}"
                     )
-                if index:
-                    offset, dtype = index.get(key, (None, None))
-                    real = ds.id.get_offset()
-                    if offset != (-1 if real is None else real) or dtype != ds.dtype:
-                        found.errors.append(f"sample {key}: the offset index of {shard} is wrong")
-                stored = ds.attrs.get("data_hash")
-                stored = stored.decode() if isinstance(stored, bytes) else stored
-                if stored != digest:
+                if "offsets" in f and (
+                    ref.offset != stored_offset(f, ref) or ref.dtype != f[ref.array].dtype
+                ):
+                    found.errors.append(f"sample {key}: the offset index of {shard} is wrong")
+                if stored_hash(f, ref) != digest:
                     found.errors.append(f"sample {key}: data_hash in {shard} differs from manifest")
-                elif deep and array_hash(ds[()]) != digest:
+                elif deep and array_hash(read_ref(f, ref)) != digest:
                     found.errors.append(f"sample {key}: stored pixels do not match data_hash")
                 else:
-                    json.loads(ds.attrs["meta"])
+                    read_meta(f, ref)
             extra = names - set(rows["sample_key"].astype(str))
             if extra:
                 found.warnings.append(

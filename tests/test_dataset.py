@@ -153,3 +153,32 @@ def test_distributed_sampler_shards_the_split_between_ranks(tmp_path: Path) -> N
         seen += [k for batch in loader for k in batch["sample_key"]]
     # every sample once (DistributedSampler pads an odd count with one repeat)
     assert set(seen) == set(ds.keys) and len(seen) - len(ds) in (0, 1)
+
+
+def test_format_1_shards_read_the_same_as_format_2(out: Path, tmp_path: Path) -> None:
+    """Versions published by the previous release name format-1 shards (one dataset per
+    sample): the Dataset, its region reads and load_sitk read them as they read format 2."""
+    import shutil
+
+    from test_shards import _write_format1
+
+    from hiroml.shards import iter_samples
+
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for shard in sorted((old / "shards").glob("*.h5")):
+        samples = {k: (a, m) for k, a, m in iter_samples(shard)}
+        shard.unlink()
+        _write_format1(shard, samples)
+    for modality in ("cxr", "ct"):
+        new = HiromlDataset(out, split=None, modality=modality)
+        legacy = HiromlDataset(old, split=None, modality=modality)
+        assert legacy.keys == new.keys and len(new) > 0
+        for i in range(len(new)):
+            assert torch.equal(legacy[i]["image"], new[i]["image"])
+            assert legacy[i]["sample_key"] == new[i]["sample_key"]
+    legacy_ct = HiromlDataset(old, split=None, modality="ct")
+    want = HiromlDataset(out, split=None, modality="ct").read_array(0)
+    assert np.array_equal(legacy_ct.read_array(0, np.s_[1:3, 4:9]), want[1:3, 4:9])
+    image = hiroml.load_sitk(old, legacy_ct.keys[0])
+    assert image.GetSize() == want.shape[::-1]

@@ -1,4 +1,5 @@
-"""shards.py: round trip, plain-h5py layout, rollover, atomic completion, kills."""
+"""shards.py: round trip, plain-h5py layout (format 2, and format 1 still read), rollover,
+atomic completion, kills."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import h5py
 import numpy as np
 import pytest
 
+from hiroml.errors import ShardError
 from hiroml.shards import (
-    ShardError,
+    FORMAT_VERSION,
     ShardWriter,
     array_hash,
-    completed_shards,
     iter_samples,
+    open_shard,
+    read_index,
     read_sample,
     shard_keys,
     shard_sha256,
@@ -61,18 +64,27 @@ def test_round_trip_arrays_and_meta(tmp_path: Path, compression: str) -> None:
     assert np.array_equal(arr2, u8) and got2 == {}
     assert shard_keys(path) == ["1.2.3.4", "k2"]
     assert [k for k, _, _ in iter_samples(path)] == ["1.2.3.4", "k2"]
-    # understandable with plain h5py
+    # understandable with plain h5py, as the module docstring and the README show
     with h5py.File(path, "r") as f:
         assert f.attrs["format"] == "hiroml-shard" and f.attrs["modality"] == "cxr"
+        assert f.attrs["format_version"] == FORMAT_VERSION == 2
         assert f.attrs["config_hash"] == "h1" and json.loads(f.attrs["n"]) == [1, 2]
         assert f.attrs["n_samples"] == 2
-        ds = f["samples/1.2.3.4"]
-        assert ds.attrs["sop_uid"] == "1.2.3.4" and ds.attrs["age"] == 57
-        assert ds.attrs["data_hash"] == h1
-        assert (ds.chunks is None) == (compression == "none")
+        i = list(f["keys"].asstr()[()]).index("1.2.3.4")
+        ds = f[f["arrays_of"].asstr()[i]]
+        assert ds.name == "/arrays/f2_64x48" and ds.shape == (1, 64, 48)
+        assert np.array_equal(ds[f["rows"][i]], img)
+        assert json.loads(f["meta"].asstr()[i])["sop_uid"] == "1.2.3.4"
+        assert f["data_hashes"].asstr()[i] == h1
+        assert ds.chunks == (1, 64, 48)  # one sample per chunk
+        assert (ds.compression is None and not ds.id.get_create_plist().get_nfilters()) == (
+            compression == "none"
+        )
 
 
-@pytest.mark.parametrize(("ct_chunks", "chunks"), [("slice", (1, 80, 70)), ("cube", (40, 64, 64))])
+@pytest.mark.parametrize(
+    ("ct_chunks", "chunks"), [("slice", (1, 1, 80, 70)), ("cube", (1, 40, 64, 64))]
+)
 def test_ct_chunking(tmp_path: Path, ct_chunks: str, chunks: tuple[int, ...]) -> None:
     vol = np.random.default_rng(1).integers(-1024, 3000, (40, 80, 70), dtype=np.int16)
     with ShardWriter(
@@ -82,7 +94,7 @@ def test_ct_chunking(tmp_path: Path, ct_chunks: str, chunks: tuple[int, ...]) ->
     arr, meta = read_sample(tmp_path / "ct-1.h5", "vol")
     assert np.array_equal(arr, vol) and meta["spacing_xyz"] == [0.7, 0.7, 1.25]
     with h5py.File(tmp_path / "ct-1.h5") as f:
-        assert f["samples/vol"].chunks == chunks
+        assert f["arrays/i2_40x80x70"].chunks == chunks
 
 
 def test_array_hash_sees_dtype_and_shape() -> None:
@@ -168,8 +180,7 @@ def test_sigkill_mid_shard_leaves_previous_output_readable(tmp_path: Path) -> No
     assert proc.returncode == -signal.SIGKILL
     names = sorted(p.name for p in tmp_path.iterdir())
     # shard 0 (k0-k2) was completed; shard 1 (k3, k4) died as a .tmp that never looks whole
-    assert names == ["cxr-new-0001.h5.tmp", "cxr-new.h5", "cxr-prev.done.json", "cxr-prev.h5"]
-    assert completed_shards(tmp_path, "cxr-new") is None  # the task must be re-run
+    assert names == ["cxr-new-0001.h5.tmp", "cxr-new.h5", "cxr-prev.h5"]
     assert shard_keys(tmp_path / "cxr-new.h5") == ["k0", "k1", "k2"]
     assert shard_sha256(tmp_path / "cxr-prev.h5") == prev_sha
     assert read_sample(tmp_path / "cxr-prev.h5", "p0")[0].sum() == 64
@@ -182,20 +193,73 @@ def test_sigkill_mid_shard_leaves_previous_output_readable(tmp_path: Path) -> No
         "cxr-new.h5",
         "cxr-prev.h5",
     ]
-    assert completed_shards(tmp_path, "cxr-new") == w2.shards
+    assert [s.name for s in w2.shards] == ["cxr-new.h5", "cxr-new-0001.h5"]
     assert shard_keys(tmp_path / "cxr-new-0001.h5") == ["k3", "k4"]
 
 
-def test_completed_shards_lets_a_rerun_skip_a_finished_task(tmp_path: Path) -> None:
-    with _writer(tmp_path, max_samples=2, attrs={"config_hash": "c1"}) as w:
-        for i in range(3):
-            w.add(f"k{i}", np.full((4, 4), i, np.uint8), {})
-    assert completed_shards(tmp_path, "cxr-abc") == w.shards
-    assert completed_shards(tmp_path, "cxr-abc", attrs={"config_hash": "c1"}) == w.shards
-    assert completed_shards(tmp_path, "cxr-abc", attrs={"config_hash": "c2"}) is None
-    assert completed_shards(tmp_path, "cxr-other") is None
-    (tmp_path / "cxr-abc-0001.h5").unlink()
-    assert completed_shards(tmp_path, "cxr-abc") is None
+def test_samples_of_one_shape_share_one_dataset_read_from_their_offsets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    images = [rng.random((32, 24), dtype=np.float32).astype(np.float16) for _ in range(5)]
+    with _writer(tmp_path) as w:
+        for i, img in enumerate(images):
+            w.add(f"k{i}", img, {"i": i})
+        w.add("other", np.ones((8, 8), np.uint16), {})
+    path = tmp_path / "cxr-abc.h5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cxr-abc.h5"]  # no .done.json
+    with h5py.File(path, "r") as f:
+        assert sorted(f["arrays"]) == ["f2_32x24", "u2_8x8"]
+        assert f["arrays/f2_32x24"].shape == (5, 32, 24)
+        assert list(f["rows"][()]) == [0, 1, 2, 3, 4, 0]
+    with open_shard(path) as f:
+        index = read_index(f)
+    raw = path.read_bytes()
+    for i, img in enumerate(images):  # each sample's bytes lie at its recorded offset
+        offset, dtype = index[f"k{i}"]
+        assert dtype == np.float16 and offset > 0
+        assert raw[offset : offset + img.nbytes] == img.tobytes()
+    assert [(k, int(m["i"])) for k, _, m in iter_samples(path) if "i" in m] == [
+        (f"k{i}", i) for i in range(5)
+    ]
+
+
+def _write_format1(path: Path, samples: dict[str, tuple[np.ndarray, dict[str, object]]]) -> None:
+    """A shard as the previous release wrote it (format_version 1): one dataset
+    ``/samples/<key>`` per sample, its meta as a JSON attr and again one attr per scalar."""
+    with h5py.File(path, "w", libver=("v110", "latest")) as f:
+        f.attrs.update(format="hiroml-shard", format_version=1, n_samples=len(samples))
+        g = f.create_group("samples")
+        offsets, dtypes = [], []
+        for key, (arr, meta) in samples.items():
+            ds = g.create_dataset(
+                key, data=arr, chunks=None if arr.ndim == 2 else (1, *arr.shape[1:])
+            )
+            ds.attrs["meta"] = json.dumps(meta)
+            ds.attrs["data_hash"] = array_hash(arr)
+            for k, v in meta.items():
+                ds.attrs[k] = v
+            offset = ds.id.get_offset()
+            offsets.append(-1 if offset is None else int(offset))
+            dtypes.append(arr.dtype.str)
+        f.create_dataset("keys", data=np.array(list(samples), dtype=h5py.string_dtype()))
+        f.create_dataset("offsets", data=np.array(offsets, dtype=np.int64))
+        f.create_dataset("dtypes", data=np.array(dtypes, dtype=h5py.string_dtype()))
+
+
+def test_format_1_shards_of_the_previous_release_still_read(tmp_path: Path) -> None:
+    img = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    vol = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    path = tmp_path / "cxr-old.h5"
+    _write_format1(path, {"a": (img, {"scale": 0.5}), "v": (vol, {"sop_uid": "1.2"})})
+    arr, meta = read_sample(path, "a")
+    assert np.array_equal(arr, img) and meta == {"scale": 0.5}
+    assert np.array_equal(read_sample(path, "v")[0], vol)
+    assert shard_keys(path) == ["a", "v"]
+    assert [k for k, _, _ in iter_samples(path)] == ["a", "v"]
+    with open_shard(path) as f:
+        index = read_index(f)
+    assert index["a"][0] > 0 and index["v"][0] == -1
+    with pytest.raises(ShardError, match="no sample 'zz'"):
+        read_sample(path, "zz")
 
 
 def test_a_failure_while_finishing_leaves_no_tmp(
