@@ -11,7 +11,7 @@ import pytest
 from test_manifest import make_output
 
 from hiroml.manifest import patients_frame, read_manifest, write_outputs
-from hiroml.shards import ShardWriter, shard_sha256
+from hiroml.shards import ShardWriter, open_shard, read_index, shard_sha256
 from hiroml.verify import examine, main, verify
 
 
@@ -68,8 +68,11 @@ def test_group_in_two_splits(out: Path) -> None:
 def test_corrupted_shard_fails_checksum(out: Path) -> None:
     m = read_manifest(out)
     shard = m["shard"].iloc[0]
+    with open_shard(out / shard) as f:
+        offset, _ = read_index(f)[m["sample_key"].iloc[0]]
+    assert offset > 0
     data = bytearray((out / shard).read_bytes())
-    data[-100] ^= 0xFF  # flip bits in the pixel data at the end of the file
+    data[offset + 100] ^= 0xFF  # flip bits in the pixel data of the shard's first sample
     (out / shard).write_bytes(bytes(data))
     errors = verify(out)
     assert any(e.startswith(f"shard {shard}: sha256") and "corrupt" in e for e in errors)
