@@ -20,10 +20,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
+from h5py import h5d
 from torch.utils.data import Dataset
 
 from hiroml.errors import HiromlError
-from hiroml.shards import SampleRef, open_shard, read_into, read_meta, read_ref, sample_refs
+from hiroml.shards import SampleRef, open_shard, read_into, read_meta, region_of, sample_refs
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,21 @@ class _OpenShard:
     def __init__(self, path: str) -> None:
         self.file = open_shard(path)
         self.refs = sample_refs(self.file)
-        self.arrays: dict[str, h5py.Dataset] = {}
+        self.arrays: dict[str, h5d.DatasetID] = {}
         self.fd = os.open(path, os.O_RDONLY)
 
-    def array(self, ref: SampleRef) -> h5py.Dataset:
+    def array_id(self, ref: SampleRef) -> h5d.DatasetID:
         """The dataset holding a sample (a format-2 dataset holds many, one per row)."""
-        ds = self.arrays.get(ref.array)
-        if ds is None:
-            ds = self.arrays[ref.array] = self.file[ref.array]
-        return ds
+        dsid = self.arrays.get(ref.array)
+        if dsid is None:
+            try:
+                dsid = self.arrays[ref.array] = h5d.open(self.file.id, ref.array.encode())
+            except KeyError:
+                raise HiromlError(f"{self.file.filename}: no dataset {ref.array}") from None
+        return dsid
+
+    def array(self, ref: SampleRef) -> h5py.Dataset:
+        return h5py.Dataset(self.array_id(ref))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -281,12 +288,12 @@ class HiromlDataset(Dataset[Sample]):
                 # the shard's offset index and the manifest's shape: no HDF5 call at all
                 where = (shard, ref.offset, shape, ref.dtype, ref)
             else:
-                ds = shard.array(ref)
+                dsid = shard.array_id(ref)
                 offset = ref.offset if ref.offset >= 0 else None
-                if offset is None and ref.row is None and ds.dtype.kind in "biuf":
-                    offset = ds.id.get_offset()  # a format-1 shard without /offsets
-                shape = tuple(ds.shape) if ref.row is None else tuple(ds.shape[1:])
-                where = (shard, offset, shape, ds.dtype, ref)
+                if offset is None and ref.row is None and dsid.dtype.kind in "biuf":
+                    offset = dsid.get_offset()  # a format-1 shard without /offsets
+                shape = tuple(dsid.shape) if ref.row is None else tuple(dsid.shape[1:])
+                where = (shard, offset, shape, dsid.dtype, ref)
             self._where[i] = where
         return where
 
@@ -300,7 +307,7 @@ class HiromlDataset(Dataset[Sample]):
         goes through HDF5."""
         if region != ():
             shard, ref = self._ref(i)
-            return read_ref(shard.file, ref, region)
+            return np.asarray(shard.array(ref)[region_of(ref, region)])
         return self._read_whole(i, scratch=False)
 
     def _read_whole(self, i: int, *, scratch: bool) -> np.ndarray:
@@ -318,7 +325,7 @@ class HiromlDataset(Dataset[Sample]):
             return out
         if offset is not None and os.preadv(shard.fd, [out.data], offset) == nbytes:
             return out
-        read_into(shard.array(ref), ref, out)
+        read_into(shard.array_id(ref), ref, out)
         return out
 
     def _scale(self, i: int, arr: np.ndarray) -> float:

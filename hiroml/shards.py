@@ -72,7 +72,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5s
+from h5py import h5d, h5s
 
 from hiroml.errors import ShardError
 
@@ -145,7 +145,8 @@ def _strs(ds: h5py.Dataset) -> list[str]:
 
 def sample_refs(f: h5py.File) -> dict[str, SampleRef]:
     """``{key: SampleRef}`` of an open shard of either format, in write order."""
-    keys = _strs(f["keys"])
+    # a format-1 shard without /keys (written by hand) lists its samples in /samples
+    keys = _strs(f["keys"]) if "keys" in f else [str(k) for k in f["samples"]]
     n = len(keys)
     offsets = f["offsets"][()] if "offsets" in f else np.full(n, -1, np.int64)
     dtypes: list[np.dtype[Any]] = []
@@ -167,7 +168,9 @@ def sample_refs(f: h5py.File) -> dict[str, SampleRef]:
     }
 
 
-def _region(ref: SampleRef, region: Any) -> Any:
+def region_of(ref: SampleRef, region: Any) -> Any:
+    """The index into ``f[ref.array]`` of ``region`` (numpy indexing relative to the
+    sample)."""
     if ref.row is None:
         return region
     return (ref.row, *(region if isinstance(region, tuple) else (region,)))
@@ -176,18 +179,18 @@ def _region(ref: SampleRef, region: Any) -> Any:
 def read_ref(f: h5py.File, ref: SampleRef, region: Any = ()) -> np.ndarray:
     """The stored array of a sample (numpy axis order), or a region of it in numpy
     indexing relative to the sample (``np.s_[z]``, ``np.s_[z:z+96, y:y+96, x:x+96]``)."""
-    return np.asarray(f[ref.array][_region(ref, region)])
+    return np.asarray(f[ref.array][region_of(ref, region)])
 
 
-def read_into(ds: h5py.Dataset, ref: SampleRef, out: np.ndarray) -> None:
-    """Read a whole sample of dataset ``ds`` (``f[ref.array]``) into ``out`` (its shape and
-    dtype) through HDF5, without the copies of h5py's indexing."""
+def read_into(dsid: h5d.DatasetID, ref: SampleRef, out: np.ndarray) -> None:
+    """Read a whole sample of the dataset ``dsid`` (of ``f[ref.array]``) into ``out`` (its
+    shape and dtype) through HDF5, without the copies of h5py's indexing."""
     if ref.row is None:
-        ds.id.read(h5s.ALL, h5s.ALL, out)
+        dsid.read(h5s.ALL, h5s.ALL, out)
         return
-    space = ds.id.get_space()
+    space = dsid.get_space()
     space.select_hyperslab((ref.row, *(0 for _ in out.shape)), (1, *out.shape))
-    ds.id.read(h5s.create_simple(out.shape), space, out)
+    dsid.read(h5s.create_simple(out.shape), space, out)
 
 
 def sample_shape(f: h5py.File, ref: SampleRef) -> tuple[int, ...]:
@@ -246,7 +249,7 @@ def read_sample(path: Path | str, key: str) -> tuple[np.ndarray, dict[str, Any]]
 def shard_keys(path: Path | str) -> list[str]:
     """The sample keys of a shard, in write order."""
     with open_shard(path) as f:
-        return _strs(f["keys"])
+        return list(sample_refs(f))
 
 
 def _filter_kwargs(compression: str) -> dict[str, Any]:
