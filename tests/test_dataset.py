@@ -182,3 +182,22 @@ def test_format_1_shards_read_the_same_as_format_2(out: Path, tmp_path: Path) ->
     assert np.array_equal(legacy_ct.read_array(0, np.s_[1:3, 4:9]), want[1:3, 4:9])
     image = hiroml.load_sitk(old, legacy_ct.keys[0])
     assert image.GetSize() == want.shape[::-1]
+
+
+def test_scale_missing_from_the_manifest_comes_from_the_shard_meta(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from hiroml.shards import ShardWriter
+
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    with ShardWriter(
+        tmp_path / "shards", "cxr-0", modality="cxr", max_samples=9, max_bytes=1 << 20
+    ) as w:
+        w.add("k0", img, {"scale": 0.5})
+    pd.DataFrame(  # a manifest without a scale column
+        {"sample_key": ["k0"], "shard": ["shards/cxr-0.h5"], "modality": ["cxr"],
+         "split": ["train"], "patient_id": ["p"], "shape": [[8, 8]]}
+    ).to_parquet(tmp_path / "manifest.parquet")  # fmt: skip
+    ds = HiromlDataset(tmp_path)
+    assert torch.equal(ds[0]["image"][0], torch.from_numpy(img).float() * 0.5)
+    assert ds.scales == [0.5]
