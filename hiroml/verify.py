@@ -100,8 +100,7 @@ def _check_shard(out: Path, shard: str, rows: pd.DataFrame, deep: bool, found: F
                 stored_shape = sample_shape(f, ref)
                 if _shape(shape) != stored_shape:
                     found.errors.append(
-                        f"sample {key}: shape {stored_shape} in {shard}, "
-                        f"manifest {_shape(shape)}"
+                        f"sample {key}: shape {stored_shape} in {shard}, manifest {_shape(shape)}"
                     )
                 if "offsets" in f and (
                     ref.offset != stored_offset(f, ref) or ref.dtype != f[ref.array].dtype
