@@ -387,7 +387,7 @@ def test_radiographs_decode_losslessly_to_the_intended_pixels(dm: tuple[Path, Tr
         assert int(ds.BitsStored) == c["bits_stored"]
         arr = ds.pixel_array
         assert list(arr.shape) == c["shape"]
-        assert synth.pixel_hash(arr) == c["pixel_hash"], c["transfer_syntax"]
+        assert synth.values_hash(arr) == c["pixel_hash"], c["transfer_syntax"]
         assert int(arr.max()) < (1 << c["bits_stored"])
         seen_syntax.add(c["transfer_syntax"])
         if c["view_position"]:
