@@ -27,9 +27,16 @@ def _bad_zip(dm: Datamart, b: Batches, pid: str, day: int, kind: str) -> Planned
     )
 
 
-def _one_pa(dm: Datamart, z: PlannedZip, shape: tuple[int, int], uid_tag: str, **kw: str) -> None:
-    """Write one PA radiograph of ``shape`` into ``z``."""
-    write_cxr(dm, z, [radiograph(dm, shape, **PA, **kw)], uid_tag=uid_tag)
+def _one_pa(
+    dm: Datamart,
+    z: PlannedZip,
+    shape: tuple[int, int],
+    uid_tag: str,
+    transfer_syntax: str | None = None,
+) -> None:
+    """Write one PA radiograph of ``shape`` into ``z`` (transfer syntax cycled if not given)."""
+    pa = radiograph(dm, shape, **PA, transfer_syntax=transfer_syntax)
+    write_cxr(dm, z, [pa], uid_tag=uid_tag)
 
 
 def _scratch(z: PlannedZip) -> PlannedZip:

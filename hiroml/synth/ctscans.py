@@ -176,6 +176,37 @@ def ct_series_add(
     dm.ct_series[series_uid] = _series_entry(exam, holders, folder, number, len(dss), **fields)
 
 
+#: Where a series goes whole: (zip, study, UID tag, exam id).
+Home = tuple[PlannedZip, StudyInfo, str, str]
+
+
+def one_zip_series(
+    dm: Datamart,
+    home: Home,
+    number: int,
+    description: str,
+    kind: str,
+    kernel: str,
+    positions: list[list[float]],
+    **kw: Any,
+) -> None:
+    """:func:`ct_series_add` for a series held whole by one zip."""
+    z, study, tag, exam = home
+    ct_series_add(
+        dm,
+        [z],
+        study,
+        uid_tag=tag,
+        exam=exam,
+        number=number,
+        description=description,
+        kind=kind,
+        kernel=kernel,
+        positions=positions,
+        **kw,
+    )
+
+
 def _topogram_hu(
     dm: Datamart, study: StudyInfo, pos: list[float], orient: Sequence[int], depth_axis: int
 ) -> np.ndarray:
@@ -297,30 +328,14 @@ def ct_exam(
     ct_localizer(dm, z, study, uid_tag=tag, exam=exam)
     sp = dm.spec
     lung, soft = ("B70f", "B30f") if siemens else ("LUNG", "STANDARD")
-    common: dict[str, Any] = {"uid_tag": tag, "exam": exam, "kind": "axial"}
-    ct_series_add(
-        dm,
-        [z],
-        study,
-        number=2,
-        description="CHEST LUNG",
-        kernel=lung,
-        positions=axial_positions(dm, sp.ct_thin),
-        noise=30.0,
-        **common,
-    )
-    ct_series_add(
-        dm,
-        [z],
-        study,
-        number=3,
-        description="CHEST SOFT",
-        kernel=soft,
-        positions=axial_positions(dm, sp.ct_thick),
-        noise=8.0,
-        signed=dm.rng.random() < 0.5,
-        **common,
-    )
+    for number, desc, kernel, n_slices, noise in (
+        (2, "CHEST LUNG", lung, sp.ct_thin, 30.0),
+        (3, "CHEST SOFT", soft, sp.ct_thick, 8.0),
+    ):
+        signed = number == 3 and dm.rng.random() < 0.5  # drawn once the lung series is done
+        home = (z, study, tag, exam)
+        pos = axial_positions(dm, n_slices)
+        one_zip_series(dm, home, number, desc, "axial", kernel, pos, noise=noise, signed=signed)
     return z, study, tag, exam
 
 
@@ -341,18 +356,6 @@ def tilted(
     tan = math.tan(math.radians(tilt))
     z0 = pos[0][2]
     shifted = [[p[0], round(p[1] + (p[2] - z0) * tan, 4), p[2]] for p in pos]
-    ct_series_add(
-        dm,
-        [z],
-        study,
-        uid_tag=tag,
-        exam=exam,
-        number=number,
-        description=f"CHEST TILT {tilt:+.0f}",
-        kind="tilted",
-        kernel=kernel,
-        positions=shifted,
-        tilt_deg=tilt,
-        noise=10.0,
-        contrast=contrast,
-    )
+    desc, home = f"CHEST TILT {tilt:+.0f}", (z, study, tag, exam)
+    kw: dict[str, Any] = {"tilt_deg": tilt, "noise": 10.0, "contrast": contrast}
+    one_zip_series(dm, home, number, desc, "tilted", kernel, shifted, **kw)

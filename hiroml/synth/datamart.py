@@ -225,6 +225,22 @@ class Datamart:
         self.zips[rel] = z
         return z
 
+    def add_copy(self, batch: str, orig: PlannedZip) -> PlannedZip:
+        """Plan a zip delivering ``orig``'s exam again in ``batch`` under a new HIRO id
+        (same patient, time, description and kind; expected: duplicate of ``orig``)."""
+        t = orig.truth
+        return self.add_zip(
+            batch,
+            t["patient_id_source"],
+            orig.time,
+            self.hiro(),
+            t["description"],
+            kind=t["kind"],
+            expected="duplicate",
+            kept_as=orig.rel,
+            exam=t["exam"],
+        )
+
     def flush_all(self) -> None:
         """Flush every zip planned so far (none of them changes any more)."""
         for rel in sorted(self.zips):

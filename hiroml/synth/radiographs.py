@@ -46,6 +46,22 @@ AP_PORTABLE: dict[str, Any] = {
 }
 
 
+#: Fields of :class:`PlannedRadiograph` that :func:`hiroml.synth.factory.make_cxr` takes as is.
+_HEADER_FIELDS = (
+    "sop_class",
+    "view_position",
+    "series_description",
+    "series_number",
+    "instance_number",
+    "photometric",
+    "bits_stored",
+    "transfer_syntax",
+    "rescale",
+    "windows",
+    "voi_lut",
+)
+
+
 @dataclass
 class PlannedRadiograph:
     """One radiograph to write: stored values (rows, columns) and its header choices."""
@@ -161,18 +177,8 @@ def write_cxr(
             study=study,
             sop_uid=sop,
             series_uid=series_uid,
-            sop_class=im.sop_class,
-            view_position=im.view_position,
-            series_description=im.series_description,
-            series_number=im.series_number,
-            instance_number=im.instance_number,
-            photometric=im.photometric,
-            bits_stored=im.bits_stored,
-            transfer_syntax=im.transfer_syntax,
-            rescale=im.rescale,
-            windows=im.windows,
-            voi_lut=im.voi_lut,
             image_comments=k == 0,
+            **{name: getattr(im, name) for name in _HEADER_FIELDS},
         )
         z.members.append((im.member, dicom_bytes(ds)))
         z.sops.append((im.member, sop, series_uid, False))

@@ -88,17 +88,7 @@ def _original_and_copy(
     """An exam and its byte-for-byte copy under a new HIRO id (expected: duplicate)."""
     orig = dm.add_zip(batches[0], pid, t, dm.hiro(), desc, kind=kind, exam=exam)
     write_cxr(dm, orig, imgs, uid_tag=exam)
-    dup = dm.add_zip(
-        batches[1],
-        pid,
-        t,
-        dm.hiro(),
-        desc,
-        kind=kind,
-        expected="duplicate",
-        kept_as=orig.rel,
-        exam=exam,
-    )
+    dup = dm.add_copy(batches[1], orig)
     copy_members(dm, orig, dup)
     return Planted((orig, dup))
 
@@ -262,17 +252,7 @@ def pediatric_duplicate_new_uids(dm: Datamart, b: Batches) -> Planted:
     for im in imgs:
         im.transfer_syntax = ExplicitVRLittleEndian
     write_cxr(dm, qa, imgs, uid_tag=exam)
-    qb = dm.add_zip(
-        b.cxr3,
-        "1350",
-        t,
-        dm.hiro(),
-        desc,
-        kind=kind,
-        expected="duplicate",
-        kept_as=qa.rel,
-        exam=exam,
-    )
+    qb = dm.add_copy(b.cxr3, qa)
     write_cxr(dm, qb, imgs, uid_tag=f"{exam}-pacs-copy")
     for _m, sop, _s, _b in qb.sops:
         dm.cxr_images[sop]["keep"] = False
@@ -488,53 +468,27 @@ def gaps_duplicates_rescale(dm: Datamart, b: Batches) -> Planted:
     """Under 1501 (the current id of a remap): a series with one slice removed, one with a
     slice given twice, and one whose rescale slope and intercept vary per slice."""
     z, study, exam = _ct_zip_with_scout(dm, b.ct2, "1501", 36, "CT-CHEST-WO")
-    common: dict[str, Any] = {"uid_tag": exam, "exam": exam}
-    pos = ctscans.axial_positions(dm, dm.spec.ct_thin)
-    gone = len(pos) // 3
-    ctscans.ct_series_add(
-        dm,
-        [z],
-        study,
-        number=2,
-        description="CHEST LUNG",
-        kind="missing_slice",
-        kernel="LUNG",
-        positions=pos[:gone] + pos[gone + 1 :],
-        noise=30.0,
-        thickness=pos[1][2] - pos[0][2],
-        extra={"missing_z": [pos[gone][2]]},
-        **common,
-    )
-    dm.ct_series[dm.uid(exam, "series", 2)]["spacings"] = [round(pos[1][2] - pos[0][2], 3)]
-    pos = ctscans.axial_positions(dm, dm.spec.ct_thick)
+    home = (z, study, exam, exam)
+
+    def add(
+        number: int, desc: str, kind: str, kernel: str, pos: list[list[float]], **kw: Any
+    ) -> None:
+        ctscans.one_zip_series(dm, home, number, desc, kind, kernel, pos, **kw)
+
+    thin, thick = dm.spec.ct_thin, dm.spec.ct_thick
+    pos = ctscans.axial_positions(dm, thin)
+    gone, step = len(pos) // 3, pos[1][2] - pos[0][2]
+    gapped = pos[:gone] + pos[gone + 1 :]
+    extra: dict[str, Any] = {"missing_z": [pos[gone][2]]}
+    add(2, "CHEST LUNG", "missing_slice", "LUNG", gapped, noise=30.0, thickness=step, extra=extra)
+    dm.ct_series[dm.uid(exam, "series", 2)]["spacings"] = [round(step, 3)]
+    pos = ctscans.axial_positions(dm, thick)
     twice = len(pos) // 2
-    ctscans.ct_series_add(
-        dm,
-        [z],
-        study,
-        number=3,
-        description="CHEST SOFT",
-        kind="duplicate_slice",
-        kernel="STANDARD",
-        positions=[*pos, pos[twice]],
-        noise=8.0,
-        extra={"duplicate_z": [pos[twice][2]]},
-        **common,
-    )
+    extra = {"duplicate_z": [pos[twice][2]]}
+    add(3, "CHEST SOFT", "duplicate_slice", "STANDARD", [*pos, pos[twice]], noise=8.0, extra=extra)
     cycle = ((1.0, -1024.0), (0.5, -1000.0), (2.0, -2048.0))
-    ctscans.ct_series_add(
-        dm,
-        [z],
-        study,
-        number=4,
-        description="CHEST SOFT VARIED",
-        kind="rescale_varies",
-        kernel="B30f",
-        positions=ctscans.axial_positions(dm, dm.spec.ct_thick),
-        rescales=[cycle[i % 3] for i in range(dm.spec.ct_thick)],
-        noise=8.0,
-        **common,
-    )
+    rescales = [cycle[i % 3] for i in range(thick)]
+    add(4, "CHEST SOFT VARIED", "rescale_varies", "B30f", pos, rescales=rescales, noise=8.0)
     return Planted((z,))
 
 
