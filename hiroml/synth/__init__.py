@@ -1,7 +1,7 @@
 """A seeded, deterministic synthetic CRDW COVID-19 imaging datamart, with its ground truth.
 
 ``generate(root, seed=0, size="tiny")`` writes a datamart laid out exactly as the data
-provider's tip sheet describes (DESIGN.md §1)::
+provider's tip sheet describes (docs/design.md §1)::
 
     root/
       C19_HIRO_LDS_REMAP_PUB-LIST.xlsx          OLD_C19_ID -> NEW_C19_ID (text cells)
@@ -12,7 +12,7 @@ provider's tip sheet describes (DESIGN.md §1)::
       CT-UPDATE-20200602-IN-PROGRESS/ ...
       hiroml-synth-truth.json                    the ground truth (below)
 
-and plants every situation of the tip sheet and of DESIGN.md §2 (remap chains, cross-batch
+and plants every situation of the tip sheet and of docs/design.md §2 (remap chains, cross-batch
 and pediatric duplicates, same-timestamp non-duplicates, partial overlaps, a missed remap,
 split CT exams, localizers, dose reports, screen saves, tilted / uneven / gapped CT series,
 every common transfer syntax, and one zip per kind of bad input). The same ``seed`` and

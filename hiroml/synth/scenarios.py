@@ -1,5 +1,5 @@
 """The table of scenarios: one small function per situation of the data provider's tip
-sheet (DESIGN.md §2), each planting its zips and returning them with its own piece of the
+sheet (docs/design.md §2), each planting its zips and returning them with its own piece of the
 ground truth.
 
 Every scenario draws from the datamart's one seeded stream (``dm.rng``), so
