@@ -58,9 +58,6 @@ __all__ = [
 STAGE = "ct"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _ENHANCED_CT = enhanced.ENHANCED_CT  # their frames are slices: see hiroml.enhanced
-_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC and its multi-frame variants
-_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # structured reports, dose SR included
-_UNCOMPRESSED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _ORIENTATION_ATOL = 1e-3  # direction cosines: same orientation / orthonormality
 _INT16 = np.iinfo(np.int16)
 
@@ -79,7 +76,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
     itype = _image_type(inst)
     it_text = "\\".join(itype) or "(absent)"
     sop_class = inst.sop_class_uid
-    if sop_class.startswith(_SR_PREFIX) or inst.modality in ("SR", "KO", "PR"):
+    if sop_class.startswith(dicom.SR_PREFIX) or inst.modality in ("SR", "KO", "PR"):
         return (
             f"structured report / dose report / non-image object "
             f"((0008,0016) SOP Class UID {sop_class or '?'}, (0008,0060) Modality {inst.modality})"
@@ -87,7 +84,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
     if not inst.has_pixels:
         return "no (7FE0,0010) Pixel Data: dose report, structured report or other non-image object"
     if (
-        sop_class.startswith(_SECONDARY_CAPTURE_PREFIX)
+        dicom.is_secondary_capture(sop_class)
         or inst.modality in ("SC", "OT")
         or any("SCREEN" in v for v in itype)
     ):
@@ -428,7 +425,7 @@ def _decode_slice(
         raise DecodeError(f"{label}: no (7FE0,0010) Pixel Data")
     if (desc.rows, desc.cols) != (rows, cols):
         raise DecodeError(f"{label}: {desc.rows}x{desc.cols} pixels, the series has {rows}x{cols}")
-    if desc.transfer_syntax in _UNCOMPRESSED_LE and desc.bits_allocated == 16 and desc.samples == 1:
+    if desc.transfer_syntax in dicom.UNCOMPRESSED_LE and desc.bits_allocated == 16 and desc.samples == 1:
         buf = ds.PixelData
         need = rows * cols * 2
         if len(buf) < need:

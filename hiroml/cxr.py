@@ -52,27 +52,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "cxr"
 
-IMPLICIT_VR_LE = dicom.IMPLICIT_VR_LE
-EXPLICIT_VR_LE = dicom.EXPLICIT_VR_LE
-DEFLATED_LE = dicom.DEFLATED_LE
-EXPLICIT_VR_BE = dicom.EXPLICIT_VR_BE
-UNCOMPRESSED = dicom.UNCOMPRESSED
-
 # --------------------------------------------------------------------------- object selection
 
-# SOP classes (prefixes) that hold no radiograph: structured reports (incl. dose reports, key
-# object selection), presentation states, waveforms, raw data, registrations, encapsulated
-# documents, RT objects.
-_NON_IMAGE_SOP_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
-    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
-    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
-    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration"),
-    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
-    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
-    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
-)
-_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # .7 and multi-frame .7.1-.7.4
 _NON_IMAGE_MODALITIES = frozenset(
     {"SR", "PR", "KO", "DOC", "REG", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG", "AU", "PLAN"}
 )
@@ -116,9 +97,9 @@ def keep_reason(
     """
     sop = inst.sop_class_uid
     modality = inst.modality.strip().upper()
-    for prefix, kind in _NON_IMAGE_SOP_PREFIXES:
-        if sop.startswith(prefix):
-            return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
+    kind = dicom.non_image_kind(sop)
+    if kind is not None:
+        return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
     if modality in _NON_IMAGE_MODALITIES:
         return f"non-image object: Modality={modality} (SOP Class {_uid_label(sop)})"
     if not inst.has_pixels:
@@ -132,7 +113,7 @@ def keep_reason(
         )
     if not drop_derived:
         return None
-    if sop == _SECONDARY_CAPTURE_PREFIX or sop.startswith(_SECONDARY_CAPTURE_PREFIX + "."):
+    if dicom.is_secondary_capture(sop):
         return f"secondary capture / screen save (SOP Class {_uid_label(sop)})"
     if modality in _SECONDARY_MODALITIES:
         return f"secondary capture / screen save (Modality={modality})"

@@ -48,28 +48,33 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- transfer syntaxes
 
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
-JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-JPEG_2000 = "1.2.840.10008.1.2.4.91"
-HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
-HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
-HTJ2K = "1.2.840.10008.1.2.4.203"
-JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
-JPEG_XL_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
-JPEG_XL = "1.2.840.10008.1.2.4.112"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
+# pydicom.uid's constants, under the names the dispatch table and the tests use; the four
+# newer than pydicom 3.0 are spelled here (PS3.6 Table A-1) and registered below.
+IMPLICIT_VR_LE = pydicom.uid.ImplicitVRLittleEndian
+EXPLICIT_VR_LE = pydicom.uid.ExplicitVRLittleEndian
+DEFLATED_LE = pydicom.uid.DeflatedExplicitVRLittleEndian
+EXPLICIT_VR_BE = pydicom.uid.ExplicitVRBigEndian
+JPEG_BASELINE = pydicom.uid.JPEGBaseline8Bit
+JPEG_EXTENDED = pydicom.uid.JPEGExtended12Bit
+JPEG_LOSSLESS = pydicom.uid.JPEGLossless
+JPEG_LOSSLESS_SV1 = pydicom.uid.JPEGLosslessSV1
+JPEG_LS_LOSSLESS = pydicom.uid.JPEGLSLossless
+JPEG_LS_NEAR_LOSSLESS = pydicom.uid.JPEGLSNearLossless
+JPEG_2000_LOSSLESS = pydicom.uid.JPEG2000Lossless
+JPEG_2000 = pydicom.uid.JPEG2000
+HTJ2K_LOSSLESS = pydicom.uid.HTJ2KLossless
+HTJ2K_LOSSLESS_RPCL = pydicom.uid.HTJ2KLosslessRPCL
+HTJ2K = pydicom.uid.HTJ2K
+JPEG_XL_LOSSLESS = UID("1.2.840.10008.1.2.4.110")
+JPEG_XL_RECOMPRESSION = UID("1.2.840.10008.1.2.4.111")
+JPEG_XL = UID("1.2.840.10008.1.2.4.112")
+RLE_LOSSLESS = pydicom.uid.RLELossless
+DEFLATED_IMAGE_FRAME = UID("1.2.840.10008.1.2.8.1")
 
-UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+# Native (uncompressed) pixel data: implicit/explicit VR little endian, deflated, big endian.
+UNCOMPRESSED = frozenset(pydicom.uid.UncompressedTransferSyntaxes)
+# What the index reads without a copy: little endian, not deflated (offsets are the file's).
+UNCOMPRESSED_LE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
 
 # Decoder names, as recorded in the shard meta ("decoder").
 NUMPY = "numpy"
@@ -135,6 +140,40 @@ def uid_label(uid: str) -> str:
         return "(none)"
     name = SYNTAXES[uid].name if uid in SYNTAXES else UID(uid).name
     return f"{name} {uid}" if name and name != uid else uid
+
+
+# --------------------------------------------------------------------------- SOP classes
+
+#: (0008,0016) SOP Class UID prefixes of objects that hold no image to read, with what they
+#: are: structured reports (dose reports and key objects included), presentation states,
+#: waveforms, raw data and registrations, encapsulated documents, RT objects, real world
+#: value mappings.
+NON_IMAGE_SOP_CLASSES: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
+    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
+    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
+)
+SR_PREFIX = NON_IMAGE_SOP_CLASSES[0][0]  # structured reports, dose SR included
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .7.1-.7.4
+
+
+def non_image_kind(sop_class: str) -> str | None:
+    """What a non-image (0008,0016) SOP Class UID holds ("structured report", ...), or None
+    for an image SOP class."""
+    for prefix, kind in NON_IMAGE_SOP_CLASSES:
+        if sop_class.startswith(prefix):
+            return kind
+    return None
+
+
+def is_secondary_capture(sop_class: str) -> bool:
+    """(0008,0016) SOP Class UID is Secondary Capture Image Storage or a multi-frame variant
+    (1.2.840.10008.5.1.4.1.1.7[.1-.4]; not 1.2.840.10008.5.1.4.1.1.77, the VL images)."""
+    return sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + ".")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -470,12 +509,18 @@ def decode(ds: Dataset, *, frame: int = 0) -> Decoded:
 
 
 __all__ = [
+    "NON_IMAGE_SOP_CLASSES",
+    "SECONDARY_CAPTURE",
+    "SR_PREFIX",
     "SYNTAXES",
+    "UNCOMPRESSED_LE",
     "Decoded",
     "Parsed",
     "Syntax",
     "decode",
     "fix_bits",
+    "is_secondary_capture",
+    "non_image_kind",
     "parse",
     "transfer_syntax",
     "uid_label",

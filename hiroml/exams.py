@@ -48,11 +48,12 @@ Order of the rules
    (images or not). Each link is explained in :attr:`PatientGroup.links` and in
    the detail of the audit row of every zip that carries it.
 
-Rows for zips that cannot take part: a zip of an ``IN-PROGRESS`` batch is ``skipped``; a
-zip with no indexed instance is an ``error``; instances whose zip was not discovered are an
-``error`` row for that zip (never a crash). An image instance without (7FE0,0010) Pixel
-Data (reports and documents aside, by SOP Class UID) gets an ``error`` row of its own, with
-``member`` set; a zip holding nothing else is an ``error`` too. These member rows are the only
+Zips of ``IN-PROGRESS`` batches never reach this module (:func:`hiroml.datamart.discover`
+skips them; :func:`build_exams` refuses them with ValueError). Rows for zips that cannot
+take part: a zip with no indexed instance is an ``error``; instances whose zip was not
+discovered are an ``error`` row for that zip (never a crash). An image instance without
+(7FE0,0010) Pixel Data (reports and documents aside, by SOP Class UID) gets an ``error`` row
+of its own, with ``member`` set; a zip holding nothing else is an ``error`` too. These member rows are the only
 rows with ``member`` set: every other row is the one decision about its zip.
 """
 
@@ -65,6 +66,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from hiroml import dicom
 from hiroml.config import ExamsConfig
 from hiroml.records import (
     Action,
@@ -87,7 +89,6 @@ REASON_CROSS_BATCH = "cross-batch duplicate"
 REASON_PEDIATRIC = "pediatric duplicate"
 REASON_CT_SPLIT = "CT split scan"
 REASON_ALL_SHARED = "every instance already kept"
-REASON_IN_PROGRESS = "upload in progress"
 REASON_NO_INSTANCES = "no DICOM instance indexed"
 REASON_UNKNOWN_ZIP = "instances of a zip that was not discovered"
 REASON_NO_PIXELS = "image without Pixel Data"
@@ -145,20 +146,11 @@ def _order(z: ExamZip) -> tuple[dt.date, str, str]:
     return (z.batch.date, z.batch.name, z.file_name)
 
 
-#: SOP Class UID prefixes of objects that never hold Pixel Data: structured reports (dose
-#: reports), encapsulated documents, presentation states, raw data.
-NON_IMAGE_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.88.",
-    "1.2.840.10008.5.1.4.1.1.104.",
-    "1.2.840.10008.5.1.4.1.1.11.",
-    "1.2.840.10008.5.1.4.1.1.66",
-)
-
-
 def is_unusable(inst: Instance) -> bool:
-    """An image instance (not a report or document, by (0008,0016) SOP Class UID) without
-    (7FE0,0010) Pixel Data: nothing can be made of it."""
-    return not inst.has_pixels and not inst.sop_class_uid.startswith(NON_IMAGE_CLASSES)
+    """An image instance (not a report, document or other :data:`hiroml.dicom.NON_IMAGE_SOP_CLASSES`
+    object, by (0008,0016) SOP Class UID) without (7FE0,0010) Pixel Data: nothing can be made
+    of it."""
+    return not inst.has_pixels and dicom.non_image_kind(inst.sop_class_uid) is None
 
 
 def _sop_key(rel: str, inst: Instance) -> str:
@@ -529,7 +521,7 @@ def pediatric_candidates(
     these and pass their hashes to :func:`build_exams` (``decoded=``). Pure."""
     by_rel: dict[str, ExamZip] = {}
     for z in zips:
-        if z.name.pediatric and z.batch.status is not BatchStatus.IN_PROGRESS:
+        if z.name.pediatric:
             by_rel.setdefault(z.rel_path, z)
     insts_of: dict[str, list[Instance]] = defaultdict(list)
     for inst in instances:
@@ -569,6 +561,12 @@ def build_exams(
     The result depends only on the *sets* of records given, never on their order. See the
     module docstring for the rules.
     """
+    uploading = sorted(z.rel_path for z in zips if z.batch.status is BatchStatus.IN_PROGRESS)
+    if uploading:
+        raise ValueError(
+            f"build_exams takes the zips hiroml.datamart.discover lists, never those of an "
+            f"IN-PROGRESS batch (still uploading): {', '.join(uploading)}"
+        )
     audit: list[AuditRow] = []
     by_rel: dict[str, ExamZip] = {}
     for z in zips:
@@ -593,17 +591,6 @@ def build_exams(
     units: list[_Unit] = []
     for rel in sorted(by_rel, key=lambda r: _order(by_rel[r])):
         z = by_rel[rel]
-
-        if z.batch.status is BatchStatus.IN_PROGRESS:
-            audit.append(
-                _zip_row(
-                    z,
-                    Action.SKIPPED,
-                    REASON_IN_PROGRESS,
-                    f"batch {z.batch.name} is still uploading",
-                )
-            )
-            continue
         if rel not in insts_of:
             audit.append(
                 _zip_row(z, Action.ERROR, REASON_NO_INSTANCES, f"{rel}: no readable DICOM member")

@@ -50,12 +50,6 @@ _IMAGE_SIZE_TAGS = (
     ("(0028,0011) Columns", "Columns"),
     ("(0028,0100) Bits Allocated", "BitsAllocated"),
 )
-_UNCOMPRESSED = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-}
 
 
 # --------------------------------------------------------------------------- one instance
@@ -137,7 +131,7 @@ def instance_from_dataset(
                 "((0028,0010) Rows x (0028,0011) Columns, (0028,0100) Bits Allocated): "
                 "no pixels to store"
             )
-    if pixel_bytes is not None and tsyntax in _UNCOMPRESSED:
+    if pixel_bytes is not None and tsyntax in dicom.UNCOMPRESSED:
         want = rows * cols * frames * spp * bits // 8
         if bits >= 8 and len(pixel_bytes) < want:
             raise BadInputError(
@@ -207,8 +201,6 @@ def instance_from_dataset(
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Dataset, int, str]:
@@ -224,7 +216,7 @@ def _raw_pixels(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryvie
     file, without copying it (encapsulated: the items, without the sequence delimiter)."""
     if data[pos : pos + 4] != _PIXEL_TAG:
         return None
-    if tsyntax == _IMPLICIT_LE:
+    if tsyntax == dicom.IMPLICIT_VR_LE:
         (length,) = struct.unpack_from("<I", data, pos + 4)
         start = pos + 8
     else:
