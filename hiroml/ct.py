@@ -370,8 +370,7 @@ class _PixelDesc:
 
     @classmethod
     def of_dataset(cls, ds: Dataset) -> _PixelDesc:
-        slope = ds.get("RescaleSlope")
-        intercept = ds.get("RescaleIntercept")
+        slope, intercept = dicom.rescale(ds)
         return cls(
             rows=int(ds.get("Rows", 0) or 0),
             cols=int(ds.get("Columns", 0) or 0),
@@ -380,9 +379,9 @@ class _PixelDesc:
             signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
             samples=int(ds.get("SamplesPerPixel", 1) or 1),
             transfer_syntax=str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")),
-            slope=float(slope) if slope not in (None, "") else 1.0,
-            intercept=float(intercept) if intercept not in (None, "") else 0.0,
-            lut_sequence=slope in (None, "") and "ModalityLUTSequence" in ds,
+            slope=slope,
+            intercept=intercept,
+            lut_sequence=ds.get("RescaleSlope") in (None, "") and "ModalityLUTSequence" in ds,
         )
 
     @classmethod
@@ -405,7 +404,9 @@ class _PixelDesc:
         )
 
 
-def _raw_pixels(ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: str) -> np.ndarray:
+def _stored_values(
+    ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: str
+) -> np.ndarray:
     """Stored values of one single-frame slice (see :func:`_decode_slice`)."""
     return _decode_slice(ds, desc, rows=rows, cols=cols, label=label).array
 
@@ -417,7 +418,8 @@ def _decode_slice(
     the decoder that produced them.
 
     Uncompressed little-endian 16-bit data is read straight from the (7FE0,0010) Pixel Data
-    bytes, with (0028,0101) Bits Stored masked or sign-extended as pydicom does; anything else
+    bytes (:func:`hiroml.dicom.native_grey`: (0028,0101) Bits Stored masked or sign-extended as
+    pydicom does), from the header values of the index record; anything else
     goes through :func:`hiroml.dicom.decode`, the decoder pinned per transfer syntax (JPEG,
     JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, RLE, deflated frames, big endian, ...).
     """
@@ -425,7 +427,8 @@ def _decode_slice(
         raise DecodeError(f"{label}: no (7FE0,0010) Pixel Data")
     if (desc.rows, desc.cols) != (rows, cols):
         raise DecodeError(f"{label}: {desc.rows}x{desc.cols} pixels, the series has {rows}x{cols}")
-    if desc.transfer_syntax in dicom.UNCOMPRESSED_LE and desc.bits_allocated == 16 and desc.samples == 1:
+    native16 = desc.bits_allocated == 16 and desc.samples == 1
+    if desc.transfer_syntax in dicom.UNCOMPRESSED_LE and native16:
         buf = ds.PixelData
         need = rows * cols * 2
         if len(buf) < need:
@@ -433,15 +436,14 @@ def _decode_slice(
                 f"{label}: {len(buf)} bytes of (7FE0,0010) Pixel Data, {rows}x{cols}x16 bit "
                 f"needs {need}: truncated"
             )
-        arr = np.frombuffer(buf, dtype="<i2" if desc.signed else "<u2", count=rows * cols)
-        arr = arr.reshape(rows, cols)
-        bits = desc.bits_stored or 16
-        if bits < 16:
-            if desc.signed:
-                shift = 16 - bits
-                arr = np.right_shift(np.left_shift(arr, shift), shift)
-            else:
-                arr = np.bitwise_and(arr, (1 << bits) - 1)
+        arr = dicom.native_grey(
+            buf,
+            rows=rows,
+            cols=cols,
+            bits_allocated=16,
+            bits_stored=desc.bits_stored,
+            signed=desc.signed,
+        )
         return dicom.Decoded(arr, dicom.NUMPY)
     try:
         decoded = dicom.decode(ds)
@@ -460,7 +462,7 @@ def decode_hu(ds: Dataset, *, label: str = "") -> np.ndarray:
     """One slice in HU: stored values through the modality LUT, (0028,1053) Rescale Slope and
     (0028,1052) Rescale Intercept (or a (0028,3000) Modality LUT Sequence). float64 (y, x)."""
     desc = _PixelDesc.of_dataset(ds)
-    raw = _raw_pixels(ds, desc, rows=desc.rows, cols=desc.cols, label=label or "slice")
+    raw = _stored_values(ds, desc, rows=desc.rows, cols=desc.cols, label=label or "slice")
     return _hu_float(raw, desc, ds)
 
 
@@ -996,7 +998,7 @@ def build_volume(
             desc = _PixelDesc.of_instance(inst, ds)
             return _frame_raw(inst, inst.frame, ds, label), desc, ds
         desc = _PixelDesc.of_dataset(ds)
-        return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
+        return _stored_values(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
 
     return _build(
         insts,
@@ -1084,7 +1086,7 @@ def _slice_hu(inst: Instance, read: Callable[[Instance], bytes]) -> np.ndarray:
     if inst.frame is not None:  # a frame of an enhanced instance
         raw = _frame_raw(inst, inst.frame, ds, label)
     else:
-        raw = _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
+        raw = _stored_values(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
     return _hu_float(raw, desc, ds)
 
 

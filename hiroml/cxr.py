@@ -250,14 +250,6 @@ def to_grayscale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 # --------------------------------------------------------------------------- intensities
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
-    slope = ds.get("RescaleSlope", None)
-    intercept = ds.get("RescaleIntercept", None)
-    return (1.0 if slope in (None, "") else float(slope)), (
-        0.0 if intercept in (None, "") else float(intercept)
-    )
-
-
 def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values -> modality values, as a new float32 array.
 
@@ -267,7 +259,7 @@ def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     if ds.get("ModalityLUTSequence"):
         return np.asarray(_pydicom_modality_lut(arr, ds), dtype=np.float32)
-    slope, intercept = _rescale(ds)
+    slope, intercept = dicom.rescale(ds)
     out = arr.astype(np.float32)
     if slope != 1.0:
         np.multiply(out, np.float32(slope), out=out)
@@ -618,7 +610,7 @@ def _intensities(
     on the integer stored values (exact histogram percentiles) when that is all the modality
     transform is. Pixels in the ``padding`` mask take no part in any statistic."""
     lo, hi = float(cfg.percentiles[0]), float(cfg.percentiles[1])
-    slope, intercept = _rescale(ds)
+    slope, intercept = dicom.rescale(ds)
     has_lut = bool(ds.get("ModalityLUTSequence"))
     if cfg.normalization == "voi":
         if not has_lut and slope > 0:  # fold the rescale into the window: one pass

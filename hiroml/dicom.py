@@ -359,6 +359,34 @@ def _from_native(
     return arr.reshape(lay.rows, lay.cols, lay.samples)
 
 
+def native_grey(
+    buf: bytes | memoryview,
+    *,
+    rows: int,
+    cols: int,
+    bits_allocated: int,
+    bits_stored: int,
+    signed: bool,
+) -> np.ndarray:
+    """One grey frame of native little-endian (7FE0,0010) Pixel Data (from ``buf[0]``) as
+    stored values, (rows, cols): (0028,0101) Bits Stored kept, sign-extended when (0028,0103)
+    Pixel Representation is 1 (:func:`fix_bits`). For callers that already hold the header
+    values (the CT converter reads them from the index record, not from the dataset);
+    ``buf`` must hold at least rows x cols samples."""
+    lay = _Layout(rows, cols, 1, bits_allocated, 1, 0, "MONOCHROME2")
+    return fix_bits(_from_native(buf, lay, big_endian=False), bits_stored, signed)
+
+
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept as numbers; 1.0 and 0.0
+    where absent or empty (no rescale). A (0028,3000) Modality LUT Sequence is the caller's."""
+    slope = ds.get("RescaleSlope", None)
+    intercept = ds.get("RescaleIntercept", None)
+    return (1.0 if slope in (None, "") else float(slope)), (
+        0.0 if intercept in (None, "") else float(intercept)
+    )
+
+
 def _native(ds: Dataset, ts: str, lay: _Layout, frame: int) -> np.ndarray | None:
     if lay.alloc not in (8, 16, 32) or not lay.grey_or_rgb:
         return None
@@ -520,8 +548,10 @@ __all__ = [
     "decode",
     "fix_bits",
     "is_secondary_capture",
+    "native_grey",
     "non_image_kind",
     "parse",
+    "rescale",
     "transfer_syntax",
     "uid_label",
 ]

@@ -53,8 +53,8 @@ skips them; :func:`build_exams` refuses them with ValueError). Rows for zips tha
 take part: a zip with no indexed instance is an ``error``; instances whose zip was not
 discovered are an ``error`` row for that zip (never a crash). An image instance without
 (7FE0,0010) Pixel Data (reports and documents aside, by SOP Class UID) gets an ``error`` row
-of its own, with ``member`` set; a zip holding nothing else is an ``error`` too. These member rows are the only
-rows with ``member`` set: every other row is the one decision about its zip.
+of its own, with ``member`` set; a zip holding nothing else is an ``error`` too. These member
+rows are the only rows with ``member`` set: every other row is the one decision about its zip.
 """
 
 from __future__ import annotations

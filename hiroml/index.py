@@ -211,7 +211,7 @@ def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Datase
     return parsed.dataset, parsed.stopped_at, parsed.note
 
 
-def _raw_pixels(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryview | None:
+def _pixel_data_value(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryview | None:
     """The raw Pixel Data value that starts at ``pos`` in a little-endian, non-deflated
     file, without copying it (encapsulated: the items, without the sequence delimiter)."""
     if data[pos : pos + 4] != _PIXEL_TAG:
@@ -257,7 +257,7 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
     pixels: bytes | memoryview | None = None
     uid = UID(tsyntax)
     if tsyntax and uid.is_little_endian and not uid.is_deflated:
-        pixels = _raw_pixels(data, pos, tsyntax, label=label) if pos < len(data) else None
+        pixels = _pixel_data_value(data, pos, tsyntax, label=label) if pos < len(data) else None
         whole = pixels is None and pos < len(data)  # e.g. float pixel data: pydicom decides
     else:  # deflated, big endian or no transfer syntax: the offset means nothing here
         whole = True
