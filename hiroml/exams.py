@@ -400,11 +400,8 @@ def _shared_across_patients(
 def _groups(
     units: Sequence[_Unit], remap: Mapping[str, str], max_hash_patients: int
 ) -> tuple[tuple[PatientGroup, ...], dict[str, str]]:
-    """Union-find over current patient ids, linked by shared SOP UIDs or pixel hashes.
-
-    A pixel hash held by more than ``max_hash_patients`` patient ids is a common image
-    (blank frame, template, phantom scout), not evidence of one patient: it links nothing and
-    is noted on the zips that hold it.
+    """Union-find over current patient ids, linked by shared SOP UIDs or pixel hashes
+    (:func:`_link_patients`), then one :class:`PatientGroup` per set of linked ids.
 
     ``aliases`` of a group: every other id of its patients, from the zip names and from the
     remap sheet (old ids whose images may or may not be in the datamart)."""
@@ -416,7 +413,43 @@ def _groups(
     for old, new in remap.items():
         if new in uf.parent:
             sources[new].add(old)
-    # (a, b) with a < b -> [n shared SOP UIDs, n shared pixel hashes]
+    pair = _link_patients(units, uf, max_hash_patients)
+    members: dict[str, list[str]] = defaultdict(list)
+    for p in patients:
+        members[uf.find(p)].append(p)
+    pair_text: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(pair.items()):
+        pair_text[uf.find(a)].append(
+            f"{a} ~ {b}: {n[0]} shared SOP Instance UID(s), {n[1]} identical pixel hash(es)"
+        )
+    group_of: dict[str, str] = {}
+    groups: list[PatientGroup] = []
+    for root in sorted(members):
+        ids = sorted(members[root])
+        name = f"g{ids[0]}"
+        for p in ids:
+            group_of[p] = name
+        links = tuple(pair_text.get(root, ()))
+        aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
+        groups.append(
+            PatientGroup(group=name, patient_ids=tuple(ids), links=links, aliases=tuple(aliases))
+        )
+        if links:
+            log.info("patient group %s joins ids %s", name, ", ".join(ids))
+    groups.sort(key=lambda g: g.group)
+    return tuple(groups), group_of
+
+
+def _link_patients(
+    units: Sequence[_Unit], uf: UnionFind, max_hash_patients: int
+) -> dict[tuple[str, str], list[int]]:
+    """Join in ``uf`` the patient ids whose zips share a (0008,0018) SOP Instance UID or a
+    pixel hash; (a, b) with a < b -> [n shared SOP UIDs, n shared pixel hashes]. Each zip
+    that carries a link gets a note naming the other ids.
+
+    A pixel hash held by more than ``max_hash_patients`` patient ids is a common image
+    (blank frame, template, phantom scout), not evidence of one patient: it links nothing and
+    is noted on the zips that hold it."""
     pair: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     unit_links: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     unit_of: dict[int, _Unit] = {}
@@ -459,30 +492,7 @@ def _groups(
                 f"patient group link: {n_sop} SOP Instance UID(s) and {n_hash} pixel hash(es) "
                 f"also under patient {other}"
             )
-    members: dict[str, list[str]] = defaultdict(list)
-    for p in patients:
-        members[uf.find(p)].append(p)
-    pair_text: dict[str, list[str]] = defaultdict(list)
-    for (a, b), n in sorted(pair.items()):
-        pair_text[uf.find(a)].append(
-            f"{a} ~ {b}: {n[0]} shared SOP Instance UID(s), {n[1]} identical pixel hash(es)"
-        )
-    group_of: dict[str, str] = {}
-    groups: list[PatientGroup] = []
-    for root in sorted(members):
-        ids = sorted(members[root])
-        name = f"g{ids[0]}"
-        for p in ids:
-            group_of[p] = name
-        links = tuple(pair_text.get(root, ()))
-        aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
-        groups.append(
-            PatientGroup(group=name, patient_ids=tuple(ids), links=links, aliases=tuple(aliases))
-        )
-        if links:
-            log.info("patient group %s joins ids %s", name, ", ".join(ids))
-    groups.sort(key=lambda g: g.group)
-    return tuple(groups), group_of
+    return pair
 
 
 def _row(u: _Unit, action: Action, reason: str, kept_as: str = "", extra: str = "") -> AuditRow:
