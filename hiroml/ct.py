@@ -759,26 +759,110 @@ def _build(
     order = sorted(range(len(insts)), key=lambda i: (d_all[i], _acq_key(insts[i])))
     d_sorted = d_all[order]
     decisions: list[str] = []
-    dropped: list[tuple[Instance, str]] = []
     fill_hu = float(cfg.fill_hu)
 
-    # --- duplicate positions (headers): the first acquisition of each position is kept
-    keep = np.ones(len(order), dtype=bool)
-    dup_of: list[tuple[int, int]] = []  # (sorted index of a left-out slice, of its kept twin)
-    for grp in _duplicate_groups(d_sorted, atol):
-        grp = sorted(grp, key=lambda k: _acq_key(insts[order[k]]))
-        for k in grp[1:]:
-            keep[k] = False
-            dup_of.append((k, grp[0]))
+    keep, dup_of = _duplicate_positions(insts, order, d_sorted, atol)
     slot = np.cumsum(keep) - 1  # sorted index -> slot in the volume
     kept_order = [i for i, kk in zip(order, keep, strict=True) if kk]
     kept = [insts[i] for i in kept_order]
     d_kept = d_sorted[keep]
     p0 = pos[kept_order[0]]
     s = d_kept - d_kept[0]
-
-    # --- spacing along the normal (headers)
     thick = [i.slice_thickness for i in kept if i.slice_thickness]
+    step, issues = _z_step(s, thick, cfg, series, rtol=rtol, atol=atol, decisions=decisions)
+    rel = pos[kept_order] - p0
+    offsets = np.stack([rel @ fr.r, rel @ fr.c], axis=1)
+    tilt_deg, tilted = _tilt(s, offsets, fr, kept[0], cfg, series, rtol=rtol, atol=atol)
+    if not tilted:
+        offsets = np.zeros_like(offsets)
+        decisions.extend(_orthogonal_tilt_note(kept[0], len(s)))
+
+    # --- decode the kept slices, in sorted order, into one preallocated volume
+    hv = _HuVolume(len(kept_order), fr.rows, fr.cols)
+    for k, i in enumerate(kept_order):
+        raw, desc, ds = raw_of(i)
+        hv.put(k, raw, desc, ds)
+    vol = hv.array
+    del hv  # the volume is now referenced by ``vol`` only (freed when resampled)
+    dropped = _settle_duplicates(
+        insts, order, dup_of, d_sorted, lambda k: vol[slot[k]], raw_of, fr, cfg, decisions, series
+    )
+
+    resampled = False
+    origin = p0
+    if issues or tilted:
+        out, x0, y0, step = _resample_normal(vol, s, offsets, fr, step, fill_hu)
+        del vol
+        vol = out
+        origin = p0 + x0 * fr.r + y0 * fr.c
+        resampled = True
+        if issues:
+            decisions.append(
+                f"uneven slice positions resampled linearly onto {vol.shape[0]} slices every "
+                f"{step:.4g} mm: " + "; ".join(issues[:4])
+            )
+        if tilted:
+            decisions.append(
+                f"gantry tilt {tilt_deg:.2f} deg (in-plane shift up to "
+                f"{float(np.abs(offsets).max()):.2f} mm) resampled onto an orthogonal grid "
+                f"(fill {fill_hu:g} HU outside the scanned field)"
+            )
+
+    direction = np.stack([fr.r, fr.c, fr.n], axis=1)  # columns r, c, n
+    vol_out, spacing, respaced = _respace_and_clip(
+        _as_int16_if_lossless(vol), (fr.dx, fr.dy, step), origin, direction, cfg, decisions
+    )
+    zips = list(dict.fromkeys(inst.zip for inst in kept))  # first-seen order
+    if len(zips) > 1:
+        decisions.append(f"series joined from {len(zips)} zips: {', '.join(zips)}")
+    volume = CtVolume(
+        series_uid=insts[0].series_uid,
+        series_description=kept[0].series_description,
+        kernel=kept[0].kernel,
+        sop_uids=tuple(i.sop_uid for i in kept),
+        zips=tuple(zips),
+        array=vol_out,
+        spacing_xyz=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        origin_xyz=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=tuple(float(v) for v in direction.ravel()),
+        slice_thickness=float(np.median(thick)) if thick else None,
+        resampled=resampled or respaced,
+        decisions=tuple(decisions),
+        tilt_deg=round(tilt_deg, 4),
+    )
+    return _Built(volume=volume, dropped=tuple(dropped))
+
+
+def _duplicate_positions(
+    insts: Sequence[Instance], order: Sequence[int], d_sorted: np.ndarray, atol: float
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Duplicate positions along the normal (headers, within ``ct.spacing_atol``): the first
+    acquisition of each position is kept. Returns the keep mask over the sorted slices and
+    (sorted index of a left-out slice, sorted index of its kept twin) pairs."""
+    keep = np.ones(len(order), dtype=bool)
+    dup_of: list[tuple[int, int]] = []
+    for grp in _duplicate_groups(d_sorted, atol):
+        grp = sorted(grp, key=lambda k: _acq_key(insts[order[k]]))
+        for k in grp[1:]:
+            keep[k] = False
+            dup_of.append((k, grp[0]))
+    return keep, dup_of
+
+
+def _z_step(
+    s: np.ndarray,
+    thick: Sequence[float],
+    cfg: CtConfig,
+    series: str,
+    *,
+    rtol: float,
+    atol: float,
+    decisions: list[str],
+) -> tuple[float, list[str]]:
+    """The slice step along the normal (mm) from the headers, and the spacing issues that
+    call for resampling: the mean step when the positions ``s`` (mm from the first) are even,
+    the median when not, (0018,0050) Slice Thickness for a single slice. Uneven positions
+    raise :class:`GeometryError` with ``ct.spacing_policy=reject``."""
     if len(s) > 1:
         step_med = float(np.median(np.diff(s)))
         tol = atol + rtol * step_med
@@ -796,50 +880,76 @@ def _build(
             + (f"; ... {len(issues) - 8} more" if len(issues) > 8 else "")
             + "; ct.spacing_policy=reject"
         )
+    return step, issues
 
-    # --- gantry tilt (headers): the step between positions not parallel to the normal
-    rel = pos[kept_order] - p0
-    offsets = np.stack([rel @ fr.r, rel @ fr.c], axis=1)
+
+def _tilt(
+    s: np.ndarray,
+    offsets: np.ndarray,
+    fr: _Frame,
+    first: Instance,
+    cfg: CtConfig,
+    series: str,
+    *,
+    rtol: float,
+    atol: float,
+) -> tuple[float, bool]:
+    """Gantry tilt from the headers: the in-plane ``offsets`` (mm along the row and column
+    directions) of each (0020,0032) Image Position (Patient) from the first, against the
+    positions ``s`` along the normal. Returns (tilt in degrees, tilted); a tilt raises
+    :class:`GeometryError` with ``ct.tilt_policy=reject``."""
     tol_inplane = atol + rtol * min(fr.dx, fr.dy)
-    tilt_deg = 0.0
-    tilted = bool(np.abs(offsets).max() > tol_inplane) if len(s) > 1 else False
-    if tilted:
-        ss = float(np.dot(s, s))
-        shear = (offsets * s[:, None]).sum(axis=0) / ss if ss > 0 else np.zeros(2)
-        tilt_deg = math.degrees(math.atan(float(np.linalg.norm(shear))))
-        header_tilt = kept[0].gantry_tilt
-        if cfg.tilt_policy == "reject":
-            raise GeometryError(
-                f"series {series}: gantry tilt {tilt_deg:.2f} deg (the step between (0020,0032) "
-                "Image Position (Patient) values is not parallel to the normal of (0020,0037) "
-                f"Image Orientation (Patient); (0018,1120) Gantry/Detector Tilt "
-                f"{header_tilt if header_tilt is not None else 'absent'}); ct.tilt_policy=reject"
-            )
-    else:
-        offsets = np.zeros_like(offsets)
-        header_tilt = kept[0].gantry_tilt
-        if header_tilt and abs(header_tilt) > 0.01 and len(s) > 1:
-            decisions.append(
-                f"(0018,1120) Gantry/Detector Tilt {header_tilt:g} deg, but the positions step "
-                "along the slice normal: geometry already orthogonal, no tilt correction"
-            )
+    if len(s) <= 1 or not bool(np.abs(offsets).max() > tol_inplane):
+        return 0.0, False
+    ss = float(np.dot(s, s))
+    shear = (offsets * s[:, None]).sum(axis=0) / ss if ss > 0 else np.zeros(2)
+    tilt_deg = math.degrees(math.atan(float(np.linalg.norm(shear))))
+    header_tilt = first.gantry_tilt
+    if cfg.tilt_policy == "reject":
+        raise GeometryError(
+            f"series {series}: gantry tilt {tilt_deg:.2f} deg (the step between (0020,0032) "
+            "Image Position (Patient) values is not parallel to the normal of (0020,0037) "
+            f"Image Orientation (Patient); (0018,1120) Gantry/Detector Tilt "
+            f"{header_tilt if header_tilt is not None else 'absent'}); ct.tilt_policy=reject"
+        )
+    return tilt_deg, True
 
-    # --- decode the kept slices, in sorted order, into one preallocated volume
-    hv = _HuVolume(len(kept_order), fr.rows, fr.cols)
-    for k, i in enumerate(kept_order):
-        raw, desc, ds = raw_of(i)
-        hv.put(k, raw, desc, ds)
-    vol = hv.array
-    del hv  # the volume is now referenced by ``vol`` only (freed when resampled)
 
-    # --- left-out duplicates: identical pixels, or a second acquisition
+def _orthogonal_tilt_note(first: Instance, n_slices: int) -> list[str]:
+    """A decision when (0018,1120) Gantry/Detector Tilt is set but the positions step along
+    the slice normal (the scanner already resampled)."""
+    header_tilt = first.gantry_tilt
+    if header_tilt and abs(header_tilt) > 0.01 and n_slices > 1:
+        return [
+            f"(0018,1120) Gantry/Detector Tilt {header_tilt:g} deg, but the positions step "
+            "along the slice normal: geometry already orthogonal, no tilt correction"
+        ]
+    return []
+
+
+def _settle_duplicates(
+    insts: Sequence[Instance],
+    order: Sequence[int],
+    dup_of: Sequence[tuple[int, int]],
+    d_sorted: np.ndarray,
+    kept_plane: Callable[[int], np.ndarray],
+    raw_of: Callable[[int], tuple[np.ndarray, _PixelDesc, Dataset]],
+    fr: _Frame,
+    cfg: CtConfig,
+    decisions: list[str],
+    series: str,
+) -> list[tuple[Instance, str]]:
+    """Left-out duplicates against their kept twin (``kept_plane(sorted index)``, HU):
+    identical pixels, or a second acquisition (:class:`GeometryError` with
+    ``ct.duplicate_policy=reject``). Returns the dropped slices with the reason."""
+    dropped: list[tuple[Instance, str]] = []
     n_identical = 0
     for k, k_first in dup_of:
         a, b = insts[order[k_first]], insts[order[k]]
         raw, desc, ds = raw_of(order[k])
         one = _HuVolume(1, fr.rows, fr.cols)
         one.put(0, raw, desc, ds)
-        if np.array_equal(one.array[0].astype(np.float64), vol[slot[k_first]].astype(np.float64)):
+        if np.array_equal(one.array[0].astype(np.float64), kept_plane(k_first).astype(np.float64)):
             n_identical += 1
             dropped.append(
                 (
@@ -869,31 +979,20 @@ def _build(
             f"{n_dup} slice(s) at duplicate positions left out ({n_identical} with identical "
             f"pixels, {n_dup - n_identical} with different pixels: first acquisition kept)"
         )
+    return dropped
 
+
+def _respace_and_clip(
+    vol_out: np.ndarray,
+    spacing: tuple[float, float, float],
+    origin: np.ndarray,
+    direction: np.ndarray,
+    cfg: CtConfig,
+    decisions: list[str],
+) -> tuple[np.ndarray, tuple[float, ...], bool]:
+    """``ct.resample_spacing`` (linear, mm in x, y, z) and ``ct.clip_hu`` applied to the
+    (z, y, x) HU volume. Returns the volume, its spacing and whether it was resampled."""
     resampled = False
-    origin = p0
-    if issues or tilted:
-        out, x0, y0, step = _resample_normal(vol, s, offsets, fr, step, fill_hu)
-        del vol
-        vol = out
-        origin = p0 + x0 * fr.r + y0 * fr.c
-        resampled = True
-        if issues:
-            decisions.append(
-                f"uneven slice positions resampled linearly onto {vol.shape[0]} slices every "
-                f"{step:.4g} mm: " + "; ".join(issues[:4])
-            )
-        if tilted:
-            decisions.append(
-                f"gantry tilt {tilt_deg:.2f} deg (in-plane shift up to "
-                f"{float(np.abs(offsets).max()):.2f} mm) resampled onto an orthogonal grid "
-                f"(fill {fill_hu:g} HU outside the scanned field)"
-            )
-
-    spacing = (fr.dx, fr.dy, step)
-    direction = np.stack([fr.r, fr.c, fr.n], axis=1)  # columns r, c, n
-    vol_out = _as_int16_if_lossless(vol)
-
     if cfg.resample_spacing is not None:
         img = array_to_sitk(
             vol_out,
@@ -901,6 +1000,7 @@ def _build(
             origin_xyz=tuple(float(v) for v in origin),
             direction=tuple(float(v) for v in direction.ravel()),
         )
+        fill_hu = float(cfg.fill_hu)
         img = _resample_to_spacing(img, tuple(float(v) for v in cfg.resample_spacing), fill_hu)
         vol_out = _as_int16_if_lossless(sitk.GetArrayFromImage(img))
         spacing = tuple(float(v) for v in img.GetSpacing())  # type: ignore[assignment]
@@ -915,29 +1015,7 @@ def _build(
         else:
             np.clip(vol_out, np.float32(lo), np.float32(hi), out=vol_out)
         decisions.append(f"HU clipped to [{lo:g}, {hi:g}]")
-
-    zips: list[str] = []
-    for inst in kept:
-        if inst.zip not in zips:
-            zips.append(inst.zip)
-    if len(zips) > 1:
-        decisions.append(f"series joined from {len(zips)} zips: {', '.join(zips)}")
-    volume = CtVolume(
-        series_uid=insts[0].series_uid,
-        series_description=kept[0].series_description,
-        kernel=kept[0].kernel,
-        sop_uids=tuple(i.sop_uid for i in kept),
-        zips=tuple(zips),
-        array=vol_out,
-        spacing_xyz=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        origin_xyz=(float(origin[0]), float(origin[1]), float(origin[2])),
-        direction=tuple(float(v) for v in direction.ravel()),
-        slice_thickness=float(np.median(thick)) if thick else None,
-        resampled=resampled,
-        decisions=tuple(decisions),
-        tilt_deg=round(tilt_deg, 4),
-    )
-    return _Built(volume=volume, dropped=tuple(dropped))
+    return vol_out, spacing, resampled
 
 
 def _resample_to_spacing(
