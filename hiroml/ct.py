@@ -1143,13 +1143,10 @@ def convert_series(
     built = _build(series, raw_of, cfg, rtol=cfg.spacing_rtol, atol=cfg.spacing_atol)
     volume = dataclasses.replace(built.volume, decoder=", ".join(sorted(decoders)))
     problems = [
-        Problem(
-            zip=inst.zip,
-            batch=inst.batch,
-            member=inst.member,
-            stage=STAGE,
-            reason=f"series {inst.series_uid}: instance {_slice_name(inst)}: {why}",
-            action=Action.DROPPED,
+        _part_problem(
+            (inst,),
+            f"series {inst.series_uid}: instance {_slice_name(inst)}: {why}",
+            Action.DROPPED,
         )
         for inst, why in built.dropped
     ]
@@ -1231,6 +1228,48 @@ def _part_problem(
     )
 
 
+def _scan_failed(
+    exam: Exam,
+    scan: Scan,
+    e: BaseException,
+    selected: Sequence[tuple[Instance, ...]],
+    cfg: CtConfig,
+) -> tuple[Problem, list[Scan]]:
+    """The ERROR row (on the scan's first member) for a scan that could not be converted,
+    and the scans to try instead: the parts of a stitched scan, one by one (best first with
+    ``ct.series=best``)."""
+    series = scan.instances
+    first = min(series, key=lambda i: (i.zip, i.member))
+    cause = str(e) if isinstance(e, HiromlError) else f"{type(e).__name__}: {e}"
+    what = f"stitched scan {', '.join(scan.series)}" if scan.stitched else "series"
+    reason = f"{what} {first.series_uid} ({len(series)} slices): {cause}"
+    singles: list[Scan] = []
+    if scan.stitched:
+        reason = f"{what} ({len(series)} slices): {cause}; its parts are tried alone"
+        parts = [p for p in selected if p[0].series_uid in scan.series]
+        singles = [Scan(instances=p, series=(p[0].series_uid,)) for p in parts]
+        if cfg.series == "best":
+            singles.sort(key=lambda sc: _series_score(sc.instances, cfg))
+    log.warning("exam %s: %s", exam.exam_key, reason)
+    return _part_problem(series, reason, Action.ERROR), singles
+
+
+def _as_stitched(vol: CtVolume, scan: Scan) -> CtVolume:
+    """The volume of a stitched scan, with its series, seams (mm along the normal and
+    z indices) and a decision naming the parts."""
+    vol = dataclasses.replace(
+        vol,
+        stitched_series=scan.series,
+        seams_mm=scan.seams_mm,
+        decisions=(
+            *vol.decisions,
+            f"stitched from {len(scan.series)} series ({', '.join(scan.series)}); "
+            + "; ".join(scan.notes),
+        ),
+    )
+    return dataclasses.replace(vol, seam_slices=_seam_slices(vol, scan.seams_mm))
+
+
 def convert_exam(
     exam: Exam, read: Callable[[Instance], bytes], cfg: CtConfig
 ) -> tuple[list[CtVolume], list[Problem]]:
@@ -1268,45 +1307,16 @@ def convert_exam(
         if cfg.series == "best" and chosen is not None:
             problems.extend(_not_best_problems(chosen, series))
             continue
-        first = min(series, key=lambda i: (i.zip, i.member))
         try:
             vol, dropped = convert_series(series, read, cfg)
         except (HiromlError, OSError, ValueError, IndexError, EOFError, MemoryError) as e:
-            cause = str(e) if isinstance(e, HiromlError) else f"{type(e).__name__}: {e}"
-            what = f"stitched scan {', '.join(scan.series)}" if scan.stitched else "series"
-            reason = f"{what} {first.series_uid} ({len(series)} slices): {cause}"
-            if scan.stitched:
-                reason = f"{what} ({len(series)} slices): {cause}; its parts are tried alone"
-                parts = [p for p in selected if p[0].series_uid in scan.series]
-                singles = [Scan(instances=p, series=(p[0].series_uid,)) for p in parts]
-                if cfg.series == "best":
-                    singles.sort(key=lambda sc: _series_score(sc.instances, cfg))
-                queue[0:0] = singles
-            log.warning("exam %s: %s", exam.exam_key, reason)
-            problems.append(
-                Problem(
-                    zip=first.zip,
-                    batch=first.batch,
-                    member=first.member,
-                    stage=STAGE,
-                    reason=reason,
-                    action=Action.ERROR,
-                )
-            )
+            problem, retry = _scan_failed(exam, scan, e, selected, cfg)
+            problems.append(problem)
+            queue[0:0] = retry
             continue
         chosen = series
         if scan.stitched:
-            vol = dataclasses.replace(
-                vol,
-                stitched_series=scan.series,
-                seams_mm=scan.seams_mm,
-                decisions=(
-                    *vol.decisions,
-                    f"stitched from {len(scan.series)} series ({', '.join(scan.series)}); "
-                    + "; ".join(scan.notes),
-                ),
-            )
-            vol = dataclasses.replace(vol, seam_slices=_seam_slices(vol, scan.seams_mm))
+            vol = _as_stitched(vol, scan)
             problems.extend(_stitch_problems(exam, scan, vol))
         volumes.append(vol)
         problems.extend(dropped)

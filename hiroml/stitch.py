@@ -196,7 +196,9 @@ class _Chain:
         """(0020,000E) Series Instance UID of the chain's first part."""
         return self.parts[0][0].series_uid
 
-    def add(self, part: tuple[Instance, ...], new: Sequence[Instance], d: Sequence[float]) -> None:
+    def add(
+        self, part: tuple[Instance, ...], new: Sequence[Instance], d: Sequence[float] | np.ndarray
+    ) -> None:
         """Join ``part``: its slices ``new`` (at ``d`` mm, sorted) continue the scan, a seam
         at the first of them."""
         if new:
