@@ -788,25 +788,11 @@ def _build(
         insts, order, dup_of, d_sorted, lambda k: vol[slot[k]], raw_of, fr, cfg, decisions, series
     )
 
-    resampled = False
+    resampled = bool(issues or tilted)
     origin = p0
-    if issues or tilted:
-        out, x0, y0, step = _resample_normal(vol, s, offsets, fr, step, fill_hu)
-        del vol
-        vol = out
-        origin = p0 + x0 * fr.r + y0 * fr.c
-        resampled = True
-        if issues:
-            decisions.append(
-                f"uneven slice positions resampled linearly onto {vol.shape[0]} slices every "
-                f"{step:.4g} mm: " + "; ".join(issues[:4])
-            )
-        if tilted:
-            decisions.append(
-                f"gantry tilt {tilt_deg:.2f} deg (in-plane shift up to "
-                f"{float(np.abs(offsets).max()):.2f} mm) resampled onto an orthogonal grid "
-                f"(fill {fill_hu:g} HU outside the scanned field)"
-            )
+    if resampled:
+        vol, origin, step = _onto_even_grid(vol, s, offsets, fr, p0, step, fill_hu)
+        decisions.extend(_even_grid_notes(vol, step, issues, tilted, tilt_deg, offsets, fill_hu))
 
     direction = np.stack([fr.r, fr.c, fr.n], axis=1)  # columns r, c, n
     vol_out, spacing, respaced = _respace_and_clip(
@@ -831,6 +817,46 @@ def _build(
         tilt_deg=round(tilt_deg, 4),
     )
     return _Built(volume=volume, dropped=tuple(dropped))
+
+
+def _onto_even_grid(
+    vol: np.ndarray,
+    s: np.ndarray,
+    offsets: np.ndarray,
+    fr: _Frame,
+    p0: np.ndarray,
+    step: float,
+    fill_hu: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Uneven or tilted slices resampled onto an even, orthogonal grid
+    (:func:`_resample_normal`): the volume, its origin (mm, patient x, y, z) and z step."""
+    out, x0, y0, step_out = _resample_normal(vol, s, offsets, fr, step, fill_hu)
+    return out, p0 + x0 * fr.r + y0 * fr.c, step_out
+
+
+def _even_grid_notes(
+    vol: np.ndarray,
+    step: float,
+    issues: Sequence[str],
+    tilted: bool,
+    tilt_deg: float,
+    offsets: np.ndarray,
+    fill_hu: float,
+) -> list[str]:
+    """The decisions of :func:`_onto_even_grid`: uneven positions, gantry tilt."""
+    notes: list[str] = []
+    if issues:
+        notes.append(
+            f"uneven slice positions resampled linearly onto {vol.shape[0]} slices every "
+            f"{step:.4g} mm: " + "; ".join(issues[:4])
+        )
+    if tilted:
+        notes.append(
+            f"gantry tilt {tilt_deg:.2f} deg (in-plane shift up to "
+            f"{float(np.abs(offsets).max()):.2f} mm) resampled onto an orthogonal grid "
+            f"(fill {fill_hu:g} HU outside the scanned field)"
+        )
+    return notes
 
 
 def _duplicate_positions(
