@@ -1242,16 +1242,7 @@ def _part_problem(
 ) -> Problem:
     """A row about one part of a scan, on its first member (by zip, then member path)."""
     first = min(part, key=lambda i: (i.zip, i.member))
-    return Problem(
-        zip=first.zip,
-        batch=first.batch,
-        member=first.member,
-        stage=STAGE,
-        reason=reason,
-        action=action,
-        kept_as=kept_as,
-        detail=detail,
-    )
+    return dicom.member_problem(first, STAGE, reason, action, kept_as=kept_as, detail=detail)
 
 
 def _scan_failed(

@@ -760,14 +760,7 @@ def _convert_frame(
 
 
 def _problem(inst: Instance, reason: str, action: Action) -> Problem:
-    return Problem(
-        zip=inst.zip,
-        batch=inst.batch,
-        member=inst.member,
-        stage=STAGE,
-        reason=reason,
-        action=action,
-    )
+    return dicom.member_problem(inst, STAGE, reason, action)
 
 
 def _not_selected(view: View, source: str, cfg: CxrConfig) -> str:

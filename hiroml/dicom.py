@@ -38,6 +38,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, UID_dictionary
 
 from hiroml.errors import BadInputError, DecodeError
+from hiroml.records import Action, Instance, Problem
 
 try:
     import imagecodecs as _imagecodecs
@@ -174,6 +175,22 @@ def is_secondary_capture(sop_class: str) -> bool:
     """(0008,0016) SOP Class UID is Secondary Capture Image Storage or a multi-frame variant
     (1.2.840.10008.5.1.4.1.1.7[.1-.4]; not 1.2.840.10008.5.1.4.1.1.77, the VL images)."""
     return sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + ".")
+
+
+def member_problem(
+    inst: Instance, stage: str, reason: str, action: Action, *, kept_as: str = "", detail: str = ""
+) -> Problem:
+    """An audit problem about one DICOM member: the zip, batch and member of its record."""
+    return Problem(
+        zip=inst.zip,
+        batch=inst.batch,
+        member=inst.member,
+        stage=stage,
+        reason=reason,
+        action=action,
+        kept_as=kept_as,
+        detail=detail,
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -548,6 +565,7 @@ __all__ = [
     "decode",
     "fix_bits",
     "is_secondary_capture",
+    "member_problem",
     "native_grey",
     "non_image_kind",
     "parse",
