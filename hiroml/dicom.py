@@ -1,6 +1,12 @@
 """DICOM helpers shared by the index and both converters: parse a member's bytes, and decode
 one frame of (7FE0,0010) Pixel Data with the decoder pinned for its transfer syntax.
 
+The DICOM facts the modules share are defined here once: transfer syntax UIDs (pydicom.uid's
+constants), the (0008,0016) SOP Class UIDs that hold no image (:data:`NON_IMAGE_SOP_CLASSES`)
+and Secondary Capture, native decode with (0028,0101) Bits Stored masking
+(:func:`native_grey`, :func:`fix_bits`) and (0028,1053)/(0028,1052) rescale parsing
+(:func:`rescale`).
+
 Parsing (:func:`parse`). A Part 10 file starts with a 128-byte preamble, ``DICM`` and the
 (0002,xxxx) File Meta Information. Older modalities and some PACS exports write files without
 the preamble (the meta group first) or without any meta (the dataset's group 0008 first).
