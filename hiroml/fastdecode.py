@@ -193,7 +193,7 @@ def pillow_decode(data: bytes, reduce: int, precision: int) -> np.ndarray:
     by Pillow's OpenJPEG. Pillow scales 9- to 15-bit samples up to 16 bits (mode "I;16");
     that scaling is undone, so values are in the codestream's own range."""
     with Image.open(io.BytesIO(data)) as im:
-        im.reduce = reduce  # Jpeg2KImageFile: resolution levels to discard, before load
+        im.reduce = reduce  # type: ignore[method-assign,assignment]  # Jpeg2KImageFile property
         im.load()
         arr = np.asarray(im)
     if arr.dtype == np.uint16 and 8 < precision < 16:
