@@ -794,11 +794,13 @@ def _convert_frame(
 
 
 def _reduced(ds: Dataset, frame: int, cfg: CxrConfig) -> fastdecode.Reduced | None:
-    """JPEG 2000 decoded at the output's resolution (``cxr.fast_jpeg2000``), else None."""
-    if not cfg.fast_jpeg2000:
-        return None
+    """JPEG 2000 / JPEG decoded at the output's resolution (``cxr.fast_jpeg2000``,
+    ``cxr.fast_jpeg``), else None."""
     size = (int(cfg.size[0]), int(cfg.size[1]))
-    return fastdecode.decode_reduced(ds, frame=frame, size=size, keep_aspect=cfg.keep_aspect)
+    return fastdecode.decode_reduced(
+        ds, frame=frame, size=size, keep_aspect=cfg.keep_aspect,
+        jpeg2000=cfg.fast_jpeg2000, jpeg=cfg.fast_jpeg, normalization=cfg.normalization,
+    )  # fmt: skip
 
 
 def _problem(inst: Instance, reason: str, action: Action) -> Problem:

@@ -46,8 +46,11 @@ J2K_SYNTAXES = frozenset(
         dicom.HTJ2K,
     }
 )
-#: Name recorded as the decoder of a reduced decode (``CxrImage.decoder``).
+#: Baseline / extended JPEG (PS3.5 A.4.1): libjpeg-turbo's DCT scaling (1/2, 1/4, 1/8).
+JPEG_SYNTAXES = frozenset({dicom.JPEG_BASELINE, dicom.JPEG_EXTENDED})
+#: Names recorded as the decoder of a reduced decode (``CxrImage.decoder``).
 PILLOW_OPENJPEG = "pillow-openjpeg"
+PILLOW_LIBJPEG = "pillow-libjpeg-turbo"
 
 _SOC_SIZ = b"\xff\x4f\xff\x51"
 _COD = 0xFF52
@@ -131,28 +134,43 @@ def _pillow_size_agrees(rows: int, cols: int, r: int) -> bool:
 
 
 def choose_reduction(
-    rows: int, cols: int, size: tuple[int, int], keep_aspect: bool, levels: int
+    rows: int,
+    cols: int,
+    size: tuple[int, int],
+    keep_aspect: bool,
+    levels: int,
+    *,
+    j2k: bool = True,
 ) -> int:
     """The largest r <= ``levels`` such that the image decoded 2**r times smaller,
     (ceil(rows / 2**r), ceil(cols / 2**r)), is in each dimension at least the
-    :func:`output_shape` of the full image (so resizing it still only shrinks), and that
-    Pillow sizes as OpenJPEG does; 0 when none."""
+    :func:`output_shape` of the full image (so resizing it still only shrinks), and, with
+    ``j2k``, that Pillow sizes as OpenJPEG does; 0 when none."""
     oh, ow = output_shape(rows, cols, size, keep_aspect)
     best = 0
     for r in range(1, max(0, levels) + 1):
         p = 1 << r
         if _ceil_div(rows, p) < oh or _ceil_div(cols, p) < ow:
             break
-        if _pillow_size_agrees(rows, cols, r):
+        if not j2k or _pillow_size_agrees(rows, cols, r):
             best = r
     return best
 
 
-def _why_not(ds: Dataset, cs: Codestream | None, bits_stored: int) -> str:
-    """Why the reduced decode cannot apply to ``ds`` (empty when it can)."""
+def _window_in_header(ds: Dataset) -> bool:
+    """(0028,1050)/(0028,1051) Window Center and Width, or a (0028,3010) VOI LUT Sequence."""
+    return ("WindowCenter" in ds and "WindowWidth" in ds) or bool(ds.get("VOILUTSequence"))
+
+
+def _why_not_dataset(ds: Dataset, normalization: str) -> str:
+    """Why no reduced decode applies to ``ds``, from its header (empty when one may).
+    Percentile and min-max statistics (``cxr.normalization``, or ``voi`` without a window in
+    the header, which falls back to percentiles) change with resolution, since averaging
+    removes the noise in the tails: only a window or VOI LUT from the header qualifies."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     checks = (
-        (cs is None, "not a raw JPEG 2000 codestream (SOC, SIZ)"),
+        (normalization != "voi", f"cxr.normalization={normalization} uses image statistics"),
+        (not _window_in_header(ds), "no window or VOI LUT in the header (percentile fallback)"),
         (int(ds.get("SamplesPerPixel", 1) or 1) != 1, "(0028,0002) Samples per Pixel is not 1"),
         (photometric not in ("MONOCHROME1", "MONOCHROME2"), f"photometric {photometric!r}"),
         (
@@ -165,7 +183,16 @@ def _why_not(ds: Dataset, cs: Codestream | None, bits_stored: int) -> str:
     for failed, reason in checks:
         if failed:
             return reason
-    assert cs is not None
+    return ""
+
+
+def _why_not(ds: Dataset, cs: Codestream | None, bits_stored: int, normalization: str) -> str:
+    """Why the reduced JPEG 2000 decode cannot apply to ``ds`` (empty when it can)."""
+    if cs is None:
+        return "not a raw JPEG 2000 codestream (SOC, SIZ)"
+    why = _why_not_dataset(ds, normalization)
+    if why:
+        return why
     if cs.components != 1 or cs.signed:
         return f"codestream has {cs.components} component(s), signed={cs.signed}"
     if not 8 <= cs.precision <= 16:
@@ -202,19 +229,32 @@ def pillow_decode(data: bytes, reduce: int, precision: int) -> np.ndarray:
 
 
 def decode_reduced(
-    ds: Dataset, *, frame: int, size: tuple[int, int], keep_aspect: bool
+    ds: Dataset,
+    *,
+    frame: int,
+    size: tuple[int, int],
+    keep_aspect: bool,
+    jpeg2000: bool = True,
+    jpeg: bool = True,
+    normalization: str = "voi",
 ) -> Reduced | None:
-    """The stored values of frame ``frame`` of a JPEG 2000 / HTJ2K radiograph at the largest
-    useful reduction for an output of ``size`` = (height, width) (see :func:`choose_reduction`),
-    or ``None`` where the full decode must be used: not a JPEG 2000 syntax, no useful reduction,
-    or a case the reduced decode does not cover (the reason logged at debug level)."""
+    """The stored values of frame ``frame`` of a JPEG 2000 / HTJ2K radiograph (with
+    ``jpeg2000``) or a baseline JPEG one (with ``jpeg``) at the largest useful reduction for an
+    output of ``size`` = (height, width) (see :func:`choose_reduction`), or ``None`` where the
+    full decode must be used: another syntax, no useful reduction, a ``normalization`` (the
+    ``cxr.normalization``) other than a header window, or a case the reduced decode does not
+    cover (the reason logged at debug level)."""
     ts = dicom.transfer_syntax(ds)
-    if ts not in J2K_SYNTAXES or "PixelData" not in ds or frame != 0:
+    if "PixelData" not in ds or frame != 0:
+        return None
+    if jpeg and ts in JPEG_SYNTAXES:
+        return _jpeg_reduced(ds, size, keep_aspect, normalization)
+    if not jpeg2000 or ts not in J2K_SYNTAXES:
         return None
     try:
         data = get_frame(ds.PixelData, 0, number_of_frames=1)
         cs = read_codestream(data)
-        why = _why_not(ds, cs, int(ds.get("BitsStored", 0) or 0))
+        why = _why_not(ds, cs, int(ds.get("BitsStored", 0) or 0), normalization)
     except (AttributeError, TypeError, ValueError, struct.error) as e:
         why, cs = f"unreadable header: {e}", None
     if why or cs is None:
@@ -235,3 +275,37 @@ def decode_reduced(
         logger.debug("full JPEG 2000 decode: reduced shape %s, expected %s", arr.shape, expected)
         return None
     return Reduced(dicom.Decoded(arr, PILLOW_OPENJPEG), 1 << r)
+
+
+def _jpeg_reduced(
+    ds: Dataset, size: tuple[int, int], keep_aspect: bool, normalization: str
+) -> Reduced | None:
+    """A one-component 8-bit JPEG decoded by libjpeg-turbo at 1/2, 1/4 or 1/8 scale (its DCT
+    scaling, through Pillow's ``Image.draft``), or ``None`` (reason at debug level)."""
+    why = _why_not_dataset(ds, normalization)
+    bits = (int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0))
+    if not why and bits != (8, 8):
+        why = f"(0028,0100)/(0028,0101) Bits Allocated/Stored {bits}, not 8/8"
+    if why:
+        logger.debug("full JPEG decode: %s", why)
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    r = choose_reduction(rows, cols, size, keep_aspect, 3, j2k=False)
+    if r == 0:
+        return None
+    p = 1 << r
+    try:
+        data = get_frame(ds.PixelData, 0, number_of_frames=1)
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode != "L" or im.size != (cols, rows):
+                logger.debug("full JPEG decode: mode %s, size %s", im.mode, im.size)
+                return None
+            im.draft("L", (cols // p, rows // p))  # DCT scaling: the largest 1/2**k >= that
+            arr = np.ascontiguousarray(np.asarray(im))
+    except (OSError, ValueError, TypeError) as e:
+        logger.debug("full JPEG decode: reduced decode failed (%s)", e)
+        return None
+    if arr.shape != (_ceil_div(rows, p), _ceil_div(cols, p)):
+        logger.debug("full JPEG decode: reduced shape %s at 1/%d", arr.shape, p)
+        return None
+    return Reduced(dicom.Decoded(arr, PILLOW_LIBJPEG), p)

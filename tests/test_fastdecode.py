@@ -15,7 +15,13 @@ from pydicom.encaps import encapsulate
 
 from hiroml import cxr, fastdecode
 from hiroml.config import CxrConfig
-from hiroml.dicom import HTJ2K_LOSSLESS, JPEG_2000, JPEG_2000_LOSSLESS
+from hiroml.dicom import (
+    HTJ2K_LOSSLESS,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+)
 from tests.test_cxr import make_ds, make_inst, radiograph, to_bytes
 
 ON = CxrConfig(size=[256, 256])
@@ -121,16 +127,19 @@ def test_real_chest_cr_reduced_within_half_a_percent() -> None:
 
 def test_switch_off_and_no_reduction_give_the_full_decode_exactly() -> None:
     img = radiograph(3, (1100, 1030), bits=15)
-    ds_j2k = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15))
-    ds_raw = make_ds(img, bits_stored=15)
+    win = dict(WindowCenter=16384, WindowWidth=32768)
+    ds_j2k = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15), **win)
+    ds_raw = make_ds(img, bits_stored=15, **win)
     off, raw = convert(ds_j2k, OFF), convert(ds_raw, ON)
     np.testing.assert_array_equal(off.array, raw.array)
     assert off.decode_reduction == 1
+    assert convert(ds_j2k, ON).decode_reduction == 4  # the switch is what kept it full
     small = radiograph(3, (300, 280), bits=15)  # no reduction keeps every dimension >= 256
-    ds_small = make_ds(small, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(small, 15))
+    ds_small = make_ds(small, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(small, 15), **win)
     on = convert(ds_small, ON)
     assert (on.decode_reduction, on.decoder) == (1, "openjpeg")
-    np.testing.assert_array_equal(on.array, convert(make_ds(small, bits_stored=15), ON).array)
+    raw_small = convert(make_ds(small, bits_stored=15, **win), ON)
+    np.testing.assert_array_equal(on.array, raw_small.array)
 
 
 @pytest.mark.parametrize(
@@ -141,26 +150,76 @@ def test_switch_off_and_no_reduction_give_the_full_decode_exactly() -> None:
         ({"NumberOfFrames": 2}, "multi-frame"),
         ({"PhotometricInterpretation": "RGB"}, "photometric"),
         ({"Rows": 1099}, "codestream is 1100x1030"),
+        ({"WindowCenter": None}, "no window or VOI LUT in the header"),
     ],
 )
 def test_cases_the_reduced_decode_does_not_cover_fall_back_with_a_reason(
     change: dict[str, Any], reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     img = radiograph(5, (1100, 1030), bits=15)
-    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15))
+    attrs = dict(WindowCenter=16384, WindowWidth=32768)
+    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15), **attrs)
     for key, value in change.items():
-        setattr(ds, key, value)
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
     with caplog.at_level("DEBUG", logger="hiroml.fastdecode"):
         assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
     assert reason in caplog.text
 
 
-def test_signed_codestream_falls_back() -> None:
+def test_signed_codestream_falls_back(caplog: pytest.LogCaptureFixture) -> None:
     img = (radiograph(6, (1100, 1030), bits=12).astype(np.int16) - 2048).astype(np.int16)
     frame = bytes(imagecodecs.jpeg2k_encode(img, codecformat="J2K", bitspersample=12))
-    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=12, frame=frame)
-    assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
-    ds.PixelRepresentation = 0  # header says unsigned, codestream says signed
-    assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 8])  # truncated header
-    assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
+    win = dict(WindowCenter=0, WindowWidth=4096)
+    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=12, frame=frame, **win)
+    with caplog.at_level("DEBUG", logger="hiroml.fastdecode"):
+        assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
+        assert "signed (0028,0103) Pixel Representation" in caplog.text
+        ds.PixelRepresentation = 0  # header says unsigned, codestream says signed
+        assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
+        assert "signed=True" in caplog.text
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 8])  # truncated header
+        assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
+        assert "not a raw JPEG 2000 codestream" in caplog.text
+
+
+def test_baseline_jpeg_dct_scaling_within_half_a_percent_and_switch_off_exact() -> None:
+    img = (radiograph(8, (1100, 1030), bits=8)).astype(np.uint8)
+    frame = bytes(imagecodecs.jpeg8_encode(img, level=90))
+    attrs = dict(PixelSpacing=[0.2, 0.2], WindowCenter=128, WindowWidth=256)
+    ds = make_ds(img, ts=JPEG_BASELINE, bits_stored=8, frame=frame, **attrs)
+    fast = convert(ds, ON)
+    full = convert(ds, dataclasses.replace(ON, fast_jpeg=False))
+    assert (fast.decode_reduction, fast.decoder) == (4, fastdecode.PILLOW_LIBJPEG)
+    assert (full.decode_reduction, full.decoder) == (1, "libjpeg-turbo")
+    assert fast.original_shape == full.original_shape == (1100, 1030)
+    assert mad(fast.array, full.array) < 0.005
+    assert fast.spacing_after == pytest.approx(full.spacing_after, rel=0.01)
+    # the JPEG 2000 switch leaves JPEG alone, and the reverse
+    np.testing.assert_array_equal(convert(ds, OFF).array, fast.array)
+
+
+def test_jpeg_with_12_bits_falls_back_with_a_reason(caplog: pytest.LogCaptureFixture) -> None:
+    img = radiograph(9, (1100, 1030), bits=12)
+    frame = bytes(imagecodecs.jpeg8_encode(img, level=90, bitspersample=12))
+    ds = make_ds(img, ts=JPEG_EXTENDED, bits_stored=12, frame=frame, WindowCenter=2048)
+    ds.WindowWidth = 4096
+    with caplog.at_level("DEBUG", logger="hiroml.fastdecode"):
+        assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
+    assert "Bits Allocated/Stored (16, 12)" in caplog.text
+    assert convert(ds, ON).decode_reduction == 1
+
+
+@pytest.mark.parametrize("normalization", ["percentile", "minmax"])
+def test_image_statistics_normalisations_use_the_full_decode(normalization: str) -> None:
+    """Averaging removes noise in the tails: percentiles and extremes change with resolution."""
+    img = radiograph(4, (1100, 1030), bits=15)
+    attrs = dict(WindowCenter=16384, WindowWidth=32768)
+    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15), **attrs)
+    cfg = dataclasses.replace(ON, normalization=normalization)
+    got = convert(ds, cfg)
+    assert (got.decode_reduction, got.decoder) == (1, "openjpeg")
+    raw = convert(make_ds(img, bits_stored=15, **attrs), cfg)
+    np.testing.assert_array_equal(got.array, raw.array)
