@@ -267,7 +267,7 @@ def decode_reduced(
         return None
     try:
         arr = pillow_decode(data, r, cs.precision)
-    except (OSError, ValueError) as e:  # Pillow/OpenJPEG refused: the full decode decides
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # the full decode decides
         logger.debug("full JPEG 2000 decode: reduced decode failed (%s)", e)
         return None
     expected = (_ceil_div(rows, 1 << r), _ceil_div(cols, 1 << r))
@@ -302,7 +302,7 @@ def _jpeg_reduced(
                 return None
             im.draft("L", (cols // p, rows // p))  # DCT scaling: the largest 1/2**k >= that
             arr = np.ascontiguousarray(np.asarray(im))
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
         logger.debug("full JPEG decode: reduced decode failed (%s)", e)
         return None
     if arr.shape != (_ceil_div(rows, p), _ceil_div(cols, p)):

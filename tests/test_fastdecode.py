@@ -223,3 +223,17 @@ def test_image_statistics_normalisations_use_the_full_decode(normalization: str)
     assert (got.decode_reduction, got.decoder) == (1, "openjpeg")
     raw = convert(make_ds(img, bits_stored=15, **attrs), cfg)
     np.testing.assert_array_equal(got.array, raw.array)
+
+
+def test_pillow_refusing_the_stream_falls_back_to_the_full_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pillow's decompression-bomb guard (or any refusal) leaves the image to the full decode."""
+    from PIL import Image
+
+    img = radiograph(2, (1100, 1030), bits=15)
+    win = dict(WindowCenter=16384, WindowWidth=32768)
+    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15), **win)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    got = convert(ds, ON)
+    assert (got.decode_reduction, got.decoder) == (1, "openjpeg")
