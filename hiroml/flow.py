@@ -34,7 +34,7 @@ import html
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
@@ -118,30 +118,12 @@ class Flow:
         return [f"{name}: {a} != {b}" for name, a, b in checks if a != b]
 
     def as_dict(self) -> dict[str, object]:
-        """Plain values, for JSON and the dataset card."""
+        """Plain values, for JSON and the dataset card (the fields in their order)."""
         return {
-            "zips_found": self.zips_found,
-            "zips_skipped": self.zips_skipped,
-            "zips_read": self.zips_read,
-            "zips_error": self.zips_error,
-            "zips_usable": self.zips_usable,
-            "zips_duplicate": self.zips_duplicate,
-            "zips_merged": self.zips_merged,
-            "exams": self.exams,
-            "exams_without_sample": self.exams_without_sample,
-            "exams_with_samples": self.exams_with_samples,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
             "dropped": dict(self.dropped),
-            "errors_in_exams": self.errors_in_exams,
-            "samples": self.samples,
-            "cxr": self.cxr,
-            "ct": self.ct,
-            "patients": self.patients,
-            "splits": [
-                {"split": s.split, "patients": s.patients, "samples": s.samples,
-                 "cxr": s.cxr, "ct": s.ct}
-                for s in self.splits
-            ],
-        }  # fmt: skip
+            "splits": [asdict(s) for s in self.splits],
+        }
 
 
 def _strings(df: pd.DataFrame, col: str) -> pd.Series:
@@ -270,13 +252,9 @@ def _arrow(x1: float, y1: float, x2: float, y2: float) -> str:
     )
 
 
-def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
-    """The flow as a standalone SVG document (text, no external reference).
-
-    The main column runs top to bottom (found, read, usable, exams, samples), each exclusion
-    sits to its right with an arrow from the column, and one box per split closes the figure.
-    """
-    main: list[list[str]] = [
+def _main_boxes(flow: Flow) -> list[list[str]]:
+    """The main column's boxes, top to bottom: each box's lines, the first its title."""
+    return [
         ["Zips found", _plural(flow.zips_found, "exam zip")],
         ["Zips read", _plural(flow.zips_read, "zip")],
         ["Zips with usable images", _plural(flow.zips_usable, "zip")],
@@ -288,8 +266,12 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
             f"from {_plural(flow.exams_with_samples, 'exam')}",
         ],
     ]
+
+
+def _side_boxes(flow: Flow) -> list[list[str] | None]:
+    """The exclusion boxes, one beside each main box (None: no box beside it)."""
     drop_lines = [f"{k}: {v}" for k, v in flow.dropped.items()] or ["none"]
-    side: list[list[str] | None] = [
+    return [
         ["Skipped: upload in progress", _plural(flow.zips_skipped, "zip")],
         ["Excluded: errors", _plural(flow.zips_error, "zip") + " with nothing usable"],
         [
@@ -305,10 +287,14 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         ],
         None,
     ]
-    out: list[str] = []
+
+
+def _draw_columns(flow: Flow, out: list[str]) -> tuple[int, int | None]:
+    """Draw the main column and its exclusions into ``out``; returns the y below the last
+    row and the bottom of the last main box (px)."""
     y = 50
     prev_bottom: int | None = None
-    for lines, excl in zip(main, side, strict=True):
+    for lines, excl in zip(_main_boxes(flow), _side_boxes(flow), strict=True):
         box, h = _box(_MAIN_X, y, _MAIN_W, lines, cls="main")
         side_h = 0
         side_svg = ""
@@ -323,7 +309,12 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
             out.append(_arrow(_MAIN_X + _MAIN_W, mid, _SIDE_X, mid))
         prev_bottom = y + h
         y += max(h, side_h) + _GAP
-    # one box per split under the samples box
+    return y, prev_bottom
+
+
+def _draw_splits(flow: Flow, y: int, prev_bottom: int | None, out: list[str]) -> int:
+    """Draw one box per split under the samples box into ``out``; returns the figure's
+    height (px)."""
     n = max(1, len(flow.splits))
     gap = 12
     w = (_W - 2 * _MAIN_X - gap * (n - 1)) // n
@@ -341,21 +332,34 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         )  # fmt: skip
         out.append(_arrow(_MAIN_X + _MAIN_W / 2, prev_bottom or y, x + w / 2, top))
         out.append(box)
-    height = top + split_h + 20
-    style = (
-        "svg.hiroml-flow text{font-family:sans-serif;font-size:13px;fill:#1d2433}"
-        "svg.hiroml-flow rect.main{fill:#eef3fc;stroke:#2f6fdb;stroke-width:1.5}"
-        "svg.hiroml-flow rect.side{fill:#fff6e0;stroke:#8a5a00;stroke-width:1}"
-        "svg.hiroml-flow rect.split{fill:#e6f4ea;stroke:#2e7d32;stroke-width:1.5}"
-        "svg.hiroml-flow line.arrow{stroke:#5b6577;stroke-width:1.5}"
-        "svg.hiroml-flow polygon.head{fill:#5b6577}"
-        "svg.hiroml-flow text.title{font-size:16px;font-weight:bold}"
-    )
+    return top + split_h + 20
+
+
+_STYLE = (
+    "svg.hiroml-flow text{font-family:sans-serif;font-size:13px;fill:#1d2433}"
+    "svg.hiroml-flow rect.main{fill:#eef3fc;stroke:#2f6fdb;stroke-width:1.5}"
+    "svg.hiroml-flow rect.side{fill:#fff6e0;stroke:#8a5a00;stroke-width:1}"
+    "svg.hiroml-flow rect.split{fill:#e6f4ea;stroke:#2e7d32;stroke-width:1.5}"
+    "svg.hiroml-flow line.arrow{stroke:#5b6577;stroke-width:1.5}"
+    "svg.hiroml-flow polygon.head{fill:#5b6577}"
+    "svg.hiroml-flow text.title{font-size:16px;font-weight:bold}"
+)
+
+
+def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
+    """The flow as a standalone SVG document (text, no external reference).
+
+    The main column runs top to bottom (found, read, usable, exams, samples), each exclusion
+    sits to its right with an arrow from the column, and one box per split closes the figure.
+    """
+    out: list[str] = []
+    y, prev_bottom = _draw_columns(flow, out)
+    height = _draw_splits(flow, y, prev_bottom, out)
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" class="hiroml-flow" '
         f'width="{_W}" height="{height}" viewBox="0 0 {_W} {height}" role="img" '
         f'aria-label="{html.escape(title)}">'
-        f"<title>{html.escape(title)}</title><style>{style}</style>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
         f'<rect x="0" y="0" width="{_W}" height="{height}" fill="#ffffff"/>'
         f'<text class="title" x="{_MAIN_X}" y="28">{html.escape(title)}</text>'
         + "".join(out)
