@@ -1,6 +1,6 @@
 """The inclusion/exclusion flow of a build (CLAIM / CONSORT-AI style), and its SVG figure.
 
-:func:`compute_flow` counts, from ``audit.csv`` and ``manifest.parquet`` alone (DESIGN.md
+:func:`compute_flow` counts, from ``audit.csv`` and ``manifest.parquet`` alone (docs/design.md
 section 4), how the zips found became the samples of each split::
 
     zips found
@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
+from hiroml.splits import SPLITS
+
 FLOW_NAME = "flow.svg"
-SPLITS = ("train", "val", "test")
 
 #: Dropped reasons grouped into the classes a paper reports, first match wins (the audit's
 #: ``reason`` is free text written by cxr.py, ct.py and exams.py; these patterns name the
@@ -140,7 +141,7 @@ def _zip_status(actions: set[str]) -> str:
 
 
 def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
-    """The flow of one build from its audit and manifest tables (DESIGN.md section 4).
+    """The flow of one build from its audit and manifest tables (docs/design.md section 4).
 
     Only audit rows of a ``.zip`` are counted as zips (rows about the remap sheet or the
     clinical table are not inputs of the flow). A zip whose rows carry no zip-level action
