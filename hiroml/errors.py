@@ -45,6 +45,11 @@ class VerifyError(HiromlError):
     """An output folder failed verification."""
 
 
+class ExportError(HiromlError):
+    """The export cannot run: no such output, version or modality/format pair, or a stored
+    sample that cannot be written in the format asked for."""
+
+
 class OutputLockedError(HiromlError):
     """Another build holds the output folder's lock (``<out>/.hiroml/build.lock``):
     ``hiroml-build`` exits 3 at once, or waits with ``wait_for_lock=true``."""
