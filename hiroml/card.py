@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from hiroml import __version__
-from hiroml.flow import SPLITS, Flow
+from hiroml.flow import Flow, text_column
+from hiroml.splits import SPLITS
 
 CARD_NAME = "DATASET.md"
 #: manifest columns the card reads (aggregated, never printed row by row)
@@ -84,15 +85,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def _strings(df: pd.DataFrame, col: str) -> pd.Series:
-    if col not in df.columns:
-        return pd.Series([""] * len(df), index=df.index, dtype=object)
-    return df[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
-
-
 def _batches(audit: pd.DataFrame, manifest: pd.DataFrame) -> list[list[str]]:
-    names = set(_strings(audit, "batch")) | set(_strings(manifest, "batch"))
-    used = manifest.groupby(_strings(manifest, "batch")).size() if len(manifest) else pd.Series()
+    names = set(text_column(audit, "batch")) | set(text_column(manifest, "batch"))
+    used = manifest.groupby(text_column(manifest, "batch")).size() if len(manifest) else pd.Series()
     rows = []
     for name in sorted(n for n in names if n):
         m = _BATCH.match(name)
@@ -116,11 +111,11 @@ def _label_columns(manifest: pd.DataFrame) -> list[str]:
 
 
 def _demographics(manifest: pd.DataFrame) -> list[list[Any]]:
-    split = _strings(manifest, "split")
-    pid = _strings(manifest, "patient_id")
-    exam = _strings(manifest, "exam_key")
+    split = text_column(manifest, "split")
+    pid = text_column(manifest, "patient_id")
+    exam = text_column(manifest, "exam_key")
     age = pd.to_numeric(manifest.get("age_years"), errors="coerce") if len(manifest) else None
-    sex = _strings(manifest, "sex").str.upper()
+    sex = text_column(manifest, "sex").str.upper()
     rows = []
     for s in SPLITS:
         r = split == s
@@ -154,8 +149,8 @@ def _demographics(manifest: pd.DataFrame) -> list[list[Any]]:
 
 
 def _prevalence(manifest: pd.DataFrame, labels: Sequence[str]) -> list[list[Any]]:
-    split = _strings(manifest, "split")
-    pid = _strings(manifest, "patient_id")
+    split = text_column(manifest, "split")
+    pid = text_column(manifest, "patient_id")
     rows = []
     for c in labels:
         v = pd.to_numeric(manifest[c], errors="coerce")
@@ -217,7 +212,7 @@ def _limitations(
     manifest: pd.DataFrame, audit: pd.DataFrame, f: Flow, labels: Sequence[str]
 ) -> list[str]:
     """The known limitations: the fixed ones, then those this build's numbers call for."""
-    n_err = int((_strings(audit, "action") == "error").sum())
+    n_err = int((text_column(audit, "action") == "error").sum())
     orphans = (
         int(manifest.loc[manifest["orphan"].fillna(False).astype(bool), "patient_id"].nunique())
         if "orphan" in manifest.columns and len(manifest)

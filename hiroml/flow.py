@@ -127,7 +127,9 @@ class Flow:
         }
 
 
-def _strings(df: pd.DataFrame, col: str) -> pd.Series:
+def text_column(df: pd.DataFrame, col: str) -> pd.Series:
+    """Column ``col`` of ``df`` as plain strings, missing values (and a missing column) as
+    ``""``: the form the flow and the dataset card count by."""
     if col not in df.columns:
         return pd.Series([""] * len(df), index=df.index, dtype=object)
     return df[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
@@ -149,11 +151,11 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
     """
     a = pd.DataFrame(
         {
-            "key": _strings(audit, "batch") + "/" + _strings(audit, "zip"),
-            "zip": _strings(audit, "zip"),
-            "action": _strings(audit, "action"),
-            "reason": _strings(audit, "reason"),
-            "exam_key": _strings(audit, "exam_key"),
+            "key": text_column(audit, "batch") + "/" + text_column(audit, "zip"),
+            "zip": text_column(audit, "zip"),
+            "action": text_column(audit, "action"),
+            "reason": text_column(audit, "reason"),
+            "exam_key": text_column(audit, "exam_key"),
         }
     )
     a = a[a["zip"].str.lower().str.endswith(".zip")]
@@ -173,10 +175,10 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
 
     m = pd.DataFrame(
         {
-            "exam_key": _strings(manifest, "exam_key"),
-            "patient_id": _strings(manifest, "patient_id"),
-            "split": _strings(manifest, "split"),
-            "modality": _strings(manifest, "modality"),
+            "exam_key": text_column(manifest, "exam_key"),
+            "patient_id": text_column(manifest, "patient_id"),
+            "split": text_column(manifest, "split"),
+            "modality": text_column(manifest, "modality"),
         }
     )
     exams_with = int(m.loc[m["exam_key"] != "", "exam_key"].nunique())
