@@ -30,8 +30,9 @@ CARD_NAME = "DATASET.md"
 CARD_COLUMNS = ("split", "modality", "patient_id", "exam_key", "exam_time", "age_years", "sex")
 #: build summary fields the card prints, when present
 SUMMARY_FIELDS = ("version", "dataset_hash", "started", "seconds", "config_hash")
-#: manifest columns written by hiroml itself: never taken for a clinical label
-_OWN_COLUMNS = frozenset(
+#: manifest columns written by hiroml itself: never taken for a clinical label (the card's
+#: prevalence table, hiroml-export's index.csv)
+OWN_COLUMNS = frozenset(
     {
         "sample_key", "shard", "modality", "patient_id", "source_patient_id", "patient_group",
         "split", "exam_key", "hiro_id", "exam_time", "description", "batch", "source_zips",
@@ -101,7 +102,7 @@ def _label_columns(manifest: pd.DataFrame) -> list[str]:
     """Binary (0/1) columns joined from the clinical table (labels), by name."""
     cols = []
     for c in manifest.columns:
-        if c in _OWN_COLUMNS:
+        if c in OWN_COLUMNS:
             continue
         v = pd.to_numeric(manifest[c], errors="coerce")
         known = v.dropna()

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hiroml.card import OWN_COLUMNS
 from hiroml.errors import ExportError, HiromlError
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ INDEX_COLUMNS = (
     "split", "sample_key", "patient_id", "patient_group", "exam_key", "modality", "view",
     "age_years", "sex",
 )  # fmt: skip
-_OWN = frozenset(SIDECAR_COLUMNS) | {
-    "shard", "shard_sha256", "sop_uids", "pixel_hashes", "scale", "days_from_encounter",
-    "orphan", "frame", "frames",
-}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +110,7 @@ def _plain(v: Any) -> Any:
 
 
 def _label_columns(manifest: pd.DataFrame) -> list[str]:
-    return [str(c) for c in manifest.columns if c not in _OWN]
+    return [str(c) for c in manifest.columns if c not in OWN_COLUMNS]
 
 
 def _decisions(audit: pd.DataFrame, exam_key: str) -> list[dict[str, str]]:
