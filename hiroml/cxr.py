@@ -52,27 +52,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "cxr"
 
-IMPLICIT_VR_LE = dicom.IMPLICIT_VR_LE
-EXPLICIT_VR_LE = dicom.EXPLICIT_VR_LE
-DEFLATED_LE = dicom.DEFLATED_LE
-EXPLICIT_VR_BE = dicom.EXPLICIT_VR_BE
-UNCOMPRESSED = dicom.UNCOMPRESSED
-
 # --------------------------------------------------------------------------- object selection
 
-# SOP classes (prefixes) that hold no radiograph: structured reports (incl. dose reports, key
-# object selection), presentation states, waveforms, raw data, registrations, encapsulated
-# documents, RT objects.
-_NON_IMAGE_SOP_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
-    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
-    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
-    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration"),
-    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
-    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
-    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
-)
-_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # .7 and multi-frame .7.1-.7.4
 _NON_IMAGE_MODALITIES = frozenset(
     {"SR", "PR", "KO", "DOC", "REG", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG", "AU", "PLAN"}
 )
@@ -116,9 +97,9 @@ def keep_reason(
     """
     sop = inst.sop_class_uid
     modality = inst.modality.strip().upper()
-    for prefix, kind in _NON_IMAGE_SOP_PREFIXES:
-        if sop.startswith(prefix):
-            return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
+    kind = dicom.non_image_kind(sop)
+    if kind is not None:
+        return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
     if modality in _NON_IMAGE_MODALITIES:
         return f"non-image object: Modality={modality} (SOP Class {_uid_label(sop)})"
     if not inst.has_pixels:
@@ -132,7 +113,7 @@ def keep_reason(
         )
     if not drop_derived:
         return None
-    if sop == _SECONDARY_CAPTURE_PREFIX or sop.startswith(_SECONDARY_CAPTURE_PREFIX + "."):
+    if dicom.is_secondary_capture(sop):
         return f"secondary capture / screen save (SOP Class {_uid_label(sop)})"
     if modality in _SECONDARY_MODALITIES:
         return f"secondary capture / screen save (Modality={modality})"
@@ -269,14 +250,6 @@ def to_grayscale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 # --------------------------------------------------------------------------- intensities
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
-    slope = ds.get("RescaleSlope", None)
-    intercept = ds.get("RescaleIntercept", None)
-    return (1.0 if slope in (None, "") else float(slope)), (
-        0.0 if intercept in (None, "") else float(intercept)
-    )
-
-
 def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values -> modality values, as a new float32 array.
 
@@ -286,7 +259,7 @@ def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     if ds.get("ModalityLUTSequence"):
         return np.asarray(_pydicom_modality_lut(arr, ds), dtype=np.float32)
-    slope, intercept = _rescale(ds)
+    slope, intercept = dicom.rescale(ds)
     out = arr.astype(np.float32)
     if slope != 1.0:
         np.multiply(out, np.float32(slope), out=out)
@@ -637,7 +610,7 @@ def _intensities(
     on the integer stored values (exact histogram percentiles) when that is all the modality
     transform is. Pixels in the ``padding`` mask take no part in any statistic."""
     lo, hi = float(cfg.percentiles[0]), float(cfg.percentiles[1])
-    slope, intercept = _rescale(ds)
+    slope, intercept = dicom.rescale(ds)
     has_lut = bool(ds.get("ModalityLUTSequence"))
     if cfg.normalization == "voi":
         if not has_lut and slope > 0:  # fold the rescale into the window: one pass
@@ -787,14 +760,7 @@ def _convert_frame(
 
 
 def _problem(inst: Instance, reason: str, action: Action) -> Problem:
-    return Problem(
-        zip=inst.zip,
-        batch=inst.batch,
-        member=inst.member,
-        stage=STAGE,
-        reason=reason,
-        action=action,
-    )
+    return dicom.member_problem(inst, STAGE, reason, action)
 
 
 def _not_selected(view: View, source: str, cfg: CxrConfig) -> str:

@@ -37,14 +37,6 @@ class GeometryError(BadInputError):
     """A CT series has geometry we refuse to store (gaps, duplicates, odd orientation...)."""
 
 
-class ExamError(HiromlError):
-    """An error wrapped with the exam's key at the exam boundary."""
-
-
-class VerifyError(HiromlError):
-    """An output folder failed verification."""
-
-
 class ExportError(HiromlError):
     """The export cannot run: no such output, version or modality/format pair, or a stored
     sample that cannot be written in the format asked for."""
