@@ -43,7 +43,7 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
 )
 
-from hiroml import dicom
+from hiroml import dicom, fastdecode
 from hiroml.config import CxrConfig
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
@@ -709,7 +709,8 @@ def _convert_frame(
     ts = _transfer_syntax(ds)
     view, view_source = classify_view(ds, exam_description=exam_description)
     try:
-        decoded = decode_frame(ds, frame=frame)
+        reduced = _reduced(ds, frame, cfg)
+        decoded = reduced.decoded if reduced else decode_frame(ds, frame=frame)
         padding = padding_mask(decoded.array, ds)
         arr = to_grayscale(decoded.array, ds)
     except DecodeError as e:
@@ -720,6 +721,9 @@ def _convert_frame(
         of = f" frame {frame + 1} of {n}:" if n > 1 else ""
         raise DecodeError(f"{_where(inst)}:{of} {msg}") from e
     original_shape = (int(arr.shape[0]), int(arr.shape[1]))
+    if reduced:  # the full image's shape; a reduced pixel is k full pixels (row, column)
+        original_shape = (int(ds.Rows), int(ds.Columns))
+    k = (original_shape[0] / arr.shape[0], original_shape[1] / arr.shape[1])
     arr01, lut = _intensities(arr, ds, cfg, padding)
     arr01, inverted = invert_if_monochrome1(arr01, ds)
     padding_note = ""
@@ -731,7 +735,9 @@ def _convert_frame(
     small, scale = resize(arr01, (int(cfg.size[0]), int(cfg.size[1])), keep_aspect=cfg.keep_aspect)
     stored, storage_scale = to_storage(small, cfg.dtype)
     spacing = _spacing(ds)
-    after = None if spacing is None else (spacing[0] / scale[0], spacing[1] / scale[1])
+    after = None
+    if spacing is not None:
+        after = (k[0] * spacing[0] / scale[0], k[1] * spacing[1] / scale[1])
     sop_class = str(ds.get("SOPClassUID", "") or inst.sop_class_uid)
     intent = str(ds.get("PresentationIntentType", "") or inst.presentation_intent)
     return CxrImage(
@@ -756,7 +762,18 @@ def _convert_frame(
         n_frames=number_of_frames(ds),
         for_processing=is_for_processing(sop_class, intent),
         padding=padding_note,
+        decode_reduction=reduced.factor if reduced else 1,
     )
+
+
+def _reduced(ds: Dataset, frame: int, cfg: CxrConfig) -> fastdecode.Reduced | None:
+    """JPEG 2000 / JPEG decoded at the output's resolution (``cxr.fast_jpeg2000``,
+    ``cxr.fast_jpeg``), else None."""
+    size = (int(cfg.size[0]), int(cfg.size[1]))
+    return fastdecode.decode_reduced(
+        ds, frame=frame, size=size, keep_aspect=cfg.keep_aspect,
+        jpeg2000=cfg.fast_jpeg2000, jpeg=cfg.fast_jpeg, normalization=cfg.normalization,
+    )  # fmt: skip
 
 
 def _problem(inst: Instance, reason: str, action: Action) -> Problem:
