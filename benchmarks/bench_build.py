@@ -18,11 +18,11 @@ from pathlib import Path
 
 from common import bench_datamart
 
-from hiroml import pipeline
+from hiroml import build
 from hiroml.config import BuildConfig, ExecutorConfig, PathsConfig
 
 
-def _build(root: Path, workers: int, tmp: Path) -> tuple[pipeline.BuildSummary, float]:
+def _build(root: Path, workers: int, tmp: Path) -> tuple[build.BuildSummary, float]:
     out = tmp / f"out-{workers}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = BuildConfig(
@@ -31,7 +31,7 @@ def _build(root: Path, workers: int, tmp: Path) -> tuple[pipeline.BuildSummary, 
         progress=False,
     )
     t = time.perf_counter()
-    summary = pipeline.run(cfg)
+    summary = build.run(cfg)
     return summary, time.perf_counter() - t
 
 

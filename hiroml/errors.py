@@ -55,3 +55,13 @@ class ShrinkRefusedError(HiromlError):
     ``publish.max_removed_fraction`` allows, without an explanation in the audit:
     ``hiroml-build`` exits 4 and the previous output is left exactly as it was
     (``allow_shrink=true`` publishes anyway)."""
+
+
+class BuildError(HiromlError):
+    """The build could not complete (strict mode with errors, patient leakage, a full disk,
+    a demo folder holding something else...); the previous output is left as it was."""
+
+
+class ManifestError(HiromlError):
+    """A table handed to :func:`hiroml.manifest.write_outputs` breaks the output contract
+    (``DESIGN.md`` §4)."""

@@ -20,7 +20,6 @@ pixels, near duplicates), naming both samples.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hiroml.errors import HiromlError
+from hiroml.atomic import write_atomic
+from hiroml.errors import ManifestError
 from hiroml.records import AuditRow
 
 MANIFEST_COLUMNS = [
@@ -75,10 +75,6 @@ _STRING_COLUMNS = [
 ]  # fmt: skip
 
 
-class ManifestError(HiromlError):
-    """A table handed to :func:`write_outputs` breaks the output contract."""
-
-
 def _is_missing(v: Any) -> bool:
     if v is None:
         return True
@@ -121,12 +117,6 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
         arrays.append(arr)
         names.append(str(col))
     return pa.Table.from_arrays(arrays, names=names)
-
-
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -210,17 +200,11 @@ def write_outputs(
         raise ManifestError(f"audit has actions {sorted(bad_actions)}; allowed {sorted(ACTIONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = out_dir / "patients.parquet.tmp"
-    pq.write_table(_to_table(patients.reset_index(drop=True)), tmp)
-    _replace_atomically(tmp, out_dir / "patients.parquet")
-
-    tmp = out_dir / "audit.csv.tmp"
-    audit.to_csv(tmp, index=False)
-    _replace_atomically(tmp, out_dir / "audit.csv")
-
-    tmp = out_dir / "manifest.parquet.tmp"
-    pq.write_table(_to_table(m.reset_index(drop=True)), tmp)
-    _replace_atomically(tmp, out_dir / "manifest.parquet")
+    patients_table = _to_table(patients.reset_index(drop=True))
+    write_atomic(out_dir / "patients.parquet", lambda tmp: pq.write_table(patients_table, tmp))
+    write_atomic(out_dir / "audit.csv", lambda tmp: audit.to_csv(tmp, index=False))
+    manifest_table = _to_table(m.reset_index(drop=True))
+    write_atomic(out_dir / "manifest.parquet", lambda tmp: pq.write_table(manifest_table, tmp))
 
 
 def read_manifest(out_dir: Path | str) -> pd.DataFrame:

@@ -290,3 +290,34 @@ class CtVolume:
     def size_xyz(self) -> tuple[int, int, int]:
         z, y, x = self.array.shape
         return (int(x), int(y), int(z))
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """What a task tells the driver about one stored sample (the shard-side half of a
+    manifest row; the driver adds patient, group and split)."""
+
+    sample_key: str
+    exam_key: str
+    modality: str
+    shard: str  # relative to the output folder
+    shard_sha256: str
+    data_hash: str
+    shape: tuple[int, ...]
+    series_uid: str
+    sop_uid: str  # radiographs; "" for CT
+    sop_uids: tuple[str, ...]
+    pixel_hashes: tuple[str, ...]
+    view: str
+    size_xyz: tuple[int, ...] | None = None
+    spacing_xyz: tuple[float, ...] | None = None
+    origin_xyz: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
+    scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
+    notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
+    signature: tuple[int, ...] = ()  # radiographs: hiroml.neardup.signature (uint8 values)
+    stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
+    seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
+    seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
+    frame: int | None = None  # radiographs: 0-based frame (0 for single-frame); None for CT
+    for_processing: bool = False  # radiographs kept by cxr.keep_for_processing=true
