@@ -44,6 +44,8 @@ OPTIONAL_COLUMNS = {"days_from_encounter": None, "orphan": False}
 AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
 PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
 ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}
+SPLITS = {"train", "val", "test"}
+VIEWS = {"frontal", "lateral", "unknown"}
 
 _LIST_TYPES: dict[str, pa.DataType] = {
     "source_zips": pa.list_(pa.string()),
@@ -119,6 +121,30 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
+def value_problems(m: pd.DataFrame) -> list[str]:
+    """What is wrong with the values of a manifest that has its columns (empty: nothing):
+    unique ``sample_key``, the allowed splits, modalities and views, 3 or 9 numbers in the
+    CT geometry columns (``size_xyz``, ``spacing_xyz``, ``origin_xyz``: x, y, z; ``direction``:
+    row-major 3x3). The one check of both
+    :func:`validate_manifest` (before writing) and :func:`check_tables` (after)."""
+    bad = []
+    if not m["sample_key"].is_unique:
+        dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
+        bad.append(f"sample_key not unique: {dupes}")
+    for col, allowed in (("split", SPLITS), ("modality", {"cxr", "ct"})):
+        extra = set(m[col].astype(str)) - allowed
+        if extra:
+            bad.append(f"{col} has values {sorted(extra)}")
+    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
+    if views - VIEWS:
+        bad.append(f"view has values {sorted(views - VIEWS)}")
+    ct = m[m["modality"] == "ct"]
+    for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
+        if c in ct.columns and not all(_as_list(v) is not None and len(v) == n for v in ct[c]):
+            bad.append(f"{c} must hold {n} numbers on every CT row")
+    return bad
+
+
 def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest with optional columns filled in; raises :class:`ManifestError` naming
     every missing column or bad value."""
@@ -134,21 +160,7 @@ def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     for c, default in OPTIONAL_COLUMNS.items():
         if c not in m.columns:
             m[c] = default
-    bad = []
-    if not m["sample_key"].is_unique:
-        dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
-        bad.append(f"sample_key not unique: {dupes}")
-    for col, allowed in (("split", {"train", "val", "test"}), ("modality", {"cxr", "ct"})):
-        extra = set(m[col].astype(str)) - allowed
-        if extra:
-            bad.append(f"{col} has values {sorted(extra)}")
-    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
-    if views - {"frontal", "lateral", "unknown"}:
-        bad.append(f"view has values {sorted(views - {'frontal', 'lateral', 'unknown'})}")
-    ct = m[m["modality"] == "ct"]
-    for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
-        if not all(_as_list(v) is not None and len(v) == n for v in ct[c]):
-            bad.append(f"{c} must hold {n} numbers on every CT row")
+    bad = value_problems(m)
     if bad:
         raise ManifestError("manifest: " + "; ".join(bad))
     return m
@@ -212,14 +224,11 @@ def read_manifest(out_dir: Path | str) -> pd.DataFrame:
     return pd.read_parquet(Path(out_dir) / "manifest.parquet")
 
 
-def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
-    """Every shortfall of an output folder against DESIGN.md section 4 (empty: it holds):
-    files present, columns, value sets, shards present, one split per patient group, and
-    ``HiromlDataset`` sizes and sample shapes. Names and types only, not correctness.
-
-    Where the output has published versions (section 4b) the tables checked are those of
-    ``version`` (default: the latest), in ``versions/<version>/`` with its ``build.json``;
-    an output of the first release is checked at its root. Shards are under ``out_dir``."""
+def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
+    """Every shortfall of an output folder's files and tables against DESIGN.md section 4
+    (empty: it holds): files present, columns, values (:func:`value_problems`), shards
+    present, audit actions. Names and types only, not correctness; imports no torch (what
+    ``hiroml-verify`` runs). ``version`` as in :func:`check_contract`."""
     from hiroml.versions import BUILD_JSON, tables_dir
 
     out = Path(out_dir)
@@ -241,32 +250,41 @@ def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> 
         return bad
     if (m["modality"] == "ct").any():
         bad += [f"manifest.parquet lacks CT column {c}" for c in CT_COLUMNS if c not in m.columns]
-        ct = m[m["modality"] == "ct"]
-        for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
-            if c in ct.columns and not all(v is not None and len(v) == n for v in ct[c]):
-                bad.append(f"{c} must hold {n} numbers per CT row")
-    if not m["sample_key"].is_unique:
-        bad.append("sample_key is not unique")
-    if not set(m["split"]) <= {"train", "val", "test"}:
-        bad.append(f"unexpected split values {sorted(set(m['split']) - {'train', 'val', 'test'})}")
-    if not set(m["modality"]) <= {"cxr", "ct"}:
-        bad.append(f"unexpected modality values {sorted(set(m['modality']))}")
-    cxr_views = set(m.loc[m["modality"] == "cxr", "view"])
-    if not cxr_views <= {"frontal", "lateral", "unknown"}:
-        bad.append("view must be frontal, lateral or unknown")
+    bad += value_problems(m)
+    if (m.groupby("patient_group")["split"].nunique() > 1).any():
+        bad.append("a patient group appears in more than one split")
     for s in m["shard"].unique():
         if not (out / s).exists():
             bad.append(f"shard {s} named in the manifest does not exist")
     bad += [f"audit.csv lacks column {c}" for c in AUDIT_COLUMNS if c not in a.columns]
     if "action" in a.columns and not set(a["action"]) <= ACTIONS:
         bad.append(f"unexpected audit actions {sorted(set(a['action']) - ACTIONS)}")
-    if (m.groupby("patient_group")["split"].nunique() > 1).any():
-        bad.append("a patient group appears in more than one split")
-    if any(b.startswith("shard ") for b in bad):
-        return bad  # the Dataset checks below would only fail on the missing files
+    return bad
 
+
+def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
+    """Every shortfall of an output folder against DESIGN.md section 4 (empty: it holds):
+    :func:`check_tables`, then ``HiromlDataset`` sizes and sample shapes (imports torch).
+
+    Where the output has published versions (section 4b) the tables checked are those of
+    ``version`` (default: the latest), in ``versions/<version>/`` with its ``build.json``;
+    an output of the first release is checked at its root. Shards are under ``out_dir``."""
+    from hiroml.versions import tables_dir
+
+    bad = check_tables(out_dir, version=version)
+    if bad:
+        return bad  # the Dataset checks below would only fail on the missing files or columns
+    out = Path(out_dir)
+    where, name = tables_dir(out, version)
+    return _dataset_problems(out, pd.read_parquet(where / "manifest.parquet"), name)
+
+
+def _dataset_problems(out: Path, m: pd.DataFrame, name: str | None) -> list[str]:
+    """What ``HiromlDataset`` of version ``name`` gets wrong against manifest ``m``: sizes
+    per split and modality, sample keys, image dtype and dims (channel first)."""
     from hiroml.dataset import HiromlDataset
 
+    bad: list[str] = []
     for modality in sorted(set(m["modality"])):
         for split in ("train", "val", "test"):
             ds = HiromlDataset(out, split=split, modality=modality, version=name)
