@@ -21,7 +21,7 @@ pixels, near duplicates), naming both samples.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,20 @@ import pyarrow.parquet as pq
 
 from hiroml.atomic import write_atomic
 from hiroml.errors import ManifestError
-from hiroml.records import AuditRow
+from hiroml.records import PART, AuditRow, ManifestRow
 
-MANIFEST_COLUMNS = [
-    "sample_key", "shard", "modality", "patient_id", "source_patient_id", "patient_group",
-    "split", "exam_key", "hiro_id", "exam_time", "description", "batch", "source_zips",
-    "series_uid", "sop_uid", "view", "age_years", "sex", "shape",
-]  # fmt: skip
-CT_COLUMNS = ["size_xyz", "spacing_xyz", "origin_xyz", "direction"]
-EXTRA_COLUMNS = ["shard_sha256", "data_hash", "sop_uids", "pixel_hashes"]
-OPTIONAL_COLUMNS = {"days_from_encounter": None, "orphan": False}
+
+def _columns(part: str) -> list[str]:
+    """The manifest columns of one part of the contract, in order (from :class:`ManifestRow`)."""
+    return [f.name for f in fields(ManifestRow) if f.metadata[PART] == part]
+
+
+MANIFEST_COLUMNS = _columns("core")
+CT_COLUMNS = _columns("ct")
+EXTRA_COLUMNS = _columns("extra")
+OPTIONAL_COLUMNS = {
+    f.name: f.default for f in fields(ManifestRow) if f.metadata[PART] == "optional"
+}
 AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
 PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
 ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}
