@@ -241,7 +241,7 @@ class CxrImage:
 
     sop_uid: str
     series_uid: str
-    zip: str  # rel path of the source zip
+    rel_zip: str  # the source zip as ``batch/file`` (Instance.rel_zip; Instance.zip is the file)
     member: str
     array: np.ndarray = field(repr=False)
     view: View
