@@ -21,7 +21,7 @@ pixels, near duplicates), naming both samples.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +172,9 @@ def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def audit_frame(rows: Iterable[AuditRow]) -> pd.DataFrame:
     """audit.csv's rows from :class:`AuditRow` records (AUDIT_COLUMNS first)."""
-    records = [{k: str(v) for k, v in asdict(r).items()} for r in rows]
-    df = pd.DataFrame.from_records(records, columns=[*AUDIT_COLUMNS, "exam_key", "member"])
-    return df
+    columns = [*AUDIT_COLUMNS, "exam_key", "member"]  # AuditRow.code is not written
+    records = [{k: str(getattr(r, k)) for k in columns} for r in rows]
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def patients_frame(

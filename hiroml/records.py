@@ -218,6 +218,9 @@ class AuditRow:
     detail: str = ""
     exam_key: str = ""
     member: str = ""
+    #: What made the row, for code that filters rows (never matched on ``reason``, which is
+    #: text for people); not a column of audit.csv. Empty for most rows.
+    code: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

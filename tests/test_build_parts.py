@@ -108,3 +108,14 @@ def test_verify_imports_no_torch(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_audit_code_filters_rows_but_is_no_audit_column() -> None:
+    from hiroml.manifest import AUDIT_COLUMNS, audit_frame
+    from hiroml.records import AuditRow
+
+    tagged = AuditRow(zip="a.zip", batch="b1", action=Action.ERROR, reason="r", code="x.y")
+    assert tagged == AuditRow(zip="a.zip", batch="b1", action=Action.ERROR, reason="r")
+    df = audit_frame([tagged])
+    assert list(df.columns) == [*AUDIT_COLUMNS, "exam_key", "member"]
+    assert df.iloc[0]["zip"] == "a.zip" and df.iloc[0]["action"] == "error"
