@@ -1,6 +1,6 @@
 """``hiroml-verify OUT``: is an output folder sound?
 
-Errors (exit 1): the public contract (:func:`hiroml.manifest.check_tables`); leakage
+Errors (exit 1): the public contract (:func:`hiroml.contract.check_tables`); leakage
 (a patient group, patient id, SOP Instance UID, source pixel hash or ``data_hash``, i.e.
 identical decoded pixels, in two splits); a shard
 whose SHA-256 differs from the manifest's ``shard_sha256``; a manifest row whose key is
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hiroml.manifest import check_tables
+from hiroml.contract import check_tables
 from hiroml.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, find_pairs
 from hiroml.shards import array_hash, open_shard, read_index, shard_sha256
 from hiroml.splits import find_leaks

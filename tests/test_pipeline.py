@@ -15,7 +15,7 @@ import torch
 from conftest import MakeCfg
 
 from hiroml import build
-from hiroml.manifest import check_contract
+from hiroml.contract import check_contract
 from hiroml.verify import verify
 
 
