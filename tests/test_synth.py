@@ -387,7 +387,7 @@ def test_radiographs_decode_losslessly_to_the_intended_pixels(dm: tuple[Path, Tr
         assert int(ds.BitsStored) == c["bits_stored"]
         arr = ds.pixel_array
         assert list(arr.shape) == c["shape"]
-        assert synth.pixel_hash(arr) == c["pixel_hash"], c["transfer_syntax"]
+        assert synth.values_hash(arr) == c["pixel_hash"], c["transfer_syntax"]
         assert int(arr.max()) < (1 << c["bits_stored"])
         seen_syntax.add(c["transfer_syntax"])
         if c["view_position"]:
@@ -606,3 +606,39 @@ def test_bad_inputs_are_really_bad(dm: tuple[Path, Truth]) -> None:
     for z in truth["zips"].values():
         if z["expected"] == "error":
             assert z["exam"] == "" and z["n_instances"] <= 1
+
+
+def test_each_scenario_returns_the_zips_it_planted_and_plan_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scenario table's contract: every zip of the datamart is returned by exactly one
+    scenario, the pairs a scenario returns are its own zips, the table runs in order, and
+    ``plan`` alone (no final flush) leaves every zip on disk."""
+    from hiroml.synth import scenarios
+    from hiroml.synth.datamart import Datamart
+
+    owner: dict[str, str] = {}
+    calls: list[str] = []
+
+    def watch(scenario: Any) -> Any:
+        def run(dm: Datamart, b: Any) -> Any:
+            planted = scenario(dm, b)
+            calls.append(scenario.__name__)
+            own = {z.rel for z in planted.zips}
+            for rel in own:
+                assert rel not in owner, (rel, owner.get(rel), scenario.__name__)
+                owner[rel] = scenario.__name__
+            pairs = [*planted.not_duplicates, *planted.partial_overlaps, *planted.missed_remaps]
+            assert all(set(p) <= own for p in pairs), scenario.__name__
+            return planted
+
+        return run
+
+    table = scenarios.SCENARIOS
+    monkeypatch.setattr(scenarios, "SCENARIOS", tuple(watch(s) for s in table))
+    dm = Datamart(tmp_path, 0, "tiny")
+    scenarios.plan(dm)
+    assert calls == [s.__name__ for s in table]
+    assert set(owner) == set(dm.zips)
+    assert all(z.flushed and (tmp_path / z.batch / z.file).is_file() for z in dm.zips.values())
+    assert {"corrupt_zip", "resumed_scan", "in_progress_upload"} <= set(owner.values())

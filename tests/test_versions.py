@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from hiroml import build, faults, splits, versions
 from hiroml.dataset import HiromlDataset, load_sitk
-from hiroml.synth import _write_remap_sheet
+from hiroml.synth import write_remap_sheet
 from hiroml.verify import examine_all, verify
 
 #: a second config that changes every task (radiographs and CT): every shard is replaced
@@ -244,7 +244,7 @@ def test_a_late_remap_joining_train_and_test_keeps_both_in_train_and_says_so(
         _single_patients(m1, "test", truth["remap"])[0],
     )
     # next week's remap sheet: the test patient is an old id of the train patient
-    _write_remap_sheet(dm / truth["remap_sheet"], {**truth["remap"], in_test: in_train})
+    write_remap_sheet(dm / truth["remap_sheet"], {**truth["remap"], in_test: in_train})
     week2 = build.run(make_cfg(dm, out))
     assert week2.published and week2.split_moves == 1
     m2 = pd.read_parquet(out / "manifest.parquet")

@@ -1,0 +1,620 @@
+"""The DICOM factory: datasets (radiograph, CT image, dose report, screen save), Part 10
+bytes, deterministic zips and the remap sheet.
+
+Every function is pure given its arguments (random draws only from the ``rng`` passed in),
+so the same inputs give byte-identical files (given the same zlib, libjpeg and OpenJPEG
+builds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import openpyxl
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    RLELossless,
+)
+
+from hiroml.synth.phantoms import render_ct_slice
+
+TRUTH_NAME = "hiroml-synth-truth.json"
+REMAP_SHEET = "C19_HIRO_LDS_REMAP_PUB-LIST.xlsx"
+CLINICAL_NAME = "clinical.csv"
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+DOSE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.67"
+
+SOP_CLASSES = {"CR": CR_STORAGE, "DX": DX_STORAGE, "SC": SC_STORAGE, "CT": CT_STORAGE}
+
+#: Transfer syntaxes used for radiographs, in the order fillers cycle through them.
+CXR_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    RLELossless,
+)
+
+#: Values planted in identifying tags; none of them may appear in any output.
+PRIVATE_STRINGS: dict[str, str] = {
+    "InstitutionName": "Mercy Lakeside Hospital Campus 7",
+    "ReferringPhysicianName": "Quackenbush^Evangeline^T",
+    "OperatorsName": "Technologist^Bartholomew",
+    "ImageComments": "pt Zebulon Featherstonehaugh MRN 88812345 called back for repeat",
+}
+
+_ZIP_EPOCH = (2020, 6, 1, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def derive_uid(seed: int, *parts: object) -> str:
+    """A deterministic UID ("2.25." form) derived from the seed and a label."""
+    text = "\x1f".join([f"hiroml-synth:{seed}", *map(str, parts)])
+    return "2.25." + str(int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big"))
+
+
+def values_hash(arr: np.ndarray) -> str:
+    """BLAKE2b-128 hex digest of stored pixel values as little-endian 16-bit, C order
+    (signed arrays as int16, else uint16); the form used in the ground truth."""
+    a = np.ascontiguousarray(arr)
+    a = a.astype("<i2") if a.dtype.kind == "i" else a.astype("<u2")
+    return hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()
+
+
+def dicom_bytes(ds: Dataset) -> bytes:
+    """Encode ``ds`` as a DICOM Part 10 file (preamble, File Meta) and return the bytes."""
+    bio = io.BytesIO()
+    ds.save_as(bio, enforce_file_format=True)
+    return bio.getvalue()
+
+
+def zip_bytes(members: Sequence[tuple[str, bytes]], when: dt.datetime) -> bytes:
+    """A deterministic deflated zip: fixed dates and attributes, members in the given order."""
+    bio = io.BytesIO()
+    stamp = (when.year, when.month, when.day, when.hour, when.minute, when.second)
+    with zipfile.ZipFile(bio, "w") as zf:
+        for name, data in members:
+            zi = zipfile.ZipInfo(name, date_time=stamp)
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zi.external_attr = 0o644 << 16
+            zi.create_system = 3
+            zf.writestr(zi, data, compresslevel=6)
+    return bio.getvalue()
+
+
+def fmt_date(t: dt.datetime) -> str:
+    return t.strftime("%Y%m%d")
+
+
+def fmt_time(t: dt.datetime) -> str:
+    return t.strftime("%H%M%S")
+
+
+def ds_str(value: float) -> str:
+    """A DICOM DS string (at most 16 characters)."""
+    for digits in (10, 8, 6):
+        s = f"{value:.{digits}g}"
+        if len(s) <= 16:
+            return s
+    return f"{value:.6g}"
+
+
+# --------------------------------------------------------------------------- DICOM datasets
+
+
+@dataclass(frozen=True, slots=True)
+class StudyInfo:
+    """Patient and study attributes shared by every instance of one exam."""
+
+    patient_id: str  # (0010,0010) Patient's Name and (0010,0020) Patient ID
+    time: dt.datetime  # (0008,0020) Study Date + (0008,0030) Study Time
+    study_uid: str  # (0020,000D)
+    sex: str = "F"  # (0010,0040)
+    age: str = "057Y"  # (0010,1010)
+    description: str = "XR-CHEST-PA-LATERAL"  # (0008,1030) Study Description
+    manufacturer: str = "SYNTH"
+    private: bool = True  # fill InstitutionName etc. with PRIVATE_STRINGS
+
+
+def _base_dataset(
+    study: StudyInfo,
+    *,
+    sop_class: str,
+    sop_uid: str,
+    series_uid: str,
+    modality: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    transfer_syntax: str,
+) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = fmt_date(study.time)
+    ds.SeriesDate = fmt_date(study.time)
+    ds.ContentDate = fmt_date(study.time)
+    ds.StudyTime = fmt_time(study.time)
+    ds.SeriesTime = fmt_time(study.time)
+    ds.ContentTime = fmt_time(study.time)
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    ds.Manufacturer = study.manufacturer
+    if study.private:
+        for key, value in PRIVATE_STRINGS.items():
+            if key != "ImageComments":
+                setattr(ds, key, value)
+    else:
+        ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study.description.replace("-", " ")
+    ds.SeriesDescription = series_description
+    ds.PatientName = study.patient_id
+    ds.PatientID = study.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = study.sex
+    ds.PatientAge = study.age
+    ds.StudyInstanceUID = study.study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    return ds
+
+
+def _set_pixels(ds: Dataset, arr: np.ndarray, transfer_syntax: str) -> None:
+    """Store ``arr`` (rows, columns) as (7FE0,0010) Pixel Data in ``transfer_syntax``."""
+    arr = np.ascontiguousarray(arr)
+    if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OW" if arr.dtype.itemsize == 2 else "OB"
+    elif transfer_syntax == JPEGLosslessSV1:
+        frame = imagecodecs.jpeg8_encode(
+            arr, lossless=True, predictor=1, bitspersample=int(ds.BitsStored)
+        )
+        ds.PixelData = encapsulate([bytes(frame)])
+        ds["PixelData"].VR = "OB"
+    elif transfer_syntax in (JPEG2000Lossless, RLELossless):
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.compress(
+            transfer_syntax,
+            arr,
+            encoding_plugin="pylibjpeg" if transfer_syntax == JPEG2000Lossless else "",
+            generate_instance_uid=False,
+        )
+    else:
+        raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+
+
+def make_cxr(
+    pixels: np.ndarray,
+    *,
+    study: StudyInfo,
+    sop_uid: str,
+    series_uid: str,
+    sop_class: str = "DX",
+    view_position: str | None = "PA",
+    series_description: str = "PA",
+    series_number: int = 1,
+    instance_number: int = 1,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    rescale: tuple[float, float] | None = None,
+    windows: Sequence[tuple[float, float]] = (),
+    voi_lut: bool = False,
+    pixel_spacing_mm: float = 0.15,
+    image_comments: bool = False,
+) -> Dataset:
+    """A chest radiograph dataset holding ``pixels`` (rows, columns; uint16 stored values).
+
+    ``sop_class`` is ``"CR"`` (Computed Radiography), ``"DX"`` (Digital X-Ray for
+    Presentation) or ``"SC"`` (Secondary Capture "screen save", 8-bit, ImageType
+    DERIVED\\SECONDARY). ``view_position=None`` leaves (0018,5101) View Position out.
+    ``rescale`` sets (0028,1053) Rescale Slope and (0028,1052) Rescale Intercept;
+    ``windows`` one or more (0028,1050)/(0028,1051) Window Center/Width pairs; ``voi_lut``
+    adds a (0028,3010) VOI LUT Sequence with one linear LUT. Pixels are stored losslessly
+    in ``transfer_syntax``.
+    """
+    modality = {"CR": "CR", "DX": "DX", "SC": "OT"}[sop_class]
+    ds = _base_dataset(
+        study,
+        sop_class=SOP_CLASSES[sop_class],
+        sop_uid=sop_uid,
+        series_uid=series_uid,
+        modality=modality,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        transfer_syntax=transfer_syntax,
+    )
+    if image_comments and study.private:
+        ds.ImageComments = PRIVATE_STRINGS["ImageComments"]
+    ds.BodyPartExamined = "CHEST"
+    rows, cols = pixels.shape
+    if sop_class == "SC":
+        ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+        ds.ConversionType = "WSD"
+        bits_stored = 8
+        pixels = pixels.astype(np.uint8)
+    else:
+        _set_acquisition(ds, sop_class, view_position, photometric, pixel_spacing_mm)
+        _set_presentation(ds, pixels, rescale, windows, voi_lut)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.BitsAllocated = 8 if sop_class == "SC" else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    _set_pixels(ds, pixels, transfer_syntax)
+    return ds
+
+
+def _set_acquisition(
+    ds: Dataset,
+    sop_class: str,
+    view_position: str | None,
+    photometric: str,
+    pixel_spacing_mm: float,
+) -> None:
+    """Attributes of an original radiograph: (0008,0008) Image Type, (0020,0020) Patient
+    Orientation, (0018,1164) Imager Pixel Spacing and (0028,0030) Pixel Spacing in mm,
+    exposure, (0018,5101) View Position (left out when ``None``) and, for DX, the
+    presentation intent and (2050,0020) Presentation LUT Shape."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PatientOrientation = ["P", "F"] if view_position in ("LL", "RL", "LATERAL") else ["L", "F"]
+    ds.ImagerPixelSpacing = [ds_str(pixel_spacing_mm), ds_str(pixel_spacing_mm)]
+    ds.PixelSpacing = [ds_str(pixel_spacing_mm), ds_str(pixel_spacing_mm)]
+    ds.KVP = "110" if view_position != "AP" else "90"
+    ds.ExposureTime = 12
+    ds.XRayTubeCurrent = 200
+    if view_position is not None:
+        ds.ViewPosition = view_position
+    if sop_class == "DX":
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = 1
+        ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+
+
+def _set_presentation(
+    ds: Dataset,
+    pixels: np.ndarray,
+    rescale: tuple[float, float] | None,
+    windows: Sequence[tuple[float, float]],
+    voi_lut: bool,
+) -> None:
+    """(0028,1053)/(0028,1052) Rescale Slope/Intercept, (0028,1050)/(0028,1051) Window
+    Center/Width pairs and a (0028,3010) VOI LUT Sequence with one linear LUT from the 1st
+    to the 99th percentile of the stored values."""
+    if rescale is not None:
+        ds.RescaleSlope = ds_str(rescale[0])
+        ds.RescaleIntercept = ds_str(rescale[1])
+        ds.RescaleType = "US"
+    if windows:
+        ds.WindowCenter = [ds_str(c) for c, _ in windows]
+        ds.WindowWidth = [ds_str(w) for _, w in windows]
+        expl = ["NORMAL", "HARD", "SOFT"]
+        ds.WindowCenterWidthExplanation = expl[: len(windows)]
+    if voi_lut:
+        lo = int(np.percentile(pixels, 1))
+        hi = int(np.percentile(pixels, 99))
+        n = max(min(hi - lo, 65535), 2)  # one entry per stored value from lo
+        item = Dataset()
+        item.add_new(0x00283002, "US", [n, lo, 16])
+        item.LUTExplanation = "LINEAR"
+        item.add_new(0x00283006, "US", [int(v) for v in np.linspace(0, 65535, n)])
+        ds.VOILUTSequence = DicomSequence([item])
+
+
+def make_ct_image(
+    hu: np.ndarray,
+    *,
+    study: StudyInfo,
+    sop_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    position: Sequence[float],
+    orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
+    pixel_spacing: tuple[float, float] = (0.7, 0.7),
+    slice_thickness: float = 2.5,
+    series_number: int = 2,
+    instance_number: int = 1,
+    series_description: str = "CHEST",
+    kernel: str = "STANDARD",
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    tilt_deg: float = 0.0,
+    rescale: tuple[float, float] = (1.0, -1024.0),
+    signed: bool = False,
+    bits_stored: int = 12,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    slice_location: float | None = None,
+) -> Dataset:
+    """One CT Image Storage instance from an image in HU (rows, columns).
+
+    Stored values are ``round((hu - intercept) / slope)``, clipped to ``bits_stored``
+    (unsigned, or two's complement when ``signed``). Geometry: (0020,0032) Image Position
+    (Patient) ``position`` and (0020,0037) ``orientation`` in LPS mm; (0018,1120) Gantry/
+    Detector Tilt ``tilt_deg``; (0018,1210) Convolution Kernel ``kernel``.
+    """
+    ds = _base_dataset(
+        study,
+        sop_class=CT_STORAGE,
+        sop_uid=sop_uid,
+        series_uid=series_uid,
+        modality="CT",
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        transfer_syntax=transfer_syntax,
+    )
+    ds.ImageType = list(image_type)
+    ds.BodyPartExamined = "CHEST"
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionTime = fmt_time(study.time)
+    ds.KVP = "120"
+    ds.XRayTubeCurrent = 180
+    ds.SliceThickness = ds_str(slice_thickness)
+    ds.ConvolutionKernel = kernel
+    ds.GantryDetectorTilt = ds_str(tilt_deg)
+    ds.PatientPosition = "FFS"
+    ds.ImagePositionPatient = [ds_str(v) for v in position]
+    ds.ImageOrientationPatient = [ds_str(v) for v in orientation]
+    ds.SliceLocation = ds_str(position[2] if slice_location is None else slice_location)
+    ds.PixelSpacing = [ds_str(pixel_spacing[0]), ds_str(pixel_spacing[1])]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(hu.shape[0]), int(hu.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.RescaleSlope = ds_str(rescale[0])
+    ds.RescaleIntercept = ds_str(rescale[1])
+    ds.RescaleType = "HU"
+    ds.WindowCenter = ["-600", "40"]
+    ds.WindowWidth = ["1500", "400"]
+    _set_pixels(
+        ds, ct_stored_values(hu, rescale, signed=signed, bits_stored=bits_stored), transfer_syntax
+    )
+    return ds
+
+
+def ct_stored_values(
+    hu: np.ndarray, rescale: tuple[float, float], *, signed: bool, bits_stored: int
+) -> np.ndarray:
+    """HU -> stored values for (0028,1053) slope and (0028,1052) intercept ``rescale``."""
+    slope, intercept = rescale
+    v = np.rint((hu.astype(np.float64) - intercept) / slope)
+    if signed:
+        lo, hi = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+        return np.clip(v, lo, hi).astype(np.int16)
+    return np.clip(v, 0, (1 << bits_stored) - 1).astype(np.uint16)
+
+
+def make_ct_series(
+    *,
+    study: StudyInfo,
+    series_uid: str,
+    sop_uids: Sequence[str],
+    frame_uid: str,
+    positions: Sequence[Sequence[float]],
+    rng: np.random.Generator,
+    matrix: int = 64,
+    fov_mm: float = 360.0,
+    orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
+    slice_thickness: float = 2.5,
+    kernel: str = "STANDARD",
+    tilt_deg: float = 0.0,
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    rescales: Sequence[tuple[float, float]] | None = None,
+    signed: bool = False,
+    series_number: int = 2,
+    series_description: str = "CHEST",
+    noise_hu: float = 10.0,
+    contrast: bool = False,
+    scale: float = 1.0,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> list[Dataset]:
+    """A CT series, one dataset per entry of ``positions`` (instance numbers 1..n in order).
+
+    Each image samples :func:`ct_hu_at` at its own position and orientation, so any list of
+    positions (uneven, gapped, repeated, sheared by a gantry tilt) gives consistent images.
+    ``rescales`` gives a (slope, intercept) per slice (default (1, -1024), or (1, 0) when
+    ``signed``).
+    """
+    if len(sop_uids) != len(positions):
+        raise ValueError("one SOP Instance UID per position")
+    spacing = fov_mm / matrix
+    default = (1.0, 0.0) if signed else (1.0, -1024.0)
+    out = []
+    for i, (pos, sop) in enumerate(zip(positions, sop_uids, strict=True)):
+        hu = render_ct_slice(
+            pos,
+            (matrix, matrix),
+            (spacing, spacing),
+            rng,
+            orientation=orientation,
+            noise_hu=noise_hu,
+            scale=scale,
+            contrast=contrast,
+        )
+        rescale = rescales[i] if rescales is not None else default
+        out.append(
+            make_ct_image(
+                hu,
+                study=study,
+                sop_uid=sop,
+                series_uid=series_uid,
+                frame_uid=frame_uid,
+                position=pos,
+                orientation=orientation,
+                pixel_spacing=(spacing, spacing),
+                slice_thickness=slice_thickness,
+                series_number=series_number,
+                instance_number=i + 1,
+                series_description=series_description,
+                kernel=kernel,
+                image_type=image_type,
+                tilt_deg=tilt_deg,
+                rescale=rescale,
+                signed=signed,
+                bits_stored=16 if signed else 12,
+                transfer_syntax=transfer_syntax,
+            )
+        )
+    return out
+
+
+def make_dose_report(
+    *, study: StudyInfo, sop_uid: str, series_uid: str, series_number: int = 999, dlp: float = 412.5
+) -> Dataset:
+    """An X-Ray Radiation Dose SR (no pixel data) with the exam's total DLP in mGy.cm."""
+    ds = _base_dataset(
+        study,
+        sop_class=DOSE_SR_STORAGE,
+        sop_uid=sop_uid,
+        series_uid=series_uid,
+        modality="SR",
+        series_number=series_number,
+        instance_number=1,
+        series_description="Dose Report",
+        transfer_syntax=ExplicitVRLittleEndian,
+    )
+
+    def code(value: str, scheme: str, meaning: str) -> Dataset:
+        c = Dataset()
+        c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
+        return c
+
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = DicomSequence(
+        [code("113701", "DCM", "X-Ray Radiation Dose Report")]
+    )
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    tmpl = Dataset()
+    tmpl.MappingResource = "DCMR"
+    tmpl.TemplateIdentifier = "10011"
+    ds.ContentTemplateSequence = DicomSequence([tmpl])
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "NUM"
+    item.ConceptNameCodeSequence = DicomSequence(
+        [code("113813", "DCM", "CT Dose Length Product Total")]
+    )
+    mv = Dataset()
+    mv.NumericValue = ds_str(dlp)
+    mv.MeasurementUnitsCodeSequence = DicomSequence([code("mGy.cm", "UCUM", "mGy.cm")])
+    item.MeasuredValueSequence = DicomSequence([mv])
+    ds.ContentSequence = DicomSequence([item])
+    return ds
+
+
+def make_screen_save(
+    image: np.ndarray,
+    *,
+    study: StudyInfo,
+    sop_uid: str,
+    series_uid: str,
+    modality: str = "CT",
+    series_number: int = 99,
+) -> Dataset:
+    """A Secondary Capture "screen save" (8-bit MONOCHROME2, ImageType DERIVED\\SECONDARY)
+    of ``image`` (any range; rescaled to 0..255) with a burned-in white banner."""
+    a = image.astype(np.float32)
+    a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6) * 255.0
+    a = np.rint(a).astype(np.uint8)
+    a[: max(2, a.shape[0] // 16), :] = 255
+    ds = make_cxr(
+        a,
+        study=study,
+        sop_uid=sop_uid,
+        series_uid=series_uid,
+        sop_class="SC",
+        view_position=None,
+        series_description="SCREEN SAVE",
+        series_number=series_number,
+    )
+    ds.Modality = modality
+    return ds
+
+
+def study_scale(study: StudyInfo) -> float:
+    """Body size factor of a patient (0.85 .. 1.1, from the patient id): stable per patient."""
+    h = int(hashlib.blake2b(study.patient_id.encode(), digest_size=2).hexdigest(), 16)
+    return 0.85 + 0.25 * (h / 65535.0)
+
+
+def write_remap_sheet(path: Path, remap: dict[str, str]) -> int:
+    """Write the remap sheet with text cells; rewritten so that the bytes are deterministic."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.title = "REMAP"
+    ws.append(["OLD_C19_ID", "NEW_C19_ID"])
+    for old, new in remap.items():
+        ws.append([old, new])
+    for row in ws.iter_rows(min_row=2):
+        for cell in row:
+            cell.number_format = "@"
+            cell.data_type = "s"
+    fixed = dt.datetime(2020, 6, 1)
+    wb.properties.created = fixed
+    wb.properties.modified = fixed
+    bio = io.BytesIO()
+    wb.save(bio)
+    out = io.BytesIO()
+    with zipfile.ZipFile(bio) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "docProps/core.xml":
+                data = re.sub(
+                    rb"(<dcterms:(created|modified)[^>]*>)[^<]*",
+                    rb"\g<1>2020-06-01T00:00:00Z",
+                    data,
+                )
+            zi = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zi.external_attr = 0o644 << 16
+            zi.create_system = 3
+            dst.writestr(zi, data)
+    data = out.getvalue()
+    path.write_bytes(data)
+    return len(data)
+
+
+# --------------------------------------------------------------------------- public API
