@@ -80,6 +80,8 @@ class CxrConfig:
     views: List[str] = field(default_factory=lambda: ["frontal"])  # frontal, lateral, unknown
     drop_derived: bool = True  # drop ImageType DERIVED/SECONDARY and Modality OT/SC
     keep_for_processing: bool = False  # keep DX "for processing" raw detector images
+    fast_jpeg2000: bool = True  # decode JPEG 2000/HTJ2K only at the resolution size needs
+    fast_jpeg: bool = True  # baseline 8-bit JPEG: libjpeg-turbo DCT scaling to that resolution
 
     def __post_init__(self) -> None:
         _check_choice("cxr", "normalization", self.normalization, ("voi", "percentile", "minmax"))

@@ -58,9 +58,6 @@ __all__ = [
 STAGE = "ct"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _ENHANCED_CT = enhanced.ENHANCED_CT  # their frames are slices: see hiroml.enhanced
-_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC and its multi-frame variants
-_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # structured reports, dose SR included
-_UNCOMPRESSED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _ORIENTATION_ATOL = 1e-3  # direction cosines: same orientation / orthonormality
 _INT16 = np.iinfo(np.int16)
 
@@ -79,7 +76,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
     itype = _image_type(inst)
     it_text = "\\".join(itype) or "(absent)"
     sop_class = inst.sop_class_uid
-    if sop_class.startswith(_SR_PREFIX) or inst.modality in ("SR", "KO", "PR"):
+    if sop_class.startswith(dicom.SR_PREFIX) or inst.modality in ("SR", "KO", "PR"):
         return (
             f"structured report / dose report / non-image object "
             f"((0008,0016) SOP Class UID {sop_class or '?'}, (0008,0060) Modality {inst.modality})"
@@ -87,7 +84,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
     if not inst.has_pixels:
         return "no (7FE0,0010) Pixel Data: dose report, structured report or other non-image object"
     if (
-        sop_class.startswith(_SECONDARY_CAPTURE_PREFIX)
+        dicom.is_secondary_capture(sop_class)
         or inst.modality in ("SC", "OT")
         or any("SCREEN" in v for v in itype)
     ):
@@ -373,8 +370,7 @@ class _PixelDesc:
 
     @classmethod
     def of_dataset(cls, ds: Dataset) -> _PixelDesc:
-        slope = ds.get("RescaleSlope")
-        intercept = ds.get("RescaleIntercept")
+        slope, intercept = dicom.rescale(ds)
         return cls(
             rows=int(ds.get("Rows", 0) or 0),
             cols=int(ds.get("Columns", 0) or 0),
@@ -383,9 +379,9 @@ class _PixelDesc:
             signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
             samples=int(ds.get("SamplesPerPixel", 1) or 1),
             transfer_syntax=str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")),
-            slope=float(slope) if slope not in (None, "") else 1.0,
-            intercept=float(intercept) if intercept not in (None, "") else 0.0,
-            lut_sequence=slope in (None, "") and "ModalityLUTSequence" in ds,
+            slope=slope,
+            intercept=intercept,
+            lut_sequence=ds.get("RescaleSlope") in (None, "") and "ModalityLUTSequence" in ds,
         )
 
     @classmethod
@@ -408,7 +404,9 @@ class _PixelDesc:
         )
 
 
-def _raw_pixels(ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: str) -> np.ndarray:
+def _stored_values(
+    ds: Dataset, desc: _PixelDesc, *, rows: int, cols: int, label: str
+) -> np.ndarray:
     """Stored values of one single-frame slice (see :func:`_decode_slice`)."""
     return _decode_slice(ds, desc, rows=rows, cols=cols, label=label).array
 
@@ -420,7 +418,8 @@ def _decode_slice(
     the decoder that produced them.
 
     Uncompressed little-endian 16-bit data is read straight from the (7FE0,0010) Pixel Data
-    bytes, with (0028,0101) Bits Stored masked or sign-extended as pydicom does; anything else
+    bytes (:func:`hiroml.dicom.native_grey`: (0028,0101) Bits Stored masked or sign-extended as
+    pydicom does), from the header values of the index record; anything else
     goes through :func:`hiroml.dicom.decode`, the decoder pinned per transfer syntax (JPEG,
     JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, RLE, deflated frames, big endian, ...).
     """
@@ -428,7 +427,8 @@ def _decode_slice(
         raise DecodeError(f"{label}: no (7FE0,0010) Pixel Data")
     if (desc.rows, desc.cols) != (rows, cols):
         raise DecodeError(f"{label}: {desc.rows}x{desc.cols} pixels, the series has {rows}x{cols}")
-    if desc.transfer_syntax in _UNCOMPRESSED_LE and desc.bits_allocated == 16 and desc.samples == 1:
+    native16 = desc.bits_allocated == 16 and desc.samples == 1
+    if desc.transfer_syntax in dicom.UNCOMPRESSED_LE and native16:
         buf = ds.PixelData
         need = rows * cols * 2
         if len(buf) < need:
@@ -436,15 +436,14 @@ def _decode_slice(
                 f"{label}: {len(buf)} bytes of (7FE0,0010) Pixel Data, {rows}x{cols}x16 bit "
                 f"needs {need}: truncated"
             )
-        arr = np.frombuffer(buf, dtype="<i2" if desc.signed else "<u2", count=rows * cols)
-        arr = arr.reshape(rows, cols)
-        bits = desc.bits_stored or 16
-        if bits < 16:
-            if desc.signed:
-                shift = 16 - bits
-                arr = np.right_shift(np.left_shift(arr, shift), shift)
-            else:
-                arr = np.bitwise_and(arr, (1 << bits) - 1)
+        arr = dicom.native_grey(
+            buf,
+            rows=rows,
+            cols=cols,
+            bits_allocated=16,
+            bits_stored=desc.bits_stored,
+            signed=desc.signed,
+        )
         return dicom.Decoded(arr, dicom.NUMPY)
     try:
         decoded = dicom.decode(ds)
@@ -463,7 +462,7 @@ def decode_hu(ds: Dataset, *, label: str = "") -> np.ndarray:
     """One slice in HU: stored values through the modality LUT, (0028,1053) Rescale Slope and
     (0028,1052) Rescale Intercept (or a (0028,3000) Modality LUT Sequence). float64 (y, x)."""
     desc = _PixelDesc.of_dataset(ds)
-    raw = _raw_pixels(ds, desc, rows=desc.rows, cols=desc.cols, label=label or "slice")
+    raw = _stored_values(ds, desc, rows=desc.rows, cols=desc.cols, label=label or "slice")
     return _hu_float(raw, desc, ds)
 
 
@@ -760,26 +759,136 @@ def _build(
     order = sorted(range(len(insts)), key=lambda i: (d_all[i], _acq_key(insts[i])))
     d_sorted = d_all[order]
     decisions: list[str] = []
-    dropped: list[tuple[Instance, str]] = []
     fill_hu = float(cfg.fill_hu)
 
-    # --- duplicate positions (headers): the first acquisition of each position is kept
-    keep = np.ones(len(order), dtype=bool)
-    dup_of: list[tuple[int, int]] = []  # (sorted index of a left-out slice, of its kept twin)
-    for grp in _duplicate_groups(d_sorted, atol):
-        grp = sorted(grp, key=lambda k: _acq_key(insts[order[k]]))
-        for k in grp[1:]:
-            keep[k] = False
-            dup_of.append((k, grp[0]))
+    keep, dup_of = _duplicate_positions(insts, order, d_sorted, atol)
     slot = np.cumsum(keep) - 1  # sorted index -> slot in the volume
     kept_order = [i for i, kk in zip(order, keep, strict=True) if kk]
     kept = [insts[i] for i in kept_order]
     d_kept = d_sorted[keep]
     p0 = pos[kept_order[0]]
     s = d_kept - d_kept[0]
-
-    # --- spacing along the normal (headers)
     thick = [i.slice_thickness for i in kept if i.slice_thickness]
+    step, issues = _z_step(s, thick, cfg, series, rtol=rtol, atol=atol, decisions=decisions)
+    rel = pos[kept_order] - p0
+    offsets = np.stack([rel @ fr.r, rel @ fr.c], axis=1)
+    tilt_deg, tilted = _tilt(s, offsets, fr, kept[0], cfg, series, rtol=rtol, atol=atol)
+    if not tilted:
+        offsets = np.zeros_like(offsets)
+        decisions.extend(_orthogonal_tilt_note(kept[0], len(s)))
+
+    # --- decode the kept slices, in sorted order, into one preallocated volume
+    hv = _HuVolume(len(kept_order), fr.rows, fr.cols)
+    for k, i in enumerate(kept_order):
+        raw, desc, ds = raw_of(i)
+        hv.put(k, raw, desc, ds)
+    vol = hv.array
+    del hv  # the volume is now referenced by ``vol`` only (freed when resampled)
+    dropped = _settle_duplicates(
+        insts, order, dup_of, d_sorted, lambda k: vol[slot[k]], raw_of, fr, cfg, decisions, series
+    )
+
+    resampled = bool(issues or tilted)
+    origin = p0
+    if resampled:
+        vol, origin, step = _onto_even_grid(vol, s, offsets, fr, p0, step, fill_hu)
+        decisions.extend(_even_grid_notes(vol, step, issues, tilted, tilt_deg, offsets, fill_hu))
+
+    direction = np.stack([fr.r, fr.c, fr.n], axis=1)  # columns r, c, n
+    vol_out, spacing, respaced = _respace_and_clip(
+        _as_int16_if_lossless(vol), (fr.dx, fr.dy, step), origin, direction, cfg, decisions
+    )
+    zips = list(dict.fromkeys(inst.zip for inst in kept))  # first-seen order
+    if len(zips) > 1:
+        decisions.append(f"series joined from {len(zips)} zips: {', '.join(zips)}")
+    volume = CtVolume(
+        series_uid=insts[0].series_uid,
+        series_description=kept[0].series_description,
+        kernel=kept[0].kernel,
+        sop_uids=tuple(i.sop_uid for i in kept),
+        zips=tuple(zips),
+        array=vol_out,
+        spacing_xyz=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        origin_xyz=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=tuple(float(v) for v in direction.ravel()),
+        slice_thickness=float(np.median(thick)) if thick else None,
+        resampled=resampled or respaced,
+        decisions=tuple(decisions),
+        tilt_deg=round(tilt_deg, 4),
+    )
+    return _Built(volume=volume, dropped=tuple(dropped))
+
+
+def _onto_even_grid(
+    vol: np.ndarray,
+    s: np.ndarray,
+    offsets: np.ndarray,
+    fr: _Frame,
+    p0: np.ndarray,
+    step: float,
+    fill_hu: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Uneven or tilted slices resampled onto an even, orthogonal grid
+    (:func:`_resample_normal`): the volume, its origin (mm, patient x, y, z) and z step."""
+    out, x0, y0, step_out = _resample_normal(vol, s, offsets, fr, step, fill_hu)
+    return out, p0 + x0 * fr.r + y0 * fr.c, step_out
+
+
+def _even_grid_notes(
+    vol: np.ndarray,
+    step: float,
+    issues: Sequence[str],
+    tilted: bool,
+    tilt_deg: float,
+    offsets: np.ndarray,
+    fill_hu: float,
+) -> list[str]:
+    """The decisions of :func:`_onto_even_grid`: uneven positions, gantry tilt."""
+    notes: list[str] = []
+    if issues:
+        notes.append(
+            f"uneven slice positions resampled linearly onto {vol.shape[0]} slices every "
+            f"{step:.4g} mm: " + "; ".join(issues[:4])
+        )
+    if tilted:
+        notes.append(
+            f"gantry tilt {tilt_deg:.2f} deg (in-plane shift up to "
+            f"{float(np.abs(offsets).max()):.2f} mm) resampled onto an orthogonal grid "
+            f"(fill {fill_hu:g} HU outside the scanned field)"
+        )
+    return notes
+
+
+def _duplicate_positions(
+    insts: Sequence[Instance], order: Sequence[int], d_sorted: np.ndarray, atol: float
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Duplicate positions along the normal (headers, within ``ct.spacing_atol``): the first
+    acquisition of each position is kept. Returns the keep mask over the sorted slices and
+    (sorted index of a left-out slice, sorted index of its kept twin) pairs."""
+    keep = np.ones(len(order), dtype=bool)
+    dup_of: list[tuple[int, int]] = []
+    for grp in _duplicate_groups(d_sorted, atol):
+        grp = sorted(grp, key=lambda k: _acq_key(insts[order[k]]))
+        for k in grp[1:]:
+            keep[k] = False
+            dup_of.append((k, grp[0]))
+    return keep, dup_of
+
+
+def _z_step(
+    s: np.ndarray,
+    thick: Sequence[float],
+    cfg: CtConfig,
+    series: str,
+    *,
+    rtol: float,
+    atol: float,
+    decisions: list[str],
+) -> tuple[float, list[str]]:
+    """The slice step along the normal (mm) from the headers, and the spacing issues that
+    call for resampling: the mean step when the positions ``s`` (mm from the first) are even,
+    the median when not, (0018,0050) Slice Thickness for a single slice. Uneven positions
+    raise :class:`GeometryError` with ``ct.spacing_policy=reject``."""
     if len(s) > 1:
         step_med = float(np.median(np.diff(s)))
         tol = atol + rtol * step_med
@@ -797,50 +906,76 @@ def _build(
             + (f"; ... {len(issues) - 8} more" if len(issues) > 8 else "")
             + "; ct.spacing_policy=reject"
         )
+    return step, issues
 
-    # --- gantry tilt (headers): the step between positions not parallel to the normal
-    rel = pos[kept_order] - p0
-    offsets = np.stack([rel @ fr.r, rel @ fr.c], axis=1)
+
+def _tilt(
+    s: np.ndarray,
+    offsets: np.ndarray,
+    fr: _Frame,
+    first: Instance,
+    cfg: CtConfig,
+    series: str,
+    *,
+    rtol: float,
+    atol: float,
+) -> tuple[float, bool]:
+    """Gantry tilt from the headers: the in-plane ``offsets`` (mm along the row and column
+    directions) of each (0020,0032) Image Position (Patient) from the first, against the
+    positions ``s`` along the normal. Returns (tilt in degrees, tilted); a tilt raises
+    :class:`GeometryError` with ``ct.tilt_policy=reject``."""
     tol_inplane = atol + rtol * min(fr.dx, fr.dy)
-    tilt_deg = 0.0
-    tilted = bool(np.abs(offsets).max() > tol_inplane) if len(s) > 1 else False
-    if tilted:
-        ss = float(np.dot(s, s))
-        shear = (offsets * s[:, None]).sum(axis=0) / ss if ss > 0 else np.zeros(2)
-        tilt_deg = math.degrees(math.atan(float(np.linalg.norm(shear))))
-        header_tilt = kept[0].gantry_tilt
-        if cfg.tilt_policy == "reject":
-            raise GeometryError(
-                f"series {series}: gantry tilt {tilt_deg:.2f} deg (the step between (0020,0032) "
-                "Image Position (Patient) values is not parallel to the normal of (0020,0037) "
-                f"Image Orientation (Patient); (0018,1120) Gantry/Detector Tilt "
-                f"{header_tilt if header_tilt is not None else 'absent'}); ct.tilt_policy=reject"
-            )
-    else:
-        offsets = np.zeros_like(offsets)
-        header_tilt = kept[0].gantry_tilt
-        if header_tilt and abs(header_tilt) > 0.01 and len(s) > 1:
-            decisions.append(
-                f"(0018,1120) Gantry/Detector Tilt {header_tilt:g} deg, but the positions step "
-                "along the slice normal: geometry already orthogonal, no tilt correction"
-            )
+    if len(s) <= 1 or not bool(np.abs(offsets).max() > tol_inplane):
+        return 0.0, False
+    ss = float(np.dot(s, s))
+    shear = (offsets * s[:, None]).sum(axis=0) / ss if ss > 0 else np.zeros(2)
+    tilt_deg = math.degrees(math.atan(float(np.linalg.norm(shear))))
+    header_tilt = first.gantry_tilt
+    if cfg.tilt_policy == "reject":
+        raise GeometryError(
+            f"series {series}: gantry tilt {tilt_deg:.2f} deg (the step between (0020,0032) "
+            "Image Position (Patient) values is not parallel to the normal of (0020,0037) "
+            f"Image Orientation (Patient); (0018,1120) Gantry/Detector Tilt "
+            f"{header_tilt if header_tilt is not None else 'absent'}); ct.tilt_policy=reject"
+        )
+    return tilt_deg, True
 
-    # --- decode the kept slices, in sorted order, into one preallocated volume
-    hv = _HuVolume(len(kept_order), fr.rows, fr.cols)
-    for k, i in enumerate(kept_order):
-        raw, desc, ds = raw_of(i)
-        hv.put(k, raw, desc, ds)
-    vol = hv.array
-    del hv  # the volume is now referenced by ``vol`` only (freed when resampled)
 
-    # --- left-out duplicates: identical pixels, or a second acquisition
+def _orthogonal_tilt_note(first: Instance, n_slices: int) -> list[str]:
+    """A decision when (0018,1120) Gantry/Detector Tilt is set but the positions step along
+    the slice normal (the scanner already resampled)."""
+    header_tilt = first.gantry_tilt
+    if header_tilt and abs(header_tilt) > 0.01 and n_slices > 1:
+        return [
+            f"(0018,1120) Gantry/Detector Tilt {header_tilt:g} deg, but the positions step "
+            "along the slice normal: geometry already orthogonal, no tilt correction"
+        ]
+    return []
+
+
+def _settle_duplicates(
+    insts: Sequence[Instance],
+    order: Sequence[int],
+    dup_of: Sequence[tuple[int, int]],
+    d_sorted: np.ndarray,
+    kept_plane: Callable[[int], np.ndarray],
+    raw_of: Callable[[int], tuple[np.ndarray, _PixelDesc, Dataset]],
+    fr: _Frame,
+    cfg: CtConfig,
+    decisions: list[str],
+    series: str,
+) -> list[tuple[Instance, str]]:
+    """Left-out duplicates against their kept twin (``kept_plane(sorted index)``, HU):
+    identical pixels, or a second acquisition (:class:`GeometryError` with
+    ``ct.duplicate_policy=reject``). Returns the dropped slices with the reason."""
+    dropped: list[tuple[Instance, str]] = []
     n_identical = 0
     for k, k_first in dup_of:
         a, b = insts[order[k_first]], insts[order[k]]
         raw, desc, ds = raw_of(order[k])
         one = _HuVolume(1, fr.rows, fr.cols)
         one.put(0, raw, desc, ds)
-        if np.array_equal(one.array[0].astype(np.float64), vol[slot[k_first]].astype(np.float64)):
+        if np.array_equal(one.array[0].astype(np.float64), kept_plane(k_first).astype(np.float64)):
             n_identical += 1
             dropped.append(
                 (
@@ -870,31 +1005,20 @@ def _build(
             f"{n_dup} slice(s) at duplicate positions left out ({n_identical} with identical "
             f"pixels, {n_dup - n_identical} with different pixels: first acquisition kept)"
         )
+    return dropped
 
+
+def _respace_and_clip(
+    vol_out: np.ndarray,
+    spacing: tuple[float, float, float],
+    origin: np.ndarray,
+    direction: np.ndarray,
+    cfg: CtConfig,
+    decisions: list[str],
+) -> tuple[np.ndarray, tuple[float, ...], bool]:
+    """``ct.resample_spacing`` (linear, mm in x, y, z) and ``ct.clip_hu`` applied to the
+    (z, y, x) HU volume. Returns the volume, its spacing and whether it was resampled."""
     resampled = False
-    origin = p0
-    if issues or tilted:
-        out, x0, y0, step = _resample_normal(vol, s, offsets, fr, step, fill_hu)
-        del vol
-        vol = out
-        origin = p0 + x0 * fr.r + y0 * fr.c
-        resampled = True
-        if issues:
-            decisions.append(
-                f"uneven slice positions resampled linearly onto {vol.shape[0]} slices every "
-                f"{step:.4g} mm: " + "; ".join(issues[:4])
-            )
-        if tilted:
-            decisions.append(
-                f"gantry tilt {tilt_deg:.2f} deg (in-plane shift up to "
-                f"{float(np.abs(offsets).max()):.2f} mm) resampled onto an orthogonal grid "
-                f"(fill {fill_hu:g} HU outside the scanned field)"
-            )
-
-    spacing = (fr.dx, fr.dy, step)
-    direction = np.stack([fr.r, fr.c, fr.n], axis=1)  # columns r, c, n
-    vol_out = _as_int16_if_lossless(vol)
-
     if cfg.resample_spacing is not None:
         img = array_to_sitk(
             vol_out,
@@ -902,6 +1026,7 @@ def _build(
             origin_xyz=tuple(float(v) for v in origin),
             direction=tuple(float(v) for v in direction.ravel()),
         )
+        fill_hu = float(cfg.fill_hu)
         img = _resample_to_spacing(img, tuple(float(v) for v in cfg.resample_spacing), fill_hu)
         vol_out = _as_int16_if_lossless(sitk.GetArrayFromImage(img))
         spacing = tuple(float(v) for v in img.GetSpacing())  # type: ignore[assignment]
@@ -916,29 +1041,7 @@ def _build(
         else:
             np.clip(vol_out, np.float32(lo), np.float32(hi), out=vol_out)
         decisions.append(f"HU clipped to [{lo:g}, {hi:g}]")
-
-    zips: list[str] = []
-    for inst in kept:
-        if inst.zip not in zips:
-            zips.append(inst.zip)
-    if len(zips) > 1:
-        decisions.append(f"series joined from {len(zips)} zips: {', '.join(zips)}")
-    volume = CtVolume(
-        series_uid=insts[0].series_uid,
-        series_description=kept[0].series_description,
-        kernel=kept[0].kernel,
-        sop_uids=tuple(i.sop_uid for i in kept),
-        zips=tuple(zips),
-        array=vol_out,
-        spacing_xyz=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        origin_xyz=(float(origin[0]), float(origin[1]), float(origin[2])),
-        direction=tuple(float(v) for v in direction.ravel()),
-        slice_thickness=float(np.median(thick)) if thick else None,
-        resampled=resampled,
-        decisions=tuple(decisions),
-        tilt_deg=round(tilt_deg, 4),
-    )
-    return _Built(volume=volume, dropped=tuple(dropped))
+    return vol_out, spacing, resampled
 
 
 def _resample_to_spacing(
@@ -999,7 +1102,7 @@ def build_volume(
             desc = _PixelDesc.of_instance(inst, ds)
             return _frame_raw(inst, inst.frame, ds, label), desc, ds
         desc = _PixelDesc.of_dataset(ds)
-        return _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
+        return _stored_values(ds, desc, rows=inst.rows, cols=inst.columns, label=label), desc, ds
 
     return _build(
         insts,
@@ -1066,13 +1169,10 @@ def convert_series(
     built = _build(series, raw_of, cfg, rtol=cfg.spacing_rtol, atol=cfg.spacing_atol)
     volume = dataclasses.replace(built.volume, decoder=", ".join(sorted(decoders)))
     problems = [
-        Problem(
-            zip=inst.zip,
-            batch=inst.batch,
-            member=inst.member,
-            stage=STAGE,
-            reason=f"series {inst.series_uid}: instance {_slice_name(inst)}: {why}",
-            action=Action.DROPPED,
+        _part_problem(
+            (inst,),
+            f"series {inst.series_uid}: instance {_slice_name(inst)}: {why}",
+            Action.DROPPED,
         )
         for inst, why in built.dropped
     ]
@@ -1087,7 +1187,7 @@ def _slice_hu(inst: Instance, read: Callable[[Instance], bytes]) -> np.ndarray:
     if inst.frame is not None:  # a frame of an enhanced instance
         raw = _frame_raw(inst, inst.frame, ds, label)
     else:
-        raw = _raw_pixels(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
+        raw = _stored_values(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
     return _hu_float(raw, desc, ds)
 
 
@@ -1142,16 +1242,49 @@ def _part_problem(
 ) -> Problem:
     """A row about one part of a scan, on its first member (by zip, then member path)."""
     first = min(part, key=lambda i: (i.zip, i.member))
-    return Problem(
-        zip=first.zip,
-        batch=first.batch,
-        member=first.member,
-        stage=STAGE,
-        reason=reason,
-        action=action,
-        kept_as=kept_as,
-        detail=detail,
+    return dicom.member_problem(first, STAGE, reason, action, kept_as=kept_as, detail=detail)
+
+
+def _scan_failed(
+    exam: Exam,
+    scan: Scan,
+    e: BaseException,
+    selected: Sequence[tuple[Instance, ...]],
+    cfg: CtConfig,
+) -> tuple[Problem, list[Scan]]:
+    """The ERROR row (on the scan's first member) for a scan that could not be converted,
+    and the scans to try instead: the parts of a stitched scan, one by one (best first with
+    ``ct.series=best``)."""
+    series = scan.instances
+    first = min(series, key=lambda i: (i.zip, i.member))
+    cause = str(e) if isinstance(e, HiromlError) else f"{type(e).__name__}: {e}"
+    what = f"stitched scan {', '.join(scan.series)}" if scan.stitched else "series"
+    reason = f"{what} {first.series_uid} ({len(series)} slices): {cause}"
+    singles: list[Scan] = []
+    if scan.stitched:
+        reason = f"{what} ({len(series)} slices): {cause}; its parts are tried alone"
+        parts = [p for p in selected if p[0].series_uid in scan.series]
+        singles = [Scan(instances=p, series=(p[0].series_uid,)) for p in parts]
+        if cfg.series == "best":
+            singles.sort(key=lambda sc: _series_score(sc.instances, cfg))
+    log.warning("exam %s: %s", exam.exam_key, reason)
+    return _part_problem(series, reason, Action.ERROR), singles
+
+
+def _as_stitched(vol: CtVolume, scan: Scan) -> CtVolume:
+    """The volume of a stitched scan, with its series, seams (mm along the normal and
+    z indices) and a decision naming the parts."""
+    vol = dataclasses.replace(
+        vol,
+        stitched_series=scan.series,
+        seams_mm=scan.seams_mm,
+        decisions=(
+            *vol.decisions,
+            f"stitched from {len(scan.series)} series ({', '.join(scan.series)}); "
+            + "; ".join(scan.notes),
+        ),
     )
+    return dataclasses.replace(vol, seam_slices=_seam_slices(vol, scan.seams_mm))
 
 
 def convert_exam(
@@ -1191,45 +1324,16 @@ def convert_exam(
         if cfg.series == "best" and chosen is not None:
             problems.extend(_not_best_problems(chosen, series))
             continue
-        first = min(series, key=lambda i: (i.zip, i.member))
         try:
             vol, dropped = convert_series(series, read, cfg)
         except (HiromlError, OSError, ValueError, IndexError, EOFError, MemoryError) as e:
-            cause = str(e) if isinstance(e, HiromlError) else f"{type(e).__name__}: {e}"
-            what = f"stitched scan {', '.join(scan.series)}" if scan.stitched else "series"
-            reason = f"{what} {first.series_uid} ({len(series)} slices): {cause}"
-            if scan.stitched:
-                reason = f"{what} ({len(series)} slices): {cause}; its parts are tried alone"
-                parts = [p for p in selected if p[0].series_uid in scan.series]
-                singles = [Scan(instances=p, series=(p[0].series_uid,)) for p in parts]
-                if cfg.series == "best":
-                    singles.sort(key=lambda sc: _series_score(sc.instances, cfg))
-                queue[0:0] = singles
-            log.warning("exam %s: %s", exam.exam_key, reason)
-            problems.append(
-                Problem(
-                    zip=first.zip,
-                    batch=first.batch,
-                    member=first.member,
-                    stage=STAGE,
-                    reason=reason,
-                    action=Action.ERROR,
-                )
-            )
+            problem, retry = _scan_failed(exam, scan, e, selected, cfg)
+            problems.append(problem)
+            queue[0:0] = retry
             continue
         chosen = series
         if scan.stitched:
-            vol = dataclasses.replace(
-                vol,
-                stitched_series=scan.series,
-                seams_mm=scan.seams_mm,
-                decisions=(
-                    *vol.decisions,
-                    f"stitched from {len(scan.series)} series ({', '.join(scan.series)}); "
-                    + "; ".join(scan.notes),
-                ),
-            )
-            vol = dataclasses.replace(vol, seam_slices=_seam_slices(vol, scan.seams_mm))
+            vol = _as_stitched(vol, scan)
             problems.extend(_stitch_problems(exam, scan, vol))
         volumes.append(vol)
         problems.extend(dropped)

@@ -43,7 +43,7 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
 )
 
-from hiroml import dicom
+from hiroml import dicom, fastdecode
 from hiroml.config import CxrConfig
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
@@ -52,27 +52,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "cxr"
 
-IMPLICIT_VR_LE = dicom.IMPLICIT_VR_LE
-EXPLICIT_VR_LE = dicom.EXPLICIT_VR_LE
-DEFLATED_LE = dicom.DEFLATED_LE
-EXPLICIT_VR_BE = dicom.EXPLICIT_VR_BE
-UNCOMPRESSED = dicom.UNCOMPRESSED
-
 # --------------------------------------------------------------------------- object selection
 
-# SOP classes (prefixes) that hold no radiograph: structured reports (incl. dose reports, key
-# object selection), presentation states, waveforms, raw data, registrations, encapsulated
-# documents, RT objects.
-_NON_IMAGE_SOP_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
-    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
-    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
-    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration"),
-    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
-    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
-    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
-)
-_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # .7 and multi-frame .7.1-.7.4
 _NON_IMAGE_MODALITIES = frozenset(
     {"SR", "PR", "KO", "DOC", "REG", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG", "AU", "PLAN"}
 )
@@ -116,9 +97,9 @@ def keep_reason(
     """
     sop = inst.sop_class_uid
     modality = inst.modality.strip().upper()
-    for prefix, kind in _NON_IMAGE_SOP_PREFIXES:
-        if sop.startswith(prefix):
-            return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
+    kind = dicom.non_image_kind(sop)
+    if kind is not None:
+        return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
     if modality in _NON_IMAGE_MODALITIES:
         return f"non-image object: Modality={modality} (SOP Class {_uid_label(sop)})"
     if not inst.has_pixels:
@@ -132,7 +113,7 @@ def keep_reason(
         )
     if not drop_derived:
         return None
-    if sop == _SECONDARY_CAPTURE_PREFIX or sop.startswith(_SECONDARY_CAPTURE_PREFIX + "."):
+    if dicom.is_secondary_capture(sop):
         return f"secondary capture / screen save (SOP Class {_uid_label(sop)})"
     if modality in _SECONDARY_MODALITIES:
         return f"secondary capture / screen save (Modality={modality})"
@@ -269,14 +250,6 @@ def to_grayscale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 # --------------------------------------------------------------------------- intensities
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
-    slope = ds.get("RescaleSlope", None)
-    intercept = ds.get("RescaleIntercept", None)
-    return (1.0 if slope in (None, "") else float(slope)), (
-        0.0 if intercept in (None, "") else float(intercept)
-    )
-
-
 def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values -> modality values, as a new float32 array.
 
@@ -286,7 +259,7 @@ def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     if ds.get("ModalityLUTSequence"):
         return np.asarray(_pydicom_modality_lut(arr, ds), dtype=np.float32)
-    slope, intercept = _rescale(ds)
+    slope, intercept = dicom.rescale(ds)
     out = arr.astype(np.float32)
     if slope != 1.0:
         np.multiply(out, np.float32(slope), out=out)
@@ -637,7 +610,7 @@ def _intensities(
     on the integer stored values (exact histogram percentiles) when that is all the modality
     transform is. Pixels in the ``padding`` mask take no part in any statistic."""
     lo, hi = float(cfg.percentiles[0]), float(cfg.percentiles[1])
-    slope, intercept = _rescale(ds)
+    slope, intercept = dicom.rescale(ds)
     has_lut = bool(ds.get("ModalityLUTSequence"))
     if cfg.normalization == "voi":
         if not has_lut and slope > 0:  # fold the rescale into the window: one pass
@@ -736,7 +709,8 @@ def _convert_frame(
     ts = _transfer_syntax(ds)
     view, view_source = classify_view(ds, exam_description=exam_description)
     try:
-        decoded = decode_frame(ds, frame=frame)
+        reduced = _reduced(ds, frame, cfg)
+        decoded = reduced.decoded if reduced else decode_frame(ds, frame=frame)
         padding = padding_mask(decoded.array, ds)
         arr = to_grayscale(decoded.array, ds)
     except DecodeError as e:
@@ -747,6 +721,9 @@ def _convert_frame(
         of = f" frame {frame + 1} of {n}:" if n > 1 else ""
         raise DecodeError(f"{_where(inst)}:{of} {msg}") from e
     original_shape = (int(arr.shape[0]), int(arr.shape[1]))
+    if reduced:  # the full image's shape; a reduced pixel is k full pixels (row, column)
+        original_shape = (int(ds.Rows), int(ds.Columns))
+    k = (original_shape[0] / arr.shape[0], original_shape[1] / arr.shape[1])
     arr01, lut = _intensities(arr, ds, cfg, padding)
     arr01, inverted = invert_if_monochrome1(arr01, ds)
     padding_note = ""
@@ -758,7 +735,9 @@ def _convert_frame(
     small, scale = resize(arr01, (int(cfg.size[0]), int(cfg.size[1])), keep_aspect=cfg.keep_aspect)
     stored, storage_scale = to_storage(small, cfg.dtype)
     spacing = _spacing(ds)
-    after = None if spacing is None else (spacing[0] / scale[0], spacing[1] / scale[1])
+    after = None
+    if spacing is not None:
+        after = (k[0] * spacing[0] / scale[0], k[1] * spacing[1] / scale[1])
     sop_class = str(ds.get("SOPClassUID", "") or inst.sop_class_uid)
     intent = str(ds.get("PresentationIntentType", "") or inst.presentation_intent)
     return CxrImage(
@@ -783,18 +762,22 @@ def _convert_frame(
         n_frames=number_of_frames(ds),
         for_processing=is_for_processing(sop_class, intent),
         padding=padding_note,
+        decode_reduction=reduced.factor if reduced else 1,
     )
+
+
+def _reduced(ds: Dataset, frame: int, cfg: CxrConfig) -> fastdecode.Reduced | None:
+    """JPEG 2000 / JPEG decoded at the output's resolution (``cxr.fast_jpeg2000``,
+    ``cxr.fast_jpeg``), else None."""
+    size = (int(cfg.size[0]), int(cfg.size[1]))
+    return fastdecode.decode_reduced(
+        ds, frame=frame, size=size, keep_aspect=cfg.keep_aspect,
+        jpeg2000=cfg.fast_jpeg2000, jpeg=cfg.fast_jpeg, normalization=cfg.normalization,
+    )  # fmt: skip
 
 
 def _problem(inst: Instance, reason: str, action: Action) -> Problem:
-    return Problem(
-        zip=inst.zip,
-        batch=inst.batch,
-        member=inst.member,
-        stage=STAGE,
-        reason=reason,
-        action=action,
-    )
+    return dicom.member_problem(inst, STAGE, reason, action)
 
 
 def _not_selected(view: View, source: str, cfg: CxrConfig) -> str:

@@ -1,6 +1,12 @@
 """DICOM helpers shared by the index and both converters: parse a member's bytes, and decode
 one frame of (7FE0,0010) Pixel Data with the decoder pinned for its transfer syntax.
 
+The DICOM facts the modules share are defined here once: transfer syntax UIDs (pydicom.uid's
+constants), the (0008,0016) SOP Class UIDs that hold no image (:data:`NON_IMAGE_SOP_CLASSES`)
+and Secondary Capture, native decode with (0028,0101) Bits Stored masking
+(:func:`native_grey`, :func:`fix_bits`) and (0028,1053)/(0028,1052) rescale parsing
+(:func:`rescale`).
+
 Parsing (:func:`parse`). A Part 10 file starts with a 128-byte preamble, ``DICM`` and the
 (0002,xxxx) File Meta Information. Older modalities and some PACS exports write files without
 the preamble (the meta group first) or without any meta (the dataset's group 0008 first).
@@ -38,6 +44,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, UID_dictionary
 
 from hiroml.errors import BadInputError, DecodeError
+from hiroml.records import Action, Instance, Problem
 
 try:
     import imagecodecs as _imagecodecs
@@ -48,28 +55,33 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- transfer syntaxes
 
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
-JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-JPEG_2000 = "1.2.840.10008.1.2.4.91"
-HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
-HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
-HTJ2K = "1.2.840.10008.1.2.4.203"
-JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
-JPEG_XL_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
-JPEG_XL = "1.2.840.10008.1.2.4.112"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
+# pydicom.uid's constants, under the names the dispatch table and the tests use; the four
+# newer than pydicom 3.0 are spelled here (PS3.6 Table A-1) and registered below.
+IMPLICIT_VR_LE = pydicom.uid.ImplicitVRLittleEndian
+EXPLICIT_VR_LE = pydicom.uid.ExplicitVRLittleEndian
+DEFLATED_LE = pydicom.uid.DeflatedExplicitVRLittleEndian
+EXPLICIT_VR_BE = pydicom.uid.ExplicitVRBigEndian
+JPEG_BASELINE = pydicom.uid.JPEGBaseline8Bit
+JPEG_EXTENDED = pydicom.uid.JPEGExtended12Bit
+JPEG_LOSSLESS = pydicom.uid.JPEGLossless
+JPEG_LOSSLESS_SV1 = pydicom.uid.JPEGLosslessSV1
+JPEG_LS_LOSSLESS = pydicom.uid.JPEGLSLossless
+JPEG_LS_NEAR_LOSSLESS = pydicom.uid.JPEGLSNearLossless
+JPEG_2000_LOSSLESS = pydicom.uid.JPEG2000Lossless
+JPEG_2000 = pydicom.uid.JPEG2000
+HTJ2K_LOSSLESS = pydicom.uid.HTJ2KLossless
+HTJ2K_LOSSLESS_RPCL = pydicom.uid.HTJ2KLosslessRPCL
+HTJ2K = pydicom.uid.HTJ2K
+JPEG_XL_LOSSLESS = UID("1.2.840.10008.1.2.4.110")
+JPEG_XL_RECOMPRESSION = UID("1.2.840.10008.1.2.4.111")
+JPEG_XL = UID("1.2.840.10008.1.2.4.112")
+RLE_LOSSLESS = pydicom.uid.RLELossless
+DEFLATED_IMAGE_FRAME = UID("1.2.840.10008.1.2.8.1")
 
-UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+# Native (uncompressed) pixel data: implicit/explicit VR little endian, deflated, big endian.
+UNCOMPRESSED = frozenset(pydicom.uid.UncompressedTransferSyntaxes)
+# What the index reads without a copy: little endian, not deflated (offsets are the file's).
+UNCOMPRESSED_LE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
 
 # Decoder names, as recorded in the shard meta ("decoder").
 NUMPY = "numpy"
@@ -135,6 +147,56 @@ def uid_label(uid: str) -> str:
         return "(none)"
     name = SYNTAXES[uid].name if uid in SYNTAXES else UID(uid).name
     return f"{name} {uid}" if name and name != uid else uid
+
+
+# --------------------------------------------------------------------------- SOP classes
+
+#: (0008,0016) SOP Class UID prefixes of objects that hold no image to read, with what they
+#: are: structured reports (dose reports and key objects included), presentation states,
+#: waveforms, raw data and registrations, encapsulated documents, RT objects, real world
+#: value mappings.
+NON_IMAGE_SOP_CLASSES: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
+    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
+    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
+)
+SR_PREFIX = NON_IMAGE_SOP_CLASSES[0][0]  # structured reports, dose SR included
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .7.1-.7.4
+
+
+def non_image_kind(sop_class: str) -> str | None:
+    """What a non-image (0008,0016) SOP Class UID holds ("structured report", ...), or None
+    for an image SOP class."""
+    for prefix, kind in NON_IMAGE_SOP_CLASSES:
+        if sop_class.startswith(prefix):
+            return kind
+    return None
+
+
+def is_secondary_capture(sop_class: str) -> bool:
+    """(0008,0016) SOP Class UID is Secondary Capture Image Storage or a multi-frame variant
+    (1.2.840.10008.5.1.4.1.1.7[.1-.4]; not 1.2.840.10008.5.1.4.1.1.77, the VL images)."""
+    return sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + ".")
+
+
+def member_problem(
+    inst: Instance, stage: str, reason: str, action: Action, *, kept_as: str = "", detail: str = ""
+) -> Problem:
+    """An audit problem about one DICOM member: the zip, batch and member of its record."""
+    return Problem(
+        zip=inst.zip,
+        batch=inst.batch,
+        member=inst.member,
+        stage=stage,
+        reason=reason,
+        action=action,
+        kept_as=kept_as,
+        detail=detail,
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -320,6 +382,34 @@ def _from_native(
     return arr.reshape(lay.rows, lay.cols, lay.samples)
 
 
+def native_grey(
+    buf: bytes | memoryview,
+    *,
+    rows: int,
+    cols: int,
+    bits_allocated: int,
+    bits_stored: int,
+    signed: bool,
+) -> np.ndarray:
+    """One grey frame of native little-endian (7FE0,0010) Pixel Data (from ``buf[0]``) as
+    stored values, (rows, cols): (0028,0101) Bits Stored kept, sign-extended when (0028,0103)
+    Pixel Representation is 1 (:func:`fix_bits`). For callers that already hold the header
+    values (the CT converter reads them from the index record, not from the dataset);
+    ``buf`` must hold at least rows x cols samples."""
+    lay = _Layout(rows, cols, 1, bits_allocated, 1, 0, "MONOCHROME2")
+    return fix_bits(_from_native(buf, lay, big_endian=False), bits_stored, signed)
+
+
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept as numbers; 1.0 and 0.0
+    where absent or empty (no rescale). A (0028,3000) Modality LUT Sequence is the caller's."""
+    slope = ds.get("RescaleSlope", None)
+    intercept = ds.get("RescaleIntercept", None)
+    return (1.0 if slope in (None, "") else float(slope)), (
+        0.0 if intercept in (None, "") else float(intercept)
+    )
+
+
 def _native(ds: Dataset, ts: str, lay: _Layout, frame: int) -> np.ndarray | None:
     if lay.alloc not in (8, 16, 32) or not lay.grey_or_rgb:
         return None
@@ -470,13 +560,22 @@ def decode(ds: Dataset, *, frame: int = 0) -> Decoded:
 
 
 __all__ = [
+    "NON_IMAGE_SOP_CLASSES",
+    "SECONDARY_CAPTURE",
+    "SR_PREFIX",
     "SYNTAXES",
+    "UNCOMPRESSED_LE",
     "Decoded",
     "Parsed",
     "Syntax",
     "decode",
     "fix_bits",
+    "is_secondary_capture",
+    "member_problem",
+    "native_grey",
+    "non_image_kind",
     "parse",
+    "rescale",
     "transfer_syntax",
     "uid_label",
 ]

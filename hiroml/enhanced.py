@@ -38,6 +38,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
+from hiroml import dicom
 from hiroml.errors import BadInputError, DecodeError, HiromlError
 from hiroml.records import Action, Instance, Problem
 
@@ -154,14 +155,7 @@ def frame_records(inst: Instance, ds: Dataset) -> list[Instance]:
 
 
 def _problem(inst: Instance, reason: str) -> Problem:
-    return Problem(
-        zip=inst.zip,
-        batch=inst.batch,
-        member=inst.member,
-        stage=STAGE,
-        reason=reason,
-        action=Action.ERROR,
-    )
+    return dicom.member_problem(inst, STAGE, reason, Action.ERROR)
 
 
 def expand(

@@ -37,14 +37,6 @@ class GeometryError(BadInputError):
     """A CT series has geometry we refuse to store (gaps, duplicates, odd orientation...)."""
 
 
-class ExamError(HiromlError):
-    """An error wrapped with the exam's key at the exam boundary."""
-
-
-class VerifyError(HiromlError):
-    """An output folder failed verification."""
-
-
 class OutputLockedError(HiromlError):
     """Another build holds the output folder's lock (``<out>/.hiroml/build.lock``):
     ``hiroml-build`` exits 3 at once, or waits with ``wait_for_lock=true``."""

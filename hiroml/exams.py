@@ -48,12 +48,13 @@ Order of the rules
    (images or not). Each link is explained in :attr:`PatientGroup.links` and in
    the detail of the audit row of every zip that carries it.
 
-Rows for zips that cannot take part: a zip of an ``IN-PROGRESS`` batch is ``skipped``; a
-zip with no indexed instance is an ``error``; instances whose zip was not discovered are an
-``error`` row for that zip (never a crash). An image instance without (7FE0,0010) Pixel
-Data (reports and documents aside, by SOP Class UID) gets an ``error`` row of its own, with
-``member`` set; a zip holding nothing else is an ``error`` too. These member rows are the only
-rows with ``member`` set: every other row is the one decision about its zip.
+Zips of ``IN-PROGRESS`` batches never reach this module (:func:`hiroml.datamart.discover`
+skips them; :func:`build_exams` refuses them with ValueError). Rows for zips that cannot
+take part: a zip with no indexed instance is an ``error``; instances whose zip was not
+discovered are an ``error`` row for that zip (never a crash). An image instance without
+(7FE0,0010) Pixel Data (reports and documents aside, by SOP Class UID) gets an ``error`` row
+of its own, with ``member`` set; a zip holding nothing else is an ``error`` too. These member
+rows are the only rows with ``member`` set: every other row is the one decision about its zip.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from hiroml import dicom
 from hiroml.config import ExamsConfig
 from hiroml.records import (
     Action,
@@ -87,7 +89,6 @@ REASON_CROSS_BATCH = "cross-batch duplicate"
 REASON_PEDIATRIC = "pediatric duplicate"
 REASON_CT_SPLIT = "CT split scan"
 REASON_ALL_SHARED = "every instance already kept"
-REASON_IN_PROGRESS = "upload in progress"
 REASON_NO_INSTANCES = "no DICOM instance indexed"
 #: AuditRow.code of the zip-level row for a zip with no indexed instance
 CODE_NO_INSTANCES = "exams.no_instances"
@@ -147,20 +148,11 @@ def _order(z: ExamZip) -> tuple[dt.date, str, str]:
     return (z.batch.date, z.batch.name, z.file_name)
 
 
-#: SOP Class UID prefixes of objects that never hold Pixel Data: structured reports (dose
-#: reports), encapsulated documents, presentation states, raw data.
-NON_IMAGE_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.88.",
-    "1.2.840.10008.5.1.4.1.1.104.",
-    "1.2.840.10008.5.1.4.1.1.11.",
-    "1.2.840.10008.5.1.4.1.1.66",
-)
-
-
 def is_unusable(inst: Instance) -> bool:
-    """An image instance (not a report or document, by (0008,0016) SOP Class UID) without
-    (7FE0,0010) Pixel Data: nothing can be made of it."""
-    return not inst.has_pixels and not inst.sop_class_uid.startswith(NON_IMAGE_CLASSES)
+    """An image instance (not a report, document or other :data:`hiroml.dicom.NON_IMAGE_SOP_CLASSES`
+    object, by (0008,0016) SOP Class UID) without (7FE0,0010) Pixel Data: nothing can be made
+    of it."""
+    return not inst.has_pixels and dicom.non_image_kind(inst.sop_class_uid) is None
 
 
 def _sop_key(rel: str, inst: Instance) -> str:
@@ -410,11 +402,8 @@ def _shared_across_patients(
 def _groups(
     units: Sequence[_Unit], remap: Mapping[str, str], max_hash_patients: int
 ) -> tuple[tuple[PatientGroup, ...], dict[str, str]]:
-    """Union-find over current patient ids, linked by shared SOP UIDs or pixel hashes.
-
-    A pixel hash held by more than ``max_hash_patients`` patient ids is a common image
-    (blank frame, template, phantom scout), not evidence of one patient: it links nothing and
-    is noted on the zips that hold it.
+    """Union-find over current patient ids, linked by shared SOP UIDs or pixel hashes
+    (:func:`_link_patients`), then one :class:`PatientGroup` per set of linked ids.
 
     ``aliases`` of a group: every other id of its patients, from the zip names and from the
     remap sheet (old ids whose images may or may not be in the datamart)."""
@@ -426,7 +415,43 @@ def _groups(
     for old, new in remap.items():
         if new in uf.parent:
             sources[new].add(old)
-    # (a, b) with a < b -> [n shared SOP UIDs, n shared pixel hashes]
+    pair = _link_patients(units, uf, max_hash_patients)
+    members: dict[str, list[str]] = defaultdict(list)
+    for p in patients:
+        members[uf.find(p)].append(p)
+    pair_text: dict[str, list[str]] = defaultdict(list)
+    for (a, b), n in sorted(pair.items()):
+        pair_text[uf.find(a)].append(
+            f"{a} ~ {b}: {n[0]} shared SOP Instance UID(s), {n[1]} identical pixel hash(es)"
+        )
+    group_of: dict[str, str] = {}
+    groups: list[PatientGroup] = []
+    for root in sorted(members):
+        ids = sorted(members[root])
+        name = f"g{ids[0]}"
+        for p in ids:
+            group_of[p] = name
+        links = tuple(pair_text.get(root, ()))
+        aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
+        groups.append(
+            PatientGroup(group=name, patient_ids=tuple(ids), links=links, aliases=tuple(aliases))
+        )
+        if links:
+            log.info("patient group %s joins ids %s", name, ", ".join(ids))
+    groups.sort(key=lambda g: g.group)
+    return tuple(groups), group_of
+
+
+def _link_patients(
+    units: Sequence[_Unit], uf: UnionFind, max_hash_patients: int
+) -> dict[tuple[str, str], list[int]]:
+    """Join in ``uf`` the patient ids whose zips share a (0008,0018) SOP Instance UID or a
+    pixel hash; (a, b) with a < b -> [n shared SOP UIDs, n shared pixel hashes]. Each zip
+    that carries a link gets a note naming the other ids.
+
+    A pixel hash held by more than ``max_hash_patients`` patient ids is a common image
+    (blank frame, template, phantom scout), not evidence of one patient: it links nothing and
+    is noted on the zips that hold it."""
     pair: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     unit_links: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     unit_of: dict[int, _Unit] = {}
@@ -469,30 +494,7 @@ def _groups(
                 f"patient group link: {n_sop} SOP Instance UID(s) and {n_hash} pixel hash(es) "
                 f"also under patient {other}"
             )
-    members: dict[str, list[str]] = defaultdict(list)
-    for p in patients:
-        members[uf.find(p)].append(p)
-    pair_text: dict[str, list[str]] = defaultdict(list)
-    for (a, b), n in sorted(pair.items()):
-        pair_text[uf.find(a)].append(
-            f"{a} ~ {b}: {n[0]} shared SOP Instance UID(s), {n[1]} identical pixel hash(es)"
-        )
-    group_of: dict[str, str] = {}
-    groups: list[PatientGroup] = []
-    for root in sorted(members):
-        ids = sorted(members[root])
-        name = f"g{ids[0]}"
-        for p in ids:
-            group_of[p] = name
-        links = tuple(pair_text.get(root, ()))
-        aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
-        groups.append(
-            PatientGroup(group=name, patient_ids=tuple(ids), links=links, aliases=tuple(aliases))
-        )
-        if links:
-            log.info("patient group %s joins ids %s", name, ", ".join(ids))
-    groups.sort(key=lambda g: g.group)
-    return tuple(groups), group_of
+    return pair
 
 
 def _row(u: _Unit, action: Action, reason: str, kept_as: str = "", extra: str = "") -> AuditRow:
@@ -534,7 +536,7 @@ def pediatric_candidates(
     these and pass their hashes to :func:`build_exams` (``decoded=``). Pure."""
     by_rel: dict[str, ExamZip] = {}
     for z in zips:
-        if z.name.pediatric and z.batch.status is not BatchStatus.IN_PROGRESS:
+        if z.name.pediatric:
             by_rel.setdefault(z.rel_path, z)
     insts_of: dict[str, list[Instance]] = defaultdict(list)
     for inst in instances:
@@ -557,6 +559,123 @@ def pediatric_candidates(
     return [wanted[k] for k in sorted(wanted)]
 
 
+def _unknown_zip_rows(
+    insts_of: Mapping[str, list[Instance]], by_rel: Mapping[str, ExamZip]
+) -> list[AuditRow]:
+    """An ``error`` row per zip whose instances were indexed but that was not discovered."""
+    rows: list[AuditRow] = []
+    for rel in sorted(set(insts_of) - set(by_rel)):
+        first = insts_of[rel][0]
+        log.error("%d instance(s) of %s whose zip was not discovered", len(insts_of[rel]), rel)
+        rows.append(
+            AuditRow(
+                zip=first.zip,
+                batch=first.batch,
+                action=Action.ERROR,
+                reason=REASON_UNKNOWN_ZIP,
+                detail=f"{len(insts_of[rel])} instance(s) indexed from {rel} ignored",
+            )
+        )
+    return rows
+
+
+def _units(
+    by_rel: Mapping[str, ExamZip],
+    insts_of: Mapping[str, list[Instance]],
+    remap: Mapping[str, str],
+    decoded: Mapping[tuple[str, str], str] | None,
+    audit: list[AuditRow],
+) -> list[_Unit]:
+    """One unit per zip with a usable instance, in zip order. Appends to ``audit`` an
+    ``error`` row per zip with no indexed instance, per image member without (7FE0,0010)
+    Pixel Data (``member`` set), and per zip left with no usable member."""
+    units: list[_Unit] = []
+    for rel in sorted(by_rel, key=lambda r: _order(by_rel[r])):
+        z = by_rel[rel]
+        if rel not in insts_of:
+            audit.append(
+                _zip_row(
+                    z,
+                    Action.ERROR,
+                    REASON_NO_INSTANCES,
+                    f"{rel}: no readable DICOM member",
+                    code=CODE_NO_INSTANCES,
+                )
+            )
+            continue
+        usable = [i for i in insts_of[rel] if not is_unusable(i)]
+        for i in sorted(insts_of[rel], key=lambda i: i.member):
+            if is_unusable(i):
+                detail = (
+                    f"{rel}: {i.member} (SOP Class {i.sop_class_uid or '?'}) has no "
+                    "Pixel Data (7FE0,0010)"
+                )
+                audit.append(_zip_row(z, Action.ERROR, REASON_NO_PIXELS, detail, member=i.member))
+        if not usable:
+            detail = f"{rel}: every member is an image without Pixel Data"
+            audit.append(_zip_row(z, Action.ERROR, REASON_NO_USABLE, detail))
+            continue
+        units.append(_make_unit(z, usable, remap, decoded))
+    return units
+
+
+def _exam(chain: list[_Unit], key: str, audit: list[AuditRow]) -> Exam | None:
+    """The exam of one chain of zips (its primary first), and its audit rows: ``kept`` (or
+    partial overlap) for the primary, ``merged`` for the other parts of a CT split scan.
+    None, with a ``dropped`` row per zip, when every instance is already kept elsewhere."""
+    primary = chain[0]
+    held = tuple(i for u in chain for i in u.kept)
+    if not held:
+        for u in chain:
+            kept_as = ", ".join(u.overlaps)
+            audit.append(_row(u, Action.DROPPED, REASON_ALL_SHARED, kept_as=kept_as))
+            u.exam_key = ""
+        log.info("exam %s dropped: every instance already kept elsewhere", key)
+        return None
+    exam = Exam(
+        exam_key=key,
+        modality=primary.zip.batch.modality,
+        patient_id=primary.patient,
+        source_patient_id=primary.zip.name.patient_id,
+        hiro_id=primary.hiro,
+        time=primary.time,
+        description=primary.zip.name.description,
+        pediatric=primary.zip.name.pediatric,
+        batch=primary.zip.batch.name,
+        zips=tuple(u.rel for u in chain),
+        instances=held,
+    )
+    reason = REASON_PARTIAL if primary.overlaps else REASON_KEPT
+    audit.append(_row(primary, Action.KEPT, reason))
+    if len(chain) > 1:
+        series: dict[str, set[str]] = defaultdict(set)
+        for u in chain:
+            for i in u.instances:
+                series[i.series_uid].add(u.rel)
+        joined = sum(1 for zs in series.values() if len(zs) > 1)
+        extra = f"{len(chain)} zips in one exam; {joined} series joined by UID"
+        for u in chain[1:]:
+            audit.append(_row(u, Action.MERGED, REASON_CT_SPLIT, kept_as=primary.rel, extra=extra))
+    return exam
+
+
+def _duplicate_rows(
+    units: Sequence[_Unit], dup: Mapping[str, tuple[_Unit, _Unit, str]]
+) -> list[AuditRow]:
+    """A ``duplicate`` row per duplicate zip, naming the kept zip and the evidence; the
+    duplicate takes the exam key of the zip it duplicates."""
+    rows: list[AuditRow] = []
+    for u in units:
+        if u.rel in dup:
+            root, matched, reason = dup[u.rel]
+            via = f"matched {matched.rel}, a duplicate of it" if matched is not root else ""
+            evidence = _evidence(u, matched)
+            extra = f"{evidence}; {via}" if via else evidence
+            u.exam_key = root.exam_key
+            rows.append(_row(u, Action.DUPLICATE, reason, kept_as=root.rel, extra=extra))
+    return rows
+
+
 def build_exams(
     zips: Sequence[ExamZip],
     instances: Sequence[Instance],
@@ -574,77 +693,20 @@ def build_exams(
     The result depends only on the *sets* of records given, never on their order. See the
     module docstring for the rules.
     """
-    audit: list[AuditRow] = []
+    uploading = sorted(z.rel_path for z in zips if z.batch.status is BatchStatus.IN_PROGRESS)
+    if uploading:
+        raise ValueError(
+            f"build_exams takes the zips hiroml.datamart.discover lists, never those of an "
+            f"IN-PROGRESS batch (still uploading): {', '.join(uploading)}"
+        )
     by_rel: dict[str, ExamZip] = {}
     for z in zips:
         by_rel.setdefault(z.rel_path, z)
     insts_of: dict[str, list[Instance]] = defaultdict(list)
     for inst in instances:
         insts_of[inst.rel_zip].append(inst)
-
-    for rel in sorted(set(insts_of) - set(by_rel)):
-        first = insts_of[rel][0]
-        log.error("%d instance(s) of %s whose zip was not discovered", len(insts_of[rel]), rel)
-        audit.append(
-            AuditRow(
-                zip=first.zip,
-                batch=first.batch,
-                action=Action.ERROR,
-                reason=REASON_UNKNOWN_ZIP,
-                detail=f"{len(insts_of[rel])} instance(s) indexed from {rel} ignored",
-            )
-        )
-
-    units: list[_Unit] = []
-    for rel in sorted(by_rel, key=lambda r: _order(by_rel[r])):
-        z = by_rel[rel]
-
-        if z.batch.status is BatchStatus.IN_PROGRESS:
-            audit.append(
-                _zip_row(
-                    z,
-                    Action.SKIPPED,
-                    REASON_IN_PROGRESS,
-                    f"batch {z.batch.name} is still uploading",
-                )
-            )
-            continue
-        if rel not in insts_of:
-            audit.append(
-                _zip_row(
-                    z,
-                    Action.ERROR,
-                    REASON_NO_INSTANCES,
-                    f"{rel}: no readable DICOM member",
-                    code=CODE_NO_INSTANCES,
-                )
-            )
-            continue
-        usable = [i for i in insts_of[rel] if not is_unusable(i)]
-        for i in sorted(insts_of[rel], key=lambda i: i.member):
-            if is_unusable(i):
-                audit.append(
-                    _zip_row(
-                        z,
-                        Action.ERROR,
-                        REASON_NO_PIXELS,
-                        f"{rel}: {i.member} (SOP Class {i.sop_class_uid or '?'}) has no "
-                        "Pixel Data (7FE0,0010)",
-                        member=i.member,
-                    )
-                )
-        if not usable:
-            audit.append(
-                _zip_row(
-                    z,
-                    Action.ERROR,
-                    REASON_NO_USABLE,
-                    f"{rel}: every member is an image without Pixel Data",
-                )
-            )
-            continue
-        units.append(_make_unit(z, usable, remap, decoded))
-
+    audit = _unknown_zip_rows(insts_of, by_rel)
+    units = _units(by_rel, insts_of, remap, decoded, audit)
     groups, group_of = _groups(units, remap, cfg.pixel_link_max_patients)
 
     dup = _find_duplicates(units)
@@ -655,55 +717,12 @@ def build_exams(
     exam_of = {u.rel: u.exam_key for u in kept_units}
     by_primary = sorted(chains, key=lambda c: c[0].order)
     _keep_once([u for c in by_primary for u in c], exam_of)
-
     exams: list[Exam] = []
     for chain, key in zip(chains, keys, strict=True):
-        primary = chain[0]
-        held = tuple(i for u in chain for i in u.kept)
-        if not held:
-            for u in chain:
-                kept_as = ", ".join(u.overlaps)
-                audit.append(_row(u, Action.DROPPED, REASON_ALL_SHARED, kept_as=kept_as))
-                u.exam_key = ""
-            log.info("exam %s dropped: every instance already kept elsewhere", key)
-            continue
-        exams.append(
-            Exam(
-                exam_key=key,
-                modality=primary.zip.batch.modality,
-                patient_id=primary.patient,
-                source_patient_id=primary.zip.name.patient_id,
-                hiro_id=primary.hiro,
-                time=primary.time,
-                description=primary.zip.name.description,
-                pediatric=primary.zip.name.pediatric,
-                batch=primary.zip.batch.name,
-                zips=tuple(u.rel for u in chain),
-                instances=held,
-            )
-        )
-        reason = REASON_PARTIAL if primary.overlaps else REASON_KEPT
-        audit.append(_row(primary, Action.KEPT, reason))
-        if len(chain) > 1:
-            series: dict[str, set[str]] = defaultdict(set)
-            for u in chain:
-                for i in u.instances:
-                    series[i.series_uid].add(u.rel)
-            joined = sum(1 for zs in series.values() if len(zs) > 1)
-            for u in chain[1:]:
-                extra = f"{len(chain)} zips in one exam; {joined} series joined by UID"
-                audit.append(
-                    _row(u, Action.MERGED, REASON_CT_SPLIT, kept_as=primary.rel, extra=extra)
-                )
-
-    for u in units:
-        if u.rel in dup:
-            root, matched, reason = dup[u.rel]
-            via = f"matched {matched.rel}, a duplicate of it" if matched is not root else ""
-            evidence = _evidence(u, matched)
-            extra = f"{evidence}; {via}" if via else evidence
-            u.exam_key = root.exam_key
-            audit.append(_row(u, Action.DUPLICATE, reason, kept_as=root.rel, extra=extra))
+        exam = _exam(chain, key, audit)
+        if exam is not None:
+            exams.append(exam)
+    audit.extend(_duplicate_rows(units, dup))
 
     exams.sort(key=lambda e: e.exam_key)
     audit.sort(key=lambda r: (r.batch, r.zip, r.action, r.reason, r.kept_as, r.detail))

@@ -30,13 +30,13 @@ from typing import Any
 import pandas as pd
 
 from hiroml.config import IdentityConfig
+from hiroml.datamart import REMAP_SHEET_NAME
 from hiroml.errors import ConfigError, RemapError
 from hiroml.records import Action, AuditRow, Exam, Modality, Problem
 
 log = logging.getLogger(__name__)
 
 STAGE = "identity"
-REMAP_SHEET_NAME = "C19_HIRO_LDS_REMAP_PUB-LIST.xlsx"
 HEADER_SCAN_ROWS = 20  # a header row is looked for in the first rows of each sheet
 
 _OLD_WORDS = ("old", "prev", "former", "orig", "retired")

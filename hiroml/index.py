@@ -49,12 +49,6 @@ _IMAGE_SIZE_TAGS = (
     ("(0028,0011) Columns", "Columns"),
     ("(0028,0100) Bits Allocated", "BitsAllocated"),
 )
-_UNCOMPRESSED = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-}
 
 
 # --------------------------------------------------------------------------- one instance
@@ -95,6 +89,45 @@ def _float(ds: Dataset, keyword: str) -> float | None:
     return vals[0] if vals else None
 
 
+def _check_pixel_size(ds: Dataset, n_bytes: int, tsyntax: str, *, label: str) -> None:
+    """:class:`BadInputError` naming ``label`` when (7FE0,0010) Pixel Data of ``n_bytes``
+    cannot be what the header describes: (0028,0010) Rows, (0028,0011) Columns or (0028,0100)
+    Bits Allocated absent or zero; or, for a native transfer syntax, fewer bytes than Rows x
+    Columns x Bits Allocated x (0028,0008) Number of Frames x (0028,0002) Samples per Pixel
+    (truncated) or more than one padding byte beyond them (a header that lies)."""
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits = _int(ds, "BitsAllocated") or 0
+    frames = _int(ds, "NumberOfFrames") or 1
+    spp = _int(ds, "SamplesPerPixel") or 1
+    absent = [tag for tag, kw in _IMAGE_SIZE_TAGS if not isinstance(_int(ds, kw), int)]
+    if absent:
+        raise BadInputError(
+            f"{label} has (7FE0,0010) Pixel Data but no valid "
+            f"{', '.join(absent)}: its pixels cannot be decoded"
+        )
+    if rows <= 0 or cols <= 0 or bits <= 0:
+        raise BadInputError(
+            f"{label} is a {rows} x {cols} image of {bits} bits "
+            "((0028,0010) Rows x (0028,0011) Columns, (0028,0100) Bits Allocated): "
+            "no pixels to store"
+        )
+    if tsyntax not in dicom.UNCOMPRESSED or bits < 8:
+        return
+    want = rows * cols * frames * spp * bits // 8
+    header = f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}"
+    if n_bytes < want:
+        raise BadInputError(
+            f"{label} has {n_bytes} bytes of pixel data, its header {header}: truncated pixel data"
+        )
+    # One trailing byte pads an odd length to an even one; more means that the header
+    # does not describe the data (wrong Rows/Columns/Bits Allocated/Number of Frames).
+    if n_bytes > want + 1:
+        raise BadInputError(
+            f"{label} has {n_bytes} bytes of pixel data, its header {header}: "
+            "pixel data of the wrong length"
+        )
+
+
 def instance_from_dataset(
     ds: Dataset,
     *,
@@ -124,34 +157,7 @@ def instance_from_dataset(
     frames = _int(ds, "NumberOfFrames") or 1
     spp = _int(ds, "SamplesPerPixel") or 1
     if pixel_bytes is not None:
-        absent = [tag for tag, kw in _IMAGE_SIZE_TAGS if not isinstance(_int(ds, kw), int)]
-        if absent:
-            raise BadInputError(
-                f"{zip_name}: {member} has (7FE0,0010) Pixel Data but no valid "
-                f"{', '.join(absent)}: its pixels cannot be decoded"
-            )
-        if rows <= 0 or cols <= 0 or bits <= 0:
-            raise BadInputError(
-                f"{zip_name}: {member} is a {rows} x {cols} image of {bits} bits "
-                "((0028,0010) Rows x (0028,0011) Columns, (0028,0100) Bits Allocated): "
-                "no pixels to store"
-            )
-    if pixel_bytes is not None and tsyntax in _UNCOMPRESSED:
-        want = rows * cols * frames * spp * bits // 8
-        if bits >= 8 and len(pixel_bytes) < want:
-            raise BadInputError(
-                f"{zip_name}: {member} has {len(pixel_bytes)} bytes of pixel data, its header "
-                f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}: "
-                "truncated pixel data"
-            )
-        # One trailing byte pads an odd length to an even one; more means that the header
-        # does not describe the data (wrong Rows/Columns/Bits Allocated/Number of Frames).
-        if bits >= 8 and len(pixel_bytes) > want + 1:
-            raise BadInputError(
-                f"{zip_name}: {member} has {len(pixel_bytes)} bytes of pixel data, its header "
-                f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}: "
-                "pixel data of the wrong length"
-            )
+        _check_pixel_size(ds, len(pixel_bytes), tsyntax, label=f"{zip_name}: {member}")
     kernel = _text(ds, "ConvolutionKernel")
     return Instance(
         batch=batch,
@@ -206,8 +212,6 @@ def instance_from_dataset(
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Dataset, int, str]:
@@ -218,12 +222,12 @@ def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Datase
     return parsed.dataset, parsed.stopped_at, parsed.note
 
 
-def _raw_pixels(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryview | None:
+def _pixel_data_value(data: bytes, pos: int, tsyntax: str, *, label: str) -> memoryview | None:
     """The raw Pixel Data value that starts at ``pos`` in a little-endian, non-deflated
     file, without copying it (encapsulated: the items, without the sequence delimiter)."""
     if data[pos : pos + 4] != _PIXEL_TAG:
         return None
-    if tsyntax == _IMPLICIT_LE:
+    if tsyntax == dicom.IMPLICIT_VR_LE:
         (length,) = struct.unpack_from("<I", data, pos + 4)
         start = pos + 8
     else:
@@ -264,7 +268,7 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
     pixels: bytes | memoryview | None = None
     uid = UID(tsyntax)
     if tsyntax and uid.is_little_endian and not uid.is_deflated:
-        pixels = _raw_pixels(data, pos, tsyntax, label=label) if pos < len(data) else None
+        pixels = _pixel_data_value(data, pos, tsyntax, label=label) if pos < len(data) else None
         whole = pixels is None and pos < len(data)  # e.g. float pixel data: pydicom decides
     else:  # deflated, big endian or no transfer syntax: the offset means nothing here
         whole = True

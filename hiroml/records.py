@@ -263,6 +263,7 @@ class CxrImage:
     n_frames: int = 1
     for_processing: bool = False  # raw detector data kept by cxr.keep_for_processing=true
     padding: str = ""  # (0028,0120) Pixel Padding Value left out of the statistics, if any
+    decode_reduction: int = 1  # JPEG 2000 decoded 1/n per dimension (cxr.fast_jpeg2000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,22 @@ class _Chain:
     def start(self) -> float:
         return min(self.d)
 
+    @property
+    def head(self) -> str:
+        """(0020,000E) Series Instance UID of the chain's first part."""
+        return self.parts[0][0].series_uid
+
+    def add(
+        self, part: tuple[Instance, ...], new: Sequence[Instance], d: Sequence[float] | np.ndarray
+    ) -> None:
+        """Join ``part``: its slices ``new`` (at ``d`` mm, sorted) continue the scan, a seam
+        at the first of them."""
+        if new:
+            self.seams.append(float(d[0]))
+        self.instances.extend(new)
+        self.d.extend(float(v) for v in d)
+        self.parts.append(part)
+
 
 def _acquired(part: Sequence[Instance]) -> tuple[str, str, int, str]:
     """Which part was acquired first: (0008,0021) Series Date, (0008,0031) Series Time,
@@ -224,89 +240,131 @@ def _try_join(
     cfg: CtConfig,
 ) -> tuple[str, str]:
     """Join ``part`` to ``chain`` when it belongs to it. Returns ("joined", note),
-    ("apart", why) or ("far", why): "far" parts are not candidates (another region)."""
+    ("apart", why) or ("far", why): "far" parts are not candidates (another region).
+
+    The step is the smaller median slice step of the two (one slice each: its (0018,0050)
+    Slice Thickness). Steps that differ keep the parts apart with ``ct.spacing_policy=reject``.
+    A part that starts after the chain ends joins it (:func:`_join_after`); one that overlaps
+    it joins only where every shared position holds the same slice (:func:`_join_overlap`)."""
     rtol, atol = cfg.spacing_rtol, cfg.spacing_atol
     step_part = _step(d_part)
     steps = [s for s in (chain.step, step_part) if math.isfinite(s)]
     thick = _median_thickness(part)
-    head = chain.parts[0][0].series_uid
     if not steps and not (thick is not None and thick > 0):
-        return "far", f"single slices without (0018,0050) Slice Thickness: no step to join {head}"
+        return "far", (
+            f"single slices without (0018,0050) Slice Thickness: no step to join {chain.head}"
+        )
     step = min(steps) if steps else float(thick or 0.0)  # one slice each: its thickness
     tol = atol + rtol * step
     order = np.argsort(d_part, kind="stable")
     ds = d_part[order]
-    end = chain.end
     spacing_note = ""
     if math.isfinite(chain.step) and math.isfinite(step_part) and abs(chain.step - step_part) > tol:
-        what = f"slice step {step_part:.4g} mm differs from {chain.step:.4g} mm of series {head}"
+        what = (
+            f"slice step {step_part:.4g} mm differs from {chain.step:.4g} mm of series {chain.head}"
+        )
         if cfg.spacing_policy == "reject":
             return "apart", f"{what}; ct.spacing_policy=reject keeps the parts apart"
         spacing_note = f"; {what}: resampled (ct.spacing_policy=resample)"
+    sorted_part = [part[i] for i in order]
+    if ds[0] > chain.end + atol:  # after the scan so far: abutting, a gap, or another region
+        verdict, note = _join_after(chain, part, sorted_part, ds, step=step, tol=tol, cfg=cfg)
+    else:
+        verdict, note = _join_overlap(chain, part, sorted_part, ds, same, atol=atol)
+    return verdict, note + spacing_note if verdict == "joined" else note
 
-    if ds[0] > end + atol:  # after the scan so far: abutting, a gap, or another region
-        gap = float(ds[0] - end)
-        if gap <= step + tol:
-            new = [part[i] for i in order]
-            chain.seams.append(float(ds[0]))
-            note = f"abuts at {ds[0]:.3f} mm (step {gap:.4g} mm)" + spacing_note
-        else:
-            beyond = gap - step
-            if beyond > cfg.stitch_max_gap:
-                return "far", (
-                    f"starts {gap:.4g} mm after series {head} ends, more than one slice step "
-                    f"plus ct.stitch_max_gap={cfg.stitch_max_gap:g} mm: another region"
-                )
-            missing = max(round(gap / step) - 1, 1)
-            what = (
-                f"gap of {gap:.4g} mm between {end:.3f} and {ds[0]:.3f} mm along the normal "
-                f"(about {missing} missing slice(s) of {step:.4g} mm)"
-            )
-            if cfg.spacing_policy == "reject":
-                return "apart", f"{what}; ct.spacing_policy=reject keeps the parts apart"
-            new = [part[i] for i in order]
-            chain.seams.append(float(ds[0]))
-            note = f"{what}: resampled across it (ct.spacing_policy=resample)" + spacing_note
-        chain.instances.extend(new)
-        chain.d.extend(float(v) for v in ds)
-        chain.parts.append(part)
-        return "joined", note
 
-    # overlap: every shared position must hold the same slice
+def _join_after(
+    chain: _Chain,
+    part: tuple[Instance, ...],
+    sorted_part: list[Instance],
+    ds: np.ndarray,
+    *,
+    step: float,
+    tol: float,
+    cfg: CtConfig,
+) -> tuple[str, str]:
+    """A part that starts after the chain ends: it abuts (the gap is one step), or a gap of
+    missing slices is resampled across (``ct.spacing_policy=resample``, up to
+    ``ct.stitch_max_gap`` mm beyond one step), or it is another region ("far")."""
+    end = chain.end
+    gap = float(ds[0] - end)
+    if gap <= step + tol:
+        chain.add(part, sorted_part, ds)
+        return "joined", f"abuts at {ds[0]:.3f} mm (step {gap:.4g} mm)"
+    beyond = gap - step
+    if beyond > cfg.stitch_max_gap:
+        return "far", (
+            f"starts {gap:.4g} mm after series {chain.head} ends, more than one slice step "
+            f"plus ct.stitch_max_gap={cfg.stitch_max_gap:g} mm: another region"
+        )
+    missing = max(round(gap / step) - 1, 1)
+    what = (
+        f"gap of {gap:.4g} mm between {end:.3f} and {ds[0]:.3f} mm along the normal "
+        f"(about {missing} missing slice(s) of {step:.4g} mm)"
+    )
+    if cfg.spacing_policy == "reject":
+        return "apart", f"{what}; ct.spacing_policy=reject keeps the parts apart"
+    chain.add(part, sorted_part, ds)
+    return "joined", f"{what}: resampled across it (ct.spacing_policy=resample)"
+
+
+def _overlap_pairs(
+    chain: _Chain, sorted_part: list[Instance], ds: np.ndarray, *, atol: float
+) -> tuple[list[tuple[Instance, Instance, float]], str]:
+    """(chain slice, part slice, position mm) for each position the two share, or why the
+    positions do not coincide (a part slice with no counterpart within ``ct.spacing_atol``,
+    or a different number of slices in the shared range)."""
     d_chain = np.asarray(chain.d)
-    lo, hi = max(chain.start, float(ds[0])) - atol, min(end, float(ds[-1])) + atol
+    lo, hi = max(chain.start, float(ds[0])) - atol, min(chain.end, float(ds[-1])) + atol
     in_part = [k for k in range(len(ds)) if lo <= ds[k] <= hi]
     in_chain = [k for k in range(len(d_chain)) if lo <= d_chain[k] <= hi]
+    where = f"overlaps series {chain.head} between {lo + atol:.3f} and {hi - atol:.3f} mm along"
     pairs: list[tuple[Instance, Instance, float]] = []
     matched_chain: set[int] = set()
     for k in in_part:
         j = int(np.argmin(np.abs(d_chain - ds[k])))
         if abs(d_chain[j] - ds[k]) > atol or j in matched_chain:
-            return "apart", (
-                f"overlaps series {head} between {lo + atol:.3f} and {hi - atol:.3f} mm along "
-                f"the normal, but its slice at {ds[k]:.3f} mm has no counterpart (within "
+            return [], (
+                f"{where} the normal, but its slice at {ds[k]:.3f} mm has no counterpart (within "
                 f"ct.spacing_atol={atol:g} mm): the positions do not coincide"
             )
         matched_chain.add(j)
-        pairs.append((chain.instances[j], part[order[k]], float(ds[k])))
+        pairs.append((chain.instances[j], sorted_part[k], float(ds[k])))
     if len(matched_chain) != len(in_chain):
-        return "apart", (
-            f"overlaps series {head} between {lo + atol:.3f} and {hi - atol:.3f} mm along the "
-            f"normal with {len(in_part)} slice(s) where series {head} has {len(in_chain)}: "
-            "the positions do not coincide"
+        return [], (
+            f"{where} the normal with {len(in_part)} slice(s) where series {chain.head} has "
+            f"{len(in_chain)}: the positions do not coincide"
         )
+    return pairs, ""
+
+
+def _join_overlap(
+    chain: _Chain,
+    part: tuple[Instance, ...],
+    sorted_part: list[Instance],
+    ds: np.ndarray,
+    same: PixelCheck,
+    *,
+    atol: float,
+) -> tuple[str, str]:
+    """A part that overlaps the chain joins it when every shared position holds the same
+    slice (same pixels by ``same``); its copies of the shared slices are left out."""
+    pairs, why_not = _overlap_pairs(chain, sorted_part, ds, atol=atol)
+    if why_not:
+        return "apart", why_not
     for a, b, dv in pairs:
         try:
             why = same(a, b)
         except (HiromlError, OSError, ValueError, IndexError, EOFError) as e:  # damaged slice
             return "apart", (
-                f"overlaps series {head}, but the slices at {dv:.3f} mm could not be compared "
-                f"({type(e).__name__}: {e})"
+                f"overlaps series {chain.head}, but the slices at {dv:.3f} mm could not be "
+                f"compared ({type(e).__name__}: {e})"
             )
         if why is not None:
             return "apart", (
-                f"overlaps series {head} at {len(pairs)} position(s) ({pairs[0][2]:.3f} to "
-                f"{pairs[-1][2]:.3f} mm along the normal) with different pixels: at "
+                f"overlaps series {chain.head} at {len(pairs)} position(s) ({pairs[0][2]:.3f} "
+                f"to {pairs[-1][2]:.3f} mm along the normal) with different pixels: at "
                 f"{dv:.3f} mm {why}; another scan (contrast phase, repeat), not stitched"
             )
     left = {id(b) for _, b, _ in pairs}
@@ -318,18 +376,46 @@ def _try_join(
                 f"series {a.series_uid}: overlap of a stitched scan, kept one",
             )
         )
-    new_k = [k for k in range(len(ds)) if id(part[order[k]]) not in left]
-    if new_k:
-        chain.seams.append(float(ds[new_k[0]]))
-    chain.instances.extend(part[order[k]] for k in new_k)
-    chain.d.extend(float(ds[k]) for k in new_k)
-    chain.parts.append(part)
-    note = (
-        f"overlaps at {len(pairs)} position(s) with the same pixels (deduplicated)"
-        + (f", continues at {ds[new_k[0]]:.3f} mm" if new_k else ", adds no slice")
-        + spacing_note
+    new_k = [k for k in range(len(ds)) if id(sorted_part[k]) not in left]
+    chain.add(part, [sorted_part[k] for k in new_k], [float(ds[k]) for k in new_k])
+    note = f"overlaps at {len(pairs)} position(s) with the same pixels (deduplicated)" + (
+        f", continues at {ds[new_k[0]]:.3f} mm" if new_k else ", adds no slice"
     )
     return "joined", note
+
+
+def _families(selected: Sequence[tuple[Instance, ...]]) -> list[list[int]]:
+    """Candidate families: indices of the series that could be parts of one scan
+    (:func:`_candidates` with the family's first series), in order."""
+    families: list[list[int]] = []
+    for idx, s in enumerate(selected):
+        for fam in families:
+            if _candidates(selected[fam[0]], s):
+                fam.append(idx)
+                break
+        else:
+            families.append([idx])
+    return families
+
+
+def _scan(series: tuple[Instance, ...], chain: _Chain | None) -> Scan:
+    """The scan that starts with ``series``: the series alone, or the chain of parts joined
+    to it, the slices of the part acquired first (:func:`_acquired`) first."""
+    if chain is None or len(chain.parts) == 1:
+        return Scan(instances=series, series=(series[0].series_uid,))
+    head = min(chain.parts, key=_acquired)
+    rest = [inst for inst in chain.instances if inst.series_uid != head[0].series_uid]
+    heads = [inst for inst in chain.instances if inst.series_uid == head[0].series_uid]
+    scan = Scan(
+        instances=(*heads, *rest),
+        series=tuple(p[0].series_uid for p in chain.parts),
+        seams_mm=tuple(round(v, 4) for v in chain.seams),
+        left_out=tuple(chain.left_out),
+        notes=tuple(chain.notes),
+        joined=tuple(p for p in chain.parts if p is not head),
+    )
+    log.debug("stitched series %s: %s", ", ".join(scan.series), "; ".join(chain.notes))
+    return scan
 
 
 def plan_scans(
@@ -351,20 +437,10 @@ def plan_scans(
     def d_of(series: Sequence[Instance], n: np.ndarray) -> np.ndarray:
         return np.asarray([float(np.dot(n, i.position or (0.0, 0.0, 0.0))) for i in series])
 
-    # candidate families: series that could be parts of one scan
-    families: list[list[int]] = []
-    for idx, s in enumerate(selected):
-        for fam in families:
-            if _candidates(selected[fam[0]], s):
-                fam.append(idx)
-                break
-        else:
-            families.append([idx])
-
     chains_of: dict[int, _Chain] = {}  # index of the first part -> its chain
     member_of: dict[int, int] = {}  # index of a part -> index of its chain's first part
     apart: dict[int, str] = {}
-    for fam in families:
+    for fam in _families(selected):
         n = _normal(selected[fam[0]][0])
         ds = {i: d_of(selected[i], n) for i in fam}
         order = sorted(
@@ -399,29 +475,7 @@ def plan_scans(
                 if why_apart:
                     apart[i] = why_apart
 
-    scans: list[Scan] = []
-    for i, s in enumerate(selected):
-        if member_of.get(i, i) != i:
-            continue
-        found = chains_of.get(i)
-        if found is None or len(found.parts) == 1:
-            scans.append(Scan(instances=s, series=(s[0].series_uid,)))
-            continue
-        chain = found
-        head = min(chain.parts, key=_acquired)
-        rest = [inst for inst in chain.instances if inst.series_uid != head[0].series_uid]
-        heads = [inst for inst in chain.instances if inst.series_uid == head[0].series_uid]
-        scans.append(
-            Scan(
-                instances=(*heads, *rest),
-                series=tuple(p[0].series_uid for p in chain.parts),
-                seams_mm=tuple(round(v, 4) for v in chain.seams),
-                left_out=tuple(chain.left_out),
-                notes=tuple(chain.notes),
-                joined=tuple(p for p in chain.parts if p is not head),
-            )
-        )
-        log.debug("stitched series %s: %s", ", ".join(scans[-1].series), "; ".join(chain.notes))
+    scans = [_scan(s, chains_of.get(i)) for i, s in enumerate(selected) if member_of.get(i, i) == i]
     return StitchPlan(
         scans=tuple(scans),
         apart=tuple((selected[i], why) for i, why in sorted(apart.items())),

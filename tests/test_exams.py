@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
+import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +16,6 @@ from hiroml.exams import (
     REASON_ALL_SHARED,
     REASON_CROSS_BATCH,
     REASON_CT_SPLIT,
-    REASON_IN_PROGRESS,
     REASON_NO_INSTANCES,
     REASON_NO_PIXELS,
     REASON_NO_USABLE,
@@ -389,22 +390,26 @@ def test_ct_split_parts_sharing_instances_keep_them_once() -> None:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_unknown_zip_empty_zip_and_in_progress_are_rows_not_crashes() -> None:
+def test_unknown_zip_and_empty_zip_are_rows_not_crashes() -> None:
     b = batch(23)
     z_ok = make_zip(b, "1", "A1")
     z_empty = make_zip(b, "2", "A2")
     z_ghost = make_zip(b, "3", "A3")
-    b_prog = batch(30, status="IN-PROGRESS")
-    z_prog = make_zip(b_prog, "4", "A4")
-    items = [inst(z_ok, "1.1"), inst(z_ghost, "3.1"), inst(z_prog, "4.1")]
-    res = run([z_ok, z_empty, z_prog], items)
+    items = [inst(z_ok, "1.1"), inst(z_ghost, "3.1")]
+    res = run([z_ok, z_empty], items)
     assert [e.zips for e in res.exams] == [(z_ok.rel_path,)]
     assert row(res, z_empty).reason == REASON_NO_INSTANCES
     assert row(res, z_empty).action is Action.ERROR
     assert row(res, z_ghost).reason == REASON_UNKNOWN_ZIP
-    assert row(res, z_prog).action is Action.SKIPPED
-    assert row(res, z_prog).reason == REASON_IN_PROGRESS
-    assert "4" not in res.group_of
+
+
+def test_a_zip_of_an_in_progress_batch_is_refused() -> None:
+    """discover() skips IN-PROGRESS batches (tests/test_datamart.py): build_exams never
+    sees their zips, and refuses them if a caller passes one."""
+    b_prog = batch(30, status="IN-PROGRESS")
+    z_prog = make_zip(b_prog, "4", "A4")
+    with pytest.raises(ValueError, match=f"IN-PROGRESS batch.*{re.escape(z_prog.rel_path)}"):
+        run([z_prog], [inst(z_prog, "4.1")])
 
 
 def test_image_without_pixels_is_an_error_but_a_dose_report_is_kept() -> None:

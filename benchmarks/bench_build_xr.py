@@ -1,0 +1,125 @@
+"""Radiograph-only build modes of ``bench_build`` (issues 14 and 16): the whole build beside a
+loop that only reads each zip and decodes each image with pydicom, over the same zips.
+
+``xr``: one datamart per transfer syntax (uncompressed, JPEG lossless, JPEG 2000) of
+full-size chest radiographs (``--rows`` x ``--cols``, 12 of 16 bits), one image per zip, one
+patient per zip, in one weekly batch. ``small-zips``: ``-n`` single-image zips of 256 x 256
+uncompressed CR in six weekly batches; also the re-run with nothing new. Per zip (ms):
+
+- ``build``: ``hiroml-build`` with 1 worker, as a subprocess, start-up to report;
+- ``decode``: :class:`zipfile.ZipFile` read + ``pydicom.dcmread(...).pixel_array``, the peer;
+- ``ratio`` = build / decode (issue 14's goal: <= 0.8 overall, <= 1.0 uncompressed).
+
+The datamarts are generated here with pydicom (seeded; :mod:`bench_cxr`'s images) under a
+temporary folder. Develop at small sizes on a shared machine; the lead runs the full tables:
+
+    python benchmarks/bench_build.py --mode xr --xr-uncompressed 60 --xr-j2k 20
+    python benchmarks/bench_build.py --mode small-zips -n 4000
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from bench_cxr import SYNTAXES, dicom_bytes, radiograph
+
+XR_SYNTAXES = ("explicit-le", "jpeg-lossless", "j2k-lossless")
+
+
+def _patient(data: bytes, pid: int, when: dt.datetime) -> bytes:
+    """The image with its own patient, study and date (one exam per zip)."""
+    ds = pydicom.dcmread(BytesIO(data))
+    ds.PatientID = str(pid)
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyDate, ds.StudyTime = f"{when:%Y%m%d}", f"{when:%H%M%S}"
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def write_datamart(root: Path, images: list[bytes], weeks: int) -> list[Path]:
+    """One zip per image in ``weeks`` weekly COMPLETE batches, laid out as the datamart is."""
+    paths = []
+    for i, data in enumerate(images):
+        day = dt.datetime(2020, 5, 9) + dt.timedelta(weeks=i % weeks)
+        batch = root / f"CXR-UPDATE-{day:%Y%m%d}-COMPLETE"
+        batch.mkdir(parents=True, exist_ok=True)
+        when = day - dt.timedelta(days=3, hours=i % 24)
+        pid = 1000 + i
+        path = batch / f"{pid}_{when:%Y%m%d-%H%M%S}_A{i:05d}_XR-CHEST-PA.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+            z.writestr(f"1/{i}.dcm", _patient(data, pid, when))
+        paths.append(path)
+    return paths
+
+
+def decode_loop(paths: list[Path]) -> float:
+    """Seconds to read every zip and decode every member with pydicom (the peer)."""
+    t = time.perf_counter()
+    for path in paths:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                _ = pydicom.dcmread(BytesIO(z.read(name))).pixel_array
+    return time.perf_counter() - t
+
+
+def whole_build(root: Path, out: Path) -> float:
+    """Seconds for ``hiroml-build`` (1 worker) as a new process, start-up to report; the
+    build's "written:" summary line is echoed, to show what it converted."""
+    cmd = [sys.executable, "-c", "from hiroml.cli import build; build()"]
+    cmd += [f"paths.datamart={root}", f"paths.output={out}", "executor.workers=1"]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    written = [x.strip() for x in (done.stdout + done.stderr).splitlines() if "written:" in x]
+    print(f"  {root.name}: {written[-1] if written else '(no summary line)'}", flush=True)
+    return wall
+
+
+def _row(name: str, n: int, build: float, decode: float) -> None:
+    print(
+        f"{name:16}{n:6d}{1000 * build / n:10.1f}{1000 * decode / n:10.1f}{build / decode:7.2f}",
+        flush=True,
+    )
+
+
+def run_xr(tmp: Path, rows: int, cols: int, n_plain: int, n_j2k: int) -> None:
+    """Issue 14's side-by-side table for full-size radiographs."""
+    print(f"{'datamart':16}{'zips':>6}{'build ms':>10}{'decode ms':>10}{'ratio':>7}")
+    totals = [0, 0.0, 0.0]
+    for name in XR_SYNTAXES:
+        n = n_j2k if name.startswith("j2k") else n_plain
+        images = [dicom_bytes(radiograph(i, rows, cols), SYNTAXES[name]) for i in range(n)]
+        paths = write_datamart(tmp / name, images, weeks=1)
+        decode_loop(paths[:1])  # warm-up: imports and codecs, as the build's start-up has
+        decode = decode_loop(paths)
+        build = whole_build(tmp / name, tmp / f"out-{name}")
+        _row(name, n, build, decode)
+        totals = [totals[0] + n, totals[1] + build, totals[2] + decode]
+    _row("all", int(totals[0]), totals[1], totals[2])
+
+
+def run_small_zips(tmp: Path, n: int) -> None:
+    """Issue 16's many-small-zips table: N single-image 256 x 256 CR zips in six batches."""
+    base = radiograph(0, 256, 256)
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(n):
+        noisy = np.clip(base + rng.integers(0, 4, base.shape, dtype=np.uint16), 0, 4095)
+        images.append(dicom_bytes(noisy.astype(np.uint16), SYNTAXES["explicit-le"]))
+    paths = write_datamart(tmp / "small", images, weeks=6)
+    decode_loop(paths[:1])
+    decode = decode_loop(paths)
+    build = whole_build(tmp / "small", tmp / "out-small")
+    again = whole_build(tmp / "small", tmp / "out-small")
+    print(f"{'datamart':16}{'zips':>6}{'build ms':>10}{'decode ms':>10}{'ratio':>7}")
+    _row("small-zips", n, build, decode)
+    _row("  re-run", n, again, decode)
