@@ -22,15 +22,17 @@ import numpy as np
 import pandas as pd
 
 from hiroml import __version__
-from hiroml.flow import SPLITS, Flow
+from hiroml.flow import Flow, text_column
+from hiroml.splits import SPLITS
 
 CARD_NAME = "DATASET.md"
 #: manifest columns the card reads (aggregated, never printed row by row)
 CARD_COLUMNS = ("split", "modality", "patient_id", "exam_key", "exam_time", "age_years", "sex")
 #: build summary fields the card prints, when present
 SUMMARY_FIELDS = ("version", "dataset_hash", "started", "seconds", "config_hash")
-#: manifest columns written by hiroml itself: never taken for a clinical label
-_OWN_COLUMNS = frozenset(
+#: manifest columns written by hiroml itself: never taken for a clinical label (the card's
+#: prevalence table, hiroml-export's index.csv)
+OWN_COLUMNS = frozenset(
     {
         "sample_key", "shard", "modality", "patient_id", "source_patient_id", "patient_group",
         "split", "exam_key", "hiro_id", "exam_time", "description", "batch", "source_zips",
@@ -84,15 +86,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def _strings(df: pd.DataFrame, col: str) -> pd.Series:
-    if col not in df.columns:
-        return pd.Series([""] * len(df), index=df.index, dtype=object)
-    return df[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
-
-
 def _batches(audit: pd.DataFrame, manifest: pd.DataFrame) -> list[list[str]]:
-    names = set(_strings(audit, "batch")) | set(_strings(manifest, "batch"))
-    used = manifest.groupby(_strings(manifest, "batch")).size() if len(manifest) else pd.Series()
+    names = set(text_column(audit, "batch")) | set(text_column(manifest, "batch"))
+    used = manifest.groupby(text_column(manifest, "batch")).size() if len(manifest) else pd.Series()
     rows = []
     for name in sorted(n for n in names if n):
         m = _BATCH.match(name)
@@ -106,7 +102,7 @@ def _label_columns(manifest: pd.DataFrame) -> list[str]:
     """Binary (0/1) columns joined from the clinical table (labels), by name."""
     cols = []
     for c in manifest.columns:
-        if c in _OWN_COLUMNS:
+        if c in OWN_COLUMNS:
             continue
         v = pd.to_numeric(manifest[c], errors="coerce")
         known = v.dropna()
@@ -116,11 +112,11 @@ def _label_columns(manifest: pd.DataFrame) -> list[str]:
 
 
 def _demographics(manifest: pd.DataFrame) -> list[list[Any]]:
-    split = _strings(manifest, "split")
-    pid = _strings(manifest, "patient_id")
-    exam = _strings(manifest, "exam_key")
+    split = text_column(manifest, "split")
+    pid = text_column(manifest, "patient_id")
+    exam = text_column(manifest, "exam_key")
     age = pd.to_numeric(manifest.get("age_years"), errors="coerce") if len(manifest) else None
-    sex = _strings(manifest, "sex").str.upper()
+    sex = text_column(manifest, "sex").str.upper()
     rows = []
     for s in SPLITS:
         r = split == s
@@ -154,8 +150,8 @@ def _demographics(manifest: pd.DataFrame) -> list[list[Any]]:
 
 
 def _prevalence(manifest: pd.DataFrame, labels: Sequence[str]) -> list[list[Any]]:
-    split = _strings(manifest, "split")
-    pid = _strings(manifest, "patient_id")
+    split = text_column(manifest, "split")
+    pid = text_column(manifest, "patient_id")
     rows = []
     for c in labels:
         v = pd.to_numeric(manifest[c], errors="coerce")
@@ -182,26 +178,20 @@ def _years(manifest: pd.DataFrame) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def render_card(
-    *,
-    manifest: pd.DataFrame,
-    audit: pd.DataFrame,
-    summary: Mapping[str, Any],
-    flow: Flow,
-    settings: Mapping[str, Any] | None = None,
-) -> str:
-    """The dataset card as Markdown text; see :func:`hiroml.report.write_report`."""
-    version = summary.get("version")
-    title = f"Dataset card: hiroml dataset{f' version {version}' if version else ''}"
-    if version and not summary.get("dataset_hash") and len(manifest):
+def _identification(summary: Mapping[str, Any], manifest: pd.DataFrame) -> list[list[Any]]:
+    """The card's identification rows: the hiroml version, then :data:`SUMMARY_FIELDS`
+    present in the build summary (``dataset_hash`` computed when a version has none)."""
+    if summary.get("version") and not summary.get("dataset_hash") and len(manifest):
         from hiroml.versions import dataset_hash  # the hash build.json records
 
         summary = {**summary, "dataset_hash": dataset_hash(manifest)}
     ident = [[k, summary[k]] for k in SUMMARY_FIELDS if summary.get(k) not in (None, "", {})]
-    ident.insert(0, ["hiroml", __version__])
-    labels = _label_columns(manifest)
-    f = flow
-    flow_rows: list[list[Any]] = [
+    return [["hiroml", __version__], *ident]
+
+
+def _flow_rows(f: Flow) -> list[list[Any]]:
+    """The flow in numbers, one row per step (the figure's boxes, :mod:`hiroml.flow`)."""
+    return [
         ["exam zips found", f.zips_found],
         ["skipped: upload in progress (IN-PROGRESS batch)", f.zips_skipped],
         ["zips read", f.zips_read],
@@ -217,7 +207,13 @@ def render_card(
         ["patients", f.patients],
         *[[f"{s.split}: patients / samples", f"{s.patients} / {s.samples}"] for s in f.splits],
     ]
-    n_err = int((_strings(audit, "action") == "error").sum())
+
+
+def _limitations(
+    manifest: pd.DataFrame, audit: pd.DataFrame, f: Flow, labels: Sequence[str]
+) -> list[str]:
+    """The known limitations: the fixed ones, then those this build's numbers call for."""
+    n_err = int((text_column(audit, "action") == "error").sum())
     orphans = (
         int(manifest.loc[manifest["orphan"].fillna(False).astype(bool), "patient_id"].nunique())
         if "orphan" in manifest.columns and len(manifest)
@@ -246,70 +242,86 @@ def render_card(
         limits.append(f"{orphans} patient(s) have images but no row in the clinical table.")
     if not labels:
         limits.append("No clinical label column (no clinical table was given, or none binary).")
+    return limits
 
+
+_INTRO = (
+    "Chest radiographs and chest CT volumes from the weekly imaging drops of the CRDW "
+    "COVID-19 Limited Datamart, deduplicated and split by patient (no patient in two "
+    "splits) by [hiroml](https://pypi.org/project/hiroml/). Radiographs are stored as "
+    "2-D arrays (y, x); CT volumes in HU as 3-D arrays (z, y, x) with their geometry "
+    "(spacing, origin, direction in LPS, mm). Every decision is in `audit.csv`; the "
+    "inclusion flow is drawn in `flow.svg`, and `report.html` shows it all."
+)
+_CITE = (
+    "Cite the dataset by this version and `dataset_hash` (when given) and the hiroml "
+    "version, and include `flow.svg` (or the numbers below) as the data flow figure."
+)
+_PRIVACY = (
+    "The outputs carry an allow-list of DICOM header fields; patient names, birth dates "
+    "and free-text identifying tags are never copied. This card holds counts only."
+)
+_DEMOGRAPHIC_HEADERS = (
+    "split",
+    "patients",
+    "exams",
+    "samples",
+    "age, years: median (IQR), per exam",
+    "F",
+    "M",
+    "other / unknown",
+)
+
+
+def _section(title: str, body: str) -> list[str]:
+    """A ``## title`` section: heading, blank line, body, blank line."""
+    return [f"## {title}", "", body, ""]
+
+
+def render_card(
+    *,
+    manifest: pd.DataFrame,
+    audit: pd.DataFrame,
+    summary: Mapping[str, Any],
+    flow: Flow,
+    settings: Mapping[str, Any] | None = None,
+) -> str:
+    """The dataset card as Markdown text; see :func:`hiroml.report.write_report`."""
+    version = summary.get("version")
+    title = f"Dataset card: hiroml dataset{f' version {version}' if version else ''}"
+    labels = _label_columns(manifest)
+    batches = (
+        _table(["batch", "modality", "delivered", "status", "samples"], _batches(audit, manifest))
+        if len(audit) or len(manifest)
+        else "No batch."
+    )
+    prevalence = (
+        _table(["label", *SPLITS], _prevalence(manifest, labels)) if labels else "No label."
+    )
+    conversion = (
+        _table(["config key", "value"], [[k, v] for k, v in settings.items()])
+        if settings
+        else "Not recorded by this build."
+    )
     parts = [
         f"# {title}",
         "",
-        "Chest radiographs and chest CT volumes from the weekly imaging drops of the CRDW "
-        "COVID-19 Limited Datamart, deduplicated and split by patient (no patient in two "
-        "splits) by [hiroml](https://pypi.org/project/hiroml/). Radiographs are stored as "
-        "2-D arrays (y, x); CT volumes in HU as 3-D arrays (z, y, x) with their geometry "
-        "(spacing, origin, direction in LPS, mm). Every decision is in `audit.csv`; the "
-        "inclusion flow is drawn in `flow.svg`, and `report.html` shows it all.",
+        _INTRO,
         "",
-        "## Identification",
+        *_section("Identification", _table(["field", "value"], _identification(summary, manifest))),
+        _CITE,
         "",
-        _table(["field", "value"], ident),
-        "",
-        "Cite the dataset by this version and `dataset_hash` (when given) and the hiroml "
-        "version, and include `flow.svg` (or the numbers below) as the data flow figure.",
-        "",
-        "## Source batches",
-        "",
-        _table(["batch", "modality", "delivered", "status", "samples"], _batches(audit, manifest))
-        if len(audit) or len(manifest)
-        else "No batch.",
-        "",
+        *_section("Source batches", batches),
         f"Exam years: {_years(manifest)}.",
         "",
-        "## Flow in numbers",
-        "",
-        _table(["step", "count"], flow_rows),
-        "",
-        "## Composition per split",
-        "",
-        _table(
-            [
-                "split",
-                "patients",
-                "exams",
-                "samples",
-                "age, years: median (IQR), per exam",
-                "F",
-                "M",
-                "other / unknown",
-            ],
-            _demographics(manifest),
-        ),
-        "",
-        "## Label prevalence per split (per patient: positives / known)",
-        "",
-        _table(["label", *SPLITS], _prevalence(manifest, labels)) if labels else "No label.",
-        "",
-        "## Conversion settings",
-        "",
-        _table(["config key", "value"], [[k, v] for k, v in (settings or {}).items()])
-        if settings
-        else "Not recorded by this build.",
-        "",
+        *_section("Flow in numbers", _table(["step", "count"], _flow_rows(flow))),
+        *_section("Composition per split", _table(_DEMOGRAPHIC_HEADERS, _demographics(manifest))),
+        *_section("Label prevalence per split (per patient: positives / known)", prevalence),
+        *_section("Conversion settings", conversion),
         "## Known limitations",
         "",
-        *[f"- {x}" for x in limits],
+        *[f"- {x}" for x in _limitations(manifest, audit, flow, labels)],
         "",
-        "## Privacy",
-        "",
-        "The outputs carry an allow-list of DICOM header fields; patient names, birth dates "
-        "and free-text identifying tags are never copied. This card holds counts only.",
-        "",
+        *_section("Privacy", _PRIVACY),
     ]
     return "\n".join(parts)

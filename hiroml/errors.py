@@ -37,6 +37,11 @@ class GeometryError(BadInputError):
     """A CT series has geometry we refuse to store (gaps, duplicates, odd orientation...)."""
 
 
+class ExportError(HiromlError):
+    """The export cannot run: no such output, version or modality/format pair, or a stored
+    sample that cannot be written in the format asked for."""
+
+
 class OutputLockedError(HiromlError):
     """Another build holds the output folder's lock (``<out>/.hiroml/build.lock``):
     ``hiroml-build`` exits 3 at once, or waits with ``wait_for_lock=true``."""

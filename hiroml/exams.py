@@ -40,7 +40,7 @@ Order of the rules
    k of n SOP Instance UIDs already kept in <zip> ...``). An exam left with no instance at all
    is not emitted: each of its zips gets a ``dropped`` row naming the zip that holds them.
 6. Patient groups: union-find over current patient ids, linking ids whose zips share a SOP
-   Instance UID or an identical pixel hash (a missed remap), as DESIGN.md requires. Optionally
+   Instance UID or an identical pixel hash (a missed remap), as docs/design.md requires. Optionally
    (``ExamsConfig.pixel_link_max_patients`` > 0) a pixel hash held by more than that many ids
    is taken for a common image (blank, template) and links nothing; off by default, since a
    missed link can leak a patient across splits. Ids linked by the remap sheet

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml.errors import HiromlError
+from hiroml.card import OWN_COLUMNS
+from hiroml.errors import ExportError, HiromlError
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ INDEX_COLUMNS = (
     "split", "sample_key", "patient_id", "patient_group", "exam_key", "modality", "view",
     "age_years", "sex",
 )  # fmt: skip
-_OWN = frozenset(SIDECAR_COLUMNS) | {
-    "shard", "shard_sha256", "sop_uids", "pixel_hashes", "scale", "days_from_encounter",
-    "orphan", "frame", "frames",
-}  # fmt: skip
-
-
-class ExportError(HiromlError):
-    """The export cannot run: no such output, version or modality/format pair."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +110,7 @@ def _plain(v: Any) -> Any:
 
 
 def _label_columns(manifest: pd.DataFrame) -> list[str]:
-    return [str(c) for c in manifest.columns if c not in _OWN]
+    return [str(c) for c in manifest.columns if c not in OWN_COLUMNS]
 
 
 def _decisions(audit: pd.DataFrame, exam_key: str) -> list[dict[str, str]]:
@@ -141,12 +134,13 @@ def _ct_image(arr: np.ndarray, row: Mapping[str, Any]) -> Any:
 
 def cxr_uint16(arr: np.ndarray, scale: float | None = None) -> np.ndarray:
     """A stored radiograph (float in [0, 1], or integers times ``scale``) as uint16 (y, x)
-    with 0..1 mapped to 0..65535."""
+    with 0..1 mapped to 0..65535; ValueError if ``arr`` is not 2-D (leading axes of length 1
+    are dropped)."""
     a = np.asarray(arr)
     while a.ndim > 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
-        raise ExportError(f"not a 2-D radiograph: shape {np.asarray(arr).shape}")
+        raise ValueError(f"not a 2-D radiograph: shape {np.asarray(arr).shape}")
     if a.dtype.kind in "ui":
         s = scale if scale is not None and math.isfinite(scale) else 1.0 / np.iinfo(a.dtype).max
         f = a.astype(np.float64) * s
@@ -204,7 +198,10 @@ def export(
             sitk.WriteImage(_ct_image(arr, row), str(path), useCompression=True)
         else:
             scale = row.get("scale")
-            png = cxr_uint16(arr, None if scale is None else float(scale))
+            try:
+                png = cxr_uint16(arr, None if scale is None else float(scale))
+            except ValueError as e:
+                raise ExportError(f"{out / str(row['shard'])}: sample {key}: {e}") from e
             if not cv2.imwrite(str(path), png):
                 raise ExportError(f"{path}: could not write the PNG")
         sidecar = {c: _plain(row[c]) for c in SIDECAR_COLUMNS if c in row}

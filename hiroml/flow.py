@@ -1,6 +1,6 @@
 """The inclusion/exclusion flow of a build (CLAIM / CONSORT-AI style), and its SVG figure.
 
-:func:`compute_flow` counts, from ``audit.csv`` and ``manifest.parquet`` alone (DESIGN.md
+:func:`compute_flow` counts, from ``audit.csv`` and ``manifest.parquet`` alone (docs/design.md
 section 4), how the zips found became the samples of each split::
 
     zips found
@@ -34,12 +34,13 @@ import html
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
+from hiroml.splits import SPLITS
+
 FLOW_NAME = "flow.svg"
-SPLITS = ("train", "val", "test")
 
 #: Dropped reasons grouped into the classes a paper reports, first match wins (the audit's
 #: ``reason`` is free text written by cxr.py, ct.py and exams.py; these patterns name the
@@ -118,33 +119,17 @@ class Flow:
         return [f"{name}: {a} != {b}" for name, a, b in checks if a != b]
 
     def as_dict(self) -> dict[str, object]:
-        """Plain values, for JSON and the dataset card."""
+        """Plain values, for JSON and the dataset card (the fields in their order)."""
         return {
-            "zips_found": self.zips_found,
-            "zips_skipped": self.zips_skipped,
-            "zips_read": self.zips_read,
-            "zips_error": self.zips_error,
-            "zips_usable": self.zips_usable,
-            "zips_duplicate": self.zips_duplicate,
-            "zips_merged": self.zips_merged,
-            "exams": self.exams,
-            "exams_without_sample": self.exams_without_sample,
-            "exams_with_samples": self.exams_with_samples,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
             "dropped": dict(self.dropped),
-            "errors_in_exams": self.errors_in_exams,
-            "samples": self.samples,
-            "cxr": self.cxr,
-            "ct": self.ct,
-            "patients": self.patients,
-            "splits": [
-                {"split": s.split, "patients": s.patients, "samples": s.samples,
-                 "cxr": s.cxr, "ct": s.ct}
-                for s in self.splits
-            ],
-        }  # fmt: skip
+            "splits": [asdict(s) for s in self.splits],
+        }
 
 
-def _strings(df: pd.DataFrame, col: str) -> pd.Series:
+def text_column(df: pd.DataFrame, col: str) -> pd.Series:
+    """Column ``col`` of ``df`` as plain strings, missing values (and a missing column) as
+    ``""``: the form the flow and the dataset card count by."""
     if col not in df.columns:
         return pd.Series([""] * len(df), index=df.index, dtype=object)
     return df[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
@@ -158,7 +143,7 @@ def _zip_status(actions: set[str]) -> str:
 
 
 def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
-    """The flow of one build from its audit and manifest tables (DESIGN.md section 4).
+    """The flow of one build from its audit and manifest tables (docs/design.md section 4).
 
     Only audit rows of a ``.zip`` are counted as zips (rows about the remap sheet or the
     clinical table are not inputs of the flow). A zip whose rows carry no zip-level action
@@ -166,11 +151,11 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
     """
     a = pd.DataFrame(
         {
-            "key": _strings(audit, "batch") + "/" + _strings(audit, "zip"),
-            "zip": _strings(audit, "zip"),
-            "action": _strings(audit, "action"),
-            "reason": _strings(audit, "reason"),
-            "exam_key": _strings(audit, "exam_key"),
+            "key": text_column(audit, "batch") + "/" + text_column(audit, "zip"),
+            "zip": text_column(audit, "zip"),
+            "action": text_column(audit, "action"),
+            "reason": text_column(audit, "reason"),
+            "exam_key": text_column(audit, "exam_key"),
         }
     )
     a = a[a["zip"].str.lower().str.endswith(".zip")]
@@ -190,10 +175,10 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
 
     m = pd.DataFrame(
         {
-            "exam_key": _strings(manifest, "exam_key"),
-            "patient_id": _strings(manifest, "patient_id"),
-            "split": _strings(manifest, "split"),
-            "modality": _strings(manifest, "modality"),
+            "exam_key": text_column(manifest, "exam_key"),
+            "patient_id": text_column(manifest, "patient_id"),
+            "split": text_column(manifest, "split"),
+            "modality": text_column(manifest, "modality"),
         }
     )
     exams_with = int(m.loc[m["exam_key"] != "", "exam_key"].nunique())
@@ -270,13 +255,9 @@ def _arrow(x1: float, y1: float, x2: float, y2: float) -> str:
     )
 
 
-def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
-    """The flow as a standalone SVG document (text, no external reference).
-
-    The main column runs top to bottom (found, read, usable, exams, samples), each exclusion
-    sits to its right with an arrow from the column, and one box per split closes the figure.
-    """
-    main: list[list[str]] = [
+def _main_boxes(flow: Flow) -> list[list[str]]:
+    """The main column's boxes, top to bottom: each box's lines, the first its title."""
+    return [
         ["Zips found", _plural(flow.zips_found, "exam zip")],
         ["Zips read", _plural(flow.zips_read, "zip")],
         ["Zips with usable images", _plural(flow.zips_usable, "zip")],
@@ -288,8 +269,12 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
             f"from {_plural(flow.exams_with_samples, 'exam')}",
         ],
     ]
+
+
+def _side_boxes(flow: Flow) -> list[list[str] | None]:
+    """The exclusion boxes, one beside each main box (None: no box beside it)."""
     drop_lines = [f"{k}: {v}" for k, v in flow.dropped.items()] or ["none"]
-    side: list[list[str] | None] = [
+    return [
         ["Skipped: upload in progress", _plural(flow.zips_skipped, "zip")],
         ["Excluded: errors", _plural(flow.zips_error, "zip") + " with nothing usable"],
         [
@@ -305,10 +290,14 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         ],
         None,
     ]
-    out: list[str] = []
+
+
+def _draw_columns(flow: Flow, out: list[str]) -> tuple[int, int | None]:
+    """Draw the main column and its exclusions into ``out``; returns the y below the last
+    row and the bottom of the last main box (px)."""
     y = 50
     prev_bottom: int | None = None
-    for lines, excl in zip(main, side, strict=True):
+    for lines, excl in zip(_main_boxes(flow), _side_boxes(flow), strict=True):
         box, h = _box(_MAIN_X, y, _MAIN_W, lines, cls="main")
         side_h = 0
         side_svg = ""
@@ -323,7 +312,12 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
             out.append(_arrow(_MAIN_X + _MAIN_W, mid, _SIDE_X, mid))
         prev_bottom = y + h
         y += max(h, side_h) + _GAP
-    # one box per split under the samples box
+    return y, prev_bottom
+
+
+def _draw_splits(flow: Flow, y: int, prev_bottom: int | None, out: list[str]) -> int:
+    """Draw one box per split under the samples box into ``out``; returns the figure's
+    height (px)."""
     n = max(1, len(flow.splits))
     gap = 12
     w = (_W - 2 * _MAIN_X - gap * (n - 1)) // n
@@ -341,21 +335,34 @@ def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
         )  # fmt: skip
         out.append(_arrow(_MAIN_X + _MAIN_W / 2, prev_bottom or y, x + w / 2, top))
         out.append(box)
-    height = top + split_h + 20
-    style = (
-        "svg.hiroml-flow text{font-family:sans-serif;font-size:13px;fill:#1d2433}"
-        "svg.hiroml-flow rect.main{fill:#eef3fc;stroke:#2f6fdb;stroke-width:1.5}"
-        "svg.hiroml-flow rect.side{fill:#fff6e0;stroke:#8a5a00;stroke-width:1}"
-        "svg.hiroml-flow rect.split{fill:#e6f4ea;stroke:#2e7d32;stroke-width:1.5}"
-        "svg.hiroml-flow line.arrow{stroke:#5b6577;stroke-width:1.5}"
-        "svg.hiroml-flow polygon.head{fill:#5b6577}"
-        "svg.hiroml-flow text.title{font-size:16px;font-weight:bold}"
-    )
+    return top + split_h + 20
+
+
+_STYLE = (
+    "svg.hiroml-flow text{font-family:sans-serif;font-size:13px;fill:#1d2433}"
+    "svg.hiroml-flow rect.main{fill:#eef3fc;stroke:#2f6fdb;stroke-width:1.5}"
+    "svg.hiroml-flow rect.side{fill:#fff6e0;stroke:#8a5a00;stroke-width:1}"
+    "svg.hiroml-flow rect.split{fill:#e6f4ea;stroke:#2e7d32;stroke-width:1.5}"
+    "svg.hiroml-flow line.arrow{stroke:#5b6577;stroke-width:1.5}"
+    "svg.hiroml-flow polygon.head{fill:#5b6577}"
+    "svg.hiroml-flow text.title{font-size:16px;font-weight:bold}"
+)
+
+
+def flow_svg(flow: Flow, *, title: str = "hiroml dataset flow") -> str:
+    """The flow as a standalone SVG document (text, no external reference).
+
+    The main column runs top to bottom (found, read, usable, exams, samples), each exclusion
+    sits to its right with an arrow from the column, and one box per split closes the figure.
+    """
+    out: list[str] = []
+    y, prev_bottom = _draw_columns(flow, out)
+    height = _draw_splits(flow, y, prev_bottom, out)
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" class="hiroml-flow" '
         f'width="{_W}" height="{height}" viewBox="0 0 {_W} {height}" role="img" '
         f'aria-label="{html.escape(title)}">'
-        f"<title>{html.escape(title)}</title><style>{style}</style>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
         f'<rect x="0" y="0" width="{_W}" height="{height}" fill="#ffffff"/>'
         f'<text class="title" x="{_MAIN_X}" y="28">{html.escape(title)}</text>'
         + "".join(out)

@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from hiroml.dataset import HiromlDataset
+from hiroml.splits import SPLITS
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -99,7 +100,7 @@ class HiromlDataModule(pl.LightningDataModule):
             "fit": ("train", "val"),
             "validate": ("val",),
             "test": ("test",),
-        }.get(stage or "", ("train", "val", "test"))
+        }.get(stage or "", SPLITS)
         for split in need:
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split)

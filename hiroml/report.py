@@ -21,20 +21,21 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from hiroml import __version__
+from hiroml.datamart import REMAP_SHEET_NAME as REMAP_SHEET
+from hiroml.splits import SPLITS
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
-REMAP_SHEET = "C19_HIRO_LDS_REMAP_PUB-LIST.xlsx"
-SPLITS = ("train", "val", "test")
 # non-kept actions, in the order the report lists them (errors have their own section too)
 ACTION_ORDER = ("error", "duplicate", "merged", "dropped", "skipped")
 THUMB_PX = 176  # longest side of a radiograph thumbnail, pixels
@@ -44,6 +45,7 @@ MAX_DECISION_ROWS = 20_000  # per action; the rest are in audit.csv
 MISSING = "—"
 
 ReadArray = Callable[[str], np.ndarray]
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- value helpers
@@ -244,6 +246,19 @@ def _read(read_array: ReadArray, key: str) -> np.ndarray | None:
         return None
 
 
+def _drawn(read_array: ReadArray, key: str, draw: Callable[[np.ndarray], T], what: str) -> T | None:
+    """``draw`` applied to sample ``key``'s array, or None (logged) when the sample cannot be
+    read or ``draw`` finds no ``what`` in it (ValueError)."""
+    arr = _read(read_array, key)
+    if arr is None:
+        return None
+    try:
+        return draw(arr)
+    except ValueError:
+        log.warning("report: sample %s has no drawable %s", key, what, exc_info=True)
+        return None
+
+
 def _figure(uri: str | None, caption_lines: Sequence[str], *, alt: str) -> str:
     cap = "<br>".join(html.escape(c) for c in caption_lines if c)
     if uri is None:
@@ -257,13 +272,7 @@ def _cxr_sheet(rows: pd.DataFrame, read_array: ReadArray, n: int) -> str:
     figs = []
     for r in _pick(rows, n).to_dict("records"):
         key = _text(r.get("sample_key"))
-        arr = _read(read_array, key)
-        uri = None
-        if arr is not None:
-            try:
-                uri = _png_uri(cxr_thumbnail(arr))
-            except ValueError:
-                log.warning("report: sample %s has no drawable image", key, exc_info=True)
+        uri = _drawn(read_array, key, lambda a: _png_uri(cxr_thumbnail(a)), "image")
         view = _text(r.get("view"))
         caption = [f"{view} · {_text(r.get('patient_id'))}", _text(r.get("description")), key]
         figs.append(_figure(uri, caption, alt=f"{view} radiograph of {_text(r.get('patient_id'))}"))
@@ -274,13 +283,8 @@ def _ct_sheet(rows: pd.DataFrame, read_array: ReadArray, n: int) -> str:
     items = []
     for r in _pick(rows, n).to_dict("records"):
         key = _text(r.get("sample_key"))
-        arr = _read(read_array, key)
-        planes: list[tuple[str, Image.Image]] = []
-        if arr is not None:
-            try:
-                planes = ct_planes(arr, r.get("spacing_xyz"), direction=r.get("direction"))
-            except ValueError:
-                log.warning("report: sample %s has no drawable volume", key, exc_info=True)
+        draw = partial(ct_planes, spacing_xyz=r.get("spacing_xyz"), direction=r.get("direction"))
+        planes = _drawn(read_array, key, draw, "volume") or []
         if planes:
             imgs = "".join(
                 f'<figure class="plane"><img src="{_png_uri(img)}" alt="{name} mid-slice">'
@@ -808,7 +812,7 @@ def write_report(
     inclusion/exclusion flow, :mod:`hiroml.flow`, also drawn at the top of the page) and
     ``DATASET.md`` (the dataset card, :mod:`hiroml.card`) beside it; return the page's path.
 
-    ``manifest``, ``patients`` and ``audit`` are the output tables of DESIGN.md section 4
+    ``manifest``, ``patients`` and ``audit`` are the output tables of docs/design.md section 4
     (missing optional columns are tolerated; an empty manifest gives a page of errors and
     decisions); ``summary`` is the build summary, shown key by key in its order.
     ``read_array(sample_key)`` returns a sample's stored array: a radiograph (H, W) (float16

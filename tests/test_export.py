@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hiroml.export import ExportError, export, main
+from hiroml.errors import HiromlError
+from hiroml.export import ExportError, cxr_uint16, export, main
 from hiroml.monai import ras_affine
 from hiroml.shards import read_sample
 
@@ -74,6 +75,15 @@ def test_png_is_16_bit_and_holds_the_stored_intensities(
         side = json.loads((dest / row["sidecar"]).read_text())
         assert side["sop_uid"] == rows.loc[row["sample_key"], "sop_uid"]
         assert side["labels"]["icu"] in (0, 1, 0.0, 1.0)
+
+
+def test_cxr_uint16_takes_a_2d_radiograph_and_rejects_other_arrays_with_value_error() -> None:
+    """A bad argument is a ValueError (as Python users expect), not a hiroml data error."""
+    png = cxr_uint16(np.array([[[0.0, 0.5, 1.0]]], dtype=np.float32))  # (1, y, x) is squeezed
+    np.testing.assert_array_equal(png, np.array([[0, 32768, 65535]], dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"not a 2-D radiograph: shape \(2, 3, 4\)") as e:
+        cxr_uint16(np.zeros((2, 3, 4), dtype=np.float32))
+    assert not isinstance(e.value, HiromlError)
 
 
 def test_version_argument(tiny_build_clinical: Path, tmp_path: Path) -> None:

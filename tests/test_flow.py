@@ -3,6 +3,7 @@ tiny synthetic datamart's build, against its ground truth."""
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -142,6 +143,15 @@ def test_flow_sums_that_do_not_add_up_are_named() -> None:
     assert broken.problems() == [
         "found = skipped + read: 3 != 5",
         "read = errors + usable: 5 != 3",
+    ]
+    plain = f.as_dict()  # plain values, every field in its order, for JSON
+    assert list(plain) == list(f.__slots__)  # type: ignore[attr-defined]
+    assert json.loads(json.dumps(plain)) == plain
+    assert plain["dropped"] == {"view not selected": 1} and plain["zips_found"] == 3
+    assert plain["splits"] == [
+        {"split": "train", "patients": 1, "samples": 1, "cxr": 1, "ct": 0},
+        {"split": "val", "patients": 0, "samples": 0, "cxr": 0, "ct": 0},
+        {"split": "test", "patients": 0, "samples": 0, "cxr": 0, "ct": 0},
     ]
 
 
