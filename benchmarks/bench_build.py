@@ -25,11 +25,11 @@ from pathlib import Path
 import bench_build_xr
 from common import bench_datamart
 
-from hiroml import pipeline
+from hiroml import build
 from hiroml.config import BuildConfig, ExecutorConfig, PathsConfig
 
 
-def _build(root: Path, workers: int, tmp: Path) -> tuple[pipeline.BuildSummary, float]:
+def _build(root: Path, workers: int, tmp: Path) -> tuple[build.BuildSummary, float]:
     out = tmp / f"out-{workers}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = BuildConfig(
@@ -38,7 +38,7 @@ def _build(root: Path, workers: int, tmp: Path) -> tuple[pipeline.BuildSummary, 
         progress=False,
     )
     t = time.perf_counter()
-    summary = pipeline.run(cfg)
+    summary = build.run(cfg)
     return summary, time.perf_counter() - t
 
 
@@ -68,7 +68,7 @@ def main() -> None:
         # Alternate the order (1, 2, 2, 1): a machine warming up or a neighbour's load
         # favours neither worker count; each row is the mean of its two runs.
         walls: dict[int, list[float]] = {w: [] for w in args.workers}
-        last: dict[int, pipeline.BuildSummary] = {}
+        last: dict[int, build.BuildSummary] = {}
         for w in [*args.workers, *reversed(args.workers)]:
             last[w], wall = _build(root, w, Path(tmp))
             walls[w].append(wall)

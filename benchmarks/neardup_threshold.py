@@ -37,7 +37,7 @@ import pandas as pd
 import pydicom
 from PIL import Image
 
-from hiroml import cxr, neardup, pipeline, synth
+from hiroml import build, cxr, neardup, synth
 from hiroml.config import BuildConfig, ExecutorConfig, PathsConfig, SplitsConfig
 
 REAL_NAMES = (
@@ -148,7 +148,7 @@ def synthetic_pairs(size: str, work: Path) -> tuple[list[float], list[float]]:
         executor=ExecutorConfig(workers=2),
         progress=False,
     )
-    pipeline.run(cfg)
+    build.run(cfg)
     m = pd.read_parquet(out / "manifest.parquet")
     m = m[m["modality"] == "cxr"].reset_index(drop=True)
     u = neardup.unit_vectors(np.stack([np.asarray(s, dtype=np.uint8) for s in m["signature"]]))

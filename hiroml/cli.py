@@ -2,7 +2,7 @@
 
 The only module that imports Hydra: it composes ``configs/build.yaml`` (shipped inside the
 package as ``hiroml.conf``), converts it once into the typed :class:`~hiroml.config.BuildConfig`
-and hands it to :func:`hiroml.pipeline.run`.
+and hands it to :func:`hiroml.build.run`.
 """
 
 from __future__ import annotations
@@ -71,13 +71,13 @@ def _main(cfg: DictConfig) -> None:
     # are logged too (to ``py.warnings``), so they also stay off the console.
     import pydicom  # noqa: F401
 
-    from hiroml import pipeline
+    from hiroml.build import run
 
     logging.getLogger("pydicom").setLevel(logging.WARNING)
     logging.captureWarnings(True)
     try:
         build_cfg = to_config(cfg)
-        summary = pipeline.run(build_cfg)
+        summary = run(build_cfg)
     except HiromlError as e:
         log.error("%s", e)
         print(f"hiroml-build: {e}", file=sys.stderr)

@@ -743,7 +743,7 @@ def _convert_frame(
     return CxrImage(
         sop_uid=inst.sop_uid or str(ds.get("SOPInstanceUID", "")),
         series_uid=inst.series_uid or str(ds.get("SeriesInstanceUID", "")),
-        zip=inst.rel_zip,
+        rel_zip=inst.rel_zip,
         member=inst.member,
         array=stored,
         view=view,

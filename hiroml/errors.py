@@ -54,6 +54,16 @@ class ShrinkRefusedError(HiromlError):
     (``allow_shrink=true`` publishes anyway)."""
 
 
+class BuildError(HiromlError):
+    """The build could not complete (strict mode with errors, patient leakage, a full disk,
+    a demo folder holding something else...); the previous output is left as it was."""
+
+
+class ManifestError(HiromlError):
+    """A table handed to :func:`hiroml.manifest.write_outputs` breaks the output contract
+    (``DESIGN.md`` §4)."""
+
+
 class ShardError(HiromlError):
     """A shard cannot be written or read as asked (bad or duplicate key, bad option, a
     sample the shard does not hold)."""

@@ -90,6 +90,8 @@ REASON_PEDIATRIC = "pediatric duplicate"
 REASON_CT_SPLIT = "CT split scan"
 REASON_ALL_SHARED = "every instance already kept"
 REASON_NO_INSTANCES = "no DICOM instance indexed"
+#: AuditRow.code of the zip-level row for a zip with no indexed instance
+CODE_NO_INSTANCES = "exams.no_instances"
 REASON_UNKNOWN_ZIP = "instances of a zip that was not discovered"
 REASON_NO_PIXELS = "image without Pixel Data"
 REASON_NO_USABLE = "no usable DICOM instance"
@@ -511,7 +513,9 @@ def _row(u: _Unit, action: Action, reason: str, kept_as: str = "", extra: str = 
 # --------------------------------------------------------------------------- the stage
 
 
-def _zip_row(z: ExamZip, action: Action, reason: str, detail: str, member: str = "") -> AuditRow:
+def _zip_row(
+    z: ExamZip, action: Action, reason: str, detail: str, member: str = "", code: str = ""
+) -> AuditRow:
     return AuditRow(
         zip=z.file_name,
         batch=z.batch.name,
@@ -519,6 +523,7 @@ def _zip_row(z: ExamZip, action: Action, reason: str, detail: str, member: str =
         reason=reason,
         detail=detail,
         member=member,
+        code=code,
     )
 
 
@@ -589,7 +594,13 @@ def _units(
         z = by_rel[rel]
         if rel not in insts_of:
             audit.append(
-                _zip_row(z, Action.ERROR, REASON_NO_INSTANCES, f"{rel}: no readable DICOM member")
+                _zip_row(
+                    z,
+                    Action.ERROR,
+                    REASON_NO_INSTANCES,
+                    f"{rel}: no readable DICOM member",
+                    code=CODE_NO_INSTANCES,
+                )
             )
             continue
         usable = [i for i in insts_of[rel] if not is_unusable(i)]

@@ -18,7 +18,6 @@ import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,11 @@ import pydicom
 import xxhash
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from tqdm import tqdm
 
 from hiroml import dicom
-from hiroml.config import IndexConfig
+from hiroml.config import ExecutorConfig, IndexConfig
 from hiroml.errors import BadInputError, ZipSafetyError
+from hiroml.executor import map_items
 from hiroml.records import Action, ExamZip, Instance, Problem
 
 log = logging.getLogger(__name__)
@@ -472,13 +471,16 @@ def build_index(
     db_path: str | os.PathLike[str],
     limits: IndexConfig,
     workers: int = 1,
+    executor: ExecutorConfig | None = None,
     progress: bool = True,
     on_zip: Callable[[ZipIndex], None] | None = None,
 ) -> IndexResult:
     """Index ``zips`` (from :func:`hiroml.datamart.discover`), reading only the new or
     changed ones; the database at ``db_path`` is updated in place.
 
-    Results come back in the order of ``zips``, whatever the worker count.
+    The zips are read by :func:`hiroml.executor.map_items` on ``executor`` (a local pool or
+    Dask); without one, by a local pool of ``workers`` processes. Results come back in the
+    order of ``zips``, whatever the executor.
     """
     t0 = time.perf_counter()
     root = os.fspath(root)
@@ -494,24 +496,27 @@ def build_index(
             zi.rel_path: zi for zi in cache.load(r for r in current if r not in fresh)
         }
         nbytes = sum(z.size for z in todo)
-        bar = tqdm(
-            total=nbytes,
+        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits) for z in todo]
+        done = [0]
+
+        def status(_zi: ZipIndex, _seconds: float) -> str:
+            done[0] += 1
+            return f"{done[0]}/{len(todo)} zips"
+
+        stream = map_items(
+            _index_job,
+            jobs,
+            executor if executor is not None else ExecutorConfig(workers=workers),
+            # largest first: a big CT zip last would leave a worker idle
+            weight=lambda job: job[1].size,
+            step=lambda job: job[1].size,
+            desc=f"index {len(todo)} zips",
             unit="B",
             unit_scale=True,
-            desc=f"index {len(todo)} zips",
-            disable=not progress or not todo,
-            leave=False,
+            progress=progress,
+            status=status,
         )
-        if workers > 1:  # largest first: a big CT zip last would leave a worker idle
-            todo = sorted(todo, key=lambda z: -z.size)
-        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits) for z in todo]
-        with bar:
-            if workers > 1 and len(jobs) > 1:
-                with ProcessPoolExecutor(max_workers=workers) as pool:
-                    stream: Iterable[ZipIndex] = pool.map(_index_job, jobs, chunksize=1)
-                    _collect(stream, todo, cache, results, bar, on_zip)
-            else:
-                _collect(map(_index_job, jobs), todo, cache, results, bar, on_zip)
+        _collect(((job[1], zi) for job, zi in stream), cache, results, on_zip)
         cache.commit()
     finally:
         cache.close()
@@ -528,18 +533,14 @@ def build_index(
 
 
 def _collect(
-    stream: Iterable[ZipIndex],
-    todo: Sequence[ExamZip],
+    stream: Iterable[tuple[ExamZip, ZipIndex]],
     cache: IndexCache,
     results: dict[str, ZipIndex],
-    bar: tqdm,
     on_zip: Callable[[ZipIndex], None] | None,
 ) -> None:
-    for n, (ezip, zi) in enumerate(zip(todo, stream, strict=True), 1):
+    for n, (ezip, zi) in enumerate(stream, 1):
         cache.store(ezip, zi)
         results[zi.rel_path] = zi
-        bar.update(ezip.size)
-        bar.set_postfix_str(f"{n}/{len(todo)} zips", refresh=False)
         if on_zip is not None:
             on_zip(zi)
         if n % 64 == 0:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from hiroml.atomic import write_text_atomic
 from hiroml.errors import OutputLockedError
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,9 @@ def _write_holder(out: Path, holder: Holder) -> None:
     """Record the holder beside the lock. Only informative: a disk too full to hold it
     must not stop the build here (the build reports the full disk where it writes data)."""
     path = out / STATE_DIR / HOLDER_NAME
-    tmp = path.with_name(f"{HOLDER_NAME}.{holder.pid}.tmp")
     try:
-        tmp.write_text(json.dumps(asdict(holder), indent=1))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(holder), indent=1))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         log.warning("could not record the lock's holder in %s (%s)", path, e)
 
 

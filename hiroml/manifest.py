@@ -1,6 +1,6 @@
 """The output tables of DESIGN.md section 4: ``manifest.parquet``, ``patients.parquet`` and
-``audit.csv``, written atomically (temp file + ``os.replace``), the manifest last, and
-:func:`check_contract`, the public contract check (the same checks as the shared
+``audit.csv``, written atomically (:mod:`hiroml.atomic`), the manifest last;
+:mod:`hiroml.contract` checks a written folder against them (the same checks as the shared
 ``check_output_contract.py``).
 
 Column types in ``manifest.parquet``: list columns are parquet lists (``source_zips``,
@@ -20,9 +20,8 @@ pixels, near duplicates), naming both samples.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hiroml.errors import HiromlError
-from hiroml.records import AuditRow
+from hiroml.atomic import write_atomic
+from hiroml.errors import ManifestError
+from hiroml.records import PART, AuditRow, ManifestRow
 
-MANIFEST_COLUMNS = [
-    "sample_key", "shard", "modality", "patient_id", "source_patient_id", "patient_group",
-    "split", "exam_key", "hiro_id", "exam_time", "description", "batch", "source_zips",
-    "series_uid", "sop_uid", "view", "age_years", "sex", "shape",
-]  # fmt: skip
-CT_COLUMNS = ["size_xyz", "spacing_xyz", "origin_xyz", "direction"]
-EXTRA_COLUMNS = ["shard_sha256", "data_hash", "sop_uids", "pixel_hashes"]
-OPTIONAL_COLUMNS = {"days_from_encounter": None, "orphan": False}
+
+def _columns(part: str) -> list[str]:
+    """The manifest columns of one part of the contract, in order (from :class:`ManifestRow`)."""
+    return [f.name for f in fields(ManifestRow) if f.metadata[PART] == part]
+
+
+MANIFEST_COLUMNS = _columns("core")
+CT_COLUMNS = _columns("ct")
+EXTRA_COLUMNS = _columns("extra")
+OPTIONAL_COLUMNS = {
+    f.name: f.default for f in fields(ManifestRow) if f.metadata[PART] == "optional"
+}
 AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
 PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
 ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}
+SPLITS = {"train", "val", "test"}
+VIEWS = {"frontal", "lateral", "unknown"}
 
 _LIST_TYPES: dict[str, pa.DataType] = {
     "source_zips": pa.list_(pa.string()),
@@ -73,10 +79,6 @@ _STRING_COLUMNS = [
     c for c in [*MANIFEST_COLUMNS, *EXTRA_COLUMNS]
     if c not in _LIST_TYPES and c not in _SCALAR_TYPES and c != "exam_time"
 ]  # fmt: skip
-
-
-class ManifestError(HiromlError):
-    """A table handed to :func:`write_outputs` breaks the output contract."""
 
 
 def _is_missing(v: Any) -> bool:
@@ -123,10 +125,28 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+def value_problems(m: pd.DataFrame) -> list[str]:
+    """What is wrong with the values of a manifest that has its columns (empty: nothing):
+    unique ``sample_key``, the allowed splits, modalities and views, 3 or 9 numbers in the
+    CT geometry columns (``size_xyz``, ``spacing_xyz``, ``origin_xyz``: x, y, z; ``direction``:
+    row-major 3x3). The one check of both
+    :func:`validate_manifest` (before writing) and :func:`hiroml.contract.check_tables` (after)."""
+    bad = []
+    if not m["sample_key"].is_unique:
+        dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
+        bad.append(f"sample_key not unique: {dupes}")
+    for col, allowed in (("split", SPLITS), ("modality", {"cxr", "ct"})):
+        extra = set(m[col].astype(str)) - allowed
+        if extra:
+            bad.append(f"{col} has values {sorted(extra)}")
+    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
+    if views - VIEWS:
+        bad.append(f"view has values {sorted(views - VIEWS)}")
+    ct = m[m["modality"] == "ct"]
+    for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
+        if c in ct.columns and not all(_as_list(v) is not None and len(v) == n for v in ct[c]):
+            bad.append(f"{c} must hold {n} numbers on every CT row")
+    return bad
 
 
 def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -144,21 +164,7 @@ def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     for c, default in OPTIONAL_COLUMNS.items():
         if c not in m.columns:
             m[c] = default
-    bad = []
-    if not m["sample_key"].is_unique:
-        dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
-        bad.append(f"sample_key not unique: {dupes}")
-    for col, allowed in (("split", {"train", "val", "test"}), ("modality", {"cxr", "ct"})):
-        extra = set(m[col].astype(str)) - allowed
-        if extra:
-            bad.append(f"{col} has values {sorted(extra)}")
-    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
-    if views - {"frontal", "lateral", "unknown"}:
-        bad.append(f"view has values {sorted(views - {'frontal', 'lateral', 'unknown'})}")
-    ct = m[m["modality"] == "ct"]
-    for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
-        if not all(_as_list(v) is not None and len(v) == n for v in ct[c]):
-            bad.append(f"{c} must hold {n} numbers on every CT row")
+    bad = value_problems(m)
     if bad:
         raise ManifestError("manifest: " + "; ".join(bad))
     return m
@@ -166,9 +172,9 @@ def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def audit_frame(rows: Iterable[AuditRow]) -> pd.DataFrame:
     """audit.csv's rows from :class:`AuditRow` records (AUDIT_COLUMNS first)."""
-    records = [{k: str(v) for k, v in asdict(r).items()} for r in rows]
-    df = pd.DataFrame.from_records(records, columns=[*AUDIT_COLUMNS, "exam_key", "member"])
-    return df
+    columns = [*AUDIT_COLUMNS, "exam_key", "member"]  # AuditRow.code is not written
+    records = [{k: str(getattr(r, k)) for k in columns} for r in rows]
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def patients_frame(
@@ -210,102 +216,13 @@ def write_outputs(
         raise ManifestError(f"audit has actions {sorted(bad_actions)}; allowed {sorted(ACTIONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = out_dir / "patients.parquet.tmp"
-    pq.write_table(_to_table(patients.reset_index(drop=True)), tmp)
-    _replace_atomically(tmp, out_dir / "patients.parquet")
-
-    tmp = out_dir / "audit.csv.tmp"
-    audit.to_csv(tmp, index=False)
-    _replace_atomically(tmp, out_dir / "audit.csv")
-
-    tmp = out_dir / "manifest.parquet.tmp"
-    pq.write_table(_to_table(m.reset_index(drop=True)), tmp)
-    _replace_atomically(tmp, out_dir / "manifest.parquet")
+    patients_table = _to_table(patients.reset_index(drop=True))
+    write_atomic(out_dir / "patients.parquet", lambda tmp: pq.write_table(patients_table, tmp))
+    write_atomic(out_dir / "audit.csv", lambda tmp: audit.to_csv(tmp, index=False))
+    manifest_table = _to_table(m.reset_index(drop=True))
+    write_atomic(out_dir / "manifest.parquet", lambda tmp: pq.write_table(manifest_table, tmp))
 
 
 def read_manifest(out_dir: Path | str) -> pd.DataFrame:
     """manifest.parquet of an output folder."""
     return pd.read_parquet(Path(out_dir) / "manifest.parquet")
-
-
-def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
-    """Every shortfall of an output folder against DESIGN.md section 4 (empty: it holds):
-    files present, columns, value sets, shards present, one split per patient group, and
-    ``HiromlDataset`` sizes and sample shapes. Names and types only, not correctness.
-
-    Where the output has published versions (section 4b) the tables checked are those of
-    ``version`` (default: the latest), in ``versions/<version>/`` with its ``build.json``;
-    an output of the first release is checked at its root. Shards are under ``out_dir``."""
-    from hiroml.versions import BUILD_JSON, tables_dir
-
-    out = Path(out_dir)
-    where, name = tables_dir(out, version)
-    names = ["manifest.parquet", "patients.parquet", "audit.csv", "report.html"]
-    if name is not None:
-        names.append(BUILD_JSON)
-    bad = [
-        f"missing {n}" if name is None else f"missing {n} in version {name}"
-        for n in names
-        if not (where / n).exists()
-    ]
-    if bad:
-        return bad
-    m = pd.read_parquet(where / "manifest.parquet")
-    a = pd.read_csv(where / "audit.csv", dtype=str).fillna("")
-    bad += [f"manifest.parquet lacks column {c}" for c in MANIFEST_COLUMNS if c not in m.columns]
-    if bad:
-        return bad
-    if (m["modality"] == "ct").any():
-        bad += [f"manifest.parquet lacks CT column {c}" for c in CT_COLUMNS if c not in m.columns]
-        ct = m[m["modality"] == "ct"]
-        for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
-            if c in ct.columns and not all(v is not None and len(v) == n for v in ct[c]):
-                bad.append(f"{c} must hold {n} numbers per CT row")
-    if not m["sample_key"].is_unique:
-        bad.append("sample_key is not unique")
-    if not set(m["split"]) <= {"train", "val", "test"}:
-        bad.append(f"unexpected split values {sorted(set(m['split']) - {'train', 'val', 'test'})}")
-    if not set(m["modality"]) <= {"cxr", "ct"}:
-        bad.append(f"unexpected modality values {sorted(set(m['modality']))}")
-    cxr_views = set(m.loc[m["modality"] == "cxr", "view"])
-    if not cxr_views <= {"frontal", "lateral", "unknown"}:
-        bad.append("view must be frontal, lateral or unknown")
-    for s in m["shard"].unique():
-        if not (out / s).exists():
-            bad.append(f"shard {s} named in the manifest does not exist")
-    bad += [f"audit.csv lacks column {c}" for c in AUDIT_COLUMNS if c not in a.columns]
-    if "action" in a.columns and not set(a["action"]) <= ACTIONS:
-        bad.append(f"unexpected audit actions {sorted(set(a['action']) - ACTIONS)}")
-    if (m.groupby("patient_group")["split"].nunique() > 1).any():
-        bad.append("a patient group appears in more than one split")
-    if any(b.startswith("shard ") for b in bad):
-        return bad  # the Dataset checks below would only fail on the missing files
-
-    from hiroml.dataset import HiromlDataset
-
-    for modality in sorted(set(m["modality"])):
-        for split in ("train", "val", "test"):
-            ds = HiromlDataset(out, split=split, modality=modality, version=name)
-            want = int(((m["modality"] == modality) & (m["split"] == split)).sum())
-            if len(ds) != want:
-                bad.append(
-                    f"HiromlDataset({split}, {modality}) has {len(ds)} samples, manifest {want}"
-                )
-            if len(ds):
-                s = ds[0]
-                bad += [
-                    f"{modality} sample lacks key {k}"
-                    for k in ("image", "sample_key", "patient_id", "meta")
-                    if k not in s
-                ]
-                img = s.get("image")
-                nd = 3 if modality == "cxr" else 4
-                if (
-                    img is None
-                    or getattr(img, "ndim", 0) != nd
-                    or str(img.dtype) != "torch.float32"
-                ):
-                    bad.append(
-                        f"{modality} image must be a float32 tensor with {nd} dims (channel first)"
-                    )
-    return bad

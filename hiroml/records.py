@@ -218,6 +218,9 @@ class AuditRow:
     detail: str = ""
     exam_key: str = ""
     member: str = ""
+    #: What made the row, for code that filters rows (never matched on ``reason``, which is
+    #: text for people); not a column of audit.csv. Empty for most rows.
+    code: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,7 @@ class CxrImage:
 
     sop_uid: str
     series_uid: str
-    zip: str  # rel path of the source zip
+    rel_zip: str  # the source zip as ``batch/file`` (Instance.rel_zip; Instance.zip is the file)
     member: str
     array: np.ndarray = field(repr=False)
     view: View
@@ -291,3 +294,92 @@ class CtVolume:
     def size_xyz(self) -> tuple[int, int, int]:
         z, y, x = self.array.shape
         return (int(x), int(y), int(z))
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """What a task tells the driver about one stored sample (the shard-side half of a
+    manifest row; the driver adds patient, group and split)."""
+
+    sample_key: str
+    exam_key: str
+    modality: str
+    shard: str  # relative to the output folder
+    shard_sha256: str
+    data_hash: str
+    shape: tuple[int, ...]
+    series_uid: str
+    sop_uid: str  # radiographs; "" for CT
+    sop_uids: tuple[str, ...]
+    pixel_hashes: tuple[str, ...]
+    view: str
+    size_xyz: tuple[int, ...] | None = None
+    spacing_xyz: tuple[float, ...] | None = None
+    origin_xyz: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
+    scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
+    notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
+    signature: tuple[int, ...] = ()  # radiographs: hiroml.neardup.signature (uint8 values)
+    stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
+    seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
+    seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
+    frame: int | None = None  # radiographs: 0-based frame (0 for single-frame); None for CT
+    for_processing: bool = False  # radiographs kept by cxr.keep_for_processing=true
+
+
+#: ``ManifestRow`` field metadata: the part of the output contract a column belongs to
+#: (``DESIGN.md`` §4): core (every row), ct (CT rows), extra (checksums and source ids),
+#: more (later releases' columns) and optional (filled with the field's default when absent).
+PART = "part"
+
+
+_CORE = {PART: "core"}
+_CT = {PART: "ct"}
+_EXTRA = {PART: "extra"}
+_MORE = {PART: "more"}
+_OPTIONAL = {PART: "optional"}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One row of ``manifest.parquet``: a stored sample with its exam, patient group and split.
+    The field names are the manifest's column names, in its column order (spelled here only;
+    :mod:`hiroml.manifest` takes its column lists from these fields)."""
+
+    sample_key: str = field(metadata=_CORE)
+    shard: str = field(metadata=_CORE)  # relative to the output folder
+    modality: str = field(metadata=_CORE)
+    patient_id: str = field(metadata=_CORE)
+    source_patient_id: str = field(metadata=_CORE)
+    patient_group: str = field(metadata=_CORE)
+    split: str = field(metadata=_CORE)
+    exam_key: str = field(metadata=_CORE)
+    hiro_id: str = field(metadata=_CORE)
+    exam_time: dt.datetime = field(metadata=_CORE)  # (0008,0020)/(0008,0030) Study Date and Time
+    description: str = field(metadata=_CORE)
+    batch: str = field(metadata=_CORE)
+    source_zips: list[str] = field(metadata=_CORE)
+    series_uid: str = field(metadata=_CORE)
+    sop_uid: str = field(metadata=_CORE)
+    view: str = field(metadata=_CORE)
+    age_years: float | None = field(metadata=_CORE)  # (0010,1010) Patient's Age, in years
+    sex: str = field(metadata=_CORE)  # (0010,0040) Patient's Sex
+    shape: list[int] = field(metadata=_CORE)  # stored array: (C, H, W) radiographs, (C, Z, Y, X) CT
+    size_xyz: list[int] | None = field(metadata=_CT)  # voxels along x, y, z
+    spacing_xyz: list[float] | None = field(metadata=_CT)  # mm along x, y, z
+    origin_xyz: list[float] | None = field(metadata=_CT)  # mm, patient coordinates (LPS)
+    direction: list[float] | None = field(metadata=_CT)  # 3x3 direction cosines, row-major
+    shard_sha256: str = field(metadata=_EXTRA)
+    data_hash: str = field(metadata=_EXTRA)
+    sop_uids: list[str] = field(metadata=_EXTRA)
+    pixel_hashes: list[str] = field(metadata=_EXTRA)
+    batches: list[str] = field(metadata=_MORE)
+    scale: float = field(metadata=_MORE)  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT
+    ct_decisions: list[str] = field(metadata=_MORE)
+    stitched_series: list[str] = field(metadata=_MORE)
+    seams_mm: list[float] = field(metadata=_MORE)
+    seam_slices: list[int] = field(metadata=_MORE)
+    frame: int | None = field(metadata=_MORE)
+    for_processing: bool = field(metadata=_MORE)
+    days_from_encounter: int | None = field(default=None, metadata=_OPTIONAL)
+    orphan: bool = field(default=False, metadata=_OPTIONAL)

@@ -1,6 +1,6 @@
 """``hiroml-verify OUT``: is an output folder sound?
 
-Errors (exit 1): the public contract (:func:`hiroml.manifest.check_contract`); leakage
+Errors (exit 1): the public contract (:func:`hiroml.contract.check_tables`); leakage
 (a patient group, patient id, SOP Instance UID, source pixel hash or ``data_hash``, i.e.
 identical decoded pixels, in two splits); a shard
 whose SHA-256 differs from the manifest's ``shard_sha256``; a manifest row whose key is
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hiroml.manifest import check_contract
+from hiroml.contract import check_tables
 from hiroml.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, find_pairs
 from hiroml.shards import (
     array_hash,
@@ -165,7 +165,7 @@ def examine(
     out = Path(out_dir)
     where, name = tables_dir(out, version)
     found = Findings(version=name)
-    found.errors += check_contract(out, version=name)
+    found.errors += check_tables(out, version=name)
     if not (where / MANIFEST).exists():
         return found
     kept = list_versions(out)

@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hiroml import __version__, faults
+from hiroml.atomic import copy_atomic
 from hiroml.errors import HiromlError, OutputLockedError
 
 log = logging.getLogger(__name__)
@@ -654,17 +655,6 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _copy_atomically(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
         return False
@@ -679,7 +669,7 @@ def update_root(out: Path, version: Version) -> bool:
     for src in [*files, version.path / MANIFEST]:
         dst = out / src.name
         if not _same_file(src, dst):
-            _copy_atomically(src, dst)
+            copy_atomic(src, dst)
             changed = True
     return changed
 
@@ -754,6 +744,31 @@ def publish(
     ``hiroml_version``, ``samples``, ``patients``, ``previous`` and ``changes`` added.
     """
     out = Path(out)
+    _check_shards_present(out, manifest)
+    digest = dataset_hash(manifest)
+    latest = find_version(out)
+
+    def pruned() -> Pruned:
+        return prune(
+            out, keep, sweep=True, live_shards=live_shards, live_tasks=live_tasks, task_dir=task_dir
+        )
+
+    if latest is not None and latest.dataset_hash == digest and _same_checksums(latest, manifest):
+        if update_root(out, latest):
+            log.warning(
+                "root tables were behind version %s (interrupted publish): repaired", latest.name
+            )
+        return Published(latest, False, None, pruned())
+    tables = (manifest, patients, audit)
+    version, change = _publish_new(out, digest, latest, tables, write_report, build_info)
+    log.info("published version %s (%d samples)", version.name, len(manifest))
+    faults.point("before_root_tables")
+    update_root(out, version)
+    return Published(version, True, change, pruned())
+
+
+def _check_shards_present(out: Path, manifest: pd.DataFrame) -> None:
+    """Raise :class:`VersionError` when a shard the manifest names is not under ``out``."""
     missing = sorted(s for s in set(manifest["shard"].astype(str)) if not (out / s).is_file())
     if missing:
         raise VersionError(
@@ -761,23 +776,20 @@ def publish(
             "(a hiroml-versions --prune beside the build?): nothing was published; run the "
             "build again"
         )
-    digest = dataset_hash(manifest)
-    latest = find_version(out)
-    if latest is not None and latest.dataset_hash == digest and _same_checksums(latest, manifest):
-        if update_root(out, latest):
-            log.warning(
-                "root tables were behind version %s (interrupted publish): repaired", latest.name
-            )
-        pruned = prune(
-            out,
-            keep,
-            sweep=True,
-            live_shards=live_shards,
-            live_tasks=live_tasks,
-            task_dir=task_dir,
-        )
-        return Published(latest, False, None, pruned)
 
+
+def _publish_new(
+    out: Path,
+    digest: str,
+    latest: Version | None,
+    tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    write_report: WriteReport,
+    build_info: Mapping[str, Any],
+) -> tuple[Version, VersionDiff]:
+    """Write the version of ``tables`` (manifest, patients, audit) into a hidden folder, with
+    its report and ``build.json``, then rename it into ``versions/`` (atomic: a failure
+    leaves no half version behind)."""
+    manifest, patients, audit = tables
     seq = max((v.seq for v in list_versions(out)), default=0) + 1
     name = f"{seq:04d}-{digest[:8]}"
     root = versions_dir(out)
@@ -787,45 +799,40 @@ def publish(
         shutil.rmtree(tmp)
     try:
         change = _write_version(tmp, out, latest, name, manifest, patients, audit, write_report)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half version behind
-        raise
-    info = {
-        **build_info,
-        "version": name,
-        "dataset_hash": digest,
-        "created": _now(),
-        "hiroml_version": __version__,
-        "samples": len(manifest),
-        "patients": len(patients),
-        "previous": latest.name if latest is not None else None,
-        "changes": {
-            "samples_added": len(change.samples_added),
-            "samples_removed": len(change.samples_removed),
-            "samples_changed": len(change.samples_changed),
-            "columns_changed": change.columns_changed,
-            "patients_added": len(change.patients_added),
-            "patients_removed": len(change.patients_removed),
-            "split_moves": [dataclasses.asdict(m) for m in change.moves],
-            "decisions_changed": len(change.decisions),
-        },
-    }
-    try:
+        info = {
+            **build_info,
+            "version": name,
+            "dataset_hash": digest,
+            "created": _now(),
+            "hiroml_version": __version__,
+            "samples": len(manifest),
+            "patients": len(patients),
+            "previous": latest.name if latest is not None else None,
+            "changes": _change_counts(change),
+        }
         (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half version behind
         raise
     os.replace(tmp, root / name)
     version = _read_version(root / name)
     if version is None:  # pragma: no cover - written just above
         raise VersionError(f"{root / name} could not be read back after publishing")
-    log.info("published version %s (%d samples)", name, len(manifest))
-    faults.point("before_root_tables")
-    update_root(out, version)
-    pruned = prune(
-        out, keep, sweep=True, live_shards=live_shards, live_tasks=live_tasks, task_dir=task_dir
-    )
-    return Published(version, True, change, pruned)
+    return version, change
+
+
+def _change_counts(change: VersionDiff) -> dict[str, Any]:
+    """``build.json``'s ``changes``: counts of what changed since the previous version."""
+    return {
+        "samples_added": len(change.samples_added),
+        "samples_removed": len(change.samples_removed),
+        "samples_changed": len(change.samples_changed),
+        "columns_changed": change.columns_changed,
+        "patients_added": len(change.patients_added),
+        "patients_removed": len(change.patients_removed),
+        "split_moves": [dataclasses.asdict(m) for m in change.moves],
+        "decisions_changed": len(change.decisions),
+    }
 
 
 # --------------------------------------------------------------------------- the command

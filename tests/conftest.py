@@ -60,11 +60,11 @@ def tiny_build_clinical(
 ) -> Path:
     """The tiny datamart built once per session with its clinical table (labels: ``icu``) and
     every radiograph view; read-only for the tests (flow, card, export, MONAI, Lightning)."""
-    from hiroml import pipeline
+    from hiroml import build
 
     root, truth = tiny_datamart
     out = tmp_path_factory.mktemp("tiny-build") / "out"
-    pipeline.run(
+    build.run(
         make_cfg(
             root,
             out,

@@ -451,7 +451,7 @@ def test_real_monochrome1_radiograph_is_inverted() -> None:
     assert image.view == View.FRONTAL and image.view_source == "ViewPosition=AP"
     assert image.original_shape == (1760, 1760) and image.array.shape == (64, 64)
     assert image.transfer_syntax == "1.2.840.10008.1.2.1"
-    assert image.zip == f"{inst.batch}/{inst.zip}" and image.member == "CR/RG3.dcm"
+    assert image.rel_zip == f"{inst.batch}/{inst.zip}" and image.member == "CR/RG3.dcm"
 
 
 # --------------------------------------------------------------------------- geometry, storage

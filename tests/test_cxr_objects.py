@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 from test_cxr import make_ds, make_inst, radiograph, to_bytes
 
-from hiroml import cxr, pipeline
+from hiroml import build, cxr
 from hiroml.config import CxrConfig
 from hiroml.errors import DecodeError
 from hiroml.index import instance_from_dataset
@@ -333,7 +333,7 @@ def test_build_keys_frames_and_drops_for_processing(make_cfg: MakeCfg, tmp_path:
             ds.StudyDate, ds.StudyTime = "20200301", "140030"
             zf.writestr(member, to_bytes(ds))
     out = tmp_path / "out"
-    pipeline.run(make_cfg(tmp_path / "dm", out, "cxr.size=[16,16]"))
+    build.run(make_cfg(tmp_path / "dm", out, "cxr.size=[16,16]"))
 
     assert verify(out) == []  # the output contract holds with the new columns
     manifest = pd.read_parquet(out / "manifest.parquet")

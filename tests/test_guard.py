@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import MakeCfg
 
-from hiroml import guard, pipeline
+from hiroml import build, guard
 from hiroml.errors import ConfigError, DatamartError, ShrinkRefusedError
 from hiroml.verify import verify
 
@@ -29,7 +29,7 @@ def previous(
     """A good build of the whole tiny datamart; tests copy it before building over it."""
     root, _ = tiny_datamart
     out = tmp_path_factory.mktemp("previous") / "out"
-    pipeline.run(make_cfg(root, out))
+    build.run(make_cfg(root, out))
     return out
 
 
@@ -64,13 +64,13 @@ def test_an_empty_datamart_is_an_error_before_anything_is_written(
     out = _copy(previous, tmp_path / "out")
     before = _published(out)
     with pytest.raises(DatamartError, match="holds no batch folder: it is empty") as err:
-        pipeline.run(make_cfg(empty, out))
+        build.run(make_cfg(empty, out))
     assert "CXR-UPDATE-YYYYMMDD-COMPLETE/" in str(err.value)
     assert "not mounted" in str(err.value) and "paths.datamart" in str(err.value)
     _assert_untouched(out, before)
     fresh = tmp_path / "fresh"
     with pytest.raises(DatamartError):
-        pipeline.run(make_cfg(empty, fresh))
+        build.run(make_cfg(empty, fresh))
     assert not fresh.exists()  # not even the output folder or its lock
 
 
@@ -80,7 +80,7 @@ def test_a_missing_datamart_is_an_error_before_anything_is_written(
     out = _copy(previous, tmp_path / "out")
     before = _published(out)
     with pytest.raises(DatamartError, match="does not exist"):
-        pipeline.run(make_cfg(tmp_path / "not-mounted", out))
+        build.run(make_cfg(tmp_path / "not-mounted", out))
     _assert_untouched(out, before)
 
 
@@ -90,12 +90,12 @@ def test_a_datamart_path_one_level_off_says_what_it_found(
     root, _ = tiny_datamart
     # one level too deep: a batch folder itself; its zips are named in the message
     with pytest.raises(DatamartError, match=r"0 folder\(s\) and 11 file\(s\)") as deep:
-        pipeline.run(make_cfg(root / EARLY, tmp_path / "o1"))
+        build.run(make_cfg(root / EARLY, tmp_path / "o1"))
     assert "0042_20200314-053443_A012_XR-PORT-CHEST-1V.zip" in str(deep.value)
     assert "(3 more)" in str(deep.value)  # the first 8 of 11 names
     # one level too high: the folder that holds the datamart is named as the fix
     with pytest.raises(DatamartError, match="batch folders were found in") as high:
-        pipeline.run(make_cfg(root.parent, tmp_path / "o2"))
+        build.run(make_cfg(root.parent, tmp_path / "o2"))
     assert f"{root}: set paths.datamart to it" in str(high.value)
 
 
@@ -107,7 +107,7 @@ def test_a_lost_batch_folder_is_refused_and_the_output_left_as_it_was(
     out = _copy(previous, tmp_path / "out")
     before = _published(out)
     with pytest.raises(ShrinkRefusedError) as err:
-        pipeline.run(make_cfg(dm, out))
+        build.run(make_cfg(dm, out))
     msg = str(err.value)
     n_previous = len(pd.read_parquet(previous / "manifest.parquet"))
     assert f"batch folders read last time and gone now: {EARLY}" in msg
@@ -128,7 +128,7 @@ def test_losing_half_the_zips_is_refused_and_the_output_left_as_it_was(
     out = _copy(previous, tmp_path / "out")
     before = _published(out)
     with pytest.raises(ShrinkRefusedError, match="with no explanation in the audit"):
-        pipeline.run(make_cfg(dm, out))
+        build.run(make_cfg(dm, out))
     _assert_untouched(out, before)
     assert verify(out) == []
 
@@ -140,7 +140,7 @@ def test_allow_shrink_publishes_and_the_summary_and_report_say_so(
     dm = _lost_batch(root, tmp_path)
     out = _copy(previous, tmp_path / "out")
     n_before = len(pd.read_parquet(out / "manifest.parquet"))
-    summary = pipeline.run(make_cfg(dm, out, "allow_shrink=true"))
+    summary = build.run(make_cfg(dm, out, "allow_shrink=true"))
     after = pd.read_parquet(out / "manifest.parquet")
     assert len(after) < n_before
     assert summary.shrink["allowed_by"] == "allow_shrink=true"
@@ -163,11 +163,11 @@ def test_a_weekly_build_that_only_adds_data_is_never_refused(
     root, _ = tiny_datamart
     dm = _lost_batch(root, tmp_path)
     out = tmp_path / "out"
-    week1 = pipeline.run(make_cfg(dm, out, "publish.max_removed_fraction=0"))
+    week1 = build.run(make_cfg(dm, out, "publish.max_removed_fraction=0"))
     assert week1.shrink == {}
     keys1 = set(pd.read_parquet(out / "manifest.parquet")["sample_key"])
     shutil.copytree(root / EARLY, dm / EARLY)
-    week2 = pipeline.run(make_cfg(dm, out, "publish.max_removed_fraction=0"))
+    week2 = build.run(make_cfg(dm, out, "publish.max_removed_fraction=0"))
     assert week2.shrink == {}
     keys2 = set(pd.read_parquet(out / "manifest.parquet")["sample_key"])
     assert keys1 - keys2, "the planted duplicate should change a sample key"
@@ -181,8 +181,8 @@ def test_a_narrower_view_selection_is_explained_by_the_audit(
     """Lateral and unknown views dropped on purpose: each is a `dropped` audit row."""
     root, _ = tiny_datamart
     out = tmp_path / "out"
-    wide = pipeline.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
-    narrow = pipeline.run(make_cfg(root, out, "publish.max_removed_fraction=0"))
+    wide = build.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    narrow = build.run(make_cfg(root, out, "publish.max_removed_fraction=0"))
     assert narrow.cxr_images < wide.cxr_images and narrow.shrink == {}
 
 
@@ -192,7 +192,7 @@ def test_a_small_loss_within_the_limit_is_published_and_reported(
     root, _ = tiny_datamart
     dm = _lost_batch(root, tmp_path)
     out = _copy(previous, tmp_path / "out")
-    summary = pipeline.run(make_cfg(dm, out, "publish.max_removed_fraction=0.9"))
+    summary = build.run(make_cfg(dm, out, "publish.max_removed_fraction=0.9"))
     assert summary.shrink["allowed_by"] == "within publish.max_removed_fraction=0.9"
 
 

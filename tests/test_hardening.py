@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 from conftest import MakeCfg
 
-from hiroml import pipeline
+from hiroml import build
 from hiroml.config import IndexConfig
 from hiroml.datamart import discover
 from hiroml.index import index_zip
@@ -342,8 +342,8 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_output(
         monkeypatch.setattr(hiroml.manifest.pq, "write_table", _enospc)
     # cxr.dtype changes what is stored: every radiograph task is redone
     cfg = make_cfg(root, out, "cxr.dtype=uint8", f"index.max_members={MAX_MEMBERS}")
-    with pytest.raises(pipeline.BuildError, match=f"no space left on the device of {out}"):
-        pipeline.run(cfg)
+    with pytest.raises(build.BuildError, match=f"no space left on the device of {out}"):
+        build.run(cfg)
     assert (out / "manifest.parquet").read_bytes() == before
     assert verify(out) == []
 
@@ -415,7 +415,7 @@ def test_builds_are_deterministic_whatever_the_worker_count(
     outs = {}
     for workers in (1, 2):
         outs[workers] = tmp_path / f"w{workers}"
-        pipeline.run(
+        build.run(
             make_cfg(
                 root,
                 outs[workers],
@@ -480,7 +480,7 @@ ALLOWED_COLUMNS = {
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
     "frame", "for_processing",  # issue 19: a frame number and a flag, computed
 }  # fmt: skip
-#: The shard metadata keys a sample may carry (pipeline._cxr_meta / _ct_meta).
+#: The shard metadata keys a sample may carry (hiroml.build.convert: _cxr_meta / _ct_meta).
 ALLOWED_META = {
     "exam_key", "patient_id", "modality", "sop_uid", "series_uid", "view", "view_source",
     "original_shape", "pixel_spacing", "spacing_after", "photometric", "bits_stored",

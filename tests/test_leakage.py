@@ -33,7 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from hiroml import cxr, exams, linking, neardup, pipeline, synth, verify
+from hiroml import build, cxr, exams, linking, neardup, synth, verify
 from hiroml.errors import ConfigError
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
@@ -134,7 +134,7 @@ def write_exam(
 
 
 def _build(make_cfg: MakeCfg, root: Path, out: Path, *overrides: str) -> pd.DataFrame:
-    pipeline.run(make_cfg(root, out, *overrides))
+    build.run(make_cfg(root, out, *overrides))
     return pd.read_parquet(out / "manifest.parquet")
 
 
@@ -421,7 +421,7 @@ def test_task_records_without_signatures_get_them_from_the_shards(
         for s in data["samples"]:
             s.pop("signature", None)
         rec.write_text(json.dumps(data))
-    summary = pipeline.run(make_cfg(root, out))
+    summary = build.run(make_cfg(root, out))
     assert summary.tasks_reused == summary.tasks
     again = pd.read_parquet(out / "manifest.parquet")
     assert again["signature"].map(list).tolist() == first["signature"].map(list).tolist()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import MakeCfg
 
-from hiroml import pipeline
+from hiroml import build
 from hiroml.errors import OutputLockedError
 from hiroml.lock import HOLDER_NAME, STATE_DIR, build_lock, read_holder
 
@@ -59,7 +59,7 @@ def test_a_second_build_is_refused_naming_the_holder(
     out, proc = holder
     root, _ = tiny_datamart
     with pytest.raises(OutputLockedError, match="another build holds the lock") as err:
-        pipeline.run(make_cfg(root, out))
+        build.run(make_cfg(root, out))
     assert f"pid {proc.pid} on host {socket.gethostname()}, started 20" in str(err.value)
     assert "wait_for_lock=true" in str(err.value)
     assert not (out / "manifest.parquet").exists()
@@ -95,7 +95,7 @@ def test_wait_for_lock_waits_for_the_holder_then_builds(
     t0 = time.perf_counter()
     try:
         with caplog.at_level(logging.INFO, logger="hiroml.lock"):
-            summary = pipeline.run(make_cfg(root, out, "wait_for_lock=true"))
+            summary = build.run(make_cfg(root, out, "wait_for_lock=true"))
         assert time.perf_counter() - t0 > 1.5, "the build did not wait for the holder"
         assert proc.poll() is not None
     finally:

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hiroml.contract import check_contract
 from hiroml.manifest import (
     AUDIT_COLUMNS,
     CT_COLUMNS,
     MANIFEST_COLUMNS,
     ManifestError,
     audit_frame,
-    check_contract,
     patients_frame,
     read_manifest,
     write_outputs,

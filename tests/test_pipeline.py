@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import MakeCfg
 
-from hiroml import pipeline
-from hiroml.manifest import check_contract
+from hiroml import build
+from hiroml.contract import check_contract
 from hiroml.verify import verify
 
 
@@ -24,10 +24,10 @@ def built(
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, pipeline.BuildSummary]:
+) -> tuple[Path, build.BuildSummary]:
     root, _ = tiny_datamart
     out = tmp_path_factory.mktemp("build") / "out"
-    summary = pipeline.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    summary = build.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
     return out, summary
 
 
@@ -45,7 +45,7 @@ def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_output_contract_and_verify(built: tuple[Path, pipeline.BuildSummary]) -> None:
+def test_output_contract_and_verify(built: tuple[Path, build.BuildSummary]) -> None:
     out, summary = built
     assert check_contract(out) == []
     assert verify(out) == []
@@ -56,7 +56,7 @@ def test_output_contract_and_verify(built: tuple[Path, pipeline.BuildSummary]) -
 
 
 def test_every_zip_decision_matches_the_truth(
-    built: tuple[Path, pipeline.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
+    built: tuple[Path, build.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
 ) -> None:
     out, _ = built
     _, truth = tiny_datamart
@@ -77,7 +77,7 @@ def test_every_zip_decision_matches_the_truth(
 
 
 def test_the_resumed_scan_is_one_stitched_volume(
-    built: tuple[Path, pipeline.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
+    built: tuple[Path, build.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
 ) -> None:
     """The planted scan resumed as a new series: one CT row whose provenance names both
     series and the seam; the second part's zip has a merged row naming that sample."""
@@ -102,7 +102,7 @@ def test_the_resumed_scan_is_one_stitched_volume(
 
 
 def test_instances_once_and_groups_as_planted(
-    built: tuple[Path, pipeline.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
+    built: tuple[Path, build.BuildSummary], tiny_datamart: tuple[Path, dict[str, Any]]
 ) -> None:
     out, _ = built
     _, truth = tiny_datamart
@@ -122,14 +122,14 @@ def test_instances_once_and_groups_as_planted(
 
 
 def test_rerun_reuses_every_task_and_gives_the_same_manifest(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
 ) -> None:
     out, first = built
     root, _ = tiny_datamart
     before = _frame(out)
-    again = pipeline.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    again = build.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
     assert again.tasks == first.tasks and again.tasks_reused == first.tasks
     assert again.zips_indexed_now == 0
     _assert_same(before, _frame(out))
@@ -146,10 +146,10 @@ def test_a_new_batch_converts_only_its_exams(
     dm = tmp_path / "dm"
     shutil.copytree(root, dm, ignore=shutil.ignore_patterns(last))
     out = tmp_path / "out"
-    week1 = pipeline.run(make_cfg(dm, out))
+    week1 = build.run(make_cfg(dm, out))
     split_week1 = dict(zip(_frame(out)["patient_id"], _frame(out)["split"], strict=True))
     shutil.copytree(root / last, dm / last)
-    week2 = pipeline.run(make_cfg(dm, out))
+    week2 = build.run(make_cfg(dm, out))
     assert week2.tasks_reused >= week1.tasks - 1  # a task whose exams gained nothing is reused
     assert week2.tasks > week2.tasks_reused
     after = _frame(out)
@@ -157,14 +157,14 @@ def test_a_new_batch_converts_only_its_exams(
     split_week2 = dict(zip(after["patient_id"], after["split"], strict=True))
     assert split_week1 and all(split_week2[p] == s for p, s in split_week1.items())
     # and the incremental result is the one a full build from scratch gives
-    full = pipeline.run(make_cfg(root, tmp_path / "full"))
+    full = build.run(make_cfg(root, tmp_path / "full"))
     assert full.tasks == week2.tasks
     _assert_same(after, _frame(tmp_path / "full"))
     assert verify(out) == []
 
 
 def test_killed_build_resumes_to_the_same_manifest(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
     tiny_datamart: tuple[Path, dict[str, Any]],
     tmp_path: Path,
 ) -> None:
@@ -198,14 +198,14 @@ def test_killed_build_resumes_to_the_same_manifest(
 
 
 def test_dask_local_cluster_gives_the_same_manifest(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path: Path,
 ) -> None:
     root, _ = tiny_datamart
     out = tmp_path / "out"
-    pipeline.run(
+    build.run(
         make_cfg(
             root, out, "executor=dask", "executor.workers=2", "cxr.views=[frontal,lateral,unknown]"
         )
@@ -220,7 +220,7 @@ def test_dask_local_cluster_gives_the_same_manifest(
 
 
 def test_strict_mode_fails_and_keeps_the_previous_output(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path: Path,
@@ -229,8 +229,8 @@ def test_strict_mode_fails_and_keeps_the_previous_output(
     out = tmp_path / "out"
     shutil.copytree(built[0], out)
     before = (out / "manifest.parquet").read_bytes()
-    with pytest.raises(pipeline.BuildError, match="strict=true"):
-        pipeline.run(make_cfg(root, out, "strict=true", "cxr.views=[frontal,lateral,unknown]"))
+    with pytest.raises(build.BuildError, match="strict=true"):
+        build.run(make_cfg(root, out, "strict=true", "cxr.views=[frontal,lateral,unknown]"))
     assert (out / "manifest.parquet").read_bytes() == before
 
 
@@ -304,7 +304,7 @@ def test_the_readme_command_builds_the_demo(tmp_path: Path) -> None:
 
 
 def test_training_example_runs_on_the_built_dataset(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
 ) -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_cxr_example.py"
     done = subprocess.run(
@@ -332,7 +332,7 @@ def test_training_example_runs_on_the_built_dataset(
 
 
 def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
 ) -> None:
     import hiroml
     from hiroml.shards import read_sample
@@ -354,7 +354,7 @@ def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
 
 
 def test_every_sample_records_the_decoder_pinned_for_its_syntax(
-    built: tuple[Path, pipeline.BuildSummary],
+    built: tuple[Path, build.BuildSummary],
 ) -> None:
     """The shard meta's ``decoder`` is the one hiroml.dicom.SYNTAXES pins (CT slices of
     uncompressed 16-bit data: numpy): a build that fell back to pydicom fails here."""
@@ -384,7 +384,7 @@ def test_a_clinical_table_joins_labels_orphans_and_strata(
 
     root, truth = tiny_datamart
     out = tmp_path / "out"
-    pipeline.run(
+    build.run(
         make_cfg(root, out, f"paths.clinical={root / truth['clinical']}", "splits.stratify=icu")
     )
     m = _frame(out)

@@ -18,7 +18,7 @@ import torch
 from conftest import MakeCfg
 from torch.utils.data import DataLoader
 
-from hiroml import faults, pipeline, splits, versions
+from hiroml import build, faults, splits, versions
 from hiroml.dataset import HiromlDataset, load_sitk
 from hiroml.synth import write_remap_sheet
 from hiroml.verify import examine_all, verify
@@ -36,18 +36,18 @@ def history(
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, list[pipeline.BuildSummary]]:
+) -> tuple[Path, list[build.BuildSummary]]:
     """One output built three times: the default config, the same again (nothing new), then
     :data:`OTHER`."""
     root, _ = tiny_datamart
     out = tmp_path_factory.mktemp("history") / "out"
-    runs = [pipeline.run(make_cfg(root, out)) for _ in range(2)]
-    runs.append(pipeline.run(make_cfg(root, out, *OTHER)))
+    runs = [build.run(make_cfg(root, out)) for _ in range(2)]
+    runs.append(build.run(make_cfg(root, out, *OTHER)))
     return out, runs
 
 
 def test_each_changed_build_publishes_a_version_and_a_rerun_none(
-    history: tuple[Path, list[pipeline.BuildSummary]],
+    history: tuple[Path, list[build.BuildSummary]],
 ) -> None:
     out, (first, again, other) = history
     kept = versions.list_versions(out)
@@ -76,7 +76,7 @@ def test_each_changed_build_publishes_a_version_and_a_rerun_none(
 
 
 def test_dataset_hash_ignores_row_and_column_order(
-    history: tuple[Path, list[pipeline.BuildSummary]],
+    history: tuple[Path, list[build.BuildSummary]],
 ) -> None:
     out, _ = history
     m = pd.read_parquet(out / "manifest.parquet")
@@ -98,7 +98,7 @@ def test_dataset_hash_ignores_row_and_column_order(
 
 
 def test_version_opens_an_older_version_after_newer_builds(
-    history: tuple[Path, list[pipeline.BuildSummary]],
+    history: tuple[Path, list[build.BuildSummary]],
 ) -> None:
     out, _ = history
     old, new = versions.list_versions(out)
@@ -117,7 +117,7 @@ def test_version_opens_an_older_version_after_newer_builds(
 
 
 def test_the_diff_and_the_report_say_what_changed(
-    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+    history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = history
     old, new = versions.list_versions(out)
@@ -137,7 +137,7 @@ def test_the_diff_and_the_report_say_what_changed(
 
 
 def test_hiroml_versions_lists_newest_first_as_text_and_json(
-    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+    history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = history
     old, new = versions.list_versions(out)
@@ -166,12 +166,12 @@ def test_a_reader_survives_a_rebuild_that_replaces_every_shard(
     with it: the manifest is never read again)."""
     root, _ = tiny_datamart
     out = tmp_path / "out"
-    pipeline.run(make_cfg(root, out))
+    build.run(make_cfg(root, out))
     ds = HiromlDataset(out, "train")
     extra: dict[str, Any] = {"prefetch_factor": 1} if workers else {}
     it = iter(DataLoader(ds, batch_size=1, num_workers=workers, **extra))
     keys = [next(it)["sample_key"][0]]
-    pipeline.run(make_cfg(root, out, *OTHER))  # the weekly build, meanwhile
+    build.run(make_cfg(root, out, *OTHER))  # the weekly build, meanwhile
     old, new = versions.list_versions(out)
     assert ds.version == old.name
     assert not _shards(out, old) & _shards(out, new), "the rebuild kept a shard"
@@ -184,7 +184,7 @@ def test_a_reader_survives_a_rebuild_that_replaces_every_shard(
 
 
 def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
-    history: tuple[Path, list[pipeline.BuildSummary]],
+    history: tuple[Path, list[build.BuildSummary]],
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path: Path,
@@ -193,7 +193,7 @@ def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
     root, _ = tiny_datamart
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
-    pipeline.run(make_cfg(root, out, "cxr.size=[128,128]"))
+    build.run(make_cfg(root, out, "cxr.size=[128,128]"))
     v1, v2, v3 = versions.list_versions(out)
     s1, s2, s3 = (_shards(out, v) for v in (v1, v2, v3))
     assert versions.main([str(out), "--pin", v1.name, "--note", "paper"]) == 0
@@ -206,7 +206,7 @@ def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
     assert [f.errors for f in examine_all(out)] == [[], []]
     # unpinned, the next build (nothing new) prunes it to versions.keep, its shards too
     assert versions.main([str(out), "--unpin", "1"]) == 0
-    done = pipeline.run(make_cfg(root, out, "cxr.size=[128,128]", "versions.keep=1"))
+    done = build.run(make_cfg(root, out, "cxr.size=[128,128]", "versions.keep=1"))
     assert not done.published and done.versions_pruned == 1
     assert [v.name for v in versions.list_versions(out)] == [v3.name]
     on_disk = {f"shards/{p.name}" for p in (out / "shards").glob("*.h5")}
@@ -239,7 +239,7 @@ def test_a_late_remap_joining_train_and_test_keeps_both_in_train_and_says_so(
     dm = tmp_path / "dm"
     shutil.copytree(root, dm)
     out = tmp_path / "out"
-    pipeline.run(make_cfg(dm, out))
+    build.run(make_cfg(dm, out))
     m1 = pd.read_parquet(out / "manifest.parquet")
     in_train, in_test = (
         _single_patients(m1, "train", truth["remap"])[0],
@@ -247,7 +247,7 @@ def test_a_late_remap_joining_train_and_test_keeps_both_in_train_and_says_so(
     )
     # next week's remap sheet: the test patient is an old id of the train patient
     write_remap_sheet(dm / truth["remap_sheet"], {**truth["remap"], in_test: in_train})
-    week2 = pipeline.run(make_cfg(dm, out))
+    week2 = build.run(make_cfg(dm, out))
     assert week2.published and week2.split_moves == 1
     m2 = pd.read_parquet(out / "manifest.parquet")
     both = m2[m2["source_patient_id"].isin([in_train, in_test])]
@@ -285,7 +285,7 @@ def test_a_joined_group_takes_the_split_nearest_train() -> None:
 
 
 def test_an_output_of_the_first_release_upgrades_to_version_one(
-    history: tuple[Path, list[pipeline.BuildSummary]],
+    history: tuple[Path, list[build.BuildSummary]],
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path: Path,
@@ -297,7 +297,7 @@ def test_an_output_of_the_first_release_upgrades_to_version_one(
     ds = HiromlDataset(out, "train")
     assert ds.version is None and len(ds) > 0
     assert verify(out) == []
-    done = pipeline.run(make_cfg(root, out, *OTHER))
+    done = build.run(make_cfg(root, out, *OTHER))
     (v,) = versions.list_versions(out)
     assert done.published and v.seq == 1
     assert v.dataset_hash == versions.list_versions(history[0])[-1].dataset_hash
@@ -329,10 +329,10 @@ def reference(
     """Uninterrupted histories: the default build, then :data:`OTHER` (keep 10, and keep 1)."""
     root, _ = tiny_datamart
     base = tmp_path_factory.mktemp("kill-ref")
-    pipeline.run(make_cfg(root, base / "first"))
+    build.run(make_cfg(root, base / "first"))
     for keep in (10, 1):
         shutil.copytree(base / "first", base / f"keep{keep}")
-        pipeline.run(make_cfg(root, base / f"keep{keep}", *OTHER, f"versions.keep={keep}"))
+        build.run(make_cfg(root, base / f"keep{keep}", *OTHER, f"versions.keep={keep}"))
     return {"first": base / "first", "keep10": base / "keep10", "keep1": base / "keep1"}
 
 
@@ -382,7 +382,7 @@ def test_a_build_killed_at_a_named_point_resumes_to_what_an_uninterrupted_build_
     latest = HiromlDataset(out, None)
     assert len([latest[i] for i in range(len(latest))]) == len(latest) > 0
     # the re-run publishes exactly what the uninterrupted build published
-    pipeline.run(make_cfg(root, out, *OTHER, f"versions.keep={keep}"))
+    build.run(make_cfg(root, out, *OTHER, f"versions.keep={keep}"))
     want = [(v.name, v.dataset_hash) for v in versions.list_versions(ref)]
     assert [(v.name, v.dataset_hash) for v in versions.list_versions(out)] == want
     assert (out / "manifest.parquet").read_bytes() == (ref / "manifest.parquet").read_bytes()
@@ -402,7 +402,7 @@ def test_fault_spec_is_checked() -> None:
 
 
 def test_readers_ignore_a_half_written_version_folder(
-    history: tuple[Path, list[pipeline.BuildSummary]], tmp_path: Path
+    history: tuple[Path, list[build.BuildSummary]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
@@ -442,7 +442,7 @@ def test_the_changes_section_escapes_what_it_shows() -> None:
 
 
 def test_a_build_whose_shards_vanished_publishes_nothing(
-    history: tuple[Path, list[pipeline.BuildSummary]], tmp_path: Path
+    history: tuple[Path, list[build.BuildSummary]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
@@ -464,7 +464,7 @@ def test_a_build_whose_shards_vanished_publishes_nothing(
 
 
 def test_hiroml_verify_checks_one_version_or_all(
-    history: tuple[Path, list[pipeline.BuildSummary]], capsys: pytest.CaptureFixture[str]
+    history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from hiroml.verify import main as verify_main
 
@@ -480,7 +480,7 @@ def test_hiroml_verify_checks_one_version_or_all(
 
 
 def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
-    history: tuple[Path, list[pipeline.BuildSummary]],
+    history: tuple[Path, list[build.BuildSummary]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

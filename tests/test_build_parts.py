@@ -1,0 +1,121 @@
+"""The build package's parts on their own: the one executor, atomic writes, task records,
+and a torch-free ``hiroml-verify``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_manifest import make_output
+
+from hiroml.atomic import temp_path, write_atomic, write_text_atomic
+from hiroml.build.tasks import TaskResult, load_task_record, save_task_record
+from hiroml.config import ExecutorConfig
+from hiroml.executor import map_items
+from hiroml.records import Action, Problem, SampleRecord
+
+
+def _square(n: int) -> int:
+    return n * n
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_map_items_yields_every_item_once_with_its_result(workers: int) -> None:
+    seen = list(
+        map_items(
+            _square,
+            [3, 1, 2],
+            ExecutorConfig(workers=workers),
+            desc="squares",
+            unit="n",
+            weight=float,
+            progress=False,
+        )
+    )
+    assert sorted(seen) == [(1, 1), (2, 4), (3, 9)]
+    if workers == 1:  # run here, heaviest first
+        assert [item for item, _ in seen] == [3, 2, 1]
+
+
+def test_map_items_of_nothing_starts_nothing() -> None:
+    assert list(map_items(_square, [], ExecutorConfig(kind="dask"), desc="x", unit="n")) == []
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "table.csv"
+    write_text_atomic(target, "old\n")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "old\n"
+    assert not temp_path(target).exists()
+    write_text_atomic(target, "new\n")
+    assert target.read_text() == "new\n" and os.listdir(tmp_path) == ["table.csv"]
+
+
+def test_task_record_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "t-0.h5").write_bytes(b"")
+    sample = SampleRecord(
+        sample_key="e1:1.2",
+        exam_key="e1",
+        modality="ct",
+        shard="shards/t-0.h5",
+        shard_sha256="ab",
+        data_hash="cd",
+        shape=(1, 4, 5, 6),
+        series_uid="1.2",
+        sop_uid="",
+        sop_uids=("1.2.1", "1.2.2"),
+        pixel_hashes=("x", "y"),
+        view="unknown",
+        size_xyz=(6, 5, 4),
+        spacing_xyz=(0.7, 0.7, 2.5),
+        origin_xyz=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        notes=("gap filled",),
+        seams_mm=(12.5,),
+        seam_slices=(2,),
+    )
+    problem = Problem(zip="a.zip", batch="b1", member="m", stage="ct", reason="r",
+                      action=Action.DROPPED)  # fmt: skip
+    result = TaskResult("t", (sample,), (("e1", problem),), ("shards/t-0.h5",), 1.5, 10)
+    save_task_record(str(tmp_path), result)
+
+    class Spec:  # what load_task_record reads of a TaskSpec
+        out_dir = str(tmp_path)
+        task_id = "t"
+
+    again = load_task_record(Spec)  # type: ignore[arg-type]
+    assert again is not None and again.reused
+    assert again.samples == (sample,) and again.problems == result.problems
+    (tmp_path / "shards" / "t-0.h5").unlink()
+    assert load_task_record(Spec) is None  # type: ignore[arg-type]  # its shard is gone
+
+
+def test_verify_imports_no_torch(tmp_path: Path) -> None:
+    out = make_output(tmp_path, n_patients=4, n_ct=1)
+    code = (
+        "import sys\nfrom hiroml.verify import verify\n"
+        f"assert verify({str(out)!r}) == []\nassert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_audit_code_filters_rows_but_is_no_audit_column() -> None:
+    from hiroml.manifest import AUDIT_COLUMNS, audit_frame
+    from hiroml.records import AuditRow
+
+    tagged = AuditRow(zip="a.zip", batch="b1", action=Action.ERROR, reason="r", code="x.y")
+    assert tagged == AuditRow(zip="a.zip", batch="b1", action=Action.ERROR, reason="r")
+    df = audit_frame([tagged])
+    assert list(df.columns) == [*AUDIT_COLUMNS, "exam_key", "member"]
+    assert df.iloc[0]["zip"] == "a.zip" and df.iloc[0]["action"] == "error"
