@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,8 @@ from hiroml.exams import UnionFind
 log = logging.getLogger(__name__)
 
 SAME_PIXELS = "same decoded pixels"
+#: the near-duplicate search: ``(signatures, *, threshold) -> pairs`` as neardup.find_pairs
+FindPairs = Callable[..., list[neardup.NearPair]]
 NEAR_DUPLICATE = "near duplicate"
 
 
@@ -153,10 +155,13 @@ def link_groups(
     near_threshold: float | None = None,
     link_near: bool = True,
     max_patients: int = 0,
+    find_pairs: FindPairs = neardup.find_pairs,
 ) -> LinkResult:
     """Join the patient groups of ``group_of`` (patient id -> group) whose samples show the
     same image; see the module docstring. A patient id missing from ``group_of`` is its own
-    group. ``near_threshold=None`` skips the near-duplicate search."""
+    group. ``near_threshold=None`` skips the near-duplicate search. ``find_pairs`` is the
+    search (:func:`hiroml.neardup.find_pairs`, or one that reuses an earlier result of it:
+    :func:`hiroml.build.paircache.cached_find_pairs`)."""
     if near_threshold is not None and not -1.0 <= near_threshold <= 1.0:
         raise ValueError(f"near_threshold={near_threshold}: must lie in [-1, 1]")
     items = sorted(samples, key=lambda s: s.sample_key)
@@ -188,7 +193,7 @@ def link_groups(
         signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
         if len(signed) > 1:
             sigs = np.asarray([s.signature for s in signed], dtype=np.uint8)
-            for p in neardup.find_pairs(sigs, threshold=near_threshold):
+            for p in find_pairs(sigs, threshold=near_threshold):
                 a, b = signed[p.i], signed[p.j]
                 if a.data_hash and a.data_hash == b.data_hash:
                     continue  # identical pixels: linked above

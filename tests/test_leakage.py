@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from hiroml import build, cxr, exams, linking, neardup, synth, verify
+from hiroml.build import paircache
 from hiroml.errors import ConfigError
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
@@ -188,6 +189,34 @@ def test_find_pairs_is_exact() -> None:
     assert found[1].similarity == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="threshold"):
         neardup.find_pairs(base, threshold=1.5)
+
+
+def test_the_pairs_of_the_same_signatures_are_read_back_not_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    sigs = rng.integers(0, 256, size=(50, neardup.SIGNATURE_SIZE)).astype(np.uint8)
+    sigs[30] = sigs[4]
+    first = paircache.cached_find_pairs(tmp_path, sigs, threshold=0.9)
+    assert first == neardup.find_pairs(sigs, threshold=0.9) and len(first) == 1
+    searched: list[float] = []
+
+    def search(signatures: np.ndarray, *, threshold: float) -> list[neardup.NearPair]:
+        searched.append(threshold)
+        return []
+
+    monkeypatch.setattr(neardup, "find_pairs", search)
+    assert paircache.cached_find_pairs(tmp_path, sigs, threshold=0.9) == first
+    assert searched == []  # read back
+    assert paircache.cached_find_pairs(tmp_path, sigs, threshold=0.8) == []
+    changed = sigs.copy()
+    changed[0] = changed[1]
+    assert paircache.cached_find_pairs(tmp_path, changed, threshold=0.9) == []
+    assert searched == [0.8, 0.9]  # another threshold, another signature: searched again
+    assert len(list(paircache.cache_dir(tmp_path).glob("*.npz"))) == 1  # the latest only
+    next(paircache.cache_dir(tmp_path).glob("*.npz")).write_bytes(b"garbage")
+    assert paircache.cached_find_pairs(tmp_path, changed, threshold=0.9) == []
+    assert searched == [0.8, 0.9, 0.9]  # unreadable: searched again
 
 
 def _sample(

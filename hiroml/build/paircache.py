@@ -1,0 +1,84 @@
+"""The near-duplicate pairs of the previous build, kept for the next one.
+
+The exact search (:func:`hiroml.neardup.find_pairs`) is quadratic in the number of
+radiographs, and its result depends only on the signatures searched (in their order) and
+the threshold. A build stores the pairs it found in ``<out>/.hiroml/neardup/<key>.npz``
+(arrays ``i``, ``j`` and ``similarity``), ``<key>`` being the BLAKE2b digest of the
+threshold and the signatures; a re-run with the same signatures and threshold reads them
+back instead of searching. Another threshold or any changed, added or removed signature
+gives another key: the search runs again and its result replaces the file (one file is
+kept). An unreadable file is searched around and replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from hiroml import neardup
+from hiroml.atomic import write_atomic
+from hiroml.lock import STATE_DIR
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "neardup"
+
+
+def cache_dir(out: Path) -> Path:
+    return Path(out) / STATE_DIR / CACHE_DIR
+
+
+def _key(signatures: np.ndarray, threshold: float) -> str:
+    sig = np.ascontiguousarray(signatures, dtype=np.uint8)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{threshold!r};{sig.shape}".encode())
+    h.update(sig.data)
+    return h.hexdigest()
+
+
+def _load(path: Path) -> list[neardup.NearPair] | None:
+    try:
+        with np.load(path) as z:
+            i, j, sim = z["i"].tolist(), z["j"].tolist(), z["similarity"].tolist()
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("near-duplicate cache %s unreadable (%s): searching again", path, e)
+        return None
+    return [neardup.NearPair(a, b, s) for a, b, s in zip(i, j, sim, strict=True)]
+
+
+def _save(path: Path, pairs: list[neardup.NearPair]) -> None:
+    i = np.array([p.i for p in pairs], dtype=np.int64)
+    j = np.array([p.j for p in pairs], dtype=np.int64)
+    sim = np.array([p.similarity for p in pairs], dtype=np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, i=i, j=j, similarity=sim)
+
+    write_atomic(path, write)
+    for old in path.parent.glob("*.npz"):
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def cached_find_pairs(
+    out: Path, signatures: np.ndarray, *, threshold: float
+) -> list[neardup.NearPair]:
+    """:func:`hiroml.neardup.find_pairs` of ``signatures``, read from the cache of ``out``
+    when the previous build searched the same signatures at the same threshold."""
+    path = cache_dir(out) / f"{_key(signatures, threshold)}.npz"
+    if path.is_file():
+        pairs = _load(path)
+        if pairs is not None:
+            log.info("near-duplicate pairs reused from %s (%d pairs)", path.name, len(pairs))
+            return pairs
+    pairs = neardup.find_pairs(signatures, threshold=threshold)
+    try:
+        _save(path, pairs)
+    except OSError as e:
+        log.warning("near-duplicate cache not written (%s): the next run searches again", e)
+    return pairs
