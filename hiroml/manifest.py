@@ -20,11 +20,13 @@ pixels, near duplicates), naming both samples.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,7 +92,17 @@ def _is_missing(v: Any) -> bool:
         return False
 
 
+#: element types a list value is written as it is (no ``.item()`` per element)
+_PLAIN = frozenset({int, float, str, bool})
+
+
 def _as_list(v: Any) -> list[Any] | None:
+    if isinstance(v, list | tuple | np.ndarray) and len(v) > 1:  # never missing
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iufb":
+            return v.tolist()
+        if set(map(type, v)) <= _PLAIN:
+            return list(v)
+        return [x.item() if hasattr(x, "item") else x for x in v]
     if _is_missing(v):
         return None
     if isinstance(v, str):
@@ -182,21 +194,30 @@ def patients_frame(
 ) -> pd.DataFrame:
     """One row per patient group of the manifest: its patient ids (current, source and those
     of ``group_members``), split and sample counts."""
-    rows = []
+    if manifest.empty:
+        return pd.DataFrame([], columns=PATIENT_COLUMNS)
     members = group_members or {}
-    for group, g in manifest.groupby("patient_group", sort=True):
-        ids = set(g["patient_id"].astype(str)) | set(g["source_patient_id"].astype(str))
-        ids |= {str(p) for p in members.get(str(group), ())}
-        rows.append(
-            {
-                "patient_group": str(group),
-                "patient_ids": sorted(ids),
-                "split": ",".join(sorted(set(g["split"].astype(str)))),
-                "n_samples": len(g),
-                "n_cxr": int((g["modality"] == "cxr").sum()),
-                "n_ct": int((g["modality"] == "ct").sum()),
-            }
-        )
+    ids: dict[Any, set[str]] = defaultdict(set)
+    split: dict[Any, set[str]] = defaultdict(set)
+    counts: dict[Any, Counter[str]] = defaultdict(Counter)
+    columns = ("patient_group", "patient_id", "source_patient_id", "split", "modality")
+    for group, pid, source, s, modality in zip(*(manifest[c] for c in columns), strict=True):
+        if _is_missing(group):  # as groupby: a row without a group is in none
+            continue
+        ids[group].update((str(pid), str(source)))
+        split[group].add(str(s))
+        counts[group][modality] += 1
+    rows = [
+        {
+            "patient_group": str(group),
+            "patient_ids": sorted(ids[group] | {str(p) for p in members.get(str(group), ())}),
+            "split": ",".join(sorted(split[group])),
+            "n_samples": counts[group].total(),
+            "n_cxr": counts[group]["cxr"],
+            "n_ct": counts[group]["ct"],
+        }
+        for group in sorted(ids)
+    ]
     return pd.DataFrame(rows, columns=PATIENT_COLUMNS)
 
 
