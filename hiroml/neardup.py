@@ -88,6 +88,22 @@ def _trim(a: np.ndarray) -> np.ndarray:
     return a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+#: every float16 value as float32, indexed by its bits: a gather is several times faster
+#: than ``astype`` and gives the same values
+_F16_AS_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 with NaN and infinities as 0 (a copy)."""
+    if a.dtype == np.float16:
+        f = _F16_AS_F32[np.ascontiguousarray(a).view(np.uint16)]
+    else:
+        f = a.astype(np.float32)
+    if f.dtype.kind == "f" and a.dtype.kind not in "iub" and not np.isfinite(f).all():
+        np.nan_to_num(f, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return f
+
+
 def signature(arr: np.ndarray) -> np.ndarray:
     """The uint8 signature (1024 values) of a stored radiograph, numpy (y, x), any dtype.
 
@@ -97,7 +113,7 @@ def signature(arr: np.ndarray) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"signature() needs a non-empty 2-D (y, x) array, got shape {a.shape}")
-    f = _trim(np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+    f = _trim(_as_float32(a))
     work = cv2.resize(f, (_WORK_SIDE, _WORK_SIDE), interpolation=cv2.INTER_AREA)
     work = work - cv2.GaussianBlur(work, (0, 0), _HIGHPASS_SIGMA)
     small = cv2.resize(work, (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA)

@@ -170,6 +170,17 @@ def test_signature_holds_under_reexport_and_separates_patients() -> None:
     assert max(sims) < neardup.DEFAULT_THRESHOLD - 0.05, sims
 
 
+def test_signature_input_as_float32_is_astype_with_non_finite_as_zero() -> None:
+    every_f16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    f32 = np.random.default_rng(2).random((9, 7)).astype(np.float32)
+    f32[1, 1], f32[2, 2] = np.nan, -np.inf
+    u16 = np.random.default_rng(3).integers(0, 4096, (9, 7)).astype(np.uint16)
+    for a in (every_f16, every_f16[::3, 1:], f32, u16):
+        want = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        got = neardup._as_float32(a)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_find_pairs_is_exact() -> None:
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, size=(300, neardup.SIGNATURE_SIZE)).astype(np.uint8)
