@@ -27,7 +27,7 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,8 +37,11 @@ from hiroml.exams import UnionFind
 log = logging.getLogger(__name__)
 
 SAME_PIXELS = "same decoded pixels"
-#: the near-duplicate search: ``(signatures, *, threshold) -> pairs`` as neardup.find_pairs
-FindPairs = Callable[..., list[neardup.NearPair]]
+#: the most near-duplicate partners a sample lists (manifest ``near_duplicates``): beyond
+#: it (thousands of near-identical images) the list is cut and the build warns
+NEAR_DUPLICATES_LISTED = 100
+#: the near-duplicate search: ``(signatures, *, threshold) -> pairs`` as neardup.pair_arrays
+FindPairs = Callable[..., neardup.PairArrays]
 NEAR_DUPLICATE = "near duplicate"
 
 
@@ -100,11 +103,17 @@ class GroupLink:
 
 @dataclass(frozen=True, slots=True)
 class LinkResult:
-    """``group_of``: every patient id given -> its group after linking; ``links``: every
-    link made or reported, sorted by kind then sample keys."""
+    """``group_of``: every patient id given -> its group after linking; ``links``: the
+    links made or reported, sorted by kind then sample keys; ``near_duplicates``: sample key
+    -> the sorted keys of its near-duplicate partners across groups, the first
+    :data:`NEAR_DUPLICATES_LISTED` only; ``near_counts``: sample key -> how many partners it
+    has in all; ``near_pairs``: the near-duplicate pairs across groups, in all."""
 
     group_of: dict[str, str]
     links: tuple[GroupLink, ...]
+    near_duplicates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    near_counts: dict[str, int] = field(default_factory=dict)
+    near_pairs: int = 0
 
     def notes_by_exam(self) -> dict[str, list[str]]:
         """exam key -> the audit notes of the links its samples take part in."""
@@ -155,13 +164,18 @@ def link_groups(
     near_threshold: float | None = None,
     link_near: bool = True,
     max_patients: int = 0,
-    find_pairs: FindPairs = neardup.find_pairs,
+    find_pairs: FindPairs = neardup.pair_arrays,
 ) -> LinkResult:
     """Join the patient groups of ``group_of`` (patient id -> group) whose samples show the
     same image; see the module docstring. A patient id missing from ``group_of`` is its own
     group. ``near_threshold=None`` skips the near-duplicate search. ``find_pairs`` is the
-    search (:func:`hiroml.neardup.find_pairs`, or one that reuses an earlier result of it:
-    :func:`hiroml.build.paircache.cached_find_pairs`)."""
+    search (:func:`hiroml.neardup.pair_arrays`, or one that reuses an earlier result of it:
+    :func:`hiroml.build.paircache.cached_pair_arrays`).
+
+    Near-duplicate pairs are streamed, never held as objects: a pair becomes a
+    :class:`GroupLink` only when it joins two groups not joined yet (a spanning tree of the
+    groups, so thousands of near-identical images make links by the group, not by the pair);
+    every pair counts in ``near_counts`` and ``near_pairs``."""
     if near_threshold is not None and not -1.0 <= near_threshold <= 1.0:
         raise ValueError(f"near_threshold={near_threshold}: must lie in [-1, 1]")
     items = sorted(samples, key=lambda s: s.sample_key)
@@ -189,27 +203,83 @@ def link_groups(
             uf.union(group[anchor.patient_id], group[s.patient_id])
             links.append(_link(SAME_PIXELS, anchor, s, group, 1.0, True))
 
+    near = _Near()
     if near_threshold is not None:
         signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
         if len(signed) > 1:
             sigs = np.asarray([s.signature for s in signed], dtype=np.uint8)
-            for p in find_pairs(sigs, threshold=near_threshold):
-                a, b = signed[p.i], signed[p.j]
-                if a.data_hash and a.data_hash == b.data_hash:
-                    continue  # identical pixels: linked above
-                ga, gb = group[a.patient_id], group[b.patient_id]
-                if ga == gb or (uf.find(ga) == uf.find(gb) and not link_near):
-                    continue
-                if link_near:
-                    uf.union(ga, gb)
-                links.append(_link(NEAR_DUPLICATE, a, b, group, p.similarity, link_near))
+            pairs = find_pairs(sigs, threshold=near_threshold)
+            links += _near_links(signed, pairs, group, uf, near, link_near=link_near)
 
     final = {pid: uf.find(g) for pid, g in group.items()}
     links.sort(key=lambda k: (k.kind, k.sample_key, k.other_key))
     joined = sum(1 for k in links if k.linked)
     if links:
         log.info("pixel identity: %d link(s) between patient groups, %d joined", len(links), joined)
-    return LinkResult(group_of=final, links=tuple(links))
+    cut = sum(1 for n in near.counts.values() if n > NEAR_DUPLICATES_LISTED)
+    if cut:
+        log.warning(
+            "%d sample(s) have more than %d near duplicates across groups: their "
+            "near_duplicates list the first %d (by sample key) only",
+            cut,
+            NEAR_DUPLICATES_LISTED,
+            NEAR_DUPLICATES_LISTED,
+        )
+    return LinkResult(
+        group_of=final,
+        links=tuple(links),
+        near_duplicates={k: tuple(v) for k, v in near.listed.items()},
+        near_counts=dict(near.counts),
+        near_pairs=near.pairs,
+    )
+
+
+@dataclass(slots=True)
+class _Near:
+    """The near-duplicate partners of each sample, as the pairs stream by."""
+
+    listed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    pairs: int = 0
+
+    def add(self, a: str, b: str) -> None:
+        self.pairs += 1
+        for mine, other in ((a, b), (b, a)):
+            self.counts[mine] += 1
+            if self.counts[mine] <= NEAR_DUPLICATES_LISTED:
+                self.listed[mine].append(other)
+
+
+def _near_links(
+    signed: list[SampleIdentity],
+    pairs: neardup.PairArrays,
+    group: Mapping[str, str],
+    uf: UnionFind,
+    near: _Near,
+    *,
+    link_near: bool,
+) -> list[GroupLink]:
+    """The near-duplicate links of ``pairs`` (indices into ``signed``, sorted), one per
+    pair that joins two groups not joined yet; every pair across groups goes into ``near``.
+    Pairs come sorted by (i, j) over samples sorted by key, so each sample's partners arrive
+    in key order and the first listed are the smallest keys."""
+    seen = uf if link_near else UnionFind()  # groups joined by the links reported so far
+    links: list[GroupLink] = []
+    chunk = 65536
+    for c in range(0, len(pairs[0]), chunk):
+        part = (a[c : c + chunk].tolist() for a in pairs)
+        for i, j, sim in zip(*part, strict=True):
+            a, b = signed[i], signed[j]
+            if a.data_hash and a.data_hash == b.data_hash:
+                continue  # identical pixels: linked above
+            ga, gb = group[a.patient_id], group[b.patient_id]
+            if ga == gb or (not link_near and uf.find(ga) == uf.find(gb)):
+                continue
+            near.add(a.sample_key, b.sample_key)
+            if seen.find(ga) != seen.find(gb):
+                seen.union(ga, gb)
+                links.append(_link(NEAR_DUPLICATE, a, b, group, sim, link_near))
+    return links
 
 
 def decoded_pixel_hash(data: bytes) -> str:

@@ -208,25 +208,30 @@ def test_the_pairs_of_the_same_signatures_are_read_back_not_searched(
     rng = np.random.default_rng(1)
     sigs = rng.integers(0, 256, size=(50, neardup.SIGNATURE_SIZE)).astype(np.uint8)
     sigs[30] = sigs[4]
-    first = paircache.cached_find_pairs(tmp_path, sigs, threshold=0.9)
-    assert first == neardup.find_pairs(sigs, threshold=0.9) and len(first) == 1
+
+    def listed(pairs: neardup.PairArrays) -> list[tuple[int, int, float]]:
+        return list(zip(*(a.tolist() for a in pairs), strict=True))
+
+    first = listed(paircache.cached_pair_arrays(tmp_path, sigs, threshold=0.9))
+    assert first == [(p.i, p.j, p.similarity) for p in neardup.find_pairs(sigs, threshold=0.9)]
+    assert len(first) == 1
     searched: list[float] = []
 
-    def search(signatures: np.ndarray, *, threshold: float) -> list[neardup.NearPair]:
+    def search(signatures: np.ndarray, *, threshold: float) -> neardup.PairArrays:
         searched.append(threshold)
-        return []
+        return neardup._EMPTY
 
-    monkeypatch.setattr(neardup, "find_pairs", search)
-    assert paircache.cached_find_pairs(tmp_path, sigs, threshold=0.9) == first
+    monkeypatch.setattr(neardup, "pair_arrays", search)
+    assert listed(paircache.cached_pair_arrays(tmp_path, sigs, threshold=0.9)) == first
     assert searched == []  # read back
-    assert paircache.cached_find_pairs(tmp_path, sigs, threshold=0.8) == []
+    assert not listed(paircache.cached_pair_arrays(tmp_path, sigs, threshold=0.8))
     changed = sigs.copy()
     changed[0] = changed[1]
-    assert paircache.cached_find_pairs(tmp_path, changed, threshold=0.9) == []
+    assert not listed(paircache.cached_pair_arrays(tmp_path, changed, threshold=0.9))
     assert searched == [0.8, 0.9]  # another threshold, another signature: searched again
     assert len(list(paircache.cache_dir(tmp_path).glob("*.npz"))) == 1  # the latest only
     next(paircache.cache_dir(tmp_path).glob("*.npz")).write_bytes(b"garbage")
-    assert paircache.cached_find_pairs(tmp_path, changed, threshold=0.9) == []
+    assert not listed(paircache.cached_pair_arrays(tmp_path, changed, threshold=0.9))
     assert searched == [0.8, 0.9, 0.9]  # unreadable: searched again
 
 
@@ -266,6 +271,25 @@ def test_link_groups_is_a_union_find_over_groups() -> None:
     # order of the input never matters
     again = linking.link_groups(list(reversed(samples)), group_of, near_threshold=0.95)
     assert again == linking.link_groups(samples, group_of, near_threshold=0.95)
+
+
+def test_many_near_identical_images_make_links_by_group_and_bounded_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every pair counts, but links form a spanning tree of the groups and each sample
+    lists its first NEAR_DUPLICATES_LISTED partners (by key): memory by group, not by pair."""
+    monkeypatch.setattr(linking, "NEAR_DUPLICATES_LISTED", 3)
+    sig = tuple(int(v) for v in np.random.default_rng(4).integers(0, 256, neardup.SIGNATURE_SIZE))
+    samples = [_sample(str(k), f"p{k}", f"h{k}", sig) for k in range(6)]  # 6 groups, 15 pairs
+    for link_near in (True, False):
+        res = linking.link_groups(samples, {}, near_threshold=0.95,
+                                  link_near=link_near)  # fmt: skip
+        assert res.near_pairs == 15 and len(res.links) == 5
+        assert all(k.linked is link_near for k in res.links)
+        assert res.near_counts == {str(k): 5 for k in range(6)}
+        assert res.near_duplicates["0"] == ("1", "2", "3")
+        assert res.near_duplicates["4"] == ("0", "1", "2")
+        assert len(set(res.group_of.values())) == (1 if link_near else 6)
 
 
 # --------------------------------------------------------------------------- builds

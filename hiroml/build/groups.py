@@ -112,7 +112,7 @@ def link_by_pixels(
         near_threshold=cfg.splits.near_duplicate_threshold,
         link_near=cfg.splits.link_near_duplicates,
         max_patients=cfg.exams.pixel_link_max_patients,
-        find_pairs=functools.partial(paircache.cached_find_pairs, out),
+        find_pairs=functools.partial(paircache.cached_pair_arrays, out),
     )
     return linked, {s.sample_key: s.signature for s in samples}
 

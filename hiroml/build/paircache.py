@@ -39,20 +39,21 @@ def _key(signatures: np.ndarray, threshold: float) -> str:
     return h.hexdigest()
 
 
-def _load(path: Path) -> list[neardup.NearPair] | None:
+def _load(path: Path) -> neardup.PairArrays | None:
     try:
         with np.load(path) as z:
-            i, j, sim = z["i"].tolist(), z["j"].tolist(), z["similarity"].tolist()
+            i, j, sim = z["i"], z["j"], z["similarity"]
     except (OSError, ValueError, KeyError) as e:
         log.warning("near-duplicate cache %s unreadable (%s): searching again", path, e)
         return None
-    return [neardup.NearPair(a, b, s) for a, b, s in zip(i, j, sim, strict=True)]
+    if not len(i) == len(j) == len(sim):
+        log.warning("near-duplicate cache %s is inconsistent: searching again", path)
+        return None
+    return i.astype(np.int64), j.astype(np.int64), sim.astype(np.float64)
 
 
-def _save(path: Path, pairs: list[neardup.NearPair]) -> None:
-    i = np.array([p.i for p in pairs], dtype=np.int64)
-    j = np.array([p.j for p in pairs], dtype=np.int64)
-    sim = np.array([p.similarity for p in pairs], dtype=np.float64)
+def _save(path: Path, pairs: neardup.PairArrays) -> None:
+    i, j, sim = pairs
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
@@ -65,18 +66,18 @@ def _save(path: Path, pairs: list[neardup.NearPair]) -> None:
             old.unlink(missing_ok=True)
 
 
-def cached_find_pairs(
+def cached_pair_arrays(
     out: Path, signatures: np.ndarray, *, threshold: float
-) -> list[neardup.NearPair]:
-    """:func:`hiroml.neardup.find_pairs` of ``signatures``, read from the cache of ``out``
+) -> neardup.PairArrays:
+    """:func:`hiroml.neardup.pair_arrays` of ``signatures``, read from the cache of ``out``
     when the previous build searched the same signatures at the same threshold."""
     path = cache_dir(out) / f"{_key(signatures, threshold)}.npz"
     if path.is_file():
         pairs = _load(path)
         if pairs is not None:
-            log.info("near-duplicate pairs reused from %s (%d pairs)", path.name, len(pairs))
+            log.info("near-duplicate pairs reused from %s (%d pairs)", path.name, len(pairs[0]))
             return pairs
-    pairs = neardup.find_pairs(signatures, threshold=threshold)
+    pairs = neardup.pair_arrays(signatures, threshold=threshold)
     try:
         _save(path, pairs)
     except OSError as e:
