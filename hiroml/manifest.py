@@ -110,6 +110,12 @@ def _as_list(v: Any) -> list[Any] | None:
     return [x.item() if hasattr(x, "item") else x for x in v]
 
 
+def _text(v: Any) -> str | None:
+    if type(v) is str:  # the usual cell: no pd.isna
+        return v
+    return None if _is_missing(v) else str(v)
+
+
 def _scalar(v: Any) -> Any:
     if _is_missing(v):
         return None
@@ -129,7 +135,7 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
                 pd.to_datetime(df[col]).astype("datetime64[us]"), type=pa.timestamp("us")
             )
         elif col in _STRING_COLUMNS:
-            arr = pa.array([None if _is_missing(v) else str(v) for v in values], type=pa.string())
+            arr = pa.array([_text(v) for v in values], type=pa.string())
         else:  # labels and other extras: let arrow infer
             arr = pa.array(df[col], from_pandas=True)
         arrays.append(arr)

@@ -82,7 +82,9 @@ def manifest_frame(
                     orphan=e.patient_id in orphans,
                 )
             )
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    # field by field: each row's lists are its own already (no dataclasses.asdict deep copy)
+    names = [f.name for f in dataclasses.fields(ManifestRow)]
+    df = pd.DataFrame([{n: getattr(r, n) for n in names} for r in rows])
     if df.empty:
         from hiroml.manifest import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
 
