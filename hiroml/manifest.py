@@ -13,9 +13,12 @@ Leakage columns (:mod:`hiroml.linking`): ``signature``, a list of 1024 **uint8**
 radiograph rows (null for CT): the rank-normalised 32 x 32 area-downsampled thumbnail of the
 stored array, row-major (:func:`hiroml.neardup.signature`); ``near_duplicates``, a list of
 the sample keys of other patient groups' radiographs whose signature's rank correlation with
-this one reached ``splits.near_duplicate_threshold``. ``patients.parquet`` gains ``links``,
+this one reached ``splits.near_duplicate_threshold``, sorted; at most
+:data:`hiroml.linking.NEAR_DUPLICATES_LISTED` (100) keys, the smallest, when thousands of
+images are near-identical (the build log then warns). ``patients.parquet`` gains ``links``,
 a list of strings: the evidence of each link that joined the group (identical decoded
-pixels, near duplicates), naming both samples.
+pixels; near duplicates: one link per pair that joined two groups not joined yet), naming
+both samples.
 """
 
 from __future__ import annotations
