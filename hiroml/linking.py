@@ -236,18 +236,26 @@ def link_groups(
 
 @dataclass(slots=True)
 class _Near:
-    """The near-duplicate partners of each sample, as the pairs stream by."""
+    """The near-duplicate partners of each sample (the first :data:`NEAR_DUPLICATES_LISTED`
+    by key), how many it has, and the pairs in all."""
 
     listed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    counts: dict[str, int] = field(default_factory=dict)
     pairs: int = 0
 
-    def add(self, a: str, b: str) -> None:
-        self.pairs += 1
-        for mine, other in ((a, b), (b, a)):
-            self.counts[mine] += 1
-            if self.counts[mine] <= NEAR_DUPLICATES_LISTED:
-                self.listed[mine].append(other)
+    def fill(self, keys: list[str], i: np.ndarray, j: np.ndarray) -> None:
+        """From the pairs ``(i, j)`` (indices into ``keys``, sorted), column-wise."""
+        n = len(keys)
+        self.pairs = len(i)
+        counts = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+        self.counts = {keys[k]: c for k, c in enumerate(counts.tolist()) if c}
+        src, dst = np.concatenate([i, j]), np.concatenate([j, i])
+        order = np.lexsort((dst, src))  # by sample, then partner: keys are sorted
+        src, dst = src[order], dst[order]
+        rank = np.arange(len(src)) - np.searchsorted(src, np.arange(n))[src]
+        first = rank < NEAR_DUPLICATES_LISTED
+        for a, b in zip(src[first].tolist(), dst[first].tolist(), strict=True):
+            self.listed[keys[a]].append(keys[b])
 
 
 def _near_links(
@@ -259,27 +267,40 @@ def _near_links(
     *,
     link_near: bool,
 ) -> list[GroupLink]:
-    """The near-duplicate links of ``pairs`` (indices into ``signed``, sorted), one per
-    pair that joins two groups not joined yet; every pair across groups goes into ``near``.
-    Pairs come sorted by (i, j) over samples sorted by key, so each sample's partners arrive
-    in key order and the first listed are the smallest keys."""
-    seen = uf if link_near else UnionFind()  # groups joined by the links reported so far
+    """The near-duplicate links of ``pairs`` (indices into ``signed``, sorted by (i, j);
+    ``signed`` sorted by key), one per pair that joins two groups not joined yet (in pair
+    order); every pair across groups goes into ``near``. Filtered column-wise: only the
+    pairs that may join two groups are looked at one by one."""
+    i, j, sim = pairs
+    names = [group[s.patient_id] for s in signed]
+    gi = _codes(names)
+    hi = _codes([s.data_hash for s in signed])
+    blank = np.array([not s.data_hash for s in signed])
+    keep = (gi[i] != gi[j]) & ((hi[i] != hi[j]) | blank[i])  # identical pixels: linked above
+    if not link_near:  # reported only: not between groups the identical pixels joined
+        roots = _codes([uf.find(g) for g in names])
+        keep &= roots[i] != roots[j]
+    i, j, sim = i[keep], j[keep], sim[keep]
+    near.fill([s.sample_key for s in signed], i, j)
+    seen = uf if link_near else UnionFind()  # groups joined by the links so far
     links: list[GroupLink] = []
     chunk = 65536
-    for c in range(0, len(pairs[0]), chunk):
-        part = (a[c : c + chunk].tolist() for a in pairs)
-        for i, j, sim in zip(*part, strict=True):
-            a, b = signed[i], signed[j]
-            if a.data_hash and a.data_hash == b.data_hash:
-                continue  # identical pixels: linked above
-            ga, gb = group[a.patient_id], group[b.patient_id]
-            if ga == gb or (not link_near and uf.find(ga) == uf.find(gb)):
-                continue
-            near.add(a.sample_key, b.sample_key)
+    for c in range(0, len(i), chunk):
+        roots = _codes([seen.find(g) for g in names])  # groups joined before this chunk
+        ci, cj = i[c : c + chunk], j[c : c + chunk]
+        for k in np.flatnonzero(roots[ci] != roots[cj]).tolist():
+            a, b = signed[int(ci[k])], signed[int(cj[k])]
+            ga, gb = names[int(ci[k])], names[int(cj[k])]
             if seen.find(ga) != seen.find(gb):
                 seen.union(ga, gb)
-                links.append(_link(NEAR_DUPLICATE, a, b, group, sim, link_near))
+                links.append(_link(NEAR_DUPLICATE, a, b, group, float(sim[c + k]), link_near))
     return links
+
+
+def _codes(values: list[str]) -> np.ndarray:
+    """Equal values, equal integers."""
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(v, len(index)) for v in values], dtype=np.int64)
 
 
 def decoded_pixel_hash(data: bytes) -> str:
