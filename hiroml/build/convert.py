@@ -41,6 +41,7 @@ def _cxr_meta(img: CxrImage, exam: Exam) -> dict[str, Any]:
         "bits_stored": img.bits_stored,
         "transfer_syntax": img.transfer_syntax,
         "decoder": img.decoder,
+        "decode_reduction": img.decode_reduction,
         "lut": img.lut,
         "inverted": img.inverted,
         "scale": img.scale,
