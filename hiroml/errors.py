@@ -7,6 +7,12 @@ class HiromlError(Exception):
     """Base of every error hiroml raises on purpose."""
 
 
+class ArgumentError(HiromlError, ValueError):
+    """A bad argument to a public function (a dtype, a column or a sample key that is not
+    there): a ``ValueError``, as Python users expect, and a :class:`HiromlError`, so that
+    ``except HiromlError`` still catches it."""
+
+
 class ConfigError(HiromlError):
     """A configuration value is missing, misspelled or out of range."""
 
