@@ -67,7 +67,7 @@ class BuildError(HiromlError):
 
 class ManifestError(HiromlError):
     """A table handed to :func:`hiroml.manifest.write_outputs` breaks the output contract
-    (``DESIGN.md`` §4)."""
+    (``docs/design.md`` §4)."""
 
 
 class ShardError(HiromlError):

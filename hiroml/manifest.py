@@ -1,4 +1,4 @@
-"""The output tables of DESIGN.md section 4: ``manifest.parquet``, ``patients.parquet`` and
+"""The output tables of docs/design.md section 4: ``manifest.parquet``, ``patients.parquet`` and
 ``audit.csv``, written atomically (:mod:`hiroml.atomic`), the manifest last;
 :mod:`hiroml.contract` checks a written folder against them (the same checks as the shared
 ``check_output_contract.py``).

@@ -1,4 +1,4 @@
-"""Immutable versions of an output folder (DESIGN.md section 4b).
+"""Immutable versions of an output folder (docs/design.md section 4b).
 
 Layout::
 
