@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml import __version__
 from hiroml import manifest as manifest_columns
+from hiroml._version import __version__
 from hiroml.flow import Flow, text_column
 from hiroml.splits import SPLITS
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hiroml import __version__
+from hiroml._version import __version__
 from hiroml.build.tasks import TaskResult, TaskSpec, save_task_record
 from hiroml.config import IndexConfig
 from hiroml.records import CtVolume, CxrImage, Exam, Instance, Modality, Problem, SampleRecord
