@@ -105,6 +105,8 @@ _PLAIN = frozenset({int, float, str, bool})
 
 
 def _as_list(v: Any) -> list[Any] | None:
+    if isinstance(v, list | tuple) and len(v) == 1 and type(v[0]) is str:  # one text
+        return [v[0]]
     if isinstance(v, list | tuple | np.ndarray) and len(v) > 1:  # never missing
         if isinstance(v, np.ndarray) and v.dtype.kind in "iufb":
             return v.tolist()
