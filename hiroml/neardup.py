@@ -54,6 +54,7 @@ SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE
 _WORK_SIDE = 64  # the thumbnail that is high-passed
 _HIGHPASS_SIGMA = 2.0  # cells of the 64 x 64 thumbnail
 _COARSE = 8  # side of the block-mean projection used for candidates
+_DENSE = 64  # more than 1 candidate in this many pairs of a block: filter on the full product
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +191,19 @@ def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) 
         li = left[s : s + block]
         ui = unit_vectors(sig[s : s + block])
         for t in range(s, n, block):
-            d2 = li @ right[t : t + block].T
-            ii, jj = np.nonzero(d2 <= radius2)
-            keep = (ii + s < jj + t) & live[ii + s] & live[jj + t]
-            ii, jj = ii[keep], jj[keep]
-            if not len(ii):
+            close = (li @ right[t : t + block].T) <= radius2
+            n_close = np.count_nonzero(close)
+            if not n_close:
                 continue
             uj = ui if t == s else unit_vectors(sig[t : t + block])
+            if n_close > close.size // _DENSE:
+                # look-alike images (one phantom, one protocol) pass the coarse bound in bulk:
+                # one full matrix product is then cheaper than listing the candidates; its
+                # float32 slack keeps every pair the confirmation below would keep
+                close = (ui @ uj.T) >= threshold - 1e-4
+            ii, jj = np.nonzero(close)
+            keep = (ii + s < jj + t) & live[ii + s] & live[jj + t]
+            ii, jj = ii[keep], jj[keep]
             for a in range(0, len(ii), 65536):  # confirm on the full vectors, in chunks
                 pa, pb = ii[a : a + 65536], jj[a : a + 65536]
                 sims = np.einsum("ij,ij->i", ui[pa], uj[pb])

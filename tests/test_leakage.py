@@ -202,6 +202,32 @@ def test_find_pairs_is_exact() -> None:
         neardup.find_pairs(base, threshold=1.5)
 
 
+def test_find_pairs_is_exact_when_most_images_look_alike() -> None:
+    """A block where most pairs pass the coarse bound (one phantom, one protocol) takes the
+    full-product path: the same pairs and similarities as the sparse path and brute force."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=neardup.SIGNATURE_SIZE)
+    # 120 jittered copies of one image (near duplicates of each other) among 80 others
+    amplitude = rng.integers(5, 40, size=(120, 1))  # some pairs of copies above 0.95, some not
+    noise = rng.uniform(-1, 1, (120, neardup.SIGNATURE_SIZE)) * amplitude
+    alike = np.clip(base + noise, 0, 255)
+    other = rng.integers(0, 256, size=(80, neardup.SIGNATURE_SIZE))
+    sig = np.concatenate([alike, other])[rng.permutation(200)].astype(np.uint8)
+    u = neardup.unit_vectors(sig)
+    sims = u @ u.T
+    brute = {(i, j) for i in range(200) for j in range(i + 1, 200) if sims[i, j] >= 0.95}
+    dense = neardup.pair_arrays(sig, threshold=0.95, block=64)
+    assert set(zip(dense[0].tolist(), dense[1].tolist(), strict=True)) == brute
+    assert 0 < len(brute) < 120 * 119 // 2  # the jitter leaves some copies below 0.95
+    sparse_only = neardup._DENSE
+    try:
+        neardup._DENSE = 10**12  # never dense: the candidate list path
+        sparse = neardup.pair_arrays(sig, threshold=0.95, block=64)
+    finally:
+        neardup._DENSE = sparse_only
+    assert all(np.array_equal(a, b) for a, b in zip(dense, sparse, strict=True))
+
+
 def test_the_pairs_of_the_same_signatures_are_read_back_not_searched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
