@@ -535,3 +535,26 @@ def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
         pass
     assert versions.main([str(out), "--prune", "--keep", "1"]) == 0
     assert [v.name for v in versions.list_versions(out)] == [before[-1].name]
+
+
+def test_dataset_hash_is_remembered_for_the_same_frame_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run with nothing new reuses the hash of the very same manifest frame; any other
+    frame is hashed anew (the memo never answers for a frame it was not computed from)."""
+    parquet = make_output(tmp_path, n_patients=3, n_ct=1) / "manifest.parquet"
+    frame = pd.read_parquet(parquet)
+    first = versions.remembered_dataset_hash(tmp_path, frame)
+    assert first == versions.dataset_hash(frame)
+
+    def no_hashing(_: object) -> str:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(versions, "dataset_hash", no_hashing)
+    assert versions.remembered_dataset_hash(tmp_path, pd.read_parquet(parquet)) == first
+    other = frame.assign(split=["val"] * len(frame))
+    with pytest.raises(AssertionError, match="hashed again"):
+        versions.remembered_dataset_hash(tmp_path, other)
+    monkeypatch.undo()
+    assert versions.remembered_dataset_hash(tmp_path, other) == versions.dataset_hash(other)
+    assert versions.remembered_dataset_hash(tmp_path, other) != first
