@@ -542,19 +542,21 @@ def test_dataset_hash_is_remembered_for_the_same_frame_only(
 ) -> None:
     """A re-run with nothing new reuses the hash of the very same manifest frame; any other
     frame is hashed anew (the memo never answers for a frame it was not computed from)."""
-    parquet = make_output(tmp_path, n_patients=3, n_ct=1) / "manifest.parquet"
+    out = make_output(tmp_path, n_patients=3, n_ct=1)
+    (out / ".hiroml").mkdir(exist_ok=True)  # a build's state folder
+    parquet = out / "manifest.parquet"
     frame = pd.read_parquet(parquet)
-    first = versions.remembered_dataset_hash(tmp_path, frame)
+    first = versions.remembered_dataset_hash(out, frame)
     assert first == versions.dataset_hash(frame)
 
     def no_hashing(_: object) -> str:
         raise AssertionError("hashed again")
 
     monkeypatch.setattr(versions, "dataset_hash", no_hashing)
-    assert versions.remembered_dataset_hash(tmp_path, pd.read_parquet(parquet)) == first
+    assert versions.remembered_dataset_hash(out, pd.read_parquet(parquet)) == first
     other = frame.assign(split=["val"] * len(frame))
     with pytest.raises(AssertionError, match="hashed again"):
-        versions.remembered_dataset_hash(tmp_path, other)
+        versions.remembered_dataset_hash(out, other)
     monkeypatch.undo()
-    assert versions.remembered_dataset_hash(tmp_path, other) == versions.dataset_hash(other)
-    assert versions.remembered_dataset_hash(tmp_path, other) != first
+    assert versions.remembered_dataset_hash(out, other) == versions.dataset_hash(other)
+    assert versions.remembered_dataset_hash(out, other) != first
