@@ -297,9 +297,20 @@ class ZipIndex:
     problems: tuple[Problem, ...]
 
 
-def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) -> ZipIndex:
+# What the index hands each member it read, besides indexing it: the zip, the member's record
+# and its bytes (hiroml.build.scratch converts radiographs there, so that they are read once).
+MemberHook = Callable[[ExamZip, Instance, bytes], None]
+
+
+def index_zip(
+    path: str | os.PathLike[str],
+    ezip: ExamZip,
+    limits: IndexConfig,
+    on_member: MemberHook | None = None,
+) -> ZipIndex:
     """Index every member of one exam zip. Never raises for bad input: an unreadable zip or
-    member becomes a :class:`Problem` naming it."""
+    member becomes a :class:`Problem` naming it. ``on_member`` is called with each indexed
+    member's bytes (once per SOP Instance UID), while the zip is open."""
     from hiroml.zipio import SafeZip
 
     batch, name = ezip.batch.name, ezip.file_name
@@ -357,6 +368,8 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
                 continue
             seen[inst.sop_uid] = member
             instances.append(inst)
+            if on_member is not None:
+                on_member(ezip, inst, data)
     return ZipIndex(ezip.rel_path, tuple(instances), tuple(problems))
 
 
@@ -460,7 +473,7 @@ class IndexResult:
     bytes_read: int
 
 
-def _index_job(args: tuple[str, ExamZip, IndexConfig]) -> ZipIndex:
+def _index_job(args: tuple[str, ExamZip, IndexConfig, MemberHook | None]) -> ZipIndex:
     return index_zip(*args)
 
 
@@ -474,13 +487,15 @@ def build_index(
     executor: ExecutorConfig | None = None,
     progress: bool = True,
     on_zip: Callable[[ZipIndex], None] | None = None,
+    on_member: MemberHook | None = None,
 ) -> IndexResult:
     """Index ``zips`` (from :func:`hiroml.datamart.discover`), reading only the new or
     changed ones; the database at ``db_path`` is updated in place.
 
     The zips are read by :func:`hiroml.executor.map_items` on ``executor`` (a local pool or
     Dask); without one, by a local pool of ``workers`` processes. Results come back in the
-    order of ``zips``, whatever the executor.
+    order of ``zips``, whatever the executor. ``on_member`` (picklable) runs in the worker on
+    each member read now (:func:`index_zip`); zips taken from the cache are not read.
     """
     t0 = time.perf_counter()
     root = os.fspath(root)
@@ -496,7 +511,7 @@ def build_index(
             zi.rel_path: zi for zi in cache.load(r for r in current if r not in fresh)
         }
         nbytes = sum(z.size for z in todo)
-        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits) for z in todo]
+        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits, on_member) for z in todo]
         done = [0]
 
         def status(_zi: ZipIndex, _seconds: float) -> str:
