@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import MakeCfg
 
-from hiroml import build, cxr, zipio
+from hiroml import build, cxr, shards, zipio
 from hiroml.build import scratch
 from hiroml.config import CxrConfig, IndexConfig
 from hiroml.datamart import discover
@@ -43,6 +43,14 @@ def test_each_radiograph_member_is_inflated_once_per_build(
 ) -> None:
     root, _ = tiny_datamart
     reads = _count_reads(monkeypatch)
+    hashed: list[str] = []
+    real_hash = shards.array_hash
+
+    def counted_hash(arr: np.ndarray) -> str:
+        hashed.append(real_hash(arr))
+        return hashed[-1]
+
+    monkeypatch.setattr(shards, "array_hash", counted_hash)
     out = tmp_path / "out"
     summary = build.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
     cxr_zips = {z.file_name for z in discover(root).zips if z.batch.modality is Modality.CXR}
@@ -57,6 +65,8 @@ def test_each_radiograph_member_is_inflated_once_per_build(
     assert summary.read_once - summary.read_once_unused == len(stored)
     assert not scratch.scratch_dir(out).exists()
     assert any("converted in the index's read" in line for line in summary.lines())
+    # each stored array hashed once (issue 16), radiographs and CT volumes alike
+    assert len(hashed) == len(manifest)
 
 
 def test_a_rerun_reads_the_zips_again_and_stores_the_same_arrays(
