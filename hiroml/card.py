@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml import __version__
+from hiroml import manifest as manifest_columns
+from hiroml._version import __version__
 from hiroml.flow import Flow, text_column
 from hiroml.splits import SPLITS
 
@@ -30,18 +31,8 @@ CARD_NAME = "DATASET.md"
 CARD_COLUMNS = ("split", "modality", "patient_id", "exam_key", "exam_time", "age_years", "sex")
 #: build summary fields the card prints, when present
 SUMMARY_FIELDS = ("version", "dataset_hash", "started", "seconds", "config_hash")
-#: manifest columns written by hiroml itself: never taken for a clinical label (the card's
-#: prevalence table, hiroml-export's index.csv)
-OWN_COLUMNS = frozenset(
-    {
-        "sample_key", "shard", "modality", "patient_id", "source_patient_id", "patient_group",
-        "split", "exam_key", "hiro_id", "exam_time", "description", "batch", "source_zips",
-        "series_uid", "sop_uid", "view", "age_years", "sex", "shape", "size_xyz",
-        "spacing_xyz", "origin_xyz", "direction", "shard_sha256", "data_hash", "sop_uids",
-        "pixel_hashes", "batches", "scale", "ct_decisions", "days_from_encounter", "orphan",
-        "frame", "frames",
-    }
-)  # fmt: skip
+#: manifest columns written by hiroml itself (one list, :data:`hiroml.manifest.OWN_COLUMNS`)
+OWN_COLUMNS = manifest_columns.OWN_COLUMNS
 _BATCH = re.compile(r"^(CXR|CT)-UPDATE-(\d{4})(\d{2})(\d{2})-(COMPLETE|IN-PROGRESS)$")
 
 
@@ -55,6 +46,8 @@ def settings_of(cfg: Any) -> dict[str, Any]:
         "cxr.dtype": cfg.cxr.dtype,
         "cxr.views": list(cfg.cxr.views),
         "cxr.drop_derived": cfg.cxr.drop_derived,
+        "cxr.fast_jpeg2000": cfg.cxr.fast_jpeg2000,
+        "cxr.fast_jpeg": cfg.cxr.fast_jpeg,
         "ct.series": cfg.ct.series,
         "ct.min_slices": cfg.ct.min_slices,
         "ct.spacing_policy": cfg.ct.spacing_policy,

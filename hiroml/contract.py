@@ -1,4 +1,4 @@
-"""The output contract checked on a written output folder (``DESIGN.md`` §4, §4b).
+"""The output contract checked on a written output folder (``docs/design.md`` §4, §4b).
 
 :func:`check_tables` reads the files and tables only (no torch: what ``hiroml-verify`` runs);
 :func:`check_contract` adds what ``HiromlDataset`` makes of them. The value checks are those
@@ -16,7 +16,7 @@ from hiroml.versions import BUILD_JSON, tables_dir
 
 
 def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
-    """Every shortfall of an output folder's files and tables against DESIGN.md section 4
+    """Every shortfall of an output folder's files and tables against docs/design.md section 4
     (empty: it holds): files present, columns, values (:func:`value_problems`), shards
     present, audit actions. Names and types only, not correctness; imports no torch (what
     ``hiroml-verify`` runs). ``version`` as in :func:`check_contract`."""
@@ -52,7 +52,7 @@ def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> li
 
 
 def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
-    """Every shortfall of an output folder against DESIGN.md section 4 (empty: it holds):
+    """Every shortfall of an output folder against docs/design.md section 4 (empty: it holds):
     :func:`check_tables`, then ``HiromlDataset`` sizes and sample shapes (imports torch).
 
     Where the output has published versions (section 4b) the tables checked are those of

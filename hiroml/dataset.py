@@ -23,7 +23,7 @@ import torch
 from h5py import h5d
 from torch.utils.data import Dataset
 
-from hiroml.errors import HiromlError
+from hiroml.errors import ArgumentError, HiromlError
 from hiroml.shards import SampleRef, open_shard, read_into, read_meta, region_of, sample_refs
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class HiromlDataset(Dataset[Sample]):
 
             transform = _chain(ToMetaTensord(), transform)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise HiromlError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
+            raise ArgumentError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
         self.dtype = dtype
         self.out_dir = Path(out_dir)
         self.split = split
@@ -161,7 +161,7 @@ class HiromlDataset(Dataset[Sample]):
         folder, self.version = tables_dir(self.out_dir, version)
         m = pd.read_parquet(folder / "manifest.parquet")
         if label is not None and label not in m.columns:
-            raise HiromlError(f"label {label!r} is not a column of {folder}/manifest.parquet")
+            raise ArgumentError(f"label {label!r} is not a column of {folder}/manifest.parquet")
         rows = m[m["modality"] == modality]
         if split is not None:
             rows = rows[rows["split"] == split]
@@ -384,10 +384,10 @@ def load_sitk(out_dir: Path | str, sample_key: str, *, version: str | int | None
     m = pd.read_parquet(folder / "manifest.parquet")
     row = m[m["sample_key"] == sample_key]
     if row.empty:
-        raise HiromlError(f"{sample_key!r} is not a sample of {folder}/manifest.parquet")
+        raise ArgumentError(f"{sample_key!r} is not a sample of {folder}/manifest.parquet")
     r = row.iloc[0]
     if r["modality"] != "ct":
-        raise HiromlError(f"{sample_key!r} is a {r['modality']} sample, not a CT volume")
+        raise ArgumentError(f"{sample_key!r} is a {r['modality']} sample, not a CT volume")
     array, _ = read_sample(out / str(r["shard"]), sample_key)
     return array_to_sitk(
         array,

@@ -7,6 +7,12 @@ class HiromlError(Exception):
     """Base of every error hiroml raises on purpose."""
 
 
+class ArgumentError(HiromlError, ValueError):
+    """A bad argument to a public function (a dtype, a column or a sample key that is not
+    there): a ``ValueError``, as Python users expect, and a :class:`HiromlError`, so that
+    ``except HiromlError`` still catches it."""
+
+
 class ConfigError(HiromlError):
     """A configuration value is missing, misspelled or out of range."""
 
@@ -61,7 +67,7 @@ class BuildError(HiromlError):
 
 class ManifestError(HiromlError):
     """A table handed to :func:`hiroml.manifest.write_outputs` breaks the output contract
-    (``DESIGN.md`` §4)."""
+    (``docs/design.md`` §4)."""
 
 
 class ShardError(HiromlError):

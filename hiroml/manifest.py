@@ -1,4 +1,4 @@
-"""The output tables of DESIGN.md section 4: ``manifest.parquet``, ``patients.parquet`` and
+"""The output tables of docs/design.md section 4: ``manifest.parquet``, ``patients.parquet`` and
 ``audit.csv``, written atomically (:mod:`hiroml.atomic`), the manifest last;
 :mod:`hiroml.contract` checks a written folder against them (the same checks as the shared
 ``check_output_contract.py``).
@@ -45,6 +45,11 @@ EXTRA_COLUMNS = _columns("extra")
 OPTIONAL_COLUMNS = {
     f.name: f.default for f in fields(ManifestRow) if f.metadata[PART] == "optional"
 }
+#: written by the leakage step (:mod:`hiroml.linking`), after the samples' own columns
+LINK_COLUMNS = ["signature", "near_duplicates"]
+#: every column hiroml itself writes: never taken for a clinical label (the card's prevalence
+#: table, hiroml-export's index.csv); any other column is the user's
+OWN_COLUMNS = frozenset([f.name for f in fields(ManifestRow)] + LINK_COLUMNS)
 AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
 PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
 ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}

@@ -328,7 +328,7 @@ class SampleRecord:
 
 
 #: ``ManifestRow`` field metadata: the part of the output contract a column belongs to
-#: (``DESIGN.md`` §4): core (every row), ct (CT rows), extra (checksums and source ids),
+#: (``docs/design.md`` §4): core (every row), ct (CT rows), extra (checksums and source ids),
 #: more (later releases' columns) and optional (filled with the field's default when absent).
 PART = "part"
 

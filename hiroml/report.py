@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from hiroml import __version__
+from hiroml._version import __version__
 from hiroml.datamart import REMAP_SHEET_NAME as REMAP_SHEET
 from hiroml.splits import SPLITS
 

@@ -14,7 +14,7 @@ default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.neardup`).
 Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
 from an interrupted or superseded build; samples in a shard that the manifest does not name.
 
-Versions (DESIGN.md section 4b): the tables checked are those of one published version,
+Versions (docs/design.md section 4b): the tables checked are those of one published version,
 ``--version V`` (default: the latest); ``--all`` checks every kept version, each shard it
 names included. Root tables that differ from the latest version's (a build interrupted while
 publishing; the next build repairs them) are a warning. Shards named by no kept version are

@@ -1,4 +1,4 @@
-"""Immutable versions of an output folder (DESIGN.md section 4b).
+"""Immutable versions of an output folder (docs/design.md section 4b).
 
 Layout::
 
@@ -50,7 +50,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from hiroml import __version__, faults
+from hiroml import faults
+from hiroml._version import __version__
 from hiroml.atomic import copy_atomic
 from hiroml.errors import HiromlError, OutputLockedError
 

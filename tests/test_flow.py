@@ -214,3 +214,18 @@ def test_card_prints_version_and_dataset_hash_when_given() -> None:
     assert card.startswith("# Dataset card: hiroml dataset version 0007-3f9a1c2e")
     assert "| dataset_hash | ab12cd |" in card
     assert "| version | 0007-3f9a1c2e |" in card
+
+
+def test_card_never_takes_hiroml_own_columns_for_clinical_labels() -> None:
+    """Every column hiroml writes (the leakage, stitching and object-type ones included) is
+    hiroml's, not a label: a manifest without a clinical table has no label column."""
+    from dataclasses import fields
+
+    from hiroml.card import _label_columns as label_columns
+    from hiroml.records import ManifestRow
+
+    own = [f.name for f in fields(ManifestRow)] + ["signature", "near_duplicates"]
+    m = pd.DataFrame({c: [False, True] for c in own})
+    assert label_columns(m) == []
+    m["icu"] = [0, 1]
+    assert label_columns(m) == ["icu"]

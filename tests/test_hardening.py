@@ -487,7 +487,7 @@ ALLOWED_META = {
     "transfer_syntax", "lut", "inverted", "scale", "exam_time", "description", "source_zip",
     "member", "series_description", "kernel", "size_xyz", "spacing_xyz", "origin_xyz",
     "direction", "slice_thickness", "resampled", "decisions", "n_source_slices",
-    "source_zips", "data_hash", "decoder",
+    "source_zips", "data_hash", "decoder", "decode_reduction",
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
     # issue 19: frame numbers, a flag and the padding note (attribute name, value, pixel count)
     "frame", "n_frames", "for_processing", "padding",

@@ -109,3 +109,12 @@ def test_an_installed_wheel_composes_its_configs(wheel: Path, tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert str(env) in done.stdout and "hiroml-covid-cxr ['frontal']" in done.stdout
+
+
+def test_package_version_is_pyproject_version() -> None:
+    import tomllib
+
+    import hiroml
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert hiroml.__version__ == pyproject["project"]["version"]

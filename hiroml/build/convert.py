@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hiroml import __version__
+from hiroml._version import __version__
 from hiroml.build.scratch import ScratchReader, scratch_dir
 from hiroml.build.tasks import TaskResult, TaskSpec, save_task_record
 from hiroml.config import IndexConfig
@@ -42,6 +42,7 @@ def _cxr_meta(img: CxrImage, exam: Exam) -> dict[str, Any]:
         "bits_stored": img.bits_stored,
         "transfer_syntax": img.transfer_syntax,
         "decoder": img.decoder,
+        "decode_reduction": img.decode_reduction,
         "lut": img.lut,
         "inverted": img.inverted,
         "scale": img.scale,

@@ -1,5 +1,5 @@
 """Manifest assembly: the driver's :class:`~hiroml.records.SampleRecord`\\ s, with their exams,
-patient groups and splits, as the manifest table (``DESIGN.md`` §4)."""
+patient groups and splits, as the manifest table (``docs/design.md`` §4)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hiroml import __version__
+from hiroml._version import __version__
 from hiroml.config import CxrConfig
 from hiroml.lock import STATE_DIR
 from hiroml.records import ExamZip, Instance, Modality

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hiroml import __version__
+from hiroml._version import __version__
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""The house rules of issue 11, checked on the source: no import cycle between hiroml's
+modules (function-level imports included), no function over 80 lines, no class over 300."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[1] / "hiroml"
+MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 300
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return out
+
+
+def _imports(tree: ast.Module, modules: set[str]) -> set[str]:
+    """The hiroml modules ``tree`` imports anywhere (``from pkg import sub`` counts as ``sub``)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+            subs = [a.name for a in node.names if f"{node.module}.{a.name}" in modules]
+            found.update(f"{node.module}.{s}" for s in subs)
+            if len(subs) < len(node.names):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in modules)
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as a path, or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str]:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return [*path[path.index(n) :], n]
+            if n not in state and (found := visit(n)):
+                return found
+        path.pop()
+        state[m] = 2
+        return []
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return []
+
+
+def test_no_import_cycle_between_hiroml_modules() -> None:
+    modules = _modules()
+    graph = {name: _imports(tree, set(modules)) - {name} for name, tree in modules.items()}
+    assert _cycle(graph) == []
+    # the check itself finds a cycle when there is one
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_function_or_class_too_long_to_read() -> None:
+    limits = {ast.FunctionDef: MAX_FUNCTION_LINES, ast.AsyncFunctionDef: MAX_FUNCTION_LINES}
+    limits[ast.ClassDef] = MAX_CLASS_LINES
+    long = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, tree in _modules().items()
+        for node in ast.walk(tree)
+        if type(node) in limits and (node.end_lineno or 0) - node.lineno + 1 > limits[type(node)]
+    ]
+    assert long == []
