@@ -184,6 +184,14 @@ def _check_pixel_size(h: Header, n_bytes: int, tsyntax: str, *, label: str) -> N
         )
 
 
+def _pixel_value(ds: Dataset) -> bytes | None:
+    """The (7FE0,0010) Pixel Data value of a dataset read whole, as bytes; None without it."""
+    if "PixelData" not in ds:
+        return None
+    raw = ds["PixelData"].value
+    return raw if isinstance(raw, bytes) else bytes(raw or b"")
+
+
 def instance_from_dataset(
     ds: Dataset,
     *,
@@ -205,10 +213,7 @@ def instance_from_dataset(
     if not sop:
         raise BadInputError(f"{zip_name}: {member} has no (0008,0018) SOP Instance UID")
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    pixel_bytes = pixels
-    if pixel_bytes is None and "PixelData" in ds:
-        raw = ds["PixelData"].value
-        pixel_bytes = raw if isinstance(raw, bytes) else bytes(raw or b"")
+    pixel_bytes = pixels if pixels is not None else _pixel_value(ds)
     rows, cols = _int(h, "Rows") or 0, _int(h, "Columns") or 0
     bits = _int(h, "BitsAllocated") or 0
     frames = _int(h, "NumberOfFrames") or 1
@@ -331,9 +336,7 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
         whole = True
     if whole:
         full, _, _ = _parse(data, label=label, stop_before_pixels=False)
-        if "PixelData" in full:
-            raw = full["PixelData"].value
-            pixels = raw if isinstance(raw, bytes) else bytes(raw or b"")
+        pixels = _pixel_value(full)
     if pixels is None and "Rows" in ds and "Columns" in ds:
         raise BadInputError(
             f"{label}: an image (Rows/Columns set) without (7FE0,0010) Pixel Data: the file is "
