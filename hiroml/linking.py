@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,11 @@ from hiroml.exams import UnionFind
 log = logging.getLogger(__name__)
 
 SAME_PIXELS = "same decoded pixels"
+#: the most near-duplicate partners a sample lists (manifest ``near_duplicates``): beyond
+#: it (thousands of near-identical images) the list is cut and the build warns
+NEAR_DUPLICATES_LISTED = 100
+#: the near-duplicate search: ``(signatures, *, threshold) -> pairs`` as neardup.pair_arrays
+FindPairs = Callable[..., neardup.PairArrays]
 NEAR_DUPLICATE = "near duplicate"
 
 
@@ -98,11 +103,17 @@ class GroupLink:
 
 @dataclass(frozen=True, slots=True)
 class LinkResult:
-    """``group_of``: every patient id given -> its group after linking; ``links``: every
-    link made or reported, sorted by kind then sample keys."""
+    """``group_of``: every patient id given -> its group after linking; ``links``: the
+    links made or reported, sorted by kind then sample keys; ``near_duplicates``: sample key
+    -> the sorted keys of its near-duplicate partners across groups, the first
+    :data:`NEAR_DUPLICATES_LISTED` only; ``near_counts``: sample key -> how many partners it
+    has in all; ``near_pairs``: the near-duplicate pairs across groups, in all."""
 
     group_of: dict[str, str]
     links: tuple[GroupLink, ...]
+    near_duplicates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    near_counts: dict[str, int] = field(default_factory=dict)
+    near_pairs: int = 0
 
     def notes_by_exam(self) -> dict[str, list[str]]:
         """exam key -> the audit notes of the links its samples take part in."""
@@ -153,10 +164,18 @@ def link_groups(
     near_threshold: float | None = None,
     link_near: bool = True,
     max_patients: int = 0,
+    find_pairs: FindPairs = neardup.pair_arrays,
 ) -> LinkResult:
     """Join the patient groups of ``group_of`` (patient id -> group) whose samples show the
     same image; see the module docstring. A patient id missing from ``group_of`` is its own
-    group. ``near_threshold=None`` skips the near-duplicate search."""
+    group. ``near_threshold=None`` skips the near-duplicate search. ``find_pairs`` is the
+    search (:func:`hiroml.neardup.pair_arrays`, or one that reuses an earlier result of it:
+    :func:`hiroml.build.paircache.cached_pair_arrays`).
+
+    Near-duplicate pairs are streamed, never held as objects: a pair becomes a
+    :class:`GroupLink` only when it joins two groups not joined yet (a spanning tree of the
+    groups, so thousands of near-identical images make links by the group, not by the pair);
+    every pair counts in ``near_counts`` and ``near_pairs``."""
     if near_threshold is not None and not -1.0 <= near_threshold <= 1.0:
         raise ValueError(f"near_threshold={near_threshold}: must lie in [-1, 1]")
     items = sorted(samples, key=lambda s: s.sample_key)
@@ -184,27 +203,104 @@ def link_groups(
             uf.union(group[anchor.patient_id], group[s.patient_id])
             links.append(_link(SAME_PIXELS, anchor, s, group, 1.0, True))
 
+    near = _Near()
     if near_threshold is not None:
         signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
         if len(signed) > 1:
             sigs = np.asarray([s.signature for s in signed], dtype=np.uint8)
-            for p in neardup.find_pairs(sigs, threshold=near_threshold):
-                a, b = signed[p.i], signed[p.j]
-                if a.data_hash and a.data_hash == b.data_hash:
-                    continue  # identical pixels: linked above
-                ga, gb = group[a.patient_id], group[b.patient_id]
-                if ga == gb or (uf.find(ga) == uf.find(gb) and not link_near):
-                    continue
-                if link_near:
-                    uf.union(ga, gb)
-                links.append(_link(NEAR_DUPLICATE, a, b, group, p.similarity, link_near))
+            pairs = find_pairs(sigs, threshold=near_threshold)
+            links += _near_links(signed, pairs, group, uf, near, link_near=link_near)
 
     final = {pid: uf.find(g) for pid, g in group.items()}
     links.sort(key=lambda k: (k.kind, k.sample_key, k.other_key))
     joined = sum(1 for k in links if k.linked)
     if links:
         log.info("pixel identity: %d link(s) between patient groups, %d joined", len(links), joined)
-    return LinkResult(group_of=final, links=tuple(links))
+    cut = sum(1 for n in near.counts.values() if n > NEAR_DUPLICATES_LISTED)
+    if cut:
+        log.warning(
+            "%d sample(s) have more than %d near duplicates across groups: their "
+            "near_duplicates list the first %d (by sample key) only",
+            cut,
+            NEAR_DUPLICATES_LISTED,
+            NEAR_DUPLICATES_LISTED,
+        )
+    return LinkResult(
+        group_of=final,
+        links=tuple(links),
+        near_duplicates={k: tuple(v) for k, v in near.listed.items()},
+        near_counts=dict(near.counts),
+        near_pairs=near.pairs,
+    )
+
+
+@dataclass(slots=True)
+class _Near:
+    """The near-duplicate partners of each sample (the first :data:`NEAR_DUPLICATES_LISTED`
+    by key), how many it has, and the pairs in all."""
+
+    listed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    counts: dict[str, int] = field(default_factory=dict)
+    pairs: int = 0
+
+    def fill(self, keys: list[str], i: np.ndarray, j: np.ndarray) -> None:
+        """From the pairs ``(i, j)`` (indices into ``keys``, sorted), column-wise."""
+        n = len(keys)
+        self.pairs = len(i)
+        counts = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+        self.counts = {keys[k]: c for k, c in enumerate(counts.tolist()) if c}
+        src, dst = np.concatenate([i, j]), np.concatenate([j, i])
+        order = np.lexsort((dst, src))  # by sample, then partner: keys are sorted
+        src, dst = src[order], dst[order]
+        rank = np.arange(len(src)) - np.searchsorted(src, np.arange(n))[src]
+        first = rank < NEAR_DUPLICATES_LISTED
+        for a, b in zip(src[first].tolist(), dst[first].tolist(), strict=True):
+            self.listed[keys[a]].append(keys[b])
+
+
+def _near_links(
+    signed: list[SampleIdentity],
+    pairs: neardup.PairArrays,
+    group: Mapping[str, str],
+    uf: UnionFind,
+    near: _Near,
+    *,
+    link_near: bool,
+) -> list[GroupLink]:
+    """The near-duplicate links of ``pairs`` (indices into ``signed``, sorted by (i, j);
+    ``signed`` sorted by key), one per pair that joins two groups not joined yet (in pair
+    order); every pair across groups goes into ``near``. Filtered column-wise: only the
+    pairs that may join two groups are looked at one by one."""
+    i, j, sim = pairs
+    names = [group[s.patient_id] for s in signed]
+    gi = _codes(names)
+    hi = _codes([s.data_hash for s in signed])
+    blank = np.array([not s.data_hash for s in signed])
+    keep = (gi[i] != gi[j]) & ((hi[i] != hi[j]) | blank[i])  # identical pixels: linked above
+    if not link_near:  # reported only: not between groups the identical pixels joined
+        roots = _codes([uf.find(g) for g in names])
+        keep &= roots[i] != roots[j]
+    i, j, sim = i[keep], j[keep], sim[keep]
+    near.fill([s.sample_key for s in signed], i, j)
+    seen = uf if link_near else UnionFind()  # groups joined by the links so far
+    links: list[GroupLink] = []
+    chunk = 65536
+    for c in range(0, len(i), chunk):
+        roots = _codes([seen.find(g) for g in names])  # groups joined before this chunk
+        ci, cj = i[c : c + chunk], j[c : c + chunk]
+        for k in np.flatnonzero(roots[ci] != roots[cj]).tolist():
+            a, b = signed[int(ci[k])], signed[int(cj[k])]
+            ga, gb = names[int(ci[k])], names[int(cj[k])]
+            if seen.find(ga) != seen.find(gb):
+                seen.union(ga, gb)
+                links.append(_link(NEAR_DUPLICATE, a, b, group, float(sim[c + k]), link_near))
+    return links
+
+
+def _codes(values: list[str]) -> np.ndarray:
+    """Equal values, equal integers."""
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(v, len(index)) for v in values], dtype=np.int64)
 
 
 def decoded_pixel_hash(data: bytes) -> str:

@@ -13,18 +13,23 @@ Leakage columns (:mod:`hiroml.linking`): ``signature``, a list of 1024 **uint8**
 radiograph rows (null for CT): the rank-normalised 32 x 32 area-downsampled thumbnail of the
 stored array, row-major (:func:`hiroml.neardup.signature`); ``near_duplicates``, a list of
 the sample keys of other patient groups' radiographs whose signature's rank correlation with
-this one reached ``splits.near_duplicate_threshold``. ``patients.parquet`` gains ``links``,
+this one reached ``splits.near_duplicate_threshold``, sorted; at most
+:data:`hiroml.linking.NEAR_DUPLICATES_LISTED` (100) keys, the smallest, when thousands of
+images are near-identical (the build log then warns). ``patients.parquet`` gains ``links``,
 a list of strings: the evidence of each link that joined the group (identical decoded
-pixels, near duplicates), naming both samples.
+pixels; near duplicates: one link per pair that joined two groups not joined yet), naming
+both samples.
 """
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,12 +100,30 @@ def _is_missing(v: Any) -> bool:
         return False
 
 
+#: element types a list value is written as it is (no ``.item()`` per element)
+_PLAIN = frozenset({int, float, str, bool})
+
+
 def _as_list(v: Any) -> list[Any] | None:
+    if isinstance(v, list | tuple) and len(v) == 1 and type(v[0]) is str:  # one text
+        return [v[0]]
+    if isinstance(v, list | tuple | np.ndarray) and len(v) > 1:  # never missing
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iufb":
+            return v.tolist()
+        if set(map(type, v)) <= _PLAIN:
+            return list(v)
+        return [x.item() if hasattr(x, "item") else x for x in v]
     if _is_missing(v):
         return None
     if isinstance(v, str):
         return [v]
     return [x.item() if hasattr(x, "item") else x for x in v]
+
+
+def _text(v: Any) -> str | None:
+    if type(v) is str:  # the usual cell: no pd.isna
+        return v
+    return None if _is_missing(v) else str(v)
 
 
 def _scalar(v: Any) -> Any:
@@ -122,7 +145,7 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
                 pd.to_datetime(df[col]).astype("datetime64[us]"), type=pa.timestamp("us")
             )
         elif col in _STRING_COLUMNS:
-            arr = pa.array([None if _is_missing(v) else str(v) for v in values], type=pa.string())
+            arr = pa.array([_text(v) for v in values], type=pa.string())
         else:  # labels and other extras: let arrow infer
             arr = pa.array(df[col], from_pandas=True)
         arrays.append(arr)
@@ -187,21 +210,30 @@ def patients_frame(
 ) -> pd.DataFrame:
     """One row per patient group of the manifest: its patient ids (current, source and those
     of ``group_members``), split and sample counts."""
-    rows = []
+    if manifest.empty:
+        return pd.DataFrame([], columns=PATIENT_COLUMNS)
     members = group_members or {}
-    for group, g in manifest.groupby("patient_group", sort=True):
-        ids = set(g["patient_id"].astype(str)) | set(g["source_patient_id"].astype(str))
-        ids |= {str(p) for p in members.get(str(group), ())}
-        rows.append(
-            {
-                "patient_group": str(group),
-                "patient_ids": sorted(ids),
-                "split": ",".join(sorted(set(g["split"].astype(str)))),
-                "n_samples": len(g),
-                "n_cxr": int((g["modality"] == "cxr").sum()),
-                "n_ct": int((g["modality"] == "ct").sum()),
-            }
-        )
+    ids: dict[Any, set[str]] = defaultdict(set)
+    split: dict[Any, set[str]] = defaultdict(set)
+    counts: dict[Any, Counter[str]] = defaultdict(Counter)
+    columns = ("patient_group", "patient_id", "source_patient_id", "split", "modality")
+    for group, pid, source, s, modality in zip(*(manifest[c] for c in columns), strict=True):
+        if _is_missing(group):  # as groupby: a row without a group is in none
+            continue
+        ids[group].update((str(pid), str(source)))
+        split[group].add(str(s))
+        counts[group][modality] += 1
+    rows = [
+        {
+            "patient_group": str(group),
+            "patient_ids": sorted(ids[group] | {str(p) for p in members.get(str(group), ())}),
+            "split": ",".join(sorted(split[group])),
+            "n_samples": counts[group].total(),
+            "n_cxr": counts[group]["cxr"],
+            "n_ct": counts[group]["ct"],
+        }
+        for group in sorted(ids)
+    ]
     return pd.DataFrame(rows, columns=PATIENT_COLUMNS)
 
 

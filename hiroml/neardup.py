@@ -88,6 +88,22 @@ def _trim(a: np.ndarray) -> np.ndarray:
     return a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+#: every float16 value as float32, indexed by its bits: a gather is several times faster
+#: than ``astype`` and gives the same values
+_F16_AS_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 with NaN and infinities as 0 (a copy)."""
+    if a.dtype == np.float16:
+        f = _F16_AS_F32[np.ascontiguousarray(a).view(np.uint16)]
+    else:
+        f = a.astype(np.float32)
+    if f.dtype.kind == "f" and a.dtype.kind not in "iub" and not np.isfinite(f).all():
+        np.nan_to_num(f, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return f
+
+
 def signature(arr: np.ndarray) -> np.ndarray:
     """The uint8 signature (1024 values) of a stored radiograph, numpy (y, x), any dtype.
 
@@ -97,7 +113,7 @@ def signature(arr: np.ndarray) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"signature() needs a non-empty 2-D (y, x) array, got shape {a.shape}")
-    f = _trim(np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+    f = _trim(_as_float32(a))
     work = cv2.resize(f, (_WORK_SIDE, _WORK_SIDE), interpolation=cv2.INTER_AREA)
     work = work - cv2.GaussianBlur(work, (0, 0), _HIGHPASS_SIGMA)
     small = cv2.resize(work, (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA)
@@ -136,6 +152,18 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
 
     ``signatures``: (n, 1024) uint8, one row per image. ``block`` bounds the memory:
     about ``block * block * 4`` bytes per step. Pairs come sorted by (i, j)."""
+    i, j, sim = pair_arrays(signatures, threshold=threshold, block=block)
+    return [NearPair(*p) for p in zip(i.tolist(), j.tolist(), sim.tolist(), strict=True)]
+
+
+#: the pairs of :func:`pair_arrays`: ``i``, ``j`` (int64) and their similarity (float64)
+PairArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) -> PairArrays:
+    """:func:`find_pairs` as three arrays, sorted by (i, j): 24 bytes a pair, where a
+    :class:`NearPair` object takes over 100 (thousands of near-identical images make
+    millions of pairs)."""
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold}: must lie in [-1, 1]")
     if block < 1:
@@ -143,7 +171,7 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
     sig = np.asarray(signatures)
     n = sig.shape[0] if sig.ndim == 2 else 0
     if n < 2:
-        return []
+        return _EMPTY
     # unit vectors block by block (memory: the uint8 signatures and 66 floats per row)
     c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
     live = np.empty(n, dtype=bool)
@@ -157,7 +185,7 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
     left = np.hstack([c, cn, ones])
     right = np.hstack([-2.0 * c, ones, cn])
     radius2 = 2.0 - 2.0 * threshold + 1e-4  # float32 slack: never a false negative
-    out: list[NearPair] = []
+    found: list[PairArrays] = []
     for s in range(0, n, block):
         li = left[s : s + block]
         ui = unit_vectors(sig[s : s + block])
@@ -173,10 +201,19 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
                 pa, pb = ii[a : a + 65536], jj[a : a + 65536]
                 sims = np.einsum("ij,ij->i", ui[pa], uj[pb])
                 ok = sims >= threshold - 1e-6
-                out.extend(
-                    NearPair(int(x) + s, int(y) + t, float(min(1.0, z)))
-                    for x, y, z in zip(pa[ok], pb[ok], sims[ok], strict=True)
+                found.append(
+                    (
+                        pa[ok].astype(np.int64) + s,
+                        pb[ok].astype(np.int64) + t,
+                        np.minimum(sims[ok].astype(np.float64), 1.0),
+                    )
                 )
-    out.sort(key=lambda p: (p.i, p.j))
-    log.debug("near-duplicate search: %d signatures, %d pairs >= %.3f", n, len(out), threshold)
-    return out
+    if not found:
+        return _EMPTY
+    i, j, sim = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    order = np.lexsort((j, i))
+    log.debug("near-duplicate search: %d signatures, %d pairs >= %.3f", n, len(i), threshold)
+    return i[order], j[order], sim[order]
+
+
+_EMPTY: PairArrays = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))

@@ -807,6 +807,7 @@ def write_report(
     changes: str = "",
     near_duplicates: pd.DataFrame | None = None,
     settings: Mapping[str, Any] | None = None,
+    dataset_hash: str = "",
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
     inclusion/exclusion flow, :mod:`hiroml.flow`, also drawn at the top of the page) and
@@ -825,7 +826,8 @@ def write_report(
     patient groups, shown with both thumbnails side by side.
     ``settings`` (config key -> value, :func:`hiroml.card.settings_of`) are the conversion
     settings printed in the card; ``summary`` keys ``version`` and ``dataset_hash`` are
-    printed there when present.
+    printed there when present; ``dataset_hash``, when given, is the card's (the publisher
+    computed it already: the card then does not hash the manifest again).
     Each file is written to a temporary name then moved into place (``os.replace``).
     """
     from hiroml.card import CARD_NAME, render_card
@@ -849,7 +851,11 @@ def write_report(
         near_duplicates=near_duplicates,
     )
     card = render_card(
-        manifest=manifest, audit=audit, summary=summary, flow=flow, settings=settings
+        manifest=manifest,
+        audit=audit,
+        summary={**summary, "dataset_hash": dataset_hash} if dataset_hash else summary,
+        flow=flow,
+        settings=settings,
     )
     _write_text(out_dir, FLOW_NAME, svg)
     _write_text(out_dir, CARD_NAME, card)

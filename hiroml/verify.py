@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml.contract import check_tables
-from hiroml.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, find_pairs
+from hiroml.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, pair_arrays
 from hiroml.shards import (
     array_hash,
     open_shard,
@@ -138,14 +138,15 @@ def near_duplicates_across_splits(m: pd.DataFrame, *, threshold: float) -> list[
     keys = rows["sample_key"].astype(str).tolist()
     splits = rows["split"].astype(str).tolist()
     hashes = rows["data_hash"].astype(str).tolist() if "data_hash" in rows else [""] * len(keys)
-    out = []
-    for p in find_pairs(sigs, threshold=threshold):
-        if splits[p.i] != splits[p.j] and not (hashes[p.i] and hashes[p.i] == hashes[p.j]):
-            out.append(
-                f"near duplicate across splits: {keys[p.i]} ({splits[p.i]}) ~ {keys[p.j]} "
-                f"({splits[p.j]}), rank correlation {p.similarity:.3f}"
-            )
-    return out
+    i, j, sim = pair_arrays(sigs, threshold=threshold)  # arrays: millions of pairs fit
+    split_of, hash_of = np.asarray(splits, dtype=object), np.asarray(hashes, dtype=object)
+    same_pixels = (hash_of[i] == hash_of[j]) & (hash_of[i] != "")
+    cross = np.flatnonzero((split_of[i] != split_of[j]) & ~same_pixels)
+    return [
+        f"near duplicate across splits: {keys[a]} ({splits[a]}) ~ {keys[b]} "
+        f"({splits[b]}), rank correlation {z:.3f}"
+        for a, b, z in zip(i[cross].tolist(), j[cross].tolist(), sim[cross].tolist(), strict=True)
+    ]
 
 
 def examine(

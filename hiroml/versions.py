@@ -36,6 +36,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import html
+import itertools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiroml import faults
@@ -189,15 +191,41 @@ def _canonical(v: Any) -> Any:
 UNHASHED_COLUMNS = frozenset({"shard_sha256"})
 
 
+def _kept_as_is(t: pa.DataType) -> bool:
+    """Whether :func:`_canonical` leaves every value of type ``t`` as it is (integers,
+    strings, booleans and lists of them)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_boolean(t)
+
+
+def _column_values(col: pa.ChunkedArray) -> list[Any]:
+    """The canonical values of one column, computed column-wise: a list column without
+    nulls is cut from one flat ``tolist`` of its values (a 1,024-value signature per row
+    costs a slice, not 1,024 calls)."""
+    if not _kept_as_is(col.type):
+        return [_canonical(v) for v in col.to_pylist()]
+    arr = col.combine_chunks()
+    lists = isinstance(arr, pa.ListArray | pa.LargeListArray)
+    if lists and arr.null_count == 0 and arr.values.null_count == 0:
+        flat = arr.flatten().to_numpy(zero_copy_only=False).tolist()
+        offsets = arr.offsets.to_numpy()
+        cuts = (offsets - offsets[0]).tolist()
+        return [flat[a:b] for a, b in itertools.pairwise(cuts)]
+    return arr.to_pylist()
+
+
 def hash_table(table: Any) -> str:
-    """The dataset hash of a manifest as a pyarrow table (see the module docstring)."""
+    """The dataset hash of a manifest as a pyarrow table (see the module docstring): the
+    SHA-256 of the column names, then of one canonical JSON line per row, by sample key."""
     columns = sorted(c for c in table.column_names if c not in UNHASHED_COLUMNS)
-    rows = table.select(columns).to_pylist()
-    rows.sort(key=lambda r: str(r.get("sample_key")))
+    values = [_column_values(table.column(c)) for c in columns]
+    keys = values[columns.index("sample_key")] if "sample_key" in columns else None
+    order = sorted(range(table.num_rows), key=lambda i: str(None if keys is None else keys[i]))
     h = hashlib.sha256()
     h.update(json.dumps(columns).encode())
-    for r in rows:
-        line = json.dumps([_canonical(r[c]) for c in columns], allow_nan=False, default=str)
+    for i in order:
+        line = json.dumps([v[i] for v in values], allow_nan=False, default=str)
         h.update(b"\n" + line.encode())
     return h.hexdigest()
 
@@ -686,7 +714,7 @@ class Published:
     pruned: Pruned
 
 
-WriteReport = Callable[[Path, str, str], None]
+WriteReport = Callable[[Path, str, str, str], None]
 
 
 def _write_version(
@@ -698,6 +726,7 @@ def _write_version(
     patients: pd.DataFrame,
     audit: pd.DataFrame,
     write_report: WriteReport,
+    digest: str,
 ) -> VersionDiff:
     """The tables and report of a new version, into the hidden folder ``tmp``; the diff
     against the latest version (or the root tables of an output without versions)."""
@@ -707,7 +736,7 @@ def _write_version(
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
     change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
-    write_report(tmp, name, changes_html(change))
+    write_report(tmp, name, changes_html(change), digest)
     return change
 
 
@@ -738,9 +767,10 @@ def publish(
     """Publish the tables of a finished build as a new version, unless the latest version
     already holds the same dataset; then bring the root tables up to date and prune.
 
-    ``write_report(folder, version, changes_html)`` writes the report of ``version`` (and
-    whatever goes beside it) into ``folder``; ``changes_html`` is the body of the "What
-    changed since the previous version" section. ``build_info`` goes into ``build.json``
+    ``write_report(folder, version, changes_html, dataset_hash)`` writes the report of
+    ``version`` (and whatever goes beside it) into ``folder``; ``changes_html`` is the body
+    of the "What changed since the previous version" section; ``dataset_hash`` is the hash
+    computed here (once per build), for the dataset card. ``build_info`` goes into ``build.json``
     (resolved config, inputs, timings), with ``version``, ``dataset_hash``, ``created``,
     ``hiroml_version``, ``samples``, ``patients``, ``previous`` and ``changes`` added.
     """
@@ -799,7 +829,9 @@ def _publish_new(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        change = _write_version(tmp, out, latest, name, manifest, patients, audit, write_report)
+        change = _write_version(
+            tmp, out, latest, name, manifest, patients, audit, write_report, digest
+        )
         info = {
             **build_info,
             "version": name,

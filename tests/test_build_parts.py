@@ -3,6 +3,8 @@ and a torch-free ``hiroml-verify``."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from hiroml.atomic import temp_path, write_atomic, write_text_atomic
 from hiroml.build.tasks import TaskResult, load_task_record, save_task_record
 from hiroml.config import ExecutorConfig
 from hiroml.executor import map_items
+from hiroml.lock import STATE_DIR
 from hiroml.records import Action, Problem, SampleRecord
 
 
@@ -98,6 +101,23 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
     assert again.samples == (sample,) and again.problems == result.problems
     (tmp_path / "shards" / "t-0.h5").unlink()
     assert load_task_record(Spec) is None  # type: ignore[arg-type]  # its shard is gone
+
+
+def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
+    """The record is written field by field (no ``dataclasses.asdict`` deep copy of the
+    1,024-value signature) in the same JSON as before, so older records still load."""
+    sample = SampleRecord(
+        sample_key="e1:1.2:0", exam_key="e1", modality="cxr", shard="shards/t-0.h5",
+        shard_sha256="ab", data_hash="cd", shape=(8, 9), series_uid="1.2", sop_uid="1.2.1",
+        sop_uids=("1.2.1",), pixel_hashes=("x",), view="PA", scale=0.5,
+        signature=tuple(range(256)) * 4, frame=0,
+    )  # fmt: skip
+    problem = Problem(zip="a.zip", batch="b1", member="m", stage="cxr", reason="r")
+    result = TaskResult("t", (sample,), (("e1", problem),), ("shards/t-0.h5",), 1.5, 10)
+    save_task_record(str(tmp_path), result)
+    written = json.loads((tmp_path / STATE_DIR / "tasks" / "t.json").read_text())
+    assert written["samples"] == [json.loads(json.dumps(dataclasses.asdict(sample)))]
+    assert written["problems"] == [["e1", json.loads(json.dumps(dataclasses.asdict(problem)))]]
 
 
 def test_verify_imports_no_torch(tmp_path: Path) -> None:

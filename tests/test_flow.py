@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from hiroml import versions
 from hiroml.card import render_card
 from hiroml.flow import Flow, compute_flow, flow_svg, reason_class
 
@@ -200,6 +201,9 @@ def test_dataset_card(built: Path, tiny_datamart: tuple[Path, dict[str, Any]]) -
     assert not any(p in card for p in truth["private_strings"])
     assert not any(k in card for k in manifest["sample_key"])
     assert not any(Path(z).name in card for z in truth["zips"])
+    # the hash the publisher computed (once) is the one the card prints
+    latest = versions.find_version(built)
+    assert latest is not None and f"| dataset_hash | {latest.dataset_hash} |" in card
 
 
 def test_card_prints_version_and_dataset_hash_when_given() -> None:

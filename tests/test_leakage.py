@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from hiroml import build, cxr, exams, linking, neardup, synth, verify
+from hiroml.build import paircache
 from hiroml.errors import ConfigError
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
@@ -169,6 +170,17 @@ def test_signature_holds_under_reexport_and_separates_patients() -> None:
     assert max(sims) < neardup.DEFAULT_THRESHOLD - 0.05, sims
 
 
+def test_signature_input_as_float32_is_astype_with_non_finite_as_zero() -> None:
+    every_f16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    f32 = np.random.default_rng(2).random((9, 7)).astype(np.float32)
+    f32[1, 1], f32[2, 2] = np.nan, -np.inf
+    u16 = np.random.default_rng(3).integers(0, 4096, (9, 7)).astype(np.uint16)
+    for a in (every_f16, every_f16[::3, 1:], f32, u16):
+        want = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        got = neardup._as_float32(a)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_find_pairs_is_exact() -> None:
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, size=(300, neardup.SIGNATURE_SIZE)).astype(np.uint8)
@@ -188,6 +200,39 @@ def test_find_pairs_is_exact() -> None:
     assert found[1].similarity == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="threshold"):
         neardup.find_pairs(base, threshold=1.5)
+
+
+def test_the_pairs_of_the_same_signatures_are_read_back_not_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    sigs = rng.integers(0, 256, size=(50, neardup.SIGNATURE_SIZE)).astype(np.uint8)
+    sigs[30] = sigs[4]
+
+    def listed(pairs: neardup.PairArrays) -> list[tuple[int, int, float]]:
+        return list(zip(*(a.tolist() for a in pairs), strict=True))
+
+    first = listed(paircache.cached_pair_arrays(tmp_path, sigs, threshold=0.9))
+    assert first == [(p.i, p.j, p.similarity) for p in neardup.find_pairs(sigs, threshold=0.9)]
+    assert len(first) == 1
+    searched: list[float] = []
+
+    def search(signatures: np.ndarray, *, threshold: float) -> neardup.PairArrays:
+        searched.append(threshold)
+        return neardup._EMPTY
+
+    monkeypatch.setattr(neardup, "pair_arrays", search)
+    assert listed(paircache.cached_pair_arrays(tmp_path, sigs, threshold=0.9)) == first
+    assert searched == []  # read back
+    assert not listed(paircache.cached_pair_arrays(tmp_path, sigs, threshold=0.8))
+    changed = sigs.copy()
+    changed[0] = changed[1]
+    assert not listed(paircache.cached_pair_arrays(tmp_path, changed, threshold=0.9))
+    assert searched == [0.8, 0.9]  # another threshold, another signature: searched again
+    assert len(list(paircache.cache_dir(tmp_path).glob("*.npz"))) == 1  # the latest only
+    next(paircache.cache_dir(tmp_path).glob("*.npz")).write_bytes(b"garbage")
+    assert not listed(paircache.cached_pair_arrays(tmp_path, changed, threshold=0.9))
+    assert searched == [0.8, 0.9, 0.9]  # unreadable: searched again
 
 
 def _sample(
@@ -226,6 +271,25 @@ def test_link_groups_is_a_union_find_over_groups() -> None:
     # order of the input never matters
     again = linking.link_groups(list(reversed(samples)), group_of, near_threshold=0.95)
     assert again == linking.link_groups(samples, group_of, near_threshold=0.95)
+
+
+def test_many_near_identical_images_make_links_by_group_and_bounded_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every pair counts, but links form a spanning tree of the groups and each sample
+    lists its first NEAR_DUPLICATES_LISTED partners (by key): memory by group, not by pair."""
+    monkeypatch.setattr(linking, "NEAR_DUPLICATES_LISTED", 3)
+    sig = tuple(int(v) for v in np.random.default_rng(4).integers(0, 256, neardup.SIGNATURE_SIZE))
+    samples = [_sample(str(k), f"p{k}", f"h{k}", sig) for k in range(6)]  # 6 groups, 15 pairs
+    for link_near in (True, False):
+        res = linking.link_groups(samples, {}, near_threshold=0.95,
+                                  link_near=link_near)  # fmt: skip
+        assert res.near_pairs == 15 and len(res.links) == 5
+        assert all(k.linked is link_near for k in res.links)
+        assert res.near_counts == {str(k): 5 for k in range(6)}
+        assert res.near_duplicates["0"] == ("1", "2", "3")
+        assert res.near_duplicates["4"] == ("0", "1", "2")
+        assert len(set(res.group_of.values())) == (1 if link_near else 6)
 
 
 # --------------------------------------------------------------------------- builds

@@ -219,3 +219,23 @@ def test_write_outputs_validates_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"audit has actions \['kept-ish'\]"):
         write_outputs(out, m, patients, audit.assign(action="kept-ish"))
     assert (out / "manifest.parquet").read_bytes() == before
+
+
+def test_patients_frame_one_row_per_group_with_ids_splits_and_counts() -> None:
+    m = pd.DataFrame(
+        {
+            "patient_group": ["g2", "g1", "g1", "g2", None],
+            "patient_id": ["2", "1", "3", "2", "9"],
+            "source_patient_id": ["2", "1-old", "3", "2", "9"],
+            "split": ["test", "train", "train", "val", "train"],
+            "modality": ["cxr", "cxr", "ct", "cxr", "cxr"],
+        }
+    )
+    p = patients_frame(m, {"g1": ["7"]})
+    assert p.to_dict("records") == [
+        {"patient_group": "g1", "patient_ids": ["1", "1-old", "3", "7"], "split": "train",
+         "n_samples": 2, "n_cxr": 1, "n_ct": 1},
+        {"patient_group": "g2", "patient_ids": ["2"], "split": "test,val",
+         "n_samples": 2, "n_cxr": 2, "n_ct": 0},
+    ]  # fmt: skip  # the row without a group is in none
+    assert patients_frame(m.iloc[:0]).empty and list(patients_frame(m.iloc[:0])) == list(p)

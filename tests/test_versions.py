@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import MakeCfg
+from test_manifest import make_output
 from torch.utils.data import DataLoader
 
 from hiroml import build, faults, splits, versions
@@ -95,6 +96,24 @@ def test_dataset_hash_ignores_row_and_column_order(
     assert latest is not None
     assert versions._same_checksums(latest, m)
     assert not versions._same_checksums(latest, relaid)
+
+
+def test_dataset_hash_is_the_one_the_first_versions_published(tmp_path: Path) -> None:
+    """The column-wise hash gives the values the row-by-row code of hiroml 0.x gave (pinned
+    below), so an upgrade publishes no spurious new version: nulls in lists, NaN inside a
+    list, timestamps, quotes and non-ASCII text, list columns with and without nulls."""
+    m = pd.read_parquet(make_output(tmp_path, n_patients=3, n_ct=1) / "manifest.parquet")
+    m["signature"] = [[(i * 37 + j) % 256 for j in range(16)] for i in range(len(m))]
+    assert versions.dataset_hash(m) == (
+        "b554c751d841aee37fb60ca18810b462cb3f0f5f0afd10ad11dbf5f2630e131b"
+    )
+    m.loc[2, "signature"] = None
+    m["near_duplicates"] = [["cxr-1000-1", "cxr-1001-0"] if i == 0 else [] for i in range(len(m))]
+    m.at[len(m) - 1, "spacing_xyz"] = [0.7, float("nan"), 2.5]
+    m.at[1, "description"] = 'caf\u00e9 "q" \\'
+    assert versions.dataset_hash(m) == (
+        "078a3a6d441f910495f8bdb51a6036bf6240455785e8687a07cba3cd99d282d9"
+    )
 
 
 def test_version_opens_an_older_version_after_newer_builds(

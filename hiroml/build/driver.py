@@ -282,7 +282,7 @@ def _count(
     manifest, audit_df, patients = tables.manifest, tables.audit, tables.patients
     links = tables.linked.links
     summary.pixel_links = sum(k.kind == linking.SAME_PIXELS for k in links)
-    summary.near_duplicates = sum(k.kind == linking.NEAR_DUPLICATE for k in links)
+    summary.near_duplicates = tables.linked.near_pairs
     summary.cxr_images = int((manifest["modality"] == "cxr").sum()) if len(manifest) else 0
     summary.ct_volumes = int((manifest["modality"] == "ct").sum()) if len(manifest) else 0
     summary.errors = int((audit_df["action"] == "error").sum())

@@ -3,6 +3,7 @@ identical pixels (:mod:`hiroml.linking`), and the split of every group (:mod:`hi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,6 +85,7 @@ def link_by_pixels(
     A radiograph converted by an older hiroml (a reused task record without a signature)
     gets its signature from its shard here."""
     from hiroml import linking, neardup
+    from hiroml.build import paircache
     from hiroml.shards import read_sample
 
     samples = []
@@ -110,6 +112,7 @@ def link_by_pixels(
         near_threshold=cfg.splits.near_duplicate_threshold,
         link_near=cfg.splits.link_near_duplicates,
         max_patients=cfg.exams.pixel_link_max_patients,
+        find_pairs=functools.partial(paircache.cached_pair_arrays, out),
     )
     return linked, {s.sample_key: s.signature for s in samples}
 

@@ -40,7 +40,7 @@ def publish(
     report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
     from hiroml import versions
 
-    def write_report(folder: Path, version: str, changes: str) -> None:
+    def write_report(folder: Path, version: str, changes: str, digest: str) -> None:
         shown = dataclasses.replace(summary, version=version, published=True)
         _write_report(
             out,
@@ -53,6 +53,7 @@ def publish(
             changes=changes,
             links=links,
             settings=settings_of(cfg),
+            dataset_hash=digest,
         )
 
     build_info = {
@@ -101,6 +102,7 @@ def _write_report(
     changes: str = "",
     links: Sequence[GroupLink] = (),
     settings: Mapping[str, Any] | None = None,
+    dataset_hash: str = "",
 ) -> None:
     """The report of a build, written into ``folder`` (default ``out``); thumbnails are
     read from the shards under ``out``."""
@@ -126,4 +128,5 @@ def _write_report(
         read_array=read_array,
         near_duplicates=report.near_duplicate_frame(links),
         settings=settings,
+        dataset_hash=dataset_hash,
     )

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from hiroml.build.tasks import TaskResult
-from hiroml.linking import NEAR_DUPLICATE, LinkResult
+from hiroml.linking import LinkResult
 from hiroml.records import Exam, ManifestRow
 
 
@@ -82,7 +82,9 @@ def manifest_frame(
                     orphan=e.patient_id in orphans,
                 )
             )
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    # field by field: each row's lists are its own already (no dataclasses.asdict deep copy)
+    names = [f.name for f in dataclasses.fields(ManifestRow)]
+    df = pd.DataFrame([{n: getattr(r, n) for n in names} for r in rows])
     if df.empty:
         from hiroml.manifest import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
 
@@ -100,14 +102,11 @@ def with_signatures(
     manifest: pd.DataFrame, signatures: Mapping[str, tuple[int, ...]], linked: LinkResult
 ) -> pd.DataFrame:
     """The manifest with ``signature`` (uint8 list, radiographs; null for CT) and
-    ``near_duplicates`` (the other sample keys of its near-duplicate pairs across groups)."""
-    near: dict[str, list[str]] = {}
-    for k in linked.links:
-        if k.kind == NEAR_DUPLICATE:
-            near.setdefault(k.sample_key, []).append(k.other_key)
-            near.setdefault(k.other_key, []).append(k.sample_key)
+    ``near_duplicates`` (the other sample keys of its near-duplicate pairs across groups; the
+    first :data:`hiroml.linking.NEAR_DUPLICATES_LISTED` by key, the build warns when cut)."""
+    near = linked.near_duplicates
     m = manifest.copy()
     keys = m["sample_key"].astype(str).tolist()
     m["signature"] = [list(signatures[k]) if signatures.get(k) else None for k in keys]
-    m["near_duplicates"] = [sorted(near.get(k, [])) for k in keys]
+    m["near_duplicates"] = [sorted(near.get(k, ())) for k in keys]
     return m

@@ -152,11 +152,21 @@ def save_task_record(out_dir: str, result: TaskResult) -> None:
     write_text_atomic(path, json.dumps(_result_to_json(result)))
 
 
+#: field names of the records a task record stores (their values are scalars or flat tuples
+#: of scalars, which ``json.dumps`` writes as lists: no ``dataclasses.asdict`` deep copy)
+_SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
+_PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
+
+
+def _flat(record: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(record, n) for n in names}
+
+
 def _result_to_json(r: TaskResult) -> dict[str, Any]:
     return {
         "task_id": r.task_id,
-        "samples": [dataclasses.asdict(s) for s in r.samples],
-        "problems": [[k, dataclasses.asdict(p)] for k, p in r.problems],
+        "samples": [_flat(s, _SAMPLE_FIELDS) for s in r.samples],
+        "problems": [[k, _flat(p, _PROBLEM_FIELDS)] for k, p in r.problems],
         "shards": list(r.shards),
         "seconds": r.seconds,
         "bytes_read": r.bytes_read,
