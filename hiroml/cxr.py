@@ -26,11 +26,13 @@ several threads per call: process-pool workers should call ``cv2.setNumThreads(1
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -155,6 +157,31 @@ def _view_from_text(text: str) -> View | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ViewEvidence:
+    """The header values :func:`classify_view` reads, read once: (0018,5101) View Position,
+    the code meanings of (0054,0220) View Code Sequence, (0008,103E) Series Description and
+    (0020,0062) Image Laterality (each "" when absent)."""
+
+    view_position: str = ""
+    code_meanings: tuple[str, ...] = ()
+    series_description: str = ""
+    laterality: str = ""
+
+
+def view_evidence(ds: Dataset) -> ViewEvidence:
+    """The :class:`ViewEvidence` of a dataset."""
+    return ViewEvidence(
+        view_position=str(ds.get("ViewPosition", "") or ""),
+        code_meanings=tuple(
+            str(item.get("CodeMeaning", "") or "")
+            for item in ds.get("ViewCodeSequence", None) or []
+        ),
+        series_description=str(ds.get("SeriesDescription", "") or ""),
+        laterality=str(ds.get("ImageLaterality", "") or ""),
+    )
+
+
 def classify_view(ds: Dataset, *, exam_description: str = "") -> tuple[View, str]:
     """The view of a radiograph and the attribute that decided it.
 
@@ -165,25 +192,30 @@ def classify_view(ds: Dataset, *, exam_description: str = "") -> tuple[View, str
     ambiguous); (0020,0062) Image Laterality L or R (weak evidence of a lateral). Else
     unknown. The second element reads e.g. ``"ViewPosition=PA"``.
     """
-    vp = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return classify_evidence(view_evidence(ds), exam_description=exam_description)
+
+
+def classify_evidence(ev: ViewEvidence, *, exam_description: str = "") -> tuple[View, str]:
+    """:func:`classify_view` from the header values already read."""
+    vp = ev.view_position.strip().upper()
     if vp in _FRONTAL_POSITIONS:
         return View.FRONTAL, f"ViewPosition={vp}"
     if vp in _LATERAL_POSITIONS:
         return View.LATERAL, f"ViewPosition={vp}"
-    for item in ds.get("ViewCodeSequence", None) or []:
-        meaning = str(item.get("CodeMeaning", "") or "").lower()
+    for code in ev.code_meanings:
+        meaning = code.lower()
         if "lateral" in meaning and "decubitus" not in meaning:
             return View.LATERAL, f"ViewCodeSequence={meaning}"
         if "postero-anterior" in meaning or "antero-posterior" in meaning:
             return View.FRONTAL, f"ViewCodeSequence={meaning}"
-    series = str(ds.get("SeriesDescription", "") or "").strip()
+    series = ev.series_description.strip()
     view = _view_from_text(series)
     if view is not None:
         return view, f"SeriesDescription={series}"
     view = _view_from_text(exam_description)
     if view is not None:
         return view, f"exam description={exam_description}"
-    lat = str(ds.get("ImageLaterality", "") or "").strip().upper()
+    lat = ev.laterality.strip().upper()
     if lat in ("L", "R"):
         return View.LATERAL, f"ImageLaterality={lat} (weak)"
     return View.UNKNOWN, "no view attribute" + (f" (ViewPosition={vp})" if vp else "")
@@ -191,11 +223,12 @@ def classify_view(ds: Dataset, *, exam_description: str = "") -> tuple[View, str
 
 def _header_view(inst: Instance, exam_description: str) -> tuple[View, str]:
     """:func:`classify_view` from the indexed header, before the member is read."""
-    ds = Dataset()
-    ds.ViewPosition = inst.view_position
-    ds.SeriesDescription = inst.series_description
-    ds.ImageLaterality = inst.laterality
-    return classify_view(ds, exam_description=exam_description)
+    ev = ViewEvidence(
+        view_position=inst.view_position,
+        series_description=inst.series_description,
+        laterality=inst.laterality,
+    )
+    return classify_evidence(ev, exam_description=exam_description)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -784,8 +817,43 @@ def _not_selected(view: View, source: str, cfg: CxrConfig) -> str:
     return f"view {view} not selected (cxr.views=[{','.join(cfg.views)}]): {source}"
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A member converted ahead of the conversion stage, in the same read as its indexing
+    (issue 14, :mod:`hiroml.build.scratch`): its frames, converted without the exam's
+    description, and the :class:`ViewEvidence` of its full header, to decide the view once the
+    exam is known."""
+
+    frames: tuple[CxrImage, ...]
+    evidence: ViewEvidence
+
+
+def prepare_instance(data: bytes, inst: Instance, cfg: CxrConfig) -> Prepared | None:
+    """:func:`convert_frames` of a member before its exam is known, or None when it is not
+    worth it or not possible now: a view outside ``cfg.views`` that the header decides whatever
+    the exam description, or a frame that fails (the conversion stage then reads the member
+    again and reports the failure as it always does). Raises what :func:`read_image` raises."""
+    head = read_image(data, inst)
+    evidence = view_evidence(head)
+    view, source = classify_evidence(evidence)
+    decided = view != View.UNKNOWN and not source.startswith("ImageLaterality")
+    if decided and view not in set(cfg.views):
+        return None
+    images: list[CxrImage] = []
+    for k in range(number_of_frames(head)):
+        try:
+            images.append(_convert_frame(head, inst, exam_description="", cfg=cfg, frame=k))
+        except DecodeError:
+            return None
+    return Prepared(tuple(images), evidence)
+
+
 def convert_exam(
-    exam: Exam, read: Callable[[Instance], bytes], cfg: CxrConfig
+    exam: Exam,
+    read: Callable[[Instance], bytes],
+    cfg: CxrConfig,
+    *,
+    prepared: Callable[[Instance], Prepared | None] | None = None,
 ) -> tuple[list[CxrImage], list[Problem]]:
     """Convert every radiograph of an exam; the rest become problems, never exceptions.
 
@@ -794,7 +862,8 @@ def convert_exam(
     else from the full header, and views outside ``cfg.views`` dropped before decoding;
     then :func:`convert_frames`: every frame of a multi-frame radiograph is an image. Errors
     (unreadable member, undecodable pixels) become ``error`` problems naming the member (and
-    the frame) and transfer syntax, and the other images go on.
+    the frame) and transfer syntax, and the other images go on. ``prepared`` gives the
+    instances converted ahead (:func:`prepare_instance`), which are not read again.
     """
     images: list[CxrImage] = []
     problems: list[Problem] = []
@@ -810,40 +879,69 @@ def convert_exam(
         if view != View.UNKNOWN and view not in selected:
             problems.append(_problem(inst, _not_selected(view, source, cfg), Action.DROPPED))
             continue
-        try:
-            data = read(inst)
-            if view == View.UNKNOWN and View.UNKNOWN not in selected:
-                # The indexed header did not tell: look at the full header before decoding.
-                head = dicom.parse(data, label=_where(inst), stop_before_pixels=True).dataset
-                view, source = classify_view(head, exam_description=exam.description)
-                if view not in selected:
-                    problems.append(
-                        _problem(inst, _not_selected(view, source, cfg), Action.DROPPED)
-                    )
-                    continue
-            frames, bad = convert_frames(data, inst, exam_description=exam.description, cfg=cfg)
-            problems.extend(bad)
-            if frames and frames[0].view not in selected:  # the full header overruled the index
-                reason = _not_selected(frames[0].view, frames[0].view_source, cfg)
-                problems.append(_problem(inst, reason, Action.DROPPED))
-                continue
-            images.extend(frames)
-        except BadInputError as e:
-            logger.warning("%s", e)
-            problems.append(_problem(inst, str(e), Action.ERROR))
-        except Exception as e:  # bad input must never stop the exam
-            ts = _uid_label(inst.transfer_syntax)
-            reason = f"{_where(inst)}: {type(e).__name__}: {e} (transfer syntax {ts})"
-            logger.warning("%s", reason)
-            logger.info("%s: traceback of the error above", _where(inst), exc_info=True)
-            problems.append(_problem(inst, reason, Action.ERROR))
+        ready = prepared(inst) if prepared is not None else None
+        frames: list[CxrImage]
+        bad: list[Problem] = []
+        if ready is not None:
+            frames = _with_view(ready, exam.description)
+        else:
+            try:
+                frames, bad = _read_frames(inst, view, read, exam.description, cfg)
+            except BadInputError as e:
+                logger.warning("%s", e)
+                frames, bad = [], [_problem(inst, str(e), Action.ERROR)]
+            except Exception as e:  # bad input must never stop the exam
+                frames, bad = [], [_unexpected(inst, e)]
+        problems.extend(bad)
+        if frames and frames[0].view not in selected:  # the full header overruled the index
+            reason = _not_selected(frames[0].view, frames[0].view_source, cfg)
+            problems.append(_problem(inst, reason, Action.DROPPED))
+            continue
+        images.extend(frames)
     return images, problems
 
 
+def _with_view(ready: Prepared, exam_description: str) -> list[CxrImage]:
+    """The prepared frames with the view their full header and the exam description give."""
+    view, source = classify_evidence(ready.evidence, exam_description=exam_description)
+    return [dataclasses.replace(f, view=view, view_source=source) for f in ready.frames]
+
+
+def _read_frames(
+    inst: Instance,
+    view: View,
+    read: Callable[[Instance], bytes],
+    exam_description: str,
+    cfg: CxrConfig,
+) -> tuple[list[CxrImage], list[Problem]]:
+    """Read and convert one member (:func:`convert_frames`), or no frame and the problem of
+    a view outside ``cfg.views`` that only the full header tells."""
+    data = read(inst)
+    if view == View.UNKNOWN and View.UNKNOWN not in set(cfg.views):
+        # The indexed header did not tell: look at the full header before decoding.
+        head = dicom.parse(data, label=_where(inst), stop_before_pixels=True).dataset
+        view, source = classify_view(head, exam_description=exam_description)
+        if view not in set(cfg.views):
+            return [], [_problem(inst, _not_selected(view, source, cfg), Action.DROPPED)]
+    return convert_frames(data, inst, exam_description=exam_description, cfg=cfg)
+
+
+def _unexpected(inst: Instance, e: Exception) -> Problem:
+    """The ``error`` problem of an unforeseen failure on one member, logged."""
+    ts = _uid_label(inst.transfer_syntax)
+    reason = f"{_where(inst)}: {type(e).__name__}: {e} (transfer syntax {ts})"
+    logger.warning("%s", reason)
+    logger.info("%s: traceback of the error above", _where(inst), exc_info=True)
+    return _problem(inst, reason, Action.ERROR)
+
+
 __all__ = [
+    "Prepared",
+    "ViewEvidence",
     "apply_modality",
     "apply_voi",
     "apply_window",
+    "classify_evidence",
     "classify_view",
     "convert_exam",
     "convert_frames",
@@ -857,8 +955,10 @@ __all__ = [
     "number_of_frames",
     "padding_mask",
     "percentiles",
+    "prepare_instance",
     "read_image",
     "resize",
     "to_grayscale",
     "to_storage",
+    "view_evidence",
 ]

@@ -17,14 +17,16 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import xxhash
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from hiroml import dicom
@@ -54,8 +56,62 @@ _IMAGE_SIZE_TAGS = (
 # --------------------------------------------------------------------------- one instance
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+# The header values an Instance is made of, read once per member (issue 16): keyword -> value,
+# for the elements present. The helpers below read from it, never from the Dataset again.
+Header = Mapping[str, Any]
+_HEADER_KEYWORDS = (
+    "AcquisitionTime",
+    "BitsAllocated",
+    "BitsStored",
+    "BodyPartExamined",
+    "Columns",
+    "ConvolutionKernel",
+    "FrameOfReferenceUID",
+    "GantryDetectorTilt",
+    "ImageLaterality",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "ImageType",
+    "ImagerPixelSpacing",
+    "InstanceNumber",
+    "Modality",
+    "NumberOfFrames",
+    "PatientAge",
+    "PatientID",
+    "PatientSex",
+    "PhotometricInterpretation",
+    "PixelRepresentation",
+    "PixelSpacing",
+    "PresentationIntentType",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "Rows",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SamplesPerPixel",
+    "SeriesDate",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesTime",
+    "SliceThickness",
+    "StudyDate",
+    "StudyInstanceUID",
+    "StudyTime",
+    "ViewPosition",
+)
+_HEADER_TAGS = tuple((kw, BaseTag(tag_for_keyword(kw) or 0)) for kw in _HEADER_KEYWORDS)
+
+
+def header_values(ds: Dataset) -> dict[str, Any]:
+    """The values of the (top-level) elements :func:`instance_from_dataset` reads, each read
+    once by tag: ``ds.get(keyword)`` for each, without the keyword lookups."""
+    present = ds.keys()
+    return {kw: ds[tag].value for kw, tag in _HEADER_TAGS if tag in present}
+
+
+def _text(h: Header, keyword: str) -> str:
+    value = h.get(keyword)
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
@@ -63,17 +119,17 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(h: Header, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
+        value = h.get(keyword)
         return None if value is None or value == "" else int(value)
     except (TypeError, ValueError):
         return None
 
 
-def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+def _floats(h: Header, keyword: str, n: int) -> tuple[float, ...] | None:
     try:
-        value = ds.get(keyword)
+        value = h.get(keyword)
         if value is None or value == "":
             return None
         seq = list(value) if isinstance(value, pydicom.multival.MultiValue | list) else [value]
@@ -84,22 +140,22 @@ def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
-    vals = _floats(ds, keyword, 1)
+def _float(h: Header, keyword: str) -> float | None:
+    vals = _floats(h, keyword, 1)
     return vals[0] if vals else None
 
 
-def _check_pixel_size(ds: Dataset, n_bytes: int, tsyntax: str, *, label: str) -> None:
+def _check_pixel_size(h: Header, n_bytes: int, tsyntax: str, *, label: str) -> None:
     """:class:`BadInputError` naming ``label`` when (7FE0,0010) Pixel Data of ``n_bytes``
     cannot be what the header describes: (0028,0010) Rows, (0028,0011) Columns or (0028,0100)
     Bits Allocated absent or zero; or, for a native transfer syntax, fewer bytes than Rows x
     Columns x Bits Allocated x (0028,0008) Number of Frames x (0028,0002) Samples per Pixel
     (truncated) or more than one padding byte beyond them (a header that lies)."""
-    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
-    bits = _int(ds, "BitsAllocated") or 0
-    frames = _int(ds, "NumberOfFrames") or 1
-    spp = _int(ds, "SamplesPerPixel") or 1
-    absent = [tag for tag, kw in _IMAGE_SIZE_TAGS if not isinstance(_int(ds, kw), int)]
+    rows, cols = _int(h, "Rows") or 0, _int(h, "Columns") or 0
+    bits = _int(h, "BitsAllocated") or 0
+    frames = _int(h, "NumberOfFrames") or 1
+    spp = _int(h, "SamplesPerPixel") or 1
+    absent = [tag for tag, kw in _IMAGE_SIZE_TAGS if not isinstance(_int(h, kw), int)]
     if absent:
         raise BadInputError(
             f"{label} has (7FE0,0010) Pixel Data but no valid "
@@ -128,6 +184,14 @@ def _check_pixel_size(ds: Dataset, n_bytes: int, tsyntax: str, *, label: str) ->
         )
 
 
+def _pixel_value(ds: Dataset) -> bytes | None:
+    """The (7FE0,0010) Pixel Data value of a dataset read whole, as bytes; None without it."""
+    if "PixelData" not in ds:
+        return None
+    raw = ds["PixelData"].value
+    return raw if isinstance(raw, bytes) else bytes(raw or b"")
+
+
 def instance_from_dataset(
     ds: Dataset,
     *,
@@ -144,69 +208,67 @@ def instance_from_dataset(
     ``pixels`` is the raw (7FE0,0010) Pixel Data value when the dataset was read without it
     (:func:`read_member`); ``read_note`` says how a file without a Part 10 header was read
     (:func:`hiroml.dicom.parse`)."""
-    sop = _text(ds, "SOPInstanceUID")
+    h = header_values(ds)
+    sop = _text(h, "SOPInstanceUID")
     if not sop:
         raise BadInputError(f"{zip_name}: {member} has no (0008,0018) SOP Instance UID")
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    pixel_bytes = pixels
-    if pixel_bytes is None and "PixelData" in ds:
-        raw = ds["PixelData"].value
-        pixel_bytes = raw if isinstance(raw, bytes) else bytes(raw or b"")
-    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
-    bits = _int(ds, "BitsAllocated") or 0
-    frames = _int(ds, "NumberOfFrames") or 1
-    spp = _int(ds, "SamplesPerPixel") or 1
+    pixel_bytes = pixels if pixels is not None else _pixel_value(ds)
+    rows, cols = _int(h, "Rows") or 0, _int(h, "Columns") or 0
+    bits = _int(h, "BitsAllocated") or 0
+    frames = _int(h, "NumberOfFrames") or 1
+    spp = _int(h, "SamplesPerPixel") or 1
     if pixel_bytes is not None:
-        _check_pixel_size(ds, len(pixel_bytes), tsyntax, label=f"{zip_name}: {member}")
-    kernel = _text(ds, "ConvolutionKernel")
+        _check_pixel_size(h, len(pixel_bytes), tsyntax, label=f"{zip_name}: {member}")
+    kernel = _text(h, "ConvolutionKernel")
     return Instance(
         batch=batch,
         zip=zip_name,
         member=member,
         member_size=member_size,
         sop_uid=sop,
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        modality=_text(ds, "Modality"),
-        patient_id=_text(ds, "PatientID"),
-        patient_age=_text(ds, "PatientAge"),
-        sex=_text(ds, "PatientSex"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        series_date=_text(ds, "SeriesDate"),
-        series_time=_text(ds, "SeriesTime"),
-        acquisition_time=_text(ds, "AcquisitionTime"),
-        image_type=tuple(_text(ds, "ImageType").split("\\")) if "ImageType" in ds else (),
-        position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
-        orientation=_floats(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
-        pixel_spacing=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
-        imager_pixel_spacing=_floats(ds, "ImagerPixelSpacing", 2),  # type: ignore[arg-type]
-        slice_thickness=_float(ds, "SliceThickness"),
+        series_uid=_text(h, "SeriesInstanceUID"),
+        study_uid=_text(h, "StudyInstanceUID"),
+        sop_class_uid=_text(h, "SOPClassUID"),
+        modality=_text(h, "Modality"),
+        patient_id=_text(h, "PatientID"),
+        patient_age=_text(h, "PatientAge"),
+        sex=_text(h, "PatientSex"),
+        study_date=_text(h, "StudyDate"),
+        study_time=_text(h, "StudyTime"),
+        series_date=_text(h, "SeriesDate"),
+        series_time=_text(h, "SeriesTime"),
+        acquisition_time=_text(h, "AcquisitionTime"),
+        image_type=tuple(_text(h, "ImageType").split("\\")) if "ImageType" in h else (),
+        position=_floats(h, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+        orientation=_floats(h, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
+        pixel_spacing=_floats(h, "PixelSpacing", 2),  # type: ignore[arg-type]
+        imager_pixel_spacing=_floats(h, "ImagerPixelSpacing", 2),  # type: ignore[arg-type]
+        slice_thickness=_float(h, "SliceThickness"),
         rows=rows,
         columns=cols,
         number_of_frames=frames,
         samples_per_pixel=spp,
-        photometric=_text(ds, "PhotometricInterpretation"),
+        photometric=_text(h, "PhotometricInterpretation"),
         bits_allocated=bits,
-        bits_stored=_int(ds, "BitsStored") or 0,
-        pixel_representation=_int(ds, "PixelRepresentation") or 0,
-        rescale_slope=_float(ds, "RescaleSlope"),
-        rescale_intercept=_float(ds, "RescaleIntercept"),
+        bits_stored=_int(h, "BitsStored") or 0,
+        pixel_representation=_int(h, "PixelRepresentation") or 0,
+        rescale_slope=_float(h, "RescaleSlope"),
+        rescale_intercept=_float(h, "RescaleIntercept"),
         transfer_syntax=tsyntax,
-        view_position=_text(ds, "ViewPosition"),
-        laterality=_text(ds, "ImageLaterality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        instance_number=_int(ds, "InstanceNumber"),
+        view_position=_text(h, "ViewPosition"),
+        laterality=_text(h, "ImageLaterality"),
+        body_part=_text(h, "BodyPartExamined"),
+        series_description=_text(h, "SeriesDescription"),
+        series_number=_int(h, "SeriesNumber"),
+        instance_number=_int(h, "InstanceNumber"),
         kernel=kernel,
-        gantry_tilt=_float(ds, "GantryDetectorTilt"),
-        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        gantry_tilt=_float(h, "GantryDetectorTilt"),
+        frame_of_reference_uid=_text(h, "FrameOfReferenceUID"),
         has_pixels=pixel_bytes is not None,
         pixel_hash=xxhash.xxh3_128_hexdigest(pixel_bytes) if pixel_bytes is not None else "",
         read_note=read_note,
-        presentation_intent=_text(ds, "PresentationIntentType"),
+        presentation_intent=_text(h, "PresentationIntentType"),
     )
 
 
@@ -274,9 +336,7 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
         whole = True
     if whole:
         full, _, _ = _parse(data, label=label, stop_before_pixels=False)
-        if "PixelData" in full:
-            raw = full["PixelData"].value
-            pixels = raw if isinstance(raw, bytes) else bytes(raw or b"")
+        pixels = _pixel_value(full)
     if pixels is None and "Rows" in ds and "Columns" in ds:
         raise BadInputError(
             f"{label}: an image (Rows/Columns set) without (7FE0,0010) Pixel Data: the file is "
@@ -297,9 +357,20 @@ class ZipIndex:
     problems: tuple[Problem, ...]
 
 
-def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) -> ZipIndex:
+# What the index hands each member it read, besides indexing it: the zip, the member's record
+# and its bytes (hiroml.build.scratch converts radiographs there, so that they are read once).
+MemberHook = Callable[[ExamZip, Instance, bytes], None]
+
+
+def index_zip(
+    path: str | os.PathLike[str],
+    ezip: ExamZip,
+    limits: IndexConfig,
+    on_member: MemberHook | None = None,
+) -> ZipIndex:
     """Index every member of one exam zip. Never raises for bad input: an unreadable zip or
-    member becomes a :class:`Problem` naming it."""
+    member becomes a :class:`Problem` naming it. ``on_member`` is called with each indexed
+    member's bytes (once per SOP Instance UID), while the zip is open."""
     from hiroml.zipio import SafeZip
 
     batch, name = ezip.batch.name, ezip.file_name
@@ -357,6 +428,8 @@ def index_zip(path: str | os.PathLike[str], ezip: ExamZip, limits: IndexConfig) 
                 continue
             seen[inst.sop_uid] = member
             instances.append(inst)
+            if on_member is not None:
+                on_member(ezip, inst, data)
     return ZipIndex(ezip.rel_path, tuple(instances), tuple(problems))
 
 
@@ -460,7 +533,7 @@ class IndexResult:
     bytes_read: int
 
 
-def _index_job(args: tuple[str, ExamZip, IndexConfig]) -> ZipIndex:
+def _index_job(args: tuple[str, ExamZip, IndexConfig, MemberHook | None]) -> ZipIndex:
     return index_zip(*args)
 
 
@@ -474,13 +547,15 @@ def build_index(
     executor: ExecutorConfig | None = None,
     progress: bool = True,
     on_zip: Callable[[ZipIndex], None] | None = None,
+    on_member: MemberHook | None = None,
 ) -> IndexResult:
     """Index ``zips`` (from :func:`hiroml.datamart.discover`), reading only the new or
     changed ones; the database at ``db_path`` is updated in place.
 
     The zips are read by :func:`hiroml.executor.map_items` on ``executor`` (a local pool or
     Dask); without one, by a local pool of ``workers`` processes. Results come back in the
-    order of ``zips``, whatever the executor.
+    order of ``zips``, whatever the executor. ``on_member`` (picklable) runs in the worker on
+    each member read now (:func:`index_zip`); zips taken from the cache are not read.
     """
     t0 = time.perf_counter()
     root = os.fspath(root)
@@ -496,7 +571,7 @@ def build_index(
             zi.rel_path: zi for zi in cache.load(r for r in current if r not in fresh)
         }
         nbytes = sum(z.size for z in todo)
-        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits) for z in todo]
+        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits, on_member) for z in todo]
         done = [0]
 
         def status(_zi: ZipIndex, _seconds: float) -> str:

@@ -180,3 +180,16 @@ def test_encapsulated_pixels_without_delimiter_are_truncated() -> None:
     data = _dcm("JPEG2000.dcm")
     with pytest.raises(BadInputError, match="truncated DICOM"):
         read_member(data[:-40], label="cut.dcm")
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"])
+def test_header_values_read_once_are_those_of_ds_get(name: str) -> None:
+    """Each header keyword is read once by tag (issue 16): the same values as ds.get."""
+    from hiroml.index import _HEADER_KEYWORDS, _HEADER_TAGS, header_values
+
+    assert all(tag for _, tag in _HEADER_TAGS), "a keyword that pydicom does not know"
+    ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+    values = header_values(ds)
+    assert values, "no header value read"
+    for kw in _HEADER_KEYWORDS:
+        assert values.get(kw) == ds.get(kw), kw

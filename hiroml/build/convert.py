@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hiroml._version import __version__
+from hiroml.build.scratch import ScratchReader, scratch_dir
 from hiroml.build.tasks import TaskResult, TaskSpec, save_task_record
 from hiroml.config import IndexConfig
 from hiroml.records import CtVolume, CxrImage, Exam, Instance, Modality, Problem, SampleRecord
@@ -137,6 +138,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     problems: list[tuple[str, Problem]] = []
     shard_dir = Path(spec.out_dir) / "shards"
     reader = ExamReader(spec.root, spec.limits)
+    store = ScratchReader(scratch_dir(spec.out_dir), spec.root, spec.cxr)
     bytes_read = 0
     pending: list[SampleRecord] = []
     with ShardWriter(
@@ -156,7 +158,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     ) as writer:
         for exam in spec.exams:
             try:
-                made = _convert_exam(exam, reader, spec)
+                made = _convert_exam(exam, reader, spec, store)
             except Exception as e:  # one exam never stops the task
                 log.warning("exam %s failed: %s", exam.exam_key, e)
                 problems.extend(_exam_error(exam, e))
@@ -223,13 +225,13 @@ def _cxr_key(exam: Exam, img: CxrImage) -> str:
 
 
 def _convert_exam(
-    exam: Exam, read: Callable[[Instance], bytes], spec: TaskSpec
+    exam: Exam, read: Callable[[Instance], bytes], spec: TaskSpec, store: ScratchReader
 ) -> tuple[list[_Converted], list[Problem]]:
     hashes = {i.sop_uid: i.pixel_hash for i in exam.instances}
     if exam.modality is Modality.CXR:
         from hiroml import cxr, neardup
 
-        images, probs = cxr.convert_exam(exam, read, spec.cxr)
+        images, probs = cxr.convert_exam(exam, read, spec.cxr, prepared=store.take)
         return [
             _converted(
                 _cxr_key(exam, img),

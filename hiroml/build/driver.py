@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from hiroml import faults
+from hiroml.build import scratch
 from hiroml.build.audit import problem_to_audit, split_move_rows, with_link_notes
 from hiroml.build.convert import run_task
 from hiroml.build.demo import demo_datamart
@@ -171,6 +172,8 @@ def _build(
         if full is None:
             raise
         raise full from err
+    finally:
+        summary.read_once_unused = scratch.sweep(out)
     summary.tasks_reused = sum(r.reused for r in results)
     t = timed(summary, "convert", t)
     tables = _tables(cfg, out, inputs, results, summary)
@@ -191,6 +194,7 @@ def _read_inputs(
     from hiroml.index import build_index
 
     t = time.perf_counter()
+    prepare = scratch.Preparer(str(scratch.scratch_dir(out)), cfg.cxr) if cfg.cxr.enabled else None
     indexed = build_index(
         root,
         found.zips,
@@ -198,7 +202,9 @@ def _read_inputs(
         limits=cfg.index,
         executor=cfg.executor,
         progress=cfg.progress,
+        on_member=prepare,
     )
+    summary.read_once = scratch.count(out)
     summary.zips_indexed_now = indexed.read
     summary.instances = len(indexed.instances)
     t = timed(summary, "index", t)

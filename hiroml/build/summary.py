@@ -44,6 +44,10 @@ class BuildSummary:
     published: bool = False  # False: the result equals the latest version, none published
     split_moves: int = 0
     versions_pruned: int = 0
+    # Read once (issue 14): radiographs converted in the index's read, and how many of those
+    # no conversion took (duplicate copies, dropped exams, reused tasks): converted for nothing.
+    read_once: int = 0
+    read_once_unused: int = 0
 
     def lines(self) -> list[str]:
         split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
@@ -61,6 +65,8 @@ class BuildSummary:
             f"pairs across groups {self.near_duplicates}",
             f"  patients per split: {split}",
             f"  time per stage: {stages}",
+            f"  radiographs converted in the index's read {self.read_once}, "
+            f"{self.read_once_unused} of them for nothing (duplicate copies, dropped exams)",
             *self._shrink_lines(),
             *self._version_lines(),
         ]

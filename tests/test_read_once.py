@@ -1,0 +1,128 @@
+"""Read each radiograph member once (issue 14): the index converts it, the conversion takes it
+from the scratch store (hiroml.build.scratch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import MakeCfg
+
+from hiroml import build, cxr, shards, zipio
+from hiroml.build import scratch
+from hiroml.config import CxrConfig, IndexConfig
+from hiroml.datamart import discover
+from hiroml.index import index_zip
+from hiroml.records import Modality
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, str]]:
+    """Every SafeZip.read from now on, counted by (zip file name, member)."""
+    reads: Counter[tuple[str, str]] = Counter()
+    real = zipio.SafeZip.read
+
+    def counted(self: zipio.SafeZip, member: str) -> bytes:
+        reads[(os.path.basename(self.name), member)] += 1
+        return real(self, member)
+
+    monkeypatch.setattr(zipio.SafeZip, "read", counted)
+    return reads
+
+
+def test_each_radiograph_member_is_inflated_once_per_build(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, _ = tiny_datamart
+    reads = _count_reads(monkeypatch)
+    hashed: list[str] = []
+    real_hash = shards.array_hash
+
+    def counted_hash(arr: np.ndarray) -> str:
+        hashed.append(real_hash(arr))
+        return hashed[-1]
+
+    monkeypatch.setattr(shards, "array_hash", counted_hash)
+    out = tmp_path / "out"
+    summary = build.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    cxr_zips = {z.file_name for z in discover(root).zips if z.batch.modality is Modality.CXR}
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    stored = manifest[manifest["modality"] == "cxr"]
+    assert len(stored) > 0
+    cxr_reads = {k: n for k, n in reads.items() if k[0] in cxr_zips}
+    assert cxr_reads, "the index read no radiograph"
+    assert max(cxr_reads.values()) == 1, {k: n for k, n in cxr_reads.items() if n > 1}
+    # every stored radiograph came from the store, and the store is gone afterwards
+    assert summary.read_once >= len(stored)
+    assert summary.read_once - summary.read_once_unused == len(stored)
+    assert not scratch.scratch_dir(out).exists()
+    assert any("converted in the index's read" in line for line in summary.lines())
+    # each stored array hashed once (issue 16), radiographs and CT volumes alike
+    assert len(hashed) == len(manifest)
+
+
+def test_a_rerun_reads_the_zips_again_and_stores_the_same_arrays(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    """A zip indexed by an earlier build has nothing in the store: the conversion reads it,
+    and the stored arrays are the same as those converted in the index's read."""
+    root, _ = tiny_datamart
+    first = tmp_path / "first"
+    build.run(make_cfg(root, first))
+    again = tmp_path / "again"
+    shutil.copytree(first / ".hiroml", again / ".hiroml", ignore=shutil.ignore_patterns("tasks"))
+    summary = build.run(make_cfg(root, again))
+    assert summary.zips_indexed_now == 0 and summary.read_once == 0
+    cols = ["sample_key", "data_hash", "view", "shape"]
+    a = pd.read_parquet(first / "manifest.parquet").sort_values("sample_key")[cols]
+    b = pd.read_parquet(again / "manifest.parquet").sort_values("sample_key")[cols]
+    assert a.astype(str).values.tolist() == b.astype(str).values.tolist()
+
+
+def _one_cxr_zip(root: Path, tmp_path: Path) -> tuple[Path, Any]:
+    """A copy of one radiograph zip of the tiny datamart, in a datamart of its own."""
+    found = discover(root)
+    ezip = next(z for z in found.zips if z.batch.modality is Modality.CXR)
+    dest = tmp_path / "dm" / ezip.batch.name
+    dest.mkdir(parents=True)
+    shutil.copy2(root / ezip.rel_path, dest / ezip.file_name)
+    ezip = next(z for z in discover(tmp_path / "dm").zips if z.file_name == ezip.file_name)
+    return tmp_path / "dm", ezip
+
+
+def test_an_entry_is_taken_once_and_only_for_the_same_zip_and_settings(
+    tiny_datamart: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    root, ezip = _one_cxr_zip(tiny_datamart[0], tmp_path)
+    cfg = CxrConfig(views=["frontal", "lateral", "unknown"])
+    folder = scratch.scratch_dir(tmp_path / "out")
+    zi = index_zip(root / ezip.rel_path, ezip, IndexConfig(), scratch.Preparer(str(folder), cfg))
+    inst = zi.instances[0]
+    assert scratch.count(tmp_path / "out") == len(zi.instances)
+    other = scratch.ScratchReader(folder, str(root), CxrConfig(views=["frontal"], dtype="uint8"))
+    assert other.take(inst) is None  # other settings: not this entry
+    reader = scratch.ScratchReader(folder, str(root), cfg)
+    ready = reader.take(inst)
+    assert ready is not None and reader.taken == 1
+    assert reader.take(inst) is None  # taken once
+    # the same member read from the zip converts to the same frames
+    with zipio.SafeZip(root / ezip.rel_path) as z:
+        frames, _ = cxr.convert_frames(z.read(inst.member), inst, exam_description="", cfg=cfg)
+    assert [f.view for f in frames] == [f.view for f in ready.frames]
+    for f, g in zip(frames, ready.frames, strict=True):
+        np.testing.assert_array_equal(f.array, g.array)
+    # a changed zip (new modification time) does not match what was stored before
+    index_zip(root / ezip.rel_path, ezip, IndexConfig(), scratch.Preparer(str(folder), cfg))
+    st = os.stat(root / ezip.rel_path)
+    os.utime(root / ezip.rel_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert scratch.ScratchReader(folder, str(root), cfg).take(inst) is None
+    assert scratch.sweep(tmp_path / "out") == len(zi.instances)
+    assert not folder.exists()
