@@ -245,7 +245,7 @@ def _convert_exam(
                 pixel_hashes=(hashes.get(img.sop_uid, ""),),
                 view=str(img.view),
                 scale=float(img.scale),
-                signature=tuple(int(v) for v in neardup.signature(img.array)),
+                signature=tuple(neardup.signature(img.array).tolist()),
                 frame=img.frame,
                 for_processing=img.for_processing,
             )
