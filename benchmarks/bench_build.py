@@ -5,7 +5,9 @@ per stage; the peer is the sum of the conversion stage alone (CXR + CT tasks run
     python benchmarks/bench_build.py --mode xr [--rows R --cols C --xr-uncompressed 60 --xr-j2k 20]
     python benchmarks/bench_build.py --mode small-zips [-n 4000]
 
-``--mode xr`` and ``--mode small-zips``: see :mod:`bench_build_xr` (whole build beside a
+``--mode small-zips --datamart DIR`` runs that table over an existing datamart's zips;
+``--build-with CHECKOUT`` runs the build subprocess on another checkout's hiroml (e.g. the
+previous release: ``git worktree add /tmp/old <commit>``) for a before/after. ``--mode xr`` and ``--mode small-zips``: see :mod:`bench_build_xr` (whole build beside a
 zip-read + pydicom decode loop over the same zips, issues 14 and 16).
 
 Goal (issue 8): 2 workers >= 1.8x one; the whole build within 1.3x of its conversion time.
@@ -53,7 +55,18 @@ def main() -> None:
     ap.add_argument("--xr-uncompressed", type=int, default=60, help="xr: images per syntax")
     ap.add_argument("--xr-j2k", type=int, default=20, help="xr: JPEG 2000 images")
     ap.add_argument("-n", type=int, default=4000, help="small-zips: number of zips")
+    ap.add_argument(
+        "--build-with",
+        metavar="CHECKOUT",
+        help="xr, small-zips: run the build subprocess on the hiroml of another checkout "
+        "(its root folder, put first on PYTHONPATH), e.g. a previous release, for a before/after",
+    )
     args = ap.parse_args()
+    if args.build_with:
+        bench_build_xr.build_with(Path(args.build_with))
+    if args.mode == "small-zips" and args.datamart:
+        bench_build_xr.run_existing(Path(args.datamart))
+        return
     if args.mode != "build":
         with tempfile.TemporaryDirectory() as tmp:
             if args.mode == "xr":

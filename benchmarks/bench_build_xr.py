@@ -20,8 +20,10 @@ temporary folder. Develop at small sizes on a shared machine; the lead runs the 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from io import BytesIO
@@ -81,6 +83,32 @@ def whole_build(root: Path, out: Path) -> float:
     written = [x.strip() for x in (done.stdout + done.stderr).splitlines() if "written:" in x]
     print(f"  {root.name}: {written[-1] if written else '(no summary line)'}", flush=True)
     return wall
+
+
+def build_with(checkout: Path) -> None:
+    """Run every later build subprocess on the hiroml of ``checkout`` (a previous release's
+    root folder): its package and its configs come first on ``PYTHONPATH``."""
+    if not (checkout / "hiroml" / "__init__.py").is_file():
+        raise SystemExit(f"--build-with {checkout}: no hiroml/__init__.py there")
+    conf = checkout / "hiroml" / "conf"
+    if not conf.exists() and (checkout / "configs").is_dir():
+        conf.symlink_to(checkout / "configs")  # how the package ships them (hiroml.conf)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+
+
+def run_existing(root: Path) -> None:
+    """The small-zips table over an existing datamart's zips (first build, then a re-run)."""
+    paths = sorted(root.rglob("*.zip"))
+    decode_loop(paths[:1])
+    decode = decode_loop(paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        build = whole_build(root, Path(tmp) / "out")
+        again = whole_build(root, Path(tmp) / "out")
+    print(f"{'datamart':16}{'zips':>6}{'build ms':>10}{'decode ms':>10}{'ratio':>7}")
+    _row(root.name[:16], len(paths), build, decode)
+    _row("  re-run", len(paths), again, decode)
 
 
 def _row(name: str, n: int, build: float, decode: float) -> None:
