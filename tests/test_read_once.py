@@ -126,3 +126,19 @@ def test_an_entry_is_taken_once_and_only_for_the_same_zip_and_settings(
     assert scratch.ScratchReader(folder, str(root), cfg).take(inst) is None
     assert scratch.sweep(tmp_path / "out") == len(zi.instances)
     assert not folder.exists()
+
+
+def test_a_damaged_entry_is_dropped_and_the_zip_read_instead(
+    tiny_datamart: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    root, ezip = _one_cxr_zip(tiny_datamart[0], tmp_path)
+    cfg = CxrConfig(views=["frontal", "lateral", "unknown"])
+    folder = scratch.scratch_dir(tmp_path / "out")
+    zi = index_zip(root / ezip.rel_path, ezip, IndexConfig(), scratch.Preparer(str(folder), cfg))
+    entries = sorted(folder.iterdir())
+    assert entries
+    for path in entries:
+        path.write_bytes(b"not a pickle")  # a torn or foreign file
+    reader = scratch.ScratchReader(folder, str(root), cfg)
+    assert all(reader.take(inst) is None for inst in zi.instances)
+    assert reader.taken == 0 and scratch.count(tmp_path / "out") == 0

@@ -126,6 +126,10 @@ class ScratchReader:
                 ready: Prepared = pickle.load(f)
         except FileNotFoundError:
             return None
+        except Exception as e:  # a damaged entry: the conversion reads the zip instead
+            log.warning("%s: scratch entry unreadable (%s), reading the zip", inst.member, e)
+            path.unlink(missing_ok=True)
+            return None
         path.unlink(missing_ok=True)
         self.taken += 1
         return ready
