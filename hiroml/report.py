@@ -141,8 +141,11 @@ def _bar(value: float, total: float, *, label: str = "") -> str:
 
 
 def _png_uri(img: Image.Image) -> str:
+    """``img`` as an inline PNG. zlib level 1: a 176-pixel thumbnail is about 15% larger than
+    with ``optimize=True`` and encodes about 15 times faster (2 ms instead of 30), which
+    counted once a report showed a few hundred near-duplicate pairs."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -926,15 +929,22 @@ def _near_duplicates(pairs: pd.DataFrame | None, read_array: ReadArray | None) -
         "were joined into one group (splits.link_near_duplicates); check each pair."
     )
     figs = []
+    thumbs: dict[str, str | None] = {}  # a sample in many pairs is drawn once
+
+    def thumb(key: str) -> str | None:
+        if key not in thumbs:
+            thumbs[key] = _pair_thumb(read_array, key)
+        return thumbs[key]
+
     for r in pairs.head(MAX_NEAR_PAIRS).to_dict("records"):
         status = "linked" if r["linked"] else "NOT linked"
         left = _figure(
-            _pair_thumb(read_array, str(r["sample_key"])),
+            thumb(str(r["sample_key"])),
             [f"patient {r['patient_id']} ({r['group']})", str(r["sample_key"])],
             alt=f"radiograph of {r['patient_id']}",
         )
         right = _figure(
-            _pair_thumb(read_array, str(r["other_key"])),
+            thumb(str(r["other_key"])),
             [f"patient {r['other_patient_id']} ({r['other_group']})", str(r["other_key"])],
             alt=f"radiograph of {r['other_patient_id']}",
         )
