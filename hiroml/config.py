@@ -232,3 +232,6 @@ class BuildConfig:
     progress: bool = True
     allow_shrink: bool = False  # publish even when the shrink guard would refuse
     wait_for_lock: bool = False  # wait for another build of the same output instead of exit 3
+    # inputs (zips, sheets, config, hiroml version) those of the latest version's build and the
+    # output untouched: answer at once (hiroml.build.unchanged); false: build anyway
+    skip_unchanged: bool = True

@@ -45,7 +45,7 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
 )
 
-from hiroml import dicom, fastdecode
+from hiroml import dicom, fastdecode, halfcast
 from hiroml.config import CxrConfig
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
@@ -606,7 +606,7 @@ def to_storage(arr01: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
     """[0, 1] floats -> the storage dtype (``float16``, ``uint8`` or ``uint16``, rounded) and
     the scale with which ``stored * scale`` gives back [0, 1]."""
     if dtype == "float16":
-        return arr01.astype(np.float16), 1.0
+        return halfcast.to_float16(arr01), 1.0
     if dtype in ("uint8", "uint16"):
         top = 255 if dtype == "uint8" else 65535
         out = np.multiply(arr01, np.float32(top), dtype=np.float32)

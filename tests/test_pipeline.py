@@ -129,7 +129,11 @@ def test_rerun_reuses_every_task_and_gives_the_same_manifest(
     out, first = built
     root, _ = tiny_datamart
     before = _frame(out)
-    again = build.run(make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]"))
+    # skip_unchanged=false: the whole build runs, and reuses every task of the first
+    again = build.run(
+        make_cfg(root, out, "cxr.views=[frontal,lateral,unknown]", "skip_unchanged=false")
+    )
+    assert not again.unchanged
     assert again.tasks == first.tasks and again.tasks_reused == first.tasks
     assert again.zips_indexed_now == 0
     _assert_same(before, _frame(out))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from hiroml import faults
-from hiroml.build import scratch
+from hiroml.build import scratch, unchanged
 from hiroml.build.audit import problem_to_audit, split_move_rows, with_link_notes
 from hiroml.build.convert import run_task
 from hiroml.build.demo import demo_datamart
@@ -122,8 +122,15 @@ def run(cfg: BuildConfig) -> BuildSummary:
     out = Path(cfg.paths.output)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, wait=cfg.wait_for_lock):
-        summary = BuildSummary(started=started)
+        summary = BuildSummary(started=started, datamart=str(root), output=str(out))
         summary.stage_seconds["discover"] = t_discover
+        if cfg.skip_unchanged:
+            t = time.perf_counter()
+            same = unchanged.previous_build(cfg, root, out, found, summary)
+            if same is not None:
+                timed(same, "check", t)
+                same.seconds = time.perf_counter() - t_start
+                return same
         return _build(cfg, root, out, found, summary, t_start)
 
 
@@ -183,6 +190,8 @@ def _build(
     _publish(cfg, out, found, inputs, results, tables, summary, t_start)
     timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
+    shards = set(tables.manifest["shard"].astype(str)) if len(tables.manifest) else set()
+    unchanged.remember(cfg, root, out, found, summary, shards)
     return summary
 
 

@@ -48,8 +48,13 @@ class BuildSummary:
     # no conversion took (duplicate copies, dropped exams, reused tasks): converted for nothing.
     read_once: int = 0
     read_once_unused: int = 0
+    # The inputs were those of the build that made the latest version (hiroml.build.unchanged):
+    # nothing was read or written; the counts are that build's.
+    unchanged: bool = False
 
     def lines(self) -> list[str]:
+        if self.unchanged:
+            return self._unchanged_lines()
         split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
         return [
@@ -69,6 +74,19 @@ class BuildSummary:
             f"{self.read_once_unused} of them for nothing (duplicate copies, dropped exams)",
             *self._shrink_lines(),
             *self._version_lines(),
+        ]
+
+    def _unchanged_lines(self) -> list[str]:
+        split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
+        return [
+            f"hiroml {__version__}: {self.output} is up to date with {self.datamart} "
+            f"(checked in {self.seconds:.1f} s)",
+            f"  same {self.zips} zips in {self.batches_read} batches, same remap sheet, "
+            "clinical table, configuration and hiroml version as the build of version "
+            f"{self.version}: nothing read again (skip_unchanged=false builds anyway)",
+            f"  that build: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes; "
+            f"dropped {self.dropped}, errors {self.errors}; patients per split: {split}",
+            f"  nothing changed since version {self.version}: no new version published",
         ]
 
     def _shrink_lines(self) -> list[str]:

@@ -1,0 +1,167 @@
+"""Re-runs with nothing new (issue 16): a build whose inputs are those of the build that made
+the output's latest version answers at once, without indexing, converting or hashing again.
+
+After every successful build, :func:`remember` writes ``<output>/.hiroml/inputs.json``: a
+fingerprint of everything the build's result depends on, and the size and modification time
+of every file of the output it left (root tables and shards). The next build compares
+(:func:`previous_build`) before it reads anything. The fingerprint covers:
+
+- the hiroml version;
+- the resolved configuration, except the keys that cannot change the result
+  (``progress``, ``wait_for_lock``, ``skip_unchanged``, ``executor.kind``,
+  ``executor.workers``, ``executor.scheduler``, ``paths.index_db``, ``paths.output``);
+- every batch folder discovery listed, with its status, and every exam zip in it, with its
+  size and modification time (nanoseconds), and each problem discovery found;
+- the remap sheet, the clinical table and ``splits.test_list``: size and modification time,
+  or their absence.
+
+Any difference, a latest version other than the recorded one, or an output file whose size
+or time changed, and the build runs as always. ``skip_unchanged=false`` always runs it (for
+example after editing a file in place while keeping its size and time, which the
+fingerprint cannot see: ``hiroml-verify`` checks the shards' checksums).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hiroml._version import __version__
+from hiroml.atomic import write_text_atomic
+from hiroml.build.summary import BuildSummary, jsonable_summary
+from hiroml.config import BuildConfig
+from hiroml.datamart import REMAP_SHEET_NAME, Discovery
+from hiroml.lock import STATE_DIR
+
+log = logging.getLogger(__name__)
+
+RECORD = "inputs.json"
+_FORMAT = 1
+#: the root files a build leaves, besides the shards the manifest names
+_ROOT_FILES = ("manifest.parquet", "patients.parquet", "audit.csv")
+#: configuration keys that change how a build runs, never what it makes
+_NOT_IN_RESULT = {
+    "": ("progress", "wait_for_lock", "skip_unchanged"),
+    "executor": ("kind", "workers", "scheduler"),
+    "paths": ("index_db", "output"),
+}
+
+
+def record_path(out: Path) -> Path:
+    """Where an output folder keeps the fingerprint of its last build."""
+    return out / STATE_DIR / RECORD
+
+
+def _stat(path: str | os.PathLike[str] | None) -> list[Any]:
+    """[size, mtime_ns] of a file, or [None] when there is none (or no path)."""
+    if not path:
+        return [None]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [None]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _config(cfg: BuildConfig) -> dict[str, Any]:
+    conf = dataclasses.asdict(cfg)
+    for section, keys in _NOT_IN_RESULT.items():
+        part = conf[section] if section else conf
+        for key in keys:
+            part.pop(key, None)
+    return conf
+
+
+def fingerprint(cfg: BuildConfig, root: Path, found: Discovery) -> str:
+    """The SHA-256 of everything a build's result depends on (see the module docstring)."""
+    sheet = cfg.paths.remap_sheet or found.remap_sheet or str(root / REMAP_SHEET_NAME)
+    parts = {
+        "format": _FORMAT,
+        "hiroml": __version__,
+        "config": _config(cfg),
+        "root": str(root.resolve()),
+        "batches": [[b.name, b.status] for b in found.batches],
+        "zips": [[z.rel_path, z.size, z.mtime_ns] for z in found.zips],
+        "problems": [repr(p) for p in found.problems],
+        "remap_sheet": [sheet, *_stat(sheet)],
+        "clinical": [cfg.paths.clinical, *_stat(cfg.paths.clinical)],
+        "test_list": [cfg.splits.test_list, *_stat(cfg.splits.test_list)],
+    }
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _output_files(out: Path, shards: set[str]) -> dict[str, list[Any]]:
+    names = [*_ROOT_FILES, *sorted(shards)]
+    return {name: _stat(out / name) for name in names}
+
+
+def remember(
+    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary,
+    shards: set[str],
+) -> None:  # fmt: skip
+    """Record the fingerprint of a build that ended with ``summary.version`` as the latest
+    version, and the output files as they are now (``shards``: those the manifest names)."""
+    record = {
+        "format": _FORMAT,
+        "fingerprint": fingerprint(cfg, root, found),
+        "version": summary.version,
+        "files": _output_files(out, shards),
+        "summary": jsonable_summary(summary),
+    }
+    write_text_atomic(record_path(out), json.dumps(record, indent=1, sort_keys=True))
+
+
+def previous_build(
+    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary
+) -> BuildSummary | None:
+    """The summary of the build that made the latest version, when this build's inputs are
+    the same and the output is as that build left it; else None (build as always)."""
+    from hiroml.versions import find_version
+
+    try:
+        record = json.loads(record_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != _FORMAT:
+        return None
+    if record.get("fingerprint") != fingerprint(cfg, root, found):
+        return None
+    latest = find_version(out)
+    if latest is None or latest.name != record.get("version"):
+        return None
+    files = record.get("files")
+    if not isinstance(files, dict) or any(_stat(out / n) != v for n, v in files.items()):
+        log.info("output files changed since version %s: building", latest.name)
+        return None
+    return _replayed(record.get("summary"), summary)
+
+
+def _replayed(saved: Any, summary: BuildSummary) -> BuildSummary | None:
+    """``summary`` (this run's start, datamart, output and stage times) with the counts of the
+    build recorded in ``saved``, as a run that read nothing and published nothing."""
+    if not isinstance(saved, dict):
+        return None
+    fields = {f.name for f in dataclasses.fields(BuildSummary)}
+    keep = {"started", "datamart", "output", "stage_seconds", "seconds"}
+    try:
+        done = dataclasses.replace(
+            summary, **{k: v for k, v in saved.items() if k in fields and k not in keep}
+        )
+    except TypeError:
+        return None
+    splits = done.patients_per_split
+    done.patients_per_split = {s: splits[s] for s in ("train", "val", "test") if s in splits}
+    done.zips_indexed_now = 0
+    done.tasks_reused = done.tasks
+    done.read_once = done.read_once_unused = 0
+    done.split_moves = done.versions_pruned = 0
+    done.shrink = {}
+    done.published = False
+    done.unchanged = True
+    return done

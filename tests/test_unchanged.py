@@ -1,0 +1,104 @@
+"""Re-runs with nothing new (hiroml.build.unchanged, issue 16): the same inputs answer at once
+from the record of the last build; any change to an input, to a result-changing key or to
+the output's files builds as always."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MakeCfg
+
+from hiroml import build
+from hiroml.build import unchanged
+from hiroml.versions import list_versions
+
+
+@pytest.fixture()
+def once(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> tuple[Path, Path, build.BuildSummary]:
+    """A copy of the tiny datamart (so a test may change it) built once."""
+    dm = tmp_path / "dm"
+    shutil.copytree(tiny_datamart[0], dm)
+    out = tmp_path / "out"
+    return dm, out, build.run(make_cfg(dm, out))
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(out)): p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and ".hiroml" not in p.parts
+    }
+
+
+def test_same_inputs_answer_from_the_record_and_touch_nothing(
+    once: tuple[Path, Path, build.BuildSummary], make_cfg: MakeCfg
+) -> None:
+    dm, out, first = once
+    assert not first.unchanged and first.published
+    assert unchanged.record_path(out).is_file()
+    files = _mtimes(out)
+    # progress and the worker count cannot change the result: still the same inputs
+    again = build.run(make_cfg(dm, out, "executor.workers=2"))
+    assert again.unchanged and not again.published
+    assert again.version == first.version
+    assert again.zips_indexed_now == 0 and again.tasks_reused == again.tasks == first.tasks
+    assert (again.cxr_images, again.ct_volumes, again.errors, again.dropped) == (
+        first.cxr_images, first.ct_volumes, first.errors, first.dropped,
+    )  # fmt: skip
+    assert again.patients_per_split == first.patients_per_split
+    assert _mtimes(out) == files, "a re-run with nothing new wrote into the output"
+    assert len(list_versions(out)) == 1
+    lines = "\n".join(again.lines())
+    assert f"nothing changed since version {first.version}" in lines
+    assert "skip_unchanged=false" in lines
+
+
+def _touch(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_a_touched_zip_or_a_new_sheet_builds_again(
+    once: tuple[Path, Path, build.BuildSummary], make_cfg: MakeCfg
+) -> None:
+    dm, out, first = once
+    zip_path = next(dm.rglob("*.zip"))
+    _touch(zip_path)
+    again = build.run(make_cfg(dm, out))
+    assert not again.unchanged and again.zips_indexed_now >= 1
+    assert again.version == first.version and not again.published  # same dataset
+    assert build.run(make_cfg(dm, out)).unchanged  # recorded again: the next run is quick
+    sheet = dm / "extra.csv"
+    sheet.write_text("patient_id\n1\n")
+    assert not build.run(make_cfg(dm, out, f"paths.clinical={sheet}")).unchanged
+
+
+def test_a_result_key_a_changed_output_or_the_switch_builds_again(
+    once: tuple[Path, Path, build.BuildSummary], make_cfg: MakeCfg
+) -> None:
+    dm, out, first = once
+    assert not build.run(make_cfg(dm, out, "splits.salt=other")).unchanged
+    assert build.run(make_cfg(dm, out, "splits.salt=other")).unchanged
+    # the root manifest no longer the one the last build left: build, and repair it
+    manifest = out / "manifest.parquet"
+    before = manifest.read_bytes()
+    manifest.write_bytes(b"not a manifest")
+    repaired = build.run(make_cfg(dm, out, "splits.salt=other"))
+    assert not repaired.unchanged and manifest.read_bytes() == before
+    assert not build.run(make_cfg(dm, out, "splits.salt=other", "skip_unchanged=false")).unchanged
+
+
+def test_a_damaged_record_builds_again(
+    once: tuple[Path, Path, build.BuildSummary], make_cfg: MakeCfg
+) -> None:
+    dm, out, _first = once
+    unchanged.record_path(out).write_text("{not json")
+    again = build.run(make_cfg(dm, out))
+    assert not again.unchanged
+    assert build.run(make_cfg(dm, out)).unchanged
