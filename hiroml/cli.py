@@ -14,6 +14,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from hiroml.build import unchanged
+from hiroml.build.summary import BuildSummary
 from hiroml.config import BuildConfig
 from hiroml.errors import (
     ConfigError,
@@ -65,6 +67,23 @@ _composed: list[bool] = []
 @hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
 def _main(cfg: DictConfig) -> None:
     _composed.append(True)
+    logging.captureWarnings(True)
+    try:
+        build_cfg = to_config(cfg)
+        summary = unchanged.answer(build_cfg) if build_cfg.skip_unchanged else None
+        if summary is None:
+            summary = _full_build(build_cfg)
+    except HiromlError as e:
+        log.error("%s", e)
+        print(f"hiroml-build: {e}", file=sys.stderr)
+        raise SystemExit(exit_code(e)) from None
+    print("\n".join(summary.lines()))
+    print(f"  open {summary.output}/report.html; check with: hiroml-verify {summary.output}")
+
+
+def _full_build(cfg: BuildConfig) -> BuildSummary:
+    """:func:`hiroml.build.run`, imported only now: a re-run with nothing new answers
+    (:mod:`hiroml.build.unchanged`) without pandas, pydicom or OpenCV."""
     # pydicom resets its logger to WARNING when imported. Its messages, and those of every
     # other third-party library, reach the run log only: the console handler passes hiroml's
     # own records (configs/hydra/job_logging/hiroml.yaml, hiroml/logs.py). Python warnings
@@ -74,16 +93,7 @@ def _main(cfg: DictConfig) -> None:
     from hiroml.build import run
 
     logging.getLogger("pydicom").setLevel(logging.WARNING)
-    logging.captureWarnings(True)
-    try:
-        build_cfg = to_config(cfg)
-        summary = run(build_cfg)
-    except HiromlError as e:
-        log.error("%s", e)
-        print(f"hiroml-build: {e}", file=sys.stderr)
-        raise SystemExit(exit_code(e)) from None
-    print("\n".join(summary.lines()))
-    print(f"  open {summary.output}/report.html; check with: hiroml-verify {summary.output}")
+    return run(cfg, check_unchanged=False)
 
 
 def build() -> None:

@@ -10,7 +10,6 @@ payload bits of a NaN, so an array holding a NaN goes through numpy
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
@@ -26,6 +25,8 @@ def to_float16(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype != np.float32 or a.size == 0 or a.ndim == 0 or np.isnan(a).any():
         return a.astype(np.float16)
+    import cv2  # here: hiroml.config imports this module's users, and the CLI stays quick
+
     src = np.ascontiguousarray(a)
     # x + (-0.0) is x for every x, signed zeros included; the sum is rounded to float16 once.
     return cv2.add(_as_2d(src), -0.0, dtype=cv2.CV_16F).reshape(a.shape)
@@ -36,6 +37,8 @@ def to_float32(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype != np.float16 or a.size == 0 or a.ndim == 0:
         return a.astype(np.float32)
+    import cv2
+
     src = np.ascontiguousarray(a)
     out = cv2.add(_as_2d(src), -0.0, dtype=cv2.CV_32F).reshape(a.shape)
     if np.isnan(out).any():  # NaN payloads as numpy keeps them

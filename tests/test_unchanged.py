@@ -102,3 +102,29 @@ def test_a_damaged_record_builds_again(
     again = build.run(make_cfg(dm, out))
     assert not again.unchanged
     assert build.run(make_cfg(dm, out)).unchanged
+
+
+def test_the_cli_answers_without_importing_the_build(
+    once: tuple[Path, Path, build.BuildSummary], tmp_path: Path
+) -> None:
+    """``hiroml-build`` checks before it imports the driver: a re-run with nothing new loads
+    neither pandas nor pydicom nor OpenCV (their imports are most of a second)."""
+    import subprocess
+    import sys
+
+    dm, out, first = once
+    code = (
+        "import sys\n"
+        "from hiroml.cli import build\n"
+        f"sys.argv = ['hiroml-build', 'paths.datamart={dm}', 'paths.output={out}',\n"
+        "            'progress=false', 'executor.workers=1']\n"
+        "build()\n"
+        "print('loaded:', sorted(m for m in ('pandas', 'pydicom', 'cv2') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"nothing changed since version {first.version}" in done.stdout
+    assert "is up to date with" in done.stdout
+    assert "loaded: []" in done.stdout

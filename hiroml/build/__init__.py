@@ -10,8 +10,21 @@ driver's audit rows, :mod:`~hiroml.build.publish` publishes the version,
 synthetic demo datamart. ``hiroml-build`` calls :func:`run`.
 """
 
-from hiroml.build.driver import execute, run
+from __future__ import annotations
+
+from typing import Any
+
 from hiroml.build.summary import BuildSummary
 from hiroml.errors import BuildError
 
 __all__ = ["BuildError", "BuildSummary", "execute", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # The driver (pandas, pydicom, OpenCV) is imported on first use: a re-run with nothing new
+    # (hiroml.build.unchanged) answers without it.
+    if name in ("execute", "run"):
+        from hiroml.build import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

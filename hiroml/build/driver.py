@@ -93,8 +93,12 @@ def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
     return [done[s.task_id] for s in specs]
 
 
-def run(cfg: BuildConfig) -> BuildSummary:
+def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     """Build (or bring up to date) the dataset described by ``cfg``.
+
+    With ``cfg.skip_unchanged`` (and ``check_unchanged``, which ``hiroml-build`` turns off
+    once it has checked before importing this module), a run whose inputs are those of the
+    latest version's build answers at once (:mod:`hiroml.build.unchanged`).
 
     The datamart is listed first: a missing one, or one without any batch folder, raises
     :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
@@ -109,6 +113,10 @@ def run(cfg: BuildConfig) -> BuildSummary:
     from hiroml import datamart
     from hiroml.lock import build_lock
 
+    if check_unchanged and cfg.skip_unchanged:
+        same = unchanged.answer(cfg)
+        if same is not None:
+            return same
     # The driver decodes a few members itself (the pediatric check) and then forks the
     # conversion workers: OpenCV's thread pool must not exist in it when it forks, or a child
     # inherits the pool's locks without its threads and hangs in cv2.setNumThreads.
@@ -122,15 +130,8 @@ def run(cfg: BuildConfig) -> BuildSummary:
     out = Path(cfg.paths.output)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, wait=cfg.wait_for_lock):
-        summary = BuildSummary(started=started, datamart=str(root), output=str(out))
+        summary = BuildSummary(started=started)
         summary.stage_seconds["discover"] = t_discover
-        if cfg.skip_unchanged:
-            t = time.perf_counter()
-            same = unchanged.previous_build(cfg, root, out, found, summary)
-            if same is not None:
-                timed(same, "check", t)
-                same.seconds = time.perf_counter() - t_start
-                return same
         return _build(cfg, root, out, found, summary, t_start)
 
 

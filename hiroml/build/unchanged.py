@@ -28,12 +28,14 @@ import hashlib
 import json
 import logging
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
 from hiroml._version import __version__
 from hiroml.atomic import write_text_atomic
-from hiroml.build.summary import BuildSummary, jsonable_summary
+from hiroml.build.summary import BuildSummary, jsonable_summary, now
 from hiroml.config import BuildConfig
 from hiroml.datamart import REMAP_SHEET_NAME, Discovery
 from hiroml.lock import STATE_DIR
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 RECORD = "inputs.json"
 _FORMAT = 1
+#: a version folder's name (hiroml.versions, which this light module does not import)
+_VERSION_NAME = re.compile(r"^(\d{4,})-[0-9a-f]{8}$")
 #: the root files a build leaves, besides the shards the manifest names
 _ROOT_FILES = ("manifest.parquet", "patients.parquet", "audit.csv")
 #: configuration keys that change how a build runs, never what it makes
@@ -96,8 +100,19 @@ def fingerprint(cfg: BuildConfig, root: Path, found: Discovery) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _output_files(out: Path, shards: set[str]) -> dict[str, list[Any]]:
-    names = [*_ROOT_FILES, *sorted(shards)]
+def _newest_version(out: Path) -> str | None:
+    """The name of the newest version folder (by sequence number), or None."""
+    try:
+        names = [e.name for e in os.scandir(out / "versions") if e.is_dir()]
+    except OSError:
+        return None
+    seq = {n: int(m.group(1)) for n in names if (m := _VERSION_NAME.match(n))}
+    return max(seq, key=lambda n: (seq[n], n)) if seq else None
+
+
+def _output_files(out: Path, version: str, shards: set[str]) -> dict[str, list[Any]]:
+    folder = f"versions/{version}"
+    names = [*_ROOT_FILES, f"{folder}/manifest.parquet", f"{folder}/build.json", *sorted(shards)]
     return {name: _stat(out / name) for name in names}
 
 
@@ -111,10 +126,39 @@ def remember(
         "format": _FORMAT,
         "fingerprint": fingerprint(cfg, root, found),
         "version": summary.version,
-        "files": _output_files(out, shards),
+        "files": _output_files(out, summary.version, shards),
         "summary": jsonable_summary(summary),
     }
     write_text_atomic(record_path(out), json.dumps(record, indent=1, sort_keys=True))
+
+
+def answer(cfg: BuildConfig) -> BuildSummary | None:
+    """The summary of a run that finds its inputs those of the build that made the latest
+    version, and the output as that build left it (checked under the output's lock); None
+    when the build has to run. Imports neither pandas nor pydicom nor OpenCV."""
+    from hiroml import datamart
+    from hiroml.lock import build_lock
+
+    t_start = time.perf_counter()
+    out = Path(cfg.paths.output)
+    if not record_path(out).is_file():
+        return None
+    if cfg.paths.datamart:
+        root = Path(cfg.paths.datamart)
+    else:
+        from hiroml.build.demo import demo_datamart
+
+        root = demo_datamart(cfg)
+    summary = BuildSummary(started=now(), datamart=str(root), output=str(out))
+    found = datamart.discover(root)  # a missing or empty datamart: the build's own error
+    summary.stage_seconds["discover"] = time.perf_counter() - t_start
+    with build_lock(out, wait=cfg.wait_for_lock):
+        t = time.perf_counter()
+        same = previous_build(cfg, root, out, found, summary)
+    if same is not None:
+        same.stage_seconds["check"] = time.perf_counter() - t
+        same.seconds = time.perf_counter() - t_start
+    return same
 
 
 def previous_build(
@@ -122,8 +166,6 @@ def previous_build(
 ) -> BuildSummary | None:
     """The summary of the build that made the latest version, when this build's inputs are
     the same and the output is as that build left it; else None (build as always)."""
-    from hiroml.versions import find_version
-
     try:
         record = json.loads(record_path(out).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -132,12 +174,12 @@ def previous_build(
         return None
     if record.get("fingerprint") != fingerprint(cfg, root, found):
         return None
-    latest = find_version(out)
-    if latest is None or latest.name != record.get("version"):
+    latest = _newest_version(out)
+    if latest is None or latest != record.get("version"):
         return None
     files = record.get("files")
     if not isinstance(files, dict) or any(_stat(out / n) != v for n, v in files.items()):
-        log.info("output files changed since version %s: building", latest.name)
+        log.info("output files changed since version %s: building", latest)
         return None
     return _replayed(record.get("summary"), summary)
 
