@@ -40,6 +40,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
 from pydicom.pixels.processing import apply_voi as _pydicom_voi
 from pydicom.uid import (
+    UID,
     DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing,
     DigitalXRayImageStorageForProcessing,
@@ -828,12 +829,23 @@ class Prepared:
     evidence: ViewEvidence
 
 
-def prepare_instance(data: bytes, inst: Instance, cfg: CxrConfig) -> Prepared | None:
+def prepare_instance(
+    data: bytes,
+    inst: Instance,
+    cfg: CxrConfig,
+    *,
+    header: Dataset | None = None,
+    pixels: memoryview | None = None,
+) -> Prepared | None:
     """:func:`convert_frames` of a member before its exam is known, or None when it is not
     worth it or not possible now: a view outside ``cfg.views`` that the header decides whatever
     the exam description, or a frame that fails (the conversion stage then reads the member
-    again and reports the failure as it always does). Raises what :func:`read_image` raises."""
-    head = read_image(data, inst)
+    again and reports the failure as it always does). Raises what :func:`read_image` raises.
+
+    ``header`` and ``pixels``: the index's parse of ``data`` (a little-endian, non-deflated
+    file) without its Pixel Data, and the Pixel Data value sliced from ``data``; given, the
+    member is not parsed again."""
+    head = _with_pixels(header, pixels, inst) if header is not None else read_image(data, inst)
     evidence = view_evidence(head)
     view, source = classify_evidence(evidence)
     decided = view != View.UNKNOWN and not source.startswith("ImageLaterality")
@@ -846,6 +858,18 @@ def prepare_instance(data: bytes, inst: Instance, cfg: CxrConfig) -> Prepared | 
         except DecodeError:
             return None
     return Prepared(tuple(images), evidence)
+
+
+def _with_pixels(header: Dataset, pixels: memoryview | None, inst: Instance) -> Dataset:
+    """The index's header with its (7FE0,0010) Pixel Data value put back: what
+    :func:`read_image` gives for a little-endian file (encapsulated: OB; native: OW above 8
+    bits allocated, else OB, as such files are written)."""
+    if pixels is None or "Rows" not in header or "Columns" not in header:
+        raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
+    encapsulated = UID(dicom.transfer_syntax(header)).is_encapsulated
+    vr = "OB" if encapsulated or int(header.get("BitsAllocated", 16)) <= 8 else "OW"
+    header.add_new(0x7FE00010, vr, pixels.tobytes())
+    return header
 
 
 def convert_exam(

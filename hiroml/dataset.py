@@ -87,9 +87,7 @@ def _float(v: Any) -> float:
 class _Chain:
     """``then(first(sample))``; a class, not a lambda, so that it pickles into workers."""
 
-    def __init__(
-        self, first: Callable[[Sample], Sample], then: Callable[[Sample], Sample]
-    ) -> None:
+    def __init__(self, first: Callable[[Sample], Sample], then: Callable[[Sample], Sample]) -> None:
         self.first, self.then = first, then
 
     def __call__(self, sample: Sample) -> Sample:

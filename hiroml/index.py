@@ -359,7 +359,10 @@ class ZipIndex:
 
 # What the index hands each member it read, besides indexing it: the zip, the member's record
 # and its bytes (hiroml.build.scratch converts radiographs there, so that they are read once).
-MemberHook = Callable[[ExamZip, Instance, bytes], None]
+# The parsed header (no Pixel Data) and the Pixel Data value sliced from the bytes come along
+# when the member is a little-endian, non-deflated file (None otherwise), so that the hook
+# need not parse the member again.
+MemberHook = Callable[[ExamZip, Instance, bytes, Dataset | None, memoryview | None], None]
 
 
 def index_zip(
@@ -429,7 +432,8 @@ def index_zip(
             seen[inst.sop_uid] = member
             instances.append(inst)
             if on_member is not None:
-                on_member(ezip, inst, data)
+                sliced = pixels if isinstance(pixels, memoryview) else None
+                on_member(ezip, inst, data, ds if sliced is not None else None, sliced)
     return ZipIndex(ezip.rel_path, tuple(instances), tuple(problems))
 
 

@@ -169,7 +169,9 @@ def test_raw_pixels_sliced_from_the_bytes_equal_pydicoms(name: str) -> None:
     assert "PixelData" not in ds or name in ("MR_small_bigendian.dcm", "image_dfl.dcm")
     full = pydicom.dcmread(get_testdata_file(name))
     assert pixels is not None and bytes(pixels) == full.PixelData
-    inst = instance_from_dataset(ds, batch="b", zip_name="z", member="m", member_size=1, pixels=pixels)
+    inst = instance_from_dataset(
+        ds, batch="b", zip_name="z", member="m", member_size=1, pixels=pixels
+    )
     assert inst.pixel_hash == xxhash.xxh3_128_hexdigest(full.PixelData)
 
 

@@ -186,7 +186,11 @@ def test_report_full(tmp_path: Path) -> None:
         read_array=arrays.__getitem__,
     )
     assert path == tmp_path / "out" / "report.html"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["DATASET.md", "flow.svg", "report.html"]  # no temp file left
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "DATASET.md",
+        "flow.svg",
+        "report.html",
+    ]  # no temp file left
     text = path.read_text(encoding="utf-8")
     _check_self_contained(text)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in text

@@ -82,7 +82,7 @@ def test_a_touched_zip_or_a_new_sheet_builds_again(
 def test_a_result_key_a_changed_output_or_the_switch_builds_again(
     once: tuple[Path, Path, build.BuildSummary], make_cfg: MakeCfg
 ) -> None:
-    dm, out, first = once
+    dm, out, _first = once
     assert not build.run(make_cfg(dm, out, "splits.salt=other")).unchanged
     assert build.run(make_cfg(dm, out, "splits.salt=other")).unchanged
     # the root manifest no longer the one the last build left: build, and repair it

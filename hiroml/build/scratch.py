@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,8 @@ from hiroml.lock import STATE_DIR
 from hiroml.records import ExamZip, Instance, Modality
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from hiroml.cxr import Prepared
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,19 @@ class Preparer:
 
     folder: str
     cfg: CxrConfig
+    settings: str = field(init=False, default="")
 
-    def __call__(self, ezip: ExamZip, inst: Instance, data: bytes) -> None:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", _settings_hash(self.cfg))  # once, not per member
+
+    def __call__(
+        self,
+        ezip: ExamZip,
+        inst: Instance,
+        data: bytes,
+        header: Dataset | None = None,
+        pixels: memoryview | None = None,
+    ) -> None:
         from hiroml import cxr
 
         if ezip.batch.modality is not Modality.CXR:
@@ -83,17 +96,16 @@ class Preparer:
         if keep is not None:
             return  # the conversion drops it without reading it
         try:
-            ready = cxr.prepare_instance(data, inst, self.cfg)
+            ready = cxr.prepare_instance(data, inst, self.cfg, header=header, pixels=pixels)
         except Exception as e:  # the conversion reads it again and reports what fails
             log.debug("%s: %s not prepared: %s", ezip.rel_path, inst.member, e)
             return
         if ready is None:
             return
-        key = entry_key(
-            ezip.rel_path, ezip.size, ezip.mtime_ns, inst.member, _settings_hash(self.cfg)
-        )
+        key = entry_key(ezip.rel_path, ezip.size, ezip.mtime_ns, inst.member, self.settings)
         folder = Path(self.folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():  # a stat per member; the folder is made once
+            folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{key}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             pickle.dump(ready, f, protocol=pickle.HIGHEST_PROTOCOL)
