@@ -14,6 +14,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from hiroml import allocator
 from hiroml.build import unchanged
 from hiroml.build.summary import BuildSummary
 from hiroml.config import BuildConfig
@@ -68,6 +69,7 @@ _composed: list[bool] = []
 def _main(cfg: DictConfig) -> None:
     _composed.append(True)
     logging.captureWarnings(True)
+    allocator.keep_freed_buffers()
     try:
         build_cfg = to_config(cfg)
         summary = unchanged.answer(build_cfg) if build_cfg.skip_unchanged else None

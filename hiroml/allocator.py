@@ -1,0 +1,52 @@
+"""Let glibc keep freed buffers for reuse during a build (``hiroml-build`` calls
+:func:`keep_freed_buffers` once, at start-up).
+
+A build allocates and frees buffers of megabytes per member: the zip member read, its inflated
+bytes, the decoded pixels, the float image. glibc's ``malloc`` serves each from fresh pages
+of ``mmap`` and gives them back on ``free`` (above its mmap threshold, 128 KiB to 32 MiB),
+so every member pays the kernel for zeroed pages again: on a virtual machine about 2.5 ms
+per MB, as much as inflating the member (``benchmarks/bench_build.py --mode xr``). With a
+mmap threshold of 64 MiB and a trim threshold of 256 MiB, buffers below 64 MiB come from
+the heap and freed ones are reused; the process keeps at most 256 MiB it no longer uses.
+Larger buffers (a CT volume) still come from ``mmap`` and go back at once.
+
+Only on Linux with glibc; elsewhere, or when ``mallopt`` is missing, nothing changes.
+``HIROML_MALLOC=default`` leaves glibc's defaults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 64 * 1024**2
+TRIM_THRESHOLD = 256 * 1024**2
+
+
+def keep_freed_buffers() -> bool:
+    """Set glibc's mmap and trim thresholds for this process and the workers it forks; True
+    when they were set."""
+    if not sys.platform.startswith("linux") or os.environ.get("HIROML_MALLOC") == "default":
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    done = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    done = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and done
+    log.debug("glibc mallopt: mmap threshold %d, trim threshold %d: %s", MMAP_THRESHOLD,
+              TRIM_THRESHOLD, "set" if done else "refused")  # fmt: skip
+    return done
