@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from hiroml import allocator
-
 _CHECK = """
 import ctypes, ctypes.util, sys, time
 from hiroml import allocator
