@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydicom import config as pydicom_config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
 from pydicom.pixels.processing import apply_voi as _pydicom_voi
@@ -867,8 +869,12 @@ def _with_pixels(header: Dataset, pixels: memoryview | None, inst: Instance) -> 
     if pixels is None or "Rows" not in header or "Columns" not in header:
         raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
     encapsulated = UID(dicom.transfer_syntax(header)).is_encapsulated
-    vr = "OB" if encapsulated or int(header.get("BitsAllocated", 16)) <= 8 else "OW"
-    header.add_new(0x7FE00010, vr, pixels.tobytes())
+    alloc = int(header.get("BitsAllocated", 16))
+    vr = "OB" if encapsulated or alloc <= 8 else "OW"
+    # Native 8/16/32-bit pixels are read by hiroml.dicom straight from the view (no copy of
+    # megabytes); anything that may reach another decoder gets bytes, as a parse gives.
+    value = pixels if not encapsulated and alloc in (8, 16, 32) else pixels.tobytes()
+    header[0x7FE00010] = DataElement(0x7FE00010, vr, value, validation_mode=pydicom_config.IGNORE)
     return header
 
 
