@@ -78,10 +78,12 @@ def whole_build(root: Path, out: Path) -> float:
     cmd = [sys.executable, "-c", "from hiroml.cli import build; build()"]
     cmd += [f"paths.datamart={root}", f"paths.output={out}", "executor.workers=1"]
     t = time.perf_counter()
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    # cwd: not this checkout, whose hiroml/ would come before --build-with's on sys.path
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=out.parent)
     wall = time.perf_counter() - t
     written = [x.strip() for x in (done.stdout + done.stderr).splitlines() if "written:" in x]
-    print(f"  {root.name}: {written[-1] if written else '(no summary line)'}", flush=True)
+    shown = written or [x.strip() for x in done.stdout.splitlines() if "up to date" in x]
+    print(f"  {root.name}: {shown[-1] if shown else '(no summary line)'}", flush=True)
     return wall
 
 
