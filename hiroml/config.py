@@ -171,7 +171,7 @@ class ExecutorConfig:
     kind: str = "local"  # local | dask
     workers: Optional[int] = None  # None: all cores
     scheduler: Optional[str] = None  # dask scheduler address; None starts a LocalCluster
-    exams_per_task: int = 16  # radiograph exams converted by one task (one shard)
+    exams_per_task: int = 64  # radiograph exams converted by one task (one shard)
     ct_exams_per_task: int = 1  # CT exams per task: volumes are large, keep tasks fine
 
     def __post_init__(self) -> None:
