@@ -24,12 +24,10 @@ from typing import Any
 
 import pydicom
 import xxhash
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from hiroml import dicom
+from hiroml import dicom, rawheader
 from hiroml.config import ExecutorConfig, IndexConfig
 from hiroml.errors import BadInputError, ZipSafetyError
 from hiroml.executor import map_items
@@ -100,21 +98,21 @@ _HEADER_KEYWORDS = (
     "StudyTime",
     "ViewPosition",
 )
-_HEADER_TAGS = tuple((kw, BaseTag(tag_for_keyword(kw) or 0)) for kw in _HEADER_KEYWORDS)
+_HEADER_TABLE = rawheader.vr_table(_HEADER_KEYWORDS)
 
 
 def header_values(ds: Dataset) -> dict[str, Any]:
     """The values of the (top-level) elements :func:`instance_from_dataset` reads, each read
-    once by tag: ``ds.get(keyword)`` for each, without the keyword lookups."""
-    present = ds.keys()
-    return {kw: ds[tag].value for kw, tag in _HEADER_TAGS if tag in present}
+    once by tag, most of them from the raw element (:func:`hiroml.rawheader.values`: several
+    values come as a list, an empty element as None)."""
+    return rawheader.values(ds, _HEADER_TABLE)
 
 
 def _text(h: Header, keyword: str) -> str:
     value = h.get(keyword)
     if value is None:
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, pydicom.multival.MultiValue | list):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 
