@@ -8,7 +8,10 @@ uncompressed CR in six weekly batches; also the re-run with nothing new. Per zip
 
 - ``build``: ``hiroml-build`` with 1 worker, as a subprocess, start-up to report;
 - ``decode``: :class:`zipfile.ZipFile` read + ``pydicom.dcmread(...).pixel_array``, the peer;
-- ``ratio`` = build / decode (issue 14's goal: <= 0.8 overall, <= 1.0 uncompressed).
+- ``ratio`` = build / decode (issue 14's goal: <= 0.8 overall, <= 1.0 uncompressed);
+- small-zips also prints ``floor`` (:func:`floor_loop`: the decode loop plus the output work
+  no build can skip: resize, float16, one HDF5 write and the two hashes per image) and
+  ``build / floor``, what hiroml's own bookkeeping adds.
 
 The datamarts are generated here with pydicom (seeded; :mod:`bench_cxr`'s images) under a
 temporary folder. Develop at small sizes on a shared machine; the lead runs the full tables:
@@ -72,6 +75,42 @@ def decode_loop(paths: list[Path]) -> float:
     return time.perf_counter() - t
 
 
+def floor_loop(paths: list[Path], out: Path, size: tuple[int, int] = (512, 512)) -> float:
+    """Seconds for the work any build that stores these images must do beyond the decode
+    loop, with nothing else: the decode loop, then each image scaled to [0, 1] and resized
+    to the output size (:func:`hiroml.cxr.resize`), cast to float16, written as one chunk of
+    one HDF5 dataset and hashed (:func:`hiroml.shards.array_hash`, the manifest's
+    ``data_hash``); then the file's fsync and SHA-256 (``shard_sha256``). No index, no
+    decisions, no tables, no report: the build's "floor" on this machine."""
+    import h5py
+    import numpy as np
+
+    from hiroml import cxr, shards
+
+    t = time.perf_counter()
+    with h5py.File(out, "w") as f:
+        ds = f.create_dataset(
+            "x", shape=(0, *size), maxshape=(None, *size), chunks=(1, *size), dtype=np.float16
+        )
+        row = 0
+        for path in paths:
+            with zipfile.ZipFile(path) as z:
+                for name in z.namelist():
+                    a = pydicom.dcmread(BytesIO(z.read(name))).pixel_array.astype(np.float32)
+                    lo, hi = float(a.min()), float(a.max())
+                    a = (a - lo) / (hi - lo or 1.0)
+                    small, _ = cxr.resize(a, size, keep_aspect=True)
+                    stored, _ = cxr.to_storage(small, "float16")
+                    ds.resize(row + 1, axis=0)
+                    ds.id.write_direct_chunk((row, 0, 0), np.ascontiguousarray(stored).data)
+                    shards.array_hash(stored)
+                    row += 1
+    with open(out, "rb") as fh:
+        os.fsync(fh.fileno())
+    shards.shard_sha256(out)
+    return time.perf_counter() - t
+
+
 def whole_build(root: Path, out: Path) -> float:
     """Seconds for ``hiroml-build`` (1 worker) as a new process, start-up to report; the
     build's "written:" summary line is echoed, to show what it converted."""
@@ -106,11 +145,13 @@ def run_existing(root: Path) -> None:
     decode_loop(paths[:1])
     decode = decode_loop(paths)
     with tempfile.TemporaryDirectory() as tmp:
+        floor = floor_loop(paths, Path(tmp) / "floor.h5")
         build = whole_build(root, Path(tmp) / "out")
         again = whole_build(root, Path(tmp) / "out")
     print(f"{'datamart':16}{'zips':>6}{'build ms':>10}{'decode ms':>10}{'ratio':>7}")
     _row(root.name[:16], len(paths), build, decode)
     _row("  re-run", len(paths), again, decode)
+    _floor_rows(len(paths), floor, build, decode)
 
 
 def _row(name: str, n: int, build: float, decode: float) -> None:
@@ -118,6 +159,13 @@ def _row(name: str, n: int, build: float, decode: float) -> None:
         f"{name:16}{n:6d}{1000 * build / n:10.1f}{1000 * decode / n:10.1f}{build / decode:7.2f}",
         flush=True,
     )
+
+
+def _floor_rows(n: int, floor: float, build: float, decode: float) -> None:
+    """The floor beside the decode loop, and the build against the floor: what hiroml's own
+    bookkeeping (index, decisions, tables, report) adds to the work it cannot skip."""
+    _row("  floor", n, floor, decode)
+    print(f"{'  build / floor':16}{'':6}{'':10}{'':10}{build / floor:7.2f}", flush=True)
 
 
 def run_xr(tmp: Path, rows: int, cols: int, n_plain: int, n_j2k: int) -> None:
@@ -144,8 +192,10 @@ def run_small_zips(tmp: Path, n: int) -> None:
     paths = write_datamart(tmp / "small", images, weeks=6)
     decode_loop(paths[:1])
     decode = decode_loop(paths)
+    floor = floor_loop(paths, tmp / "floor.h5")
     build = whole_build(tmp / "small", tmp / "out-small")
     again = whole_build(tmp / "small", tmp / "out-small")
     print(f"{'datamart':16}{'zips':>6}{'build ms':>10}{'decode ms':>10}{'ratio':>7}")
     _row("small-zips", n, build, decode)
     _row("  re-run", n, again, decode)
+    _floor_rows(n, floor, build, decode)

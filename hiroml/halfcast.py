@@ -32,8 +32,9 @@ def to_float16(a: np.ndarray) -> np.ndarray:
     return cv2.add(_as_2d(src), -0.0, dtype=cv2.CV_16F).reshape(a.shape)
 
 
-def to_float32(a: np.ndarray) -> np.ndarray:
-    """``a.astype(np.float32)`` (a new array), faster for float16 arrays."""
+def to_float32(a: np.ndarray, *, nan_payloads: bool = True) -> np.ndarray:
+    """``a.astype(np.float32)`` (a new array), faster for float16 arrays. ``nan_payloads=False``
+    skips the check that gives NaNs numpy's payload bits, for a caller that replaces NaNs."""
     a = np.asarray(a)
     if a.dtype != np.float16 or a.size == 0 or a.ndim == 0:
         return a.astype(np.float32)
@@ -41,6 +42,6 @@ def to_float32(a: np.ndarray) -> np.ndarray:
 
     src = np.ascontiguousarray(a)
     out = cv2.add(_as_2d(src), -0.0, dtype=cv2.CV_32F).reshape(a.shape)
-    if np.isnan(out).any():  # NaN payloads as numpy keeps them
+    if nan_payloads and np.isnan(out).any():  # NaN payloads as numpy keeps them
         return a.astype(np.float32)
     return out

@@ -516,3 +516,44 @@ def test_task_records_without_signatures_get_them_from_the_shards(
     again = pd.read_parquet(out / "manifest.parquet")
     assert again["signature"].map(list).tolist() == first["signature"].map(list).tolist()
     assert again["patient_group"].tolist() == first["patient_group"].tolist()
+
+
+def _trim_reference(a: np.ndarray) -> np.ndarray:
+    """The trim as first written: every row's and column's range, then the span of the
+    non-constant ones."""
+    rows = np.flatnonzero(a.max(axis=1) != a.min(axis=1))
+    cols = np.flatnonzero(a.max(axis=0) != a.min(axis=0))
+    if not len(rows) or not len(cols):
+        return a
+    return a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def test_signature_trim_takes_the_same_span_with_its_border_shortcut() -> None:
+    """The shortcut (no border line constant: nothing to trim) gives the full computation's
+    span on padded, partly padded, constant, thin and NaN-holding arrays."""
+    rng = np.random.default_rng(16)
+    cases = [np.zeros((5, 7), np.float32), np.ones((1, 9), np.float32), rng.random((9, 1))]
+    for _ in range(300):
+        h, w = (int(n) for n in rng.integers(1, 12, size=2))
+        a = rng.integers(0, 3, size=(h, w)).astype(np.float32)
+        for edge in rng.integers(0, 2, size=4).nonzero()[0]:  # pad some borders
+            band = int(rng.integers(1, 3))
+            if edge == 0:
+                a[:band] = 7
+            elif edge == 1:
+                a[-band:] = 7
+            elif edge == 2:
+                a[:, :band] = 7
+            else:
+                a[:, -band:] = 7
+        if rng.random() < 0.1:
+            a[int(rng.integers(h)), int(rng.integers(w))] = np.nan
+        cases.append(a)
+    trimmed = 0
+    for a in cases:
+        want = _trim_reference(a)
+        got = neardup._trim(a)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        trimmed += want.shape != a.shape
+    assert trimmed > 50  # the full computation ran, not only the shortcut
