@@ -120,6 +120,39 @@ def _as_list(v: Any) -> list[Any] | None:
     return [x.item() if hasattr(x, "item") else x for x in v]
 
 
+def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
+    """A list column: numbers in lists of one length (the radiographs' 1,024-value
+    ``signature``) through numpy in one step, the same array as :func:`_as_list` per cell
+    gives; anything else (text, missing cells, ragged lengths) per cell."""
+    kind = typ.value_type
+    if values and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        fast = _uniform_numbers(values, kind)
+        if fast is not None:
+            return fast
+    return pa.array([_as_list(v) for v in values], type=typ)
+
+
+def _uniform_numbers(values: list[Any], kind: pa.DataType) -> pa.Array | None:
+    if not all(isinstance(v, tuple | list | np.ndarray) for v in values):
+        return None
+    try:
+        grid = np.asarray(values)
+    except ValueError:  # ragged
+        return None
+    if grid.ndim != 2 or grid.shape[1] < 2 or grid.dtype.kind not in "iuf":
+        return None
+    want = kind.to_pandas_dtype()
+    if grid.dtype.kind == "f" and np.dtype(want).kind != "f":
+        return None  # floats into an integer column: pyarrow's per-value rules
+    if np.dtype(want).kind in "iu" and grid.size:
+        info = np.iinfo(want)
+        if grid.min() < info.min or grid.max() > info.max:
+            return None  # out of range: the per-cell path raises as it always has
+    flat = pa.array(grid.reshape(-1).astype(want, copy=False), type=kind)
+    offsets = pa.array(np.arange(0, grid.size + 1, grid.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
 def _text(v: Any) -> str | None:
     if type(v) is str:  # the usual cell: no pd.isna
         return v
@@ -137,7 +170,7 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
     for col in df.columns:
         values = df[col].tolist()
         if col in _LIST_TYPES:
-            arr = pa.array([_as_list(v) for v in values], type=_LIST_TYPES[col])
+            arr = _list_array(values, _LIST_TYPES[col])
         elif col in _SCALAR_TYPES:
             arr = pa.array([_scalar(v) for v in values], type=_SCALAR_TYPES[col])
         elif col == "exam_time":

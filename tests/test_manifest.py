@@ -239,3 +239,43 @@ def test_patients_frame_one_row_per_group_with_ids_splits_and_counts() -> None:
          "n_samples": 2, "n_cxr": 2, "n_ct": 0},
     ]  # fmt: skip  # the row without a group is in none
     assert patients_frame(m.iloc[:0]).empty and list(patients_frame(m.iloc[:0])) == list(p)
+
+
+def test_numeric_list_columns_through_numpy_are_the_per_cell_arrays() -> None:
+    """``_list_array``'s numpy path gives the array (or the error) the per-cell path gives,
+    and takes that path for the 1,024-value signatures."""
+    from hiroml import manifest as m
+
+    rng = np.random.default_rng(16)
+    signatures = [tuple(rng.integers(0, 256, 1024).tolist()) for _ in range(40)]
+    cases = {
+        "signatures": signatures,
+        "arrays": [np.asarray(s, dtype=np.uint8) for s in signatures],
+        "floats": [(1.0, 2.5, 3.0)] * 5,
+        "mixed": [(1, 2, 3), (1.5, 2, 3)],
+        "ragged": [(1, 2), (1, 2, 3)],
+        "missing": [(1, 2), None],
+        "one value": [(1,), (2,)],
+        "negative": [(-1, 2)],
+        "too big": [(300, 2)],
+        "nan": [(float("nan"), 1.0)],
+        "empty": [(), ()],
+        "text": [("a", "b"), ("c",)],
+    }
+    types = (pa.list_(pa.uint8()), pa.list_(pa.int64()), pa.list_(pa.float64()))
+    for name, values in cases.items():
+        for typ in types:
+            try:
+                want, want_err = pa.array([m._as_list(v) for v in values], type=typ), None
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+                want, want_err = None, type(e)
+            try:
+                got, got_err = m._list_array(values, typ), None
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+                got, got_err = None, type(e)
+            assert got_err == want_err, (name, typ)
+            if want is not None:
+                assert got is not None and got.type == want.type, (name, typ)
+                assert repr(got.to_pylist()) == repr(want.to_pylist()), (name, typ)
+    fast = m._uniform_numbers(signatures, pa.uint8())
+    assert fast is not None and fast.to_pylist() == [list(s) for s in signatures]

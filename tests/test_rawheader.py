@@ -14,6 +14,7 @@ import math
 import warnings
 from pathlib import Path
 
+import data_store
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
@@ -21,7 +22,6 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-import data_store
 from hiroml import index, rawheader
 
 _ROOTS = (
@@ -98,9 +98,9 @@ def test_the_instance_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
         path = next(p for p in _REAL if p.name == name)
         data = path.read_bytes()
 
-        def record(ds: Dataset) -> object:
+        def record(ds: Dataset, name: str = name, size: int = len(data)) -> object:
             return index.instance_from_dataset(
-                ds, batch="b", zip_name="z.zip", member=name, member_size=len(data)
+                ds, batch="b", zip_name="z.zip", member=name, member_size=size
             )
 
         fast = record(_read(data))
