@@ -142,3 +142,52 @@ def test_a_damaged_entry_is_dropped_and_the_zip_read_instead(
     reader = scratch.ScratchReader(folder, str(root), cfg)
     assert all(reader.take(inst) is None for inst in zi.instances)
     assert reader.taken == 0 and scratch.count(tmp_path / "out") == 0
+
+
+def test_packs_a_cut_record_a_damaged_payload_and_two_readers(
+    tiny_datamart: tuple[Path, dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store is append-only packs: a record cut short (a crash) ends its pack's scan and
+    the records before it are taken; a damaged payload is dropped with a warning; an entry
+    taken by one reader is not taken by another; a swept store is written again."""
+    found = discover(tiny_datamart[0])
+    for ezip in [z for z in found.zips if z.batch.modality is Modality.CXR][:3]:
+        dest = tmp_path / "dm" / ezip.batch.name
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tiny_datamart[0] / ezip.rel_path, dest / ezip.file_name)
+    root = tmp_path / "dm"
+    cfg = CxrConfig(views=["frontal", "lateral", "unknown"])
+    out = tmp_path / "out"
+    folder = scratch.scratch_dir(out)
+
+    def index() -> list[Any]:
+        preparer = scratch.Preparer(str(folder), cfg)
+        return [
+            inst
+            for z in discover(root).zips
+            for inst in index_zip(root / z.rel_path, z, IndexConfig(), preparer).instances
+        ]
+
+    insts = index()
+    n = scratch.count(out)  # radiographs kept for the conversion
+    assert n >= 3
+    (pack,) = folder.glob("pack-*.bin")  # one pack per process, not one file per member
+    # cut the last record short: the others are still there
+    pack.write_bytes(pack.read_bytes()[:-10])
+    first = scratch.ScratchReader(folder, str(root), cfg)
+    second = scratch.ScratchReader(folder, str(root), cfg)
+    assert sum(first.take(i) is not None for i in insts) == n - 1 == first.taken
+    assert all(second.take(i) is None for i in insts)  # taken by the first reader
+    assert scratch.sweep(out) == 0 and not folder.exists()
+
+    # written again after the sweep (a new pack); a damaged payload is dropped
+    insts = index()
+    (pack,) = folder.glob("pack-*.bin")
+    data = bytearray(pack.read_bytes())
+    data[scratch._HEAD.size : scratch._HEAD.size + 8] = b"garbage!"  # the first payload
+    pack.write_bytes(bytes(data))
+    reader = scratch.ScratchReader(folder, str(root), cfg)
+    with caplog.at_level("WARNING"):
+        assert sum(reader.take(i) is not None for i in insts) == n - 1
+    assert caplog.text.count("scratch entry unreadable") == 1
+    assert scratch.sweep(out) == 0  # the damaged one counts as taken: never tried again

@@ -3,14 +3,22 @@ also converts it (:func:`hiroml.cxr.prepare_instance`) and leaves the result in 
 under the output folder; the conversion stage takes it from there instead of inflating the
 member again.
 
-The store is one file per member, ``<output>/.hiroml/scratch/<key>.pkl``, where the key hashes
-the zip's path, size and modification time, the member, the ``cxr`` configuration and the
-hiroml version: an entry is only ever taken for the very bytes and settings it was made
-from. Taking an entry deletes it; what no conversion took (duplicate copies, exams dropped
-later, tasks reused from an earlier build) is counted and deleted when the conversion stage
-ends (:func:`sweep`). A build that crashed in between leaves entries that the next build
-takes when they still match, or sweeps. Memory stays bounded by one member per worker; the
-disk the store holds at its peak is about the size of the new radiographs' arrays.
+The store is append-only packs, one per worker process,
+``<output>/.hiroml/scratch/pack-<pid>-<token>.bin`` (issue 16: a file per member cost a file
+creation and a deletion per member, 0.3 ms here and far more on a cluster file system). A pack
+is a run of records: a 4-byte mark (``HRS1`` live, ``HRSX`` taken), the 16-byte key, the
+payload's length (8 bytes, little endian) and the payload, a pickled
+:class:`hiroml.cxr.Prepared`. Each record is flushed when written, so a pack is readable as soon
+as its worker has indexed the zip; a record cut short (a crash) ends its pack's scan.
+
+The key hashes the zip's path, size and modification time, the member, the ``cxr``
+configuration and the hiroml version: an entry is only ever taken for the very bytes and
+settings it was made from. Taking an entry marks it taken (a 4-byte write in place);
+what no conversion took (duplicate copies, exams dropped later, tasks reused from an earlier
+build) is counted and the packs deleted when the conversion stage ends (:func:`sweep`). A
+build that crashed in between leaves live entries that the next build takes when they still
+match, or sweeps. Memory stays bounded by one member per worker; the disk the store holds at
+its peak is about the size of the new radiographs' arrays.
 
 Entries are pickles written by this module under the output folder the build owns (as its
 SQLite index is); they are never read from anywhere else.
@@ -27,9 +35,12 @@ import json
 import logging
 import os
 import pickle
+import secrets
+import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from hiroml._version import __version__
 from hiroml.config import CxrConfig
@@ -44,7 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCRATCH_DIR = "scratch"
-_SUFFIX = ".pkl"
+_SUFFIX = ".bin"
+_LIVE, _TAKEN = b"HRS1", b"HRSX"
+_HEAD = struct.Struct("<4s16sQ")  # mark, key, payload length
 
 
 def scratch_dir(out_dir: str | os.PathLike[str]) -> Path:
@@ -58,10 +71,50 @@ def _settings_hash(cfg: CxrConfig) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def entry_key(rel_zip: str, size: int, mtime_ns: int, member: str, settings: str) -> str:
-    """The file name (without suffix) of one member's entry."""
+def entry_key(rel_zip: str, size: int, mtime_ns: int, member: str, settings: str) -> bytes:
+    """The 16-byte key of one member's entry."""
     text = "\x1f".join((rel_zip, str(size), str(mtime_ns), member, settings))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class _Pack:
+    """This process's pack in one store folder, open for appending."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid()
+        self.path = folder / f"pack-{self.pid}-{secrets.token_hex(4)}{_SUFFIX}"
+        self.file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - lives across members
+
+    def append(self, key: bytes, payload: bytes) -> None:
+        self.file.write(_HEAD.pack(_LIVE, key, len(payload)))
+        self.file.write(payload)
+        self.file.flush()  # readable now: a pool's worker ends without flushing
+
+    def close(self) -> None:
+        self.file.close()
+
+
+_PACKS: dict[str, _Pack] = {}  # store folder -> this process's pack
+
+
+def _pack(folder: str) -> _Pack:
+    """This process's pack in ``folder``: a new one after a fork, or when the pack was swept."""
+    pack = _PACKS.get(folder)
+    if pack is not None and (pack.pid != os.getpid() or not pack.path.exists()):
+        if pack.pid == os.getpid():
+            pack.close()
+        pack = None
+    if pack is None:
+        pack = _PACKS[folder] = _Pack(Path(folder))
+    return pack
+
+
+def _close_packs(folder: Path) -> None:
+    """Close this process's pack in ``folder`` (before it is deleted)."""
+    pack = _PACKS.pop(str(folder), None)
+    if pack is not None and pack.pid == os.getpid():
+        pack.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +156,44 @@ class Preparer:
         if ready is None:
             return
         key = entry_key(ezip.rel_path, ezip.size, ezip.mtime_ns, inst.member, self.settings)
-        folder = Path(self.folder)
-        if not folder.is_dir():  # a stat per member; the folder is made once
-            folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(ready, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, folder / f"{key}{_SUFFIX}")
+        _pack(self.folder).append(key, pickle.dumps(ready, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _records(path: Path) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """``(mark, key, payload offset, payload length)`` of each whole record of a pack."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos + _HEAD.size <= size:
+            f.seek(pos)
+            mark, key, length = _HEAD.unpack(f.read(_HEAD.size))
+            start = pos + _HEAD.size
+            if mark not in (_LIVE, _TAKEN) or start + length > size:
+                return  # a record cut short, or not a pack: the scan ends here
+            yield mark, key, start, length
+            pos = start + length
+
+
+Entries = dict[bytes, tuple[Path, int, int]]  # key -> (pack, payload offset, length)
+_SCANNED: dict[str, tuple[object, Entries]] = {}  # folder -> (its packs' sizes, entries)
+
+
+def _live(folder: Path) -> Entries:
+    """The entries of a store that were live when its packs last changed size (a taken mark
+    is checked again when an entry is read). One scan per process while the packs stay as
+    they are: each conversion task of a build asks."""
+    packs = sorted(folder.glob(f"*{_SUFFIX}")) if folder.is_dir() else []
+    state = tuple((p.name, p.stat().st_size) for p in packs)
+    cached = _SCANNED.get(str(folder))
+    if cached is not None and cached[0] == state:
+        return dict(cached[1])
+    found: Entries = {}
+    for path in packs:
+        for mark, key, start, length in _records(path):
+            if mark == _LIVE:
+                found[key] = (path, start, length)
+    _SCANNED[str(folder)] = (state, found)
+    return dict(found)
 
 
 class ScratchReader:
@@ -122,9 +206,11 @@ class ScratchReader:
         self.settings = _settings_hash(cfg)
         self.taken = 0
         self._stat: dict[str, tuple[int, int]] = {}
+        self._entries: dict[bytes, tuple[Path, int, int]] | None = None
 
     def take(self, inst: Instance) -> Prepared | None:
-        """The stored :class:`hiroml.cxr.Prepared` of ``inst`` (the entry is deleted), or None."""
+        """The stored :class:`hiroml.cxr.Prepared` of ``inst`` (the entry is marked taken), or
+        None."""
         key = self._stat.get(inst.rel_zip)
         if key is None:
             try:
@@ -132,35 +218,48 @@ class ScratchReader:
             except OSError:
                 return None
             key = self._stat[inst.rel_zip] = (st.st_size, st.st_mtime_ns)
-        path = self.folder / (entry_key(inst.rel_zip, *key, inst.member, self.settings) + _SUFFIX)
+        if self._entries is None:
+            self._entries = _live(self.folder)  # once per reader: the index has finished
+        where = self._entries.pop(entry_key(inst.rel_zip, *key, inst.member, self.settings), None)
+        if where is None:
+            return None
+        path, start, length = where
         try:
-            with open(path, "rb") as f:
-                ready: Prepared = pickle.load(f)
+            with open(path, "r+b") as f:
+                f.seek(start - _HEAD.size)
+                if f.read(len(_LIVE)) != _LIVE:
+                    return None  # taken since the scan
+                f.seek(start)
+                payload = f.read(length)
+                f.seek(start - _HEAD.size)
+                f.write(_TAKEN)  # taken once, also by another worker's reader
+            ready: Prepared = pickle.loads(payload)
         except FileNotFoundError:
             return None
         except Exception as e:  # a damaged entry: the conversion reads the zip instead
             log.warning("%s: scratch entry unreadable (%s), reading the zip", inst.member, e)
-            path.unlink(missing_ok=True)
             return None
-        path.unlink(missing_ok=True)
         self.taken += 1
         return ready
 
 
 def count(out_dir: str | os.PathLike[str]) -> int:
-    """How many entries the store holds."""
+    """How many live entries the store holds."""
     folder = scratch_dir(out_dir)
-    return sum(1 for _ in folder.glob(f"*{_SUFFIX}")) if folder.is_dir() else 0
+    _SCANNED.pop(str(folder), None)  # taken marks do not change sizes: scan again
+    return len(_live(folder))
 
 
 def sweep(out_dir: str | os.PathLike[str]) -> int:
-    """Delete the store (entries no conversion took, temporary files); how many entries."""
+    """Delete the store (its packs, whatever else is there); how many live entries it held."""
     folder = scratch_dir(out_dir)
+    _close_packs(folder)
     if not folder.is_dir():
         return 0
-    left = 0
+    _SCANNED.pop(str(folder), None)  # taken marks do not change sizes: scan again
+    left = len(_live(folder))
+    _SCANNED.pop(str(folder), None)
     for path in folder.iterdir():
-        left += path.suffix == _SUFFIX
         path.unlink(missing_ok=True)
     folder.rmdir()
     return left
