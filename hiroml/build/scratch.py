@@ -13,7 +13,8 @@ as its worker has indexed the zip; a record cut short (a crash) ends its pack's 
 
 The key hashes the zip's path, size and modification time, the member, the ``cxr``
 configuration and the hiroml version: an entry is only ever taken for the very bytes and
-settings it was made from. Taking an entry marks it taken (a 4-byte write in place);
+settings it was made from. Taking an entry marks it taken (a 4-byte write in place) and
+frees its payload's pages and blocks (a hole punched in the pack, as deleting a file did);
 what no conversion took (duplicate copies, exams dropped later, tasks reused from an earlier
 build) is counted and the packs deleted when the conversion stage ends (:func:`sweep`). A
 build that crashed in between leaves live entries that the next build takes when they still
@@ -30,6 +31,7 @@ issue 14).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -40,7 +42,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hiroml._version import __version__
 from hiroml.config import CxrConfig
@@ -225,22 +227,43 @@ class ScratchReader:
             return None
         path, start, length = where
         try:
-            with open(path, "r+b") as f:
-                f.seek(start - _HEAD.size)
-                if f.read(len(_LIVE)) != _LIVE:
-                    return None  # taken since the scan
-                f.seek(start)
-                payload = f.read(length)
-                f.seek(start - _HEAD.size)
-                f.write(_TAKEN)  # taken once, also by another worker's reader
-            ready: Prepared = pickle.loads(payload)
+            fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             return None
+        try:
+            if os.pread(fd, len(_LIVE), start - _HEAD.size) != _LIVE:
+                return None  # taken since the scan
+            payload = os.pread(fd, length, start)
+            os.pwrite(fd, _TAKEN, start - _HEAD.size)  # taken once, also by another reader
+            _release(fd, start, length)
+        finally:
+            os.close(fd)
+        try:
+            ready: Prepared = pickle.loads(payload)
         except Exception as e:  # a damaged entry: the conversion reads the zip instead
             log.warning("%s: scratch entry unreadable (%s), reading the zip", inst.member, e)
             return None
         self.taken += 1
         return ready
+
+
+_FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (Linux)
+_fallocate: Any = None
+
+
+def _release(fd: int, start: int, length: int) -> None:
+    """Free a taken payload's pages and blocks (Linux ``fallocate`` punching a hole), as the
+    deletion of a file per member did: the memory goes back to the build at once. Where the
+    call or the file system lacks it, the payload stays until :func:`sweep`."""
+    global _fallocate
+    if _fallocate is None:
+        try:
+            _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+            _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        except (OSError, AttributeError):
+            _fallocate = False
+    if _fallocate:
+        _fallocate(fd, _FALLOC_PUNCH, start, length)  # a failure leaves the bytes: harmless
 
 
 def count(out_dir: str | os.PathLike[str]) -> int:
