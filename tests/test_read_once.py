@@ -145,7 +145,10 @@ def test_a_damaged_entry_is_dropped_and_the_zip_read_instead(
 
 
 def test_packs_a_cut_record_a_damaged_payload_and_two_readers(
-    tiny_datamart: tuple[Path, dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The store is append-only packs: a record cut short (a crash) ends its pack's scan and
     the records before it are taken; a damaged payload is dropped with a warning; an entry
@@ -176,7 +179,16 @@ def test_packs_a_cut_record_a_damaged_payload_and_two_readers(
     pack.write_bytes(pack.read_bytes()[:-10])
     first = scratch.ScratchReader(folder, str(root), cfg)
     second = scratch.ScratchReader(folder, str(root), cfg)
+    blocks = pack.stat().st_blocks
+    punched: list[bool] = []
+    real_release = scratch._release
+    monkeypatch.setattr(
+        scratch, "_release", lambda *a: punched.append(real_release(*a)) or punched[-1]
+    )
     assert sum(first.take(i) is not None for i in insts) == n - 1 == first.taken
+    assert len(punched) == n - 1
+    if all(punched):  # the file system freed the taken payloads' blocks
+        assert pack.stat().st_blocks < blocks / 2
     assert all(second.take(i) is None for i in insts)  # taken by the first reader
     assert scratch.sweep(out) == 0 and not folder.exists()
 

@@ -251,10 +251,10 @@ _FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (Linux
 _fallocate: Any = None
 
 
-def _release(fd: int, start: int, length: int) -> None:
+def _release(fd: int, start: int, length: int) -> bool:
     """Free a taken payload's pages and blocks (Linux ``fallocate`` punching a hole), as the
     deletion of a file per member did: the memory goes back to the build at once. Where the
-    call or the file system lacks it, the payload stays until :func:`sweep`."""
+    call or the file system lacks it, the payload stays until :func:`sweep`. Whether it did."""
     global _fallocate
     if _fallocate is None:
         try:
@@ -262,8 +262,8 @@ def _release(fd: int, start: int, length: int) -> None:
             _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
         except (OSError, AttributeError):
             _fallocate = False
-    if _fallocate:
-        _fallocate(fd, _FALLOC_PUNCH, start, length)  # a failure leaves the bytes: harmless
+    # a failure leaves the bytes: harmless
+    return bool(_fallocate) and _fallocate(fd, _FALLOC_PUNCH, start, length) == 0
 
 
 def count(out_dir: str | os.PathLike[str]) -> int:
