@@ -560,3 +560,65 @@ def test_dataset_hash_is_remembered_for_the_same_frame_only(
     monkeypatch.undo()
     assert versions.remembered_dataset_hash(out, other) == versions.dataset_hash(other)
     assert versions.remembered_dataset_hash(out, other) != first
+
+
+def _text(v: Any) -> str:
+    return json.dumps(versions._canonical(versions._plain(v)), default=str)
+
+
+def _columns_changed_by_text(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
+    """The per-column count as first written: every cell's canonical JSON text compared."""
+    a = ma.drop_duplicates("sample_key").set_index(ma["sample_key"].drop_duplicates().astype(str))
+    b = mb.drop_duplicates("sample_key").set_index(mb["sample_key"].drop_duplicates().astype(str))
+    common = a.index.intersection(b.index)
+    out: dict[str, int] = {}
+    for col in sorted((set(a.columns) | set(b.columns)) - versions._NOT_COMPARED):
+        if col not in a.columns or col not in b.columns:
+            out[col] = len(common)
+            continue
+        pairs = zip(a.loc[common, col], b.loc[common, col], strict=True)
+        n = sum(_text(x) != _text(y) for x, y in pairs)
+        if n:
+            out[col] = n
+    return out
+
+
+def test_columns_changed_counts_as_the_texts_do() -> None:
+    """The array shortcut of the version diff (issue 16: a weekly build diffs every sample)
+    counts exactly the cells whose canonical texts differ: integer and boolean arrays of other
+    dtypes, shapes or values, floats with NaN, text, missing cells, a column that changed type."""
+    import numpy as np
+
+    rng = np.random.default_rng(16)
+    n = 60
+    sig = [rng.integers(0, 256, 16).astype(np.uint8) for _ in range(n)]
+
+    def frame(change: bool) -> pd.DataFrame:
+        s = [x.copy() for x in sig]
+        if change:
+            s[3][0] ^= 1  # one value
+            s[5] = s[5].astype(np.int64)  # another integer dtype, same values: unchanged
+            s[7] = s[7][:8]  # another shape
+        flags = [np.array([True, False]) for _ in range(n)]
+        if change:
+            flags[2] = np.array([1, 0])  # ints where bools were: other texts
+        floats = [np.array([0.5, np.nan]) for _ in range(n)]
+        if change:
+            floats[4] = np.array([0.5, 1.0])
+        return pd.DataFrame(
+            {
+                "sample_key": [f"k{i}" for i in range(n)],
+                "signature": s,
+                "flags": flags,
+                "floats": floats,
+                "text": ["a" if (i != 9 or not change) else "b" for i in range(n)],
+                "maybe": [None if (i % 2 or (change and i == 10)) else "x" for i in range(n)],
+                "frame": [0] * n if not change else [0.0] * n,  # int column became float
+            }
+        )
+
+    before, after = frame(False), frame(True)
+    got = versions._columns_changed(before, after)
+    assert got == _columns_changed_by_text(before, after)
+    assert got == {"signature": 2, "flags": 1, "floats": 1, "text": 1, "maybe": 1, "frame": n}
+    assert versions._columns_changed(before, frame(False)) == {}
