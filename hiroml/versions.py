@@ -422,10 +422,18 @@ def _columns_changed(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
 
 
 def _differs(x: Any, y: Any) -> bool:
-    """Whether two manifest cells have other canonical JSON texts. Arrays of integers (the
-    1,024-value signatures) or of booleans on both sides are compared as arrays: their texts
-    are equal exactly when their shapes and values are (ints and bools are written as they are,
-    so an int array and a bool array always differ), at a fraction of the texts' cost."""
+    """Whether two manifest cells have other canonical JSON texts. Text, integers, booleans,
+    floats and None of one type on both sides are compared as values, and arrays of integers
+    (the 1,024-value signatures) or of booleans as arrays: their texts are equal exactly when
+    the values are (ints and bools are written as they are, a float as its repr, NaN as null;
+    an int and a bool, or an int array and a bool array, always differ). The rest is compared
+    by text."""
+    t = type(x)
+    if t is type(y):  # the usual cells: no text needed
+        if t is str or t is int or t is bool or x is None:
+            return bool(x != y)
+        if t is float:  # NaN is written null; otherwise the text is the repr
+            return not ((x != x and y != y) or repr(x) == repr(y))
     if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
         kx, ky = x.dtype.kind, y.dtype.kind
         if (kx in "iu" and ky in "iu") or kx == ky == "b":

@@ -614,11 +614,19 @@ def test_columns_changed_counts_as_the_texts_do() -> None:
                 "text": ["a" if (i != 9 or not change) else "b" for i in range(n)],
                 "maybe": [None if (i % 2 or (change and i == 10)) else "x" for i in range(n)],
                 "frame": [0] * n if not change else [0.0] * n,  # int column became float
+                "age": [float(i) for i in range(n - 4)]
+                + ([0.0, np.nan, np.inf, 2.0] if not change else [-0.0, np.nan, np.inf, 2.5]),
+                "mixed": [1, 1.0, True, "1", None, [1]] * (n // 6)
+                if not change
+                else [1.0, 1, 1, "1", np.nan, [1.0]] * (n // 6),
             }
         )
 
     before, after = frame(False), frame(True)
     got = versions._columns_changed(before, after)
     assert got == _columns_changed_by_text(before, after)
-    assert got == {"signature": 2, "flags": 1, "floats": 1, "text": 1, "maybe": 1, "frame": n}
+    assert got == {
+        "signature": 2, "flags": 1, "floats": 1, "text": 1, "maybe": 1, "frame": n,
+        "age": 2, "mixed": 4 * (n // 6),
+    }  # fmt: skip
     assert versions._columns_changed(before, frame(False)) == {}
