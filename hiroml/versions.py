@@ -438,6 +438,9 @@ def _differs(x: Any, y: Any) -> bool:
         kx, ky = x.dtype.kind, y.dtype.kind
         if (kx in "iu" and ky in "iu") or kx == ky == "b":
             return x.shape != y.shape or not np.array_equal(x, y)
+        if x.ndim == y.ndim == 1:  # a list's text is its elements' texts, in order
+            lx, ly = x.tolist(), y.tolist()
+            return len(lx) != len(ly) or any(_differs(a, b) for a, b in zip(lx, ly, strict=True))
     return _cell_text(x) != _cell_text(y)
 
 

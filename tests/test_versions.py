@@ -593,6 +593,12 @@ def test_columns_changed_counts_as_the_texts_do() -> None:
     n = 60
     sig = [rng.integers(0, 256, 16).astype(np.uint8) for _ in range(n)]
 
+    def names(change: bool) -> list[np.ndarray]:
+        """Text arrays: the last three cells change, the 2-D one is compared by text."""
+        last = (["a", "c"], [np.nan]) if change else (["a"], [None])
+        tail = [np.array(v, dtype=object) for v in last]
+        return [np.array(["a", "b"], dtype=object)] * (n - 3) + [*tail, np.zeros((1, 2))]
+
     def frame(change: bool) -> pd.DataFrame:
         s = [x.copy() for x in sig]
         if change:
@@ -616,6 +622,9 @@ def test_columns_changed_counts_as_the_texts_do() -> None:
                 "frame": [0] * n if not change else [0.0] * n,  # int column became float
                 "age": [float(i) for i in range(n - 4)]
                 + ([0.0, np.nan, np.inf, 2.0] if not change else [-0.0, np.nan, np.inf, 2.5]),
+                "names": names(change),
+                "spacing": [np.array([0.5, -0.0, np.nan])] * (n - 1)
+                + [np.array([0.5, 0.0, np.nan]) if change else np.array([0.5, -0.0, np.nan])],
                 "mixed": [1, 1.0, True, "1", None, [1]] * (n // 6)
                 if not change
                 else [1.0, 1, 1, "1", np.nan, [1.0]] * (n // 6),
@@ -627,6 +636,6 @@ def test_columns_changed_counts_as_the_texts_do() -> None:
     assert got == _columns_changed_by_text(before, after)
     assert got == {
         "signature": 2, "flags": 1, "floats": 1, "text": 1, "maybe": 1, "frame": n,
-        "age": 2, "mixed": 4 * (n // 6),
+        "age": 2, "mixed": 4 * (n // 6), "names": 1, "spacing": 1,
     }  # fmt: skip
     assert versions._columns_changed(before, frame(False)) == {}
