@@ -105,6 +105,10 @@ _PLAIN = frozenset({int, float, str, bool})
 
 
 def _as_list(v: Any) -> list[Any] | None:
+    if type(v) is np.ndarray and v.dtype == object and v.ndim == 1:  # read back: text arrays
+        items = v.tolist()
+        if all(type(x) is str for x in items):
+            return items
     if isinstance(v, list | tuple) and len(v) == 1 and type(v[0]) is str:  # one text
         return [v[0]]
     if isinstance(v, list | tuple | np.ndarray) and len(v) > 1:  # never missing
@@ -160,6 +164,11 @@ def _text(v: Any) -> str | None:
 
 
 def _scalar(v: Any) -> Any:
+    t = type(v)
+    if t is int or t is bool:  # the usual cells: no pd.isna
+        return v
+    if t is float:
+        return None if v != v else v
     if _is_missing(v):
         return None
     return v.item() if hasattr(v, "item") else v

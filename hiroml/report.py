@@ -103,7 +103,8 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 
 def _keys(s: pd.Series) -> pd.Series:
     """A column as plain strings, missing values as ``""`` (for grouping and counting)."""
-    return pd.Series([_text(v) if not _missing(v) else "" for v in s], index=s.index, dtype=object)
+    keys = [v if type(v) is str else _text(v) if not _missing(v) else "" for v in s]
+    return pd.Series(keys, index=s.index, dtype=object)
 
 
 def _splits_in(values: Iterable[str]) -> list[str]:

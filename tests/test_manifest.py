@@ -279,3 +279,46 @@ def test_numeric_list_columns_through_numpy_are_the_per_cell_arrays() -> None:
                 assert repr(got.to_pylist()) == repr(want.to_pylist()), (name, typ)
     fast = m._uniform_numbers(signatures, pa.uint8())
     assert fast is not None and fast.to_pylist() == [list(s) for s in signatures]
+
+
+def _as_list_before(v: object) -> object:
+    """manifest._as_list before its shortcut for text arrays (the reference)."""
+    from hiroml import manifest as m
+
+    if isinstance(v, list | tuple) and len(v) == 1 and type(v[0]) is str:
+        return [v[0]]
+    if isinstance(v, list | tuple | np.ndarray) and len(v) > 1:
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iufb":
+            return v.tolist()
+        if set(map(type, v)) <= m._PLAIN:
+            return list(v)
+        return [x.item() if hasattr(x, "item") else x for x in v]
+    if m._is_missing(v):
+        return None
+    if isinstance(v, str):
+        return [v]
+    return [x.item() if hasattr(x, "item") else x for x in v]  # type: ignore[union-attr]
+
+
+def test_cell_shortcuts_give_what_the_general_path_gives() -> None:
+    """The shortcuts for text arrays read back from a manifest and for plain scalars."""
+    from hiroml import manifest as m
+
+    def obj(*items: object) -> np.ndarray:
+        a = np.empty(len(items), dtype=object)
+        a[:] = list(items)
+        return a
+
+    cells = [
+        obj("a"), obj("a", "b"), obj(), obj(None), obj(np.nan), obj("a", None),
+        obj(np.int64(3), "x"), ("a",), ("a", "b"), (None,), [], "a", None, np.nan,
+        np.array([1, 2]), np.array([np.nan]), np.array(["u", "v"]),
+    ]  # fmt: skip
+    for cell in cells:
+        assert repr(m._as_list(cell)) == repr(_as_list_before(cell)), repr(cell)
+    scalars = [0, 1, True, False, 1.5, -0.0, float("nan"), None, np.nan, np.float64(2.5),
+               np.int64(7), np.bool_(True), pd.NA, pd.NaT, "x"]  # fmt: skip
+    for v in scalars:
+        want = None if m._is_missing(v) else (v.item() if hasattr(v, "item") else v)
+        got = m._scalar(v)
+        assert repr(got) == repr(want) and type(got) is type(want), repr(v)
