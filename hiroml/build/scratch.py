@@ -180,14 +180,15 @@ Entries = dict[bytes, tuple[Path, int, int]]  # key -> (pack, payload offset, le
 _SCANNED: dict[str, tuple[object, Entries]] = {}  # folder -> (its packs' sizes, entries)
 
 
-def _live(folder: Path) -> Entries:
+def _live(folder: Path, *, fresh: bool = False) -> Entries:
     """The entries of a store that were live when its packs last changed size (a taken mark
     is checked again when an entry is read). One scan per process while the packs stay as
-    they are: each conversion task of a build asks."""
+    they are: each conversion task of a build asks. ``fresh``: scan now (taken marks do not
+    change sizes), for a count."""
     packs = sorted(folder.glob(f"*{_SUFFIX}")) if folder.is_dir() else []
     state = tuple((p.name, p.stat().st_size) for p in packs)
     cached = _SCANNED.get(str(folder))
-    if cached is not None and cached[0] == state:
+    if not fresh and cached is not None and cached[0] == state:
         return dict(cached[1])
     found: Entries = {}
     for path in packs:
@@ -268,9 +269,7 @@ def _release(fd: int, start: int, length: int) -> bool:
 
 def count(out_dir: str | os.PathLike[str]) -> int:
     """How many live entries the store holds."""
-    folder = scratch_dir(out_dir)
-    _SCANNED.pop(str(folder), None)  # taken marks do not change sizes: scan again
-    return len(_live(folder))
+    return len(_live(scratch_dir(out_dir), fresh=True))
 
 
 def sweep(out_dir: str | os.PathLike[str]) -> int:
@@ -279,8 +278,7 @@ def sweep(out_dir: str | os.PathLike[str]) -> int:
     _close_packs(folder)
     if not folder.is_dir():
         return 0
-    _SCANNED.pop(str(folder), None)  # taken marks do not change sizes: scan again
-    left = len(_live(folder))
+    left = len(_live(folder, fresh=True))
     _SCANNED.pop(str(folder), None)
     for path in folder.iterdir():
         path.unlink(missing_ok=True)
