@@ -27,7 +27,7 @@ from pathlib import Path
 import bench_build_xr
 from common import bench_datamart
 
-from hiroml import build
+from hiroml import pipeline as build
 from hiroml.config import BuildConfig, ExecutorConfig, PathsConfig
 
 

@@ -81,14 +81,15 @@ def decode_loop(paths: list[Path]) -> float:
 def floor_loop(paths: list[Path], out: Path, size: tuple[int, int] = (512, 512)) -> float:
     """Seconds for the work any build that stores these images must do beyond the decode
     loop, with nothing else: the decode loop, then each image scaled to [0, 1] and resized
-    to the output size (:func:`hiroml.cxr.resize`), cast to float16, written as one chunk of
-    one HDF5 dataset and hashed (:func:`hiroml.shards.array_hash`, the manifest's
+    to the output size (:func:`hiroml.cxr.pixels.resize`), cast to float16, written as one chunk of
+    one HDF5 dataset and hashed (:func:`hiroml.store.shards.array_hash`, the manifest's
     ``data_hash``); then the file's fsync and SHA-256 (``shard_sha256``). No index, no
     decisions, no tables, no report: the build's "floor" on this machine."""
     import h5py
     import numpy as np
 
-    from hiroml import cxr, shards
+    from hiroml.cxr import pixels as cxr_pixels
+    from hiroml.store import shards
 
     t = time.perf_counter()
     with h5py.File(out, "w") as f:
@@ -102,8 +103,8 @@ def floor_loop(paths: list[Path], out: Path, size: tuple[int, int] = (512, 512))
                     a = pydicom.dcmread(BytesIO(z.read(name))).pixel_array.astype(np.float32)
                     lo, hi = float(a.min()), float(a.max())
                     a = (a - lo) / (hi - lo or 1.0)
-                    small, _ = cxr.resize(a, size, keep_aspect=True)
-                    stored, _ = cxr.to_storage(small, "float16")
+                    small, _ = cxr_pixels.resize(a, size, keep_aspect=True)
+                    stored, _ = cxr_pixels.to_storage(small, "float16")
                     ds.resize(row + 1, axis=0)
                     ds.id.write_direct_chunk((row, 0, 0), np.ascontiguousarray(stored).data)
                     shards.array_hash(stored)
@@ -117,7 +118,7 @@ def floor_loop(paths: list[Path], out: Path, size: tuple[int, int] = (512, 512))
 def whole_build(root: Path, out: Path) -> float:
     """Seconds for ``hiroml-build`` (1 worker) as a new process, start-up to report; the
     build's "written:" summary line is echoed, to show what it converted."""
-    cmd = [sys.executable, "-c", "from hiroml.cli import build; build()"]
+    cmd = [sys.executable, "-c", "from hiroml.cli.build import main; main()"]
     cmd += [f"paths.datamart={root}", f"paths.output={out}", "executor.workers=1"]
     t = time.perf_counter()
     # cwd: not this checkout, whose hiroml/ would come before --build-with's on sys.path

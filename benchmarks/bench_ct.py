@@ -5,8 +5,8 @@ ellipse with lungs plus noise, so deflate compresses it about as much as real CT
 (stdlib zipfile, deflate level 6), then measures, each in a fresh process (peak RSS above the
 process's baseline after imports and after the input is loaded):
 
-- ``hiroml``: zip bytes -> :class:`hiroml.zipio.SafeZip` (ISA-L inflate, CRC check) ->
-  :func:`hiroml.ct.convert_exam` (header selection, pydicom parse, pixels copied into one
+- ``hiroml``: zip bytes -> :class:`hiroml.ingest.zipio.SafeZip` (ISA-L inflate, CRC check) ->
+  :func:`hiroml.ct.convert.convert_exam` (header selection, pydicom parse, pixels copied into one
   preallocated int16 volume, sort along the normal, duplicate / spacing / tilt checks). The
   header records (:class:`Instance`) come from the index stage and are built beforehand,
   untimed.
@@ -104,10 +104,10 @@ def _instances(zip_bytes: bytes) -> list[Any]:
 def run_hiroml(zip_bytes: bytes, folder: str) -> tuple[float, str]:
     import datetime as dt
 
-    from hiroml import ct
     from hiroml.config import CtConfig
+    from hiroml.ct import convert as ct_convert
+    from hiroml.ingest.zipio import SafeZip
     from hiroml.records import Exam, Modality
-    from hiroml.zipio import SafeZip
 
     insts = _instances(zip_bytes)
     exam = Exam(
@@ -117,7 +117,7 @@ def run_hiroml(zip_bytes: bytes, folder: str) -> tuple[float, str]:
     )  # fmt: skip
     t0 = time.perf_counter()
     with SafeZip(zip_bytes) as z:
-        vols, problems = ct.convert_exam(exam, lambda inst: z.read(inst.member), CtConfig())
+        vols, problems = ct_convert.convert_exam(exam, lambda inst: z.read(inst.member), CtConfig())
     dt_s = time.perf_counter() - t0
     assert not problems and len(vols) == 1, problems
     v = vols[0]
@@ -126,7 +126,7 @@ def run_hiroml(zip_bytes: bytes, folder: str) -> tuple[float, str]:
 
 def run_hiroml_inflate(zip_bytes: bytes, folder: str) -> tuple[float, str]:
     """The inflate share of ``run_hiroml``: SafeZip.read of every member."""
-    from hiroml.zipio import SafeZip
+    from hiroml.ingest.zipio import SafeZip
 
     t0 = time.perf_counter()
     with SafeZip(zip_bytes) as z:
@@ -138,10 +138,10 @@ def run_hiroml_convert(zip_bytes: bytes, folder: str) -> tuple[float, str]:
     """The conversion share of ``run_hiroml``: members already inflated (untimed)."""
     import datetime as dt
 
-    from hiroml import ct
     from hiroml.config import CtConfig
+    from hiroml.ct import convert as ct_convert
+    from hiroml.ingest.zipio import SafeZip
     from hiroml.records import Exam, Modality
-    from hiroml.zipio import SafeZip
 
     insts = _instances(zip_bytes)
     with SafeZip(zip_bytes) as z:
@@ -152,7 +152,7 @@ def run_hiroml_convert(zip_bytes: bytes, folder: str) -> tuple[float, str]:
         batch="b", zips=(ZIP_NAME,), instances=tuple(insts),
     )  # fmt: skip
     t0 = time.perf_counter()
-    vols, _ = ct.convert_exam(exam, lambda inst: data[inst.member], CtConfig())
+    vols, _ = ct_convert.convert_exam(exam, lambda inst: data[inst.member], CtConfig())
     return time.perf_counter() - t0, f"{vols[0].size_xyz} {vols[0].array.dtype}"
 
 
@@ -209,7 +209,7 @@ def _child(name: str, zip_path: str, folder: str, repeat: int, q: Any) -> None:
     import pydicom  # noqa: F401  (imports before the baseline)
     import SimpleITK  # noqa: F401
 
-    import hiroml.ct  # noqa: F401
+    import hiroml.ct.convert  # noqa: F401
 
     base = _rss_mb()
     times = []

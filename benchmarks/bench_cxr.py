@@ -5,8 +5,8 @@ allocated, 12 stored, MONOCHROME2 with a window), encodes each in every transfer
 test, wraps each DICOM in its own deflated zip (as the datamart does, ``zipfile`` level 6) in
 a temporary folder outside the repository, and measures:
 
-- ``e2e``: zip file -> :class:`hiroml.zipio.SafeZip` read (ISA-L inflate, CRC) ->
-  :func:`hiroml.cxr.convert_instance` (parse, decode, modality LUT, VOI window, resize to
+- ``e2e``: zip file -> :class:`hiroml.ingest.zipio.SafeZip` read (ISA-L inflate, CRC) ->
+  :func:`hiroml.cxr.convert.convert_instance` (parse, decode, modality LUT, VOI window, resize to
   512 x 512, float16) -> stored array; images/s on one core (one process);
 - ``decode``: ``pydicom.dcmread(...).pixel_array`` alone on the same (already inflated)
   DICOM bytes, pydicom's default plugins: the peer;
@@ -55,10 +55,11 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.uid import UID, generate_uid
 
-from hiroml import cxr
 from hiroml.config import CxrConfig
+from hiroml.cxr import convert as cxr_convert
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.ingest.zipio import SafeZip
 from hiroml.records import Instance
-from hiroml.zipio import SafeZip
 
 SYNTAXES: dict[str, str] = {
     "explicit-le": "1.2.840.10008.1.2.1",
@@ -158,7 +159,7 @@ def end_to_end(path_str: str, cfg: CxrConfig = CFG) -> float:
     path = Path(path_str)
     with SafeZip(path) as z:
         for member in z.members():
-            image = cxr.convert_instance(
+            image = cxr_convert.convert_instance(
                 z.read(member), _instance(path, member), exam_description="", cfg=cfg
             )
             assert image.array.shape == (512, 512)
@@ -207,14 +208,14 @@ def stages(path: Path) -> dict[str, float]:
     lap("inflate")
     ds = pydicom.dcmread(BytesIO(data), force=True)
     lap("parse")
-    arr = cxr.decode(ds)
+    arr = cxr_pixels.decode(ds)
     lap("decode")
-    arr01, _ = cxr._intensities(arr, ds, CFG)
-    arr01, _ = cxr.invert_if_monochrome1(arr01, ds)
+    arr01, _ = cxr_convert._intensities(arr, ds, CFG)
+    arr01, _ = cxr_pixels.invert_if_monochrome1(arr01, ds)
     lap("lut+voi")
-    small, _ = cxr.resize(arr01, (512, 512), keep_aspect=True)
+    small, _ = cxr_pixels.resize(arr01, (512, 512), keep_aspect=True)
     lap("resize")
-    cxr.to_storage(small, "float16")
+    cxr_pixels.to_storage(small, "float16")
     lap("store")
     return ms
 

@@ -3,7 +3,7 @@
 Builds the synthetic chest CT series of ``bench_ct.py`` (default 300 slices of 512 x 512),
 converts it with highdicom into one Legacy Converted Enhanced CT instance (the peer: the same
 pixels, one multi-frame file), zips each (deflate level 6), then measures in a fresh process
-per method the time of :func:`hiroml.ct.convert_exam` from zip bytes (header records built
+per method the time of :func:`hiroml.ct.convert.convert_exam` from zip bytes (header records built
 beforehand, untimed, as the index stage does; best of ``--repeat``) and, in one more run under
 :mod:`tracemalloc` (numpy reports its buffers to it), the peak memory allocated during the
 conversion, in volumes. Both must give the same volume and geometry (checked).
@@ -57,10 +57,10 @@ def enhanced_zip(classic: bytes) -> bytes:
 
 
 def _convert(zip_bytes: bytes, repeat: int, q: Any) -> None:
-    from hiroml import ct
     from hiroml.config import CtConfig
+    from hiroml.ct import convert as ct_convert
+    from hiroml.ingest.zipio import SafeZip
     from hiroml.records import Exam, Modality
-    from hiroml.zipio import SafeZip
 
     insts = _instances(zip_bytes)
     exam = Exam(
@@ -71,7 +71,9 @@ def _convert(zip_bytes: bytes, repeat: int, q: Any) -> None:
 
     def convert() -> Any:
         with SafeZip(zip_bytes) as z:
-            vols, problems = ct.convert_exam(exam, lambda inst: z.read(inst.member), CtConfig())
+            vols, problems = ct_convert.convert_exam(
+                exam, lambda inst: z.read(inst.member), CtConfig()
+            )
         assert not problems and len(vols) == 1, problems
         return vols[0]
 

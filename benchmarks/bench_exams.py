@@ -2,7 +2,7 @@
 
 Builds ~100,000 Instance records in ~15,000 zips over 8 weekly batches, with cross-batch
 duplicates, pediatric duplicates, CT split scans, partial overlaps and missed remaps planted,
-then times :func:`hiroml.exams.build_exams` (best of ``--repeat`` runs; record building is
+then times :func:`hiroml.exams.stage.build_exams` (best of ``--repeat`` runs; record building is
 not timed).
 
     python benchmarks/bench_exams.py [--instances 100000] [--repeat 3] [--seed 0]
@@ -21,7 +21,7 @@ import random
 import time
 
 from hiroml.config import ExamsConfig
-from hiroml.exams import build_exams
+from hiroml.exams.stage import build_exams
 from hiroml.records import Action, Batch, BatchStatus, ExamZip, Instance, Modality, ZipName
 
 log = logging.getLogger("bench_exams")

@@ -1,4 +1,4 @@
-"""Benchmark: the shrink guard's comparison (:func:`hiroml.guard.compare`).
+"""Benchmark: the shrink guard's comparison (:func:`hiroml.store.guard.compare`).
 
 Builds a previous manifest of ``--samples`` radiographs of ``--samples / 5`` patients over 50
 weekly batches, and a new one that lost one batch (2%), through a Parquet round trip so the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hiroml.guard import compare
+from hiroml.store.guard import compare
 
 
 def _frames(n: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:

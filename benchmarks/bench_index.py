@@ -21,8 +21,8 @@ import pydicom
 from common import bench_datamart
 
 from hiroml.config import IndexConfig
-from hiroml.datamart import discover
-from hiroml.index import build_index
+from hiroml.ingest.discover import discover
+from hiroml.ingest.index import build_index
 
 
 def _plain(root: Path, zips: list[str]) -> tuple[float, int]:

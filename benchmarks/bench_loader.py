@@ -44,8 +44,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hiroml.dataset import HiromlDataset
-from hiroml.shards import ShardWriter
+from hiroml.data.dataset import HiromlDataset
+from hiroml.store.shards import ShardWriter
 
 SIZE = 512
 BATCH = 32

@@ -1,4 +1,4 @@
-"""Benchmark: near-duplicate signatures and the exact pair search (hiroml.neardup).
+"""Benchmark: near-duplicate signatures and the exact pair search (hiroml.exams.neardup).
 
 1. Signature time per radiograph: ``--images`` stored-size arrays (512 x 512 float16, as a
    build stores them), from synthetic chest phantoms.
@@ -26,7 +26,9 @@ import time
 import cv2
 import numpy as np
 
-from hiroml import cxr, neardup, synth
+from hiroml import synth
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.exams import neardup
 
 
 def peak_mb() -> float:
@@ -39,8 +41,8 @@ def stored_images(n: int, seed: int) -> list[np.ndarray]:
     for k in range(n):
         shape = (int(rng.integers(900, 1300)), int(rng.integers(800, 1200)))
         px = synth.phantom_chest_2d(shape, np.random.default_rng(seed + k), bits_stored=12)
-        a = cxr.normalize_minmax(px.astype(np.float32))
-        small, _ = cxr.resize(a, (512, 512), keep_aspect=True)
+        a = cxr_pixels.normalize_minmax(px.astype(np.float32))
+        small, _ = cxr_pixels.resize(a, (512, 512), keep_aspect=True)
         out.append(small.astype(np.float16))
     return out
 

@@ -24,7 +24,7 @@ from types import ModuleType
 
 import numpy as np
 
-from hiroml import shards
+from hiroml.store import shards
 
 CASES = {  # name: (shape, dtype, number of samples)
     "cxr 256x256 f2": ((256, 256), np.float16, 512),

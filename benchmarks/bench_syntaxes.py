@@ -1,13 +1,13 @@
-"""Decode and convert speed per transfer syntax, every syntax of :data:`hiroml.dicom.SYNTAXES`.
+"""Decode and convert speed per transfer syntax, every syntax of :data:`hiroml.dicom.decode.SYNTAXES`.
 
 One chest-like 12-bit radiograph (default 3000 rows x 2500 columns, built in code by
 ``bench_cxr.radiograph``) is encoded once in each syntax (8-bit for JPEG baseline and JPEG
 XL JPEG recompression, which take 8-bit samples only), then, on one core (one process, one
 codec thread):
 
-- ``decode``: :func:`hiroml.dicom.parse` + :func:`hiroml.cxr.decode_frame` of the member's
+- ``decode``: :func:`hiroml.dicom.decode.parse` + :func:`hiroml.cxr.pixels.decode_frame` of the member's
   bytes, images per CPU second, and the decoder that produced the values;
-- ``convert``: :func:`hiroml.cxr.convert_instance` (parse, decode, VOI window, resize to
+- ``convert``: :func:`hiroml.cxr.convert.convert_instance` (parse, decode, VOI window, resize to
   512 x 512, float16), images per CPU second;
 - ``exact``: whether the decoded values equal the encoded ones (max abs error otherwise).
 
@@ -36,7 +36,9 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cxr import CFG, CR, radiograph
 
-from hiroml import cxr, dicom
+from hiroml.cxr import convert as cxr_convert
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.dicom import decode as dicom
 from hiroml.records import Instance
 
 EIGHT_BIT = {dicom.JPEG_BASELINE, dicom.JPEG_XL_RECOMPRESSION}
@@ -127,11 +129,15 @@ def main() -> None:
     for uid, syntax in dicom.SYNTAXES.items():
         src = img8 if uid in EIGHT_BIT else img12
         data = dicom_bytes(src, uid)
-        got = cxr.decode_frame(dicom.parse(data, label="x").dataset)
+        got = cxr_pixels.decode_frame(dicom.parse(data, label="x").dataset)
         err = int(np.abs(got.array.astype(np.int64) - src.astype(np.int64)).max())
-        dec = per_cpu_second(lambda d=data: cxr.decode_frame(dicom.parse(d, label="x").dataset), n)
+        dec = per_cpu_second(
+            lambda d=data: cxr_pixels.decode_frame(dicom.parse(d, label="x").dataset), n
+        )
         conv = per_cpu_second(
-            lambda d=data: cxr.convert_instance(d, inst, exam_description="XR-CHEST-PA", cfg=CFG),
+            lambda d=data: cxr_convert.convert_instance(
+                d, inst, exam_description="XR-CHEST-PA", cfg=CFG
+            ),
             n,
         )
         exact = "yes" if err == 0 else f"no (max err {err})"

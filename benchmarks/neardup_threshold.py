@@ -1,4 +1,4 @@
-"""Measure the near-duplicate threshold: signature similarity (hiroml.neardup) of the same
+"""Measure the near-duplicate threshold: signature similarity (hiroml.exams.neardup) of the same
 radiograph re-exported versus different radiographs.
 
 Pairs built, each image taken through hiroml's radiograph pipeline (decode, grey levels to
@@ -37,8 +37,11 @@ import pandas as pd
 import pydicom
 from PIL import Image
 
-from hiroml import build, cxr, neardup, synth
+from hiroml import pipeline as build
+from hiroml import synth
 from hiroml.config import BuildConfig, ExecutorConfig, PathsConfig, SplitsConfig
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.exams import neardup
 
 REAL_NAMES = (
     "RG1_UNCR.dcm",  # CR, 1955 x 1841, 15 bits, MONOCHROME1
@@ -52,10 +55,10 @@ REAL_NAMES = (
 
 def stored(arr: np.ndarray, *, monochrome1: bool = False) -> np.ndarray:
     """An array of stored values as hiroml stores a radiograph (minmax normalisation)."""
-    a = cxr.normalize_minmax(np.asarray(arr, dtype=np.float32))
+    a = cxr_pixels.normalize_minmax(np.asarray(arr, dtype=np.float32))
     if monochrome1:
         a = 1.0 - a
-    small, _ = cxr.resize(a, (512, 512), keep_aspect=True)
+    small, _ = cxr_pixels.resize(a, (512, 512), keep_aspect=True)
     return small.astype(np.float16)
 
 
@@ -129,7 +132,7 @@ def real_images(names: tuple[str, ...] = REAL_NAMES) -> list[tuple[str, np.ndarr
         if path is None:
             continue
         ds = pydicom.dcmread(path)
-        arr = cxr.to_grayscale(cxr.decode(ds), ds)
+        arr = cxr_pixels.to_grayscale(cxr_pixels.decode(ds), ds)
         mono1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
         out.append((name, arr, mono1))
     return out

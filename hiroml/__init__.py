@@ -9,13 +9,13 @@ from hiroml._version import __version__
 __all__ = ["HiromlDataset", "__version__", "load_sitk"]
 
 if TYPE_CHECKING:
-    from hiroml.dataset import HiromlDataset, load_sitk
+    from hiroml.data.dataset import HiromlDataset, load_sitk
 
 
 def __getattr__(name: str) -> Any:
     # torch is imported only when the Dataset is asked for.
     if name in ("HiromlDataset", "load_sitk"):
-        from hiroml import dataset
+        from hiroml.data import dataset
 
         return getattr(dataset, name)
     raise AttributeError(f"module 'hiroml' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m hiroml`` is ``hiroml-build``."""
 
-from hiroml.cli import build
+from hiroml.cli.build import main
 
-build()
+main()

@@ -2,7 +2,7 @@
 
 These dataclasses are the schema of the YAML files under ``configs/`` (Hydra structured
 configs): a misspelled key or a value of the wrong type is rejected when Hydra composes the
-config. ``hiroml.cli`` converts the composed config with ``OmegaConf.to_object`` into a
+config. ``hiroml.cli.build`` converts the composed config with ``OmegaConf.to_object`` into a
 :class:`BuildConfig` and passes each stage its own section. Nothing below the CLI imports
 Hydra.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hiroml.errors import ConfigError
-from hiroml.neardup import DEFAULT_THRESHOLD
+from hiroml.exams.neardup import DEFAULT_THRESHOLD
 
 
 def _check_choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -146,7 +146,7 @@ class SplitsConfig:
     stratify: Optional[str] = None  # a label column of the clinical table
     test_list: Optional[str] = None  # text file of patient ids always put in test
     # Radiographs of two patient groups whose signatures' rank correlation reaches this are
-    # near duplicates (hiroml.neardup; measured in benchmarks/neardup_threshold.py): reported,
+    # near duplicates (hiroml.exams.neardup; measured in benchmarks/neardup_threshold.py): reported,
     # and joined into one group when link_near_duplicates. null: no near-duplicate search.
     near_duplicate_threshold: Optional[float] = DEFAULT_THRESHOLD
     link_near_duplicates: bool = True
@@ -199,7 +199,7 @@ class VersionsConfig:
 
 @dataclass
 class PublishConfig:
-    """The shrink guard (:mod:`hiroml.guard`): a build that would remove more than this
+    """The shrink guard (:mod:`hiroml.store.guard`): a build that would remove more than this
     fraction of the previous samples or patients, unexplained by its audit, is refused
     (exit 4) unless ``allow_shrink=true``."""
 
@@ -233,5 +233,5 @@ class BuildConfig:
     allow_shrink: bool = False  # publish even when the shrink guard would refuse
     wait_for_lock: bool = False  # wait for another build of the same output instead of exit 3
     # inputs (zips, sheets, config, hiroml version) those of the latest version's build and the
-    # output untouched: answer at once (hiroml.build.unchanged); false: build anyway
+    # output untouched: answer at once (hiroml.pipeline.unchanged); false: build anyway
     skip_unchanged: bool = True

@@ -66,7 +66,7 @@ class BuildError(HiromlError):
 
 
 class ManifestError(HiromlError):
-    """A table handed to :func:`hiroml.manifest.write_outputs` breaks the output contract
+    """A table handed to :func:`hiroml.store.tables.write_outputs` breaks the output contract
     (``docs/design.md`` §4)."""
 
 

@@ -168,7 +168,7 @@ class Instance:
     read_note: str = ""  # how a file without a Part 10 header was read ("" for a normal file)
     presentation_intent: str = ""  # (0008,0068) Presentation Intent Type, e.g. FOR PROCESSING
     # A frame of a multi-frame instance taken as a slice of its own (0-based; None for the
-    # instance itself, as the index records it): see hiroml.enhanced.
+    # instance itself, as the index records it): see hiroml.ct.enhanced.
     frame: int | None = None
 
     @property
@@ -258,7 +258,8 @@ class CxrImage:
     lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
-    decoder: str = ""  # library that decoded the pixels (hiroml.dicom.SYNTAXES), e.g. "openjpeg"
+    # library that decoded the pixels (hiroml.dicom.decode.SYNTAXES), e.g. "openjpeg"
+    decoder: str = ""
     frame: int = 0  # 0-based frame of a multi-frame object ((0028,0008) Number of Frames)
     n_frames: int = 1
     for_processing: bool = False  # raw detector data kept by cxr.keep_for_processing=true
@@ -284,11 +285,12 @@ class CtVolume:
     resampled: bool
     decisions: tuple[str, ...] = ()  # human-readable notes: "tilt 12.0 deg resampled", ...
     tilt_deg: float = 0.0  # gantry tilt found from the geometry (0 when none), degrees
-    # a scan stitched from several series (hiroml.stitch); empty for an ordinary series:
+    # a scan stitched from several series (hiroml.ct.stitch); empty for an ordinary series:
     stitched_series: tuple[str, ...] = ()  # (0020,000E) of every part, in order along the normal
     seams_mm: tuple[float, ...] = ()  # n . (0020,0032) of each part's first slice after the first
     seam_slices: tuple[int, ...] = ()  # z index in ``array`` of those slices (nearest)
-    decoder: str = ""  # library(ies) that decoded the slices (hiroml.dicom.SYNTAXES): "numpy"
+    # library(ies) that decoded the slices (hiroml.dicom.decode.SYNTAXES): "numpy"
+    decoder: str = ""
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:
@@ -319,7 +321,7 @@ class SampleRecord:
     direction: tuple[float, ...] | None = None
     scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
     notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
-    signature: tuple[int, ...] = ()  # radiographs: hiroml.neardup.signature (uint8 values)
+    signature: tuple[int, ...] = ()  # radiographs: hiroml.exams.neardup.signature (uint8 values)
     stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
     seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
     seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
@@ -344,7 +346,7 @@ _OPTIONAL = {PART: "optional"}
 class ManifestRow:
     """One row of ``manifest.parquet``: a stored sample with its exam, patient group and split.
     The field names are the manifest's column names, in its column order (spelled here only;
-    :mod:`hiroml.manifest` takes its column lists from these fields)."""
+    :mod:`hiroml.store.tables` takes its column lists from these fields)."""
 
     sample_key: str = field(metadata=_CORE)
     shard: str = field(metadata=_CORE)  # relative to the output folder

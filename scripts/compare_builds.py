@@ -74,9 +74,7 @@ def _decisions(out: Path) -> dict[str, str]:
         m.to_json(orient="records", date_format="iso").encode()
     ).hexdigest()
     p = pd.read_parquet(out / "patients.parquet").sort_values("patient_group")
-    result["patients(decisions)"] = hashlib.sha256(
-        p.to_json(orient="records").encode()
-    ).hexdigest()
+    result["patients(decisions)"] = hashlib.sha256(p.to_json(orient="records").encode()).hexdigest()
     a = pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False)
     result["audit(decisions)"] = hashlib.sha256(a.to_csv(index=False).encode()).hexdigest()
     return result

@@ -1,7 +1,7 @@
 """Long header fuzzing, by hand (not part of CI).
 
 Runs the property of ``tests/test_fuzz.py`` (mutated real DICOM headers, zipped, through
-``hiroml.index.index_zip`` and the radiograph and CT ``convert_exam``: a result or a
+``hiroml.ingest.index.index_zip`` and the radiograph and CT ``convert_exam``: a result or a
 Problem, never an exception) for as long as asked, in rounds of fresh random cases, and
 prints the number of cases executed and what became of them::
 

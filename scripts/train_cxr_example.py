@@ -22,7 +22,7 @@ What it learns:
   show that images, targets and the training loop are wired correctly.
 
 How it trains (``--trainer``): with Lightning installed (``pip install "hiroml[lightning]"``)
-the default ``auto`` uses :class:`hiroml.lightning.HiromlDataModule` and a
+the default ``auto`` uses :class:`hiroml.data.lightning.HiromlDataModule` and a
 ``lightning.pytorch.Trainer`` (``--steps`` is ``max_steps``; devices, precision and
 checkpoints are Lightning's); without it, or with ``--trainer torch``, a plain PyTorch loop
 over two ``DataLoader`` objects. Both print the same validation line.
@@ -205,22 +205,22 @@ def open_split(
     out: Path, split: str, *, label: str | None, transform: PrepareSample
 ) -> HiromlDataset:
     """The radiographs of one split of a hiroml output folder."""
-    from hiroml import HiromlDataset  # imported here: ``--help`` needs no HDF5
+    from hiroml import HiromlDataset
 
     return HiromlDataset(out, split=split, modality="cxr", transform=transform, label=label)
 
 
 def lightning_available() -> bool:
-    """Whether ``lightning`` (and so :mod:`hiroml.lightning`) can be imported."""
+    """Whether ``lightning`` (and so :mod:`hiroml.data.lightning`) can be imported."""
     return importlib.util.find_spec("lightning") is not None
 
 
 def train_lightning(args: argparse.Namespace, prep: PrepareSample) -> dict[str, Any]:
     """Train a :class:`SmallCNN` with ``lightning.pytorch`` on
-    :class:`hiroml.lightning.HiromlDataModule`; returns what :func:`train` returns."""
+    :class:`hiroml.data.lightning.HiromlDataModule`; returns what :func:`train` returns."""
     import lightning.pytorch as pl
 
-    from hiroml.lightning import HiromlDataModule
+    from hiroml.data.lightning import HiromlDataModule
 
     dm = HiromlDataModule(
         args.out, modality="cxr", batch_size=args.batch_size, num_workers=args.workers,

@@ -33,7 +33,7 @@ def make_cfg() -> MakeCfg:
     overrides, converted to the typed :class:`BuildConfig`."""
     from hydra import compose, initialize_config_module
 
-    from hiroml import cli
+    from hiroml.cli import build as cli
 
     def make(datamart: Path, out: Path, *overrides: str) -> BuildConfig:
         with initialize_config_module(version_base="1.3", config_module="hiroml.conf"):
@@ -60,7 +60,7 @@ def tiny_build_clinical(
 ) -> Path:
     """The tiny datamart built once per session with its clinical table (labels: ``icu``) and
     every radiograph view; read-only for the tests (flow, card, export, MONAI, Lightning)."""
-    from hiroml import build
+    from hiroml import pipeline as build
 
     root, truth = tiny_datamart
     out = tmp_path_factory.mktemp("tiny-build") / "out"

@@ -1,4 +1,4 @@
-"""hiroml.allocator: glibc keeps freed buffers during a build; HIROML_MALLOC=default opts out."""
+"""hiroml.pipeline.allocator: glibc keeps freed buffers during a build; HIROML_MALLOC=default opts out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 _CHECK = """
 import ctypes, ctypes.util, sys, time
-from hiroml import allocator
+from hiroml.pipeline import allocator
 set_ = allocator.keep_freed_buffers()
 # a freed buffer of 8 MB is reused: allocating it again after free touches no new pages
 import numpy as np

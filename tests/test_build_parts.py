@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from test_manifest import make_output
 
-from hiroml.atomic import temp_path, write_atomic, write_text_atomic
-from hiroml.build.tasks import TaskResult, load_task_record, save_task_record
 from hiroml.config import ExecutorConfig
-from hiroml.executor import map_items
-from hiroml.lock import STATE_DIR
+from hiroml.pipeline.executor import map_items
+from hiroml.pipeline.tasks import TaskResult, load_task_record, save_task_record
 from hiroml.records import Action, Problem, SampleRecord
+from hiroml.store.atomic import temp_path, write_atomic, write_text_atomic
+from hiroml.store.lock import STATE_DIR
 
 
 def _square(n: int) -> int:
@@ -123,7 +123,7 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
 def test_verify_imports_no_torch(tmp_path: Path) -> None:
     out = make_output(tmp_path, n_patients=4, n_ct=1)
     code = (
-        "import sys\nfrom hiroml.verify import verify\n"
+        "import sys\nfrom hiroml.store.verify import verify\n"
         f"assert verify({str(out)!r}) == []\nassert 'torch' not in sys.modules, 'torch imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -131,8 +131,8 @@ def test_verify_imports_no_torch(tmp_path: Path) -> None:
 
 
 def test_audit_code_filters_rows_but_is_no_audit_column() -> None:
-    from hiroml.manifest import AUDIT_COLUMNS, audit_frame
     from hiroml.records import AuditRow
+    from hiroml.store.tables import AUDIT_COLUMNS, audit_frame
 
     tagged = AuditRow(zip="a.zip", batch="b1", action=Action.ERROR, reason="r", code="x.y")
     assert tagged == AuditRow(zip="a.zip", batch="b1", action=Action.ERROR, reason="r")

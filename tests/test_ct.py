@@ -24,11 +24,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from hiroml import ct
 from hiroml.config import CtConfig
+from hiroml.ct import convert as ct_convert
+from hiroml.ct import select as ct_select
+from hiroml.ct import volume as ct_volume
 from hiroml.errors import GeometryError
+from hiroml.ingest.zipio import SafeZip
 from hiroml.records import Action, CtVolume, Exam, Instance, Modality
-from hiroml.zipio import SafeZip
 
 ZIP_A = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 ZIP_B = "1234_20200508-110200_A002_CT-CHEST-WO.zip"
@@ -79,7 +81,7 @@ def test_shuffled_files_sorted_by_position_not_instance_number() -> None:
     # instance numbers deliberately scrambled: they must not decide the order
     for k, ds in enumerate(dss):
         ds.InstanceNumber = (k * 7) % 15 + 1
-    vol = ct.build_volume(pairs(shuffled(dss)), CtConfig())
+    vol = ct_volume.build_volume(pairs(shuffled(dss)), CtConfig())
     assert vol.array.dtype == np.int16
     assert vol.array.shape == (15, 24, 20)
     assert vol.spacing_xyz == pytest.approx((0.7, 0.8, 2.5))
@@ -101,7 +103,7 @@ def test_oblique_series_reversed_along_normal() -> None:
     for k, ds in enumerate(dss):
         ds.ImageOrientationPatient = iop
         ds.ImagePositionPatient = list(np.array([5.0, -3.0, 7.0]) - 1.25 * k * n)
-    vol = ct.build_volume(pairs(shuffled(dss)), CtConfig())
+    vol = ct_volume.build_volume(pairs(shuffled(dss)), CtConfig())
     assert vol.spacing_xyz[2] == pytest.approx(1.25)
     assert np.reshape(vol.direction, (3, 3))[:, 2] == pytest.approx(n)
     assert vol.origin_xyz == pytest.approx(tuple(dss[-1].ImagePositionPatient))
@@ -111,8 +113,8 @@ def test_oblique_series_reversed_along_normal() -> None:
 def _build_both_ways(items: list[tuple[Instance, Dataset]], path: str) -> CtVolume:
     """build_volume (header values from the datasets) or convert_series (from the records)."""
     if path == "build_volume":
-        return ct.build_volume(items, CtConfig())
-    vol, _ = ct.convert_series([i for i, _ in items], reader(items), CtConfig())
+        return ct_volume.build_volume(items, CtConfig())
+    vol, _ = ct_convert.convert_series([i for i, _ in items], reader(items), CtConfig())
     return vol
 
 
@@ -165,7 +167,7 @@ UNEVEN_Z = [0.0, 2.5, 5.0, 7.5, 10.0, 11.5, 14.0, 16.5, 19.0, 21.5, 24.0, 26.5]
 @pytest.mark.parametrize(("zs", "what"), [(GAP_Z, "gap: 1 missing slice"), (UNEVEN_Z, "uneven")])
 def test_gap_or_uneven_spacing_resampled(zs: list[float], what: str) -> None:
     dss = make_series(SeriesSpec(positions_z=zs))
-    vol = ct.build_volume(pairs(shuffled(dss)), CtConfig())
+    vol = ct_volume.build_volume(pairs(shuffled(dss)), CtConfig())
     assert vol.resampled
     assert any(what in d for d in vol.decisions), vol.decisions
     assert vol.array.shape[0] == round(zs[-1] / 2.5) + 1
@@ -179,22 +181,22 @@ def test_gap_or_uneven_spacing_resampled(zs: list[float], what: str) -> None:
 def test_gap_rejected_with_positions_named(zs: list[float], match: str) -> None:
     dss = make_series(SeriesSpec(positions_z=zs))
     with pytest.raises(GeometryError, match=match):
-        ct.build_volume(pairs(dss), CtConfig(spacing_policy="reject"))
+        ct_volume.build_volume(pairs(dss), CtConfig(spacing_policy="reject"))
 
 
 def test_uneven_spacing_rejected() -> None:
     dss = make_series(SeriesSpec(positions_z=UNEVEN_Z))
     with pytest.raises(GeometryError, match=r"uneven step between 10\.000 and 11\.500"):
-        ct.build_volume(pairs(dss), CtConfig(spacing_policy="reject"))
+        ct_volume.build_volume(pairs(dss), CtConfig(spacing_policy="reject"))
 
 
 def test_spacing_tolerance_is_a_keyword() -> None:
     zs = [0.0, 2.5, 5.0, 7.52, 10.0, 12.5, 15.0, 17.5, 20.0, 22.5]  # 0.02 mm jitter
     dss = make_series(SeriesSpec(positions_z=zs))
     cfg = CtConfig(spacing_policy="reject")
-    ct.build_volume(pairs(dss), cfg)  # default atol 0.01 + rtol 5 % of 2.5 mm: accepted
+    ct_volume.build_volume(pairs(dss), cfg)  # default atol 0.01 + rtol 5 % of 2.5 mm: accepted
     with pytest.raises(GeometryError, match="not evenly spaced"):
-        ct.build_volume(pairs(dss), cfg, rtol=0.0, atol=0.001)
+        ct_volume.build_volume(pairs(dss), cfg, rtol=0.0, atol=0.001)
 
 
 def test_duplicate_slice_identical_pixels_kept_once() -> None:
@@ -202,13 +204,13 @@ def test_duplicate_slice_identical_pixels_kept_once() -> None:
     dup = copy.deepcopy(dss[4])
     dup.SOPInstanceUID = generate_uid()
     items = pairs(shuffled([*dss, dup]))
-    vol = ct.build_volume(items, CtConfig())
+    vol = ct_volume.build_volume(items, CtConfig())
     assert vol.array.shape[0] == len(dss)
     assert any("identical" in d for d in vol.decisions)
     assert not vol.resampled
     assert_pixels_at_positions(vol, [*dss, dup], exact=True)
     # through convert_series, the left-out slice is an audit row
-    _, problems = ct.convert_series([i for i, _ in items], reader(items), CtConfig())
+    _, problems = ct_convert.convert_series([i for i, _ in items], reader(items), CtConfig())
     assert len(problems) == 1 and problems[0].action == Action.DROPPED
     assert "identical pixels" in problems[0].reason
 
@@ -228,10 +230,10 @@ def _two_acquisitions() -> tuple[list[Dataset], list[Dataset]]:
 def test_duplicate_positions_different_pixels_keep_first_acquisition() -> None:
     first, second = _two_acquisitions()
     items = pairs(shuffled([*second, *first]))
-    vol = ct.build_volume(items, CtConfig(duplicate_policy="split"))
+    vol = ct_volume.build_volume(items, CtConfig(duplicate_policy="split"))
     assert vol.sop_uids == tuple(d.SOPInstanceUID for d in first)
     assert_pixels_at_positions(vol, first, exact=True)
-    _, problems = ct.convert_series([i for i, _ in items], reader(items), CtConfig())
+    _, problems = ct_convert.convert_series([i for i, _ in items], reader(items), CtConfig())
     assert {p.reason.split("instance ")[1].split(":")[0] for p in problems} == {
         d.SOPInstanceUID for d in second
     }
@@ -241,7 +243,7 @@ def test_duplicate_positions_different_pixels_keep_first_acquisition() -> None:
 def test_duplicate_positions_different_pixels_rejected() -> None:
     first, second = _two_acquisitions()
     with pytest.raises(GeometryError, match=r"share the position .* pixels differ"):
-        ct.build_volume(pairs([*first, *second]), CtConfig(duplicate_policy="reject"))
+        ct_volume.build_volume(pairs([*first, *second]), CtConfig(duplicate_policy="reject"))
 
 
 # ------------------------------------------------------------------ gantry tilt
@@ -250,7 +252,7 @@ def test_duplicate_positions_different_pixels_rejected() -> None:
 @pytest.mark.parametrize("tilt", [15.0, -20.0, 7.5])
 def test_gantry_tilt_resampled_onto_orthogonal_grid(tilt: float) -> None:
     dss = make_series(SeriesSpec(n=14, tilt_deg=tilt))
-    vol = ct.build_volume(pairs(shuffled(dss)), CtConfig())
+    vol = ct_volume.build_volume(pairs(shuffled(dss)), CtConfig())
     assert vol.resampled
     assert vol.tilt_deg == pytest.approx(abs(tilt), abs=0.01)
     assert any("gantry tilt" in d for d in vol.decisions)
@@ -272,7 +274,7 @@ def test_shear_along_both_image_axes_resampled() -> None:
     c /= np.linalg.norm(c)
     iop = [round(float(v), 8) for v in (*r, *c)]
     dss = make_series(SeriesSpec(n=14, orientation=iop))
-    vol = ct.build_volume(pairs(shuffled(dss)), CtConfig())
+    vol = ct_volume.build_volume(pairs(shuffled(dss)), CtConfig())
     assert vol.resampled and vol.tilt_deg > 10.0
     assert vol.array.shape[1] > 24 and vol.array.shape[2] > 20  # widened along both axes
     assert_pixels_at_positions(vol, dss, exact=False, atol_hu=2.5, edge_atol_hu=12.0)
@@ -281,7 +283,7 @@ def test_shear_along_both_image_axes_resampled() -> None:
 def test_gantry_tilt_rejected() -> None:
     dss = make_series(SeriesSpec(tilt_deg=12.0))
     with pytest.raises(GeometryError, match=r"gantry tilt 12\.00 deg"):
-        ct.build_volume(pairs(dss), CtConfig(tilt_policy="reject"))
+        ct_volume.build_volume(pairs(dss), CtConfig(tilt_policy="reject"))
 
 
 def _sheared_as_orthogonal(dss: Sequence[Dataset]) -> CtVolume:
@@ -312,7 +314,7 @@ def test_helper_catches_sheared_geometry_stored_as_orthogonal() -> None:
     dss = make_series(SeriesSpec(n=14, tilt_deg=15.0))
     with pytest.raises(AssertionError):
         assert_pixels_at_positions(_sheared_as_orthogonal(dss), dss, exact=False, atol_hu=3.0)
-    vol = ct.build_volume(pairs(dss), CtConfig())
+    vol = ct_volume.build_volume(pairs(dss), CtConfig())
     assert_pixels_at_positions(vol, dss, exact=False, atol_hu=2.5, edge_atol_hu=12.0)
     moved = dataclasses.replace(vol, origin_xyz=tuple(np.add(vol.origin_xyz, (0.1, 0.0, 0.0))))
     with pytest.raises(AssertionError, match=r"atol 2\.5 HU"):  # 0.1 mm: values, not containment
@@ -329,12 +331,14 @@ def test_localizer_inside_series_dropped() -> None:
     loc = make_series(SeriesSpec(n=1, series_uid=dss[0].SeriesInstanceUID, tilt_deg=90.0))[0]
     loc.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # not flagged: caught by orientation
     items = pairs(shuffled([*dss, loc]))
-    selected, problems = ct.select_series([i for i, _ in items], CtConfig())
+    selected, problems = ct_select.select_series([i for i, _ in items], CtConfig())
     assert len(selected) == 1 and len(selected[0]) == 12
     (p,) = problems
     assert p.action == Action.DROPPED and p.stage == "ct" and p.zip == ZIP_A
     assert loc.SOPInstanceUID in p.reason and "localizer or reformat" in p.reason
-    volumes, problems2 = ct.convert_exam(exam_of([i for i, _ in items]), reader(items), CtConfig())
+    volumes, problems2 = ct_convert.convert_exam(
+        exam_of([i for i, _ in items]), reader(items), CtConfig()
+    )
     assert len(volumes) == 1 and len(problems2) == 1
     assert_pixels_at_positions(volumes[0], dss, exact=True)
 
@@ -359,7 +363,7 @@ def test_non_volume_objects_dropped_with_reasons() -> None:
             "member": "dose/report.dcm",
         }
     )
-    selected, problems = ct.select_series([*insts, sr], CtConfig())
+    selected, problems = ct_select.select_series([*insts, sr], CtConfig())
     assert [s[0].series_uid for s in selected] == [main[0].SeriesInstanceUID]
     reasons = {p.reason.split(":")[0].removeprefix("series "): p.reason for p in problems}
     assert "localizer" in reasons[scout[0].SeriesInstanceUID]
@@ -371,7 +375,7 @@ def test_non_volume_objects_dropped_with_reasons() -> None:
     # one row per dropped series, not one per instance
     assert len(problems) == 5
     # derived series kept when configured
-    selected, _ = ct.select_series(insts, CtConfig(drop_derived=False, series="all"))
+    selected, _ = ct_select.select_series(insts, CtConfig(drop_derived=False, series="all"))
     assert len(selected) == 2
 
 
@@ -380,16 +384,16 @@ def test_best_series_thinnest_then_preferred_kernel() -> None:
     lung = make_series(SeriesSpec(n=12, kernel="B70f", description="LUNG"))
     thin = make_series(SeriesSpec(n=24, step=1.25, kernel="STANDARD", description="THIN"))
     insts = [to_instance(d) for d in [*soft, *lung]]
-    selected, problems = ct.select_series(insts, CtConfig())
+    selected, problems = ct_select.select_series(insts, CtConfig())
     assert [s[0].kernel for s in selected] == ["B70f"]
     assert len(problems) == 1 and "not the best series" in problems[0].reason
     assert f"kept {lung[0].SeriesInstanceUID}" in problems[0].reason
-    selected, _ = ct.select_series(insts + [to_instance(d) for d in thin], CtConfig())
+    selected, _ = ct_select.select_series(insts + [to_instance(d) for d in thin], CtConfig())
     assert [s[0].kernel for s in selected] == ["STANDARD"]  # thinner beats the kernel list
-    selected, problems = ct.select_series(insts, CtConfig(series="all"))
+    selected, problems = ct_select.select_series(insts, CtConfig(series="all"))
     assert len(selected) == 2 and problems == []
     items = pairs(soft) + pairs(lung)
-    volumes, _ = ct.convert_exam(exam_of([i for i, _ in items]), reader(items), CtConfig())
+    volumes, _ = ct_convert.convert_exam(exam_of([i for i, _ in items]), reader(items), CtConfig())
     assert [v.kernel for v in volumes] == ["B70f"]
     assert_pixels_at_positions(volumes[0], lung, exact=True)
 
@@ -403,7 +407,7 @@ def test_best_series_rejected_falls_back_to_next() -> None:
     other = make_series(SeriesSpec(n=12, kernel="B31f", values=None))
     items = pairs(thin) + pairs(soft) + pairs(other)
     cfg = CtConfig(spacing_policy="reject", preferred_kernels=["B70", "B30", "B31"])
-    volumes, problems = ct.convert_exam(exam_of([i for i, _ in items]), reader(items), cfg)
+    volumes, problems = ct_convert.convert_exam(exam_of([i for i, _ in items]), reader(items), cfg)
     assert [v.series_uid for v in volumes] == [soft[0].SeriesInstanceUID]
     assert_pixels_at_positions(volumes[0], soft, exact=True)
     errors = [p for p in problems if p.action == Action.ERROR]
@@ -419,7 +423,9 @@ def test_series_split_across_zips_joined() -> None:
     dss.sort(key=z_of)
     items = pairs(dss[:9], ZIP_A) + pairs(dss[9:], ZIP_B)
     random.Random(4).shuffle(items)
-    volumes, problems = ct.convert_exam(exam_of([i for i, _ in items]), reader(items), CtConfig())
+    volumes, problems = ct_convert.convert_exam(
+        exam_of([i for i, _ in items]), reader(items), CtConfig()
+    )
     assert problems == []
     (vol,) = volumes
     assert set(vol.zips) == {ZIP_A, ZIP_B}
@@ -432,14 +438,14 @@ def test_seam_gap_between_zips_is_checked() -> None:
     dss = make_series(SeriesSpec(n=16))
     dss.sort(key=z_of)
     items = pairs(dss[:8], ZIP_A) + pairs(dss[9:], ZIP_B)  # slice 8 lost at the seam
-    volumes, problems = ct.convert_exam(
+    volumes, problems = ct_convert.convert_exam(
         exam_of([i for i, _ in items]), reader(items), CtConfig(spacing_policy="reject")
     )
     assert volumes == []
     (p,) = problems
     assert p.action == Action.ERROR and dss[0].SeriesInstanceUID in p.reason
     assert "1 missing slice" in p.reason
-    volumes, _ = ct.convert_exam(exam_of([i for i, _ in items]), reader(items), CtConfig())
+    volumes, _ = ct_convert.convert_exam(exam_of([i for i, _ in items]), reader(items), CtConfig())
     assert_pixels_at_positions(volumes[0], dss[:8] + dss[9:], exact=False, atol_hu=2.5)
 
 
@@ -454,7 +460,7 @@ def test_failing_series_becomes_problem_others_go_on() -> None:
         data = store(inst)
         return data[:-100] if inst.series_uid == bad_uid else data  # truncated pixel data
 
-    volumes, problems = ct.convert_exam(
+    volumes, problems = ct_convert.convert_exam(
         exam_of([i for i, _ in items]), read, CtConfig(series="all")
     )
     assert [v.series_uid for v in volumes] == [good[0].SeriesInstanceUID]
@@ -468,21 +474,21 @@ def test_failing_series_becomes_problem_others_go_on() -> None:
 def test_resample_spacing_and_clip() -> None:
     dss = make_series(SeriesSpec(n=12))
     cfg = CtConfig(resample_spacing=[1.4, 1.6, 5.0], clip_hu=[-100.0, 150.0])
-    vol = ct.build_volume(pairs(dss), cfg)
+    vol = ct_volume.build_volume(pairs(dss), cfg)
     assert vol.resampled
     assert vol.spacing_xyz == pytest.approx((1.4, 1.6, 5.0))
     assert vol.size_xyz == (11, 13, 7)  # covers the original extent
     assert vol.array.min() >= -100 and vol.array.max() <= 150
-    native = ct.build_volume(pairs(dss), CtConfig())
+    native = ct_volume.build_volume(pairs(dss), CtConfig())
     assert vol.origin_xyz == pytest.approx(native.origin_xyz)
-    unclipped = ct.build_volume(pairs(dss), CtConfig(resample_spacing=[1.4, 1.6, 5.0]))
+    unclipped = ct_volume.build_volume(pairs(dss), CtConfig(resample_spacing=[1.4, 1.6, 5.0]))
     assert_pixels_at_positions(unclipped, dss, exact=False, atol_hu=10.0, edge_atol_hu=25.0)
 
 
 def test_to_sitk_round_trip() -> None:
     dss = make_series(SeriesSpec(n=10, tilt_deg=10.0))
-    vol = ct.build_volume(pairs(dss), CtConfig())
-    img = ct.to_sitk(vol)
+    vol = ct_volume.build_volume(pairs(dss), CtConfig())
+    img = ct_volume.to_sitk(vol)
     assert img.GetSize() == vol.size_xyz
     assert img.GetSpacing() == pytest.approx(vol.spacing_xyz)
     assert img.GetOrigin() == pytest.approx(vol.origin_xyz)
@@ -490,7 +496,7 @@ def test_to_sitk_round_trip() -> None:
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), vol.array)
     assert_pixels_at_positions(img, dss, exact=False, atol_hu=2.5, edge_atol_hu=12.0)
     with pytest.raises(GeometryError, match="expected a"):
-        ct.array_to_sitk(
+        ct_volume.array_to_sitk(
             np.zeros((3, 3)),
             spacing_xyz=(1, 1, 1),
             origin_xyz=(0, 0, 0),
@@ -539,7 +545,7 @@ def test_real_ct_single_slice(name: str, path: str) -> None:
 
 def test_real_ct_stack_shuffled() -> None:
     dss = _real_series("CT_small.dcm", 11)
-    vol = ct.build_volume(pairs(shuffled(dss)), CtConfig())
+    vol = ct_volume.build_volume(pairs(shuffled(dss)), CtConfig())
     assert vol.array.dtype == np.int16
     assert vol.spacing_xyz[2] == pytest.approx(3.0, abs=1e-3)
     assert_pixels_at_positions(vol, dss, exact=True)
@@ -560,7 +566,7 @@ def test_agrees_with_simpleitk_series_reader(tmp_path: Path) -> None:
     rd = sitk.ImageSeriesReader()
     rd.SetFileNames(rd.GetGDCMSeriesFileNames(str(tmp_path / "s")))
     ref = rd.Execute()
-    vol = ct.build_volume(pairs(dss), CtConfig())
+    vol = ct_volume.build_volume(pairs(dss), CtConfig())
     assert vol.size_xyz == ref.GetSize()
     np.testing.assert_allclose(vol.spacing_xyz, ref.GetSpacing(), atol=1e-3)
     np.testing.assert_allclose(vol.origin_xyz, ref.GetOrigin(), atol=1e-3)
@@ -597,13 +603,13 @@ def test_agrees_with_dcm2niix(tmp_path: Path) -> None:
         capture_output=True,
     )
     ref = sitk.ReadImage(str(tmp_path / "o" / "vol.nii"))
-    vol = ct.build_volume(pairs(dss), CtConfig())
+    vol = ct_volume.build_volume(pairs(dss), CtConfig())
     # dcm2niix may flip axes (NIfTI conventions): compare by physical position
     assert tuple(sorted(ref.GetSize())) == tuple(sorted(vol.size_xyz))
     assert_pixels_at_positions(ref, dss, exact=True)
     assert_pixels_at_positions(vol, dss, exact=True)
     # the same voxel-centre bounding box (8 corners), in whatever axis order
-    np.testing.assert_allclose(_corners(ref), _corners(ct.to_sitk(vol)), atol=1e-3)
+    np.testing.assert_allclose(_corners(ref), _corners(ct_volume.to_sitk(vol)), atol=1e-3)
 
 
 def _corners(img: sitk.Image) -> np.ndarray:
@@ -636,7 +642,7 @@ def test_tilted_grid_matches_dcm2niix_pixels_decide(
     )  # fmt: skip
     (tilt_file,) = (tmp_path / "o").glob("*Tilt_1.nii")
     ref = sitk.ReadImage(str(tilt_file))
-    vol = ct.build_volume(pairs(dss), CtConfig())
+    vol = ct_volume.build_volume(pairs(dss), CtConfig())
     assert vol.size_xyz == ref.GetSize()
     np.testing.assert_allclose(vol.spacing_xyz, ref.GetSpacing(), atol=1e-3)
     assert_pixels_at_positions(vol, dss, exact=False, atol_hu=2.5, edge_atol_hu=12.0)
@@ -702,12 +708,12 @@ def test_synthetic_datamart_ct_exams(tiny_datamart: tuple[Path, dict[str, Any]])
             u for u, s in series_truth.items() if s["exam"] == exam_id and "stitched_into" in s
         }
         if not stitched:  # headers alone choose the best series
-            selected, problems = ct.select_series(exam.instances, CtConfig())
+            selected, problems = ct_select.select_series(exam.instances, CtConfig())
             assert {s[0].series_uid for s in selected} == best, exam_id
         else:  # the stitched scan beats each of its parts
-            volumes, problems = ct.convert_exam(exam, read, CtConfig())
+            volumes, problems = ct_convert.convert_exam(exam, read, CtConfig())
             assert {v.series_uid for v in volumes} == best, exam_id
-        volumes, problems = ct.convert_exam(exam, read, CtConfig(series="all"))
+        volumes, problems = ct_convert.convert_exam(exam, read, CtConfig(series="all"))
         assert {v.series_uid for v in volumes} == keep, (exam_id, problems)
         merged = {p.member.partition("/")[0] for p in problems if p.action == Action.MERGED}
         assert merged == {series_truth[u]["folder"] for u in stitched}, problems
@@ -751,10 +757,10 @@ def test_peak_memory_within_two_volumes(tilt: float) -> None:
     items = pairs(dss)
     read = reader(items)
     insts = [i for i, _ in items]
-    ct.convert_series(insts[:12], read, CtConfig())  # warm-up: lazy imports are not ours
+    ct_convert.convert_series(insts[:12], read, CtConfig())  # warm-up: lazy imports are not ours
     tracemalloc.start()
     try:
-        vol, _ = ct.convert_series(insts, read, CtConfig())
+        vol, _ = ct_convert.convert_series(insts, read, CtConfig())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -1,4 +1,4 @@
-"""Stitching a CT scan resumed under a new Series Instance UID (hiroml.stitch via ct.convert_exam).
+"""Stitching a CT scan resumed under a new Series Instance UID (hiroml.ct.stitch via ct.convert_exam).
 
 Every stitched volume is checked against the DICOM itself: each original pixel of every part
 must sit at its own physical position (tests/ct_geometry.py).
@@ -23,8 +23,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from hiroml import ct, stitch
 from hiroml.config import CtConfig
+from hiroml.ct import convert as ct_convert
+from hiroml.ct import stitch
 from hiroml.errors import ConfigError
 from hiroml.records import Action, CtVolume, Exam, Instance, Modality, Problem
 
@@ -96,7 +97,7 @@ def _convert(
     if reverse:  # the exam's instance order must not matter
         insts = insts[::-1]
     read: Callable[[Instance], bytes] = lambda i: store[(i.zip, i.member)]  # noqa: E731
-    return ct.convert_exam(_exam(insts), read, cfg or CtConfig())
+    return ct_convert.convert_exam(_exam(insts), read, cfg or CtConfig())
 
 
 def _z(ds: Dataset) -> float:
@@ -181,7 +182,7 @@ def test_overlap_with_identical_pixel_bytes_is_decided_by_the_hash() -> None:
             tuple(x for x in insts if x.series_uid == s)
             for s in (a[0].SeriesInstanceUID, b[0].SeriesInstanceUID)
         ],
-        lambda x, y: stitch.pixels_differ(x, y, lambda i: ct._slice_hu(i, read), 0.0),
+        lambda x, y: stitch.pixels_differ(x, y, lambda i: ct_convert._slice_hu(i, read), 0.0),
         CtConfig(),
     )
     assert calls == []  # equal stored bytes: nothing decoded
@@ -340,7 +341,7 @@ def test_a_stitched_scan_that_fails_falls_back_to_its_parts() -> None:
     def read(i: Instance) -> bytes:
         return b"not dicom" if i.sop_uid == bad.sop_uid else store[(i.zip, i.member)]
 
-    vols, probs = ct.convert_exam(_exam(insts), read, CtConfig())
+    vols, probs = ct_convert.convert_exam(_exam(insts), read, CtConfig())
     assert [v.series_uid for v in vols] == [a[0].SeriesInstanceUID]
     assert not vols[0].stitched_series
     errors = [p for p in probs if p.action is Action.ERROR]
@@ -369,7 +370,7 @@ def test_an_overlap_slice_that_cannot_be_read_keeps_the_parts_apart() -> None:
     def read(i: Instance) -> bytes:
         return b"not dicom" if i.sop_uid == bad.sop_uid else store[(i.zip, i.member)]
 
-    vols, probs = ct.convert_exam(_exam(insts), read, CtConfig(series="all"))
+    vols, probs = ct_convert.convert_exam(_exam(insts), read, CtConfig(series="all"))
     assert [v.series_uid for v in vols] == [a[0].SeriesInstanceUID]
     [apart] = [p for p in probs if p.action is Action.KEPT]
     assert "could not be compared" in apart.reason and "DecodeError" in apart.reason
@@ -395,7 +396,7 @@ def test_bad_stitch_config_is_refused() -> None:
 def test_report_lists_series_kept_apart_and_counts_only_zips_as_kept() -> None:
     import pandas as pd
 
-    from hiroml import report
+    from hiroml.report import sections as report_sections
 
     audit = pd.DataFrame(
         [
@@ -406,6 +407,6 @@ def test_report_lists_series_kept_apart_and_counts_only_zips_as_kept() -> None:
              "exam_key": "E1", "member": "3_CHEST/IM-0001.dcm"},
         ]
     )  # fmt: skip
-    page = report._decisions(audit)
+    page = report_sections._decisions(audit)
     assert "1 zip was kept as they are" in page
     assert "kept, not stitched</b> (1)" in page and "series 1.2.3 not stitched" in page

@@ -27,8 +27,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from hiroml import cxr
 from hiroml.config import CxrConfig
+from hiroml.cxr import convert as cxr_convert
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.cxr import select as cxr_select
+from hiroml.cxr import view as cxr_view
 from hiroml.errors import DecodeError
 from hiroml.records import Action, Exam, Instance, Modality, View
 
@@ -145,9 +148,9 @@ def radiograph(seed: int, shape: tuple[int, int] = (60, 48), bits: int = 12) -> 
 def test_lossless_syntaxes_decode_to_the_uncompressed_pixels(
     reference: str, compressed: str
 ) -> None:
-    ref = cxr.decode(_read(reference))
+    ref = cxr_pixels.decode(_read(reference))
     ds = _read(compressed)
-    got = cxr.decode(ds)
+    got = cxr_pixels.decode(ds)
     assert got.shape == ref.shape[-2:] or got.shape == ref.shape
     frames = int(_read(reference).get("NumberOfFrames", 1) or 1)
     np.testing.assert_array_equal(got, ref if frames == 1 else pydicom_first_frame(reference))
@@ -178,7 +181,7 @@ def pydicom_first_frame(name: str) -> np.ndarray:
     ],
 )
 def test_decode_matches_pydicom(name: str) -> None:
-    got = cxr.decode(_read(name))
+    got = cxr_pixels.decode(_read(name))
     ref = np.asarray(_read(name).pixel_array)
     if name == "JPGExtended.dcm":  # lossy: two libjpeg builds may round differently
         assert np.abs(got.astype(np.int32) - ref).max() <= 1
@@ -193,9 +196,9 @@ def test_jpeg_lossless_synthetic_12bit_signed_is_bit_exact() -> None:
     stored = (signed.view(np.uint16) & 0x0FFF).astype(np.uint16)  # two's complement, 12 bits
     frame = imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=12)
     ds = make_ds(signed, ts=JPEGLosslessSV1, frame=bytes(frame))
-    np.testing.assert_array_equal(cxr.decode(ds), signed)
+    np.testing.assert_array_equal(cxr_pixels.decode(ds), signed)
     np.testing.assert_array_equal(
-        cxr.decode(ds), pydicom.dcmread(BytesIO(to_bytes(ds))).pixel_array
+        cxr_pixels.decode(ds), pydicom.dcmread(BytesIO(to_bytes(ds))).pixel_array
     )
 
 
@@ -203,7 +206,7 @@ def test_jpeg_baseline_8bit_grey() -> None:
     img = (radiograph(4, bits=8)).astype(np.uint8)
     frame = bytes(imagecodecs.jpeg8_encode(img, level=95))
     ds = make_ds(img, ts=JPEGBaseline8Bit, bits_stored=8, frame=frame)
-    got = cxr.decode(ds)
+    got = cxr_pixels.decode(ds)
     assert got.dtype == np.uint8 and got.shape == img.shape
     assert np.abs(got.astype(int) - img).mean() < 3  # lossy, but close
     ref = pydicom.dcmread(BytesIO(to_bytes(ds))).pixel_array
@@ -212,7 +215,7 @@ def test_jpeg_baseline_8bit_grey() -> None:
 
 def test_jpeg_extended_12bit_that_pydicom_refuses_decodes() -> None:
     # JPEG-lossy.dcm: 12-bit JPEG extended which pylibjpeg refuses; libjpeg-turbo reads it.
-    got = cxr.decode(_read("JPEG-lossy.dcm"))
+    got = cxr_pixels.decode(_read("JPEG-lossy.dcm"))
     ref = np.asarray(_read("JPGExtended.dcm").pixel_array)  # the same image, readable one
     assert got.shape == ref.shape
     assert np.abs(got.astype(np.int32) - ref).max() <= 1
@@ -221,9 +224,9 @@ def test_jpeg_extended_12bit_that_pydicom_refuses_decodes() -> None:
 @pytest.mark.filterwarnings("ignore:Expected explicit VR")
 def test_colour_jpeg_goes_through_pydicom_and_becomes_grey() -> None:
     ds = _read("SC_rgb_jpeg.dcm")
-    arr = cxr.decode(ds)
+    arr = cxr_pixels.decode(ds)
     assert arr.shape == (256, 256, 3)
-    grey = cxr.to_grayscale(arr, ds)
+    grey = cxr_pixels.to_grayscale(arr, ds)
     assert grey.shape == (256, 256) and grey.dtype == np.uint8
 
 
@@ -231,18 +234,18 @@ def test_truncated_pixel_data_raises_naming_the_transfer_syntax() -> None:
     ds = make_ds(radiograph(0))
     ds.PixelData = ds.PixelData[:100]
     with pytest.raises(DecodeError, match=r"truncated.*Explicit VR Little Endian 1\.2\.840"):
-        cxr.decode(ds)
+        cxr_pixels.decode(ds)
 
 
 def test_undecodable_jpeg2000_raises_decode_error() -> None:
     ds = make_ds(radiograph(0), ts="1.2.840.10008.1.2.4.90", frame=b"\xff\x4f\xff\x51garbage")
     with pytest.raises(DecodeError, match=r"JPEG 2000.*1\.2\.840\.10008\.1\.2\.4\.90"):
-        cxr.decode(ds)
+        cxr_pixels.decode(ds)
 
 
 def test_palette_colour_is_refused() -> None:
     with pytest.raises(DecodeError, match="PALETTE COLOR"):
-        cxr.decode(_read("OBXXXX1A.dcm"))
+        cxr_pixels.decode(_read("OBXXXX1A.dcm"))
 
 
 # --------------------------------------------------------------------------- intensities
@@ -251,8 +254,8 @@ def test_palette_colour_is_refused() -> None:
 @pytest.mark.parametrize("name", ["693_UNCI.dcm", "CT_small.dcm", "mlut_18.dcm", "MR_small.dcm"])
 def test_modality_agrees_with_pydicom(name: str) -> None:
     ds = _read(name)
-    arr = cxr.decode(ds)
-    got = cxr.apply_modality(arr, ds)
+    arr = cxr_pixels.decode(ds)
+    got = cxr_pixels.apply_modality(arr, ds)
     ref = apply_modality_lut(np.asarray(ds.pixel_array), ds)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-3)
@@ -289,8 +292,8 @@ def _pydicom_range(ds: Dataset) -> tuple[float, float]:
 )
 def test_window_agrees_with_pydicom(name: str, index: int) -> None:
     ds = _read(name)
-    mod = cxr.apply_modality(cxr.decode(ds), ds)
-    got, desc = cxr.apply_voi(mod, ds, index=index)
+    mod = cxr_pixels.apply_modality(cxr_pixels.decode(ds), ds)
+    got, desc = cxr_pixels.apply_voi(mod, ds, index=index)
     ref_ds = _read(name)
     ref = apply_voi_lut(apply_modality_lut(ref_ds.pixel_array, ref_ds), ref_ds, index=index)
     lo, hi = _pydicom_range(ref_ds)
@@ -302,7 +305,7 @@ def test_window_agrees_with_pydicom(name: str, index: int) -> None:
 @pytest.mark.parametrize("func", ["LINEAR_EXACT", "SIGMOID"])
 def test_voi_functions_agree_with_pydicom(func: str) -> None:
     ds = make_ds(radiograph(1), WindowCenter=1800, WindowWidth=1500, VOILUTFunction=func)
-    got, desc = cxr.apply_voi(cxr.apply_modality(cxr.decode(ds), ds), ds)
+    got, desc = cxr_pixels.apply_voi(cxr_pixels.apply_modality(cxr_pixels.decode(ds), ds), ds)
     ref = apply_voi_lut(ds.pixel_array, ds)
     np.testing.assert_allclose(got, ref / 4095.0, atol=2e-5)
     assert func.lower() in desc
@@ -321,20 +324,20 @@ def test_rescale_folded_into_window_equals_two_steps(name: str, attrs: dict[str,
     ds = _read(name)
     for key, value in attrs.items():
         setattr(ds, key, value)
-    arr = cxr.decode(ds)
-    two, desc2 = cxr.apply_voi(cxr.apply_modality(arr, ds), ds)
+    arr = cxr_pixels.decode(ds)
+    two, desc2 = cxr_pixels.apply_voi(cxr_pixels.apply_modality(arr, ds), ds)
     slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-    one, desc1 = cxr.apply_voi(arr, ds, rescale=(slope, intercept))
+    one, desc1 = cxr_pixels.apply_voi(arr, ds, rescale=(slope, intercept))
     np.testing.assert_allclose(one, two, atol=1e-5)
     assert desc1 == desc2
-    image = cxr._intensities(arr, ds, CxrConfig())
+    image = cxr_convert._intensities(arr, ds, CxrConfig())
     np.testing.assert_allclose(image[0], two, atol=1e-5)
     assert image[1] == f"rescale(m={slope:g},b={intercept:g})+{desc2}"
 
 
 def test_voi_lut_sequence_agrees_with_pydicom() -> None:
     ds = _read("vlut_04.dcm")
-    got, desc = cxr.apply_voi(cxr.apply_modality(cxr.decode(ds), ds), ds)
+    got, desc = cxr_pixels.apply_voi(cxr_pixels.apply_modality(cxr_pixels.decode(ds), ds), ds)
     ref = apply_voi_lut(_read("vlut_04.dcm").pixel_array, ds)
     bits = ds.VOILUTSequence[0].LUTDescriptor[2]
     np.testing.assert_allclose(got, ref / (2.0**bits - 1), atol=1e-6)
@@ -343,19 +346,19 @@ def test_voi_lut_sequence_agrees_with_pydicom() -> None:
 
 def test_voi_index_past_the_last_window_uses_the_last() -> None:
     ds = _read("bad_sequence.dcm")
-    mod = cxr.apply_modality(cxr.decode(ds), ds)
-    got, desc = cxr.apply_voi(mod, ds, index=7)
-    last, _ = cxr.apply_voi(mod, ds, index=1)
+    mod = cxr_pixels.apply_modality(cxr_pixels.decode(ds), ds)
+    got, desc = cxr_pixels.apply_voi(mod, ds, index=7)
+    last, _ = cxr_pixels.apply_voi(mod, ds, index=1)
     np.testing.assert_array_equal(got, last)
     assert "c=450" in desc and "[2/2]" in desc
 
 
 def test_no_voi_in_header_falls_back_to_percentile_and_says_so() -> None:
     ds = make_ds(radiograph(2))
-    arr = cxr.decode(ds)
-    got, desc = cxr.apply_voi(arr, ds, fallback_percentiles=(1.0, 99.0))
+    arr = cxr_pixels.decode(ds)
+    got, desc = cxr_pixels.apply_voi(arr, ds, fallback_percentiles=(1.0, 99.0))
     assert desc == "percentile(1,99) (no VOI in header)"
-    np.testing.assert_array_equal(got, cxr.normalize_percentile(arr, lo=1.0, hi=99.0))
+    np.testing.assert_array_equal(got, cxr_pixels.normalize_percentile(arr, lo=1.0, hi=99.0))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16"])
@@ -367,33 +370,35 @@ def test_histogram_percentiles_are_exactly_numpys(dtype: str) -> None:
         lo = max(int(info.min), -span // 2 if info.min < 0 else 0)
         hi = min(int(info.max), lo + span)
         arr = rng.integers(lo, hi + 1, size=size).astype(dtype).reshape(1, -1)
-        assert cxr.percentiles(arr, qs) == [float(v) for v in np.percentile(arr, qs)]
+        assert cxr_pixels.percentiles(arr, qs) == [float(v) for v in np.percentile(arr, qs)]
 
 
 def test_percentiles_of_float_data_fall_back_to_numpy() -> None:
     arr = np.random.default_rng(0).normal(size=(30, 30)).astype(np.float32)
-    assert cxr.percentiles(arr, (1, 99)) == [float(v) for v in np.percentile(arr, [1, 99])]
+    assert cxr_pixels.percentiles(arr, (1, 99)) == [float(v) for v in np.percentile(arr, [1, 99])]
 
 
 def test_normalize_percentile_and_minmax() -> None:
     arr = np.arange(101, dtype=np.uint16).reshape(1, 101)
-    out = cxr.normalize_percentile(arr, lo=10, hi=90)
+    out = cxr_pixels.normalize_percentile(arr, lo=10, hi=90)
     assert out.dtype == np.float32
     assert out[0, 0] == 0 and out[0, 100] == 1 and out.min() == 0 and out.max() == 1
     assert out[0, 10] == pytest.approx(0, abs=1e-6) and out[0, 90] == pytest.approx(1)
     assert out[0, 50] == pytest.approx(0.5)
-    mm = cxr.normalize_minmax(arr)
+    mm = cxr_pixels.normalize_minmax(arr)
     assert mm[0, 25] == pytest.approx(0.25) and mm[0, 100] == pytest.approx(1)
     assert mm[0, 0] == pytest.approx(0, abs=1e-6)
-    assert not cxr.normalize_minmax(np.full((4, 4), 7, np.uint16)).any()
+    assert not cxr_pixels.normalize_minmax(np.full((4, 4), 7, np.uint16)).any()
 
 
 def test_percentile_on_stored_values_equals_percentile_after_rescale() -> None:
     # convert_instance skips a positive rescale for percentile normalisation: same result.
     ds = make_ds(radiograph(5), RescaleSlope=2.5, RescaleIntercept=-1024)
     cfg = CxrConfig(normalization="percentile")
-    fast, desc = cxr._intensities(cxr.decode(ds), ds, cfg)
-    slow = cxr.normalize_percentile(cxr.apply_modality(cxr.decode(ds), ds), lo=0.5, hi=99.5)
+    fast, desc = cxr_convert._intensities(cxr_pixels.decode(ds), ds, cfg)
+    slow = cxr_pixels.normalize_percentile(
+        cxr_pixels.apply_modality(cxr_pixels.decode(ds), ds), lo=0.5, hi=99.5
+    )
     np.testing.assert_allclose(fast, slow, atol=1e-5)
     assert desc == "percentile(0.5,99.5)"
 
@@ -406,7 +411,7 @@ def test_monochrome1_output_is_one_minus_the_monochrome2_output() -> None:
         out: dict[str, Any] = {}
         for photometric in ("MONOCHROME1", "MONOCHROME2"):
             ds = make_ds(img, photometric=photometric, WindowCenter=2000, WindowWidth=3000)
-            out[photometric] = cxr.convert_instance(
+            out[photometric] = cxr_convert.convert_instance(
                 to_bytes(ds), make_inst(ds), exam_description="", cfg=c
             )
         m1, m2 = out["MONOCHROME1"], out["MONOCHROME2"]
@@ -429,7 +434,7 @@ def test_presentation_lut_shape_inverse() -> None:
         ds.PhotometricInterpretation = photometric
         if shape:
             ds.PresentationLUTShape = shape
-        out, flag = cxr.invert_if_monochrome1(arr, ds)
+        out, flag = cxr_pixels.invert_if_monochrome1(arr, ds)
         assert flag is inverted
         np.testing.assert_allclose(out, 1 - arr if inverted else arr)
 
@@ -439,10 +444,12 @@ def test_real_monochrome1_radiograph_is_inverted() -> None:
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     inst = make_inst(ds, member="CR/RG3.dcm")
     cfg = CxrConfig(size=[64, 64])
-    image = cxr.convert_instance(_file_bytes("RG3_UNCI.dcm"), inst, exam_description="", cfg=cfg)
+    image = cxr_convert.convert_instance(
+        _file_bytes("RG3_UNCI.dcm"), inst, exam_description="", cfg=cfg
+    )
     relabelled = _read("RG3_UNCI.dcm")
     relabelled.PhotometricInterpretation = "MONOCHROME2"
-    plain = cxr.convert_instance(to_bytes(relabelled), inst, exam_description="", cfg=cfg)
+    plain = cxr_convert.convert_instance(to_bytes(relabelled), inst, exam_description="", cfg=cfg)
     np.testing.assert_allclose(
         image.array.astype(np.float32), 1 - plain.array.astype(np.float32), atol=1e-3
     )
@@ -459,7 +466,7 @@ def test_real_monochrome1_radiograph_is_inverted() -> None:
 
 def test_resize_keeps_aspect_with_centred_zero_padding() -> None:
     arr = np.ones((1000, 500), np.float32)
-    out, scale = cxr.resize(arr, (512, 512), keep_aspect=True)
+    out, scale = cxr_pixels.resize(arr, (512, 512), keep_aspect=True)
     assert out.shape == (512, 512) and scale == (0.512, 0.512)
     cols = np.flatnonzero(out.any(axis=0))
     assert (cols[0], cols[-1]) == (128, 383)  # 256 columns, centred
@@ -469,13 +476,13 @@ def test_resize_keeps_aspect_with_centred_zero_padding() -> None:
 
 def test_resize_stretch_and_spacing_after() -> None:
     arr = np.random.default_rng(0).random((1000, 500)).astype(np.float32)
-    out, scale = cxr.resize(arr, (250, 250), keep_aspect=False)
+    out, scale = cxr_pixels.resize(arr, (250, 250), keep_aspect=False)
     assert out.shape == (250, 250) and scale == (0.25, 0.5)
     # area interpolation: a 4x2 block mean
     assert out[0, 0] == pytest.approx(arr[:4, :2].mean(), rel=1e-5)
     ds = make_ds(radiograph(0, shape=(100, 50)), ImagerPixelSpacing=[0.2, 0.2])
     cfg = CxrConfig(size=[64, 64], keep_aspect=True)
-    image = cxr.convert_instance(to_bytes(ds), make_inst(ds), exam_description="", cfg=cfg)
+    image = cxr_convert.convert_instance(to_bytes(ds), make_inst(ds), exam_description="", cfg=cfg)
     assert image.pixel_spacing == (0.2, 0.2)
     assert image.spacing_after == pytest.approx((0.2 * 100 / 64, 0.2 * 50 / 32))
 
@@ -484,7 +491,7 @@ def test_resize_non_integer_shrink_is_close_to_one_step_area() -> None:
     yy, xx = np.mgrid[0:1003, 0:797].astype(np.float32)
     noise = np.random.default_rng(9).normal(0, 0.01, (1003, 797)).astype(np.float32)
     img = np.exp(-(((yy - 500) / 300) ** 2 + ((xx - 400) / 200) ** 2)) + noise
-    out, scale = cxr.resize(img, (128, 128), keep_aspect=True)
+    out, scale = cxr_pixels.resize(img, (128, 128), keep_aspect=True)
     # 1003 // 128 = 7: the integer step covers 1001 rows (one cropped at each edge)
     assert scale == (128 / 1001, 102 / 791)  # 797 // 102 = 7: 791 columns
     inner = out[:, 13:115]
@@ -497,7 +504,7 @@ def test_resize_non_integer_shrink_is_close_to_one_step_area() -> None:
 def test_to_storage_round_trips_within_a_quantum() -> None:
     arr = np.linspace(0, 1, 1001, dtype=np.float32).reshape(7, 143)
     for dtype, tol in (("float16", 5e-4), ("uint8", 0.5 / 255), ("uint16", 0.5 / 65535)):
-        stored, scale = cxr.to_storage(arr, dtype)
+        stored, scale = cxr_pixels.to_storage(arr, dtype)
         assert stored.dtype == np.dtype(dtype)
         back = stored.astype(np.float64) * scale
         assert np.abs(back - arr).max() <= tol + 1e-7
@@ -522,17 +529,20 @@ def test_to_storage_round_trips_within_a_quantum() -> None:
     ],
 )
 def test_keep_reason_drops_non_images_and_secondaries(kw: dict[str, Any], match: str) -> None:
-    reason = cxr.keep_reason(make_inst(**kw), drop_derived=True)
+    reason = cxr_select.keep_reason(make_inst(**kw), drop_derived=True)
     assert reason is not None
     assert re.search(match, reason), reason
 
 
 def test_keep_reason_keeps_radiographs_and_honours_drop_derived() -> None:
-    assert cxr.keep_reason(make_inst(image_type=("DERIVED", "PRIMARY")), drop_derived=True) is None
-    assert cxr.keep_reason(make_inst(modality="DX"), drop_derived=True) is None
-    assert cxr.keep_reason(make_inst(modality="OT"), drop_derived=False) is None
+    assert (
+        cxr_select.keep_reason(make_inst(image_type=("DERIVED", "PRIMARY")), drop_derived=True)
+        is None
+    )
+    assert cxr_select.keep_reason(make_inst(modality="DX"), drop_derived=True) is None
+    assert cxr_select.keep_reason(make_inst(modality="OT"), drop_derived=False) is None
     sr = make_inst(sop_class_uid=BASIC_TEXT_SR, modality="SR", has_pixels=False)
-    assert cxr.keep_reason(sr, drop_derived=False) is not None  # never an image
+    assert cxr_select.keep_reason(sr, drop_derived=False) is not None  # never an image
 
 
 @pytest.mark.parametrize(
@@ -560,7 +570,7 @@ def test_classify_view(attrs: dict[str, str], exam: str, view: View, source: str
     ds = Dataset()
     for k, v in attrs.items():
         setattr(ds, k, v)
-    got, why = cxr.classify_view(ds, exam_description=exam)
+    got, why = cxr_view.classify_view(ds, exam_description=exam)
     assert got == view
     assert why.startswith(source)
 
@@ -570,7 +580,7 @@ def test_classify_view_from_view_code_sequence() -> None:
     item = Dataset()
     item.CodeMeaning = "latero-lateral"
     ds.ViewCodeSequence = [item]
-    assert cxr.classify_view(ds)[0] == View.LATERAL
+    assert cxr_view.classify_view(ds)[0] == View.LATERAL
 
 
 # --------------------------------------------------------------------------- exams
@@ -629,7 +639,7 @@ def test_convert_exam_drops_errors_and_goes_on() -> None:
         return blobs[inst.member]
 
     cfg = CxrConfig(size=[32, 32], dtype="uint8")
-    images, problems = cxr.convert_exam(_exam(insts), read, cfg)
+    images, problems = cxr_convert.convert_exam(_exam(insts), read, cfg)
 
     assert [i.member for i in images] == [
         m
@@ -671,7 +681,7 @@ def test_convert_exam_read_failure_is_an_error_problem() -> None:
     def read(_: Instance) -> bytes:
         return b"not a dicom at all"
 
-    images, problems = cxr.convert_exam(_exam([inst]), read, CxrConfig())
+    images, problems = cxr_convert.convert_exam(_exam([inst]), read, CxrConfig())
     assert images == [] and len(problems) == 1
     assert problems[0].action == Action.ERROR and "1/x.dcm" in problems[0].reason
 
@@ -680,7 +690,7 @@ def test_convert_exam_keeps_lateral_when_selected() -> None:
     ds = make_ds(radiograph(2), ViewPosition="LL")
     inst = make_inst(ds, member="1/l.dcm")
     read: Callable[[Instance], bytes] = lambda _: to_bytes(ds)  # noqa: E731
-    images, problems = cxr.convert_exam(
+    images, problems = cxr_convert.convert_exam(
         _exam([inst]), read, CxrConfig(views=["frontal", "lateral"])
     )
     assert problems == [] and images[0].view == View.LATERAL
@@ -695,7 +705,7 @@ def test_synthetic_datamart_radiographs_against_its_ground_truth(
     """Every radiograph of the tiny synthetic datamart: stored values reproduce the truth's
     pixel hash, the view is the truth's, screen saves are dropped, conversion succeeds."""
     synth = pytest.importorskip("hiroml.synth")
-    from hiroml.zipio import SafeZip
+    from hiroml.ingest.zipio import SafeZip
 
     root, truth = request.getfixturevalue("tiny_datamart")
     images = truth["cxr_images"]
@@ -718,15 +728,18 @@ def test_synthetic_datamart_radiographs_against_its_ground_truth(
             modality=str(ds.get("Modality", "")),
             image_type=tuple(ds.get("ImageType", ())),
         )
-        reason = cxr.keep_reason(inst, drop_derived=True)
+        reason = cxr_select.keep_reason(inst, drop_derived=True)
         if t["kind"] == "screen_save":
             assert reason is not None, sop
             continue
         assert reason is None, (sop, reason)
-        assert synth.values_hash(cxr.decode(ds)) == t["pixel_hash"], (sop, t["transfer_syntax"])
-        view, why = cxr.classify_view(ds, exam_description=t["zip"].split("_", 3)[-1][:-4])
+        assert synth.values_hash(cxr_pixels.decode(ds)) == t["pixel_hash"], (
+            sop,
+            t["transfer_syntax"],
+        )
+        view, why = cxr_view.classify_view(ds, exam_description=t["zip"].split("_", 3)[-1][:-4])
         assert view == t["view"], (sop, why)
-        image = cxr.convert_instance(data, inst, exam_description="", cfg=cfg)
+        image = cxr_convert.convert_instance(data, inst, exam_description="", cfg=cfg)
         assert image.array.shape == (64, 64) and image.inverted == (
             t["photometric"] == "MONOCHROME1"
         )

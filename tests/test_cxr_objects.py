@@ -32,13 +32,16 @@ from pydicom.uid import (
 )
 from test_cxr import make_ds, make_inst, radiograph, to_bytes
 
-from hiroml import build, cxr
+from hiroml import pipeline as build
 from hiroml.config import CxrConfig
+from hiroml.cxr import convert as cxr_convert
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.cxr import select as cxr_select
 from hiroml.errors import DecodeError
-from hiroml.index import instance_from_dataset
+from hiroml.ingest.index import instance_from_dataset
 from hiroml.records import Action, CxrImage, Exam, Instance, Modality
-from hiroml.shards import read_sample
-from hiroml.verify import verify
+from hiroml.store.shards import read_sample
+from hiroml.store.verify import verify
 
 # --------------------------------------------------------------------------- helpers
 
@@ -83,7 +86,7 @@ def _dx(arr: np.ndarray, *, sop_class: str, intent: str, **attrs: Any) -> Datase
 def _convert(ds: Dataset, **cfg: Any) -> CxrImage:
     rows, cols = int(ds.Rows), int(ds.Columns)
     c = CxrConfig(size=[rows, cols], dtype="float16", **cfg)
-    return cxr.convert_instance(to_bytes(ds), make_inst(ds), exam_description="", cfg=c)
+    return cxr_convert.convert_instance(to_bytes(ds), make_inst(ds), exam_description="", cfg=c)
 
 
 # --------------------------------------------------------------------------- for processing
@@ -103,14 +106,14 @@ def test_keep_reason_drops_for_processing_unless_kept(
     sop_class: str, intent: str, dropped: bool
 ) -> None:
     inst = make_inst(sop_class_uid=sop_class, modality="DX", presentation_intent=intent)
-    reason = cxr.keep_reason(inst, drop_derived=True)
+    reason = cxr_select.keep_reason(inst, drop_derived=True)
     if dropped:
         assert reason is not None
         assert reason.startswith("for processing: raw detector data")
         assert "cxr.keep_for_processing=true" in reason
     else:
         assert reason is None
-    assert cxr.keep_reason(inst, drop_derived=True, keep_for_processing=True) is None
+    assert cxr_select.keep_reason(inst, drop_derived=True, keep_for_processing=True) is None
 
 
 def test_for_processing_twin_yields_one_sample_and_one_audit_row() -> None:
@@ -129,7 +132,7 @@ def test_for_processing_twin_yields_one_sample_and_one_audit_row() -> None:
     exam = _exam([p_inst, q_inst])
     cfg = CxrConfig(size=[16, 16])
 
-    images, problems = cxr.convert_exam(exam, lambda i: members[i.member], cfg)
+    images, problems = cxr_convert.convert_exam(exam, lambda i: members[i.member], cfg)
     assert [i.sop_uid for i in images] == [p_inst.sop_uid]
     assert not images[0].for_processing
     assert len(problems) == 1
@@ -137,7 +140,7 @@ def test_for_processing_twin_yields_one_sample_and_one_audit_row() -> None:
     assert problems[0].reason.startswith("for processing")
     assert "Digital X-Ray Image Storage - For Processing" in problems[0].reason
 
-    kept, problems = cxr.convert_exam(
+    kept, problems = cxr_convert.convert_exam(
         exam, lambda i: members[i.member], dataclasses.replace(cfg, keep_for_processing=True)
     )
     assert not problems
@@ -207,11 +210,11 @@ def test_padding_mask_reads_an_unsigned_value_for_signed_pixels() -> None:
     arr = np.array([[-1, 5], [7, -1]], np.int16)
     ds = Dataset()
     ds.PixelPaddingValue = 0xFFFF  # -1 written as US
-    mask = cxr.padding_mask(arr, ds)
+    mask = cxr_pixels.padding_mask(arr, ds)
     assert mask is not None and mask.tolist() == [[True, False], [False, True]]
     ds.PixelPaddingValue = 3
-    assert cxr.padding_mask(arr, ds) is None  # no pixel is padding
-    assert cxr.padding_mask(arr, Dataset()) is None  # no padding declared
+    assert cxr_pixels.padding_mask(arr, ds) is None  # no pixel is padding
+    assert cxr_pixels.padding_mask(arr, Dataset()) is None  # no padding declared
 
 
 def test_an_image_that_is_all_padding_is_a_clear_error() -> None:
@@ -254,9 +257,9 @@ def test_decode_selects_the_frame(syntax: str) -> None:
         ds.compress(RLELossless, frames)  # pydicom's backend, index=frame
     ds = pydicom.dcmread(BytesIO(to_bytes(ds)))
     for k in range(2):
-        np.testing.assert_array_equal(cxr.decode(ds, frame=k), frames[k])
+        np.testing.assert_array_equal(cxr_pixels.decode(ds, frame=k), frames[k])
     with pytest.raises(ValueError, match=r"frame 2 is outside the 2 frame\(s\)"):
-        cxr.decode(ds, frame=2)
+        cxr_pixels.decode(ds, frame=2)
 
 
 @pytest.mark.parametrize(
@@ -267,9 +270,9 @@ def test_decode_every_frame_of_a_real_multi_frame_file(name: str) -> None:
     assert path is not None
     ds = pydicom.dcmread(path)
     truth = pydicom.dcmread(path).pixel_array
-    assert truth.shape[0] == cxr.number_of_frames(ds) == 10
+    assert truth.shape[0] == cxr_pixels.number_of_frames(ds) == 10
     for k in (0, 4, 9):
-        np.testing.assert_array_equal(cxr.decode(ds, frame=k), truth[k])
+        np.testing.assert_array_equal(cxr_pixels.decode(ds, frame=k), truth[k])
 
 
 def test_two_frame_radiograph_yields_two_samples() -> None:
@@ -277,7 +280,7 @@ def test_two_frame_radiograph_yields_two_samples() -> None:
     ds = _multi_frame_ds(frames, ViewPosition="PA")
     inst, data = _indexed(ds, "1/cine.dcm")
     cfg = CxrConfig(size=[24, 20], normalization="minmax")
-    images, problems = cxr.convert_exam(_exam([inst]), lambda i: data, cfg)
+    images, problems = cxr_convert.convert_exam(_exam([inst]), lambda i: data, cfg)
     assert not problems
     assert [(i.frame, i.n_frames) for i in images] == [(0, 2), (1, 2)]
     for k, image in enumerate(images):  # each frame as if it were a single-frame image
@@ -291,7 +294,9 @@ def test_undecodable_frame_is_an_audit_row_naming_it() -> None:
     broken = b"\xff\xd8 not a jpeg stream \xff\xd9"
     ds = _multi_frame_ds(frames, [_jpeg_lossless(frames[0]), broken], ViewPosition="PA")
     inst, data = _indexed(ds, "1/cine.dcm")
-    images, problems = cxr.convert_exam(_exam([inst]), lambda i: data, CxrConfig(size=[24, 20]))
+    images, problems = cxr_convert.convert_exam(
+        _exam([inst]), lambda i: data, CxrConfig(size=[24, 20])
+    )
     assert [i.frame for i in images] == [0]
     assert len(problems) == 1 and problems[0].action is Action.ERROR
     assert "frame 2 of 2" in problems[0].reason and "1/cine.dcm" in problems[0].reason
@@ -361,7 +366,7 @@ def test_build_keys_frames_and_drops_for_processing(make_cfg: MakeCfg, tmp_path:
     _, meta = read_sample(out / shard[key], key)
     assert (meta["frame"], meta["n_frames"], meta["for_processing"]) == (1, 2, False)
 
-    from hiroml.dataset import HiromlDataset
+    from hiroml.data.dataset import HiromlDataset
 
     by_key = {s["sample_key"]: s["meta"] for s in HiromlDataset(out, split=None)}
     assert by_key[key]["frame"] == 1

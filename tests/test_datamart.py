@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from hiroml.datamart import discover, is_pediatric, parse_batch_name, parse_zip_name
 from hiroml.errors import DatamartError
+from hiroml.ingest.discover import discover, is_pediatric, parse_batch_name, parse_zip_name
 from hiroml.records import Action, BatchStatus, Modality
 
 

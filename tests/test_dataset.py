@@ -13,10 +13,10 @@ from test_manifest import make_output
 from torch.utils.data import DataLoader, default_collate
 
 import hiroml
-from hiroml.dataset import HiromlDataset
+from hiroml.data.dataset import HiromlDataset
 from hiroml.errors import HiromlError
-from hiroml.manifest import read_manifest
-from hiroml.shards import read_sample
+from hiroml.store.shards import read_sample
+from hiroml.store.tables import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_format_1_shards_read_the_same_as_format_2(out: Path, tmp_path: Path) ->
 
     from test_shards import _write_format1
 
-    from hiroml.shards import iter_samples
+    from hiroml.store.shards import iter_samples
 
     old = tmp_path / "old"
     shutil.copytree(out, old)
@@ -188,7 +188,7 @@ def test_format_1_shards_read_the_same_as_format_2(out: Path, tmp_path: Path) ->
 def test_scale_missing_from_the_manifest_comes_from_the_shard_meta(tmp_path: Path) -> None:
     import pandas as pd
 
-    from hiroml.shards import ShardWriter
+    from hiroml.store.shards import ShardWriter
 
     img = np.arange(64, dtype=np.uint8).reshape(8, 8)
     with ShardWriter(

@@ -1,4 +1,4 @@
-"""hiroml.dicom: files without a Part 10 header, every transfer syntax read, and the decoder
+"""hiroml.dicom.decode: files without a Part 10 header, every transfer syntax read, and the decoder
 pinned for each (a silent fallback to a slower path fails here)."""
 
 from __future__ import annotations
@@ -22,13 +22,19 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
-from hiroml import ct, cxr, dicom, synth, zipio
+from hiroml import synth
+from hiroml.cli.logs import OneLineFormatter, console_filter
 from hiroml.config import CtConfig, CxrConfig, ExamsConfig, IndexConfig
-from hiroml.datamart import discover
+from hiroml.ct import convert as ct_convert
+from hiroml.ct import hu as ct_hu
+from hiroml.cxr import convert as cxr_convert
+from hiroml.cxr import pixels as cxr_pixels
+from hiroml.dicom import decode as dicom
 from hiroml.errors import BadInputError
-from hiroml.exams import build_exams
-from hiroml.index import index_zip, instance_from_dataset, read_member
-from hiroml.logs import OneLineFormatter, console_filter
+from hiroml.exams.stage import build_exams
+from hiroml.ingest import zipio
+from hiroml.ingest.discover import discover
+from hiroml.ingest.index import index_zip, instance_from_dataset, read_member
 from hiroml.records import Action, CxrImage
 
 STUDY = synth.StudyInfo(
@@ -326,7 +332,7 @@ def _convert(data: bytes) -> CxrImage:
     inst = instance_from_dataset(
         ds, batch="B", zip_name="z.zip", member="x.dcm", member_size=len(data), pixels=pix
     )
-    return cxr.convert_instance(data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig())
+    return cxr_convert.convert_instance(data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig())
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: dicom.SYNTAXES[c.uid].name)
@@ -337,7 +343,7 @@ def test_a_radiograph_in_every_syntax(case: Case) -> None:
     data = _encoded(ds, source, case)
     parsed = dicom.parse(data, label="x.dcm")
     assert str(parsed.dataset.file_meta.TransferSyntaxUID) == case.uid
-    got = cxr.decode_frame(parsed.dataset)
+    got = cxr_pixels.decode_frame(parsed.dataset)
     assert got.decoder == case.decoder  # pinned: a fallback to pydicom fails here
     assert got.array.shape == source.shape
     err = np.abs(got.array.astype(np.int64) - source.astype(np.int64)).max()
@@ -387,7 +393,7 @@ def test_a_ct_slice_in_every_syntax(case: Case) -> None:
     assert got.decoder == case.decoder
     err = np.abs(got.array.astype(np.int64) - stored.astype(np.int64)).max()
     assert err <= case.bound, err
-    hu_got = ct.decode_hu(parsed.dataset, label="ct.dcm")
+    hu_got = ct_hu.decode_hu(parsed.dataset, label="ct.dcm")
     if case.bound == 0:
         np.testing.assert_array_equal(hu_got, stored.astype(np.float64))
     # a series of two such slices builds, and the volume records its decoder
@@ -404,7 +410,7 @@ def test_a_ct_slice_in_every_syntax(case: Case) -> None:
             )
         )
     by_member = dict(zip([i.member for i in insts], members, strict=True))
-    vol, _ = ct.convert_series(insts, lambda i: by_member[i.member], CtConfig())
+    vol, _ = ct_convert.convert_series(insts, lambda i: by_member[i.member], CtConfig())
     assert vol.decoder == case.decoder and vol.array.shape == (2, 64, 72)
 
 
@@ -439,9 +445,9 @@ def test_a_frame_argument_selects_the_frame() -> None:
     ds["PixelData"].VR = "OB"
     parsed = dicom.parse(_part10(ds), label="mf.dcm").dataset
     for k, f in enumerate(frames):
-        np.testing.assert_array_equal(cxr.decode(parsed, frame=k), f)
+        np.testing.assert_array_equal(cxr_pixels.decode(parsed, frame=k), f)
     with pytest.raises(ValueError, match="frame 2 is outside the 2 frame"):
-        cxr.decode(parsed, frame=2)
+        cxr_pixels.decode(parsed, frame=2)
 
 
 def test_zip_members_are_inflated_by_isa_l() -> None:
@@ -455,13 +461,15 @@ def test_both_converters_read_a_file_without_preamble() -> None:
     inst = instance_from_dataset(
         head, batch="B", zip_name="z.zip", member="cr.dcm", member_size=len(data), pixels=pixels
     )
-    image = cxr.convert_instance(data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig())
+    image = cxr_convert.convert_instance(
+        data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig()
+    )
     assert image.original_shape == (1955, 1841) and image.decoder == dicom.NUMPY
     ct_file = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    ds = ct._read_dataset(ct_file[132:], "ct.dcm")
+    ds = ct_hu._read_dataset(ct_file[132:], "ct.dcm")
     reference = pydicom.dcmread(io.BytesIO(ct_file))
     np.testing.assert_array_equal(
-        ct.decode_hu(ds),
+        ct_hu.decode_hu(ds),
         np.asarray(pydicom.pixels.apply_modality_lut(reference.pixel_array, reference)),
     )
 

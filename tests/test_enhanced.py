@@ -29,8 +29,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from hiroml import ct, enhanced
 from hiroml.config import CtConfig
+from hiroml.ct import convert as ct_convert
+from hiroml.ct import enhanced
+from hiroml.ct import select as ct_select
+from hiroml.ct import volume as ct_volume
 from hiroml.records import Action, CtVolume, Exam, Instance, Modality
 
 ZIP = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
@@ -132,11 +135,11 @@ def _record(ds: Dataset, member: str = "s1/enhanced.dcm") -> Instance:
 def _volume_of_enhanced(ds: Dataset, cfg: CtConfig | None = None) -> CtVolume:
     ds = _reload(ds)
     frames = enhanced.frame_records(_record(ds), ds)
-    return ct.build_volume([(f, ds) for f in frames], cfg or CtConfig())
+    return ct_volume.build_volume([(f, ds) for f in frames], cfg or CtConfig())
 
 
 def _classic_volume(slices: Sequence[Dataset], cfg: CtConfig | None = None) -> CtVolume:
-    return ct.build_volume([(to_instance(d), d) for d in slices], cfg or CtConfig())
+    return ct_volume.build_volume([(to_instance(d), d) for d in slices], cfg or CtConfig())
 
 
 def assert_same_volume(got: CtVolume, want: CtVolume) -> None:
@@ -243,7 +246,7 @@ def test_mixed_exam_classic_and_enhanced_series() -> None:
     multi = _reload(enhanced_from_classic(lung_slices))
     items = [(to_instance(d, zip_name=ZIP), d) for d in classic] + [(_record(multi), multi)]
     exam = _exam([i for i, _ in items])
-    volumes, problems = ct.convert_exam(exam, _reader(items), CtConfig(series="all"))
+    volumes, problems = ct_convert.convert_exam(exam, _reader(items), CtConfig(series="all"))
     assert not problems
     by_uid = {v.series_uid: v for v in volumes}
     assert_same_volume(by_uid[classic[0].SeriesInstanceUID], _classic_volume(classic))
@@ -255,11 +258,13 @@ def test_mixed_exam_classic_and_enhanced_series() -> None:
 def test_enhanced_series_with_too_few_frames_is_dropped_counting_frames() -> None:
     multi = _reload(enhanced_from_classic(make_series(SeriesSpec(n=6))))
     inst = _record(multi)
-    volumes, problems = ct.convert_exam(_exam([inst]), lambda i: to_bytes(multi), CtConfig())
+    volumes, problems = ct_convert.convert_exam(
+        _exam([inst]), lambda i: to_bytes(multi), CtConfig()
+    )
     assert not volumes
     assert len(problems) == 1 and problems[0].action is Action.DROPPED
     assert "only 6 usable slice(s), fewer than ct.min_slices=10" in problems[0].reason
-    volumes, problems = ct.convert_exam(
+    volumes, problems = ct_convert.convert_exam(
         _exam([inst]), lambda i: to_bytes(multi), CtConfig(min_slices=6)
     )
     assert len(volumes) == 1 and volumes[0].size_xyz[2] == 6 and not problems
@@ -272,7 +277,7 @@ def test_localizer_frames_and_bad_headers_are_audit_rows() -> None:
         FrameType=["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
     )
     multi = _reload(multi)
-    volumes, problems = ct.convert_exam(
+    volumes, problems = ct_convert.convert_exam(
         _exam([_record(multi)]), lambda i: to_bytes(multi), CtConfig()
     )
     assert volumes[0].size_xyz[2] == 12  # the gap left by the localizer frame is filled
@@ -280,7 +285,7 @@ def test_localizer_frames_and_bad_headers_are_audit_rows() -> None:
 
     broken = _reload(enhanced_from_classic(slices))
     del broken.PerFrameFunctionalGroupsSequence[-1]
-    volumes, problems = ct.convert_exam(
+    volumes, problems = ct_convert.convert_exam(
         _exam([_record(broken)]), lambda i: to_bytes(broken), CtConfig()
     )
     assert not volumes and len(problems) == 1 and problems[0].action is Action.ERROR
@@ -292,7 +297,7 @@ def test_localizer_frames_and_bad_headers_are_audit_rows() -> None:
 
 def test_unexpanded_enhanced_instance_is_named_in_selection() -> None:
     multi = _reload(enhanced_from_classic(make_series(SeriesSpec(n=12))))
-    _, problems = ct.select_series([_record(multi)], CtConfig())
+    _, problems = ct_select.select_series([_record(multi)], CtConfig())
     assert "Enhanced CT Image Storage (multi-frame) not expanded" in problems[0].reason
 
 
@@ -303,10 +308,10 @@ def test_enhanced_build_peaks_at_two_volumes() -> None:
     data = to_bytes(multi)
     frames = enhanced.frame_records(_record(multi), multi)
     del multi
-    ct.convert_series(frames[:1], lambda inst: data, CtConfig(min_slices=1))  # imports done
+    ct_convert.convert_series(frames[:1], lambda inst: data, CtConfig(min_slices=1))  # imports done
     tracemalloc.start()
     try:
-        vol, _ = ct.convert_series(frames, lambda inst: bytes(bytearray(data)), CtConfig())
+        vol, _ = ct_convert.convert_series(frames, lambda inst: bytes(bytearray(data)), CtConfig())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -330,7 +335,7 @@ def test_enhanced_parts_of_a_split_scan_are_stitched_like_classic_ones() -> None
         for k, p in enumerate(parts)
     ]
     items = list(zip(records, parts, strict=True))
-    volumes, problems = ct.convert_exam(_exam(records), _reader(items), CtConfig())
+    volumes, problems = ct_convert.convert_exam(_exam(records), _reader(items), CtConfig())
     assert len(volumes) == 1, problems
     assert volumes[0].stitched_series == tuple(p.SeriesInstanceUID for p in parts)
     np.testing.assert_array_equal(volumes[0].array, _classic_volume(slices).array)

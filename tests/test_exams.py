@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hiroml.config import ExamsConfig
-from hiroml.exams import (
+from hiroml.exams.rules import (
     REASON_ALL_SHARED,
     REASON_CROSS_BATCH,
     REASON_CT_SPLIT,
@@ -23,8 +23,8 @@ from hiroml.exams import (
     REASON_PEDIATRIC,
     REASON_UNKNOWN_ZIP,
     ExamsResult,
-    build_exams,
 )
+from hiroml.exams.stage import build_exams
 from hiroml.records import (
     Action,
     AuditRow,

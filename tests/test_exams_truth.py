@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from hiroml.config import ExamsConfig, IdentityConfig, IndexConfig
-from hiroml.datamart import discover
-from hiroml.exams import REASON_PARTIAL, ExamsResult, build_exams
-from hiroml.identity import join_clinical, load_remap, read_clinical
-from hiroml.index import build_index
+from hiroml.exams.rules import REASON_PARTIAL, ExamsResult
+from hiroml.exams.stage import build_exams
+from hiroml.ingest.discover import discover
+from hiroml.ingest.identity import join_clinical, load_remap, read_clinical
+from hiroml.ingest.index import build_index
 from hiroml.records import Action
 
 SEEDS = (0, 1, 2)

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hiroml.errors import HiromlError
-from hiroml.export import ExportError, cxr_uint16, export, main
-from hiroml.monai import ras_affine
-from hiroml.shards import read_sample
+from hiroml.cli.export import main
+from hiroml.data.export import cxr_uint16, export
+from hiroml.data.monai import ras_affine
+from hiroml.errors import ExportError, HiromlError
+from hiroml.store.shards import read_sample
 
 
 def test_nifti_affine_puts_every_voxel_at_its_physical_position(

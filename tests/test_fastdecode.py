@@ -1,4 +1,4 @@
-"""Tests for hiroml.fastdecode: JPEG 2000 / HTJ2K radiographs decoded at the resolution the
+"""Tests for hiroml.dicom.fastdecode: JPEG 2000 / HTJ2K radiographs decoded at the resolution the
 output needs, compared with the full decode after the converter's normalisation and resize."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 
-from hiroml import cxr, fastdecode
 from hiroml.config import CxrConfig
-from hiroml.dicom import (
+from hiroml.cxr import convert as cxr_convert
+from hiroml.dicom import fastdecode
+from hiroml.dicom.decode import (
     HTJ2K_LOSSLESS,
     JPEG_2000,
     JPEG_2000_LOSSLESS,
@@ -39,7 +40,7 @@ def j2k(arr: np.ndarray, bits: int, *, lossless: bool = True) -> bytes:
 
 
 def convert(ds: pydicom.Dataset, cfg: CxrConfig) -> Any:
-    return cxr.convert_instance(to_bytes(ds), make_inst(ds), exam_description="", cfg=cfg)
+    return cxr_convert.convert_instance(to_bytes(ds), make_inst(ds), exam_description="", cfg=cfg)
 
 
 def mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,8 +118,8 @@ def test_real_chest_cr_reduced_within_half_a_percent() -> None:
         data = fh.read()
     ds = pydicom.dcmread(path)
     cfg = CxrConfig()  # 512 x 512
-    fast = cxr.convert_instance(data, make_inst(ds), exam_description="", cfg=cfg)
-    full = cxr.convert_instance(
+    fast = cxr_convert.convert_instance(data, make_inst(ds), exam_description="", cfg=cfg)
+    full = cxr_convert.convert_instance(
         data, make_inst(ds), exam_description="", cfg=dataclasses.replace(cfg, fast_jpeg2000=False)
     )
     assert (fast.decode_reduction, full.decode_reduction) == (2, 1)
@@ -164,7 +165,7 @@ def test_cases_the_reduced_decode_does_not_cover_fall_back_with_a_reason(
             delattr(ds, key)
         else:
             setattr(ds, key, value)
-    with caplog.at_level("DEBUG", logger="hiroml.fastdecode"):
+    with caplog.at_level("DEBUG", logger="hiroml.dicom.fastdecode"):
         assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
     assert reason in caplog.text
 
@@ -174,7 +175,7 @@ def test_signed_codestream_falls_back(caplog: pytest.LogCaptureFixture) -> None:
     frame = bytes(imagecodecs.jpeg2k_encode(img, codecformat="J2K", bitspersample=12))
     win = dict(WindowCenter=0, WindowWidth=4096)
     ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=12, frame=frame, **win)
-    with caplog.at_level("DEBUG", logger="hiroml.fastdecode"):
+    with caplog.at_level("DEBUG", logger="hiroml.dicom.fastdecode"):
         assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
         assert "signed (0028,0103) Pixel Representation" in caplog.text
         ds.PixelRepresentation = 0  # header says unsigned, codestream says signed
@@ -206,7 +207,7 @@ def test_jpeg_with_12_bits_falls_back_with_a_reason(caplog: pytest.LogCaptureFix
     frame = bytes(imagecodecs.jpeg8_encode(img, level=90, bitspersample=12))
     ds = make_ds(img, ts=JPEG_EXTENDED, bits_stored=12, frame=frame, WindowCenter=2048)
     ds.WindowWidth = 4096
-    with caplog.at_level("DEBUG", logger="hiroml.fastdecode"):
+    with caplog.at_level("DEBUG", logger="hiroml.dicom.fastdecode"):
         assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
     assert "Bits Allocated/Stored (16, 12)" in caplog.text
     assert convert(ds, ON).decode_reduction == 1

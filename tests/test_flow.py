@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from hiroml import versions
-from hiroml.card import render_card
-from hiroml.flow import Flow, compute_flow, flow_svg, reason_class
+from hiroml.report.card import render_card
+from hiroml.report.flow import Flow, compute_flow, flow_svg, reason_class
+from hiroml.versions import listing as versions_listing
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -202,7 +202,7 @@ def test_dataset_card(built: Path, tiny_datamart: tuple[Path, dict[str, Any]]) -
     assert not any(k in card for k in manifest["sample_key"])
     assert not any(Path(z).name in card for z in truth["zips"])
     # the hash the publisher computed (once) is the one the card prints
-    latest = versions.find_version(built)
+    latest = versions_listing.find_version(built)
     assert latest is not None and f"| dataset_hash | {latest.dataset_hash} |" in card
 
 
@@ -225,8 +225,8 @@ def test_card_never_takes_hiroml_own_columns_for_clinical_labels() -> None:
     hiroml's, not a label: a manifest without a clinical table has no label column."""
     from dataclasses import fields
 
-    from hiroml.card import _label_columns as label_columns
     from hiroml.records import ManifestRow
+    from hiroml.report.card import _label_columns as label_columns
 
     own = [f.name for f in fields(ManifestRow)] + ["signature", "near_duplicates"]
     m = pd.DataFrame({c: [False, True] for c in own})

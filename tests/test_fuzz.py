@@ -4,8 +4,8 @@ Seeds: pydicom's CT_small.dcm and MR_small.dcm, a synthetic radiograph and a syn
 slice. Hypothesis deletes elements, replaces values by random ones (text, bytes, numbers,
 NaN, multi-values), sets the attributes the pixel code depends on to odd values, and cuts or
 flips bytes of the encoded file; the file is zipped under a valid exam name and goes through
-:func:`hiroml.index.index_zip`, then :func:`hiroml.cxr.convert_exam` and
-:func:`hiroml.ct.convert_exam`. The only acceptable outcomes are results and
+:func:`hiroml.ingest.index.index_zip`, then :func:`hiroml.cxr.convert.convert_exam` and
+:func:`hiroml.ct.convert.convert_exam`. The only acceptable outcomes are results and
 :class:`~hiroml.records.Problem` rows: never an exception.
 
 CI runs a bounded number of cases; ``scripts/fuzz_headers.py`` runs the same property for as
@@ -31,13 +31,15 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from hiroml import ct, cxr, synth
+from hiroml import synth
 from hiroml.config import CtConfig, CxrConfig, ExamsConfig, IndexConfig
-from hiroml.datamart import parse_zip_name
-from hiroml.exams import build_exams
-from hiroml.index import index_zip
+from hiroml.ct import convert as ct_convert
+from hiroml.cxr import convert as cxr_convert
+from hiroml.exams.stage import build_exams
+from hiroml.ingest.discover import parse_zip_name
+from hiroml.ingest.index import index_zip
+from hiroml.ingest.zipio import SafeZip
 from hiroml.records import Batch, BatchStatus, ExamZip, Instance, Modality
-from hiroml.zipio import SafeZip
 
 #: Attributes the indexing and pixel code read: mutated more often than the others.
 KEYWORDS = (
@@ -189,12 +191,12 @@ def check_member(data: bytes, folder: Path) -> str:
 
     made = 0
     for exam in exams:
-        images, probs = cxr.convert_exam(
+        images, probs = cxr_convert.convert_exam(
             dataclasses.replace(exam, modality=Modality.CXR), read, CXR_CFG
         )
         assert all(p.reason for p in probs)
         made += len(images)
-        volumes, probs = ct.convert_exam(exam, read, CT_CFG)
+        volumes, probs = ct_convert.convert_exam(exam, read, CT_CFG)
         assert all(p.reason for p in probs)
         made += len(volumes)
     return "converted" if made else "indexed"

@@ -1,5 +1,5 @@
 """A wrong, empty or unmounted datamart never wipes a dataset: the empty-datamart error and
-the shrink guard (hiroml.guard), on the tiny synthetic datamart."""
+the shrink guard (hiroml.store.guard), on the tiny synthetic datamart."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from conftest import MakeCfg
 
-from hiroml import build, guard
+from hiroml import pipeline as build
 from hiroml.errors import ConfigError, DatamartError, ShrinkRefusedError
-from hiroml.verify import verify
+from hiroml.store import guard
+from hiroml.store.verify import verify
 
 EARLY = "CXR-UPDATE-20200509-COMPLETE"  # holds the first copy of a cross-batch duplicate
 

@@ -1,4 +1,4 @@
-"""hiroml.halfcast: the OpenCV casts give numpy's bits, for every float16 value and a sweep
+"""hiroml.store.halfcast: the OpenCV casts give numpy's bits, for every float16 value and a sweep
 of float32 bit patterns (signed zeros, subnormals, overflow to infinity, ties)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hiroml import halfcast
+from hiroml.store import halfcast
 
 
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:

@@ -28,12 +28,12 @@ import pandas as pd
 import pytest
 from conftest import MakeCfg
 
-from hiroml import build
+from hiroml import pipeline as build
 from hiroml.config import IndexConfig
-from hiroml.datamart import discover
-from hiroml.index import index_zip
-from hiroml.shards import read_sample
-from hiroml.verify import verify
+from hiroml.ingest.discover import discover
+from hiroml.ingest.index import index_zip
+from hiroml.store.shards import read_sample
+from hiroml.store.verify import verify
 
 #: index.max_members for the hostile builds: above every normal zip of the tiny datamart
 #: (51 members at most), below the member-count zip of the corpus.
@@ -271,7 +271,7 @@ def test_an_unforeseen_error_on_one_member_is_a_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """index_zip never raises for one member, whatever pydicom does."""
-    import hiroml.index
+    import hiroml.ingest.index
 
     batch = tmp_path / "CXR-UPDATE-20200601-COMPLETE"
     batch.mkdir()
@@ -283,7 +283,7 @@ def test_an_unforeseen_error_on_one_member_is_a_problem(
     def boom(ds: Any, **kw: Any) -> Any:
         raise RecursionError("deep")
 
-    monkeypatch.setattr(hiroml.index, "instance_from_dataset", boom)
+    monkeypatch.setattr(hiroml.ingest.index, "instance_from_dataset", boom)
     zi = index_zip(path, ezip, IndexConfig())
     assert [p.member for p in zi.problems] == ["a.dcm", "b.dcm"]
     assert "unreadable DICOM (RecursionError: deep)" in zi.problems[0].reason
@@ -333,13 +333,13 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_output(
     shutil.copytree(normal, out)
     before = (out / "manifest.parquet").read_bytes()
     if where == "shards":
-        from hiroml.shards import ShardWriter
+        from hiroml.store.shards import ShardWriter
 
         monkeypatch.setattr(ShardWriter, "add", _enospc)
     else:
-        import hiroml.manifest
+        import hiroml.store.tables
 
-        monkeypatch.setattr(hiroml.manifest.pq, "write_table", _enospc)
+        monkeypatch.setattr(hiroml.store.tables.pq, "write_table", _enospc)
     # cxr.dtype changes what is stored: every radiograph task is redone
     cfg = make_cfg(root, out, "cxr.dtype=uint8", f"index.max_members={MAX_MEMBERS}")
     with pytest.raises(build.BuildError, match=f"no space left on the device of {out}"):
@@ -480,7 +480,7 @@ ALLOWED_COLUMNS = {
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
     "frame", "for_processing",  # issue 19: a frame number and a flag, computed
 }  # fmt: skip
-#: The shard metadata keys a sample may carry (hiroml.build.convert: _cxr_meta / _ct_meta).
+#: The shard metadata keys a sample may carry (hiroml.pipeline.worker: _cxr_meta / _ct_meta).
 ALLOWED_META = {
     "exam_key", "patient_id", "modality", "sop_uid", "series_uid", "view", "view_source",
     "original_shape", "pixel_spacing", "spacing_after", "photometric", "bits_stored",

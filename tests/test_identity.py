@@ -1,4 +1,4 @@
-"""Tests for hiroml.identity: the remap sheet and the clinical table.
+"""Tests for hiroml.ingest.identity: the remap sheet and the clinical table.
 
 Workbooks are written by the tests into tmp_path with openpyxl; nothing is committed.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from hiroml.config import IdentityConfig
 from hiroml.errors import ConfigError, RemapError
-from hiroml.identity import (
+from hiroml.ingest.identity import (
     REMAP_SHEET_NAME,
     RemapRow,
     RemapTable,

@@ -8,8 +8,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from hiroml.config import IndexConfig
-from hiroml.datamart import discover
-from hiroml.index import build_index, instance_from_dataset
+from hiroml.ingest.discover import discover
+from hiroml.ingest.index import build_index, instance_from_dataset
 from hiroml.records import Action
 
 BATCH = "CXR-UPDATE-20200523-COMPLETE"
@@ -162,7 +162,7 @@ def test_cache_follows_the_datamart(datamart: Path, tmp_path: Path) -> None:
 def test_raw_pixels_sliced_from_the_bytes_equal_pydicoms(name: str) -> None:
     import xxhash
 
-    from hiroml.index import read_member
+    from hiroml.ingest.index import read_member
 
     data = _dcm(name)
     ds, pixels = read_member(data, label=name)
@@ -177,7 +177,7 @@ def test_raw_pixels_sliced_from_the_bytes_equal_pydicoms(name: str) -> None:
 
 def test_encapsulated_pixels_without_delimiter_are_truncated() -> None:
     from hiroml.errors import BadInputError
-    from hiroml.index import read_member
+    from hiroml.ingest.index import read_member
 
     data = _dcm("JPEG2000.dcm")
     with pytest.raises(BadInputError, match="truncated DICOM"):
@@ -188,7 +188,7 @@ def test_encapsulated_pixels_without_delimiter_are_truncated() -> None:
 def test_header_values_read_once_are_those_of_ds_get(name: str) -> None:
     """Each header keyword is read once by tag (issue 16): the same values as ds.get (several
     values as a list, an empty element as None; tests/test_rawheader.py compares the rest)."""
-    from hiroml.index import _HEADER_KEYWORDS, _HEADER_TABLE, header_values
+    from hiroml.ingest.index import _HEADER_KEYWORDS, _HEADER_TABLE, header_values
 
     assert all(tag for _, tag, _ in _HEADER_TABLE), "a keyword that pydicom does not know"
     ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)

@@ -33,9 +33,14 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from hiroml import build, cxr, exams, linking, neardup, synth, verify
-from hiroml.build import paircache
+from hiroml import pipeline as build
+from hiroml import synth
+from hiroml.cli import verify as cli_verify
+from hiroml.cxr import pixels as cxr_pixels
 from hiroml.errors import ConfigError
+from hiroml.exams import linking, neardup, paircache
+from hiroml.exams import rules as exams_rules
+from hiroml.store import verify as store_verify
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
 SHAPE = (400, 330)  # rows, columns of the generated radiographs
@@ -153,8 +158,8 @@ def test_decoded_hash_is_the_same_in_every_lossless_syntax() -> None:
 
 def _stored(data: bytes) -> np.ndarray:
     ds = pydicom.dcmread(io.BytesIO(data))
-    arr01 = cxr.normalize_minmax(cxr.to_grayscale(cxr.decode(ds), ds))
-    small, _ = cxr.resize(arr01, (512, 512), keep_aspect=True)
+    arr01 = cxr_pixels.normalize_minmax(cxr_pixels.to_grayscale(cxr_pixels.decode(ds), ds))
+    small, _ = cxr_pixels.resize(arr01, (512, 512), keep_aspect=True)
     return small.astype(np.float16)
 
 
@@ -366,7 +371,7 @@ def test_every_lossless_copy_is_one_group_in_one_split_whatever_the_salt(
         assert len(rows) == len(copies) >= 7
         assert rows["data_hash"].nunique() == 1
         assert rows["patient_group"].nunique() == 1 and rows["split"].nunique() == 1
-        assert verify.main([str(out), "--quick"]) == 0
+        assert cli_verify.main([str(out), "--quick"]) == 0
     group = rows["patient_group"].iloc[0]
     patients = pd.read_parquet(out / "patients.parquet")
     links = patients.loc[patients["patient_group"] == group, "links"].iloc[0]
@@ -446,7 +451,7 @@ def test_verifier_fails_on_a_cross_split_data_hash_and_warns_on_near_duplicates(
     def same_hash(m: pd.DataFrame, a: int, b: int) -> None:
         m.loc[b, "data_hash"] = m.loc[a, "data_hash"]
 
-    found = verify.examine(_planted(out, tmp_path / "h", same_hash), deep=False)
+    found = store_verify.examine(_planted(out, tmp_path / "h", same_hash), deep=False)
     assert any("decoded pixels (data_hash)" in e and "in splits" in e for e in found.errors)
 
     def same_signature(m: pd.DataFrame, a: int, b: int) -> None:
@@ -454,10 +459,10 @@ def test_verifier_fails_on_a_cross_split_data_hash_and_warns_on_near_duplicates(
 
     planted = _planted(out, tmp_path / "s", same_signature)
     capsys.readouterr()
-    assert verify.main([str(planted), "--quick"]) == 0
+    assert cli_verify.main([str(planted), "--quick"]) == 0
     text = capsys.readouterr().out
     assert "warning: near duplicate across splits" in text and "rank correlation 1.000" in text
-    assert verify.main([str(planted), "--quick", "--strict"]) == 1
+    assert cli_verify.main([str(planted), "--quick", "--strict"]) == 1
     assert "error: near duplicate across splits" in capsys.readouterr().out
 
 
@@ -477,7 +482,7 @@ def test_pediatric_duplicate_in_another_transfer_syntax_is_recognised(
     m = _build(make_cfg, root, out)
     audit = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
     row = audit[audit["zip"] == second].iloc[0]
-    assert row["action"] == "duplicate" and row["reason"] == exams.REASON_PEDIATRIC
+    assert row["action"] == "duplicate" and row["reason"] == exams_rules.REASON_PEDIATRIC
     assert row["kept_as"].endswith(first) and "decoded pixels identical" in row["detail"]
     assert (m["patient_id"] == "8400").sum() == 1
 

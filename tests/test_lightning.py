@@ -1,4 +1,4 @@
-"""hiroml.lightning.HiromlDataModule: fits a tiny model with Trainer(fast_dev_run=True), is
+"""hiroml.data.lightning.HiromlDataModule: fits a tiny model with Trainer(fast_dev_run=True), is
 built from a Hydra config by _target_, and refuses bad arguments."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from hiroml.lightning import HiromlDataModule
+from hiroml.data.lightning import HiromlDataModule
 
 
 class MeanIntensity(pl.LightningModule):
@@ -73,7 +73,7 @@ def test_fit_and_test_with_fast_dev_run(tiny_build_clinical: Path) -> None:
 def test_from_a_hydra_config(tiny_build_clinical: Path) -> None:
     cfg = OmegaConf.create(
         {
-            "_target_": "hiroml.lightning.HiromlDataModule",
+            "_target_": "hiroml.data.lightning.HiromlDataModule",
             "out": str(tiny_build_clinical),
             "modality": "ct",
             "batch_size": 1,

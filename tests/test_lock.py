@@ -1,4 +1,4 @@
-"""One build per output (hiroml.lock): a second build exits 3 naming the holder, or waits;
+"""One build per output (hiroml.store.lock): a second build exits 3 naming the holder, or waits;
 a lock whose holder died is taken over with a warning."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from conftest import MakeCfg
 
-from hiroml import build
+from hiroml import pipeline as build
 from hiroml.errors import OutputLockedError
-from hiroml.lock import HOLDER_NAME, STATE_DIR, build_lock, read_holder
+from hiroml.store.lock import HOLDER_NAME, STATE_DIR, build_lock, read_holder
 
 _HOLD = """
 import sys, time
-from hiroml.lock import build_lock
+from hiroml.store.lock import build_lock
 with build_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -94,7 +94,7 @@ def test_wait_for_lock_waits_for_the_holder_then_builds(
     proc = _hold(out, 2.0)
     t0 = time.perf_counter()
     try:
-        with caplog.at_level(logging.INFO, logger="hiroml.lock"):
+        with caplog.at_level(logging.INFO, logger="hiroml.store.lock"):
             summary = build.run(make_cfg(root, out, "wait_for_lock=true"))
         assert time.perf_counter() - t0 > 1.5, "the build did not wait for the holder"
         assert proc.poll() is not None
@@ -115,7 +115,7 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(
     proc.kill()  # SIGKILL: no release, the holder file stays; the kernel frees the flock
     proc.wait()
     assert read_holder(out) is not None
-    with caplog.at_level(logging.WARNING, logger="hiroml.lock"), build_lock(out) as me:
+    with caplog.at_level(logging.WARNING, logger="hiroml.store.lock"), build_lock(out) as me:
         assert read_holder(out) == me and me.pid != proc.pid
     assert f"taking over the lock of {out}: the build pid {proc.pid} on host" in caplog.text
     assert "that process is no longer running" in caplog.text
@@ -125,7 +125,7 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(
 _HOLD_WITH_WORKER = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from hiroml.lock import build_lock
+from hiroml.store.lock import build_lock
 with build_lock(sys.argv[1]):
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
     worker = pool.submit(os.getpid).result()
@@ -150,7 +150,7 @@ def test_a_killed_builds_forked_workers_do_not_keep_the_lock(
     proc.wait()
     try:
         os.kill(worker, 0)  # the orphaned worker still runs
-        with caplog.at_level(logging.WARNING, logger="hiroml.lock"), build_lock(out):
+        with caplog.at_level(logging.WARNING, logger="hiroml.store.lock"), build_lock(out):
             pass
         assert f"the build pid {proc.pid} on host" in caplog.text
     finally:

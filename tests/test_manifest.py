@@ -15,8 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hiroml.contract import check_contract
-from hiroml.manifest import (
+from hiroml.records import Action, AuditRow
+from hiroml.store.contract import check_contract
+from hiroml.store.shards import ShardWriter
+from hiroml.store.tables import (
     AUDIT_COLUMNS,
     CT_COLUMNS,
     MANIFEST_COLUMNS,
@@ -26,8 +28,6 @@ from hiroml.manifest import (
     read_manifest,
     write_outputs,
 )
-from hiroml.records import Action, AuditRow
-from hiroml.shards import ShardWriter
 
 
 def _cxr(rng: np.random.Generator, dtype: str, size: int) -> tuple[np.ndarray, float]:
@@ -244,7 +244,7 @@ def test_patients_frame_one_row_per_group_with_ids_splits_and_counts() -> None:
 def test_numeric_list_columns_through_numpy_are_the_per_cell_arrays() -> None:
     """``_list_array``'s numpy path gives the array (or the error) the per-cell path gives,
     and takes that path for the 1,024-value signatures."""
-    from hiroml import manifest as m
+    from hiroml.store import tables as m
 
     rng = np.random.default_rng(16)
     signatures = [tuple(rng.integers(0, 256, 1024).tolist()) for _ in range(40)]
@@ -283,7 +283,7 @@ def test_numeric_list_columns_through_numpy_are_the_per_cell_arrays() -> None:
 
 def _as_list_before(v: object) -> object:
     """manifest._as_list before its shortcut for text arrays (the reference)."""
-    from hiroml import manifest as m
+    from hiroml.store import tables as m
 
     if isinstance(v, list | tuple) and len(v) == 1 and type(v[0]) is str:
         return [v[0]]
@@ -302,7 +302,7 @@ def _as_list_before(v: object) -> object:
 
 def test_cell_shortcuts_give_what_the_general_path_gives() -> None:
     """The shortcuts for text arrays read back from a manifest and for plain scalars."""
-    from hiroml import manifest as m
+    from hiroml.store import tables as m
 
     def obj(*items: object) -> np.ndarray:
         a = np.empty(len(items), dtype=object)

@@ -99,7 +99,7 @@ def test_an_installed_wheel_composes_its_configs(wheel: Path, tmp_path: Path) ->
     code = (
         "import hiroml, sys\n"
         "from hydra import compose, initialize_config_module\n"
-        "from hiroml import cli\n"
+        "from hiroml.cli import build as cli\n"
         "with initialize_config_module(version_base='1.3', config_module='hiroml.conf'):\n"
         "    c = cli.to_config(compose('build', overrides=['experiment=covid_cxr']))\n"
         "print(hiroml.__file__, c.paths.output, c.cxr.views)\n"
@@ -118,3 +118,21 @@ def test_package_version_is_pyproject_version() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert hiroml.__version__ == pyproject["project"]["version"]
+
+
+def test_the_wheel_holds_every_module(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hiroml").rglob("*.py")}
+    assert modules and modules <= names, sorted(modules - names)
+
+
+def test_pyproject_lists_every_package() -> None:
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hiroml").rglob("__init__.py")
+    }
+    assert listed == on_disk | {"hiroml.conf"}

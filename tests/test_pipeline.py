@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import MakeCfg
 
-from hiroml import build
-from hiroml.contract import check_contract
-from hiroml.verify import verify
+from hiroml import pipeline as build
+from hiroml.store.contract import check_contract
+from hiroml.store.verify import verify
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +339,7 @@ def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
     built: tuple[Path, build.BuildSummary],
 ) -> None:
     import hiroml
-    from hiroml.shards import read_sample
+    from hiroml.store.shards import read_sample
 
     out = built[0]
     m = _frame(out)
@@ -360,10 +360,10 @@ def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
 def test_every_sample_records_the_decoder_pinned_for_its_syntax(
     built: tuple[Path, build.BuildSummary],
 ) -> None:
-    """The shard meta's ``decoder`` is the one hiroml.dicom.SYNTAXES pins (CT slices of
+    """The shard meta's ``decoder`` is the one hiroml.dicom.decode.SYNTAXES pins (CT slices of
     uncompressed 16-bit data: numpy): a build that fell back to pydicom fails here."""
-    from hiroml import dicom
-    from hiroml.shards import read_sample
+    from hiroml.dicom import decode as dicom
+    from hiroml.store.shards import read_sample
 
     out = built[0]
     m = _frame(out)

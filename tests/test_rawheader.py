@@ -1,4 +1,4 @@
-"""hiroml.rawheader: the index's header values read from raw elements are what pydicom gives.
+"""hiroml.dicom.rawheader: the index's header values read from raw elements are what pydicom gives.
 
 Compared through what the index makes of them (its ``_text``/``_int``/``_floats`` readers and
 the whole :class:`hiroml.records.Instance`), over every DICOM file pydicom and pydicom-data
@@ -22,7 +22,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from hiroml import index, rawheader
+from hiroml.dicom import rawheader
+from hiroml.ingest import index
 
 _ROOTS = (
     Path(pydicom.__file__).parent / "data" / "test_files",

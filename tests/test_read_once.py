@@ -1,5 +1,5 @@
 """Read each radiograph member once (issue 14): the index converts it, the conversion takes it
-from the scratch store (hiroml.build.scratch)."""
+from the scratch store (hiroml.pipeline.scratch)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ import pandas as pd
 import pytest
 from conftest import MakeCfg
 
-from hiroml import build, cxr, shards, zipio
-from hiroml.build import scratch
+from hiroml import pipeline as build
 from hiroml.config import CxrConfig, IndexConfig
-from hiroml.datamart import discover
-from hiroml.index import index_zip
+from hiroml.cxr import convert as cxr_convert
+from hiroml.ingest import zipio
+from hiroml.ingest.discover import discover
+from hiroml.ingest.index import index_zip
+from hiroml.pipeline import scratch
 from hiroml.records import Modality
+from hiroml.store import shards
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, str]]:
@@ -115,7 +118,9 @@ def test_an_entry_is_taken_once_and_only_for_the_same_zip_and_settings(
     assert reader.take(inst) is None  # taken once
     # the same member read from the zip converts to the same frames
     with zipio.SafeZip(root / ezip.rel_path) as z:
-        frames, _ = cxr.convert_frames(z.read(inst.member), inst, exam_description="", cfg=cfg)
+        frames, _ = cxr_convert.convert_frames(
+            z.read(inst.member), inst, exam_description="", cfg=cfg
+        )
     assert [f.view for f in frames] == [f.view for f in ready.frames]
     for f, g in zip(frames, ready.frames, strict=True):
         np.testing.assert_array_equal(f.array, g.array)

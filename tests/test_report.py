@@ -13,8 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hiroml import report
-from hiroml.report import ct_planes, cxr_thumbnail, split_balance, write_report
+from hiroml.ingest.discover import REMAP_SHEET_NAME
+from hiroml.report import html as report_html
+from hiroml.report import page as report_page
+from hiroml.report.page import write_report
+from hiroml.report.sections import split_balance
+from hiroml.report.thumbnails import ct_planes, cxr_thumbnail
 
 # --------------------------------------------------------------------------- synthetic data
 
@@ -215,7 +219,7 @@ def test_report_full(tmp_path: Path) -> None:
 
     # orphans and linked ids
     orphans = text[text.index('id="orphans"') : text.index('id="groups"')]
-    assert "TE001" in orphans and report.REMAP_SHEET in orphans and "TE000" not in orphans
+    assert "TE001" in orphans and REMAP_SHEET_NAME in orphans and "TE000" not in orphans
     groups = text[text.index('id="groups"') : text.index('id="thumbs"')]
     assert "C19-OLD-0001" in groups and "TR000" in groups and "TR001" not in groups
 
@@ -223,7 +227,7 @@ def test_report_full(tmp_path: Path) -> None:
     uris = _data_uris(text)
     assert len(uris) == 16 + 3 * 3
     img = Image.open(io.BytesIO(base64.b64decode(uris[0].split(",", 1)[1])))
-    assert img.mode == "L" and max(img.size) == report.THUMB_PX
+    assert img.mode == "L" and max(img.size) == report_html.THUMB_PX
     assert "frontal · TR000" in text and "lateral · TR000" in text
 
 
@@ -356,8 +360,8 @@ def test_ct_planes_window_and_aspect() -> None:
 
 def write_output_folder(out: Path) -> dict[str, np.ndarray]:
     """A small output folder written by the real writers: shards, patients, audit, manifest."""
-    from hiroml.manifest import patients_frame, write_outputs
-    from hiroml.shards import ShardWriter
+    from hiroml.store.shards import ShardWriter
+    from hiroml.store.tables import patients_frame, write_outputs
 
     manifest, _, audit, arrays = make_tables()
     manifest["data_hash"] = ""
@@ -387,7 +391,7 @@ def test_report_from_built_output(tmp_path: Path) -> None:
     manifest = pd.read_parquet(tmp_path / "manifest.parquet")
     patients = pd.read_parquet(tmp_path / "patients.parquet")
     audit = pd.read_csv(tmp_path / "audit.csv", keep_default_na=False)
-    read = report.shard_reader(tmp_path, manifest)
+    read = report_page.shard_reader(tmp_path, manifest)
     key = "TR001_20200301-120001_A001:lateral"
     np.testing.assert_array_equal(read(key), arrays[key])
     text = write_report(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hiroml.errors import ShardError
-from hiroml.shards import (
+from hiroml.store.shards import (
     FORMAT_VERSION,
     ShardWriter,
     array_hash,
@@ -161,7 +161,7 @@ KILLED_WRITER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import numpy as np
-    from hiroml.shards import ShardWriter
+    from hiroml.store.shards import ShardWriter
 
     with ShardWriter(Path(sys.argv[1]), "cxr-new", modality="cxr", max_samples=3,
                      max_bytes=1 << 30) as w:
@@ -267,7 +267,7 @@ def test_a_failure_while_finishing_leaves_no_tmp(
 ) -> None:
     import errno
 
-    import hiroml.shards as shards_mod
+    import hiroml.store.shards as shards_mod
 
     def full(_path: object) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hiroml.config import SplitsConfig
-from hiroml.splits import assign_splits, find_leaks, group_unit, load_test_ids, split_of
+from hiroml.exams.splits import assign_splits, find_leaks, group_unit, load_test_ids, split_of
 
 GROUPS = [f"G{i:05d}" for i in range(10_000)]
 

@@ -28,6 +28,7 @@ from pydicom.uid import (
 )
 
 from hiroml import synth
+from hiroml.cli import synth as synth_cli
 
 ZIP_RE = re.compile(r"^(?P<pid>[0-9]+)_(?P<ts>\d{8}-\d{6})_(?P<hiro>A\d{3,})_(?P<desc>.+)\.zip$")
 
@@ -103,12 +104,12 @@ def test_main_writes_a_datamart_and_prints_a_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cli"
-    assert synth.main([str(out), "--seed", "3", "--size", "tiny"]) == 0
+    assert synth_cli.main([str(out), "--seed", "3", "--size", "tiny"]) == 0
     text = capsys.readouterr().out
     assert "batches" in text and "zips" in text and "instances" in text and "MB" in text
     truth = json.loads((out / synth.TRUTH_NAME).read_text())
     assert truth["seed"] == 3 and truth["size"] == "tiny"
-    assert synth.main([str(out), "--size", "tiny"]) == 2  # not empty any more
+    assert synth_cli.main([str(out), "--size", "tiny"]) == 2  # not empty any more
 
 
 # --------------------------------------------------------------------------- layout

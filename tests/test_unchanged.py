@@ -1,4 +1,4 @@
-"""Re-runs with nothing new (hiroml.build.unchanged, issue 16): the same inputs answer at once
+"""Re-runs with nothing new (hiroml.pipeline.unchanged, issue 16): the same inputs answer at once
 from the record of the last build; any change to an input, to a result-changing key or to
 the output's files builds as always."""
 
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from conftest import MakeCfg
 
-from hiroml import build
-from hiroml.build import unchanged
-from hiroml.versions import list_versions
+from hiroml import pipeline as build
+from hiroml.pipeline import unchanged
+from hiroml.versions.listing import list_versions
 
 
 @pytest.fixture()
@@ -115,10 +115,10 @@ def test_the_cli_answers_without_importing_the_build(
     dm, out, first = once
     code = (
         "import sys\n"
-        "from hiroml.cli import build\n"
+        "from hiroml.cli.build import main\n"
         f"sys.argv = ['hiroml-build', 'paths.datamart={dm}', 'paths.output={out}',\n"
         "            'progress=false', 'executor.workers=1']\n"
-        "build()\n"
+        "main()\n"
         "print('loaded:', sorted(m for m in ('pandas', 'pydicom', 'cv2') if m in sys.modules))\n"
     )
     done = subprocess.run(

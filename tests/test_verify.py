@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from test_manifest import make_output
 
-from hiroml.manifest import patients_frame, read_manifest, write_outputs
-from hiroml.shards import ShardWriter, open_shard, read_index, shard_sha256
-from hiroml.verify import examine, main, verify
+from hiroml.cli.verify import main
+from hiroml.store.shards import ShardWriter, open_shard, read_index, shard_sha256
+from hiroml.store.tables import patients_frame, read_manifest, write_outputs
+from hiroml.store.verify import examine, verify
 
 
 @pytest.fixture

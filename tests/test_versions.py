@@ -19,16 +19,24 @@ from conftest import MakeCfg
 from test_manifest import make_output
 from torch.utils.data import DataLoader
 
-from hiroml import build, faults, splits, versions
-from hiroml.dataset import HiromlDataset, load_sitk
+from hiroml import pipeline as build
+from hiroml.cli import versions as cli_versions
+from hiroml.data.dataset import HiromlDataset, load_sitk
+from hiroml.exams import splits
+from hiroml.pipeline import faults
+from hiroml.store.verify import examine_all, verify
 from hiroml.synth import write_remap_sheet
-from hiroml.verify import examine_all, verify
+from hiroml.versions import changes as versions_changes
+from hiroml.versions import hashing as versions_hashing
+from hiroml.versions import listing as versions_listing
+from hiroml.versions import pruning as versions_pruning
+from hiroml.versions import publishing as versions_publishing
 
 #: a second config that changes every task (radiographs and CT): every shard is replaced
 OTHER = ("cxr.size=[256,256]", "ct.min_slices=9")
 
 
-def _shards(out: Path, version: versions.Version) -> set[str]:
+def _shards(out: Path, version: versions_listing.Version) -> set[str]:
     return set(pd.read_parquet(version.path / "manifest.parquet")["shard"])
 
 
@@ -51,7 +59,7 @@ def test_each_changed_build_publishes_a_version_and_a_rerun_none(
     history: tuple[Path, list[build.BuildSummary]],
 ) -> None:
     out, (first, again, other) = history
-    kept = versions.list_versions(out)
+    kept = versions_listing.list_versions(out)
     assert [v.seq for v in kept] == [1, 2]
     assert first.published and first.version == kept[0].name
     assert not again.published and again.version == kept[0].name
@@ -59,7 +67,7 @@ def test_each_changed_build_publishes_a_version_and_a_rerun_none(
     assert other.published and other.version == kept[1].name
     for v in kept:
         assert v.name == f"{v.seq:04d}-{v.dataset_hash[:8]}"
-        assert v.dataset_hash == versions.dataset_hash(v.path / "manifest.parquet")
+        assert v.dataset_hash == versions_hashing.dataset_hash(v.path / "manifest.parquet")
         info = json.loads((v.path / "build.json").read_text())
         assert info["dataset_hash"] == v.dataset_hash and info["samples"] == v.samples
         assert info["config"]["versions"]["keep"] == 10
@@ -81,21 +89,21 @@ def test_dataset_hash_ignores_row_and_column_order(
 ) -> None:
     out, _ = history
     m = pd.read_parquet(out / "manifest.parquet")
-    h = versions.dataset_hash(out / "manifest.parquet")
-    assert versions.dataset_hash(m) == h
+    h = versions_hashing.dataset_hash(out / "manifest.parquet")
+    assert versions_hashing.dataset_hash(m) == h
     shuffled = m.sample(frac=1.0, random_state=3)[list(reversed(m.columns))]
-    assert versions.dataset_hash(shuffled) == h
+    assert versions_hashing.dataset_hash(shuffled) == h
     changed = m.copy()
     changed.loc[0, "split"] = "val" if changed.loc[0, "split"] != "val" else "test"
-    assert versions.dataset_hash(changed) != h
+    assert versions_hashing.dataset_hash(changed) != h
     # a shard file's checksum is the HDF5 library's byte layout, not the dataset's content
     relaid = m.copy()
     relaid.loc[0, "shard_sha256"] = "0" * 64
-    assert versions.dataset_hash(relaid) == h
-    latest = versions.find_version(out)
+    assert versions_hashing.dataset_hash(relaid) == h
+    latest = versions_listing.find_version(out)
     assert latest is not None
-    assert versions._same_checksums(latest, m)
-    assert not versions._same_checksums(latest, relaid)
+    assert versions_publishing._same_checksums(latest, m)
+    assert not versions_publishing._same_checksums(latest, relaid)
 
 
 def test_dataset_hash_is_the_one_the_first_versions_published(tmp_path: Path) -> None:
@@ -104,14 +112,14 @@ def test_dataset_hash_is_the_one_the_first_versions_published(tmp_path: Path) ->
     list, timestamps, quotes and non-ASCII text, list columns with and without nulls."""
     m = pd.read_parquet(make_output(tmp_path, n_patients=3, n_ct=1) / "manifest.parquet")
     m["signature"] = [[(i * 37 + j) % 256 for j in range(16)] for i in range(len(m))]
-    assert versions.dataset_hash(m) == (
+    assert versions_hashing.dataset_hash(m) == (
         "b554c751d841aee37fb60ca18810b462cb3f0f5f0afd10ad11dbf5f2630e131b"
     )
     m.loc[2, "signature"] = None
     m["near_duplicates"] = [["cxr-1000-1", "cxr-1001-0"] if i == 0 else [] for i in range(len(m))]
     m.at[len(m) - 1, "spacing_xyz"] = [0.7, float("nan"), 2.5]
     m.at[1, "description"] = 'caf\u00e9 "q" \\'
-    assert versions.dataset_hash(m) == (
+    assert versions_hashing.dataset_hash(m) == (
         "078a3a6d441f910495f8bdb51a6036bf6240455785e8687a07cba3cd99d282d9"
     )
 
@@ -120,7 +128,7 @@ def test_version_opens_an_older_version_after_newer_builds(
     history: tuple[Path, list[build.BuildSummary]],
 ) -> None:
     out, _ = history
-    old, new = versions.list_versions(out)
+    old, new = versions_listing.list_versions(out)
     ds_old = HiromlDataset(out, "train", version=old.seq)
     ds_new = HiromlDataset(out, "train")
     assert ds_old.version == old.name and ds_new.version == new.name
@@ -131,7 +139,9 @@ def test_version_opens_an_older_version_after_newer_builds(
     ct_key = pd.read_parquet(old.path / "manifest.parquet").query("modality == 'ct'")["sample_key"]
     img = load_sitk(out, ct_key.iloc[0], version=old.name)
     assert img.GetSize()[0] > 0
-    with pytest.raises(versions.VersionError, match=r"no version '0099'.*versions kept: 0001-"):
+    with pytest.raises(
+        versions_listing.VersionError, match=r"no version '0099'.*versions kept: 0001-"
+    ):
         HiromlDataset(out, "train", version="0099")
 
 
@@ -139,14 +149,14 @@ def test_the_diff_and_the_report_say_what_changed(
     history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = history
-    old, new = versions.list_versions(out)
-    d = versions.diff(out, old.name, new.name)
+    old, new = versions_listing.list_versions(out)
+    d = versions_changes.diff(out, old.name, new.name)
     m = pd.read_parquet(new.path / "manifest.parquet")
     # same samples, radiographs with other pixels (cxr.size changed), no split move
     assert d.samples_added == () and d.samples_removed == ()
     assert set(d.samples_changed) == set(m.loc[m["modality"] == "cxr", "sample_key"])
     assert d.moves == ()
-    assert versions.main([str(out), "--diff", "1", "2", "--json"]) == 0
+    assert cli_versions.main([str(out), "--diff", "1", "2", "--json"]) == 0
     as_json = json.loads(capsys.readouterr().out)
     assert as_json["samples_changed"] == list(d.samples_changed) and as_json["moves"] == []
     page = (new.path / "report.html").read_text()
@@ -159,17 +169,17 @@ def test_hiroml_versions_lists_newest_first_as_text_and_json(
     history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = history
-    old, new = versions.list_versions(out)
-    assert versions.main([str(out), "--json"]) == 0
+    old, new = versions_listing.list_versions(out)
+    assert cli_versions.main([str(out), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listed] == [new.name, old.name]
     for v in listed:
         assert {"version", "created", "samples", "patients", "dataset_hash", "pinned"} <= set(v)
         assert v["pinned"] is False and v["samples"] > 0 and v["patients"] > 0
-    assert versions.main([str(out)]) == 0
+    assert cli_versions.main([str(out)]) == 0
     text = capsys.readouterr().out
     assert text.index(new.name) < text.index(old.name)
-    assert versions.main([str(out), "--pin", "7"]) == 1
+    assert cli_versions.main([str(out), "--pin", "7"]) == 1
     assert "no version '7'" in capsys.readouterr().err
 
 
@@ -191,7 +201,7 @@ def test_a_reader_survives_a_rebuild_that_replaces_every_shard(
     it = iter(DataLoader(ds, batch_size=1, num_workers=workers, **extra))
     keys = [next(it)["sample_key"][0]]
     build.run(make_cfg(root, out, *OTHER))  # the weekly build, meanwhile
-    old, new = versions.list_versions(out)
+    old, new = versions_listing.list_versions(out)
     assert ds.version == old.name
     assert not _shards(out, old) & _shards(out, new), "the rebuild kept a shard"
     keys += [b["sample_key"][0] for b in it]
@@ -213,21 +223,21 @@ def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
     build.run(make_cfg(root, out, "cxr.size=[128,128]"))
-    v1, v2, v3 = versions.list_versions(out)
+    v1, v2, v3 = versions_listing.list_versions(out)
     s1, s2, s3 = (_shards(out, v) for v in (v1, v2, v3))
-    assert versions.main([str(out), "--pin", v1.name, "--note", "paper"]) == 0
-    assert versions.main([str(out), "--prune", "--keep", "1"]) == 0
+    assert cli_versions.main([str(out), "--pin", v1.name, "--note", "paper"]) == 0
+    assert cli_versions.main([str(out), "--prune", "--keep", "1"]) == 0
     assert "pruned 1 version(s) (" + v2.name in capsys.readouterr().out
-    assert [v.name for v in versions.list_versions(out)] == [v1.name, v3.name]
-    assert versions.find_version(out, v1.name).pinned  # type: ignore[union-attr]
+    assert [v.name for v in versions_listing.list_versions(out)] == [v1.name, v3.name]
+    assert versions_listing.find_version(out, v1.name).pinned  # type: ignore[union-attr]
     assert all((out / s).is_file() for s in s1 | s3)
     assert not any((out / s).exists() for s in s2 - s1 - s3)
     assert [f.errors for f in examine_all(out)] == [[], []]
     # unpinned, the next build (nothing new) prunes it to versions.keep, its shards too
-    assert versions.main([str(out), "--unpin", "1"]) == 0
+    assert cli_versions.main([str(out), "--unpin", "1"]) == 0
     done = build.run(make_cfg(root, out, "cxr.size=[128,128]", "versions.keep=1"))
     assert not done.published and done.versions_pruned == 1
-    assert [v.name for v in versions.list_versions(out)] == [v3.name]
+    assert [v.name for v in versions_listing.list_versions(out)] == [v3.name]
     on_disk = {f"shards/{p.name}" for p in (out / "shards").glob("*.h5")}
     assert on_disk == s3
     # task records of removed shards went with them: what is left is the records of the
@@ -272,13 +282,13 @@ def test_a_late_remap_joining_train_and_test_keeps_both_in_train_and_says_so(
     both = m2[m2["source_patient_id"].isin([in_train, in_test])]
     assert set(both["split"]) == {"train"} and set(both["patient_id"]) == {in_train}
     audit = pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False)
-    moved = audit[audit["reason"] == versions.SPLIT_MOVED]
+    moved = audit[audit["reason"] == versions_listing.SPLIT_MOVED]
     assert len(moved) == 1 and set(moved["action"]) == {"kept"}
     detail = moved["detail"].iloc[0]
     assert f"patient {in_test}: test -> train" in detail
     assert f"remap sheet maps {in_test} -> {in_train}" in detail
-    old, new = versions.list_versions(out)
-    d = versions.diff(out, old.name, new.name)
+    old, new = versions_listing.list_versions(out)
+    d = versions_changes.diff(out, old.name, new.name)
     assert [(x.patient_id, x.from_split, x.to_split) for x in d.moves] == [
         (in_test, "test", "train")
     ]
@@ -317,9 +327,9 @@ def test_an_output_of_the_first_release_upgrades_to_version_one(
     assert ds.version is None and len(ds) > 0
     assert verify(out) == []
     done = build.run(make_cfg(root, out, *OTHER))
-    (v,) = versions.list_versions(out)
+    (v,) = versions_listing.list_versions(out)
     assert done.published and v.seq == 1
-    assert v.dataset_hash == versions.list_versions(history[0])[-1].dataset_hash
+    assert v.dataset_hash == versions_listing.list_versions(history[0])[-1].dataset_hash
     assert "Nothing changed since the root tables" in (v.path / "report.html").read_text()
 
 
@@ -371,7 +381,7 @@ def test_a_build_killed_at_a_named_point_resumes_to_what_an_uninterrupted_build_
     ref = reference[f"keep{keep}"]
     out = tmp_path / "out"
     shutil.copytree(reference["first"], out)
-    (previous,) = versions.list_versions(out)
+    (previous,) = versions_listing.list_versions(out)
     env = {**os.environ, faults.ENV: fault}
     killed = subprocess.run(
         _cli(root, out, *OTHER, f"versions.keep={keep}"),
@@ -381,7 +391,7 @@ def test_a_build_killed_at_a_named_point_resumes_to_what_an_uninterrupted_build_
         timeout=300,
     )
     assert killed.returncode == faults.EXIT_CODE, killed.stderr
-    kept = versions.list_versions(out)
+    kept = versions_listing.list_versions(out)
     if fault.startswith("after_shards"):  # killed while converting: nothing published
         assert kept == [previous]
     elif fault == "before_root_tables":  # the new version is whole, the root still the old
@@ -397,13 +407,13 @@ def test_a_build_killed_at_a_named_point_resumes_to_what_an_uninterrupted_build_
         assert verify(out, version=previous.name) == []
         ds = HiromlDataset(out, None, version=previous.name)
         assert [ds[i]["sample_key"] for i in range(len(ds))] == ds.keys
-    assert [f.errors for f in examine_all(out)] == [[]] * len(versions.list_versions(out))
+    assert [f.errors for f in examine_all(out)] == [[]] * len(versions_listing.list_versions(out))
     latest = HiromlDataset(out, None)
     assert len([latest[i] for i in range(len(latest))]) == len(latest) > 0
     # the re-run publishes exactly what the uninterrupted build published
     build.run(make_cfg(root, out, *OTHER, f"versions.keep={keep}"))
-    want = [(v.name, v.dataset_hash) for v in versions.list_versions(ref)]
-    assert [(v.name, v.dataset_hash) for v in versions.list_versions(out)] == want
+    want = [(v.name, v.dataset_hash) for v in versions_listing.list_versions(ref)]
+    assert [(v.name, v.dataset_hash) for v in versions_listing.list_versions(out)] == want
     assert (out / "manifest.parquet").read_bytes() == (ref / "manifest.parquet").read_bytes()
     on_disk = sorted(p.name for p in (out / "shards").iterdir())
     assert on_disk == sorted(p.name for p in (ref / "shards").iterdir())
@@ -425,21 +435,21 @@ def test_readers_ignore_a_half_written_version_folder(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
-    latest = versions.list_versions(out)[-1]
+    latest = versions_listing.list_versions(out)[-1]
     (out / "versions" / ".0003-deadbeef.tmp").mkdir()  # a publish killed half way
     (out / "versions" / "0004-deadbeef").mkdir()  # no manifest: not complete
-    assert versions.find_version(out).name == latest.name  # type: ignore[union-attr]
+    assert versions_listing.find_version(out).name == latest.name  # type: ignore[union-attr]
     assert HiromlDataset(out, "train").version == latest.name
     assert torch.is_tensor(HiromlDataset(out, "train")[0]["image"])
-    versions.prune(out, 10)  # beside a build: leaves what a build may be writing
+    versions_pruning.prune(out, 10)  # beside a build: leaves what a build may be writing
     assert (out / "versions" / ".0003-deadbeef.tmp").is_dir()
-    versions.prune(out, 10, sweep=True)  # a build, holding the output, clears it
+    versions_pruning.prune(out, 10, sweep=True)  # a build, holding the output, clears it
     assert not (out / "versions" / ".0003-deadbeef.tmp").exists()
 
 
 def test_the_changes_section_escapes_what_it_shows() -> None:
-    move = versions.SplitMove("<b>1</b>", "g<1>", "test", "train", "remap <sheet>")
-    d = versions.VersionDiff(
+    move = versions_changes.SplitMove("<b>1</b>", "g<1>", "test", "train", "remap <sheet>")
+    d = versions_changes.VersionDiff(
         a="0001-aaaaaaaa",
         b="0002-bbbbbbbb",
         samples_added=("k<1>",),
@@ -449,10 +459,10 @@ def test_the_changes_section_escapes_what_it_shows() -> None:
         patients_added=("<b>1</b>",),
         patients_removed=("<i>2</i>",),
         added_per_split={"train": {"patients": 1, "samples": 1}},
-        decisions=(versions.DecisionChange("B", "z<1>.zip", "", "error: bad <tag>"),),
+        decisions=(versions_changes.DecisionChange("B", "z<1>.zip", "", "error: bad <tag>"),),
         moves=(move,),
     )
-    page = versions.changes_html(d)
+    page = versions_changes.changes_html(d)
     assert "<b>1</b>" not in page and "&lt;b&gt;1&lt;/b&gt;" in page
     assert "remap &lt;sheet&gt;" in page and "Split moves (1)" in page
     assert "Decisions that changed (1)" in page and "(absent)" in page
@@ -465,12 +475,12 @@ def test_a_build_whose_shards_vanished_publishes_nothing(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
-    before = versions.list_versions(out)
+    before = versions_listing.list_versions(out)
     m = pd.read_parquet(out / "manifest.parquet")
     m.loc[0, "split"] = "val" if m.loc[0, "split"] != "val" else "test"  # a new dataset
     (out / m.loc[0, "shard"]).unlink()
-    with pytest.raises(versions.VersionError, match="vanished while it ran"):
-        versions.publish(
+    with pytest.raises(versions_listing.VersionError, match="vanished while it ran"):
+        versions_publishing.publish(
             out,
             m,
             pd.read_parquet(out / "patients.parquet"),
@@ -479,16 +489,16 @@ def test_a_build_whose_shards_vanished_publishes_nothing(
             build_info={},
             keep=10,
         )
-    assert versions.list_versions(out) == before
+    assert versions_listing.list_versions(out) == before
 
 
 def test_hiroml_verify_checks_one_version_or_all(
     history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hiroml.verify import main as verify_main
+    from hiroml.cli.verify import main as verify_main
 
     out, _ = history
-    old, new = versions.list_versions(out)
+    old, new = versions_listing.list_versions(out)
     assert verify_main([str(out), "--all", "--quick"]) == 0
     text = capsys.readouterr().out
     assert f"version {old.name}: sound" in text and f"version {new.name}: sound" in text
@@ -503,18 +513,18 @@ def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from hiroml.lock import build_lock
+    from hiroml.store.lock import build_lock
 
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
-    before = versions.list_versions(out)
+    before = versions_listing.list_versions(out)
     # the build lock is held by another process (a build running beside the prune)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from hiroml.lock import build_lock\n"
+            "from hiroml.store.lock import build_lock\n"
             f"with build_lock({str(out)!r}):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(60)\n",
@@ -524,17 +534,19 @@ def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        assert versions.main([str(out), "--prune", "--keep", "1"]) == versions.EXIT_LOCKED
+        assert (
+            cli_versions.main([str(out), "--prune", "--keep", "1"]) == versions_listing.EXIT_LOCKED
+        )
         err = capsys.readouterr().err
         assert "hiroml-versions:" in err and "Traceback" not in err
-        assert versions.list_versions(out) == before
+        assert versions_listing.list_versions(out) == before
     finally:
         holder.kill()
         holder.wait()
     with build_lock(out):  # free again
         pass
-    assert versions.main([str(out), "--prune", "--keep", "1"]) == 0
-    assert [v.name for v in versions.list_versions(out)] == [before[-1].name]
+    assert cli_versions.main([str(out), "--prune", "--keep", "1"]) == 0
+    assert [v.name for v in versions_listing.list_versions(out)] == [before[-1].name]
 
 
 def test_dataset_hash_is_remembered_for_the_same_frame_only(
@@ -546,24 +558,26 @@ def test_dataset_hash_is_remembered_for_the_same_frame_only(
     (out / ".hiroml").mkdir(exist_ok=True)  # a build's state folder
     parquet = out / "manifest.parquet"
     frame = pd.read_parquet(parquet)
-    first = versions.remembered_dataset_hash(out, frame)
-    assert first == versions.dataset_hash(frame)
+    first = versions_hashing.remembered_dataset_hash(out, frame)
+    assert first == versions_hashing.dataset_hash(frame)
 
     def no_hashing(_: object) -> str:
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(versions, "dataset_hash", no_hashing)
-    assert versions.remembered_dataset_hash(out, pd.read_parquet(parquet)) == first
+    monkeypatch.setattr(versions_hashing, "dataset_hash", no_hashing)
+    assert versions_hashing.remembered_dataset_hash(out, pd.read_parquet(parquet)) == first
     other = frame.assign(split=["val"] * len(frame))
     with pytest.raises(AssertionError, match="hashed again"):
-        versions.remembered_dataset_hash(out, other)
+        versions_hashing.remembered_dataset_hash(out, other)
     monkeypatch.undo()
-    assert versions.remembered_dataset_hash(out, other) == versions.dataset_hash(other)
-    assert versions.remembered_dataset_hash(out, other) != first
+    assert versions_hashing.remembered_dataset_hash(out, other) == versions_hashing.dataset_hash(
+        other
+    )
+    assert versions_hashing.remembered_dataset_hash(out, other) != first
 
 
 def _text(v: Any) -> str:
-    return json.dumps(versions._canonical(versions._plain(v)), default=str)
+    return json.dumps(versions_hashing._canonical(versions_changes._plain(v)), default=str)
 
 
 def _columns_changed_by_text(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
@@ -572,7 +586,7 @@ def _columns_changed_by_text(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, in
     b = mb.drop_duplicates("sample_key").set_index(mb["sample_key"].drop_duplicates().astype(str))
     common = a.index.intersection(b.index)
     out: dict[str, int] = {}
-    for col in sorted((set(a.columns) | set(b.columns)) - versions._NOT_COMPARED):
+    for col in sorted((set(a.columns) | set(b.columns)) - versions_changes._NOT_COMPARED):
         if col not in a.columns or col not in b.columns:
             out[col] = len(common)
             continue
@@ -632,10 +646,10 @@ def test_columns_changed_counts_as_the_texts_do() -> None:
         )
 
     before, after = frame(False), frame(True)
-    got = versions._columns_changed(before, after)
+    got = versions_changes._columns_changed(before, after)
     assert got == _columns_changed_by_text(before, after)
     assert got == {
         "signature": 2, "flags": 1, "floats": 1, "text": 1, "maybe": 1, "frame": n,
         "age": 2, "mixed": 4 * (n // 6), "names": 1, "spacing": 1,
     }  # fmt: skip
-    assert versions._columns_changed(before, frame(False)) == {}
+    assert versions_changes._columns_changed(before, frame(False)) == {}

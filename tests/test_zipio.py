@@ -6,7 +6,7 @@ import pytest
 
 from hiroml.config import IndexConfig
 from hiroml.errors import BadInputError, ZipSafetyError
-from hiroml.zipio import SafeZip, unsafe_name_reason
+from hiroml.ingest.zipio import SafeZip, unsafe_name_reason
 
 
 def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:

@@ -137,7 +137,6 @@ Layout
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -194,7 +193,6 @@ __all__ = [
     "ct_stored_values",
     "dicom_bytes",
     "generate",
-    "main",
     "make_ct_image",
     "make_ct_series",
     "make_cxr",
@@ -243,29 +241,3 @@ def generate(root: str | os.PathLike[str], *, seed: int = 0, size: str = "tiny")
         time.perf_counter() - t0,
     )
     return json.loads(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``hiroml-synth OUT [--seed N] [--size tiny|demo|bench]``: write a synthetic datamart."""
-    p = argparse.ArgumentParser(prog="hiroml-synth", description=main.__doc__)
-    p.add_argument("out", help="folder to create (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=sorted(SIZES), default="demo")
-    a = p.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        truth = generate(a.out, seed=a.seed, size=a.size)
-    except (FileExistsError, ValueError) as e:
-        print(f"hiroml-synth: {e}")
-        return 2
-    c = truth["counts"]
-    print(
-        f"hiroml-synth: wrote {a.out} (seed {a.seed}, size {a.size}): {c['batches']} batches, "
-        f"{c['zips']} zips, {c['instances']} DICOM instances, {c['bytes'] / 1e6:.1f} MB in "
-        f"{time.perf_counter() - t0:.1f} s; ground truth in {Path(a.out) / TRUTH_NAME}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -32,11 +32,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from hiroml.datamart import REMAP_SHEET_NAME
+from hiroml.ingest.discover import REMAP_SHEET_NAME
 from hiroml.synth.phantoms import render_ct_slice
 
 TRUTH_NAME = "hiroml-synth-truth.json"
-REMAP_SHEET = REMAP_SHEET_NAME  # the datamart's remap sheet, named once in hiroml.datamart
+REMAP_SHEET = REMAP_SHEET_NAME  # the datamart's remap sheet, named once in hiroml.ingest.discover
 CLINICAL_NAME = "clinical.csv"
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

@@ -72,7 +72,7 @@ def phantom_chest_2d(
         att[(np.abs(x + 0.52 + j[5]) < 0.025) & (y > -0.55) & (y < 0.2)] = 0.8
     # Each person's own texture (lung markings, soft tissue): a smooth random field, +-10 %,
     # from a generator seeded by this image's jitter (the caller's stream is not consumed),
-    # so that two patients are never near duplicates of each other (hiroml.neardup).
+    # so that two patients are never near duplicates of each other (hiroml.exams.neardup).
     tex_rng = np.random.default_rng(np.frombuffer(j.tobytes(), dtype=np.uint32))
     cells = tex_rng.normal(0.0, 1.0, size=(24, 24)).astype(np.float32)
     att *= 1.0 + 0.1 * cv2.resize(cells, (w, h), interpolation=cv2.INTER_CUBIC)

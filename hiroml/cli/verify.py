@@ -1,0 +1,64 @@
+"""``hiroml-verify OUT``: the command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hiroml.exams.neardup import DEFAULT_THRESHOLD
+from hiroml.store.verify import examine, examine_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hiroml-verify OUT [--quick] [--version V | --all]``: print the offenders and exit 1,
+    or a summary and 0."""
+    from hiroml.errors import HiromlError
+
+    parser = argparse.ArgumentParser(prog="hiroml-verify", description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument(
+        "--quick", action="store_true", help="trust stored data hashes (skip re-hashing pixels)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="near-duplicate radiographs in two splits are errors (default: warnings)",
+    )
+    parser.add_argument(
+        "--near-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="rank correlation of signatures from which two radiographs are near duplicates "
+        f"(default {DEFAULT_THRESHOLD}, as splits.near_duplicate_threshold)",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", help="the version to check (default: the latest)")
+    which.add_argument("--all", action="store_true", help="check every kept version")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.near_threshold <= 1.0:
+        parser.error(f"--near-threshold {args.near_threshold}: give a value in (0, 1]")
+    near = {"strict": args.strict, "near_threshold": args.near_threshold}
+    try:
+        if args.all:
+            results = examine_all(args.out, deep=not args.quick, **near)
+        else:
+            results = [examine(args.out, deep=not args.quick, version=args.version, **near)]
+    except HiromlError as err:
+        print(f"hiroml-verify: {err}")
+        return 1
+    n_bad = 0
+    for found in results:
+        label = f"{args.out} version {found.version}" if found.version else str(args.out)
+        for w in found.warnings:
+            print(f"warning: {w}")
+        for e in found.errors:
+            print(f"error: {e}")
+        if found.errors:
+            n_bad += 1
+            print(f"{label}: NOT sound, {len(found.errors)} error(s)")
+        else:
+            print(
+                f"{label}: sound, {found.n_samples} samples in {found.n_shards} shards, "
+                f"{len(found.warnings)} warning(s)"
+            )
+    return 1 if n_bad else 0

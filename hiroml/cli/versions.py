@@ -1,0 +1,108 @@
+"""``hiroml-versions OUT``: list, diff, pin, unpin and prune versions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hiroml.errors import HiromlError, OutputLockedError
+from hiroml.versions.changes import diff
+from hiroml.versions.listing import (
+    BUILD_JSON,
+    EXIT_LOCKED,
+    VersionError,
+    find_version,
+    list_versions,
+)
+from hiroml.versions.pins import pin, unpin
+from hiroml.versions.pruning import prune
+
+
+def _default_keep(out: Path) -> int:
+    """``versions.keep`` of the latest build (its ``build.json``), else the default 10."""
+    latest = find_version(out)
+    if latest is not None:
+        try:
+            info = json.loads((latest.path / BUILD_JSON).read_text(encoding="utf-8"))
+            return int(info["config"]["versions"]["keep"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return 10
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hiroml-versions OUT [--json] [--diff A B] [--pin V] [--unpin V] [--prune]``.
+
+    ``--prune`` takes the output's build lock (:mod:`hiroml.store.lock`): it exits 3, naming the
+    holder, while a build runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="hiroml-versions",
+        description="List, compare, pin and prune the published versions of a hiroml output.",
+    )
+    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--diff", nargs=2, metavar=("A", "B"), help="what changed from A to B")
+    parser.add_argument("--pin", metavar="V", help="protect version V from pruning")
+    parser.add_argument("--note", default="", help="with --pin: why (e.g. the paper)")
+    parser.add_argument("--unpin", metavar="V", help="let version V be pruned again")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove unpinned versions beyond --keep and the shards only they named",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="versions to keep (default: the build's versions.keep)",
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    try:
+        if not out.is_dir():
+            raise VersionError(f"{out} is not a folder (give a hiroml output folder)")
+        if args.pin:
+            v = pin(out, args.pin, args.note)
+            print(f"pinned {v.name}")
+        if args.unpin:
+            v = unpin(out, args.unpin)
+            print(f"unpinned {v.name}")
+        if args.prune:
+            from hiroml.store.lock import build_lock
+
+            keep = args.keep if args.keep is not None else _default_keep(out)
+            if keep < 1:
+                raise VersionError(f"--keep {keep}: keep at least 1 version")
+            with build_lock(out):  # no build runs meanwhile: every unnamed shard can go
+                done = prune(out, keep, sweep=True, task_dir=out / ".hiroml" / "tasks")
+            print(
+                f"pruned {len(done.versions)} version(s) "
+                f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
+            )
+        if args.diff:
+            d = diff(out, args.diff[0], args.diff[1])
+            print(json.dumps(d.as_json(), indent=2) if args.json else "\n".join(d.lines()))
+            return 0
+        if args.pin or args.unpin or args.prune:
+            return 0
+        found = list_versions(out)
+        if args.json:
+            print(json.dumps([v.as_json() for v in reversed(found)], indent=2))
+            return 0
+        if not found:
+            print(f"{out}: no versions (an output of the first release, or no build yet)")
+            return 0
+        print(f"{'version':<16} {'created':<26} {'samples':>8} {'patients':>8}  pinned")
+        for v in reversed(found):
+            mark = "pinned" if v.pinned else ""
+            print(f"{v.name:<16} {v.created:<26} {v.samples:>8} {v.patients:>8}  {mark}")
+        return 0
+    except OutputLockedError as e:
+        print(f"hiroml-versions: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (HiromlError, OSError) as e:
+        print(f"hiroml-versions: {e}", file=sys.stderr)
+        return 1

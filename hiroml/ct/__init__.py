@@ -1,0 +1,2 @@
+"""CT: series selection, HU decoding, volume geometry, stitching, enhanced multi-frame objects and
+the conversion."""

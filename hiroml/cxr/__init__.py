@@ -1,0 +1,1 @@
+"""Chest radiographs: object selection, view, the pixel chain and the conversion."""

@@ -1,0 +1,1 @@
+"""DICOM: parse a member's bytes, decode its pixels, read raw header values."""

@@ -1,0 +1,367 @@
+"""The driver: discover -> index -> identity -> exams -> convert -> link -> splits ->
+manifest -> publish, under the output's lock.
+
+Conversion tasks (:mod:`hiroml.pipeline.tasks`) run through
+:func:`hiroml.pipeline.executor.map_items`, on a local process pool or a Dask cluster; tasks
+finished by an earlier run are reused. The manifest is written last, by the driver, once every task
+is done.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from hiroml.config import BuildConfig
+from hiroml.errors import BuildError
+from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
+from hiroml.pipeline import faults, scratch, unchanged
+from hiroml.pipeline.audit import problem_to_audit, split_move_rows, with_link_notes
+from hiroml.pipeline.demo import demo_datamart
+from hiroml.pipeline.publish import batches_read, publish
+from hiroml.pipeline.samples import manifest_frame, with_signatures
+from hiroml.pipeline.summary import BuildSummary, now, timed
+from hiroml.pipeline.tasks import TaskResult, TaskSpec, config_hash, load_task_record, plan_tasks
+from hiroml.pipeline.worker import run_task
+from hiroml.records import AuditRow, Modality
+from hiroml.store.lock import STATE_DIR
+
+if TYPE_CHECKING:
+    from hiroml.exams.linking import LinkResult
+    from hiroml.exams.rules import ExamsResult
+    from hiroml.ingest.discover import Discovery
+    from hiroml.ingest.identity import ClinicalJoin, ClinicalTable
+    from hiroml.ingest.index import IndexResult
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full(err: OSError, out: Path, doing: str) -> BuildError | None:
+    """A clear :class:`BuildError` when ``err`` is a full disk or an exceeded quota met while
+    writing into ``out``; None for any other OS error."""
+    text = str(err)
+    if err.errno not in _DISK_FULL and "No space left on device" not in text:
+        return None
+    return BuildError(
+        f"no space left on the device of {out} while {doing}: free some space (or set "
+        "paths.output elsewhere) and run again; the previous output is left as it was, and "
+        "the tasks already finished are reused"
+    )
+
+
+def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
+    """Run the tasks not finished by an earlier run; results in the order of ``specs``."""
+    from hiroml.pipeline.executor import map_items
+
+    done: dict[str, TaskResult] = {}
+    todo: list[TaskSpec] = []
+    for spec in specs:
+        prev = load_task_record(spec)
+        if prev is None:
+            todo.append(spec)
+        else:
+            done[spec.task_id] = prev
+    tally = [0.0, 0]  # MB read, images written
+
+    def status(result: TaskResult, seconds: float) -> str:
+        tally[0] += result.bytes_read / 1e6
+        tally[1] += len(result.samples)
+        return f"{int(tally[1])} images, {tally[0] / max(seconds, 1e-9):.1f} MB/s in"
+
+    results = map_items(
+        run_task,
+        todo,
+        cfg.executor,
+        # Largest first (bytes of DICOM to convert): a big CT task started last would leave
+        # the other workers idle at the end. Results are re-ordered below.
+        weight=lambda s: sum(i.member_size for e in s.exams for i in e.instances),
+        step=lambda s: len(s.exams),
+        desc=f"convert {len(todo)} tasks",
+        unit="exam",
+        progress=cfg.progress,
+        status=status,
+    )
+    for _spec, result in results:
+        done[result.task_id] = result
+        faults.point("after_shards")
+    return [done[s.task_id] for s in specs]
+
+
+def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
+    """Build (or bring up to date) the dataset described by ``cfg``.
+
+    With ``cfg.skip_unchanged`` (and ``check_unchanged``, which ``hiroml-build`` turns off
+    once it has checked before importing this module), a run whose inputs are those of the
+    latest version's build answers at once (:mod:`hiroml.pipeline.unchanged`).
+
+    The datamart is listed first: a missing one, or one without any batch folder, raises
+    :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
+    the output's lock (:mod:`hiroml.store.lock`; :class:`~hiroml.errors.OutputLockedError` when
+    another build holds it) until it ends. Raises :class:`~hiroml.errors.BuildError` when the
+    build cannot complete and :class:`~hiroml.errors.ShrinkRefusedError` when it would remove
+    too much of the previous dataset (:mod:`hiroml.store.guard`); the previous output stays readable
+    in every case, since the manifest is replaced last and atomically.
+    """
+    import cv2
+
+    from hiroml.ingest import discover as datamart
+    from hiroml.store.lock import build_lock
+
+    if check_unchanged and cfg.skip_unchanged:
+        same = unchanged.answer(cfg)
+        if same is not None:
+            return same
+    # The driver decodes a few members itself (the pediatric check) and then forks the
+    # conversion workers: OpenCV's thread pool must not exist in it when it forks, or a child
+    # inherits the pool's locks without its threads and hangs in cv2.setNumThreads.
+    cv2.setNumThreads(1)
+    t_start = time.perf_counter()
+    started = now()
+    root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)
+    t = time.perf_counter()
+    found = datamart.discover(root)  # a missing or empty datamart stops here
+    t_discover = time.perf_counter() - t
+    out = Path(cfg.paths.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out, wait=cfg.wait_for_lock):
+        summary = BuildSummary(started=started)
+        summary.stage_seconds["discover"] = t_discover
+        return _build(cfg, root, out, found, summary, t_start)
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What the stages before conversion found: the index, the exams and their audit."""
+
+    indexed: IndexResult
+    exams: ExamsResult
+    joined: ClinicalJoin
+    clinical: ClinicalTable | None  # None without paths.clinical
+    audit: tuple[AuditRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """The three output tables, and the links that made the patient groups."""
+
+    manifest: pd.DataFrame
+    patients: pd.DataFrame
+    audit: pd.DataFrame
+    linked: LinkResult
+
+
+def _build(
+    cfg: BuildConfig,
+    root: Path,
+    out: Path,
+    found: Discovery,
+    summary: BuildSummary,
+    t_start: float,
+) -> BuildSummary:
+    """The build itself, under the output's lock (see :func:`run`)."""
+    summary.datamart, summary.output = str(root), str(out)
+    summary.batches_read = sum(b.status == "COMPLETE" for b in found.batches)
+    summary.batches_skipped = len(found.batches) - summary.batches_read
+    summary.zips = len(found.zips)
+    inputs = _read_inputs(cfg, root, out, found, summary)
+    t = time.perf_counter()
+    specs = plan_tasks(inputs.joined.exams, cfg, root=str(root), out_dir=str(out))
+    summary.tasks = len(specs)
+    try:
+        results = execute(specs, cfg)
+    except OSError as err:
+        full = _disk_full(err, out, "writing shards")
+        if full is None:
+            raise
+        raise full from err
+    finally:
+        summary.read_once_unused = scratch.sweep(out)
+    summary.tasks_reused = sum(r.reused for r in results)
+    t = timed(summary, "convert", t)
+    tables = _tables(cfg, out, inputs, results, summary)
+    _count(cfg, summary, tables, results)
+    _refuse_to_publish(cfg, summary, tables)
+    t = timed(summary, "manifest", t)
+    _publish(cfg, out, found, inputs, results, tables, summary, t_start)
+    timed(summary, "report", t)
+    summary.seconds = time.perf_counter() - t_start
+    shards = set(tables.manifest["shard"].astype(str)) if len(tables.manifest) else set()
+    unchanged.remember(cfg, root, out, found, summary, shards)
+    return summary
+
+
+def _read_inputs(
+    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary
+) -> _Inputs:
+    """Index the zips, read the remap sheet and the clinical table, and make the exams."""
+    from hiroml.exams import rules as exams_rules
+    from hiroml.exams import stage as exams_stage
+    from hiroml.ingest import identity
+    from hiroml.ingest.index import build_index
+
+    t = time.perf_counter()
+    prepare = scratch.Preparer(str(scratch.scratch_dir(out)), cfg.cxr) if cfg.cxr.enabled else None
+    indexed = build_index(
+        root,
+        found.zips,
+        db_path=cfg.paths.index_db or str(out / STATE_DIR / "index.sqlite"),
+        limits=cfg.index,
+        executor=cfg.executor,
+        progress=cfg.progress,
+        on_member=prepare,
+    )
+    summary.read_once = scratch.count(out)
+    summary.zips_indexed_now = indexed.read
+    summary.instances = len(indexed.instances)
+    t = timed(summary, "index", t)
+
+    sheet = Path(cfg.paths.remap_sheet) if cfg.paths.remap_sheet else None
+    remap, remap_problems = identity.load_remap(root, sheet, cfg.identity)
+    clinical = (
+        identity.read_clinical(Path(cfg.paths.clinical), cfg.identity)
+        if cfg.paths.clinical
+        else None
+    )
+    decoded = decode_pediatric_candidates(root, found.zips, indexed.instances, remap, cfg.index)
+    result = exams_stage.build_exams(
+        found.zips, indexed.instances, remap, cfg.exams, decoded=decoded
+    )
+    joined = identity.join_clinical(result.exams, clinical, cfg.identity)
+    timed(summary, "exams", t)
+
+    audit: list[AuditRow] = [problem_to_audit(p) for p in found.problems]
+    audit += [problem_to_audit(p) for p in indexed.problems]
+    audit += [problem_to_audit(p) for p in remap_problems]
+    # A zip the index could not read already has its precise error rows: the exams stage's
+    # generic "no DICOM instance indexed" row would only repeat them.
+    reported = {(p.batch, p.zip) for p in indexed.problems}
+    audit += [
+        r
+        for r in result.audit
+        if not (r.code == exams_rules.CODE_NO_INSTANCES and (r.batch, r.zip) in reported)
+    ]
+    audit += list(joined.audit)
+    return _Inputs(indexed, result, joined, clinical, tuple(audit))
+
+
+def _tables(
+    cfg: BuildConfig,
+    out: Path,
+    inputs: _Inputs,
+    results: Sequence[TaskResult],
+    summary: BuildSummary,
+) -> _Tables:
+    """Link patient groups by pixels, assign splits, and make the three output tables."""
+    from hiroml.store.tables import audit_frame, patients_frame
+
+    joined = inputs.joined
+    audit = list(inputs.audit)
+    for r in results:
+        audit += [problem_to_audit(p, exam_key=k) for k, p in r.problems]
+    exam_by_key = {e.exam_key: e for e in joined.exams}
+    linked, signatures = link_by_pixels(cfg, results, exam_by_key, inputs.exams.group_of, out)
+    audit = with_link_notes(audit, linked)
+    split_of, members = assign_splits(cfg, joined.exams, linked.group_of, inputs.clinical, out)
+    moves = split_move_rows(out, joined.exams, split_of, members)
+    audit += moves
+    summary.split_moves = len(moves)
+    manifest = manifest_frame(
+        results,
+        exam_by_key,
+        linked.group_of,
+        split_of,
+        joined.days,
+        set(joined.orphans),
+        inputs.clinical.labels if inputs.clinical is not None else None,
+    )
+    manifest = with_signatures(manifest, signatures, linked)
+    patients = patients_frame(manifest, members)
+    by_group = linked.texts_by_group()
+    patients["links"] = [by_group.get(str(g), []) for g in patients["patient_group"]]
+    return _Tables(manifest, patients, audit_frame(audit), linked)
+
+
+def _count(
+    cfg: BuildConfig, summary: BuildSummary, tables: _Tables, results: Sequence[TaskResult]
+) -> None:
+    """The summary's counts of samples, audit actions, links and patients per split."""
+    from hiroml.exams import linking
+
+    manifest, audit_df, patients = tables.manifest, tables.audit, tables.patients
+    links = tables.linked.links
+    summary.pixel_links = sum(k.kind == linking.SAME_PIXELS for k in links)
+    summary.near_duplicates = tables.linked.near_pairs
+    summary.cxr_images = int((manifest["modality"] == "cxr").sum()) if len(manifest) else 0
+    summary.ct_volumes = int((manifest["modality"] == "ct").sum()) if len(manifest) else 0
+    summary.errors = int((audit_df["action"] == "error").sum())
+    summary.dropped = int((audit_df["action"] == "dropped").sum())
+    summary.duplicates = int((audit_df["action"] == "duplicate").sum())
+    summary.merged = int((audit_df["action"] == "merged").sum())
+    summary.exams = len({s.exam_key for r in results for s in r.samples})
+    summary.patients_per_split = {
+        s: int((patients["split"] == s).sum()) for s in ("train", "val", "test")
+    }
+    summary.config_hash = {m.value: config_hash(m, cfg) for m in Modality}
+
+
+def _refuse_to_publish(cfg: BuildConfig, summary: BuildSummary, tables: _Tables) -> None:
+    """Raise :class:`BuildError` for a leaking dataset, or for input errors with strict=true."""
+    from hiroml.exams import splits
+
+    manifest, audit_df = tables.manifest, tables.audit
+    leaks = splits.find_leaks(manifest) if len(manifest) else []
+    if leaks:  # never publish a leaking dataset
+        raise BuildError("patient leakage across splits: " + "; ".join(leaks[:10]))
+    if cfg.strict and summary.errors:
+        first = audit_df[audit_df["action"] == "error"].head(5)
+        raise BuildError(
+            f"strict=true and {summary.errors} input error(s); the previous output is left as "
+            "it was. First: "
+            + " | ".join(f"{z}: {r}" for z, r in zip(first["zip"], first["reason"], strict=True))
+        )
+
+
+def _publish(
+    cfg: BuildConfig,
+    out: Path,
+    found: Discovery,
+    inputs: _Inputs,
+    results: Sequence[TaskResult],
+    tables: _Tables,
+    summary: BuildSummary,
+    t_start: float,
+) -> None:
+    """Check the shrink guard, then publish the version; the summary records which."""
+    from hiroml.store import guard
+
+    summary.shrink = guard.check_shrink(
+        out, tables.manifest, tables.audit, batches_read(found), cfg
+    )
+    summary.seconds = time.perf_counter() - t_start
+    try:
+        published = publish(
+            cfg,
+            out,
+            tables.manifest,
+            tables.patients,
+            tables.audit,
+            summary,
+            found,
+            results,
+            inputs.joined.orphan_advice,
+            links=tables.linked.links,
+        )
+    except OSError as err:
+        full = _disk_full(err, out, "writing the report and manifest")
+        if full is None:
+            raise
+        raise full from err
+    summary.version = published.version.name
+    summary.published = published.new
+    summary.versions_pruned = len(published.pruned.versions)

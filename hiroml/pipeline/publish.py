@@ -1,0 +1,134 @@
+"""Publishing a build: its version folder with the report and ``build.json``
+(:func:`hiroml.versions.publishing.publish`), then the root tables, then pruning to
+``versions.keep``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from hiroml.config import BuildConfig
+from hiroml.exams.linking import GroupLink
+from hiroml.pipeline.summary import BuildSummary, jsonable_summary
+from hiroml.pipeline.tasks import TaskResult
+from hiroml.report.card import settings_of
+from hiroml.store.lock import STATE_DIR
+
+if TYPE_CHECKING:
+    from hiroml.ingest.discover import Discovery
+    from hiroml.versions.publishing import Published
+
+
+def publish(
+    cfg: BuildConfig,
+    out: Path,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    summary: BuildSummary,
+    found: Discovery,
+    results: Sequence[TaskResult],
+    orphan_advice: str,
+    *,
+    links: Sequence[GroupLink] = (),
+) -> Published:
+    """Publish the build as a version (:func:`hiroml.versions.publishing.publish`): its folder with
+    the report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
+    from hiroml.versions import publishing as versions_publishing
+
+    def write_report(folder: Path, version: str, changes: str, digest: str) -> None:
+        shown = dataclasses.replace(summary, version=version, published=True)
+        _write_report(
+            out,
+            manifest,
+            patients,
+            audit,
+            shown,
+            orphan_advice,
+            folder=folder,
+            changes=changes,
+            links=links,
+            settings=settings_of(cfg),
+            dataset_hash=digest,
+        )
+
+    build_info = {
+        "config": dataclasses.asdict(cfg),
+        "inputs": {
+            "batches": sorted(b.name for b in found.batches if b.status == "COMPLETE"),
+            "batches_skipped": sorted(b.name for b in found.batches if b.status != "COMPLETE"),
+            "zips": len(found.zips),
+            "instances": summary.instances,
+        },
+        "timings": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
+        "summary": {
+            k: v
+            for k, v in jsonable_summary(summary).items()
+            if k not in ("version", "published", "versions_pruned")
+        },
+    }
+    return versions_publishing.publish(
+        out,
+        manifest,
+        patients,
+        audit,
+        write_report=write_report,
+        build_info=build_info,
+        keep=cfg.versions.keep,
+        live_shards=set(manifest["shard"]) | {s for r in results for s in r.shards},
+        live_tasks={r.task_id for r in results},
+        task_dir=out / STATE_DIR / "tasks",
+    )
+
+
+def batches_read(found: Discovery) -> list[str]:
+    """Names of the COMPLETE batch folders a discovery read."""
+    return [b.name for b in found.batches if b.status == "COMPLETE"]
+
+
+def _write_report(
+    out: Path,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    summary: BuildSummary,
+    orphan_advice: str,
+    *,
+    folder: Path | None = None,
+    changes: str = "",
+    links: Sequence[GroupLink] = (),
+    settings: Mapping[str, Any] | None = None,
+    dataset_hash: str = "",
+) -> None:
+    """The report of a build, written into ``folder`` (default ``out``); thumbnails are
+    read from the shards under ``out``."""
+    from hiroml.report import neardup as report_neardup
+    from hiroml.report import page as report_page
+    from hiroml.store.shards import read_sample
+
+    shard_of = dict(zip(manifest["sample_key"], manifest["shard"], strict=True))
+
+    def read_array(key: str) -> np.ndarray:
+        arr, _ = read_sample(out / shard_of[key], key)
+        return arr
+
+    info = jsonable_summary(summary)
+    if orphan_advice:
+        info["orphans"] = orphan_advice
+    report_page.write_report(
+        folder or out,
+        changes=changes,
+        manifest=manifest,
+        patients=patients,
+        audit=audit,
+        summary=info,
+        read_array=read_array,
+        near_duplicates=report_neardup.near_duplicate_frame(links),
+        settings=settings,
+        dataset_hash=dataset_hash,
+    )

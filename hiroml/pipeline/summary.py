@@ -1,0 +1,139 @@
+"""What a build did: :class:`BuildSummary`, its stage timings and its JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hiroml._version import __version__
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, for the closing summary and the report."""
+
+    datamart: str = ""
+    output: str = ""
+    started: str = ""
+    seconds: float = 0.0
+    batches_read: int = 0
+    batches_skipped: int = 0
+    zips: int = 0
+    zips_indexed_now: int = 0
+    instances: int = 0
+    exams: int = 0
+    duplicates: int = 0
+    merged: int = 0
+    tasks: int = 0
+    tasks_reused: int = 0
+    cxr_images: int = 0
+    ct_volumes: int = 0
+    errors: int = 0
+    dropped: int = 0
+    pixel_links: int = 0  # patient groups joined by identical decoded pixels
+    near_duplicates: int = 0  # near-duplicate pairs across patient groups (linked or not)
+    patients_per_split: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    config_hash: dict[str, str] = field(default_factory=dict)
+    # What the shrink guard let through (hiroml.store.guard): empty when nothing was lost.
+    shrink: dict[str, Any] = field(default_factory=dict)
+    version: str = ""  # the latest version after this build
+    published: bool = False  # False: the result equals the latest version, none published
+    split_moves: int = 0
+    versions_pruned: int = 0
+    # Read once (issue 14): radiographs converted in the index's read, and how many of those
+    # no conversion took (duplicate copies, dropped exams, reused tasks): converted for nothing.
+    read_once: int = 0
+    read_once_unused: int = 0
+    # The inputs were those of the build that made the latest version (hiroml.pipeline.unchanged):
+    # nothing was read or written; the counts are that build's.
+    unchanged: bool = False
+
+    def lines(self) -> list[str]:
+        if self.unchanged:
+            return self._unchanged_lines()
+        split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
+        return [
+            f"hiroml {__version__}: built {self.output} from {self.datamart} "
+            f"in {self.seconds:.1f} s",
+            f"  batches read {self.batches_read}, skipped {self.batches_skipped}; "
+            f"zips {self.zips} ({self.zips_indexed_now} indexed now); instances {self.instances}",
+            f"  exams kept {self.exams}, duplicates {self.duplicates}, merged {self.merged}",
+            f"  written: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes "
+            f"({self.tasks} tasks, {self.tasks_reused} reused from an earlier run)",
+            f"  dropped {self.dropped}, errors {self.errors} (see audit.csv / report.html)",
+            f"  patient groups joined by identical pixels {self.pixel_links}; near-duplicate "
+            f"pairs across groups {self.near_duplicates}",
+            f"  patients per split: {split}",
+            f"  time per stage: {stages}",
+            f"  radiographs converted in the index's read {self.read_once}, "
+            f"{self.read_once_unused} of them for nothing (duplicate copies, dropped exams)",
+            *self._shrink_lines(),
+            *self._version_lines(),
+        ]
+
+    def _unchanged_lines(self) -> list[str]:
+        split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
+        return [
+            f"hiroml {__version__}: {self.output} is up to date with {self.datamart} "
+            f"(checked in {self.seconds:.1f} s)",
+            f"  same {self.zips} zips in {self.batches_read} batches, same remap sheet, "
+            "clinical table, configuration and hiroml version as the build of version "
+            f"{self.version}: nothing read again (skip_unchanged=false builds anyway)",
+            f"  that build: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes; "
+            f"dropped {self.dropped}, errors {self.errors}; patients per split: {split}",
+            f"  nothing changed since version {self.version}: no new version published",
+        ]
+
+    def _shrink_lines(self) -> list[str]:
+        s = self.shrink
+        if not s:
+            return []
+        gone = ", ".join(s.get("missing_batches", [])) or "none"
+        return [
+            f"  SHRINK published ({s.get('allowed_by')}): {s.get('unexplained_samples')} of "
+            f"{s.get('previous_samples')} previous samples and {s.get('unexplained_patients')} "
+            f"of {s.get('previous_patients')} patients removed without an explanation; "
+            f"batch folders gone: {gone}"
+        ]
+
+    def _version_lines(self) -> list[str]:
+        if not self.version:
+            return []
+        head = (
+            f"  version {self.version} published"
+            if self.published
+            else f"  nothing changed since version {self.version}: no new version published"
+        )
+        tail = f"; {self.versions_pruned} old version(s) pruned" if self.versions_pruned else ""
+        moves = (
+            f"; {self.split_moves} patient(s) changed split (see the audit)"
+            if self.split_moves
+            else ""
+        )
+        return [head + moves + tail]
+
+
+def timed(summary: BuildSummary, stage: str, t0: float) -> float:
+    """Add the seconds since ``t0`` (``time.perf_counter``) to ``stage``; the time now."""
+    t = time.perf_counter()
+    summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + t - t0
+    return t
+
+
+def jsonable_summary(summary: BuildSummary) -> dict[str, Any]:
+    """The summary as JSON-ready values, stage times rounded to 0.01 s."""
+    d = dataclasses.asdict(summary)
+    d["stage_seconds"] = {k: round(v, 2) for k, v in summary.stage_seconds.items()}
+    if not summary.shrink:  # the report shows a shrink only when one was published
+        del d["shrink"]
+    return d
+
+
+def now() -> str:
+    """The local time, ISO 8601 to the second."""
+    return dt.datetime.now().isoformat(timespec="seconds")

@@ -1,0 +1,202 @@
+"""Task planning and task records.
+
+The unit of parallel work is a :class:`TaskSpec`: a group of exams of one modality from one
+batch, converted into one shard file (more if it rolls over). Each finished task leaves a
+small JSON record next to its shards (``<out>/.hiroml/tasks/<task_id>.json``); a re-run whose
+task has the same id (same exams, same instances, same conversion config) reuses it, so a
+weekly re-run converts only new exams and a re-run after a crash finishes the work without
+redoing completed shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
+from hiroml.records import Action, Exam, Modality, Problem, SampleRecord
+from hiroml.store.atomic import write_text_atomic
+from hiroml.store.lock import STATE_DIR
+
+log = logging.getLogger(__name__)
+
+# Bump when the conversion code changes what it stores: every task is then redone.
+CONVERTER_VERSION = "3"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything a worker needs to convert a group of exams into shards."""
+
+    task_id: str
+    modality: Modality
+    root: str
+    out_dir: str
+    exams: tuple[Exam, ...]
+    cxr: CxrConfig
+    ct: CtConfig
+    shards: ShardsConfig
+    limits: IndexConfig
+    config_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What a finished task hands the driver (and what its record stores)."""
+
+    task_id: str
+    samples: tuple[SampleRecord, ...]
+    problems: tuple[tuple[str, Problem], ...]  # (exam_key, problem)
+    shards: tuple[str, ...]
+    seconds: float
+    bytes_read: int
+    reused: bool = False
+
+
+def config_hash(modality: Modality, cfg: BuildConfig) -> str:
+    """Hash of everything that changes what a task of ``modality`` stores."""
+    section: Any = cfg.cxr if modality is Modality.CXR else cfg.ct
+    shards = dataclasses.asdict(cfg.shards)
+    payload = json.dumps(
+        [CONVERTER_VERSION, str(modality), dataclasses.asdict(section), shards],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def _exam_fingerprint(exam: Exam) -> list[Any]:
+    return [
+        exam.exam_key,
+        exam.patient_id,
+        exam.source_patient_id,
+        exam.description,
+        exam.time.isoformat(),
+        sorted(
+            (i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size) for i in exam.instances
+        ),
+    ]
+
+
+def plan_tasks(
+    exams: Sequence[Exam], cfg: BuildConfig, *, root: str, out_dir: str
+) -> list[TaskSpec]:
+    """Group exams into tasks: per modality and primary batch, ``exams_per_task`` at a time
+    in exam-key order, so that a new weekly batch makes new tasks and leaves old ones be."""
+    specs: list[TaskSpec] = []
+    by_key: dict[tuple[Modality, str], list[Exam]] = {}
+    for e in sorted(exams, key=lambda e: e.exam_key):
+        if (e.modality is Modality.CXR and not cfg.cxr.enabled) or (
+            e.modality is Modality.CT and not cfg.ct.enabled
+        ):
+            continue
+        by_key.setdefault((e.modality, e.batch), []).append(e)
+    for (modality, _batch), group in sorted(by_key.items()):
+        per = (
+            cfg.executor.exams_per_task
+            if modality is Modality.CXR
+            else cfg.executor.ct_exams_per_task
+        )
+        chash = config_hash(modality, cfg)
+        for i in range(0, len(group), per):
+            chunk = tuple(group[i : i + per])
+            fp = json.dumps([chash, [_exam_fingerprint(e) for e in chunk]], sort_keys=True)
+            task_id = f"{modality}-{hashlib.sha1(fp.encode()).hexdigest()[:20]}"
+            specs.append(
+                TaskSpec(
+                    task_id=task_id,
+                    modality=modality,
+                    root=root,
+                    out_dir=out_dir,
+                    exams=chunk,
+                    cxr=cfg.cxr,
+                    ct=cfg.ct,
+                    shards=cfg.shards,
+                    limits=cfg.index,
+                    config_hash=chash,
+                )
+            )
+    return specs
+
+
+def _record_path(out_dir: str, task_id: str) -> Path:
+    return Path(out_dir) / STATE_DIR / "tasks" / f"{task_id}.json"
+
+
+def load_task_record(spec: TaskSpec) -> TaskResult | None:
+    """The record of a task finished by an earlier run, if it and its shards are whole."""
+    path = _record_path(spec.out_dir, spec.task_id)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        result = _result_from_json(data)
+    except (KeyError, TypeError, ValueError):
+        log.warning("task record %s is unreadable: the task is redone", path)
+        return None
+    if not all((Path(spec.out_dir) / s).is_file() for s in result.shards):
+        return None
+    return dataclasses.replace(result, reused=True)
+
+
+def save_task_record(out_dir: str, result: TaskResult) -> None:
+    path = _record_path(out_dir, result.task_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(_result_to_json(result)))
+
+
+#: field names of the records a task record stores (their values are scalars or flat tuples
+#: of scalars, which ``json.dumps`` writes as lists: no ``dataclasses.asdict`` deep copy)
+_SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
+_PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
+
+
+def _flat(record: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(record, n) for n in names}
+
+
+def _result_to_json(r: TaskResult) -> dict[str, Any]:
+    return {
+        "task_id": r.task_id,
+        "samples": [_flat(s, _SAMPLE_FIELDS) for s in r.samples],
+        "problems": [[k, _flat(p, _PROBLEM_FIELDS)] for k, p in r.problems],
+        "shards": list(r.shards),
+        "seconds": r.seconds,
+        "bytes_read": r.bytes_read,
+    }
+
+
+def _tuple_or_none(v: Any) -> tuple[Any, ...] | None:
+    return None if v is None else tuple(v)
+
+
+def _result_from_json(d: dict[str, Any]) -> TaskResult:
+    samples = []
+    for s in d["samples"]:
+        for k in ("shape", "sop_uids", "pixel_hashes", "notes"):
+            s[k] = tuple(s[k])
+        s["signature"] = tuple(s.get("signature") or ())  # absent from older task records
+        for k in ("stitched_series", "seams_mm", "seam_slices"):
+            s[k] = tuple(s.get(k, ()))
+        for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
+            s[k] = _tuple_or_none(s[k])
+        samples.append(SampleRecord(**s))
+    problems = []
+    for key, p in d["problems"]:
+        p["action"] = Action(p["action"])
+        problems.append((key, Problem(**p)))
+    return TaskResult(
+        task_id=d["task_id"],
+        samples=tuple(samples),
+        problems=tuple(problems),
+        shards=tuple(d["shards"]),
+        seconds=float(d["seconds"]),
+        bytes_read=int(d["bytes_read"]),
+    )

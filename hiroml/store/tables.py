@@ -1,0 +1,308 @@
+"""The output tables of docs/design.md section 4: ``manifest.parquet``, ``patients.parquet`` and
+``audit.csv``, written atomically (:mod:`hiroml.store.atomic`), the manifest last;
+:mod:`hiroml.store.contract` checks a written folder against them (the same checks as the shared
+``check_output_contract.py``).
+
+Column types in ``manifest.parquet``: list columns are parquet lists (``source_zips``,
+``sop_uids``, ``pixel_hashes``: strings; ``shape``, ``size_xyz``: int64; ``spacing_xyz``,
+``origin_xyz``, ``direction``: float64, mm, SimpleITK (x, y, z) order; null on CXR rows),
+``exam_time`` a timestamp, ``age_years`` and ``days_from_encounter`` nullable float64,
+``orphan`` bool. ``shape`` is the stored array's numpy shape: CXR (y, x), CT (z, y, x).
+
+Leakage columns (:mod:`hiroml.exams.linking`): ``signature``, a list of 1024 **uint8** values on
+radiograph rows (null for CT): the rank-normalised 32 x 32 area-downsampled thumbnail of the
+stored array, row-major (:func:`hiroml.exams.neardup.signature`); ``near_duplicates``, a list of
+the sample keys of other patient groups' radiographs whose signature's rank correlation with
+this one reached ``splits.near_duplicate_threshold``, sorted; at most
+:data:`hiroml.exams.linking.NEAR_DUPLICATES_LISTED` (100) keys, the smallest, when thousands of
+images are near-identical (the build log then warns). ``patients.parquet`` gains ``links``,
+a list of strings: the evidence of each link that joined the group (identical decoded
+pixels; near duplicates: one link per pair that joined two groups not joined yet), naming
+both samples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hiroml.errors import ManifestError
+from hiroml.records import PART, AuditRow, ManifestRow
+from hiroml.store.atomic import write_atomic
+
+
+def _columns(part: str) -> list[str]:
+    """The manifest columns of one part of the contract, in order (from :class:`ManifestRow`)."""
+    return [f.name for f in fields(ManifestRow) if f.metadata[PART] == part]
+
+
+MANIFEST_COLUMNS = _columns("core")
+CT_COLUMNS = _columns("ct")
+EXTRA_COLUMNS = _columns("extra")
+OPTIONAL_COLUMNS = {
+    f.name: f.default for f in fields(ManifestRow) if f.metadata[PART] == "optional"
+}
+#: written by the leakage step (:mod:`hiroml.exams.linking`), after the samples' own columns
+LINK_COLUMNS = ["signature", "near_duplicates"]
+#: every column hiroml itself writes: never taken for a clinical label (the card's prevalence
+#: table, hiroml-export's index.csv); any other column is the user's
+OWN_COLUMNS = frozenset([f.name for f in fields(ManifestRow)] + LINK_COLUMNS)
+AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
+PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
+ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}
+SPLITS = {"train", "val", "test"}
+VIEWS = {"frontal", "lateral", "unknown"}
+
+_LIST_TYPES: dict[str, pa.DataType] = {
+    "source_zips": pa.list_(pa.string()),
+    "sop_uids": pa.list_(pa.string()),
+    "pixel_hashes": pa.list_(pa.string()),
+    "patient_ids": pa.list_(pa.string()),
+    "shape": pa.list_(pa.int64()),
+    "size_xyz": pa.list_(pa.int64()),
+    "spacing_xyz": pa.list_(pa.float64()),
+    "origin_xyz": pa.list_(pa.float64()),
+    "direction": pa.list_(pa.float64()),
+    "signature": pa.list_(pa.uint8()),
+    "near_duplicates": pa.list_(pa.string()),
+    "links": pa.list_(pa.string()),
+    "stitched_series": pa.list_(pa.string()),
+    "seams_mm": pa.list_(pa.float64()),
+    "seam_slices": pa.list_(pa.int64()),
+}
+_SCALAR_TYPES: dict[str, pa.DataType] = {
+    "age_years": pa.float64(),
+    "days_from_encounter": pa.float64(),
+    "orphan": pa.bool_(),
+    "frame": pa.int64(),  # radiographs: 0-based frame, 0 for single-frame; null for CT
+    "for_processing": pa.bool_(),
+}
+_STRING_COLUMNS = [
+    c for c in [*MANIFEST_COLUMNS, *EXTRA_COLUMNS]
+    if c not in _LIST_TYPES and c not in _SCALAR_TYPES and c != "exam_time"
+]  # fmt: skip
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # arrays and lists
+        return False
+
+
+#: element types a list value is written as it is (no ``.item()`` per element)
+_PLAIN = frozenset({int, float, str, bool})
+
+
+def _as_list(v: Any) -> list[Any] | None:
+    if type(v) is np.ndarray and v.dtype == object and v.ndim == 1:  # read back: text arrays
+        items = v.tolist()
+        if all(type(x) is str for x in items):
+            return items
+    if isinstance(v, list | tuple) and len(v) == 1 and type(v[0]) is str:  # one text
+        return [v[0]]
+    if isinstance(v, list | tuple | np.ndarray) and len(v) > 1:  # never missing
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iufb":
+            return v.tolist()
+        if set(map(type, v)) <= _PLAIN:
+            return list(v)
+        return [x.item() if hasattr(x, "item") else x for x in v]
+    if _is_missing(v):
+        return None
+    if isinstance(v, str):
+        return [v]
+    return [x.item() if hasattr(x, "item") else x for x in v]
+
+
+def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
+    """A list column: numbers in lists of one length (the radiographs' 1,024-value
+    ``signature``) through numpy in one step, the same array as :func:`_as_list` per cell
+    gives; anything else (text, missing cells, ragged lengths) per cell."""
+    kind = typ.value_type
+    if values and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        fast = _uniform_numbers(values, kind)
+        if fast is not None:
+            return fast
+    return pa.array([_as_list(v) for v in values], type=typ)
+
+
+def _uniform_numbers(values: list[Any], kind: pa.DataType) -> pa.Array | None:
+    if not all(isinstance(v, tuple | list | np.ndarray) for v in values):
+        return None
+    try:
+        grid = np.asarray(values)
+    except ValueError:  # ragged
+        return None
+    if grid.ndim != 2 or grid.shape[1] < 2 or grid.dtype.kind not in "iuf":
+        return None
+    want = kind.to_pandas_dtype()
+    if grid.dtype.kind == "f" and np.dtype(want).kind != "f":
+        return None  # floats into an integer column: pyarrow's per-value rules
+    if np.dtype(want).kind in "iu" and grid.size:
+        info = np.iinfo(want)
+        if grid.min() < info.min or grid.max() > info.max:
+            return None  # out of range: the per-cell path raises as it always has
+    flat = pa.array(grid.reshape(-1).astype(want, copy=False), type=kind)
+    offsets = pa.array(np.arange(0, grid.size + 1, grid.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def _text(v: Any) -> str | None:
+    if type(v) is str:  # the usual cell: no pd.isna
+        return v
+    return None if _is_missing(v) else str(v)
+
+
+def _scalar(v: Any) -> Any:
+    t = type(v)
+    if t is int or t is bool:  # the usual cells: no pd.isna
+        return v
+    if t is float:
+        return None if v != v else v
+    if _is_missing(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def _to_table(df: pd.DataFrame) -> pa.Table:
+    arrays, names = [], []
+    for col in df.columns:
+        values = df[col].tolist()
+        if col in _LIST_TYPES:
+            arr = _list_array(values, _LIST_TYPES[col])
+        elif col in _SCALAR_TYPES:
+            arr = pa.array([_scalar(v) for v in values], type=_SCALAR_TYPES[col])
+        elif col == "exam_time":
+            arr = pa.array(
+                pd.to_datetime(df[col]).astype("datetime64[us]"), type=pa.timestamp("us")
+            )
+        elif col in _STRING_COLUMNS:
+            arr = pa.array([_text(v) for v in values], type=pa.string())
+        else:  # labels and other extras: let arrow infer
+            arr = pa.array(df[col], from_pandas=True)
+        arrays.append(arr)
+        names.append(str(col))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def value_problems(m: pd.DataFrame) -> list[str]:
+    """What is wrong with the values of a manifest that has its columns (empty: nothing):
+    unique ``sample_key``, the allowed splits, modalities and views, 3 or 9 numbers in the
+    CT geometry columns (``size_xyz``, ``spacing_xyz``, ``origin_xyz``: x, y, z; ``direction``:
+    row-major 3x3). The one check of both
+    :func:`validate_manifest` (before writing) and :func:`hiroml.store.contract.check_tables`
+    (after)."""
+    bad = []
+    if not m["sample_key"].is_unique:
+        dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
+        bad.append(f"sample_key not unique: {dupes}")
+    for col, allowed in (("split", SPLITS), ("modality", {"cxr", "ct"})):
+        extra = set(m[col].astype(str)) - allowed
+        if extra:
+            bad.append(f"{col} has values {sorted(extra)}")
+    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
+    if views - VIEWS:
+        bad.append(f"view has values {sorted(views - VIEWS)}")
+    ct = m[m["modality"] == "ct"]
+    for c, n in (("size_xyz", 3), ("spacing_xyz", 3), ("origin_xyz", 3), ("direction", 9)):
+        if c in ct.columns and not all(_as_list(v) is not None and len(v) == n for v in ct[c]):
+            bad.append(f"{c} must hold {n} numbers on every CT row")
+    return bad
+
+
+def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with optional columns filled in; raises :class:`ManifestError` naming
+    every missing column or bad value."""
+    m = manifest.copy()
+    has_ct = bool((m["modality"] == "ct").any()) if "modality" in m.columns else False
+    missing = [c for c in [*MANIFEST_COLUMNS, *EXTRA_COLUMNS] if c not in m.columns]
+    missing += [c for c in CT_COLUMNS if has_ct and c not in m.columns]
+    if missing:
+        raise ManifestError(f"manifest lacks columns: {', '.join(missing)}")
+    for c in CT_COLUMNS:
+        if c not in m.columns:
+            m[c] = None
+    for c, default in OPTIONAL_COLUMNS.items():
+        if c not in m.columns:
+            m[c] = default
+    bad = value_problems(m)
+    if bad:
+        raise ManifestError("manifest: " + "; ".join(bad))
+    return m
+
+
+def audit_frame(rows: Iterable[AuditRow]) -> pd.DataFrame:
+    """audit.csv's rows from :class:`AuditRow` records (AUDIT_COLUMNS first)."""
+    columns = [*AUDIT_COLUMNS, "exam_key", "member"]  # AuditRow.code is not written
+    records = [{k: str(getattr(r, k)) for k in columns} for r in rows]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def patients_frame(
+    manifest: pd.DataFrame, group_members: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """One row per patient group of the manifest: its patient ids (current, source and those
+    of ``group_members``), split and sample counts."""
+    if manifest.empty:
+        return pd.DataFrame([], columns=PATIENT_COLUMNS)
+    members = group_members or {}
+    ids: dict[Any, set[str]] = defaultdict(set)
+    split: dict[Any, set[str]] = defaultdict(set)
+    counts: dict[Any, Counter[str]] = defaultdict(Counter)
+    columns = ("patient_group", "patient_id", "source_patient_id", "split", "modality")
+    for group, pid, source, s, modality in zip(*(manifest[c] for c in columns), strict=True):
+        if _is_missing(group):  # as groupby: a row without a group is in none
+            continue
+        ids[group].update((str(pid), str(source)))
+        split[group].add(str(s))
+        counts[group][modality] += 1
+    rows = [
+        {
+            "patient_group": str(group),
+            "patient_ids": sorted(ids[group] | {str(p) for p in members.get(str(group), ())}),
+            "split": ",".join(sorted(split[group])),
+            "n_samples": counts[group].total(),
+            "n_cxr": counts[group]["cxr"],
+            "n_ct": counts[group]["ct"],
+        }
+        for group in sorted(ids)
+    ]
+    return pd.DataFrame(rows, columns=PATIENT_COLUMNS)
+
+
+def write_outputs(
+    out_dir: Path, manifest: pd.DataFrame, patients: pd.DataFrame, audit: pd.DataFrame
+) -> None:
+    """Write patients.parquet, audit.csv and, last, manifest.parquet into ``out_dir``, each
+    to a temporary name first and then renamed, after validating the columns."""
+    out_dir = Path(out_dir)
+    m = validate_manifest(manifest)
+    missing = [c for c in PATIENT_COLUMNS if c not in patients.columns]
+    missing += [f"audit.{c}" for c in AUDIT_COLUMNS if c not in audit.columns]
+    if missing:
+        raise ManifestError(f"patients/audit lack columns: {', '.join(missing)}")
+    bad_actions = set(audit["action"].astype(str)) - ACTIONS
+    if bad_actions:
+        raise ManifestError(f"audit has actions {sorted(bad_actions)}; allowed {sorted(ACTIONS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    patients_table = _to_table(patients.reset_index(drop=True))
+    write_atomic(out_dir / "patients.parquet", lambda tmp: pq.write_table(patients_table, tmp))
+    write_atomic(out_dir / "audit.csv", lambda tmp: audit.to_csv(tmp, index=False))
+    manifest_table = _to_table(m.reset_index(drop=True))
+    write_atomic(out_dir / "manifest.parquet", lambda tmp: pq.write_table(manifest_table, tmp))
+
+
+def read_manifest(out_dir: Path | str) -> pd.DataFrame:
+    """manifest.parquet of an output folder."""
+    return pd.read_parquet(Path(out_dir) / "manifest.parquet")

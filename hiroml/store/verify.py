@@ -1,0 +1,236 @@
+"""``hiroml-verify OUT``: is an output folder sound?
+
+Errors (exit 1): the public contract (:func:`hiroml.store.contract.check_tables`); leakage
+(a patient group, patient id, SOP Instance UID, source pixel hash or ``data_hash``, i.e.
+identical decoded pixels, in two splits); a shard
+whose SHA-256 differs from the manifest's ``shard_sha256``; a manifest row whose key is
+missing from its shard, or whose stored shape or ``data_hash`` differs from the manifest's
+(``deep``: the hash is also recomputed from the stored pixels).
+
+Warnings (exit 0; errors with ``--strict``): near-duplicate radiographs in two splits, found
+afresh from the manifest's ``signature`` column (rank correlation >= ``--near-threshold``,
+default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.exams.neardup`).
+
+Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
+from an interrupted or superseded build; samples in a shard that the manifest does not name.
+
+Versions (docs/design.md section 4b): the tables checked are those of one published version,
+``--version V`` (default: the latest); ``--all`` checks every kept version, each shard it
+names included. Root tables that differ from the latest version's (a build interrupted while
+publishing; the next build repairs them) are a warning. Shards named by no kept version are
+a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hiroml.exams.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, pair_arrays
+from hiroml.exams.splits import find_leaks
+from hiroml.store.contract import check_tables
+from hiroml.store.shards import (
+    array_hash,
+    open_shard,
+    read_meta,
+    read_ref,
+    sample_refs,
+    sample_shape,
+    shard_sha256,
+    stored_hash,
+    stored_offset,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Findings:
+    """What verification found: ``errors`` make the folder unsound, ``warnings`` do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_samples: int = 0
+    n_shards: int = 0
+    version: str | None = None
+
+
+def _shape(v: object) -> tuple[int, ...] | None:
+    if v is None:
+        return None
+    try:
+        return tuple(int(x) for x in v)  # type: ignore[attr-defined]
+    except TypeError:
+        return None
+
+
+def _check_shard(out: Path, shard: str, rows: pd.DataFrame, deep: bool, found: Findings) -> None:
+    path = out / shard
+    if not path.exists():
+        found.errors.append(f"shard {shard}: missing")
+        return
+    wanted = set(rows["shard_sha256"].astype(str))
+    if len(wanted) > 1:
+        found.errors.append(f"shard {shard}: manifest rows disagree on shard_sha256")
+    actual = shard_sha256(path)
+    if actual not in wanted:
+        found.errors.append(
+            f"shard {shard}: sha256 {actual[:16]}... differs from the manifest's "
+            f"{sorted(wanted)[0][:16]}... (corrupt or replaced)"
+        )
+    try:
+        with open_shard(path) as f:
+            refs = sample_refs(f)
+            names = set(refs)
+            for key, shape, digest in zip(
+                rows["sample_key"].astype(str),
+                rows["shape"],
+                rows["data_hash"].astype(str),
+                strict=True,
+            ):
+                ref = refs.get(key)
+                if ref is None:
+                    found.errors.append(f"sample {key}: not in shard {shard}")
+                    continue
+                stored_shape = sample_shape(f, ref)
+                if _shape(shape) != stored_shape:
+                    found.errors.append(
+                        f"sample {key}: shape {stored_shape} in {shard}, manifest {_shape(shape)}"
+                    )
+                if "offsets" in f and (
+                    ref.offset != stored_offset(f, ref) or ref.dtype != f[ref.array].dtype
+                ):
+                    found.errors.append(f"sample {key}: the offset index of {shard} is wrong")
+                if stored_hash(f, ref) != digest:
+                    found.errors.append(f"sample {key}: data_hash in {shard} differs from manifest")
+                elif deep and array_hash(read_ref(f, ref)) != digest:
+                    found.errors.append(f"sample {key}: stored pixels do not match data_hash")
+                else:
+                    read_meta(f, ref)
+            extra = names - set(rows["sample_key"].astype(str))
+            if extra:
+                found.warnings.append(
+                    f"shard {shard}: {len(extra)} sample(s) not in the manifest, "
+                    f"e.g. {sorted(extra)[0]}"
+                )
+    except (OSError, KeyError, ValueError) as e:
+        found.errors.append(f"shard {shard}: unreadable ({e})")
+
+
+def near_duplicates_across_splits(m: pd.DataFrame, *, threshold: float) -> list[str]:
+    """One message per pair of radiographs in two splits whose signatures' rank correlation
+    reaches ``threshold`` (identical pixels aside: those are ``data_hash`` leaks)."""
+    if "signature" not in m.columns or m.empty:
+        return []
+    keep = [
+        i for i, v in enumerate(m["signature"].tolist())
+        if v is not None and len(v) == SIGNATURE_SIZE
+    ]  # fmt: skip
+    if len(keep) < 2:
+        return []
+    rows = m.iloc[keep]
+    sigs = np.stack([np.asarray(v, dtype=np.uint8) for v in rows["signature"]])
+    keys = rows["sample_key"].astype(str).tolist()
+    splits = rows["split"].astype(str).tolist()
+    hashes = rows["data_hash"].astype(str).tolist() if "data_hash" in rows else [""] * len(keys)
+    i, j, sim = pair_arrays(sigs, threshold=threshold)  # arrays: millions of pairs fit
+    split_of, hash_of = np.asarray(splits, dtype=object), np.asarray(hashes, dtype=object)
+    same_pixels = (hash_of[i] == hash_of[j]) & (hash_of[i] != "")
+    cross = np.flatnonzero((split_of[i] != split_of[j]) & ~same_pixels)
+    return [
+        f"near duplicate across splits: {keys[a]} ({splits[a]}) ~ {keys[b]} "
+        f"({splits[b]}), rank correlation {z:.3f}"
+        for a, b, z in zip(i[cross].tolist(), j[cross].tolist(), sim[cross].tolist(), strict=True)
+    ]
+
+
+def examine(
+    out_dir: Path | str,
+    *,
+    deep: bool = True,
+    version: str | int | None = None,
+    strict: bool = False,
+    near_threshold: float = DEFAULT_THRESHOLD,
+) -> Findings:
+    """Errors and warnings of one output folder, or of one of its versions (default: the
+    latest); see the module docstring. :class:`~hiroml.versions.listing.VersionError` when
+    ``version`` does not exist. ``strict``: near-duplicate radiographs in two splits are
+    errors, not warnings."""
+    from hiroml.versions.listing import MANIFEST, list_versions, tables_dir
+
+    out = Path(out_dir)
+    where, name = tables_dir(out, version)
+    found = Findings(version=name)
+    found.errors += check_tables(out, version=name)
+    if not (where / MANIFEST).exists():
+        return found
+    kept = list_versions(out)
+    if name is not None and version is None and kept and kept[-1].name == name:
+        root = out / MANIFEST
+        if not root.is_file() or root.read_bytes() != (where / MANIFEST).read_bytes():
+            found.warnings.append(
+                f"the root tables are not those of the latest version {name} (a build was "
+                "interrupted while publishing): the next build repairs them"
+            )
+    m = pd.read_parquet(where / MANIFEST)
+    found.n_samples = len(m)
+    found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
+    near = near_duplicates_across_splits(m, threshold=near_threshold)
+    (found.errors if strict else found.warnings).extend(near)
+    near = near_duplicates_across_splits(m, threshold=near_threshold)
+    (found.errors if strict else found.warnings).extend(near)
+    missing = [c for c in ("shard", "shard_sha256", "data_hash", "shape") if c not in m.columns]
+    if missing:
+        found.errors.append(f"manifest.parquet lacks column(s) {', '.join(missing)}")
+        return found
+    named = set()
+    for shard, rows in m.groupby("shard", sort=True):
+        named.add((out / str(shard)).resolve())
+        _check_shard(out, str(shard), rows, deep, found)
+    found.n_shards = len(named)
+    for v in kept:  # shards of the other kept versions are expected too
+        if v.name != name:
+            kept_m = pd.read_parquet(v.path / MANIFEST, columns=["shard"])
+            named |= {(out / str(s)).resolve() for s in kept_m["shard"].unique()}
+    shard_dir = out / "shards"
+    if shard_dir.is_dir():
+        for p in sorted(shard_dir.rglob("*")):
+            if p.suffix == ".h5" and p.resolve() not in named:
+                found.warnings.append(f"shard {p.relative_to(out)} is not named in the manifest")
+            elif p.suffix == ".tmp":
+                found.warnings.append(f"{p.relative_to(out)}: leftover of an interrupted write")
+    for w in found.warnings:
+        log.warning("%s", w)
+    return found
+
+
+def verify(
+    out_dir: Path | str, *, deep: bool = True, version: str | int | None = None
+) -> list[str]:
+    """Every error that makes an output folder (or one of its versions) unsound; empty when
+    it is sound."""
+    return examine(out_dir, deep=deep, version=version).errors
+
+
+def examine_all(
+    out_dir: Path | str,
+    *,
+    deep: bool = True,
+    strict: bool = False,
+    near_threshold: float = DEFAULT_THRESHOLD,
+) -> list[Findings]:
+    """:func:`examine` of every kept version, oldest first (of the root tables when the
+    output has no versions)."""
+    from hiroml.versions.listing import list_versions
+
+    kept = list_versions(out_dir)
+    if not kept:
+        return [examine(out_dir, deep=deep, strict=strict, near_threshold=near_threshold)]
+    return [
+        examine(out_dir, deep=deep, version=v.name, strict=strict, near_threshold=near_threshold)
+        for v in kept
+    ]

@@ -1,0 +1,345 @@
+"""What changed between two versions, as records and as HTML."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hiroml.versions.hashing import _canonical
+from hiroml.versions.listing import MANIFEST, SPLIT_MOVED, SPLIT_ORDER, VersionError, find_version
+
+
+@dataclass(frozen=True, slots=True)
+class SplitMove:
+    """A patient whose split changed from one version to the next."""
+
+    patient_id: str
+    patient_group: str
+    from_split: str
+    to_split: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionChange:
+    """An input zip whose audit decisions differ between two versions (``""``: absent)."""
+
+    batch: str
+    zip: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDiff:
+    """What changed from version ``a`` (``""``: nothing before) to version ``b``."""
+
+    a: str
+    b: str
+    samples_added: tuple[str, ...]
+    samples_removed: tuple[str, ...]
+    samples_changed: tuple[str, ...]  # in both, with other stored pixels (data_hash)
+    #: manifest column -> samples (in both versions) whose value changed; a column added or
+    #: removed counts every sample. Labels of a new clinical table show up here.
+    columns_changed: dict[str, int]
+    patients_added: tuple[str, ...]
+    patients_removed: tuple[str, ...]
+    added_per_split: dict[str, dict[str, int]]  # split -> {"patients": n, "samples": n}
+    decisions: tuple[DecisionChange, ...]
+    moves: tuple[SplitMove, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.samples_added
+            or self.samples_removed
+            or self.samples_changed
+            or self.columns_changed
+            or self.patients_added
+            or self.patients_removed
+            or self.decisions
+            or self.moves
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def lines(self, *, limit: int = 20) -> list[str]:
+        """The diff as console text."""
+        head = f"{self.a or '(nothing)'} -> {self.b}"
+        out = [
+            head,
+            f"  samples: +{len(self.samples_added)} -{len(self.samples_removed)} "
+            f"~{len(self.samples_changed)} (other pixels); "
+            f"patients: +{len(self.patients_added)} -{len(self.patients_removed)}",
+        ]
+        for split, n in self.added_per_split.items():
+            out.append(f"  new in {split}: {n['patients']} patient(s), {n['samples']} sample(s)")
+        if self.columns_changed:
+            cols = ", ".join(f"{c} ({n})" for c, n in self.columns_changed.items())
+            out.append(f"  values changed (column, samples): {cols}")
+        for title, items in (
+            ("samples added", self.samples_added),
+            ("samples removed", self.samples_removed),
+            ("samples with other pixels", self.samples_changed),
+            ("patients removed", self.patients_removed),
+        ):
+            if items:
+                more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+                out.append(f"  {title}: {', '.join(items[:limit])}{more}")
+        out.append(f"  split moves: {len(self.moves)}")
+        for m in self.moves:
+            out.append(
+                f"    patient {m.patient_id} (group {m.patient_group}): "
+                f"{m.from_split} -> {m.to_split}: {m.reason}"
+            )
+        out.append(f"  decisions changed: {len(self.decisions)}")
+        for d in self.decisions[:limit]:
+            out.append(
+                f"    {d.batch}/{d.zip}: {d.before or '(absent)'} -> {d.after or '(absent)'}"
+            )
+        if len(self.decisions) > limit:
+            out.append(f"    ... and {len(self.decisions) - limit} more")
+        return out
+
+
+def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cols = ["sample_key", "patient_id", "source_patient_id", "patient_group", "split", "data_hash"]
+    if folder is None or not (folder / MANIFEST).is_file():
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
+    m = pd.read_parquet(folder / MANIFEST)
+    for c in cols:
+        if c not in m.columns:
+            m[c] = None
+    audit_path = folder / "audit.csv"
+    a = (
+        pd.read_csv(audit_path, dtype=str, keep_default_na=False)
+        if audit_path.is_file()
+        else pd.DataFrame(columns=["zip", "batch", "action"])
+    )
+    return m, a
+
+
+def _decisions_of(audit: pd.DataFrame) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in audit.to_dict("records"):
+        if r.get("reason") == SPLIT_MOVED:
+            continue
+        what = f"{r.get('action', '')}: {r.get('reason', '')}"
+        if r.get("kept_as"):
+            what += f" (kept as {r['kept_as']})"
+        out.setdefault((str(r.get("batch", "")), str(r.get("zip", ""))), set()).add(what)
+    return {k: "; ".join(sorted(v)) for k, v in out.items()}
+
+
+#: columns whose change is reported otherwise (pixels: samples_changed) or is bookkeeping
+_NOT_COMPARED = frozenset({"sample_key", "data_hash", "shard", "shard_sha256", "split"})
+
+
+def _columns_changed(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
+    """Per manifest column, how many samples of both tables have another value in ``mb``."""
+    if ma.empty or mb.empty:
+        return {}
+    a = ma.drop_duplicates("sample_key").set_index(ma["sample_key"].drop_duplicates().astype(str))
+    b = mb.drop_duplicates("sample_key").set_index(mb["sample_key"].drop_duplicates().astype(str))
+    common = a.index.intersection(b.index)
+    if common.empty:
+        return {}
+    out: dict[str, int] = {}
+    for col in sorted((set(a.columns) | set(b.columns)) - _NOT_COMPARED):
+        if col not in a.columns or col not in b.columns:
+            out[col] = len(common)
+            continue
+        pairs = zip(a.loc[common, col].tolist(), b.loc[common, col].tolist(), strict=True)
+        n = sum(_differs(x, y) for x, y in pairs)
+        if n:
+            out[col] = n
+    return out
+
+
+def _differs(x: Any, y: Any) -> bool:
+    """Whether two manifest cells have other canonical JSON texts. Text, integers, booleans,
+    floats and None of one type on both sides are compared as values, and arrays of integers
+    (the 1,024-value signatures) or of booleans as arrays: their texts are equal exactly when
+    the values are (ints and bools are written as they are, a float as its repr, NaN as null;
+    an int and a bool, or an int array and a bool array, always differ). The rest is compared
+    by text."""
+    t = type(x)
+    if t is type(y):  # the usual cells: no text needed
+        if t is str or t is int or t is bool or x is None:
+            return bool(x != y)
+        if t is float:  # NaN is written null; otherwise the text is the repr
+            return not ((x != x and y != y) or repr(x) == repr(y))
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+        kx, ky = x.dtype.kind, y.dtype.kind
+        if (kx in "iu" and ky in "iu") or kx == ky == "b":
+            return x.shape != y.shape or not np.array_equal(x, y)
+        if x.ndim == y.ndim == 1:  # a list's text is its elements' texts, in order
+            lx, ly = x.tolist(), y.tolist()
+            return len(lx) != len(ly) or any(_differs(a, b) for a, b in zip(lx, ly, strict=True))
+    return _cell_text(x) != _cell_text(y)
+
+
+def _cell_text(v: Any) -> str:
+    return json.dumps(_canonical(_plain(v)), default=str)
+
+
+def _plain(v: Any) -> Any:
+    """A pandas/numpy cell as plain Python (arrays as lists, NaN/NaT as None)."""
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v
+
+
+def diff_tables(
+    a_dir: Path | None, b_dir: Path, *, a_name: str = "", b_name: str = ""
+) -> VersionDiff:
+    """What changed from the tables in ``a_dir`` (``None``: nothing) to those in ``b_dir``."""
+    ma, aa = _read_tables(a_dir)
+    mb, ab = _read_tables(b_dir)
+    ka, kb = set(ma["sample_key"].astype(str)), set(mb["sample_key"].astype(str))
+    pa_, pb = set(ma["patient_id"].astype(str)), set(mb["patient_id"].astype(str))
+    new_p = pb - pa_
+    hash_a = dict(zip(ma["sample_key"].astype(str), ma["data_hash"].astype(str), strict=True))
+    changed = sorted(
+        k
+        for k, h in zip(mb["sample_key"].astype(str), mb["data_hash"].astype(str), strict=True)
+        if k in hash_a and hash_a[k] != h
+    )
+    per_split: dict[str, dict[str, int]] = {}
+    for split in SPLIT_ORDER:
+        rows = mb[mb["split"] == split]
+        per_split[split] = {
+            "patients": len(set(rows["patient_id"].astype(str)) & new_p),
+            "samples": len(set(rows["sample_key"].astype(str)) - ka),
+        }
+    before: dict[str, str] = {}
+    for col in ("source_patient_id", "patient_id"):
+        before.update(zip(ma[col].astype(str), ma["split"].astype(str), strict=True))
+    reasons = {
+        str(r["kept_as"]): str(r.get("detail", ""))
+        for r in ab.to_dict("records")
+        if r.get("reason") == SPLIT_MOVED
+    }
+    moves: dict[str, SplitMove] = {}
+    cols = ("source_patient_id", "patient_id", "split")
+    rows = zip(*(mb[c].astype(str) for c in cols), strict=True)
+    groups = mb["patient_group"].astype(str)
+    for (source, patient, new), group in zip(rows, groups, strict=True):
+        for pid in dict.fromkeys((source, patient)):
+            old = before.get(pid)
+            if old is None or old == new or pid in moves:
+                continue
+            moves[pid] = SplitMove(
+                patient_id=pid,
+                patient_group=group,
+                from_split=old,
+                to_split=new,
+                reason=reasons.get(group, "no split move is recorded in the audit"),
+            )
+    da, db = _decisions_of(aa), _decisions_of(ab)
+    decisions = tuple(
+        DecisionChange(batch=k[0], zip=k[1], before=da.get(k, ""), after=db.get(k, ""))
+        for k in sorted(set(da) | set(db))
+        if da.get(k, "") != db.get(k, "")
+    )
+    return VersionDiff(
+        columns_changed=_columns_changed(ma, mb),
+        a=a_name,
+        b=b_name,
+        samples_added=tuple(sorted(kb - ka)),
+        samples_removed=tuple(sorted(ka - kb)),
+        samples_changed=tuple(changed),
+        patients_added=tuple(sorted(new_p)),
+        patients_removed=tuple(sorted(pa_ - pb)),
+        added_per_split=per_split,
+        decisions=decisions,
+        moves=tuple(moves[k] for k in sorted(moves)),
+    )
+
+
+def diff(out: Path | str, a: str | int, b: str | int) -> VersionDiff:
+    """What changed from version ``a`` to version ``b`` of an output folder."""
+    va, vb = find_version(out, a), find_version(out, b)
+    if va is None or vb is None:
+        raise VersionError(f"{out} has no versions to compare")
+    return diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
+
+
+def changes_html(d: VersionDiff, *, limit: int = 200) -> str:
+    """The body of the report's "What changed since the previous version" section."""
+    e = html.escape
+    if not d.a:
+        return f"<p class='note'>{e(d.b)} is the first version of this output.</p>"
+    if d.empty:
+        return f"<p class='note'>Nothing changed since {e(d.a)}.</p>"
+
+    def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    parts = [
+        f"<p>{e(d.b)} against {e(d.a)}: {len(d.samples_added)} sample(s) added, "
+        f"{len(d.samples_removed)} removed, {len(d.samples_changed)} with other stored pixels "
+        f"(e.g. a conversion setting changed); {len(d.patients_added)} patient(s) added, "
+        f"{len(d.patients_removed)} removed.</p>",
+        (
+            "<p>Values changed (column: samples): "
+            + e(", ".join(f"{c}: {n}" for c, n in d.columns_changed.items()))
+            + "</p>"
+            if d.columns_changed
+            else ""
+        ),
+        table(
+            ["split", "new patients", "new samples"],
+            [[s, str(n["patients"]), str(n["samples"])] for s, n in d.added_per_split.items()],
+        ),
+        f"<h3>Split moves ({len(d.moves)})</h3>",
+    ]
+    if d.moves:
+        parts.append(
+            table(
+                ["patient", "group", "from", "to", "reason"],
+                [
+                    [m.patient_id, m.patient_group, m.from_split, m.to_split, m.reason]
+                    for m in d.moves
+                ],
+            )
+        )
+    else:
+        parts.append("<p class='note'>No patient changed split.</p>")
+    parts.append(f"<h3>Decisions that changed ({len(d.decisions)})</h3>")
+    if d.decisions:
+        parts.append(
+            table(
+                ["batch", "zip", "before", "after"],
+                [
+                    [c.batch, c.zip, c.before or "(absent)", c.after or "(absent)"]
+                    for c in d.decisions[:limit]
+                ],
+            )
+        )
+        if len(d.decisions) > limit:
+            parts.append(f"<p class='note'>... and {len(d.decisions) - limit} more.</p>")
+    if d.patients_removed:
+        parts.append(
+            f"<h3>Patients removed ({len(d.patients_removed)})</h3>"
+            f"<p>{e(', '.join(d.patients_removed[:limit]))}</p>"
+        )
+    return "".join(parts)

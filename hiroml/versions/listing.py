@@ -1,0 +1,136 @@
+"""Listing the versions of an output folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiroml.errors import HiromlError
+
+log = logging.getLogger(__name__)
+
+
+VERSIONS_DIR = "versions"
+
+
+BUILD_JSON = "build.json"
+
+
+PIN_FILE = "PINNED"
+
+
+MANIFEST = "manifest.parquet"
+
+
+#: audit ``reason`` of a patient whose split changed because its group was joined to another
+SPLIT_MOVED = "split moved"
+
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+#: exit status of ``hiroml-versions --prune`` when a build holds the output (as hiroml-build)
+EXIT_LOCKED = 3
+
+
+_NAME = re.compile(r"^(\d{4,})-([0-9a-f]{8})$")
+
+
+#: files of a version folder that are not copied to the root
+_NOT_AT_ROOT = frozenset({BUILD_JSON, PIN_FILE, MANIFEST})
+
+
+class VersionError(HiromlError):
+    """A version that does not exist, or a versions folder that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One published version: its folder and what its ``build.json`` says."""
+
+    name: str
+    seq: int
+    path: Path
+    created: str
+    dataset_hash: str
+    samples: int
+    patients: int
+    pinned: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.name,
+            "created": self.created,
+            "samples": self.samples,
+            "patients": self.patients,
+            "dataset_hash": self.dataset_hash,
+            "pinned": self.pinned,
+            "path": str(self.path),
+        }
+
+
+def versions_dir(out: Path | str) -> Path:
+    return Path(out) / VERSIONS_DIR
+
+
+def _read_version(path: Path) -> Version | None:
+    m = _NAME.match(path.name)
+    if m is None or not (path / MANIFEST).is_file():
+        return None
+    try:
+        info = json.loads((path / BUILD_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("version %s has no readable %s (%s): ignored", path, BUILD_JSON, e)
+        return None
+    return Version(
+        name=path.name,
+        seq=int(m.group(1)),
+        path=path,
+        created=str(info.get("created", "")),
+        dataset_hash=str(info.get("dataset_hash", "")),
+        samples=int(info.get("samples", 0)),
+        patients=int(info.get("patients", 0)),
+        pinned=(path / PIN_FILE).is_file(),
+    )
+
+
+def list_versions(out: Path | str) -> list[Version]:
+    """The complete versions of an output folder, oldest first (hidden and half-written
+    folders are skipped)."""
+    root = versions_dir(out)
+    if not root.is_dir():
+        return []
+    found = [_read_version(p) for p in root.iterdir() if p.is_dir()]
+    return sorted((v for v in found if v is not None), key=lambda v: (v.seq, v.name))
+
+
+def find_version(out: Path | str, version: str | int | None = None) -> Version | None:
+    """The version named ``version``: its full name (``0007-3f9a1c2e``), its sequence number
+    (``7``, ``"0007"``) or ``None``/``"latest"`` for the newest. ``None`` when the folder has
+    no version and none was named; :class:`VersionError` naming the versions there when the
+    one asked for does not exist."""
+    found = list_versions(out)
+    if version is None or version == "latest":
+        return found[-1] if found else None
+    text = str(version).strip()
+    for v in found:
+        if text == v.name or (text.isdigit() and int(text) == v.seq):
+            return v
+    names = ", ".join(v.name for v in found) or "none"
+    raise VersionError(
+        f"{out}: no version {text!r} (versions kept: {names}; see hiroml-versions {out})"
+    )
+
+
+def tables_dir(out: Path | str, version: str | int | None = None) -> tuple[Path, str | None]:
+    """Where the tables of ``version`` are, and its name: the version folder, or the output
+    folder itself (name ``None``) for an output of the first release, which has no versions.
+    """
+    v = find_version(out, version)
+    if v is None:
+        return Path(out), None
+    return v.path, v.name

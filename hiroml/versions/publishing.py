@@ -1,0 +1,224 @@
+"""Publishing a new immutable version and the root tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hiroml._version import __version__
+from hiroml.pipeline import faults
+from hiroml.store.atomic import copy_atomic
+from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
+from hiroml.versions.hashing import remembered_dataset_hash
+from hiroml.versions.listing import (
+    _NOT_AT_ROOT,
+    BUILD_JSON,
+    MANIFEST,
+    Version,
+    VersionError,
+    _read_version,
+    find_version,
+    list_versions,
+    versions_dir,
+)
+from hiroml.versions.pruning import Pruned, prune
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
+        return False
+    return a.read_bytes() == b.read_bytes()
+
+
+def update_root(out: Path, version: Version) -> bool:
+    """Make the root tables copies of ``version``'s, each replaced atomically, the manifest
+    last; True when anything had to be copied."""
+    changed = False
+    files = sorted(p for p in version.path.iterdir() if p.is_file() and p.name not in _NOT_AT_ROOT)
+    for src in [*files, version.path / MANIFEST]:
+        dst = out / src.name
+        if not _same_file(src, dst):
+            copy_atomic(src, dst)
+            changed = True
+    return changed
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What :func:`publish` did: the latest version afterwards, whether it is new, the diff
+    against the version before it (``None`` when nothing new was published) and the prune."""
+
+    version: Version
+    new: bool
+    diff: VersionDiff | None
+    pruned: Pruned
+
+
+WriteReport = Callable[[Path, str, str, str], None]
+
+
+def _write_version(
+    tmp: Path,
+    out: Path,
+    latest: Version | None,
+    name: str,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    write_report: WriteReport,
+    digest: str,
+) -> VersionDiff:
+    """The tables and report of a new version, into the hidden folder ``tmp``; the diff
+    against the latest version (or the root tables of an output without versions)."""
+    from hiroml.store.tables import write_outputs
+
+    write_outputs(tmp, manifest, patients, audit)
+    prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
+    prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
+    change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
+    write_report(tmp, name, changes_html(change), digest)
+    return change
+
+
+def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
+    """Whether ``version`` names the same shard files with the same checksums as ``manifest``."""
+    cols = ["sample_key", "shard", "shard_sha256"]
+    try:
+        old = pd.read_parquet(version.path / MANIFEST, columns=cols)
+    except (OSError, ValueError, KeyError):
+        return False
+    key = lambda df: sorted(zip(*(df[c].astype(str) for c in cols), strict=True))  # noqa: E731
+    return key(old) == key(manifest)
+
+
+def publish(
+    out: Path,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    *,
+    write_report: WriteReport,
+    build_info: Mapping[str, Any],
+    keep: int,
+    live_shards: Iterable[str] = (),
+    live_tasks: Iterable[str] = (),
+    task_dir: Path | None = None,
+) -> Published:
+    """Publish the tables of a finished build as a new version, unless the latest version
+    already holds the same dataset; then bring the root tables up to date and prune.
+
+    ``write_report(folder, version, changes_html, dataset_hash)`` writes the report of
+    ``version`` (and whatever goes beside it) into ``folder``; ``changes_html`` is the body
+    of the "What changed since the previous version" section; ``dataset_hash`` is the hash
+    computed here (once per build), for the dataset card. ``build_info`` goes into ``build.json``
+    (resolved config, inputs, timings), with ``version``, ``dataset_hash``, ``created``,
+    ``hiroml_version``, ``samples``, ``patients``, ``previous`` and ``changes`` added.
+    """
+    out = Path(out)
+    _check_shards_present(out, manifest)
+    digest = remembered_dataset_hash(out, manifest)
+    latest = find_version(out)
+
+    def pruned() -> Pruned:
+        return prune(
+            out, keep, sweep=True, live_shards=live_shards, live_tasks=live_tasks, task_dir=task_dir
+        )
+
+    if latest is not None and latest.dataset_hash == digest and _same_checksums(latest, manifest):
+        if update_root(out, latest):
+            log.warning(
+                "root tables were behind version %s (interrupted publish): repaired", latest.name
+            )
+        return Published(latest, False, None, pruned())
+    tables = (manifest, patients, audit)
+    version, change = _publish_new(out, digest, latest, tables, write_report, build_info)
+    log.info("published version %s (%d samples)", version.name, len(manifest))
+    faults.point("before_root_tables")
+    update_root(out, version)
+    return Published(version, True, change, pruned())
+
+
+def _check_shards_present(out: Path, manifest: pd.DataFrame) -> None:
+    """Raise :class:`VersionError` when a shard the manifest names is not under ``out``."""
+    missing = sorted(s for s in set(manifest["shard"].astype(str)) if not (out / s).is_file())
+    if missing:
+        raise VersionError(
+            f"{len(missing)} shard(s) this build needs vanished while it ran, e.g. {missing[0]} "
+            "(a hiroml-versions --prune beside the build?): nothing was published; run the "
+            "build again"
+        )
+
+
+def _publish_new(
+    out: Path,
+    digest: str,
+    latest: Version | None,
+    tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    write_report: WriteReport,
+    build_info: Mapping[str, Any],
+) -> tuple[Version, VersionDiff]:
+    """Write the version of ``tables`` (manifest, patients, audit) into a hidden folder, with
+    its report and ``build.json``, then rename it into ``versions/`` (atomic: a failure
+    leaves no half version behind)."""
+    manifest, patients, audit = tables
+    seq = max((v.seq for v in list_versions(out)), default=0) + 1
+    name = f"{seq:04d}-{digest[:8]}"
+    root = versions_dir(out)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        change = _write_version(
+            tmp, out, latest, name, manifest, patients, audit, write_report, digest
+        )
+        info = {
+            **build_info,
+            "version": name,
+            "dataset_hash": digest,
+            "created": _now(),
+            "hiroml_version": __version__,
+            "samples": len(manifest),
+            "patients": len(patients),
+            "previous": latest.name if latest is not None else None,
+            "changes": _change_counts(change),
+        }
+        (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half version behind
+        raise
+    os.replace(tmp, root / name)
+    version = _read_version(root / name)
+    if version is None:  # pragma: no cover - written just above
+        raise VersionError(f"{root / name} could not be read back after publishing")
+    return version, change
+
+
+def _change_counts(change: VersionDiff) -> dict[str, Any]:
+    """``build.json``'s ``changes``: counts of what changed since the previous version."""
+    return {
+        "samples_added": len(change.samples_added),
+        "samples_removed": len(change.samples_removed),
+        "samples_changed": len(change.samples_changed),
+        "columns_changed": change.columns_changed,
+        "patients_added": len(change.patients_added),
+        "patients_removed": len(change.patients_removed),
+        "split_moves": [dataclasses.asdict(m) for m in change.moves],
+        "decisions_changed": len(change.decisions),
+    }
