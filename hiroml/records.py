@@ -206,6 +206,15 @@ class Exam:
 
 
 @dataclass(frozen=True, slots=True)
+class ZipIndex:
+    """What one zip holds: its instances and the problems met while reading it."""
+
+    rel_path: str
+    instances: tuple[Instance, ...]
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRow:
     """One decision; a row of audit.csv. ``kept_as`` names the zip or exam a duplicate or a
     merged part went to."""

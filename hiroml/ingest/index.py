@@ -9,17 +9,13 @@ or changed zips, and zips that disappeared leave the index.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pydicom
@@ -31,19 +27,12 @@ from hiroml.config import ExecutorConfig, IndexConfig
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import rawheader
 from hiroml.errors import BadInputError, ZipSafetyError
+from hiroml.ingest.cache import IndexCache
 from hiroml.pipeline.executor import map_items
-from hiroml.records import Action, ExamZip, Instance, Problem
+from hiroml.records import Action, ExamZip, Instance, Problem, ZipIndex
 
 log = logging.getLogger(__name__)
 
-_INSTANCE_FIELDS = tuple(f.name for f in fields(Instance))
-_TUPLE_FIELDS = frozenset(
-    {"image_type", "position", "orientation", "pixel_spacing", "imager_pixel_spacing"}
-)
-# The cache is invalidated whenever the Instance record changes shape, or when the prefix
-# is bumped because the rules of what is indexed changed (2: NaN positions, 0 x 0 images,
-# missing Rows/Columns and over-long pixel data refused; damaged elements reported).
-SCHEMA_VERSION = "3:" + hashlib.sha1(",".join(_INSTANCE_FIELDS).encode()).hexdigest()[:12]
 
 _IMAGE_SIZE_TAGS = (
     ("(0028,0010) Rows", "Rows"),
@@ -52,12 +41,11 @@ _IMAGE_SIZE_TAGS = (
 )
 
 
-# --------------------------------------------------------------------------- one instance
-
-
 # The header values an Instance is made of, read once per member (issue 16): keyword -> value,
 # for the elements present. The helpers below read from it, never from the Dataset again.
 Header = Mapping[str, Any]
+
+
 _HEADER_KEYWORDS = (
     "AcquisitionTime",
     "BitsAllocated",
@@ -99,6 +87,8 @@ _HEADER_KEYWORDS = (
     "StudyTime",
     "ViewPosition",
 )
+
+
 _HEADER_TABLE = rawheader.vr_table(_HEADER_KEYWORDS)
 
 
@@ -272,6 +262,8 @@ def instance_from_dataset(
 
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
+
+
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
 
 
@@ -342,18 +334,6 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
             "truncated or its pixels are missing"
         )
     return ds, pixels, note
-
-
-# --------------------------------------------------------------------------- one zip
-
-
-@dataclass(frozen=True, slots=True)
-class ZipIndex:
-    """What one zip holds: its instances and the problems met while reading it."""
-
-    rel_path: str
-    instances: tuple[Instance, ...]
-    problems: tuple[Problem, ...]
 
 
 # What the index hands each member it read, besides indexing it: the zip, the member's record
@@ -434,95 +414,6 @@ def index_zip(
                 sliced = pixels if isinstance(pixels, memoryview) else None
                 on_member(ezip, inst, data, ds if sliced is not None else None, sliced)
     return ZipIndex(ezip.rel_path, tuple(instances), tuple(problems))
-
-
-# --------------------------------------------------------------------------- the cache
-
-
-def _to_row(obj: Instance | Problem) -> list[Any]:
-    return [getattr(obj, f.name) for f in fields(obj)]
-
-
-def _instance_from_row(row: list[Any]) -> Instance:
-    kw = dict(zip(_INSTANCE_FIELDS, row, strict=True))
-    for k in _TUPLE_FIELDS:
-        if kw[k] is not None:
-            kw[k] = tuple(kw[k])
-    return Instance(**kw)
-
-
-def _problem_from_row(row: list[Any]) -> Problem:
-    """A Problem from its stored row (its fields in order; a shorter row, written before
-    fields were added, leaves the newer ones at their defaults)."""
-    kw = dict(zip((f.name for f in fields(Problem)), row, strict=False))
-    kw["action"] = Action(kw["action"])
-    return Problem(**kw)
-
-
-class IndexCache:
-    """The SQLite index database: one row per zip with its instances and problems as JSON.
-
-    ``key`` is ``(size, mtime_ns)``: a zip whose key changed is re-read.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, root: str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS zips (rel_path TEXT PRIMARY KEY, size INTEGER, "
-            "mtime_ns INTEGER, instances TEXT, problems TEXT)"
-        )
-        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-        want = {"schema": SCHEMA_VERSION, "root": os.path.abspath(root)}
-        if any(meta.get(k) != v for k, v in want.items()):
-            if meta:
-                log.info("index cache %s was made for another schema or datamart: reset", self.path)
-            self.db.execute("DELETE FROM zips")
-            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", want.items())
-            self.db.commit()
-
-    def close(self) -> None:
-        self.db.close()
-
-    def keys(self) -> dict[str, tuple[int, int]]:
-        rows = self.db.execute("SELECT rel_path, size, mtime_ns FROM zips").fetchall()
-        return {r: (s, m) for r, s, m in rows}
-
-    def load(self, rel_paths: Iterable[str]) -> Iterator[ZipIndex]:
-        wanted = set(rel_paths)
-        for rel, inst_json, prob_json in self.db.execute(
-            "SELECT rel_path, instances, problems FROM zips ORDER BY rel_path"
-        ):
-            if rel in wanted:
-                yield ZipIndex(
-                    rel,
-                    tuple(_instance_from_row(r) for r in json.loads(inst_json)),
-                    tuple(_problem_from_row(r) for r in json.loads(prob_json)),
-                )
-
-    def store(self, ezip: ExamZip, zi: ZipIndex) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO zips VALUES (?, ?, ?, ?, ?)",
-            (
-                ezip.rel_path,
-                ezip.size,
-                ezip.mtime_ns,
-                json.dumps([_to_row(i) for i in zi.instances]),
-                json.dumps([_to_row(p) for p in zi.problems]),
-            ),
-        )
-
-    def forget(self, rel_paths: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM zips WHERE rel_path = ?", [(r,) for r in rel_paths])
-
-    def commit(self) -> None:
-        self.db.commit()
-
-
-# --------------------------------------------------------------------------- the stage
 
 
 @dataclass(frozen=True, slots=True)

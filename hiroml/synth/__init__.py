@@ -144,6 +144,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hiroml.synth.ct_factory import (
+    ct_stored_values,
+    make_ct_image,
+    make_ct_series,
+    make_dose_report,
+    make_screen_save,
+)
 from hiroml.synth.datamart import SIZES, Datamart, SizeSpec
 from hiroml.synth.factory import (
     CLINICAL_NAME,
@@ -158,13 +165,8 @@ from hiroml.synth.factory import (
     SOP_CLASSES,
     TRUTH_NAME,
     StudyInfo,
-    ct_stored_values,
     dicom_bytes,
-    make_ct_image,
-    make_ct_series,
     make_cxr,
-    make_dose_report,
-    make_screen_save,
     study_scale,
     values_hash,
     write_remap_sheet,

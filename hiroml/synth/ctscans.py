@@ -16,19 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from hiroml.synth.datamart import Datamart, PlannedZip
-from hiroml.synth.factory import (
-    StudyInfo,
-    dicom_bytes,
-    ds_str,
-    fmt_date,
-    fmt_time,
+from hiroml.synth.ct_factory import (
     make_ct_image,
     make_ct_series,
     make_dose_report,
     make_screen_save,
-    study_scale,
 )
+from hiroml.synth.datamart import Datamart, PlannedZip
+from hiroml.synth.factory import StudyInfo, dicom_bytes, ds_str, fmt_date, fmt_time, study_scale
 from hiroml.synth.phantoms import render_ct_slice
 
 FOV_MM = 360.0
