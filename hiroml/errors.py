@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import traceback
+import zipfile
+import zlib
+
 
 class HiromlError(Exception):
     """Base of every error hiroml raises on purpose."""
@@ -73,3 +77,38 @@ class ManifestError(HiromlError):
 class ShardError(HiromlError):
     """A shard cannot be written or read as asked (bad or duplicate key, bad option, a
     sample the shard does not hold)."""
+
+
+# Exceptions that mean an input is bad, not that hiroml is wrong: an audit ``error`` row and
+# nothing more. Anything else raised while one member or exam is converted is a hiroml bug:
+# still an error row (one bad exam never stops a build), but its traceback goes to the run log
+# and the build's summary counts it apart ("internal errors: N - please report").
+BAD_INPUT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    BadInputError,  # DecodeError, GeometryError: raised on purpose, naming the file
+    ZipSafetyError,
+    zipfile.BadZipFile,  # a zip or member that cannot be inflated
+    zlib.error,
+    EOFError,  # a truncated member
+    OSError,  # a member or file that cannot be read
+)
+
+
+def is_bad_input(err: BaseException) -> bool:
+    """Whether ``err`` says the input is bad rather than that hiroml has a bug: one of
+    :data:`BAD_INPUT_EXCEPTIONS`, or any exception raised inside pydicom itself (pydicom
+    raises many types on a damaged file, e.g. ``NotImplementedError`` for an unknown VR when
+    an element is read; its ``InvalidDicomError`` among them)."""
+    if isinstance(err, BAD_INPUT_EXCEPTIONS):
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return where == "pydicom" or where.startswith("pydicom.")
+
+
+def internal_trace(err: BaseException) -> str:
+    """The formatted traceback of ``err`` when it is a hiroml bug, "" when it is bad input."""
+    if is_bad_input(err):
+        return ""
+    return "".join(traceback.format_exception(err)).rstrip()

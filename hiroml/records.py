@@ -104,6 +104,9 @@ class Problem:
     action: Action = Action.ERROR
     kept_as: str = ""  # the sample or exam a merged part went to (audit ``kept_as``)
     detail: str = ""  # supporting evidence (audit ``detail``), e.g. the seams of a stitch
+    #: The traceback of an unexpected exception (a hiroml bug, not bad input:
+    #: :func:`hiroml.errors.internal_trace`); "" for bad input. Not a column of audit.csv.
+    internal: str = field(default="", compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------- index

@@ -287,6 +287,11 @@ def test_an_unforeseen_error_on_one_member_is_a_problem(
     zi = index_zip(path, ezip, IndexConfig())
     assert [p.member for p in zi.problems] == ["a.dcm", "b.dcm"]
     assert "unreadable DICOM (RecursionError: deep)" in zi.problems[0].reason
+    # a.dcm met our bug (its traceback kept, for the run log); b.dcm is bad input (truncated)
+    assert (
+        "Traceback" in zi.problems[0].internal and "RecursionError: deep" in zi.problems[0].internal
+    )
+    assert zi.problems[1].internal == ""
 
 
 @pytest.mark.parametrize("content", [b"this is not a spreadsheet\n", b"zip"])
@@ -530,3 +535,49 @@ def test_outputs_and_logs_hold_no_private_header_value(
     for key, shard in zip(m["sample_key"], m["shard"], strict=True):
         _, meta = read_sample(out / shard, key)
         assert set(meta) <= ALLOWED_META, set(meta) - ALLOWED_META
+
+
+def test_a_bug_in_a_worker_is_counted_apart_from_bad_input_with_its_traceback(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception while an exam converts (a hiroml bug, not bad input) still
+    costs only that exam (an ``error`` row), but its traceback reaches the run log and the
+    summary counts it apart: "internal errors: N - please report"."""
+    from hiroml.errors import DecodeError
+    from hiroml.pipeline import worker
+    from hiroml.records import Modality
+
+    root, _ = tiny_datamart
+    convert = worker._convert_exam
+    failed: dict[str, str] = {}
+
+    def flaky(exam: Any, *args: Any) -> Any:
+        if exam.modality is Modality.CT and not failed:
+            failed[exam.exam_key] = "bug"
+            raise KeyError("a bug of ours")
+        if exam.modality is Modality.CT and len(failed) == 1:
+            failed[exam.exam_key] = "bad input"
+            raise DecodeError("a damaged slice")
+        return convert(exam, *args)
+
+    monkeypatch.setattr(worker, "_convert_exam", flaky)
+    with caplog.at_level("INFO", logger="hiroml"):
+        summary = build.run(make_cfg(root, tmp_path / "out"))
+    assert sorted(failed.values()) == ["bad input", "bug"]
+    assert summary.internal_errors == 1 and summary.errors >= 2
+    assert any("internal errors: 1 - please report" in line for line in summary.lines())
+    bug = next(k for k, v in failed.items() if v == "bug")
+    # one line for the console (ERROR), the traceback for the run log (INFO)
+    logged = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert [r.levelname for r in logged] == ["ERROR", "INFO"]
+    assert all(bug in r.getMessage() for r in logged)
+    assert "Traceback" not in logged[0].getMessage()
+    assert "Traceback" in logged[1].getMessage()
+    assert "KeyError: 'a bug of ours'" in logged[1].getMessage()
+    audit = pd.read_csv(tmp_path / "out" / "audit.csv", dtype=str, keep_default_na=False)
+    rows = audit[audit["reason"].str.contains("a bug of ours|a damaged slice")]
+    assert set(rows["action"]) == {"error"} and len(rows) >= 2

@@ -250,6 +250,34 @@ def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
     assert verify(out) == []
 
 
+@pytest.mark.parametrize("damage", [b'{"created": "2026-', b"", b"[1, 2]"])
+def test_a_damaged_build_json_makes_prune_refuse_and_keeps_every_shard(
+    history: tuple[Path, list[build.BuildSummary]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: bytes,
+) -> None:
+    """A version whose build.json cannot be read may name shards no other version names:
+    pruning (by hand or by a build) stops with an error naming the file and deletes nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    v1, v2 = versions_listing.list_versions(out)
+
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if ".hiroml" not in p.parts)
+
+    damaged = v1.path / "build.json"
+    damaged.write_bytes(damage)
+    before = files()
+    with pytest.raises(versions_listing.VersionError, match=f"{damaged}.*nothing is deleted"):
+        versions_pruning.prune(out, keep=1, sweep=True)
+    assert cli_versions.main([str(out), "--prune", "--keep", "1"]) == 1
+    assert str(damaged) in capsys.readouterr().err
+    assert files() == before
+    # readers still skip it, with a warning: only what deletes data stops
+    assert [v.name for v in versions_listing.list_versions(out)] == [v2.name]
+
+
 def _single_patients(m: pd.DataFrame, split: str, remap: dict[str, str]) -> list[str]:
     taken = set(remap) | set(remap.values())
     sizes = m.groupby("patient_group")["patient_id"].nunique()

@@ -42,7 +42,7 @@ from hiroml.cxr.view import (
 )
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import fastdecode
-from hiroml.errors import BadInputError, DecodeError
+from hiroml.errors import BadInputError, DecodeError, internal_trace
 from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
 
 logger = logging.getLogger(__name__)
@@ -376,4 +376,4 @@ def _unexpected(inst: Instance, e: Exception) -> Problem:
     reason = f"{_where(inst)}: {type(e).__name__}: {e} (transfer syntax {ts})"
     logger.warning("%s", reason)
     logger.info("%s: traceback of the error above", _where(inst), exc_info=True)
-    return _problem(inst, reason, Action.ERROR)
+    return dataclasses.replace(_problem(inst, reason, Action.ERROR), internal=internal_trace(e))

@@ -26,7 +26,7 @@ from pydicom.uid import UID
 from hiroml.config import ExecutorConfig, IndexConfig
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import rawheader
-from hiroml.errors import BadInputError, ZipSafetyError
+from hiroml.errors import BadInputError, ZipSafetyError, internal_trace
 from hiroml.ingest.cache import IndexCache
 from hiroml.pipeline.executor import map_items
 from hiroml.records import Action, ExamZip, Instance, Problem, ZipIndex
@@ -359,10 +359,18 @@ def index_zip(
     instances: list[Instance] = []
     problems: list[Problem] = []
 
-    def problem(member: str, reason: str, action: Action = Action.ERROR) -> None:
+    def problem(
+        member: str, reason: str, action: Action = Action.ERROR, internal: str = ""
+    ) -> None:
         problems.append(
             Problem(
-                zip=name, batch=batch, member=member, stage="index", reason=reason, action=action
+                zip=name,
+                batch=batch,
+                member=member,
+                stage="index",
+                reason=reason,
+                action=action,
+                internal=internal,
             )
         )
 
@@ -396,9 +404,10 @@ def index_zip(
             except BadInputError as e:
                 problem(member, str(e))
                 continue
-            except Exception as e:  # an unforeseen parser failure on one member: never fatal
+            except Exception as e:  # an unforeseen failure on one member: never fatal
                 log.warning("%s: unexpected %s while indexing", label, type(e).__name__)
-                problem(member, f"{label}: unreadable DICOM ({type(e).__name__}: {e})")
+                reason = f"{label}: unreadable DICOM ({type(e).__name__}: {e})"
+                problem(member, reason, internal=internal_trace(e))
                 continue
             if inst.sop_uid in seen:
                 problem(

@@ -13,8 +13,18 @@ from hiroml.records import Action, AuditRow, Exam, Problem
 
 log = logging.getLogger(__name__)
 
+#: The ``code`` of an audit row made from a hiroml bug (:attr:`Problem.internal`).
+CODE_INTERNAL = "internal"
+
 
 def problem_to_audit(p: Problem, *, exam_key: str = "") -> AuditRow:
+    """The audit row of a problem. A problem that is a hiroml bug (its traceback in
+    :attr:`~hiroml.records.Problem.internal`) is logged: one line for the console, the
+    traceback for the run log; its row gets the code :data:`CODE_INTERNAL`."""
+    if p.internal:
+        where = "/".join(x for x in (p.batch, p.zip, p.member) if x)
+        log.error("internal error (a hiroml bug: please report it) at %s: %s", where, p.reason)
+        log.info("traceback of the internal error at %s:\n%s", where, p.internal)
     return AuditRow(
         zip=p.zip,
         batch=p.batch,
@@ -24,6 +34,7 @@ def problem_to_audit(p: Problem, *, exam_key: str = "") -> AuditRow:
         member=p.member,
         kept_as=p.kept_as,
         detail=f"stage {p.stage}; {p.detail}" if p.detail else f"stage {p.stage}",
+        code=CODE_INTERNAL if p.internal else "",
     )
 
 

@@ -22,7 +22,12 @@ from hiroml.config import BuildConfig
 from hiroml.errors import BuildError
 from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
 from hiroml.pipeline import faults, scratch, unchanged
-from hiroml.pipeline.audit import problem_to_audit, split_move_rows, with_link_notes
+from hiroml.pipeline.audit import (
+    CODE_INTERNAL,
+    problem_to_audit,
+    split_move_rows,
+    with_link_notes,
+)
 from hiroml.pipeline.demo import demo_datamart
 from hiroml.pipeline.publish import batches_read, publish
 from hiroml.pipeline.samples import manifest_frame, with_signatures
@@ -154,6 +159,7 @@ class _Tables:
     patients: pd.DataFrame
     audit: pd.DataFrame
     linked: LinkResult
+    internal_errors: int = 0  # audit error rows that are hiroml bugs (CODE_INTERNAL)
 
 
 def _build(
@@ -284,7 +290,8 @@ def _tables(
     patients = patients_frame(manifest, members)
     by_group = linked.texts_by_group()
     patients["links"] = [by_group.get(str(g), []) for g in patients["patient_group"]]
-    return _Tables(manifest, patients, audit_frame(audit), linked)
+    internal = sum(r.code == CODE_INTERNAL for r in audit)
+    return _Tables(manifest, patients, audit_frame(audit), linked, internal)
 
 
 def _count(
@@ -300,6 +307,7 @@ def _count(
     summary.cxr_images = int((manifest["modality"] == "cxr").sum()) if len(manifest) else 0
     summary.ct_volumes = int((manifest["modality"] == "ct").sum()) if len(manifest) else 0
     summary.errors = int((audit_df["action"] == "error").sum())
+    summary.internal_errors = tables.internal_errors
     summary.dropped = int((audit_df["action"] == "dropped").sum())
     summary.duplicates = int((audit_df["action"] == "duplicate").sum())
     summary.merged = int((audit_df["action"] == "merged").sum())

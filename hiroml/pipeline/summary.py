@@ -32,6 +32,7 @@ class BuildSummary:
     cxr_images: int = 0
     ct_volumes: int = 0
     errors: int = 0
+    internal_errors: int = 0  # of the errors, those that are hiroml bugs, not bad input
     dropped: int = 0
     pixel_links: int = 0  # patient groups joined by identical decoded pixels
     near_duplicates: int = 0  # near-duplicate pairs across patient groups (linked or not)
@@ -66,6 +67,7 @@ class BuildSummary:
             f"  written: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes "
             f"({self.tasks} tasks, {self.tasks_reused} reused from an earlier run)",
             f"  dropped {self.dropped}, errors {self.errors} (see audit.csv / report.html)",
+            *self._internal_lines(),
             f"  patient groups joined by identical pixels {self.pixel_links}; near-duplicate "
             f"pairs across groups {self.near_duplicates}",
             f"  patients per split: {split}",
@@ -87,6 +89,14 @@ class BuildSummary:
             f"  that build: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes; "
             f"dropped {self.dropped}, errors {self.errors}; patients per split: {split}",
             f"  nothing changed since version {self.version}: no new version published",
+        ]
+
+    def _internal_lines(self) -> list[str]:
+        if not self.internal_errors:
+            return []
+        return [
+            f"  internal errors: {self.internal_errors} - please report (hiroml bugs, not bad "
+            "input: their tracebacks are in the run log; their rows in audit.csv are errors)"
         ]
 
     def _shrink_lines(self) -> list[str]:

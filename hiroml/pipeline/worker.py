@@ -19,6 +19,7 @@ import numpy as np
 
 from hiroml._version import __version__
 from hiroml.config import IndexConfig
+from hiroml.errors import internal_trace
 from hiroml.pipeline.scratch import ScratchReader, scratch_dir
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, save_task_record
 from hiroml.records import CtVolume, CxrImage, Exam, Instance, Modality, Problem, SampleRecord
@@ -111,13 +112,21 @@ class ExamReader:
 
 def _exam_error(exam: Exam, err: BaseException) -> list[tuple[str, Problem]]:
     reason = f"exam {exam.exam_key}: {type(err).__name__}: {err}"
+    trace = internal_trace(err)
     out = []
     for rel in exam.zips:
         batch, _, name = rel.partition("/")
         out.append(
             (
                 exam.exam_key,
-                Problem(zip=name, batch=batch, member="", stage=str(exam.modality), reason=reason),
+                Problem(
+                    zip=name,
+                    batch=batch,
+                    member="",
+                    stage=str(exam.modality),
+                    reason=reason,
+                    internal=trace,
+                ),
             )
         )
     return out

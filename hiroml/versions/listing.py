@@ -77,13 +77,21 @@ def versions_dir(out: Path | str) -> Path:
     return Path(out) / VERSIONS_DIR
 
 
-def _read_version(path: Path) -> Version | None:
+def _read_version(path: Path, *, strict: bool = False) -> Version | None:
     m = _NAME.match(path.name)
     if m is None or not (path / MANIFEST).is_file():
         return None
     try:
         info = json.loads((path / BUILD_JSON).read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError(f"a JSON {type(info).__name__}, not an object")
     except (OSError, ValueError) as e:
+        if strict:
+            raise VersionError(
+                f"{path / BUILD_JSON} cannot be read ({e}): nothing is deleted while a version "
+                "cannot be accounted for. Restore that file, or move the version folder out of "
+                f"{path.parent} if it is not wanted, then run again"
+            ) from e
         log.warning("version %s has no readable %s (%s): ignored", path, BUILD_JSON, e)
         return None
     return Version(
@@ -98,13 +106,15 @@ def _read_version(path: Path) -> Version | None:
     )
 
 
-def list_versions(out: Path | str) -> list[Version]:
+def list_versions(out: Path | str, *, strict: bool = False) -> list[Version]:
     """The complete versions of an output folder, oldest first (hidden and half-written
-    folders are skipped)."""
+    folders are skipped). A version folder whose ``build.json`` cannot be read is skipped with
+    a warning, or, with ``strict`` (what deletes data asks for), raises :class:`VersionError`
+    naming the file."""
     root = versions_dir(out)
     if not root.is_dir():
         return []
-    found = [_read_version(p) for p in root.iterdir() if p.is_dir()]
+    found = [_read_version(p, strict=strict) for p in root.iterdir() if p.is_dir()]
     return sorted((v for v in found if v is not None), key=lambda v: (v.seq, v.name))
 
 

@@ -45,6 +45,15 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(hidden, ignore_errors=True)
 
 
+def _remove_hidden(out: Path, sweep: bool) -> None:
+    """Remove the version folders left hidden by a killed prune, or (with ``sweep``: a build
+    holds the output) half written by a killed publish."""
+    hidden = [".*.deleting", ".*.tmp"] if sweep else [".*.deleting"]
+    for pattern in hidden if versions_dir(out).is_dir() else ():
+        for p in versions_dir(out).glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def prune(
     out: Path | str,
     keep: int,
@@ -55,6 +64,8 @@ def prune(
     task_dir: Path | None = None,
 ) -> Pruned:
     """Remove the versions beyond the newest ``keep`` that are not pinned, then shards.
+    Raises :class:`VersionError`, deleting nothing, when a version's ``build.json`` or
+    manifest cannot be read.
 
     Without ``sweep`` (``hiroml-versions --prune``, which may run beside a build) only the
     shards named by a removed version and by no kept one are deleted. With ``sweep`` (a build,
@@ -65,13 +76,9 @@ def prune(
     if keep < 1:
         raise ValueError(f"keep={keep}: keep at least 1 version (versions.keep)")
     out = Path(out)
-    found = list_versions(out)
-    # a version folder left hidden by a killed prune, or (sweep: a build holds the output)
-    # half written by a killed publish
-    hidden = [".*.deleting", ".*.tmp"] if sweep else [".*.deleting"]
-    for pattern in hidden if versions_dir(out).is_dir() else ():
-        for p in versions_dir(out).glob(pattern):
-            shutil.rmtree(p, ignore_errors=True)
+    # a version that cannot be read might name shards that nothing else names: stop
+    found = list_versions(out, strict=True)
+    _remove_hidden(out, sweep)
     newest = {v.name for v in found[-keep:]}
     kept = [v for v in found if v.name in newest or v.pinned]
     gone = [v for v in found if v not in kept]
