@@ -107,7 +107,8 @@ def run_hiroml(zip_bytes: bytes, folder: str) -> tuple[float, str]:
     from hiroml.config import CtConfig
     from hiroml.ct import convert as ct_convert
     from hiroml.ingest.zipio import SafeZip
-    from hiroml.records import Exam, Modality
+    from hiroml.records import Exam
+    from hiroml.vocab import Modality
 
     insts = _instances(zip_bytes)
     exam = Exam(
@@ -141,7 +142,8 @@ def run_hiroml_convert(zip_bytes: bytes, folder: str) -> tuple[float, str]:
     from hiroml.config import CtConfig
     from hiroml.ct import convert as ct_convert
     from hiroml.ingest.zipio import SafeZip
-    from hiroml.records import Exam, Modality
+    from hiroml.records import Exam
+    from hiroml.vocab import Modality
 
     insts = _instances(zip_bytes)
     with SafeZip(zip_bytes) as z:

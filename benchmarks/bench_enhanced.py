@@ -60,7 +60,8 @@ def _convert(zip_bytes: bytes, repeat: int, q: Any) -> None:
     from hiroml.config import CtConfig
     from hiroml.ct import convert as ct_convert
     from hiroml.ingest.zipio import SafeZip
-    from hiroml.records import Exam, Modality
+    from hiroml.records import Exam
+    from hiroml.vocab import Modality
 
     insts = _instances(zip_bytes)
     exam = Exam(

@@ -22,7 +22,8 @@ import time
 
 from hiroml.config import ExamsConfig
 from hiroml.exams.stage import build_exams
-from hiroml.records import Action, Batch, BatchStatus, ExamZip, Instance, Modality, ZipName
+from hiroml.records import Batch, ExamZip, Instance, ZipName
+from hiroml.vocab import Action, BatchStatus, Modality
 
 log = logging.getLogger("bench_exams")
 

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from hiroml.errors import ConfigError
 from hiroml.exams.neardup import DEFAULT_THRESHOLD
+from hiroml.vocab import View
 
 
 def _check_choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -77,7 +78,7 @@ class CxrConfig:
     voi_index: int = 0  # which of several windows / VOI LUTs
     percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
     dtype: str = "float16"  # float16 | uint8 | uint16
-    views: List[str] = field(default_factory=lambda: ["frontal"])  # frontal, lateral, unknown
+    views: List[str] = field(default_factory=lambda: [View.FRONTAL.value])  # values of View
     drop_derived: bool = True  # drop ImageType DERIVED/SECONDARY and Modality OT/SC
     keep_for_processing: bool = False  # keep DX "for processing" raw detector images
     fast_jpeg2000: bool = True  # decode JPEG 2000/HTJ2K only at the resolution size needs
@@ -87,7 +88,7 @@ class CxrConfig:
         _check_choice("cxr", "normalization", self.normalization, ("voi", "percentile", "minmax"))
         _check_choice("cxr", "dtype", self.dtype, ("float16", "uint8", "uint16"))
         for v in self.views:
-            _check_choice("cxr", "views", v, ("frontal", "lateral", "unknown"))
+            _check_choice("cxr", "views", v, tuple(View))
         if len(self.size) != 2 or min(self.size) < 8:
             raise ConfigError(f"cxr.size={list(self.size)}: give [height, width], each >= 8")
 

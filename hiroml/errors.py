@@ -6,6 +6,11 @@ import traceback
 import zipfile
 import zlib
 
+# Exit statuses of the commands (hiroml-build; hiroml-versions exits 3 as it does)
+EXIT_CONFIG = 2  # configuration or datamart error: nothing was written
+EXIT_LOCKED = 3  # another build holds the output's lock
+EXIT_SHRINK = 4  # the shrink guard refused to publish
+
 
 class HiromlError(Exception):
     """Base of every error hiroml raises on purpose."""

@@ -13,7 +13,6 @@ from hiroml.cli.export import (
 from hiroml.data.export import (
     FORMATS,
     INDEX_COLUMNS,
-    INDEX_NAME,
     SIDECAR_COLUMNS,
     SUFFIX,
     ExportResult,
@@ -22,6 +21,7 @@ from hiroml.data.export import (
     manifest_path,
     safe_name,
 )
+from hiroml.vocab import EXPORT_INDEX_NAME as INDEX_NAME
 
 __all__ = [
     "FORMATS",

@@ -13,38 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
+from hiroml.vocab import Action, BatchStatus, Modality, View
 
-class Modality(StrEnum):
-    """Exam kind, as decided by the batch folder (``CXR-UPDATE-*`` or ``CT-UPDATE-*``)."""
-
-    CXR = "cxr"
-    CT = "ct"
-
-
-class BatchStatus(StrEnum):
-    COMPLETE = "COMPLETE"
-    IN_PROGRESS = "IN-PROGRESS"
-
-
-class Action(StrEnum):
-    """What happened to a zip (or a part of it); the ``action`` column of audit.csv."""
-
-    KEPT = "kept"
-    DUPLICATE = "duplicate"
-    MERGED = "merged"
-    SKIPPED = "skipped"
-    DROPPED = "dropped"
-    ERROR = "error"
-
-
-class View(StrEnum):
-    FRONTAL = "frontal"
-    LATERAL = "lateral"
-    UNKNOWN = "unknown"
+#: What a Dataset yields for one sample (``image``, ``sample_key``, ``patient_id``, ``meta``...):
+#: the one untyped dict, so that ``torch.utils.data.default_collate`` batches it.
+Sample = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- discovery
@@ -332,7 +309,9 @@ class SampleRecord:
     origin_xyz: tuple[float, ...] | None = None
     direction: tuple[float, ...] | None = None
     scale: float = 1.0  # stored value * scale -> [0, 1] (radiographs); 1.0 for CT (HU)
-    notes: tuple[str, ...] = ()  # CT: the geometry decisions (tilt resampled, gap filled...)
+    # CT: the geometry decisions (tilt resampled, gap filled...): CtVolume.decisions, the
+    # manifest's ct_decisions column and the shard's "decisions" attribute
+    ct_decisions: tuple[str, ...] = ()
     signature: tuple[int, ...] = ()  # radiographs: hiroml.exams.neardup.signature (uint8 values)
     stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
     seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm

@@ -16,9 +16,9 @@ from test_manifest import make_output
 from hiroml.config import ExecutorConfig
 from hiroml.pipeline.executor import map_items
 from hiroml.pipeline.tasks import TaskResult, load_task_record, save_task_record
-from hiroml.records import Action, Problem, SampleRecord
+from hiroml.records import Problem, SampleRecord
 from hiroml.store.atomic import temp_path, write_atomic, write_text_atomic
-from hiroml.store.lock import STATE_DIR
+from hiroml.vocab import STATE_DIR, Action
 
 
 def _square(n: int) -> int:
@@ -83,7 +83,7 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
         spacing_xyz=(0.7, 0.7, 2.5),
         origin_xyz=(0.0, 0.0, 0.0),
         direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
-        notes=("gap filled",),
+        ct_decisions=("gap filled",),
         seams_mm=(12.5,),
         seam_slices=(2,),
     )
@@ -99,6 +99,13 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
     again = load_task_record(Spec)  # type: ignore[arg-type]
     assert again is not None and again.reused
     assert again.samples == (sample,) and again.problems == result.problems
+    # a record written when ct_decisions was named notes loads the same
+    path = tmp_path / STATE_DIR / "tasks" / "t.json"
+    d = json.loads(path.read_text())
+    d["samples"][0]["notes"] = d["samples"][0].pop("ct_decisions")
+    path.write_text(json.dumps(d))
+    older = load_task_record(Spec)  # type: ignore[arg-type]
+    assert older is not None and older.samples == (sample,)
     (tmp_path / "shards" / "t-0.h5").unlink()
     assert load_task_record(Spec) is None  # type: ignore[arg-type]  # its shard is gone
 

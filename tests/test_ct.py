@@ -30,7 +30,8 @@ from hiroml.ct import select as ct_select
 from hiroml.ct import volume as ct_volume
 from hiroml.errors import GeometryError
 from hiroml.ingest.zipio import SafeZip
-from hiroml.records import Action, CtVolume, Exam, Instance, Modality
+from hiroml.records import CtVolume, Exam, Instance
+from hiroml.vocab import Action, Modality
 
 ZIP_A = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 ZIP_B = "1234_20200508-110200_A002_CT-CHEST-WO.zip"

@@ -27,7 +27,8 @@ from hiroml.config import CtConfig
 from hiroml.ct import convert as ct_convert
 from hiroml.ct import stitch
 from hiroml.errors import ConfigError
-from hiroml.records import Action, CtVolume, Exam, Instance, Modality, Problem
+from hiroml.records import CtVolume, Exam, Instance, Problem
+from hiroml.vocab import Action, Modality
 
 ZIP_A = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 ZIP_B = "1234_20200508-110200_A002_CT-CHEST-WO.zip"

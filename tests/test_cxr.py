@@ -33,7 +33,8 @@ from hiroml.cxr import pixels as cxr_pixels
 from hiroml.cxr import select as cxr_select
 from hiroml.cxr import view as cxr_view
 from hiroml.errors import DecodeError
-from hiroml.records import Action, Exam, Instance, Modality, View
+from hiroml.records import Exam, Instance
+from hiroml.vocab import Action, Modality, View
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"

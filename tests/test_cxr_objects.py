@@ -39,9 +39,10 @@ from hiroml.cxr import pixels as cxr_pixels
 from hiroml.cxr import select as cxr_select
 from hiroml.errors import DecodeError
 from hiroml.ingest.index import instance_from_dataset
-from hiroml.records import Action, CxrImage, Exam, Instance, Modality
+from hiroml.records import CxrImage, Exam, Instance
 from hiroml.store.shards import read_sample
 from hiroml.store.verify import verify
+from hiroml.vocab import Action, Modality
 
 # --------------------------------------------------------------------------- helpers
 

@@ -5,7 +5,7 @@ import pytest
 
 from hiroml.errors import DatamartError
 from hiroml.ingest.discover import discover, is_pediatric, parse_batch_name, parse_zip_name
-from hiroml.records import Action, BatchStatus, Modality
+from hiroml.vocab import Action, BatchStatus, Modality
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,8 @@ from hiroml.exams.stage import build_exams
 from hiroml.ingest import zipio
 from hiroml.ingest.discover import discover
 from hiroml.ingest.index import index_zip, instance_from_dataset, read_member
-from hiroml.records import Action, CxrImage
+from hiroml.records import CxrImage
+from hiroml.vocab import Action
 
 STUDY = synth.StudyInfo(
     patient_id="8100",

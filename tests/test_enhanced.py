@@ -34,7 +34,8 @@ from hiroml.ct import convert as ct_convert
 from hiroml.ct import enhanced
 from hiroml.ct import select as ct_select
 from hiroml.ct import volume as ct_volume
-from hiroml.records import Action, CtVolume, Exam, Instance, Modality
+from hiroml.records import CtVolume, Exam, Instance
+from hiroml.vocab import Action, Modality
 
 ZIP = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 UNEVEN_Z = [0.0, 2.5, 5.0, 7.5, 10.0, 11.5, 14.0, 16.5, 19.0, 21.5, 24.0, 26.5]

@@ -25,16 +25,8 @@ from hiroml.exams.rules import (
     ExamsResult,
 )
 from hiroml.exams.stage import build_exams
-from hiroml.records import (
-    Action,
-    AuditRow,
-    Batch,
-    BatchStatus,
-    ExamZip,
-    Instance,
-    Modality,
-    ZipName,
-)
+from hiroml.records import AuditRow, Batch, ExamZip, Instance, ZipName
+from hiroml.vocab import Action, BatchStatus, Modality
 
 CFG = ExamsConfig()
 T0 = dt.datetime(2020, 3, 1, 14, 0, 30)

@@ -19,7 +19,7 @@ from hiroml.exams.stage import build_exams
 from hiroml.ingest.discover import discover
 from hiroml.ingest.identity import join_clinical, load_remap, read_clinical
 from hiroml.ingest.index import build_index
-from hiroml.records import Action
+from hiroml.vocab import Action
 
 SEEDS = (0, 1, 2)
 

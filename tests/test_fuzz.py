@@ -39,7 +39,8 @@ from hiroml.exams.stage import build_exams
 from hiroml.ingest.discover import parse_zip_name
 from hiroml.ingest.index import index_zip
 from hiroml.ingest.zipio import SafeZip
-from hiroml.records import Batch, BatchStatus, ExamZip, Instance, Modality
+from hiroml.records import Batch, ExamZip, Instance
+from hiroml.vocab import BatchStatus, Modality
 
 #: Attributes the indexing and pixel code read: mutated more often than the others.
 KEYWORDS = (

@@ -549,7 +549,7 @@ def test_a_bug_in_a_worker_is_counted_apart_from_bad_input_with_its_traceback(
     summary counts it apart: "internal errors: N - please report"."""
     from hiroml.errors import DecodeError
     from hiroml.pipeline import worker
-    from hiroml.records import Modality
+    from hiroml.vocab import Modality
 
     root, _ = tiny_datamart
     convert = worker._convert_exam

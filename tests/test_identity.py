@@ -25,7 +25,8 @@ from hiroml.ingest.identity import (
     read_remap_sheet,
     window_violation,
 )
-from hiroml.records import Action, Exam, Modality
+from hiroml.records import Exam
+from hiroml.vocab import Action, Modality
 
 CFG = IdentityConfig()
 

@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 from hiroml.config import IndexConfig
 from hiroml.ingest.discover import discover
 from hiroml.ingest.index import build_index, instance_from_dataset
-from hiroml.records import Action
+from hiroml.vocab import Action
 
 BATCH = "CXR-UPDATE-20200523-COMPLETE"
 

@@ -86,3 +86,46 @@ def test_no_module_too_long_to_read() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+# A literal that is a vocab value but means something else, by (module, value).
+NOT_VOCAB = {
+    ("hiroml/data/lightning.py", "test"),  # Lightning's stage name ("fit", "validate", "test")
+}
+
+
+def _vocab_values() -> set[str]:
+    from hiroml import vocab
+
+    names = {v for k, v in vars(vocab).items() if k.isupper() and isinstance(v, str)}
+    names -= {vocab.SHARDS_DIR, vocab.VERSIONS_DIR}  # also config sections and record keys
+    return names | {str(m) for e in (vocab.Split, vocab.Action, vocab.View) for m in e}
+
+
+def test_no_output_name_or_split_action_view_literal_outside_vocab() -> None:
+    """Split, action and view values and output file names are spelled in hiroml/vocab.py
+    only; docstrings may name them, code uses the names."""
+    values = _vocab_values()
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        if rel == "hiroml/vocab.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+        }
+        found += [
+            f"{rel}:{n.lineno}: {n.value!r}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and n.value in values
+            and id(n) not in docs
+            and (rel, n.value) not in NOT_VOCAB
+        ]
+    assert found == []
+    assert "manifest.parquet" in values and "train" in values and "frontal" in values

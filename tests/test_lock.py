@@ -20,7 +20,8 @@ from conftest import MakeCfg
 
 from hiroml import pipeline as build
 from hiroml.errors import OutputLockedError
-from hiroml.store.lock import HOLDER_NAME, STATE_DIR, build_lock, read_holder
+from hiroml.store.lock import HOLDER_NAME, build_lock, read_holder
+from hiroml.vocab import STATE_DIR
 
 _HOLD = """
 import sys, time

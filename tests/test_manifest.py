@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hiroml.records import Action, AuditRow
+from hiroml.records import AuditRow
 from hiroml.store.contract import check_contract
 from hiroml.store.shards import ShardWriter
 from hiroml.store.tables import (
@@ -28,6 +28,7 @@ from hiroml.store.tables import (
     read_manifest,
     write_outputs,
 )
+from hiroml.vocab import Action
 
 
 def _cxr(rng: np.random.Generator, dtype: str, size: int) -> tuple[np.ndarray, float]:

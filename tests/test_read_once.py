@@ -21,8 +21,8 @@ from hiroml.ingest import zipio
 from hiroml.ingest.discover import discover
 from hiroml.ingest.index import index_zip
 from hiroml.pipeline import scratch
-from hiroml.records import Modality
 from hiroml.store import shards
+from hiroml.vocab import Modality
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, str]]:

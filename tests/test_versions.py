@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from hiroml import pipeline as build
 from hiroml.cli import versions as cli_versions
 from hiroml.data.dataset import HiromlDataset, load_sitk
+from hiroml.errors import EXIT_LOCKED
 from hiroml.exams import splits
 from hiroml.pipeline import faults
 from hiroml.store.verify import examine_all, verify
@@ -562,9 +563,7 @@ def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        assert (
-            cli_versions.main([str(out), "--prune", "--keep", "1"]) == versions_listing.EXIT_LOCKED
-        )
+        assert cli_versions.main([str(out), "--prune", "--keep", "1"]) == EXIT_LOCKED
         err = capsys.readouterr().err
         assert "hiroml-versions:" in err and "Traceback" not in err
         assert versions_listing.list_versions(out) == before

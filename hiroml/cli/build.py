@@ -16,6 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hiroml.config import BuildConfig
 from hiroml.errors import (
+    EXIT_CONFIG,
+    EXIT_LOCKED,
+    EXIT_SHRINK,
     ConfigError,
     DatamartError,
     HiromlError,
@@ -30,9 +33,6 @@ log = logging.getLogger("hiroml")
 ConfigStore.instance().store(name="build_schema", node=BuildConfig)
 
 #: Exit codes of ``hiroml-build`` (README, "Exit codes"): 0 built; 1 the build failed.
-EXIT_CONFIG = 2  # configuration or datamart error: nothing was written
-EXIT_LOCKED = 3  # another build holds the output's lock
-EXIT_SHRINK = 4  # the shrink guard refused to publish
 
 
 def exit_code(err: HiromlError) -> int:

@@ -6,17 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from hiroml.errors import HiromlError, OutputLockedError
+from hiroml.errors import EXIT_LOCKED, HiromlError, OutputLockedError
 from hiroml.versions.changes import diff
-from hiroml.versions.listing import (
-    BUILD_JSON,
-    EXIT_LOCKED,
-    VersionError,
-    find_version,
-    list_versions,
-)
+from hiroml.versions.listing import VersionError, find_version, list_versions
 from hiroml.versions.pins import pin, unpin
 from hiroml.versions.pruning import prune
+from hiroml.vocab import BUILD_JSON, STATE_DIR
 
 
 def _default_keep(out: Path) -> int:
@@ -77,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if keep < 1:
                 raise VersionError(f"--keep {keep}: keep at least 1 version")
             with build_lock(out):  # no build runs meanwhile: every unnamed shard can go
-                done = prune(out, keep, sweep=True, task_dir=out / ".hiroml" / "tasks")
+                done = prune(out, keep, sweep=True, task_dir=out / STATE_DIR / "tasks")
             print(
                 f"pruned {len(done.versions)} version(s) "
                 f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"

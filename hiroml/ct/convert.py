@@ -34,7 +34,8 @@ from hiroml.ct.stitch import Scan, StitchPlan, pixels_differ, plan_scans
 from hiroml.ct.volume import _build
 from hiroml.dicom import decode as dicom
 from hiroml.errors import HiromlError
-from hiroml.records import Action, CtVolume, Exam, Instance, Problem
+from hiroml.records import CtVolume, Exam, Instance, Problem
+from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
 

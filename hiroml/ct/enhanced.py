@@ -40,7 +40,8 @@ from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageSt
 
 from hiroml.dicom import decode as dicom
 from hiroml.errors import BadInputError, DecodeError, HiromlError
-from hiroml.records import Action, Instance, Problem
+from hiroml.records import Instance, Problem
+from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ import numpy as np
 from hiroml.config import CtConfig
 from hiroml.ct import enhanced
 from hiroml.dicom import decode as dicom
-from hiroml.records import Action, Instance, Problem
+from hiroml.records import Instance, Problem
+from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
 

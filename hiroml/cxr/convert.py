@@ -43,7 +43,8 @@ from hiroml.cxr.view import (
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import fastdecode
 from hiroml.errors import BadInputError, DecodeError, internal_trace
-from hiroml.records import Action, CxrImage, Exam, Instance, Problem, View
+from hiroml.records import CxrImage, Exam, Instance, Problem
+from hiroml.vocab import Action, View
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from hiroml.records import Instance, View
+from hiroml.records import Instance
+from hiroml.vocab import View
 
 _FRONTAL_POSITIONS = frozenset({"PA", "AP", "APS", "PAS", "FRONTAL", "AP SUPINE", "AP ERECT"})
 
@@ -92,7 +93,7 @@ def classify_evidence(ev: ViewEvidence, *, exam_description: str = "") -> tuple[
         return View.LATERAL, f"ViewPosition={vp}"
     for code in ev.code_meanings:
         meaning = code.lower()
-        if "lateral" in meaning and "decubitus" not in meaning:
+        if View.LATERAL in meaning and "decubitus" not in meaning:
             return View.LATERAL, f"ViewCodeSequence={meaning}"
         if "postero-anterior" in meaning or "antero-posterior" in meaning:
             return View.FRONTAL, f"ViewCodeSequence={meaning}"

@@ -24,7 +24,9 @@ from h5py import h5d
 from torch.utils.data import Dataset
 
 from hiroml.errors import ArgumentError, HiromlError
+from hiroml.records import Sample
 from hiroml.store.shards import SampleRef, open_shard, read_into, read_meta, region_of, sample_refs
+from hiroml.vocab import MANIFEST, Split
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ META_STR = (
 META_FLOAT = ("age_years", "days_from_encounter")
 CT_GEOMETRY = ("spacing_xyz", "origin_xyz", "direction")
 
-Sample = dict[str, Any]
 # a located sample: its open shard, byte offset or None, shape, dtype, where it lies
 _Where = tuple["_OpenShard", int | None, tuple[int, ...], np.dtype[Any], SampleRef]
 
@@ -133,7 +134,7 @@ class HiromlDataset(Dataset[Sample]):
     def __init__(
         self,
         out_dir: Path | str,
-        split: str | None = "train",
+        split: str | None = Split.TRAIN,
         modality: str = "cxr",
         transform: Callable[[Sample], Sample] | None = None,
         label: str | None = None,
@@ -157,7 +158,7 @@ class HiromlDataset(Dataset[Sample]):
         self.transform = transform
         self.label = label
         folder, self.version = tables_dir(self.out_dir, version)
-        m = pd.read_parquet(folder / "manifest.parquet")
+        m = pd.read_parquet(folder / MANIFEST)
         if label is not None and label not in m.columns:
             raise ArgumentError(f"label {label!r} is not a column of {folder}/manifest.parquet")
         rows = m[m["modality"] == modality]
@@ -379,7 +380,7 @@ def load_sitk(out_dir: Path | str, sample_key: str, *, version: str | int | None
 
     out = Path(out_dir)
     folder, _ = tables_dir(out, version)
-    m = pd.read_parquet(folder / "manifest.parquet")
+    m = pd.read_parquet(folder / MANIFEST)
     row = m[m["sample_key"] == sample_key]
     if row.empty:
         raise ArgumentError(f"{sample_key!r} is not a sample of {folder}/manifest.parquet")

@@ -39,6 +39,7 @@ import pandas as pd
 
 from hiroml.errors import ExportError
 from hiroml.report.card import OWN_COLUMNS
+from hiroml.vocab import AUDIT, EXPORT_INDEX_NAME, MANIFEST, VERSIONS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ FORMATS = {"nifti": "ct", "png": "cxr"}  # format -> the modality it exports
 
 
 SUFFIX = {"nifti": ".nii.gz", "png": ".png"}
-
-
-INDEX_NAME = "index.csv"
 
 
 #: manifest columns copied into the sidecar (when present), as plain JSON values
@@ -84,13 +82,13 @@ def safe_name(key: str) -> str:
 def manifest_path(out: Path, version: str | None) -> tuple[Path, str]:
     """The manifest of ``version`` (None or ``latest``: the root manifest, the latest
     version) and the version's name ("" when the output has no ``versions/`` folder)."""
-    versions = out / "versions"
+    versions = out / VERSIONS_DIR
     names = sorted(p.name for p in versions.iterdir() if p.is_dir()) if versions.is_dir() else []
     if version in (None, "", "latest"):
-        path = out / "manifest.parquet"
+        path = out / MANIFEST
         name = names[-1] if names else ""
     else:
-        path = versions / str(version) / "manifest.parquet"
+        path = versions / str(version) / MANIFEST
         name = str(version)
         if not path.is_file():
             known = ", ".join(names[-5:]) or "none"
@@ -183,7 +181,7 @@ def export(
     out, dest = Path(out), Path(dest)
     mpath, vname = manifest_path(out, version)
     manifest = pd.read_parquet(mpath)
-    audit_path = mpath.parent / "audit.csv"
+    audit_path = mpath.parent / AUDIT
     audit = (
         pd.read_csv(audit_path, dtype=str).fillna("") if audit_path.is_file() else pd.DataFrame()
     )
@@ -230,7 +228,7 @@ def export(
         entry.update({c: _plain(row[c]) for c in labels})
         index.append(entry)
     dest.mkdir(parents=True, exist_ok=True)
-    index_path = dest / INDEX_NAME
+    index_path = dest / EXPORT_INDEX_NAME
     cols = ["file", "sidecar", *INDEX_COLUMNS, *labels]
     pd.DataFrame(index, columns=cols).to_csv(index_path, index=False)
     log.info("exported %d %s samples as %s to %s", len(index), modality, fmt, dest)

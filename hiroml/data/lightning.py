@@ -29,9 +29,9 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from hiroml.data.dataset import HiromlDataset
-from hiroml.exams.splits import SPLITS
+from hiroml.records import Sample
+from hiroml.vocab import SPLITS, Split
 
-Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
 
 
@@ -90,16 +90,20 @@ class HiromlDataModule(pl.LightningDataModule):
                     "version only; leave version unset"
                 )
             kwargs["version"] = self.version
-        t = self.train_transform if split == "train" and self.train_transform else self.transform
+        t = (
+            self.train_transform
+            if split == Split.TRAIN and self.train_transform
+            else self.transform
+        )
         return HiromlDataset(self.out, split=split, modality=self.modality, transform=t, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits a ``stage`` needs (``fit``: train and val; ``validate``: val;
         ``test``: test; None or ``predict``: all three)."""
         need = {
-            "fit": ("train", "val"),
-            "validate": ("val",),
-            "test": ("test",),
+            "fit": (Split.TRAIN, Split.VAL),
+            "validate": (Split.VAL,),
+            "test": (Split.TEST,),
         }.get(stage or "", SPLITS)
         for split in need:
             if split not in self.datasets:
@@ -119,13 +123,13 @@ class HiromlDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader[Sample]:
-        return self._loader("train", train=True)
+        return self._loader(Split.TRAIN, train=True)
 
     def val_dataloader(self) -> DataLoader[Sample]:
-        return self._loader("val", train=False)
+        return self._loader(Split.VAL, train=False)
 
     def test_dataloader(self) -> DataLoader[Sample]:
-        return self._loader("test", train=False)
+        return self._loader(Split.TEST, train=False)
 
     def teardown(self, stage: str | None = None) -> None:
         for ds in self.datasets.values():

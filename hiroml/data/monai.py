@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-Sample = dict[str, Any]
+from hiroml.records import Sample
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 

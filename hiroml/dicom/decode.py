@@ -44,7 +44,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, UID_dictionary
 
 from hiroml.errors import BadInputError, DecodeError
-from hiroml.records import Action, Instance, Problem
+from hiroml.records import Instance, Problem
+from hiroml.vocab import Action
 
 try:
     import imagecodecs as _imagecodecs

@@ -18,6 +18,7 @@ from hiroml.exams.linking import LinkResult
 from hiroml.pipeline.tasks import TaskResult
 from hiroml.pipeline.worker import ExamReader
 from hiroml.records import Exam, Instance
+from hiroml.vocab import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def previous_splits(out: Path) -> dict[str, str]:
     from hiroml.versions.listing import VersionError, tables_dir
 
     try:
-        path = tables_dir(out)[0] / "manifest.parquet"
+        path = tables_dir(out)[0] / MANIFEST
     except (OSError, VersionError) as e:
         log.warning("could not list the versions of %s (%s): splits start afresh", out, e)
         return {}

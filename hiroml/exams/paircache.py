@@ -20,7 +20,7 @@ import numpy as np
 
 from hiroml.exams import neardup
 from hiroml.store.atomic import write_atomic
-from hiroml.store.lock import STATE_DIR
+from hiroml.vocab import STATE_DIR
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from hiroml.exams.rules import _Unit
-from hiroml.records import (
-    PatientGroup,
-)
+from hiroml.records import PatientGroup
 
 log = logging.getLogger(__name__)
 

@@ -66,18 +66,12 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from hiroml.dicom import decode as dicom
-from hiroml.records import (
-    AuditRow,
-    Exam,
-    ExamZip,
-    Instance,
-    Modality,
-    PatientGroup,
-)
+from hiroml.records import AuditRow, Exam, ExamZip, Instance, PatientGroup
+from hiroml.vocab import Action, Modality
 
 STAGE = "exams"
 
-REASON_KEPT = "kept"
+REASON_KEPT = Action.KEPT
 
 
 REASON_PARTIAL = "partial overlap"

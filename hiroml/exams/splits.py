@@ -28,8 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from hiroml.config import SplitsConfig
-
-SPLITS = ("train", "val", "test")
+from hiroml.vocab import SPLITS, Split
 
 
 def group_unit(group: str, salt: str) -> float:
@@ -42,14 +41,14 @@ def split_of(group: str, cfg: SplitsConfig) -> str:
     """``train``, ``val`` or ``test`` for one patient group, from its salted hash alone."""
     u = group_unit(group, cfg.salt)
     if u < cfg.train:
-        return "train"
+        return Split.TRAIN
     if u < cfg.train + cfg.val:
-        return "val"
-    return "test"
+        return Split.VAL
+    return Split.TEST
 
 
 def _fractions(cfg: SplitsConfig) -> dict[str, float]:
-    return {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+    return {Split.TRAIN: cfg.train, Split.VAL: cfg.val, Split.TEST: cfg.test}
 
 
 def assign_splits(
@@ -74,7 +73,7 @@ def assign_splits(
     free: list[str] = []
     for g in dict.fromkeys(groups):  # unique, order kept
         if tests and (g in tests or any(p in tests for p in members.get(g, ()))):
-            out[g] = "test"
+            out[g] = Split.TEST
         elif g in pinned and pinned[g] in SPLITS:
             out[g] = pinned[g]
         else:

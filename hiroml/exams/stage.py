@@ -31,14 +31,8 @@ from hiroml.exams.rules import (
     _Unit,
     is_unusable,
 )
-from hiroml.records import (
-    Action,
-    AuditRow,
-    BatchStatus,
-    Exam,
-    ExamZip,
-    Instance,
-)
+from hiroml.records import AuditRow, Exam, ExamZip, Instance
+from hiroml.vocab import Action, BatchStatus
 
 log = logging.getLogger(__name__)
 

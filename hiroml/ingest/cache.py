@@ -13,7 +13,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from hiroml.records import Action, ExamZip, Instance, Problem, ZipIndex
+from hiroml.records import ExamZip, Instance, Problem, ZipIndex
+from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
 

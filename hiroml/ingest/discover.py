@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiroml.errors import DatamartError
-from hiroml.records import Action, Batch, BatchStatus, ExamZip, Modality, Problem, ZipName
+from hiroml.records import Batch, ExamZip, Problem, ZipName
+from hiroml.vocab import Action, BatchStatus, Modality
 
 log = logging.getLogger(__name__)
 

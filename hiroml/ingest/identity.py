@@ -32,7 +32,8 @@ import pandas as pd
 from hiroml.config import IdentityConfig
 from hiroml.errors import ConfigError, RemapError
 from hiroml.ingest.discover import REMAP_SHEET_NAME
-from hiroml.records import Action, AuditRow, Exam, Modality, Problem
+from hiroml.records import AuditRow, Exam, Problem
+from hiroml.vocab import Action, Modality
 
 log = logging.getLogger(__name__)
 

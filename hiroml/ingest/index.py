@@ -29,7 +29,8 @@ from hiroml.dicom import rawheader
 from hiroml.errors import BadInputError, ZipSafetyError, internal_trace
 from hiroml.ingest.cache import IndexCache
 from hiroml.pipeline.executor import map_items
-from hiroml.records import Action, ExamZip, Instance, Problem, ZipIndex
+from hiroml.records import ExamZip, Instance, Problem, ZipIndex
+from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from hiroml.exams.groups import previous_splits
 from hiroml.exams.linking import LinkResult
-from hiroml.records import Action, AuditRow, Exam, Problem
+from hiroml.records import AuditRow, Exam, Problem
+from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
 

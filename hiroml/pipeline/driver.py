@@ -34,8 +34,8 @@ from hiroml.pipeline.samples import manifest_frame, with_signatures
 from hiroml.pipeline.summary import BuildSummary, now, timed
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, config_hash, load_task_record, plan_tasks
 from hiroml.pipeline.worker import run_task
-from hiroml.records import AuditRow, Modality
-from hiroml.store.lock import STATE_DIR
+from hiroml.records import AuditRow
+from hiroml.vocab import SPLITS, STATE_DIR, Action, Modality
 
 if TYPE_CHECKING:
     from hiroml.exams.linking import LinkResult
@@ -306,15 +306,13 @@ def _count(
     summary.near_duplicates = tables.linked.near_pairs
     summary.cxr_images = int((manifest["modality"] == "cxr").sum()) if len(manifest) else 0
     summary.ct_volumes = int((manifest["modality"] == "ct").sum()) if len(manifest) else 0
-    summary.errors = int((audit_df["action"] == "error").sum())
+    summary.errors = int((audit_df["action"] == Action.ERROR).sum())
     summary.internal_errors = tables.internal_errors
-    summary.dropped = int((audit_df["action"] == "dropped").sum())
-    summary.duplicates = int((audit_df["action"] == "duplicate").sum())
-    summary.merged = int((audit_df["action"] == "merged").sum())
+    summary.dropped = int((audit_df["action"] == Action.DROPPED).sum())
+    summary.duplicates = int((audit_df["action"] == Action.DUPLICATE).sum())
+    summary.merged = int((audit_df["action"] == Action.MERGED).sum())
     summary.exams = len({s.exam_key for r in results for s in r.samples})
-    summary.patients_per_split = {
-        s: int((patients["split"] == s).sum()) for s in ("train", "val", "test")
-    }
+    summary.patients_per_split = {s: int((patients["split"] == s).sum()) for s in SPLITS}
     summary.config_hash = {m.value: config_hash(m, cfg) for m in Modality}
 
 
@@ -327,7 +325,7 @@ def _refuse_to_publish(cfg: BuildConfig, summary: BuildSummary, tables: _Tables)
     if leaks:  # never publish a leaking dataset
         raise BuildError("patient leakage across splits: " + "; ".join(leaks[:10]))
     if cfg.strict and summary.errors:
-        first = audit_df[audit_df["action"] == "error"].head(5)
+        first = audit_df[audit_df["action"] == Action.ERROR].head(5)
         raise BuildError(
             f"strict=true and {summary.errors} input error(s); the previous output is left as "
             "it was. First: "

@@ -17,7 +17,7 @@ from hiroml.exams.linking import GroupLink
 from hiroml.pipeline.summary import BuildSummary, jsonable_summary
 from hiroml.pipeline.tasks import TaskResult
 from hiroml.report.card import settings_of
-from hiroml.store.lock import STATE_DIR
+from hiroml.vocab import STATE_DIR
 
 if TYPE_CHECKING:
     from hiroml.ingest.discover import Discovery

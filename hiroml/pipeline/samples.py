@@ -72,7 +72,7 @@ def manifest_frame(
                     pixel_hashes=list(s.pixel_hashes),
                     batches=sorted({z.partition("/")[0] for z in e.zips}),
                     scale=s.scale,
-                    ct_decisions=list(s.notes),
+                    ct_decisions=list(s.ct_decisions),
                     stitched_series=list(s.stitched_series),
                     seams_mm=list(s.seams_mm),
                     seam_slices=list(s.seam_slices),

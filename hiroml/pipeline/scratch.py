@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hiroml._version import __version__
 from hiroml.config import CxrConfig
-from hiroml.records import ExamZip, Instance, Modality
-from hiroml.store.lock import STATE_DIR
+from hiroml.records import ExamZip, Instance
+from hiroml.vocab import STATE_DIR, Modality
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

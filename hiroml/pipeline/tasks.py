@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
-from hiroml.records import Action, Exam, Modality, Problem, SampleRecord
+from hiroml.records import Exam, Problem, SampleRecord
 from hiroml.store.atomic import write_text_atomic
-from hiroml.store.lock import STATE_DIR
+from hiroml.vocab import STATE_DIR, Action, Modality
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,9 @@ def _tuple_or_none(v: Any) -> tuple[Any, ...] | None:
 def _result_from_json(d: dict[str, Any]) -> TaskResult:
     samples = []
     for s in d["samples"]:
-        for k in ("shape", "sop_uids", "pixel_hashes", "notes"):
+        if "notes" in s:  # the name of ct_decisions in older task records
+            s["ct_decisions"] = s.pop("notes")
+        for k in ("shape", "sop_uids", "pixel_hashes", "ct_decisions"):
             s[k] = tuple(s[k])
         s["signature"] = tuple(s.get("signature") or ())  # absent from older task records
         for k in ("stitched_series", "seams_mm", "seam_slices"):

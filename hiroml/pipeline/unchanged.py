@@ -38,7 +38,7 @@ from hiroml.config import BuildConfig
 from hiroml.ingest.discover import REMAP_SHEET_NAME, Discovery
 from hiroml.pipeline.summary import BuildSummary, jsonable_summary, now
 from hiroml.store.atomic import write_text_atomic
-from hiroml.store.lock import STATE_DIR
+from hiroml.vocab import AUDIT, MANIFEST, PATIENTS, SPLITS, STATE_DIR, VERSIONS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _FORMAT = 1
 #: a version folder's name (hiroml.versions, which this light module does not import)
 _VERSION_NAME = re.compile(r"^(\d{4,})-[0-9a-f]{8}$")
 #: the root files a build leaves, besides the shards the manifest names
-_ROOT_FILES = ("manifest.parquet", "patients.parquet", "audit.csv")
+_ROOT_FILES = (MANIFEST, PATIENTS, AUDIT)
 #: configuration keys that change how a build runs, never what it makes
 _NOT_IN_RESULT = {
     "": ("progress", "wait_for_lock", "skip_unchanged"),
@@ -103,7 +103,7 @@ def fingerprint(cfg: BuildConfig, root: Path, found: Discovery) -> str:
 def _newest_version(out: Path) -> str | None:
     """The name of the newest version folder (by sequence number), or None."""
     try:
-        names = [e.name for e in os.scandir(out / "versions") if e.is_dir()]
+        names = [e.name for e in os.scandir(out / VERSIONS_DIR) if e.is_dir()]
     except OSError:
         return None
     seq = {n: int(m.group(1)) for n in names if (m := _VERSION_NAME.match(n))}
@@ -198,7 +198,7 @@ def _replayed(saved: Any, summary: BuildSummary) -> BuildSummary | None:
     except TypeError:
         return None
     splits = done.patients_per_split
-    done.patients_per_split = {s: splits[s] for s in ("train", "val", "test") if s in splits}
+    done.patients_per_split = {s: splits[s] for s in SPLITS if s in splits}
     done.zips_indexed_now = 0
     done.tasks_reused = done.tasks
     done.read_once = done.read_once_unused = 0

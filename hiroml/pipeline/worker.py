@@ -22,7 +22,8 @@ from hiroml.config import IndexConfig
 from hiroml.errors import internal_trace
 from hiroml.pipeline.scratch import ScratchReader, scratch_dir
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, save_task_record
-from hiroml.records import CtVolume, CxrImage, Exam, Instance, Modality, Problem, SampleRecord
+from hiroml.records import CtVolume, CxrImage, Exam, Instance, Problem, SampleRecord
+from hiroml.vocab import SHARDS_DIR, Modality, View
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     t0 = time.perf_counter()
     samples: list[SampleRecord] = []
     problems: list[tuple[str, Problem]] = []
-    shard_dir = Path(spec.out_dir) / "shards"
+    shard_dir = Path(spec.out_dir) / SHARDS_DIR
     reader = ExamReader(spec.root, spec.limits)
     store = ScratchReader(scratch_dir(spec.out_dir), spec.root, spec.cxr)
     bytes_read = 0
@@ -275,12 +276,12 @@ def _convert_exam(
             sop_uid="",
             sop_uids=tuple(vol.sop_uids),
             pixel_hashes=tuple(hashes.get(s, "") for s in vol.sop_uids),
-            view="unknown",
+            view=View.UNKNOWN,
             size_xyz=tuple(vol.size_xyz),
             spacing_xyz=tuple(vol.spacing_xyz),
             origin_xyz=tuple(vol.origin_xyz),
             direction=tuple(vol.direction),
-            notes=tuple(vol.decisions),
+            ct_decisions=tuple(vol.decisions),
             stitched_series=tuple(vol.stitched_series),
             seams_mm=tuple(vol.seams_mm),
             seam_slices=tuple(vol.seam_slices),

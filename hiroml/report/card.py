@@ -22,11 +22,10 @@ import numpy as np
 import pandas as pd
 
 from hiroml._version import __version__
-from hiroml.exams.splits import SPLITS
 from hiroml.report.flow import Flow, text_column
 from hiroml.store import tables as manifest_columns
+from hiroml.vocab import SPLITS, Action
 
-CARD_NAME = "DATASET.md"
 #: manifest columns the card reads (aggregated, never printed row by row)
 CARD_COLUMNS = ("split", "modality", "patient_id", "exam_key", "exam_time", "age_years", "sex")
 #: build summary fields the card prints, when present
@@ -206,7 +205,7 @@ def _limitations(
     manifest: pd.DataFrame, audit: pd.DataFrame, f: Flow, labels: Sequence[str]
 ) -> list[str]:
     """The known limitations: the fixed ones, then those this build's numbers call for."""
-    n_err = int((text_column(audit, "action") == "error").sum())
+    n_err = int((text_column(audit, "action") == Action.ERROR).sum())
     orphans = (
         int(manifest.loc[manifest["orphan"].fillna(False).astype(bool), "patient_id"].nunique())
         if "orphan" in manifest.columns and len(manifest)

@@ -38,9 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
-from hiroml.exams.splits import SPLITS
-
-FLOW_NAME = "flow.svg"
+from hiroml.vocab import SPLITS, Action
 
 #: Dropped reasons grouped into the classes a paper reports, first match wins (the audit's
 #: ``reason`` is free text written by cxr.py, ct.py and exams.py; these patterns name the
@@ -122,7 +120,7 @@ class Flow:
         """Plain values, for JSON and the dataset card (the fields in their order)."""
         return {
             **{f.name: getattr(self, f.name) for f in fields(self)},
-            "dropped": dict(self.dropped),
+            Action.DROPPED: dict(self.dropped),
             "splits": [asdict(s) for s in self.splits],
         }
 
@@ -136,10 +134,10 @@ def text_column(df: pd.DataFrame, col: str) -> pd.Series:
 
 
 def _zip_status(actions: set[str]) -> str:
-    for a in ("skipped", "duplicate", "merged", "kept"):
+    for a in (Action.SKIPPED, Action.DUPLICATE, Action.MERGED, Action.KEPT):
         if a in actions:
             return a
-    return "error" if "error" in actions else "other"
+    return Action.ERROR if Action.ERROR in actions else "other"
 
 
 def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
@@ -161,17 +159,20 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
     a = a[a["zip"].str.lower().str.endswith(".zip")]
     status = {k: _zip_status(set(g)) for k, g in a.groupby("key", sort=True)["action"]}
     n = pd.Series(list(status.values()), dtype=object).value_counts()
-    count = {s: int(n.get(s, 0)) for s in ("skipped", "duplicate", "merged", "kept", "error")}
-    count["error"] += int(n.get("other", 0))
+    count = {
+        s: int(n.get(s, 0))
+        for s in (Action.SKIPPED, Action.DUPLICATE, Action.MERGED, Action.KEPT, Action.ERROR)
+    }
+    count[Action.ERROR] += int(n.get("other", 0))
     # rows about an exam's content: its primary zip's and its merged parts'
-    in_exam = a["key"].isin({k for k, s in status.items() if s in ("kept", "merged")})
-    exams = count["kept"]  # a kept zip is the primary zip of one exam
+    in_exam = a["key"].isin({k for k, s in status.items() if s in (Action.KEPT, Action.MERGED)})
+    exams = count[Action.KEPT]  # a kept zip is the primary zip of one exam
 
-    dropped_reasons = a.loc[in_exam & (a["action"] == "dropped"), "reason"].map(reason_class)
+    dropped_reasons = a.loc[in_exam & (a["action"] == Action.DROPPED), "reason"].map(reason_class)
     by_class = dropped_reasons.value_counts()
     order = [name for name, _ in REASON_CLASSES] + [OTHER]
     dropped = {c: int(by_class[c]) for c in order if c in by_class}
-    errors_in_exams = int((in_exam & (a["action"] == "error")).sum())
+    errors_in_exams = int((in_exam & (a["action"] == Action.ERROR)).sum())
 
     m = pd.DataFrame(
         {
@@ -196,12 +197,12 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
     )
     return Flow(
         zips_found=len(status),
-        zips_skipped=count["skipped"],
-        zips_read=len(status) - count["skipped"],
-        zips_error=count["error"],
-        zips_usable=len(status) - count["skipped"] - count["error"],
-        zips_duplicate=count["duplicate"],
-        zips_merged=count["merged"],
+        zips_skipped=count[Action.SKIPPED],
+        zips_read=len(status) - count[Action.SKIPPED],
+        zips_error=count[Action.ERROR],
+        zips_usable=len(status) - count[Action.SKIPPED] - count[Action.ERROR],
+        zips_duplicate=count[Action.DUPLICATE],
+        zips_merged=count[Action.MERGED],
         exams=exams,
         exams_without_sample=exams - exams_with,
         exams_with_samples=exams_with,

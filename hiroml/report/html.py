@@ -12,13 +12,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from hiroml.exams.splits import SPLITS
-
-REPORT_NAME = "report.html"
-
+from hiroml.vocab import SPLITS, Action
 
 # non-kept actions, in the order the report lists them (errors have their own section too)
-ACTION_ORDER = ("error", "duplicate", "merged", "dropped", "skipped")
+ACTION_ORDER = (Action.ERROR, Action.DUPLICATE, Action.MERGED, Action.DROPPED, Action.SKIPPED)
 
 
 THUMB_PX = 176  # longest side of a radiograph thumbnail, pixels

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml.report.html import REPORT_NAME, ReadArray, _col, _keys
+from hiroml.report.html import ReadArray, _col, _keys
 from hiroml.report.neardup import _near_duplicates
 from hiroml.report.sections import (
     _balance,
@@ -26,6 +26,7 @@ from hiroml.report.sections import (
     _section,
     _thumbnails,
 )
+from hiroml.vocab import REPORT_NAME, Action
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def render_report(
         from hiroml.report.flow import compute_flow, flow_svg
 
         flow = flow_svg(compute_flow(audit, manifest))
-    n_errors = int((_keys(_col(audit, "action")) == "error").sum())
+    n_errors = int((_keys(_col(audit, "action")) == Action.ERROR).sum())
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
         for a, t in (
@@ -197,8 +198,9 @@ def write_report(
     computed it already: the card then does not hash the manifest again).
     Each file is written to a temporary name then moved into place (``os.replace``).
     """
-    from hiroml.report.card import CARD_NAME, render_card
-    from hiroml.report.flow import FLOW_NAME, compute_flow, flow_svg
+    from hiroml.report.card import render_card
+    from hiroml.report.flow import compute_flow, flow_svg
+    from hiroml.vocab import CARD_NAME, FLOW_NAME
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

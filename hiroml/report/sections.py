@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from hiroml._version import __version__
-from hiroml.exams.splits import SPLITS
 from hiroml.ingest.discover import REMAP_SHEET_NAME as REMAP_SHEET
 from hiroml.report.html import (
     ACTION_ORDER,
@@ -33,6 +32,7 @@ from hiroml.report.html import (
     _text,
 )
 from hiroml.report.thumbnails import _ct_sheet, _cxr_sheet
+from hiroml.vocab import SPLITS, Action
 
 
 def _section(anchor: str, title: str, body: str, *, cls: str = "") -> str:
@@ -78,10 +78,10 @@ def _counts(manifest: pd.DataFrame, patients: pd.DataFrame, audit: pd.DataFrame)
          int(_keys(_col(manifest, "patient_group")).replace("", np.nan).nunique())),
     ]  # fmt: skip
     actions = _keys(_col(audit, "action")).value_counts()
-    for a in ("kept", *ACTION_ORDER):
+    for a in (Action.KEPT, *ACTION_ORDER):
         cards.append((f"audit: {a}", int(actions.get(a, 0))))
     for a, c in actions.items():
-        if a not in ("kept", *ACTION_ORDER):
+        if a not in (Action.KEPT, *ACTION_ORDER):
             cards.append((f"audit: {a or '(none)'}", int(c)))
     html_cards = "".join(
         f'<div class="card{" bad" if k == "audit: error" and v else ""}">'
@@ -227,7 +227,7 @@ def _reason_counts(rows: pd.DataFrame) -> str:
 
 
 def _errors(audit: pd.DataFrame) -> str:
-    rows = audit[_keys(_col(audit, "action")) == "error"]
+    rows = audit[_keys(_col(audit, "action")) == Action.ERROR]
     if rows.empty:
         body = _note("No errors: every exam that was read was either kept or accounted for below.")
         return _section("errors", "Errors (0)", body, cls="ok-box")
@@ -242,25 +242,25 @@ def _errors(audit: pd.DataFrame) -> str:
 
 
 _ACTION_HELP = {
-    "error": "could not be converted (listed in full under Errors above)",
-    "duplicate": "the same exam arrived again (a re-upload or a later weekly batch); the copy "
+    Action.ERROR: "could not be converted (listed in full under Errors above)",
+    Action.DUPLICATE: "the same exam arrived again (a re-upload or a later weekly batch); the copy "
     "named in <i>kept as</i> is in the dataset",
-    "merged": "one exam split over several zips; the parts were merged into <i>kept as</i> "
+    Action.MERGED: "one exam split over several zips; the parts were merged into <i>kept as</i> "
     "(a CT series stitched into one scan with another names the sample and its seams)",
-    "dropped": "read but not used (e.g. not a chest image, a localizer, a filtered view)",
-    "skipped": "not read (e.g. an IN-PROGRESS batch still uploading, an unreadable zip name)",
+    Action.DROPPED: "read but not used (e.g. not a chest image, a localizer, a filtered view)",
+    Action.SKIPPED: "not read (e.g. an IN-PROGRESS batch still uploading, an unreadable zip name)",
 }
 
 
 def _decisions(audit: pd.DataFrame) -> str:
     action = _keys(_col(audit, "action"))
-    others = sorted(set(action) - {"kept", *ACTION_ORDER})
+    others = sorted(set(action) - {Action.KEPT, *ACTION_ORDER})
     parts = []
     summary_rows = []
     for a in [*ACTION_ORDER, *others]:
         rows = audit[action == a]
         summary_rows.append([a or "(none)", str(len(rows)), _ACTION_HELP.get(a, "")])
-        if rows.empty or a == "error":
+        if rows.empty or a == Action.ERROR:
             continue
         cols = _audit_columns(audit, ["zip", "batch", "reason", "kept_as", "detail"])
         parts.append(
@@ -269,10 +269,10 @@ def _decisions(audit: pd.DataFrame) -> str:
         )
     body = _table(["action", "count", "meaning"], summary_rows, cls="narrow", raw=True)
     zip_level = _keys(_col(audit, "member")) == ""
-    n_kept = int(((action == "kept") & zip_level).sum())  # not a CT series kept unstitched
+    n_kept = int(((action == Action.KEPT) & zip_level).sum())  # not a CT series kept unstitched
     kept = f"{n_kept} zip was" if n_kept == 1 else f"{n_kept} zips were"
     body += _note(f"{kept} kept as they are.")
-    apart = audit[(action == "kept") & ~zip_level]
+    apart = audit[(action == Action.KEPT) & ~zip_level]
     if not apart.empty:  # CT series kept as their own volume though a stitch candidate
         cols = _audit_columns(audit, ["zip", "batch", "reason"])
         body += (

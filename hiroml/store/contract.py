@@ -18,7 +18,8 @@ from hiroml.store.tables import (
     MANIFEST_COLUMNS,
     value_problems,
 )
-from hiroml.versions.listing import BUILD_JSON, tables_dir
+from hiroml.versions.listing import tables_dir
+from hiroml.vocab import AUDIT, BUILD_JSON, MANIFEST, PATIENTS, REPORT_NAME, SPLITS
 
 
 def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> list[str]:
@@ -28,7 +29,7 @@ def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> li
     ``hiroml-verify`` runs). ``version`` as in :func:`check_contract`."""
     out = Path(out_dir)
     where, name = tables_dir(out, version)
-    names = ["manifest.parquet", "patients.parquet", "audit.csv", "report.html"]
+    names = [MANIFEST, PATIENTS, AUDIT, REPORT_NAME]
     if name is not None:
         names.append(BUILD_JSON)
     bad = [
@@ -38,8 +39,8 @@ def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> li
     ]
     if bad:
         return bad
-    m = pd.read_parquet(where / "manifest.parquet")
-    a = pd.read_csv(where / "audit.csv", dtype=str).fillna("")
+    m = pd.read_parquet(where / MANIFEST)
+    a = pd.read_csv(where / AUDIT, dtype=str).fillna("")
     bad += [f"manifest.parquet lacks column {c}" for c in MANIFEST_COLUMNS if c not in m.columns]
     if bad:
         return bad
@@ -69,7 +70,7 @@ def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> 
         return bad  # the Dataset checks below would only fail on the missing files or columns
     out = Path(out_dir)
     where, name = tables_dir(out, version)
-    return _dataset_problems(out, pd.read_parquet(where / "manifest.parquet"), name)
+    return _dataset_problems(out, pd.read_parquet(where / MANIFEST), name)
 
 
 def _dataset_problems(out: Path, m: pd.DataFrame, name: str | None) -> list[str]:
@@ -79,7 +80,7 @@ def _dataset_problems(out: Path, m: pd.DataFrame, name: str | None) -> list[str]
 
     bad: list[str] = []
     for modality in sorted(set(m["modality"])):
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             ds = HiromlDataset(out, split=split, modality=modality, version=name)
             want = int(((m["modality"] == modality) & (m["split"] == split)).sum())
             if len(ds) != want:

@@ -33,11 +33,12 @@ import pandas as pd
 
 from hiroml.config import BuildConfig
 from hiroml.errors import ShrinkRefusedError
+from hiroml.vocab import MANIFEST, Action
 
 log = logging.getLogger(__name__)
 
 #: Audit actions that explain why a sample of the previous build is gone.
-EXPLAINING_ACTIONS = frozenset({"duplicate", "merged", "dropped"})
+EXPLAINING_ACTIONS = frozenset({Action.DUPLICATE, Action.MERGED, Action.DROPPED})
 #: How many unexplained sample keys a refusal names.
 SHOWN = 3
 
@@ -155,7 +156,7 @@ def compare(
         seen: set[str] = set()
         for z in _strings(row.get("source_zips")):
             seen |= actions.get(z, set())
-        return bool(seen & EXPLAINING_ACTIONS) and "error" not in seen
+        return bool(seen & EXPLAINING_ACTIONS) and Action.ERROR not in seen
 
     gone = previous.loc[[k not in new_keys for k in _column(previous, "sample_key")]]
     unexplained: list[str] = []
@@ -188,7 +189,7 @@ def _is_ct(df: pd.DataFrame) -> pd.Series:
 def read_previous(out: Path) -> pd.DataFrame | None:
     """The previous build's manifest (the root ``manifest.parquet``); None when there is none
     or it cannot be read (then there is nothing the guard could protect)."""
-    path = Path(out) / "manifest.parquet"
+    path = Path(out) / MANIFEST
     if not path.is_file():
         return None
     try:

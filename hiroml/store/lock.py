@@ -27,10 +27,10 @@ from filelock import FileLock, Timeout
 
 from hiroml.errors import OutputLockedError
 from hiroml.store.atomic import write_text_atomic
+from hiroml.vocab import STATE_DIR
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".hiroml"
 LOCK_NAME = "build.lock"
 HOLDER_NAME = "build.lock.json"
 

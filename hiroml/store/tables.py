@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from hiroml.errors import ManifestError
 from hiroml.records import PART, AuditRow, ManifestRow
 from hiroml.store.atomic import write_atomic
+from hiroml.vocab import AUDIT, MANIFEST, PATIENTS, Action, Split, View
 
 
 def _columns(part: str) -> list[str]:
@@ -57,9 +58,9 @@ LINK_COLUMNS = ["signature", "near_duplicates"]
 OWN_COLUMNS = frozenset([f.name for f in fields(ManifestRow)] + LINK_COLUMNS)
 AUDIT_COLUMNS = ["zip", "batch", "action", "reason", "kept_as", "detail"]
 PATIENT_COLUMNS = ["patient_group", "patient_ids", "split", "n_samples", "n_cxr", "n_ct"]
-ACTIONS = {"kept", "duplicate", "merged", "skipped", "dropped", "error"}
-SPLITS = {"train", "val", "test"}
-VIEWS = {"frontal", "lateral", "unknown"}
+ACTIONS = frozenset(Action)
+SPLIT_VALUES = frozenset(Split)
+VIEWS = frozenset(View)
 
 _LIST_TYPES: dict[str, pa.DataType] = {
     "source_zips": pa.list_(pa.string()),
@@ -206,7 +207,7 @@ def value_problems(m: pd.DataFrame) -> list[str]:
     if not m["sample_key"].is_unique:
         dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
         bad.append(f"sample_key not unique: {dupes}")
-    for col, allowed in (("split", SPLITS), ("modality", {"cxr", "ct"})):
+    for col, allowed in (("split", SPLIT_VALUES), ("modality", {"cxr", "ct"})):
         extra = set(m[col].astype(str)) - allowed
         if extra:
             bad.append(f"{col} has values {sorted(extra)}")
@@ -297,12 +298,12 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     patients_table = _to_table(patients.reset_index(drop=True))
-    write_atomic(out_dir / "patients.parquet", lambda tmp: pq.write_table(patients_table, tmp))
-    write_atomic(out_dir / "audit.csv", lambda tmp: audit.to_csv(tmp, index=False))
+    write_atomic(out_dir / PATIENTS, lambda tmp: pq.write_table(patients_table, tmp))
+    write_atomic(out_dir / AUDIT, lambda tmp: audit.to_csv(tmp, index=False))
     manifest_table = _to_table(m.reset_index(drop=True))
-    write_atomic(out_dir / "manifest.parquet", lambda tmp: pq.write_table(manifest_table, tmp))
+    write_atomic(out_dir / MANIFEST, lambda tmp: pq.write_table(manifest_table, tmp))
 
 
 def read_manifest(out_dir: Path | str) -> pd.DataFrame:
     """manifest.parquet of an output folder."""
-    return pd.read_parquet(Path(out_dir) / "manifest.parquet")
+    return pd.read_parquet(Path(out_dir) / MANIFEST)

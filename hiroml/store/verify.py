@@ -44,6 +44,7 @@ from hiroml.store.shards import (
     stored_hash,
     stored_offset,
 )
+from hiroml.vocab import SHARDS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def examine(
     latest); see the module docstring. :class:`~hiroml.versions.listing.VersionError` when
     ``version`` does not exist. ``strict``: near-duplicate radiographs in two splits are
     errors, not warnings."""
-    from hiroml.versions.listing import MANIFEST, list_versions, tables_dir
+    from hiroml.versions.listing import list_versions, tables_dir
+    from hiroml.vocab import MANIFEST
 
     out = Path(out_dir)
     where, name = tables_dir(out, version)
@@ -196,7 +198,7 @@ def examine(
         if v.name != name:
             kept_m = pd.read_parquet(v.path / MANIFEST, columns=["shard"])
             named |= {(out / str(s)).resolve() for s in kept_m["shard"].unique()}
-    shard_dir = out / "shards"
+    shard_dir = out / SHARDS_DIR
     if shard_dir.is_dir():
         for p in sorted(shard_dir.rglob("*")):
             if p.suffix == ".h5" and p.resolve() not in named:

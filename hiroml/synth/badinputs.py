@@ -16,6 +16,7 @@ from hiroml.synth.datamart import Batches, Datamart, PlannedZip, Planted
 from hiroml.synth.factory import StudyInfo, dicom_bytes, make_cxr, zip_bytes
 from hiroml.synth.phantoms import phantom_chest_2d
 from hiroml.synth.radiographs import PA, pa_lat, radiograph, write_cxr
+from hiroml.vocab import Action
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as written in little endian
 
@@ -23,7 +24,7 @@ PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as written in little endian
 def _bad_zip(dm: Datamart, b: Batches, pid: str, day: int, kind: str) -> PlannedZip:
     """A well-named zip of ``kind`` that must give an error record (expected: error)."""
     return dm.add_zip(
-        b.cxr4, pid, dm.when(day), dm.hiro(), "XR-CHEST-PA", kind=kind, expected="error"
+        b.cxr4, pid, dm.when(day), dm.hiro(), "XR-CHEST-PA", kind=kind, expected=Action.ERROR
     )
 
 
@@ -115,7 +116,7 @@ def bad_name(dm: Datamart, b: Batches) -> Planted:
         "",
         "",
         kind="bad_name",
-        expected="error",
+        expected=Action.ERROR,
         file=f"1906-{t:%Y%m%d}-XR CHEST PA.zip",
     )
     _one_pa(dm, z, (96, 96), "bad-name")

@@ -26,6 +26,7 @@ from hiroml.synth.factory import (
     write_remap_sheet,
     zip_bytes,
 )
+from hiroml.vocab import Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,7 @@ class Datamart:
         desc: str,
         *,
         kind: str = "normal",
-        expected: str = "kept",
+        expected: str = Action.KEPT,
         kept_as: str = "",
         exam: str = "",
         file: str | None = None,
@@ -203,7 +204,7 @@ class Datamart:
         if rel in self.zips:
             raise ValueError(f"zip planned twice: {rel}")
         if self.batches[batch]["status"] == "IN-PROGRESS":
-            expected, kind, exam = "skipped", "in_progress", ""
+            expected, kind, exam = Action.SKIPPED, "in_progress", ""
         z = PlannedZip(batch, name, t, pid=pid)
         named = file is None
         z.truth = {
@@ -236,7 +237,7 @@ class Datamart:
             self.hiro(),
             t["description"],
             kind=t["kind"],
-            expected="duplicate",
+            expected=Action.DUPLICATE,
             kept_as=orig.rel,
             exam=t["exam"],
         )

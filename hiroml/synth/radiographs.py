@@ -16,6 +16,7 @@ import numpy as np
 from hiroml.synth.datamart import Datamart, PlannedZip
 from hiroml.synth.factory import StudyInfo, dicom_bytes, make_cxr, values_hash
 from hiroml.synth.phantoms import phantom_chest_2d
+from hiroml.vocab import View
 
 #: Where a view's image goes and how its series is labelled (folder, (0018,5101) View
 #: Position, (0008,103E) Series Description, (0020,0011) Series Number) and the view the
@@ -25,22 +26,22 @@ PA: dict[str, Any] = {
     "view_position": "PA",
     "series_description": "PA",
     "series_number": 1,
-    "view": "frontal",
+    "view": View.FRONTAL,
 }
 LATERAL: dict[str, Any] = {
     "folder": "2_LATERAL",
     "view_position": "LL",
     "series_description": "LATERAL",
     "series_number": 2,
-    "view": "lateral",
-    "lateral": True,
+    "view": View.LATERAL,
+    View.LATERAL: True,
 }
 AP_PORTABLE: dict[str, Any] = {
     "folder": "1_AP_PORTABLE",
     "view_position": "AP",
     "series_description": "AP PORTABLE",
     "series_number": 1,
-    "view": "frontal",
+    "view": View.FRONTAL,
     "sop_class": "CR",
     "rescale": (1.0, 0.0),
 }
@@ -203,7 +204,7 @@ def _record(
         "zips": [z.rel],
         "member": im.member,
         "exam": "",
-        "view": "unknown" if sc else im.view,
+        "view": View.UNKNOWN if sc else im.view,
         "view_position": im.view_position or "",
         "series_description": im.series_description,
         "photometric": im.photometric,

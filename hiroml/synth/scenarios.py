@@ -48,6 +48,7 @@ from hiroml.synth.scenarios_ct import (
     split_ct_exam,
     tilted_with_screen_save,
 )
+from hiroml.vocab import Action, View
 
 #: The remap sheet: a chain 0042 -> 2001 -> 3001 (rows out of order), 1500 -> 1501 with
 #: images under both ids, 1600 -> 1601 with images under the old id only.
@@ -234,7 +235,7 @@ def leading_zero_with_screen_save(dm: Datamart, b: Batches) -> Planted:
         view_position=None,
         series_description="SCREEN SAVE",
         series_number=99,
-        view="unknown",
+        view=View.UNKNOWN,
         sop_class="SC",
         transfer_syntax=ExplicitVRLittleEndian,
         photometric="MONOCHROME2",
@@ -261,7 +262,7 @@ def pediatric_duplicate_new_uids(dm: Datamart, b: Batches) -> Planted:
     write_cxr(dm, qb, imgs, uid_tag=f"{exam}-pacs-copy")
     for _m, sop, _s, _b in qb.sops:
         dm.cxr_images[sop]["keep"] = False
-        dm.cxr_images[sop]["drop_reason"] = "duplicate"
+        dm.cxr_images[sop]["drop_reason"] = Action.DUPLICATE
     return Planted((qa, qb))
 
 
@@ -289,7 +290,7 @@ def views_from_descriptions(dm: Datamart, b: Batches) -> Planted:
             view_position=None,
             series_description="CHEST",
             series_number=3,
-            view="unknown",
+            view=View.UNKNOWN,
             transfer_syntax=ImplicitVRLittleEndian,
             bits_stored=12,
         ),

@@ -8,6 +8,7 @@ from typing import Any
 
 from hiroml.synth import ctscans
 from hiroml.synth.datamart import Batches, Datamart, PlannedZip, Planted
+from hiroml.vocab import Action
 
 
 def ct_with_dose_report(dm: Datamart, b: Batches) -> Planted:
@@ -26,7 +27,7 @@ def split_ct_exam(dm: Datamart, b: Batches) -> Planted:
     times = [t0, t0 + dt.timedelta(minutes=9), t0 + dt.timedelta(minutes=12, seconds=30)]
     parts: list[PlannedZip] = []
     for k, tk in enumerate(times):
-        merged: dict[str, Any] = {"expected": "merged", "kept_as": parts[0].rel} if k else {}
+        merged: dict[str, Any] = {"expected": Action.MERGED, "kept_as": parts[0].rel} if k else {}
         parts.append(
             dm.add_zip(
                 b.ct1,
@@ -187,7 +188,7 @@ def resumed_scan(dm: Datamart, b: Batches) -> Planted:
         "CT-CHEST-WO",
         kind=kind,
         exam=exam,
-        expected="merged",
+        expected=Action.MERGED,
         kept_as=first.rel,
     )
     study = ctscans.ct_study(dm, first, exam)

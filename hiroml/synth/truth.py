@@ -15,6 +15,7 @@ from typing import Any
 from hiroml.config import CtConfig
 from hiroml.synth.datamart import Datamart
 from hiroml.synth.factory import CLINICAL_NAME, PRIVATE_STRINGS, REMAP_SHEET
+from hiroml.vocab import Action
 
 _PREFERRED_KERNELS = tuple(CtConfig().preferred_kernels)  # the "best" hint follows the config
 _UNREADABLE = ("non_dicom", "truncated_dicom", "corrupt_zip", "truncated_zip")
@@ -51,12 +52,14 @@ def _exams(dm: Datamart) -> tuple[dict[str, dict[str, Any]], set[str]]:
     zips_of: dict[str, list[str]] = {}
     for rel in sorted(dm.zips, key=order):
         t = dm.zips[rel].truth
-        if t["expected"] in ("kept", "merged"):
+        if t["expected"] in (Action.KEPT, Action.MERGED):
             zips_of.setdefault(t["exam"], []).append(rel)
     seen: set[str] = set()
     exams: dict[str, dict[str, Any]] = {}
     for ex in sorted(zips_of, key=lambda k: order(zips_of[k][0])):
-        rels = sorted(zips_of[ex], key=lambda r: (dm.zips[r].truth["expected"] != "kept", order(r)))
+        rels = sorted(
+            zips_of[ex], key=lambda r: (dm.zips[r].truth["expected"] != Action.KEPT, order(r))
+        )
         prim = dm.zips[rels[0]].truth
         sops: list[str] = []
         for rel in rels:
@@ -94,8 +97,8 @@ def _drop_unassigned_images(dm: Datamart, seen: set[str]) -> None:
             kinds = {dm.zips[r].truth["expected"] for r in c["zips"]}
             c["drop_reason"] = (
                 "in_progress"
-                if "skipped" in kinds
-                else ("duplicate" if "duplicate" in kinds else "bad_input")
+                if Action.SKIPPED in kinds
+                else (Action.DUPLICATE if Action.DUPLICATE in kinds else "bad_input")
             )
 
 
@@ -103,7 +106,7 @@ def _mark_kept_and_best_series(dm: Datamart) -> None:
     """CT series of no kept zip are not kept; the "best" kept series of each exam follows
     the preferred kernel order, then the most slices."""
     for s in dm.ct_series.values():
-        if not any(dm.zips[r].truth["expected"] in ("kept", "merged") for r in s["zips"]):
+        if not any(dm.zips[r].truth["expected"] in (Action.KEPT, Action.MERGED) for r in s["zips"]):
             s["keep"] = False
     by_exam: dict[str, list[str]] = {}
     for su, s in dm.ct_series.items():

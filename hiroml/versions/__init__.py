@@ -6,6 +6,7 @@ The names of each module are re-exported here (``hiroml.versions.list_versions``
 
 from __future__ import annotations
 
+from hiroml.errors import EXIT_LOCKED
 from hiroml.versions.changes import (
     DecisionChange,
     SplitMove,
@@ -21,13 +22,7 @@ from hiroml.versions.hashing import (
     remembered_dataset_hash,
 )
 from hiroml.versions.listing import (
-    BUILD_JSON,
-    EXIT_LOCKED,
-    MANIFEST,
-    PIN_FILE,
     SPLIT_MOVED,
-    SPLIT_ORDER,
-    VERSIONS_DIR,
     Version,
     VersionError,
     find_version,
@@ -38,6 +33,8 @@ from hiroml.versions.listing import (
 from hiroml.versions.pins import pin, unpin
 from hiroml.versions.pruning import Pruned, prune
 from hiroml.versions.publishing import Published, WriteReport, publish, update_root
+from hiroml.vocab import BUILD_JSON, MANIFEST, PIN_FILE, VERSIONS_DIR
+from hiroml.vocab import SPLITS as SPLIT_ORDER
 
 __all__ = [
     "BUILD_JSON",

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from hiroml.versions.hashing import _canonical
-from hiroml.versions.listing import MANIFEST, SPLIT_MOVED, SPLIT_ORDER, VersionError, find_version
+from hiroml.versions.listing import SPLIT_MOVED, VersionError, find_version
+from hiroml.vocab import AUDIT, MANIFEST, SPLITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     for c in cols:
         if c not in m.columns:
             m[c] = None
-    audit_path = folder / "audit.csv"
+    audit_path = folder / AUDIT
     a = (
         pd.read_csv(audit_path, dtype=str, keep_default_na=False)
         if audit_path.is_file()
@@ -222,7 +223,7 @@ def diff_tables(
         if k in hash_a and hash_a[k] != h
     )
     per_split: dict[str, dict[str, int]] = {}
-    for split in SPLIT_ORDER:
+    for split in SPLITS:
         rows = mb[mb["split"] == split]
         per_split[split] = {
             "patients": len(set(rows["patient_id"].astype(str)) & new_p),

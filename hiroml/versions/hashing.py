@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from hiroml._version import __version__
 from hiroml.store.atomic import write_text_atomic
+from hiroml.vocab import STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def dataset_hash(manifest: pd.DataFrame | Path | str) -> str:
     return hash_table(pq.read_table(manifest))
 
 
-_HASH_MEMO = Path(".hiroml") / "dataset-hash.json"
+_HASH_MEMO = Path(STATE_DIR) / "dataset-hash.json"
 
 
 def remembered_dataset_hash(out: Path, manifest: pd.DataFrame) -> str:

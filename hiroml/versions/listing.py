@@ -10,31 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from hiroml.errors import HiromlError
+from hiroml.vocab import BUILD_JSON, MANIFEST, PIN_FILE, VERSIONS_DIR
 
 log = logging.getLogger(__name__)
 
 
-VERSIONS_DIR = "versions"
-
-
-BUILD_JSON = "build.json"
-
-
-PIN_FILE = "PINNED"
-
-
-MANIFEST = "manifest.parquet"
-
-
 #: audit ``reason`` of a patient whose split changed because its group was joined to another
 SPLIT_MOVED = "split moved"
-
-
-SPLIT_ORDER = ("train", "val", "test")
-
-
-#: exit status of ``hiroml-versions --prune`` when a build holds the output (as hiroml-build)
-EXIT_LOCKED = 3
 
 
 _NAME = re.compile(r"^(\d{4,})-([0-9a-f]{8})$")

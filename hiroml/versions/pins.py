@@ -6,8 +6,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hiroml.versions.listing import PIN_FILE, Version, VersionError, find_version
+from hiroml.versions.listing import Version, VersionError, find_version
 from hiroml.versions.publishing import _now
+from hiroml.vocab import PIN_FILE
 
 
 def pin(out: Path | str, version: str | int, note: str = "") -> Version:

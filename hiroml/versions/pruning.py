@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from hiroml.pipeline import faults
-from hiroml.versions.listing import MANIFEST, VersionError, list_versions, versions_dir
+from hiroml.versions.listing import VersionError, list_versions, versions_dir
+from hiroml.vocab import MANIFEST, SHARDS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def prune(
         log.info("pruning version %s", v.name)
         _remove_tree(v.path)
         faults.point("during_prune")
-    if sweep and (out / "shards").is_dir():
-        candidates |= {f"shards/{p.name}" for p in (out / "shards").glob("*.h5*")}
+    if sweep and (out / SHARDS_DIR).is_dir():
+        candidates |= {f"shards/{p.name}" for p in (out / SHARDS_DIR).glob("*.h5*")}
     removed = []
     for rel in sorted(candidates - named):
         path = out / rel
@@ -103,12 +104,12 @@ def prune(
             path.unlink(missing_ok=True)
             removed.append(rel)
             faults.point("during_prune")
-    if sweep and (out / "shards").is_dir():
+    if sweep and (out / SHARDS_DIR).is_dir():
         # a shard writer's record (<task>.done.json) goes with the last of its shards
         live = set(live_tasks)
-        for p in (out / "shards").glob("*.done.json"):
+        for p in (out / SHARDS_DIR).glob("*.done.json"):
             prefix = p.name.removesuffix(".done.json")
-            mine = [f"shards/{q.name}" for q in (out / "shards").glob(f"{prefix}*.h5")]
+            mine = [f"shards/{q.name}" for q in (out / SHARDS_DIR).glob(f"{prefix}*.h5")]
             if prefix not in live and not any(s in named for s in mine):
                 p.unlink(missing_ok=True)
     n_tasks = 0

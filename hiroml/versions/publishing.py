@@ -22,8 +22,6 @@ from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
 from hiroml.versions.hashing import remembered_dataset_hash
 from hiroml.versions.listing import (
     _NOT_AT_ROOT,
-    BUILD_JSON,
-    MANIFEST,
     Version,
     VersionError,
     _read_version,
@@ -32,6 +30,7 @@ from hiroml.versions.listing import (
     versions_dir,
 )
 from hiroml.versions.pruning import Pruned, prune
+from hiroml.vocab import BUILD_JSON, MANIFEST
 
 log = logging.getLogger(__name__)
 
