@@ -1,4 +1,4 @@
-"""Decode and convert speed per transfer syntax, every syntax of :data:`hiroml.dicom.decode.SYNTAXES`.
+"""Decode and convert speed per transfer syntax, every syntax of :data:`hiroml.dicom.uids.SYNTAXES`.
 
 One chest-like 12-bit radiograph (default 3000 rows x 2500 columns, built in code by
 ``bench_cxr.radiograph``) is encoded once in each syntax (8-bit for JPEG baseline and JPEG
@@ -39,33 +39,34 @@ from bench_cxr import CFG, CR, radiograph
 from hiroml.cxr import convert as cxr_convert
 from hiroml.cxr import pixels as cxr_pixels
 from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.records import Instance
 
-EIGHT_BIT = {dicom.JPEG_BASELINE, dicom.JPEG_XL_RECOMPRESSION}
+EIGHT_BIT = {dicom_uids.JPEG_BASELINE, dicom_uids.JPEG_XL_RECOMPRESSION}
 ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
-    dicom.JPEG_BASELINE: lambda a: imagecodecs.jpeg8_encode(a, level=95),
-    dicom.JPEG_EXTENDED: lambda a: imagecodecs.jpeg8_encode(a, level=95, bitspersample=12),
-    dicom.JPEG_LOSSLESS: lambda a: imagecodecs.jpeg8_encode(
+    dicom_uids.JPEG_BASELINE: lambda a: imagecodecs.jpeg8_encode(a, level=95),
+    dicom_uids.JPEG_EXTENDED: lambda a: imagecodecs.jpeg8_encode(a, level=95, bitspersample=12),
+    dicom_uids.JPEG_LOSSLESS: lambda a: imagecodecs.jpeg8_encode(
         a, lossless=True, predictor=7, bitspersample=12
     ),
-    dicom.JPEG_LOSSLESS_SV1: lambda a: imagecodecs.jpeg8_encode(
+    dicom_uids.JPEG_LOSSLESS_SV1: lambda a: imagecodecs.jpeg8_encode(
         a, lossless=True, predictor=1, bitspersample=12
     ),
-    dicom.JPEG_LS_LOSSLESS: lambda a: imagecodecs.jpegls_encode(a, level=0),
-    dicom.JPEG_LS_NEAR_LOSSLESS: lambda a: imagecodecs.jpegls_encode(a, level=2),
-    dicom.JPEG_2000_LOSSLESS: lambda a: imagecodecs.jpeg2k_encode(
+    dicom_uids.JPEG_LS_LOSSLESS: lambda a: imagecodecs.jpegls_encode(a, level=0),
+    dicom_uids.JPEG_LS_NEAR_LOSSLESS: lambda a: imagecodecs.jpegls_encode(a, level=2),
+    dicom_uids.JPEG_2000_LOSSLESS: lambda a: imagecodecs.jpeg2k_encode(
         a, codecformat="J2K", reversible=True
     ),
-    dicom.JPEG_2000: lambda a: imagecodecs.jpeg2k_encode(a, level=80, codecformat="J2K"),
-    dicom.HTJ2K_LOSSLESS: lambda a: imagecodecs.htj2k_encode(a, reversible=True),
-    dicom.HTJ2K_LOSSLESS_RPCL: lambda a: imagecodecs.htj2k_encode(a, reversible=True),
-    dicom.HTJ2K: lambda a: imagecodecs.htj2k_encode(a, reversible=False),
-    dicom.JPEG_XL_LOSSLESS: lambda a: imagecodecs.jpegxl_encode(a, lossless=True),
-    dicom.JPEG_XL_RECOMPRESSION: lambda a: imagecodecs.jpegxl_encode_jpeg(
+    dicom_uids.JPEG_2000: lambda a: imagecodecs.jpeg2k_encode(a, level=80, codecformat="J2K"),
+    dicom_uids.HTJ2K_LOSSLESS: lambda a: imagecodecs.htj2k_encode(a, reversible=True),
+    dicom_uids.HTJ2K_LOSSLESS_RPCL: lambda a: imagecodecs.htj2k_encode(a, reversible=True),
+    dicom_uids.HTJ2K: lambda a: imagecodecs.htj2k_encode(a, reversible=False),
+    dicom_uids.JPEG_XL_LOSSLESS: lambda a: imagecodecs.jpegxl_encode(a, lossless=True),
+    dicom_uids.JPEG_XL_RECOMPRESSION: lambda a: imagecodecs.jpegxl_encode_jpeg(
         imagecodecs.jpeg8_encode(a, level=95)
     ),
-    dicom.JPEG_XL: lambda a: imagecodecs.jpegxl_encode(a, distance=1.0),
-    dicom.DEFLATED_IMAGE_FRAME: lambda a: imagecodecs.deflate_encode(a.tobytes(), raw=True),
+    dicom_uids.JPEG_XL: lambda a: imagecodecs.jpegxl_encode(a, distance=1.0),
+    dicom_uids.DEFLATED_IMAGE_FRAME: lambda a: imagecodecs.deflate_encode(a.tobytes(), raw=True),
 }
 
 
@@ -86,7 +87,7 @@ def dicom_bytes(arr: np.ndarray, ts: str) -> bytes:
     ds.WindowCenter, ds.WindowWidth = (128, 256) if bits == 8 else (2048, 4096)
     ds.PixelData = arr.tobytes()
     ds["PixelData"].VR = "OB" if bits == 8 else "OW"
-    big = ts == dicom.EXPLICIT_VR_BE
+    big = ts == dicom_uids.EXPLICIT_VR_BE
     if big:
         ds.PixelData = arr.astype(">u2").tobytes()
     if ts == RLELossless:
@@ -95,7 +96,7 @@ def dicom_bytes(arr: np.ndarray, ts: str) -> bytes:
         ds.PixelData = encapsulate([bytes(ENCODERS[ts](arr))])
         ds["PixelData"].VR = "OB"
     buf = io.BytesIO()
-    implicit = ts == dicom.IMPLICIT_VR_LE
+    implicit = ts == dicom_uids.IMPLICIT_VR_LE
     ds.save_as(buf, enforce_file_format=True, implicit_vr=implicit, little_endian=not big)
     return buf.getvalue()
 
@@ -126,7 +127,7 @@ def main() -> None:
     print(f"{rows} x {cols} radiograph, {n} repeat(s), images per CPU second (one core)\n")
     print("| transfer syntax | UID | decoder | decode img/s | convert img/s | exact |")
     print("|---|---|---|---:|---:|---|")
-    for uid, syntax in dicom.SYNTAXES.items():
+    for uid, syntax in dicom_uids.SYNTAXES.items():
         src = img8 if uid in EIGHT_BIT else img12
         data = dicom_bytes(src, uid)
         got = cxr_pixels.decode_frame(dicom.parse(data, label="x").dataset)

@@ -215,6 +215,25 @@ class PublishConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How this process runs, never what a build makes. configs/build.yaml binds each key to an
+    environment variable (``HIROML_MALLOC``, ``HIROML_FAULT``): the one place either is read."""
+
+    malloc: str = "keep_freed"  # keep_freed | default: glibc's thresholds (pipeline.allocator)
+    fault: Optional[str] = None  # <point>[:N]: die there (hiroml.pipeline.faults; kill tests)
+
+    def __post_init__(self) -> None:
+        _check_choice("runtime", "malloc", self.malloc, ("keep_freed", "default"))
+        if self.fault is not None:
+            from hiroml.pipeline.faults import parse
+
+            try:
+                parse(self.fault)
+            except ValueError as e:
+                raise ConfigError(f"runtime.fault={self.fault!r}: {e}") from None
+
+
+@dataclass
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -227,6 +246,7 @@ class BuildConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     versions: VersionsConfig = field(default_factory=VersionsConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
     seed: int = 0

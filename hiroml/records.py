@@ -247,7 +247,7 @@ class CxrImage:
     lut: str  # what produced the intensities, e.g. "rescale+window(c=2048,w=4096)"
     inverted: bool
     scale: float = 1.0  # stored value * scale -> [0, 1]
-    # library that decoded the pixels (hiroml.dicom.decode.SYNTAXES), e.g. "openjpeg"
+    # library that decoded the pixels (hiroml.dicom.uids.SYNTAXES), e.g. "openjpeg"
     decoder: str = ""
     frame: int = 0  # 0-based frame of a multi-frame object ((0028,0008) Number of Frames)
     n_frames: int = 1
@@ -278,7 +278,7 @@ class CtVolume:
     stitched_series: tuple[str, ...] = ()  # (0020,000E) of every part, in order along the normal
     seams_mm: tuple[float, ...] = ()  # n . (0020,0032) of each part's first slice after the first
     seam_slices: tuple[int, ...] = ()  # z index in ``array`` of those slices (nearest)
-    # library(ies) that decoded the slices (hiroml.dicom.decode.SYNTAXES): "numpy"
+    # library(ies) that decoded the slices (hiroml.dicom.uids.SYNTAXES): "numpy"
     decoder: str = ""
 
     @property
@@ -324,8 +324,6 @@ class SampleRecord:
 #: (``docs/design.md`` §4): core (every row), ct (CT rows), extra (checksums and source ids),
 #: more (later releases' columns) and optional (filled with the field's default when absent).
 PART = "part"
-
-
 _CORE = {PART: "core"}
 _CT = {PART: "ct"}
 _EXTRA = {PART: "extra"}

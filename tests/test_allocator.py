@@ -1,11 +1,16 @@
-"""hiroml.pipeline.allocator: glibc keeps freed buffers during a build; HIROML_MALLOC=default opts out."""
+"""hiroml.pipeline.allocator: glibc keeps freed buffers during a build; runtime.malloc=default
+(HIROML_MALLOC=default) opts out."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import MakeCfg
+
+from hiroml.errors import ConfigError
 
 _CHECK = """
 import ctypes, ctypes.util, sys, time
@@ -23,8 +28,17 @@ print(set_, b.ctypes.data == addr)
 def test_freed_buffers_are_reused_unless_opted_out() -> None:
     out = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
-    env = {"HIROML_MALLOC": "default", "PATH": ""}
-    out = subprocess.run(
-        [sys.executable, "-c", _CHECK], capture_output=True, text=True, check=True, env=env
-    )
-    assert out.stdout.split()[0] == "False"
+
+
+def test_the_environment_sets_the_runtime_switches_through_the_config(
+    make_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_cfg(tmp_path, tmp_path / "out")
+    assert (cfg.runtime.malloc, cfg.runtime.fault) == ("keep_freed", None)
+    monkeypatch.setenv("HIROML_MALLOC", "default")
+    monkeypatch.setenv("HIROML_FAULT", "during_prune:2")
+    cfg = make_cfg(tmp_path, tmp_path / "out")
+    assert (cfg.runtime.malloc, cfg.runtime.fault) == ("default", "during_prune:2")
+    monkeypatch.setenv("HIROML_FAULT", "nowhere")
+    with pytest.raises(ConfigError, match=r"runtime\.fault='nowhere'"):
+        make_cfg(tmp_path, tmp_path / "out")

@@ -20,7 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, UID_dictionary
 
 from hiroml import synth
 from hiroml.cli.logs import OneLineFormatter, console_filter
@@ -30,6 +30,7 @@ from hiroml.ct import hu as ct_hu
 from hiroml.cxr import convert as cxr_convert
 from hiroml.cxr import pixels as cxr_pixels
 from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError
 from hiroml.exams.stage import build_exams
 from hiroml.ingest import zipio
@@ -46,10 +47,53 @@ STUDY = synth.StudyInfo(
 )
 
 
+# Transfer syntaxes newer than pydicom 3.0: pydicom writes their files only when its UID
+# dictionary knows them, so the tests add them there while writing (hiroml itself never
+# changes pydicom's dictionary; it reads these files without the entries).
+_NEWER = {
+    "1.2.840.10008.1.2.4.110": ("JPEG XL Lossless", "JPEGXLLossless"),
+    "1.2.840.10008.1.2.4.111": ("JPEG XL JPEG Recompression", "JPEGXLJPEGRecompression"),
+    "1.2.840.10008.1.2.4.112": ("JPEG XL", "JPEGXL"),
+    "1.2.840.10008.1.2.8.1": ("Deflated Image Frame Compression", "DeflatedImageFrameCompression"),
+}
+
+
 def _part10(ds: Dataset, *, implicit: bool = False, little: bool = True) -> bytes:
     bio = io.BytesIO()
-    ds.save_as(bio, enforce_file_format=True, implicit_vr=implicit, little_endian=little)
+    added = [u for u in _NEWER if u not in UID_dictionary]
+    UID_dictionary.update(
+        {u: (n, "Transfer Syntax", "", "", k) for u, (n, k) in _NEWER.items() if u in added}
+    )
+    try:
+        ds.save_as(bio, enforce_file_format=True, implicit_vr=implicit, little_endian=little)
+    finally:
+        for u in added:
+            del UID_dictionary[u]
     return bio.getvalue()
+
+
+def test_hiroml_leaves_pydicom_uid_dictionary_as_it_is() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from pydicom.uid import UID_dictionary as d; n = len(d); import hiroml.dicom.decode, "
+        "hiroml.ingest.index, hiroml.cxr.convert, hiroml.ct.convert; print(len(d) == n, "
+        "'1.2.840.10008.1.2.4.110' in d)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "False"], done.stderr
+    assert dicom_uids.is_transfer_syntax(dicom_uids.JPEG_XL) and dicom_uids.is_encapsulated(
+        dicom_uids.JPEG_XL
+    )
+    assert dicom_uids.is_little_endian(dicom_uids.DEFLATED_IMAGE_FRAME)
+    assert not dicom_uids.is_deflated(
+        dicom_uids.DEFLATED_IMAGE_FRAME
+    )  # only its frames are deflated
+    assert (
+        dicom_uids.uid_label(dicom_uids.JPEG_XL_LOSSLESS)
+        == "JPEG XL Lossless 1.2.840.10008.1.2.4.110"
+    )
 
 
 # --------------------------------------------------------------------------- no Part 10 header
@@ -102,9 +146,9 @@ def test_a_real_cr_without_meta_is_read_with_its_inferred_syntax(
     assert int.from_bytes(bare[:2], "little" if little else "big") == 0x0008
     parsed = dicom.parse(bare, label="bare.dcm")
     assert str(parsed.dataset.file_meta.TransferSyntaxUID) == inferred
-    assert f"transfer syntax inferred as {dicom.uid_label(inferred)}" in parsed.note
+    assert f"transfer syntax inferred as {dicom_uids.uid_label(inferred)}" in parsed.note
     got = dicom.decode(parsed.dataset)
-    assert got.decoder == dicom.NUMPY
+    assert got.decoder == dicom_uids.NUMPY
     np.testing.assert_array_equal(got.array, reference)
     # the index reads it too, and keeps the note on the instance
     head, pixels = read_member(bare, label="bare.dcm")
@@ -165,106 +209,106 @@ def _jxl_recompressed(a: np.ndarray) -> bytes:
 
 
 CASES = [
-    Case(dicom.IMPLICIT_VR_LE, dicom.NUMPY, False, 0, None),
-    Case(dicom.EXPLICIT_VR_LE, dicom.NUMPY, False, 0, None),
-    Case(dicom.DEFLATED_LE, dicom.NUMPY, False, 0, None),
-    Case(dicom.EXPLICIT_VR_BE, dicom.NUMPY, False, 0, None),
+    Case(dicom_uids.IMPLICIT_VR_LE, dicom_uids.NUMPY, False, 0, None),
+    Case(dicom_uids.EXPLICIT_VR_LE, dicom_uids.NUMPY, False, 0, None),
+    Case(dicom_uids.DEFLATED_LE, dicom_uids.NUMPY, False, 0, None),
+    Case(dicom_uids.EXPLICIT_VR_BE, dicom_uids.NUMPY, False, 0, None),
     Case(
-        dicom.JPEG_BASELINE,
-        dicom.LIBJPEG_TURBO,
+        dicom_uids.JPEG_BASELINE,
+        dicom_uids.LIBJPEG_TURBO,
         True,
         12,
         lambda a: imagecodecs.jpeg8_encode(a, level=95),
     ),
     Case(
-        dicom.JPEG_EXTENDED,
-        dicom.LIBJPEG_TURBO,
+        dicom_uids.JPEG_EXTENDED,
+        dicom_uids.LIBJPEG_TURBO,
         False,
         40,
         lambda a: imagecodecs.jpeg8_encode(a, level=95, bitspersample=12),
     ),
     Case(
-        dicom.JPEG_LOSSLESS,
-        dicom.LIBJPEG_TURBO,
+        dicom_uids.JPEG_LOSSLESS,
+        dicom_uids.LIBJPEG_TURBO,
         False,
         0,
         lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=7, bitspersample=12),
     ),
     Case(
-        dicom.JPEG_LOSSLESS_SV1,
-        dicom.LIBJPEG_TURBO,
+        dicom_uids.JPEG_LOSSLESS_SV1,
+        dicom_uids.LIBJPEG_TURBO,
         False,
         0,
         lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=1, bitspersample=12),
     ),
     Case(
-        dicom.JPEG_LS_LOSSLESS,
-        dicom.CHARLS,
+        dicom_uids.JPEG_LS_LOSSLESS,
+        dicom_uids.CHARLS,
         False,
         0,
         lambda a: imagecodecs.jpegls_encode(a, level=0),
     ),
     Case(
-        dicom.JPEG_LS_NEAR_LOSSLESS,
-        dicom.CHARLS,
+        dicom_uids.JPEG_LS_NEAR_LOSSLESS,
+        dicom_uids.CHARLS,
         False,
         2,
         lambda a: imagecodecs.jpegls_encode(a, level=2),
     ),
     Case(
-        dicom.JPEG_2000_LOSSLESS,
-        dicom.OPENJPEG,
+        dicom_uids.JPEG_2000_LOSSLESS,
+        dicom_uids.OPENJPEG,
         False,
         0,
         lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True),
     ),
     Case(
-        dicom.JPEG_2000,
-        dicom.OPENJPEG,
+        dicom_uids.JPEG_2000,
+        dicom_uids.OPENJPEG,
         False,
         80,
         lambda a: imagecodecs.jpeg2k_encode(a, level=80, codecformat="J2K"),
     ),
     Case(
-        dicom.HTJ2K_LOSSLESS,
-        dicom.OPENJPEG,
+        dicom_uids.HTJ2K_LOSSLESS,
+        dicom_uids.OPENJPEG,
         False,
         0,
         lambda a: imagecodecs.htj2k_encode(a, reversible=True),
     ),
     Case(
-        dicom.HTJ2K_LOSSLESS_RPCL,
-        dicom.OPENJPEG,
+        dicom_uids.HTJ2K_LOSSLESS_RPCL,
+        dicom_uids.OPENJPEG,
         False,
         0,
         lambda a: imagecodecs.htj2k_encode(a, reversible=True),
     ),
     Case(
-        dicom.HTJ2K,
-        dicom.OPENJPEG,
+        dicom_uids.HTJ2K,
+        dicom_uids.OPENJPEG,
         False,
         2,
         lambda a: imagecodecs.htj2k_encode(a, reversible=False),
     ),
     Case(
-        dicom.JPEG_XL_LOSSLESS,
-        dicom.LIBJXL,
+        dicom_uids.JPEG_XL_LOSSLESS,
+        dicom_uids.LIBJXL,
         False,
         0,
         lambda a: imagecodecs.jpegxl_encode(a, lossless=True),
     ),
-    Case(dicom.JPEG_XL_RECOMPRESSION, dicom.LIBJXL, True, 12, _jxl_recompressed),
+    Case(dicom_uids.JPEG_XL_RECOMPRESSION, dicom_uids.LIBJXL, True, 12, _jxl_recompressed),
     Case(
-        dicom.JPEG_XL,
-        dicom.LIBJXL,
+        dicom_uids.JPEG_XL,
+        dicom_uids.LIBJXL,
         False,
         250,
         lambda a: imagecodecs.jpegxl_encode(a, distance=1.0),
     ),
-    Case(dicom.RLE_LOSSLESS, dicom.PYLIBJPEG_RLE, False, 0, None),
+    Case(dicom_uids.RLE_LOSSLESS, dicom_uids.PYLIBJPEG_RLE, False, 0, None),
     Case(
-        dicom.DEFLATED_IMAGE_FRAME,
-        dicom.LIBDEFLATE,
+        dicom_uids.DEFLATED_IMAGE_FRAME,
+        dicom_uids.LIBDEFLATE,
         False,
         0,
         lambda a: imagecodecs.deflate_encode(a.tobytes(), raw=True),
@@ -273,9 +317,9 @@ CASES = [
 
 
 def test_every_syntax_of_the_table_is_tried_here() -> None:
-    assert {c.uid for c in CASES} == set(dicom.SYNTAXES)
-    assert all(dicom.SYNTAXES[c.uid].decoder == c.decoder for c in CASES)
-    assert all(dicom.SYNTAXES[c.uid].lossless == (c.bound == 0) for c in CASES)
+    assert {c.uid for c in CASES} == set(dicom_uids.SYNTAXES)
+    assert all(dicom_uids.SYNTAXES[c.uid].decoder == c.decoder for c in CASES)
+    assert all(dicom_uids.SYNTAXES[c.uid].lossless == (c.bound == 0) for c in CASES)
 
 
 def _radiograph(eight_bit: bool) -> np.ndarray:
@@ -299,13 +343,13 @@ def _encoded(ds: Dataset, pattern: np.ndarray, case: Case) -> bytes:
         ds.compress(RLELossless, values, encoding_plugin="pydicom")
         return _part10(ds)
     if case.encode is None:
-        big = case.uid == dicom.EXPLICIT_VR_BE
+        big = case.uid == dicom_uids.EXPLICIT_VR_BE
         ds.PixelData = pattern.astype(">u2" if big else pattern.dtype).tobytes()
         ds["PixelData"].VR = "OW"
-        return _part10(ds, implicit=case.uid == dicom.IMPLICIT_VR_LE, little=not big)
+        return _part10(ds, implicit=case.uid == dicom_uids.IMPLICIT_VR_LE, little=not big)
     source = pattern
     if pattern.dtype == np.uint16 and ds.PixelRepresentation == 1:
-        source = pattern.view(np.int16) if case.decoder == dicom.OPENJPEG else pattern
+        source = pattern.view(np.int16) if case.decoder == dicom_uids.OPENJPEG else pattern
     ds.PixelData = encapsulate([bytes(case.encode(source))])
     ds["PixelData"].VR = "OB"
     return _part10(ds)
@@ -336,7 +380,7 @@ def _convert(data: bytes) -> CxrImage:
     return cxr_convert.convert_instance(data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig())
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: dicom.SYNTAXES[c.uid].name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: dicom_uids.SYNTAXES[c.uid].name)
 def test_a_radiograph_in_every_syntax(case: Case) -> None:
     source = _radiograph(case.eight_bit)
     ds = _cxr_dataset(source)
@@ -364,10 +408,10 @@ def test_a_radiograph_in_every_syntax(case: Case) -> None:
 
 # Lossless syntaxes, and the lossy ones that code signed samples as such (JPEG 2000, HTJ2K):
 # lossy coding of a two's complement bit pattern is no way to store a CT slice.
-CT_CASES = [c for c in CASES if c.bound == 0 or c.decoder == dicom.OPENJPEG]
+CT_CASES = [c for c in CASES if c.bound == 0 or c.decoder == dicom_uids.OPENJPEG]
 
 
-@pytest.mark.parametrize("case", CT_CASES, ids=lambda c: dicom.SYNTAXES[c.uid].name)
+@pytest.mark.parametrize("case", CT_CASES, ids=lambda c: dicom_uids.SYNTAXES[c.uid].name)
 def test_a_ct_slice_in_every_syntax(case: Case) -> None:
     """A signed 12-bit CT slice (two's complement stored values, Rescale Intercept 0)."""
     y, x = np.mgrid[0:64, 0:72]
@@ -386,7 +430,7 @@ def test_a_ct_slice_in_every_syntax(case: Case) -> None:
     )
     stored = np.asarray(ds.pixel_array)  # int16, sign-extended from 12 bits
     pattern = stored.view(np.uint16) & 0x0FFF  # the 12-bit two's complement bit pattern
-    if case.decoder == dicom.OPENJPEG:
+    if case.decoder == dicom_uids.OPENJPEG:
         pattern = stored.view(np.uint16)  # JPEG 2000 codes signed samples as such
     data = _encoded(ds, pattern, case)
     parsed = dicom.parse(data, label="ct.dcm")
@@ -421,7 +465,7 @@ def test_big_endian_8_bit_reads_as_its_little_endian_twin() -> None:
     le = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
     assert be["PixelData"].VR == "OW" and be.BitsAllocated == 8
     got = dicom.decode(be)
-    assert got.decoder == dicom.NUMPY
+    assert got.decoder == dicom_uids.NUMPY
     np.testing.assert_array_equal(got.array, le.pixel_array)
 
 
@@ -439,7 +483,7 @@ def test_a_frame_argument_selects_the_frame() -> None:
     frames = [_radiograph(False), _radiograph(False)[::-1].copy()]
     ds = _cxr_dataset(frames[0])
     ds.NumberOfFrames = 2
-    ds.file_meta.TransferSyntaxUID = UID(dicom.JPEG_2000_LOSSLESS)
+    ds.file_meta.TransferSyntaxUID = UID(dicom_uids.JPEG_2000_LOSSLESS)
     ds.PixelData = encapsulate(
         [bytes(imagecodecs.jpeg2k_encode(f, codecformat="J2K", reversible=True)) for f in frames]
     )
@@ -465,7 +509,7 @@ def test_both_converters_read_a_file_without_preamble() -> None:
     image = cxr_convert.convert_instance(
         data, inst, exam_description="XR-CHEST-PA", cfg=CxrConfig()
     )
-    assert image.original_shape == (1955, 1841) and image.decoder == dicom.NUMPY
+    assert image.original_shape == (1955, 1841) and image.decoder == dicom_uids.NUMPY
     ct_file = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     ds = ct_hu._read_dataset(ct_file[132:], "ct.dcm")
     reference = pydicom.dcmread(io.BytesIO(ct_file))
@@ -495,15 +539,15 @@ def test_the_console_formatter_gives_one_line_without_traceback() -> None:
 @pytest.mark.parametrize(
     ("name", "decoder"),
     [
-        ("SC_rgb.dcm", dicom.NUMPY),
-        ("SC_rgb_expb.dcm", dicom.NUMPY),
-        ("SC_rgb_small_odd.dcm", dicom.NUMPY),
-        ("SC_ybr_full_uncompressed.dcm", dicom.PYDICOM),  # converted to RGB by pydicom
-        ("SC_ybr_full_422_uncompressed.dcm", dicom.PYDICOM),  # subsampled layout
-        ("MR_small_bigendian.dcm", dicom.NUMPY),
-        ("JPEG2000.dcm", dicom.OPENJPEG),
-        ("JPGLosslessP14SV1_1s_1f_8b.dcm", dicom.LIBJPEG_TURBO),
-        ("MR_small_RLE.dcm", dicom.PYLIBJPEG_RLE),
+        ("SC_rgb.dcm", dicom_uids.NUMPY),
+        ("SC_rgb_expb.dcm", dicom_uids.NUMPY),
+        ("SC_rgb_small_odd.dcm", dicom_uids.NUMPY),
+        ("SC_ybr_full_uncompressed.dcm", dicom_uids.PYDICOM),  # converted to RGB by pydicom
+        ("SC_ybr_full_422_uncompressed.dcm", dicom_uids.PYDICOM),  # subsampled layout
+        ("MR_small_bigendian.dcm", dicom_uids.NUMPY),
+        ("JPEG2000.dcm", dicom_uids.OPENJPEG),
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", dicom_uids.LIBJPEG_TURBO),
+        ("MR_small_RLE.dcm", dicom_uids.PYLIBJPEG_RLE),
     ],
 )
 def test_real_files_decode_as_pydicom_does(name: str, decoder: str) -> None:

@@ -16,7 +16,7 @@ from pydicom.encaps import encapsulate
 from hiroml.config import CxrConfig
 from hiroml.cxr import convert as cxr_convert
 from hiroml.dicom import fastdecode
-from hiroml.dicom.decode import (
+from hiroml.dicom.uids import (
     HTJ2K_LOSSLESS,
     JPEG_2000,
     JPEG_2000_LOSSLESS,

@@ -360,9 +360,9 @@ def test_a_stored_ct_volume_comes_back_as_a_simpleitk_image(
 def test_every_sample_records_the_decoder_pinned_for_its_syntax(
     built: tuple[Path, build.BuildSummary],
 ) -> None:
-    """The shard meta's ``decoder`` is the one hiroml.dicom.decode.SYNTAXES pins (CT slices of
+    """The shard meta's ``decoder`` is the one hiroml.dicom.uids.SYNTAXES pins (CT slices of
     uncompressed 16-bit data: numpy): a build that fell back to pydicom fails here."""
-    from hiroml.dicom import decode as dicom
+    from hiroml.dicom import uids as dicom_uids
     from hiroml.store.shards import read_sample
 
     out = built[0]
@@ -371,13 +371,13 @@ def test_every_sample_records_the_decoder_pinned_for_its_syntax(
     for key, shard, modality in zip(m["sample_key"], m["shard"], m["modality"], strict=True):
         _, meta = read_sample(out / shard, key)
         if modality == "cxr":
-            want = dicom.SYNTAXES[meta["transfer_syntax"]].decoder
+            want = dicom_uids.SYNTAXES[meta["transfer_syntax"]].decoder
             assert meta["decoder"] == want, (key, meta["transfer_syntax"], meta["decoder"])
             seen.add(meta["transfer_syntax"])
         else:
             used = set(meta["decoder"].split(", "))
-            assert used and used <= {s.decoder for s in dicom.SYNTAXES.values()}, meta
-            assert dicom.PYDICOM not in used
+            assert used and used <= {s.decoder for s in dicom_uids.SYNTAXES.values()}, meta
+            assert dicom_uids.PYDICOM not in used
     assert len(seen) >= 3  # the tiny datamart stores radiographs in several syntaxes
 
 

@@ -68,9 +68,10 @@ _composed: list[bool] = []
 def _main(cfg: DictConfig) -> None:
     _composed.append(True)
     logging.captureWarnings(True)
-    allocator.keep_freed_buffers()
     try:
         build_cfg = to_config(cfg)
+        if build_cfg.runtime.malloc == "keep_freed":
+            allocator.keep_freed_buffers()
         summary = unchanged.answer(build_cfg) if build_cfg.skip_unchanged else None
         if summary is None:
             summary = _full_build(build_cfg)

@@ -32,7 +32,7 @@ from hiroml.ct.select import (
 )
 from hiroml.ct.stitch import Scan, StitchPlan, pixels_differ, plan_scans
 from hiroml.ct.volume import _build
-from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import HiromlError
 from hiroml.records import CtVolume, Exam, Instance, Problem
 from hiroml.vocab import Action
@@ -153,7 +153,7 @@ def _part_problem(
 ) -> Problem:
     """A row about one part of a scan, on its first member (by zip, then member path)."""
     first = min(part, key=lambda i: (i.zip, i.member))
-    return dicom.member_problem(first, STAGE, reason, action, kept_as=kept_as, detail=detail)
+    return dicom_uids.member_problem(first, STAGE, reason, action, kept_as=kept_as, detail=detail)
 
 
 def _scan_failed(

@@ -38,7 +38,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
-from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError, DecodeError, HiromlError
 from hiroml.records import Instance, Problem
 from hiroml.vocab import Action
@@ -156,7 +156,7 @@ def frame_records(inst: Instance, ds: Dataset) -> list[Instance]:
 
 
 def _problem(inst: Instance, reason: str) -> Problem:
-    return dicom.member_problem(inst, STAGE, reason, Action.ERROR)
+    return dicom_uids.member_problem(inst, STAGE, reason, Action.ERROR)
 
 
 def expand(

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from hiroml.ct import enhanced
 from hiroml.ct.select import _INT16
 from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Instance
 
@@ -94,7 +95,7 @@ def _decode_slice(
     if (desc.rows, desc.cols) != (rows, cols):
         raise DecodeError(f"{label}: {desc.rows}x{desc.cols} pixels, the series has {rows}x{cols}")
     native16 = desc.bits_allocated == 16 and desc.samples == 1
-    if desc.transfer_syntax in dicom.UNCOMPRESSED_LE and native16:
+    if desc.transfer_syntax in dicom_uids.UNCOMPRESSED_LE and native16:
         buf = ds.PixelData
         need = rows * cols * 2
         if len(buf) < need:
@@ -110,7 +111,7 @@ def _decode_slice(
             bits_stored=desc.bits_stored,
             signed=desc.signed,
         )
-        return dicom.Decoded(arr, dicom.NUMPY)
+        return dicom.Decoded(arr, dicom_uids.NUMPY)
     try:
         decoded = dicom.decode(ds)
     except Exception as e:  # DecodeError naming the syntax, or a header it cannot use

@@ -11,25 +11,15 @@ import numpy as np
 
 from hiroml.config import CtConfig
 from hiroml.ct import enhanced
-from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.records import Instance, Problem
 from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
-
-
 STAGE = "ct"
-
-
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
 _ENHANCED_CT = enhanced.ENHANCED_CT  # their frames are slices: see hiroml.ct.enhanced
-
-
 _ORIENTATION_ATOL = 1e-3  # direction cosines: same orientation / orthonormality
-
-
 _INT16 = np.iinfo(np.int16)
 
 
@@ -44,7 +34,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
     itype = _image_type(inst)
     it_text = "\\".join(itype) or "(absent)"
     sop_class = inst.sop_class_uid
-    if sop_class.startswith(dicom.SR_PREFIX) or inst.modality in ("SR", "KO", "PR"):
+    if sop_class.startswith(dicom_uids.SR_PREFIX) or inst.modality in ("SR", "KO", "PR"):
         return (
             f"structured report / dose report / non-image object "
             f"((0008,0016) SOP Class UID {sop_class or '?'}, (0008,0060) Modality {inst.modality})"
@@ -52,7 +42,7 @@ def _instance_drop_reason(inst: Instance, cfg: CtConfig) -> str | None:
     if not inst.has_pixels:
         return "no (7FE0,0010) Pixel Data: dose report, structured report or other non-image object"
     if (
-        dicom.is_secondary_capture(sop_class)
+        dicom_uids.is_secondary_capture(sop_class)
         or inst.modality in ("SC", "OT")
         or any("SCREEN" in v for v in itype)
     ):

@@ -12,9 +12,6 @@ from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
-from pydicom.uid import (
-    UID,
-)
 
 from hiroml.config import CxrConfig
 from hiroml.cxr.pixels import (
@@ -42,6 +39,7 @@ from hiroml.cxr.view import (
 )
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import fastdecode
+from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError, DecodeError, internal_trace
 from hiroml.records import CxrImage, Exam, Instance, Problem
 from hiroml.vocab import Action, View
@@ -228,7 +226,7 @@ def _reduced(ds: Dataset, frame: int, cfg: CxrConfig) -> fastdecode.Reduced | No
 
 
 def _problem(inst: Instance, reason: str, action: Action) -> Problem:
-    return dicom.member_problem(inst, STAGE, reason, action)
+    return dicom_uids.member_problem(inst, STAGE, reason, action)
 
 
 def _not_selected(view: View, source: str, cfg: CxrConfig) -> str:
@@ -283,7 +281,7 @@ def _with_pixels(header: Dataset, pixels: memoryview | None, inst: Instance) -> 
     bits allocated, else OB, as such files are written)."""
     if pixels is None or "Rows" not in header or "Columns" not in header:
         raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
-    encapsulated = UID(dicom.transfer_syntax(header)).is_encapsulated
+    encapsulated = dicom_uids.is_encapsulated(dicom.transfer_syntax(header))
     alloc = int(header.get("BitsAllocated", 16))
     vr = "OB" if encapsulated or alloc <= 8 else "OW"
     # Native 8/16/32-bit pixels are read by hiroml.dicom.decode straight from the view (no copy of

@@ -19,11 +19,7 @@ from hiroml.errors import DecodeError
 from hiroml.store import halfcast
 
 logger = logging.getLogger(__name__)
-
-
 _transfer_syntax = dicom.transfer_syntax
-
-
 _fix_bits = dicom.fix_bits
 
 
@@ -49,7 +45,7 @@ def decode(ds: Dataset, *, frame: int = 0) -> np.ndarray:
     (rows, columns), or (rows, columns, 3) for colour, as an integer numpy array (signed when
     (0028,0103) Pixel Representation is 1, only the (0028,0101) Bits Stored bits kept).
 
-    The decoder per (0002,0010) Transfer Syntax UID is the one :data:`hiroml.dicom.decode.SYNTAXES`
+    The decoder per (0002,0010) Transfer Syntax UID is the one :data:`hiroml.dicom.uids.SYNTAXES`
     pins (uncompressed by :func:`numpy.frombuffer`, JPEG by libjpeg-turbo, JPEG-LS by CharLS,
     JPEG 2000 and HTJ2K by OpenJPEG, JPEG XL by libjxl, Deflated Image Frame by libdeflate,
     RLE by pylibjpeg-rle); anything else through pydicom's pixel backends. The result may be a

@@ -8,20 +8,14 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
 )
 
-from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.records import Instance
 
 STAGE = "cxr"
-
-
 _NON_IMAGE_MODALITIES = frozenset(
     {"SR", "PR", "KO", "DOC", "REG", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG", "AU", "PLAN"}
 )
-
-
 _SECONDARY_MODALITIES = frozenset({"OT", "SC"})
-
-
 # Raw detector data that no radiologist reads: the "for processing" twin of a "for
 # presentation" image of the same exposure (PS3.3 A.26, (0008,0068) Presentation Intent Type).
 _FOR_PROCESSING_SOP_CLASSES = frozenset(
@@ -31,12 +25,8 @@ _FOR_PROCESSING_SOP_CLASSES = frozenset(
         DigitalIntraOralXRayImageStorageForProcessing,
     }
 )
-
-
 FOR_PROCESSING = "FOR PROCESSING"
-
-
-_uid_label = dicom.uid_label
+_uid_label = dicom_uids.uid_label
 
 
 def is_for_processing(sop_class_uid: str, presentation_intent: str) -> bool:
@@ -63,7 +53,7 @@ def keep_reason(
     """
     sop = inst.sop_class_uid
     modality = inst.modality.strip().upper()
-    kind = dicom.non_image_kind(sop)
+    kind = dicom_uids.non_image_kind(sop)
     if kind is not None:
         return f"non-image object: {kind} (SOP Class {_uid_label(sop)})"
     if modality in _NON_IMAGE_MODALITIES:
@@ -79,7 +69,7 @@ def keep_reason(
         )
     if not drop_derived:
         return None
-    if dicom.is_secondary_capture(sop):
+    if dicom_uids.is_secondary_capture(sop):
         return f"secondary capture / screen save (SOP Class {_uid_label(sop)})"
     if modality in _SECONDARY_MODALITIES:
         return f"secondary capture / screen save (Modality={modality})"

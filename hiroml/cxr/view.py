@@ -12,17 +12,9 @@ from hiroml.records import Instance
 from hiroml.vocab import View
 
 _FRONTAL_POSITIONS = frozenset({"PA", "AP", "APS", "PAS", "FRONTAL", "AP SUPINE", "AP ERECT"})
-
-
 _LATERAL_POSITIONS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "L", "R"})
-
-
 _FRONTAL_WORDS = frozenset({"PA", "AP", "FRONTAL", "FRONT", "PORT", "PORTABLE", "1V", "1VIEW"})
-
-
 _LATERAL_WORDS = frozenset({"LAT", "LATERAL", "LL", "RL", "LLAT", "RLAT"})
-
-
 _MULTI_VIEW_WORDS = frozenset({"2V", "2VIEW", "2VIEWS", "3V", "3VIEWS", "PALAT", "PAL"})
 
 

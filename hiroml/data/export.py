@@ -42,14 +42,8 @@ from hiroml.report.card import OWN_COLUMNS
 from hiroml.vocab import AUDIT, EXPORT_INDEX_NAME, MANIFEST, VERSIONS_DIR
 
 log = logging.getLogger(__name__)
-
-
 FORMATS = {"nifti": "ct", "png": "cxr"}  # format -> the modality it exports
-
-
 SUFFIX = {"nifti": ".nii.gz", "png": ".png"}
-
-
 #: manifest columns copied into the sidecar (when present), as plain JSON values
 SIDECAR_COLUMNS = (
     "sample_key", "modality", "patient_id", "source_patient_id", "patient_group", "split",
@@ -57,8 +51,6 @@ SIDECAR_COLUMNS = (
     "series_uid", "sop_uid", "view", "age_years", "sex", "shape", "size_xyz", "spacing_xyz",
     "origin_xyz", "direction", "ct_decisions", "data_hash",
 )  # fmt: skip
-
-
 #: manifest columns of index.csv (then every label column)
 INDEX_COLUMNS = (
     "split", "sample_key", "patient_id", "patient_group", "exam_key", "modality", "view",

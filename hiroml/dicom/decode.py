@@ -1,11 +1,9 @@
 """DICOM helpers shared by the index and both converters: parse a member's bytes, and decode
 one frame of (7FE0,0010) Pixel Data with the decoder pinned for its transfer syntax.
 
-The DICOM facts the modules share are defined here once: transfer syntax UIDs (pydicom.uid's
-constants), the (0008,0016) SOP Class UIDs that hold no image (:data:`NON_IMAGE_SOP_CLASSES`)
-and Secondary Capture, native decode with (0028,0101) Bits Stored masking
-(:func:`native_grey`, :func:`fix_bits`) and (0028,1053)/(0028,1052) rescale parsing
-(:func:`rescale`).
+Native decode with (0028,0101) Bits Stored masking (:func:`native_grey`, :func:`fix_bits`)
+and (0028,1053)/(0028,1052) rescale parsing (:func:`rescale`) are defined here once; the UIDs
+(transfer syntaxes, SOP classes) in :mod:`hiroml.dicom.uids`.
 
 Parsing (:func:`parse`). A Part 10 file starts with a 128-byte preamble, ``DICM`` and the
 (0002,xxxx) File Meta Information. Older modalities and some PACS exports write files without
@@ -16,16 +14,11 @@ does (implicit or explicit VR, little or big endian), writes it into
 (0002,0010) Transfer Syntax UID and returns a note for the audit. Anything else that does not
 parse stays a :class:`~hiroml.errors.BadInputError`.
 
-Decoding (:func:`decode`). :data:`SYNTAXES` is the one dispatch table: for each
+Decoding (:func:`decode`). :data:`~hiroml.dicom.uids.SYNTAXES` is the one dispatch table: for each
 (0002,0010) Transfer Syntax UID read, the library that decodes it and whether it is lossless.
 The decoder actually used is returned with the array (:class:`Decoded`), so the shard meta
 records it (``decoder``, for radiographs and CT volumes) and tests pin it: a silent fallback
 to a slower path fails CI.
-
-Transfer syntaxes newer than the installed pydicom (JPEG XL 1.2.840.10008.1.2.4.110-.112,
-Deflated Image Frame Compression 1.2.840.10008.1.2.8.1) are added to pydicom's UID dictionary
-when this module is imported, so that :func:`pydicom.dcmread` reads their datasets (explicit VR
-little endian, encapsulated pixel data).
 """
 
 from __future__ import annotations
@@ -41,11 +34,24 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, UID_dictionary
+from pydicom.uid import UID
 
+from hiroml.dicom.uids import (
+    CHARLS,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    LIBDEFLATE,
+    LIBJPEG_TURBO,
+    LIBJXL,
+    NUMPY,
+    OPENJPEG,
+    PYDICOM,
+    PYLIBJPEG_RLE,
+    SYNTAXES,
+    uid_label,
+)
 from hiroml.errors import BadInputError, DecodeError
-from hiroml.records import Instance, Problem
-from hiroml.vocab import Action
 
 try:
     import imagecodecs as _imagecodecs
@@ -53,155 +59,6 @@ except ImportError:  # pragma: no cover - imagecodecs is a dependency; pydicom i
     _imagecodecs = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------- transfer syntaxes
-
-# pydicom.uid's constants, under the names the dispatch table and the tests use; the four
-# newer than pydicom 3.0 are spelled here (PS3.6 Table A-1) and registered below.
-IMPLICIT_VR_LE = pydicom.uid.ImplicitVRLittleEndian
-EXPLICIT_VR_LE = pydicom.uid.ExplicitVRLittleEndian
-DEFLATED_LE = pydicom.uid.DeflatedExplicitVRLittleEndian
-EXPLICIT_VR_BE = pydicom.uid.ExplicitVRBigEndian
-JPEG_BASELINE = pydicom.uid.JPEGBaseline8Bit
-JPEG_EXTENDED = pydicom.uid.JPEGExtended12Bit
-JPEG_LOSSLESS = pydicom.uid.JPEGLossless
-JPEG_LOSSLESS_SV1 = pydicom.uid.JPEGLosslessSV1
-JPEG_LS_LOSSLESS = pydicom.uid.JPEGLSLossless
-JPEG_LS_NEAR_LOSSLESS = pydicom.uid.JPEGLSNearLossless
-JPEG_2000_LOSSLESS = pydicom.uid.JPEG2000Lossless
-JPEG_2000 = pydicom.uid.JPEG2000
-HTJ2K_LOSSLESS = pydicom.uid.HTJ2KLossless
-HTJ2K_LOSSLESS_RPCL = pydicom.uid.HTJ2KLosslessRPCL
-HTJ2K = pydicom.uid.HTJ2K
-JPEG_XL_LOSSLESS = UID("1.2.840.10008.1.2.4.110")
-JPEG_XL_RECOMPRESSION = UID("1.2.840.10008.1.2.4.111")
-JPEG_XL = UID("1.2.840.10008.1.2.4.112")
-RLE_LOSSLESS = pydicom.uid.RLELossless
-DEFLATED_IMAGE_FRAME = UID("1.2.840.10008.1.2.8.1")
-
-# Native (uncompressed) pixel data: implicit/explicit VR little endian, deflated, big endian.
-UNCOMPRESSED = frozenset(pydicom.uid.UncompressedTransferSyntaxes)
-# What the index reads without a copy: little endian, not deflated (offsets are the file's).
-UNCOMPRESSED_LE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
-
-# Decoder names, as recorded in the shard meta ("decoder").
-NUMPY = "numpy"
-LIBJPEG_TURBO = "libjpeg-turbo"
-CHARLS = "charls"
-OPENJPEG = "openjpeg"
-LIBJXL = "libjxl"
-LIBDEFLATE = "libdeflate"
-PYLIBJPEG_RLE = "pylibjpeg-rle"
-PYDICOM = "pydicom"
-
-
-@dataclass(frozen=True, slots=True)
-class Syntax:
-    """One row of the dispatch table. ``lossless``: the syntax only allows lossless coding
-    (decoded values are the encoder's input, bit for bit); ``False`` where it may be lossy."""
-
-    uid: str
-    name: str
-    decoder: str
-    lossless: bool
-
-
-_TABLE = (
-    Syntax(IMPLICIT_VR_LE, "Implicit VR Little Endian", NUMPY, True),
-    Syntax(EXPLICIT_VR_LE, "Explicit VR Little Endian", NUMPY, True),
-    Syntax(DEFLATED_LE, "Deflated Explicit VR Little Endian", NUMPY, True),
-    Syntax(EXPLICIT_VR_BE, "Explicit VR Big Endian", NUMPY, True),
-    Syntax(JPEG_BASELINE, "JPEG Baseline (Process 1)", LIBJPEG_TURBO, False),
-    Syntax(JPEG_EXTENDED, "JPEG Extended (Process 2 and 4)", LIBJPEG_TURBO, False),
-    Syntax(JPEG_LOSSLESS, "JPEG Lossless (Process 14)", LIBJPEG_TURBO, True),
-    Syntax(JPEG_LOSSLESS_SV1, "JPEG Lossless, SV1", LIBJPEG_TURBO, True),
-    Syntax(JPEG_LS_LOSSLESS, "JPEG-LS Lossless", CHARLS, True),
-    Syntax(JPEG_LS_NEAR_LOSSLESS, "JPEG-LS Near-Lossless", CHARLS, False),
-    Syntax(JPEG_2000_LOSSLESS, "JPEG 2000 Lossless", OPENJPEG, True),
-    Syntax(JPEG_2000, "JPEG 2000", OPENJPEG, False),
-    Syntax(HTJ2K_LOSSLESS, "HTJ2K Lossless", OPENJPEG, True),
-    Syntax(HTJ2K_LOSSLESS_RPCL, "HTJ2K Lossless RPCL", OPENJPEG, True),
-    Syntax(HTJ2K, "HTJ2K", OPENJPEG, False),
-    Syntax(JPEG_XL_LOSSLESS, "JPEG XL Lossless", LIBJXL, True),
-    Syntax(JPEG_XL_RECOMPRESSION, "JPEG XL JPEG Recompression", LIBJXL, False),
-    Syntax(JPEG_XL, "JPEG XL", LIBJXL, False),
-    Syntax(RLE_LOSSLESS, "RLE Lossless", PYLIBJPEG_RLE, True),
-    Syntax(DEFLATED_IMAGE_FRAME, "Deflated Image Frame Compression", LIBDEFLATE, True),
-)
-SYNTAXES: dict[str, Syntax] = {s.uid: s for s in _TABLE}
-
-# Standard transfer syntaxes that pydicom 3.0 does not know yet: explicit VR little endian
-# datasets with encapsulated pixel data. (name, keyword) as in PS3.6 Table A-1.
-_NEWER_THAN_PYDICOM = {
-    JPEG_XL_LOSSLESS: ("JPEG XL Lossless", "JPEGXLLossless"),
-    JPEG_XL_RECOMPRESSION: ("JPEG XL JPEG Recompression", "JPEGXLJPEGRecompression"),
-    JPEG_XL: ("JPEG XL", "JPEGXL"),
-    DEFLATED_IMAGE_FRAME: ("Deflated Image Frame Compression", "DeflatedImageFrameCompression"),
-}
-for _uid, (_name, _keyword) in _NEWER_THAN_PYDICOM.items():
-    UID_dictionary.setdefault(_uid, (_name, "Transfer Syntax", "", "", _keyword))
-
-
-def uid_label(uid: str) -> str:
-    """``"<name> <uid>"`` when the UID is known, else the UID (``"(none)"`` when empty)."""
-    if not uid:
-        return "(none)"
-    name = SYNTAXES[uid].name if uid in SYNTAXES else UID(uid).name
-    return f"{name} {uid}" if name and name != uid else uid
-
-
-# --------------------------------------------------------------------------- SOP classes
-
-#: (0008,0016) SOP Class UID prefixes of objects that hold no image to read, with what they
-#: are: structured reports (dose reports and key objects included), presentation states,
-#: waveforms, raw data and registrations, encapsulated documents, RT objects, real world
-#: value mappings.
-NON_IMAGE_SOP_CLASSES: tuple[tuple[str, str], ...] = (
-    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
-    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
-    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
-    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration"),
-    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
-    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
-    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
-)
-SR_PREFIX = NON_IMAGE_SOP_CLASSES[0][0]  # structured reports, dose SR included
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .7.1-.7.4
-
-
-def non_image_kind(sop_class: str) -> str | None:
-    """What a non-image (0008,0016) SOP Class UID holds ("structured report", ...), or None
-    for an image SOP class."""
-    for prefix, kind in NON_IMAGE_SOP_CLASSES:
-        if sop_class.startswith(prefix):
-            return kind
-    return None
-
-
-def is_secondary_capture(sop_class: str) -> bool:
-    """(0008,0016) SOP Class UID is Secondary Capture Image Storage or a multi-frame variant
-    (1.2.840.10008.5.1.4.1.1.7[.1-.4]; not 1.2.840.10008.5.1.4.1.1.77, the VL images)."""
-    return sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + ".")
-
-
-def member_problem(
-    inst: Instance, stage: str, reason: str, action: Action, *, kept_as: str = "", detail: str = ""
-) -> Problem:
-    """An audit problem about one DICOM member: the zip, batch and member of its record."""
-    return Problem(
-        zip=inst.zip,
-        batch=inst.batch,
-        member=inst.member,
-        stage=stage,
-        reason=reason,
-        action=action,
-        kept_as=kept_as,
-        detail=detail,
-    )
-
-
-# --------------------------------------------------------------------------- parsing
-
 _PLAUSIBLE_GROUPS = (0x0002, 0x0008)
 
 
@@ -290,9 +147,6 @@ def parse(data: bytes, *, label: str, stop_before_pixels: bool = False) -> Parse
         ds.file_meta.TransferSyntaxUID = UID(inferred)
         what += f", no File Meta Information: transfer syntax inferred as {uid_label(inferred)}"
     return Parsed(ds, parsed.stopped_at, f"read without a Part 10 header ({what})")
-
-
-# --------------------------------------------------------------------------- decoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,25 +412,3 @@ def decode(ds: Dataset, *, frame: int = 0) -> Decoded:
         raise
     except Exception as e:  # pixel plugins raise anything; we name the syntax
         raise DecodeError(f"cannot decode pixel data ({uid_label(ts)}): {e}") from e
-
-
-__all__ = [
-    "NON_IMAGE_SOP_CLASSES",
-    "SECONDARY_CAPTURE",
-    "SR_PREFIX",
-    "SYNTAXES",
-    "UNCOMPRESSED_LE",
-    "Decoded",
-    "Parsed",
-    "Syntax",
-    "decode",
-    "fix_bits",
-    "is_secondary_capture",
-    "member_problem",
-    "native_grey",
-    "non_image_kind",
-    "parse",
-    "rescale",
-    "transfer_syntax",
-    "uid_label",
-]

@@ -34,21 +34,22 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 
 from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 
 logger = logging.getLogger(__name__)
 
 #: Transfer syntaxes whose frames are JPEG 2000 / HTJ2K codestreams (PS3.5 A.4.4, A.4.11).
 J2K_SYNTAXES = frozenset(
     {
-        dicom.JPEG_2000_LOSSLESS,
-        dicom.JPEG_2000,
-        dicom.HTJ2K_LOSSLESS,
-        dicom.HTJ2K_LOSSLESS_RPCL,
-        dicom.HTJ2K,
+        dicom_uids.JPEG_2000_LOSSLESS,
+        dicom_uids.JPEG_2000,
+        dicom_uids.HTJ2K_LOSSLESS,
+        dicom_uids.HTJ2K_LOSSLESS_RPCL,
+        dicom_uids.HTJ2K,
     }
 )
 #: Baseline / extended JPEG (PS3.5 A.4.1): libjpeg-turbo's DCT scaling (1/2, 1/4, 1/8).
-JPEG_SYNTAXES = frozenset({dicom.JPEG_BASELINE, dicom.JPEG_EXTENDED})
+JPEG_SYNTAXES = frozenset({dicom_uids.JPEG_BASELINE, dicom_uids.JPEG_EXTENDED})
 #: Names recorded as the decoder of a reduced decode (``CxrImage.decoder``).
 PILLOW_OPENJPEG = "pillow-openjpeg"
 PILLOW_LIBJPEG = "pillow-libjpeg-turbo"
@@ -259,7 +260,7 @@ def decode_reduced(
     except (AttributeError, TypeError, ValueError, struct.error) as e:
         why, cs = f"unreadable header: {e}", None
     if why or cs is None:
-        logger.debug("full JPEG 2000 decode (%s): %s", dicom.uid_label(ts), why)
+        logger.debug("full JPEG 2000 decode (%s): %s", dicom_uids.uid_label(ts), why)
         return None
     rows, cols = int(ds.Rows), int(ds.Columns)
     r = choose_reduction(rows, cols, size, keep_aspect, int(cs.levels or 0))

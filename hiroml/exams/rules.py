@@ -65,43 +65,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from hiroml.dicom import decode as dicom
+from hiroml.dicom import uids as dicom_uids
 from hiroml.records import AuditRow, Exam, ExamZip, Instance, PatientGroup
 from hiroml.vocab import Action, Modality
 
 STAGE = "exams"
 
 REASON_KEPT = Action.KEPT
-
-
 REASON_PARTIAL = "partial overlap"
-
-
 REASON_CROSS_BATCH = "cross-batch duplicate"
-
-
 REASON_PEDIATRIC = "pediatric duplicate"
-
-
 REASON_CT_SPLIT = "CT split scan"
-
-
 REASON_ALL_SHARED = "every instance already kept"
-
-
 REASON_NO_INSTANCES = "no DICOM instance indexed"
-
-
 #: AuditRow.code of the zip-level row for a zip with no indexed instance
 CODE_NO_INSTANCES = "exams.no_instances"
-
-
 REASON_UNKNOWN_ZIP = "instances of a zip that was not discovered"
-
-
 REASON_NO_PIXELS = "image without Pixel Data"
-
-
 REASON_NO_USABLE = "no usable DICOM instance"
 
 
@@ -155,9 +135,9 @@ def _order(z: ExamZip) -> tuple[dt.date, str, str]:
 
 def is_unusable(inst: Instance) -> bool:
     """An image instance (not a report, document or other
-    :data:`hiroml.dicom.decode.NON_IMAGE_SOP_CLASSES` object, by (0008,0016) SOP Class UID) without
+    :data:`hiroml.dicom.uids.NON_IMAGE_SOP_CLASSES` object, by (0008,0016) SOP Class UID) without
     (7FE0,0010) Pixel Data: nothing can be made of it."""
-    return not inst.has_pixels and dicom.non_image_kind(inst.sop_class_uid) is None
+    return not inst.has_pixels and dicom_uids.non_image_kind(inst.sop_class_uid) is None
 
 
 def _sop_key(rel: str, inst: Instance) -> str:

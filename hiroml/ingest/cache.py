@@ -17,16 +17,10 @@ from hiroml.records import ExamZip, Instance, Problem, ZipIndex
 from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
-
-
 _INSTANCE_FIELDS = tuple(f.name for f in fields(Instance))
-
-
 _TUPLE_FIELDS = frozenset(
     {"image_type", "position", "orientation", "pixel_spacing", "imager_pixel_spacing"}
 )
-
-
 # The cache is invalidated whenever the Instance record changes shape, or when the prefix
 # is bumped because the rules of what is indexed changed (2: NaN positions, 0 x 0 images,
 # missing Rows/Columns and over-long pixel data refused; damaged elements reported).

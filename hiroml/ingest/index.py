@@ -21,11 +21,11 @@ from typing import Any
 import pydicom
 import xxhash
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from hiroml.config import ExecutorConfig, IndexConfig
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import rawheader
+from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError, ZipSafetyError, internal_trace
 from hiroml.ingest.cache import IndexCache
 from hiroml.pipeline.executor import map_items
@@ -33,20 +33,14 @@ from hiroml.records import ExamZip, Instance, Problem, ZipIndex
 from hiroml.vocab import Action
 
 log = logging.getLogger(__name__)
-
-
 _IMAGE_SIZE_TAGS = (
     ("(0028,0010) Rows", "Rows"),
     ("(0028,0011) Columns", "Columns"),
     ("(0028,0100) Bits Allocated", "BitsAllocated"),
 )
-
-
 # The header values an Instance is made of, read once per member (issue 16): keyword -> value,
 # for the elements present. The helpers below read from it, never from the Dataset again.
 Header = Mapping[str, Any]
-
-
 _HEADER_KEYWORDS = (
     "AcquisitionTime",
     "BitsAllocated",
@@ -88,8 +82,6 @@ _HEADER_KEYWORDS = (
     "StudyTime",
     "ViewPosition",
 )
-
-
 _HEADER_TABLE = rawheader.vr_table(_HEADER_KEYWORDS)
 
 
@@ -157,7 +149,7 @@ def _check_pixel_size(h: Header, n_bytes: int, tsyntax: str, *, label: str) -> N
             "((0028,0010) Rows x (0028,0011) Columns, (0028,0100) Bits Allocated): "
             "no pixels to store"
         )
-    if tsyntax not in dicom.UNCOMPRESSED or bits < 8:
+    if tsyntax not in dicom_uids.UNCOMPRESSED or bits < 8:
         return
     want = rows * cols * frames * spp * bits // 8
     header = f"(Rows {rows} x Columns {cols} x {bits} bits x {frames} frames) needs {want}"
@@ -263,8 +255,6 @@ def instance_from_dataset(
 
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
-
-
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
 
 
@@ -281,7 +271,7 @@ def _pixel_data_value(data: bytes, pos: int, tsyntax: str, *, label: str) -> mem
     file, without copying it (encapsulated: the items, without the sequence delimiter)."""
     if data[pos : pos + 4] != _PIXEL_TAG:
         return None
-    if tsyntax == dicom.IMPLICIT_VR_LE:
+    if tsyntax == dicom_uids.IMPLICIT_VR_LE:
         (length,) = struct.unpack_from("<I", data, pos + 4)
         start = pos + 8
     else:
@@ -317,11 +307,10 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
     ds, pos, note = _parse(data, label=label, stop_before_pixels=True)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     tsyntax = str(ts) if ts is not None else ""
-    if ts is not None and not UID(tsyntax).is_transfer_syntax:
+    if ts is not None and not dicom_uids.is_transfer_syntax(tsyntax):
         raise BadInputError(f"{label}: unknown (0002,0010) Transfer Syntax UID {ts}")
     pixels: bytes | memoryview | None = None
-    uid = UID(tsyntax)
-    if tsyntax and uid.is_little_endian and not uid.is_deflated:
+    if tsyntax and dicom_uids.is_little_endian(tsyntax) and not dicom_uids.is_deflated(tsyntax):
         pixels = _pixel_data_value(data, pos, tsyntax, label=label) if pos < len(data) else None
         whole = pixels is None and pos < len(data)  # e.g. float pixel data: pydicom decides
     else:  # deflated, big endian or no transfer syntax: the offset means nothing here

@@ -11,7 +11,8 @@ the heap and freed ones are reused; the process keeps at most 256 MiB it no long
 Larger buffers (a CT volume) still come from ``mmap`` and go back at once.
 
 Only on Linux with glibc; elsewhere, or when ``mallopt`` is missing, nothing changes.
-``HIROML_MALLOC=default`` leaves glibc's defaults.
+``runtime.malloc=default`` (or ``HIROML_MALLOC=default``) makes ``hiroml-build`` leave glibc's
+defaults: it then does not call this.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ TRIM_THRESHOLD = 256 * 1024**2
 def keep_freed_buffers() -> bool:
     """Set glibc's mmap and trim thresholds for this process and the workers it forks; True
     when they were set."""
-    if not sys.platform.startswith("linux") or os.environ.get("HIROML_MALLOC") == "default":
+    if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
     if name is None:

@@ -122,6 +122,7 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
         same = unchanged.answer(cfg)
         if same is not None:
             return same
+    faults.arm(cfg.runtime.fault)
     # The driver decodes a few members itself (the pediatric check) and then forks the
     # conversion workers: OpenCV's thread pool must not exist in it when it forks, or a child
     # inherits the pool's locks without its threads and hangs in cv2.setNumThreads.

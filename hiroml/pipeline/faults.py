@@ -1,6 +1,7 @@
 """Fault injection at named points of a build, for the kill tests.
 
-``HIROML_FAULT=<point>[:N]`` in the environment makes the process die at once
+``runtime.fault=<point>[:N]`` (or ``HIROML_FAULT=<point>[:N]`` in the environment, which
+configs/build.yaml reads into that key) makes the process die at once
 (``os._exit(137)``, as a SIGKILL would leave it: no cleanup, no ``finally``) when it reaches
 ``point`` for the N-th time (default 1). The points:
 
@@ -10,17 +11,19 @@
   replaced;
 - ``during_prune``: after the first pruned version folder or shard is deleted.
 
-Unset (the normal case) it costs one dictionary lookup per call.
+A build arms the point of its config (:func:`arm`); unarmed (the normal case) a point costs
+one comparison.
 """
 
 from __future__ import annotations
 
 import os
 
-ENV = "HIROML_FAULT"
+ENV = "HIROML_FAULT"  # the environment variable configs/build.yaml reads into runtime.fault
 POINTS = ("after_shards", "before_root_tables", "during_prune")
 EXIT_CODE = 137
 
+_armed: list[tuple[str, int]] = []  # the point and count armed for this process, if any
 _seen: dict[str, int] = {}
 
 
@@ -38,13 +41,20 @@ def parse(spec: str) -> tuple[str, int]:
     return point, n
 
 
+def arm(spec: str | None) -> None:
+    """Arm the point ``spec`` names (``None``: none) for the rest of this process."""
+    _armed.clear()
+    _seen.clear()
+    if spec:
+        _armed.append(parse(spec))
+
+
 def point(name: str) -> None:
-    """Die here (exit status 137, nothing flushed) if ``HIROML_FAULT`` names this point and
-    this is its N-th passage."""
-    spec = os.environ.get(ENV)
-    if not spec:
+    """Die here (exit status 137, nothing flushed) if the armed point is this one and this is
+    its N-th passage."""
+    if not _armed:
         return
-    wanted, n = parse(spec)
+    wanted, n = _armed[0]
     if wanted != name:
         return
     _seen[name] = _seen.get(name, 0) + 1

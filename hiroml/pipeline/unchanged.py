@@ -52,6 +52,7 @@ _ROOT_FILES = (MANIFEST, PATIENTS, AUDIT)
 _NOT_IN_RESULT = {
     "": ("progress", "wait_for_lock", "skip_unchanged"),
     "executor": ("kind", "workers", "scheduler"),
+    "runtime": ("malloc", "fault"),
     "paths": ("index_db", "output"),
 }
 

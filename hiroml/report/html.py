@@ -16,25 +16,13 @@ from hiroml.vocab import SPLITS, Action
 
 # non-kept actions, in the order the report lists them (errors have their own section too)
 ACTION_ORDER = (Action.ERROR, Action.DUPLICATE, Action.MERGED, Action.DROPPED, Action.SKIPPED)
-
-
 THUMB_PX = 176  # longest side of a radiograph thumbnail, pixels
-
-
 CT_THUMB_PX = 150  # longest side of one CT plane, pixels
-
-
 CT_WINDOW = (1500.0, -600.0)  # lung window: width, level (HU)
-
-
 MAX_DECISION_ROWS = 20_000  # per action; the rest are in audit.csv
-
-
 MISSING = "—"
 
 ReadArray = Callable[[str], np.ndarray]
-
-
 T = TypeVar("T")
 
 

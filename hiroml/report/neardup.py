@@ -14,14 +14,10 @@ from hiroml.report.sections import _section
 from hiroml.report.thumbnails import _figure, _read, cxr_thumbnail
 
 log = logging.getLogger(__name__)
-
-
 NEAR_COLUMNS = [
     "sample_key", "other_key", "patient_id", "other_patient_id", "group", "other_group",
     "similarity", "linked",
 ]  # fmt: skip
-
-
 MAX_NEAR_PAIRS = 200  # pairs drawn with thumbnails; all are in the audit and manifest
 
 

@@ -29,8 +29,6 @@ from hiroml.report.sections import (
 from hiroml.vocab import REPORT_NAME, Action
 
 log = logging.getLogger(__name__)
-
-
 _CSS = """
 :root{--fg:#1d2433;--mut:#5b6577;--line:#dde2ea;--bg:#f6f8fb;--acc:#2f6fdb;--bad:#c62828;
 --badbg:#fdecea;--ok:#2e7d32;--warn:#8a5a00;--warnbg:#fff6e0}

@@ -35,25 +35,13 @@ from pydicom.uid import (
 from hiroml.ingest.discover import REMAP_SHEET_NAME
 
 TRUTH_NAME = "hiroml-synth-truth.json"
-
-
 REMAP_SHEET = REMAP_SHEET_NAME  # the datamart's remap sheet, named once in hiroml.ingest.discover
-
-
 CLINICAL_NAME = "clinical.csv"
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-
-
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-
-
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-
-
 DOSE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.67"
 
 SOP_CLASSES = {"CR": CR_STORAGE, "DX": DX_STORAGE, "SC": SC_STORAGE, "CT": CT_STORAGE}

@@ -45,8 +45,6 @@ AP_PORTABLE: dict[str, Any] = {
     "sop_class": "CR",
     "rescale": (1.0, 0.0),
 }
-
-
 #: Fields of :class:`PlannedRadiograph` that :func:`hiroml.synth.factory.make_cxr` takes as is.
 _HEADER_FIELDS = (
     "sop_class",

@@ -53,8 +53,6 @@ from hiroml.vocab import Action, View
 #: The remap sheet: a chain 0042 -> 2001 -> 3001 (rows out of order), 1500 -> 1501 with
 #: images under both ids, 1600 -> 1601 with images under the old id only.
 REMAP: dict[str, str] = {"2001": "3001", "0042": "2001", "1500": "1501", "1600": "1601"}
-
-
 Scenario = Callable[[Datamart, Batches], Planted]
 
 

@@ -13,15 +13,9 @@ from hiroml.errors import HiromlError
 from hiroml.vocab import BUILD_JSON, MANIFEST, PIN_FILE, VERSIONS_DIR
 
 log = logging.getLogger(__name__)
-
-
 #: audit ``reason`` of a patient whose split changed because its group was joined to another
 SPLIT_MOVED = "split moved"
-
-
 _NAME = re.compile(r"^(\d{4,})-([0-9a-f]{8})$")
-
-
 #: files of a version folder that are not copied to the root
 _NOT_AT_ROOT = frozenset({BUILD_JSON, PIN_FILE, MANIFEST})
 
