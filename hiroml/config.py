@@ -36,7 +36,8 @@ class PathsConfig:
     remap_sheet: Optional[str] = None  # default: <datamart>/C19_HIRO_LDS_REMAP_PUB-LIST.xlsx
     clinical: Optional[str] = None  # CSV, Parquet or xlsx with one row per patient
     index_db: Optional[str] = None  # default: <output>/.hiroml/index.sqlite
-    demo_dir: Optional[str] = None  # where the demo datamart is generated; default <output>/../
+    # where the demo datamart is generated; default <output>-demo-datamart
+    demo_dir: Optional[str] = None
 
 
 @dataclass

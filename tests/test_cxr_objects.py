@@ -1,4 +1,4 @@
-"""Radiograph object types (issue 19): DX "for processing", pixel padding, multi-frame.
+"""Radiograph object types: DX "for processing", pixel padding, multi-frame.
 
 DICOM is built in code (seeded) or taken from pydicom's test files."""
 

@@ -157,7 +157,7 @@ def test_distributed_sampler_shards_the_split_between_ranks(tmp_path: Path) -> N
 
 
 def test_format_1_shards_read_the_same_as_format_2(out: Path, tmp_path: Path) -> None:
-    """Versions published by the previous release name format-1 shards (one dataset per
+    """Versions published with format-1 shards name them (one dataset per
     sample): the Dataset, its region reads and load_sitk read them as they read format 2."""
     import shutil
 

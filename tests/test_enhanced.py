@@ -1,4 +1,4 @@
-"""Enhanced CT and Legacy Converted Enhanced CT (issue 19): frames become slices.
+"""Enhanced CT and Legacy Converted Enhanced CT: frames become slices.
 
 Each test builds a classic single-frame series with ``ct_factory``, turns it into one
 multi-frame instance (by hand, and with highdicom's Legacy Converted Enhanced CT writer), and

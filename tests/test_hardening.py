@@ -481,9 +481,9 @@ ALLOWED_COLUMNS = {
     "series_uid", "sop_uid", "view", "age_years", "sex", "shape", "size_xyz", "spacing_xyz",
     "origin_xyz", "direction", "shard_sha256", "data_hash", "sop_uids", "pixel_hashes",
     "batches", "days_from_encounter", "orphan", "scale", "ct_decisions",
-    "signature", "near_duplicates",  # derived from pixels and sample keys (issue 18)
+    "signature", "near_duplicates",  # derived from pixels and sample keys
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
-    "frame", "for_processing",  # issue 19: a frame number and a flag, computed
+    "frame", "for_processing",  # a frame number and a flag, computed
 }  # fmt: skip
 #: The shard metadata keys a sample may carry (hiroml.pipeline.worker: _cxr_meta / _ct_meta).
 ALLOWED_META = {
@@ -494,7 +494,7 @@ ALLOWED_META = {
     "direction", "slice_thickness", "resampled", "decisions", "n_source_slices",
     "source_zips", "data_hash", "decoder", "decode_reduction",
     "stitched_series", "seams_mm", "seam_slices",  # UIDs and geometry of a stitched CT
-    # issue 19: frame numbers, a flag and the padding note (attribute name, value, pixel count)
+    # frame numbers, a flag and the padding note (attribute name, value, pixel count)
     "frame", "n_frames", "for_processing", "padding",
 }  # fmt: skip
 

@@ -186,7 +186,7 @@ def test_encapsulated_pixels_without_delimiter_are_truncated() -> None:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"])
 def test_header_values_read_once_are_those_of_ds_get(name: str) -> None:
-    """Each header keyword is read once by tag (issue 16): the same values as ds.get (several
+    """Each header keyword is read once by tag: the same values as ds.get (several
     values as a list, an empty element as None; tests/test_rawheader.py compares the rest)."""
     from hiroml.ingest.index import _HEADER_KEYWORDS, _HEADER_TABLE, header_values
 

@@ -1,4 +1,4 @@
-"""Leakage checks that see images, not bytes (issue 18): patient groups linked by identical
+"""Leakage checks that see images, not bytes: patient groups linked by identical
 decoded pixels and by near-duplicate signatures; the pediatric rule on decoded pixels; the
 verifier's data_hash and near-duplicate checks. DICOM is generated here, seeded."""
 

@@ -1,4 +1,4 @@
-"""Read each radiograph member once (issue 14): the index converts it, the conversion takes it
+"""Read each radiograph member once: the index converts it, the conversion takes it
 from the scratch store (hiroml.pipeline.scratch)."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_each_radiograph_member_is_inflated_once_per_build(
     assert summary.read_once - summary.read_once_unused == len(stored)
     assert not scratch.scratch_dir(out).exists()
     assert any("converted in the index's read" in line for line in summary.lines())
-    # each stored array hashed once (issue 16), radiographs and CT volumes alike
+    # each stored array hashed once, radiographs and CT volumes alike
     assert len(hashed) == len(manifest)
 
 

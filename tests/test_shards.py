@@ -223,7 +223,7 @@ def test_samples_of_one_shape_share_one_dataset_read_from_their_offsets(tmp_path
 
 
 def _write_format1(path: Path, samples: dict[str, tuple[np.ndarray, dict[str, object]]]) -> None:
-    """A shard as the previous release wrote it (format_version 1): one dataset
+    """A shard in format_version 1: one dataset
     ``/samples/<key>`` per sample, its meta as a JSON attr and again one attr per scalar."""
     with h5py.File(path, "w", libver=("v110", "latest")) as f:
         f.attrs.update(format="hiroml-shard", format_version=1, n_samples=len(samples))

@@ -1,4 +1,4 @@
-"""Re-runs with nothing new (hiroml.pipeline.unchanged, issue 16): the same inputs answer at once
+"""Re-runs with nothing new (hiroml.pipeline.unchanged): the same inputs answer at once
 from the record of the last build; any change to an input, to a result-changing key or to
 the output's files builds as always."""
 

@@ -351,7 +351,7 @@ def test_an_output_of_the_first_release_upgrades_to_version_one(
     root, _ = tiny_datamart
     out = tmp_path / "out"
     shutil.copytree(history[0], out)
-    shutil.rmtree(out / "versions")  # what the first release left: root tables only
+    shutil.rmtree(out / "versions")  # an output without versions: root tables only
     ds = HiromlDataset(out, "train")
     assert ds.version is None and len(ds) > 0
     assert verify(out) == []
@@ -625,7 +625,7 @@ def _columns_changed_by_text(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, in
 
 
 def test_columns_changed_counts_as_the_texts_do() -> None:
-    """The array shortcut of the version diff (issue 16: a weekly build diffs every sample)
+    """The array shortcut of the version diff (a weekly build diffs every sample)
     counts exactly the cells whose canonical texts differ: integer and boolean arrays of other
     dtypes, shapes or values, floats with NaN, text, missing cells, a column that changed type."""
     import numpy as np

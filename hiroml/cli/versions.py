@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps([v.as_json() for v in reversed(found)], indent=2))
             return 0
         if not found:
-            print(f"{out}: no versions (an output of the first release, or no build yet)")
+            print(f"{out}: no versions (an output without versions/, or no build yet)")
             return 0
         print(f"{'version':<16} {'created':<26} {'samples':>8} {'patients':>8}  pinned")
         for v in reversed(found):

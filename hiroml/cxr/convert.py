@@ -236,7 +236,7 @@ def _not_selected(view: View, source: str, cfg: CxrConfig) -> str:
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A member converted ahead of the conversion stage, in the same read as its indexing
-    (issue 14, :mod:`hiroml.pipeline.scratch`): its frames, converted without the exam's
+    (:mod:`hiroml.pipeline.scratch`): its frames, converted without the exam's
     description, and the :class:`ViewEvidence` of its full header, to decide the view once the
     exam is known."""
 

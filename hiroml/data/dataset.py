@@ -127,7 +127,7 @@ class HiromlDataset(Dataset[Sample]):
     ``7``); ``None`` takes the latest. The object reads that version's manifest once, here,
     and keeps it for its whole life (``ds.version``), in every DataLoader worker, whatever
     builds run meanwhile: shards are immutable and a build deletes only shards that no kept
-    version names. An output of the first release (no ``versions/``) is read from its root
+    version names. An output without ``versions/`` is read from its root
     manifest (``ds.version`` is then ``None``).
     """
 

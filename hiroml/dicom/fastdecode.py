@@ -15,7 +15,7 @@ bits and not above (0028,0101) Bits Stored (so Bits Stored masking has nothing t
 blurs), one frame, and enough decomposition levels in COD. Anything else returns ``None`` with
 the reason logged at debug level, and the caller decodes in full
 (:func:`hiroml.cxr.pixels.decode_frame`), so the switch ``cxr.fast_jpeg2000: false`` or a reduction
-of 1 gives the old output exactly.
+of 1 gives exactly what the full decode gives.
 
 Rescale (0028,1053)/(0028,1052) is linear and commutes with the averaging; the VOI window or
 LUT applies to stored values and is unchanged, applied to the reduced values.

@@ -1,4 +1,4 @@
-"""Header values straight from a dataset's raw elements (issue 16).
+"""Header values straight from a dataset's raw elements.
 
 pydicom parses a file into raw elements and converts one into a typed value when it is first
 read (``ds[tag].value``): a dispatch through hooks, converters, value validation and a new

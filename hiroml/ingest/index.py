@@ -38,7 +38,7 @@ _IMAGE_SIZE_TAGS = (
     ("(0028,0011) Columns", "Columns"),
     ("(0028,0100) Bits Allocated", "BitsAllocated"),
 )
-# The header values an Instance is made of, read once per member (issue 16): keyword -> value,
+# The header values an Instance is made of, read once per member: keyword -> value,
 # for the elements present. The helpers below read from it, never from the Dataset again.
 Header = Mapping[str, Any]
 _HEADER_KEYWORDS = (

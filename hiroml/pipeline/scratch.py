@@ -1,11 +1,11 @@
-"""Read each radiograph once (issue 14): the index worker, which already holds a member's bytes,
+"""Read each radiograph once: the index worker, which already holds a member's bytes,
 also converts it (:func:`hiroml.cxr.convert.prepare_instance`) and leaves the result in a scratch
 store under the output folder; the conversion stage takes it from there instead of inflating the
 member again.
 
 The store is append-only packs, one per worker process,
-``<output>/.hiroml/scratch/pack-<pid>-<token>.bin`` (issue 16: a file per member cost a file
-creation and a deletion per member, 0.3 ms here and far more on a cluster file system). A pack
+``<output>/.hiroml/scratch/pack-<pid>-<token>.bin``, not a file per member (a file creation
+and a deletion per member cost 0.3 ms here, far more on a cluster file system). A pack
 is a run of records: a 4-byte mark (``HRS1`` live, ``HRSX`` taken), the 16-byte key, the
 payload's length (8 bytes, little endian) and the payload, a pickled
 :class:`hiroml.cxr.convert.Prepared`. Each record is flushed when written, so a pack is readable as
@@ -25,8 +25,7 @@ Entries are pickles written by this module under the output folder the build own
 SQLite index is); they are never read from anywhere else.
 
 Only radiographs: a CT series needs all its slices at once, so keeping what the index read
-until the conversion would cost disk equal to the source slices (see the closing note of
-issue 14).
+until the conversion would cost disk equal to the source slices.
 """
 
 from __future__ import annotations

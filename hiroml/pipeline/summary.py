@@ -45,8 +45,9 @@ class BuildSummary:
     published: bool = False  # False: the result equals the latest version, none published
     split_moves: int = 0
     versions_pruned: int = 0
-    # Read once (issue 14): radiographs converted in the index's read, and how many of those
-    # no conversion took (duplicate copies, dropped exams, reused tasks): converted for nothing.
+    # Read once (hiroml.pipeline.scratch): radiographs converted in the index's read, and how many
+    # of those no conversion took (duplicate copies, dropped exams, reused tasks): converted for
+    # nothing.
     read_once: int = 0
     read_once_unused: int = 0
     # The inputs were those of the build that made the latest version (hiroml.pipeline.unchanged):

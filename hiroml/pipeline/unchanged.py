@@ -1,4 +1,4 @@
-"""Re-runs with nothing new (issue 16): a build whose inputs are those of the build that made
+"""Re-runs with nothing new: a build whose inputs are those of the build that made
 the output's latest version answers at once, without indexing, converting or hashing again.
 
 After every successful build, :func:`remember` writes ``<output>/.hiroml/inputs.json``: a

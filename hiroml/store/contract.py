@@ -64,7 +64,7 @@ def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> 
 
     Where the output has published versions (section 4b) the tables checked are those of
     ``version`` (default: the latest), in ``versions/<version>/`` with its ``build.json``;
-    an output of the first release is checked at its root. Shards are under ``out_dir``."""
+    an output without ``versions/`` is checked at its root. Shards are under ``out_dir``."""
     bad = check_tables(out_dir, version=version)
     if bad:
         return bad  # the Dataset checks below would only fail on the missing files or columns

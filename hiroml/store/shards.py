@@ -29,14 +29,12 @@ Reading one sample with plain h5py::
         array = f[f["arrays_of"].asstr()[i]][f["rows"][i]]
         meta = json.loads(f["meta"].asstr()[i])
 
-Why: the first layout (``format_version=1``: one dataset ``/samples/<key>`` per sample,
-its metadata as a JSON attr and again as one attr per scalar) cost ~1 ms per dataset
-created and ~57 us per attr. Appending a row to a dataset per shape costs little beyond the
-bytes, their ``data_hash`` and the shard's fsync and checksum: ``benchmarks/bench_shards.py``
-(16 samples per writer, as a build's tasks write them) measured 2.90 -> 1.62 ms per 256 x 256
-float16 radiograph and 4.98 -> 3.85 ms per 512 x 512 one, uncompressed. The readers here, and
-:class:`hiroml.data.dataset.HiromlDataset`, read both formats: versions published by the
-previous release name format-1 shards, and ``hiroml-versions`` keeps them.
+Why rows of a few datasets: an HDF5 dataset costs about 1 ms to create and an attribute about
+57 us, while appending a row costs little beyond the bytes, their ``data_hash`` and the
+shard's fsync and checksum (``benchmarks/bench_shards.py``). The readers here, and
+:class:`hiroml.data.dataset.HiromlDataset`, also read ``format_version=1`` shards (one dataset
+``/samples/<key>`` per sample, its metadata as a JSON attr): versions published with that
+format name them, and ``hiroml-versions`` keeps them.
 
 A dataset grows by one chunk per sample (``maxshape=(None, ...)``): nothing is buffered,
 memory stays one sample. An uncompressed radiograph is one unfiltered chunk, so its bytes

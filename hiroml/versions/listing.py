@@ -114,7 +114,7 @@ def find_version(out: Path | str, version: str | int | None = None) -> Version |
 
 def tables_dir(out: Path | str, version: str | int | None = None) -> tuple[Path, str | None]:
     """Where the tables of ``version`` are, and its name: the version folder, or the output
-    folder itself (name ``None``) for an output of the first release, which has no versions.
+    folder itself (name ``None``) for an output without ``versions/``.
     """
     v = find_version(out, version)
     if v is None:
