@@ -24,6 +24,7 @@ from hiroml.errors import (
     HiromlError,
     OutputLockedError,
     ShrinkRefusedError,
+    SystematicFailureError,
 )
 
 log = logging.getLogger("hiroml")
@@ -34,6 +35,7 @@ ConfigStore.instance().store(name="build_schema", node=BuildConfig)
 EXIT_CONFIG = 2  # configuration or datamart error: nothing was written
 EXIT_LOCKED = 3  # another build holds the output's lock
 EXIT_SHRINK = 4  # the shrink guard refused to publish
+EXIT_SYSTEMATIC = 5  # one error hit most images of a modality: nothing published
 
 
 def exit_code(err: HiromlError) -> int:
@@ -44,6 +46,8 @@ def exit_code(err: HiromlError) -> int:
         return EXIT_LOCKED
     if isinstance(err, ShrinkRefusedError):
         return EXIT_SHRINK
+    if isinstance(err, SystematicFailureError):
+        return EXIT_SYSTEMATIC
     return 1
 
 

@@ -60,6 +60,12 @@ class ShrinkRefusedError(HiromlError):
     (``allow_shrink=true`` publishes anyway)."""
 
 
+class SystematicFailureError(HiromlError):
+    """Most images of one modality that the build converted failed with one same error (a
+    library that fails on every image, not bad input): ``hiroml-build`` exits 5 and publishes
+    nothing (``publish.max_error_fraction``, ``publish.min_errors``)."""
+
+
 class BuildError(HiromlError):
     """The build could not complete (strict mode with errors, patient leakage, a full disk,
     a demo folder holding something else...); the previous output is left as it was."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from hiroml import faults
-from hiroml.build import scratch, unchanged
+from hiroml.build import scratch, systematic, unchanged
 from hiroml.build.audit import problem_to_audit, split_move_rows, with_link_notes
 from hiroml.build.convert import run_task
 from hiroml.build.demo import demo_datamart
@@ -104,9 +104,11 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
     the output's lock (:mod:`hiroml.lock`; :class:`~hiroml.errors.OutputLockedError` when
     another build holds it) until it ends. Raises :class:`~hiroml.errors.BuildError` when the
-    build cannot complete and :class:`~hiroml.errors.ShrinkRefusedError` when it would remove
-    too much of the previous dataset (:mod:`hiroml.guard`); the previous output stays readable
-    in every case, since the manifest is replaced last and atomically.
+    build cannot complete, :class:`~hiroml.errors.SystematicFailureError` when one error hit
+    most images of a modality (:mod:`hiroml.build.systematic`) and
+    :class:`~hiroml.errors.ShrinkRefusedError` when it would remove too much of the previous
+    dataset (:mod:`hiroml.guard`); the previous output stays readable in every case, since the
+    manifest is replaced last and atomically.
     """
     import cv2
 
@@ -184,6 +186,7 @@ def _build(
         summary.read_once_unused = scratch.sweep(out)
     summary.tasks_reused = sum(r.reused for r in results)
     t = timed(summary, "convert", t)
+    systematic.check_systematic(out, specs, results, inputs.audit, cfg.publish)
     tables = _tables(cfg, out, inputs, results, summary)
     _count(cfg, summary, tables, results)
     _refuse_to_publish(cfg, summary, tables)

@@ -146,6 +146,11 @@ def load_task_record(spec: TaskSpec) -> TaskResult | None:
     return dataclasses.replace(result, reused=True)
 
 
+def forget_task_record(out_dir: str, task_id: str) -> None:
+    """Remove a task's record, so that the next build converts its exams again."""
+    _record_path(out_dir, task_id).unlink(missing_ok=True)
+
+
 def save_task_record(out_dir: str, result: TaskResult) -> None:
     path = _record_path(out_dir, result.task_id)
     path.parent.mkdir(parents=True, exist_ok=True)
