@@ -89,16 +89,22 @@ def _main(cfg: DictConfig) -> None:
 
 def _full_build(cfg: BuildConfig) -> BuildSummary:
     """:func:`hiroml.build.run`, imported only now: a re-run with nothing new answers
-    (:mod:`hiroml.build.unchanged`) without pandas, pydicom or OpenCV."""
+    (:mod:`hiroml.build.unchanged`) without pandas, pydicom or OpenCV. First the self-check
+    (:func:`hiroml.doctor.require`, once per process; ``doctor.enabled``): a library that
+    gives other values than the golden ones raises a
+    :class:`~hiroml.errors.SelfCheckError` (exit 2)."""
     # pydicom resets its logger to WARNING when imported. Its messages, and those of every
     # other third-party library, reach the run log only: the console handler passes hiroml's
     # own records (configs/hydra/job_logging/hiroml.yaml, hiroml/logs.py). Python warnings
     # are logged too (to ``py.warnings``), so they also stay off the console.
     import pydicom  # noqa: F401
 
+    from hiroml import doctor
     from hiroml.build import run
 
     logging.getLogger("pydicom").setLevel(logging.WARNING)
+    if cfg.doctor.enabled:  # before anything is written: other stored values stop the build
+        doctor.require()
     return run(cfg, check_unchanged=False)
 
 

@@ -233,6 +233,15 @@ class PublishConfig:
 
 
 @dataclass
+class DoctorConfig:
+    """The self-check of the numeric paths (:mod:`hiroml.doctor`, ``hiroml-doctor``) that
+    ``hiroml-build`` runs before it writes anything: a library that gives other values than
+    the golden ones stops the build (exit 2). ``enabled=false`` builds anyway."""
+
+    enabled: bool = True
+
+
+@dataclass
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -245,6 +254,7 @@ class BuildConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     versions: VersionsConfig = field(default_factory=VersionsConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
     seed: int = 0

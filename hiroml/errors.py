@@ -79,3 +79,9 @@ class ManifestError(HiromlError):
 class ShardError(HiromlError):
     """A shard cannot be written or read as asked (bad or duplicate key, bad option, a
     sample the shard does not hold)."""
+
+
+class SelfCheckError(ConfigError):
+    """The self-check of the numeric paths (:mod:`hiroml.doctor`) found a library that gives
+    other values than hiroml's golden ones, or fails: ``hiroml-build`` exits 2 before writing
+    anything (``doctor.enabled=false`` builds anyway)."""

@@ -1,0 +1,180 @@
+"""The self-check of the numeric paths (hiroml.doctor, hiroml-doctor) and its refusal at the
+start of hiroml-build."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import MakeCfg
+
+from hiroml import cli, doctor, halfcast
+from hiroml.build import unchanged
+from hiroml.datamart import discover
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    """No check result carried from one test to the next (``checked`` caches per process)."""
+    doctor.checked.cache_clear()
+    yield
+    doctor.checked.cache_clear()
+
+
+def _wrong_float16(a: np.ndarray) -> np.ndarray:
+    """A cast that rounds toward zero where numpy rounds to nearest: plausible, and wrong."""
+    out = np.asarray(a).astype(np.float16)
+    return np.nextafter(out, np.float16(0)).astype(np.float16)
+
+
+def _failing_float16(a: np.ndarray) -> np.ndarray:
+    raise RuntimeError(
+        "OpenCV(4.14.0) arithm.cpp:750: error: (-215:Assertion failed) func\n in 'arithm_op'"
+    )
+
+
+def test_every_check_passes_here_and_has_a_golden_value() -> None:
+    report = doctor.run()
+    assert report.ok, "\n".join(report.lines())
+    names = [c.name for c in report.checks]
+    assert sorted(names) == sorted(doctor.GOLDEN), "a check without a golden value, or the reverse"
+    assert {"float16 cast", "CT_small.dcm: resampled", "MR_small_RLE.dcm: data_hash"} <= set(names)
+    decoders = {doctor.GOLDEN[n].split()[0] for n in names if n.endswith(": decode")}
+    # every decode path of a radiograph: numpy, imagecodecs' codecs, pylibjpeg-rle, pydicom, Pillow
+    assert decoders == {
+        "numpy", "pylibjpeg-rle", "openjpeg", "libjpeg-turbo", "charls", "pydicom", "pillow-openjpeg",
+    }  # fmt: skip
+    assert report.lines()[-1].startswith(f"all {len(names)} checks pass")
+    assert report.seconds < 5.0
+
+
+def test_the_lossless_references_decode_to_the_same_values() -> None:
+    """Four syntaxes of MR_small.dcm hold the same pixels: one stored-value hash."""
+    same = {
+        doctor.GOLDEN[f"{n}: decode"].split()[1]
+        for n in ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
+                  "MR_small_jpeg_ls_lossless.dcm")
+    }  # fmt: skip
+    assert len(same) == 1
+
+
+def test_the_environment_comes_from_the_package_metadata() -> None:
+    env = doctor.environment()
+    assert env["numpy"] == np.__version__
+    assert env["pydicom"] == importlib.metadata.version("pydicom")
+    assert env["python"] == ".".join(str(v) for v in sys.version_info[:3])
+    assert set(env) == {"python", "hiroml", *(name for name, _ in doctor.LIBRARIES)}
+    assert all(v for v in env.values())
+    assert doctor.tested_range("opencv").startswith("opencv-python-headless >=")
+    assert doctor.tested_range("SimpleITK").startswith("SimpleITK >=")
+
+
+def test_a_wrong_float16_cast_is_a_mismatch_naming_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(halfcast, "to_float16", _wrong_float16)
+    report = doctor.run()
+    assert not report.ok
+    bad = {c.name: c for c in report.failed}
+    assert bad["float16 cast"].status == doctor.MISMATCH
+    assert "differ from numpy's astype" in bad["float16 cast"].value
+    assert "MR_small.dcm: data_hash" in bad  # the stored radiographs move with it
+    assert "MR_small.dcm: decode" not in bad and "CT_small.dcm: HU volume" not in bad
+    opencv = doctor.environment()["opencv"]
+    message = bad["float16 cast"].message(report.environment)
+    assert message.startswith(f"OpenCV {opencv}: the float16 cast gives other values")
+    assert f"hiroml is tested with {doctor.tested_range('opencv')}" in message
+    problem = report.problem()
+    assert "\n" not in problem and f"OpenCV {opencv}: the float16 cast" in problem
+    assert "doctor.enabled=false" in problem
+    assert "refuses to build" in report.lines()[-1]
+
+
+def test_a_failing_cast_is_reported_with_its_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(halfcast, "to_float16", _failing_float16)
+    report = doctor.run()
+    check = next(c for c in report.checks if c.name == "float16 cast")
+    assert check.status == doctor.FAILED
+    message = check.message(report.environment)
+    assert "the float16 cast fails (RuntimeError: OpenCV(4.14.0) arithm.cpp:750" in message
+    assert "func in 'arithm_op')" in message  # one line
+    with pytest.raises(doctor.SelfCheckError, match=r"OpenCV .*: the float16 cast fails"):
+        doctor.require()
+
+
+def test_hiroml_doctor_exits_0_when_all_pass_and_2_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        doctor.main([])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "environment:" in out and f"numpy               {np.__version__}" in out
+    assert "ok        JPEG2000.dcm: data_hash" in out
+    monkeypatch.setattr(halfcast, "to_float16", _wrong_float16)
+    with pytest.raises(SystemExit) as done:
+        doctor.main([])
+    assert done.value.code == 2
+    out = capsys.readouterr().out
+    assert "MISMATCH  float16 cast: OpenCV" in out
+
+
+def test_hiroml_build_refuses_before_writing_anything(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(halfcast, "to_float16", _failing_float16)
+    out = tmp_path / "out"
+    argv = [
+        "hiroml-build",
+        f"paths.datamart={tiny_datamart[0]}",
+        f"paths.output={out}",
+        "progress=false",
+        "executor.workers=1",
+        f"hydra.run.dir={tmp_path / 'runs'}",  # Hydra's own run log, kept apart here
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as done:
+        cli.build()
+    assert done.value.code == cli.EXIT_CONFIG == 2
+    assert not out.exists(), "the refused build wrote into the output folder"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("hiroml-build: ")]
+    assert line.startswith("hiroml-build: the self-check of the numeric paths failed: OpenCV ")
+    assert "the float16 cast fails" in line
+
+
+def test_doctor_enabled_is_a_config_key(
+    tiny_datamart: tuple[Path, Any], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    assert make_cfg(tiny_datamart[0], tmp_path / "o").doctor.enabled is True
+    assert (
+        make_cfg(tiny_datamart[0], tmp_path / "o", "doctor.enabled=false").doctor.enabled is False
+    )
+
+
+def test_a_new_environment_is_not_an_unchanged_build(
+    tiny_datamart: tuple[Path, Any],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The skip record's fingerprint holds the environment: a re-run after an upgrade builds
+    (and so runs the self-check); doctor.enabled alone changes nothing."""
+    root = tiny_datamart[0]
+    found = discover(root)
+    cfg = make_cfg(root, tmp_path / "o")
+    before = unchanged.fingerprint(cfg, root, found)
+    off = make_cfg(root, tmp_path / "o", "doctor.enabled=false")
+    assert unchanged.fingerprint(off, root, found) == before
+    upgraded = {**doctor.environment(), "numpy": "0.0.1"}
+    monkeypatch.setattr(unchanged, "environment", lambda: upgraded)
+    assert unchanged.fingerprint(cfg, root, found) != before
