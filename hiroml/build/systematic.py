@@ -23,7 +23,6 @@ those images again instead of reusing their failures. Scattered bad files stay a
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -38,12 +37,10 @@ from hiroml.errors import SystematicFailureError
 from hiroml.lock import STATE_DIR
 from hiroml.records import Action, AuditRow, Modality, Problem
 
-log = logging.getLogger(__name__)
-
 #: Where a refused build leaves its audit (under the output's state folder).
 REFUSED_AUDIT = "audit-refused.csv"
 #: How many failed members a refusal names.
-SHOWN = 3
+SHOWN = 1
 
 _NOUN = {Modality.CXR: "radiographs", Modality.CT: "CT volumes"}
 _NUMBER = re.compile(r"\d+")
@@ -76,7 +73,7 @@ class ErrorTally:
     def describe(self) -> str:
         return (
             f"{self.failed} of {self.attempted} {_NOUN[self.modality]} converted by this build "
-            f"failed with one error: {self.error} (e.g. {'; '.join(self.examples)})"
+            f"failed with one error: {self.error} (first: {'; '.join(self.examples)})"
         )
 
 
@@ -198,8 +195,6 @@ def check_systematic(
     write_atomic(path, lambda tmp: audit_frame(rows).to_csv(tmp, index=False))
     gone = {t.modality for t in refused}
     _forget(out, [r for m, r in new if m in gone])
-    for t in refused:
-        log.error("systematic failure: %s", t.describe())
     raise SystematicFailureError(
         f"refusing to publish into {out}: {'; and '.join(t.describe() for t in refused)}. "
         "This looks like an environment problem (a library that fails on every image), not "
