@@ -278,8 +278,11 @@ def render_card(
     summary: Mapping[str, Any],
     flow: Flow,
     settings: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> str:
     """The dataset card as Markdown text; see :func:`hiroml.report.write_report`."""
+    from hiroml.doctor import environment_rows
+
     version = summary.get("version")
     title = f"Dataset card: hiroml dataset{f' version {version}' if version else ''}"
     labels = _label_columns(manifest)
@@ -296,6 +299,8 @@ def render_card(
         if settings
         else "Not recorded by this build."
     )
+    env_rows = environment_rows(environment)
+    env = _table(["library", "version"], env_rows) if env_rows else "Not recorded by this build."
     parts = [
         f"# {title}",
         "",
@@ -311,6 +316,7 @@ def render_card(
         *_section("Composition per split", _table(_DEMOGRAPHIC_HEADERS, _demographics(manifest))),
         *_section("Label prevalence per split (per patient: positives / known)", prevalence),
         *_section("Conversion settings", conversion),
+        *_section("Environment (the libraries that decided the stored values)", env),
         "## Known limitations",
         "",
         *[f"- {x}" for x in _limitations(manifest, audit, flow, labels)],

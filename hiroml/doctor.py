@@ -29,7 +29,11 @@ package metadata). ``hiroml-build`` runs :func:`require` once per process before
 writes anything (``doctor.enabled=false`` skips it) and stops with exit 2 on any mismatch.
 
 :func:`environment` gives the versions of those libraries (from the package metadata, no
-import), recorded in every version's ``build.json``.
+import; the build's skip record compares them too). :func:`environment_record` is the
+``environment`` object of every version's ``build.json``: those versions, the path of the
+float16 casts, and the decoders of the version's samples with their counts;
+:func:`environment_rows` shows it in the report and the card, :func:`environment_changes`
+in ``hiroml-versions --diff``. The ``dataset_hash`` holds none of it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +197,80 @@ def library_label(library: str, env: dict[str, str]) -> str:
     return f"{_SHOWN.get(library, library)} {env.get(library, NOT_INSTALLED)}"
 
 
+def halfcast_backend() -> str:
+    """The path of :mod:`hiroml.halfcast`'s casts in this process (its ``backend()``), or ""
+    where the module does not say."""
+    from hiroml import halfcast
+
+    backend = getattr(halfcast, "backend", None)
+    return str(backend()) if callable(backend) else ""
+
+
+def environment_record(decoders: Iterable[Any] = ()) -> dict[str, Any]:
+    """The ``environment`` object of a version's ``build.json``: ``versions`` (the
+    :func:`environment`), ``halfcast`` (:func:`halfcast_backend`, where known) and
+    ``decoders``: how many samples each decoder decoded, from the samples' ``decoder`` (as
+    their shard meta records it: a CT volume decoded by several names them joined by ", ";
+    "" for a sample of a task recorded before decoders were kept, counted as "not recorded")."""
+    counts: dict[str, int] = {}
+    for cell in decoders:
+        names = {n.strip() for n in str(cell or "").split(",") if n.strip()} or {"not recorded"}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    record: dict[str, Any] = {"versions": environment()}
+    backend = halfcast_backend()
+    if backend:
+        record["halfcast"] = backend
+    record["decoders"] = dict(sorted(counts.items()))
+    return record
+
+
+def environment_rows(record: Mapping[str, Any] | None) -> list[list[str]]:
+    """An :func:`environment_record` as (what, value) rows for the report and the card:
+    each library's version, the float16 casts' path, the decoders with their sample counts;
+    no row for a version built before the environment was recorded."""
+    if not isinstance(record, Mapping):
+        return []
+    versions = record.get("versions")
+    rows = [
+        [str(k), str(v)] for k, v in (versions if isinstance(versions, Mapping) else {}).items()
+    ]
+    if record.get("halfcast"):
+        rows.append(["float16 casts (halfcast)", str(record["halfcast"])])
+    decoders = record.get("decoders")
+    if isinstance(decoders, Mapping) and decoders:
+        used = ", ".join(f"{k} ({v})" for k, v in decoders.items())
+        rows.append(["decoders (samples)", used])
+    return rows
+
+
+def environment_changes(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> list[str]:
+    """``hiroml-versions --diff``'s environment lines from version A's record to B's:
+    ``"environment: numpy 2.2.6 -> 2.4.6"`` per library whose version changed (and the
+    float16 casts' path), ``"environment: unchanged"`` when none did, and a line saying so
+    where a version has no record (built before it was kept)."""
+    if not isinstance(a, Mapping) or not isinstance(b, Mapping):
+        which = " and ".join(n for n, r in (("A", a), ("B", b)) if not isinstance(r, Mapping))
+        return [f"environment: not recorded in {which}"]
+
+    def flat(r: Mapping[str, Any]) -> dict[str, str]:
+        versions = r.get("versions")
+        out = {
+            str(k): str(v) for k, v in (versions if isinstance(versions, Mapping) else {}).items()
+        }
+        if r.get("halfcast"):
+            out["halfcast"] = str(r["halfcast"])
+        return out
+
+    fa, fb = flat(a), flat(b)
+    lines = [
+        f"environment: {k} {fa.get(k, NOT_INSTALLED)} -> {fb.get(k, NOT_INSTALLED)}"
+        for k in [*fa, *(k for k in fb if k not in fa)]
+        if fa.get(k) != fb.get(k)
+    ]
+    return lines or ["environment: unchanged"]
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -283,6 +361,9 @@ class _Probe:
     library: str
     what: str
     compute: Callable[[], str]
+    #: compare the last word only (a decode's "<decoder> <hash>"): another decoder that gives
+    #: the same stored values stores the same dataset
+    last_word: bool = False
 
 
 def _compare(probe: _Probe, golden: dict[str, str]) -> Check:
@@ -292,7 +373,11 @@ def _compare(probe: _Probe, golden: dict[str, str]) -> Check:
         error = f"{type(e).__name__}: {' '.join(str(e).split())}"
         return Check(probe.name, probe.library, probe.what, FAILED, error=error)
     expected = golden.get(probe.name)
-    status = OK if value == expected else MISMATCH
+    if probe.last_word and expected:
+        same = value.split()[-1:] == expected.split()[-1:]
+    else:
+        same = value == expected
+    status = OK if same else MISMATCH
     return Check(probe.name, probe.library, probe.what, status, value, expected or "(no golden)")
 
 
@@ -301,11 +386,7 @@ def _compare(probe: _Probe, golden: dict[str, str]) -> Check:
 
 def _cast_library() -> str:
     """The library behind :mod:`hiroml.halfcast` (its ``backend()`` where it has one)."""
-    from hiroml import halfcast
-
-    backend = getattr(halfcast, "backend", None)
-    name = str(backend()).lower() if callable(backend) else "opencv"
-    return "numpy" if "numpy" in name else "opencv"
+    return "numpy" if "numpy" in halfcast_backend().lower() else "opencv"
 
 
 def _cast_inputs() -> Iterator[np.ndarray]:
@@ -565,7 +646,7 @@ def _probes() -> list[_Probe]:
         probes += [
             _Probe(
                 f"{name}: decode", _decoder_library(name), f"the {syntax} decode of {name}",
-                functools.partial(_decode_value, name),
+                functools.partial(_decode_value, name), last_word=True,
             ),
             _Probe(
                 f"{name}: data_hash", "opencv",
@@ -668,6 +749,9 @@ __all__ = [
     "Report",
     "checked",
     "environment",
+    "environment_changes",
+    "environment_record",
+    "environment_rows",
     "main",
     "require",
     "run",

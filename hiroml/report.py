@@ -735,6 +735,7 @@ def render_report(
     changes: str = "",
     near_duplicates: pd.DataFrame | None = None,
     flow: str | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`. ``flow`` is the flow
     diagram's SVG (:func:`hiroml.flow.flow_svg`), drawn at the top; computed when None."""
@@ -756,6 +757,7 @@ def render_report(
             ("groups", "Linked ids"),
             ("neardup", "Near duplicates"),
             ("thumbs", "Thumbnails"),
+            ("environment", "Environment"),
         )
     )
     body = "".join(
@@ -773,6 +775,7 @@ def render_report(
             _groups(patients),
             _near_duplicates(near_duplicates, read_array),
             _thumbnails(manifest, read_array, max_thumbnails),
+            _environment(environment),
         ]
     )
     return (
@@ -781,6 +784,16 @@ def render_report(
         f"<title>hiroml build report</title><style>{_CSS}</style></head>"
         f"<body><nav>{nav}</nav><main>{body}</main></body></html>\n"
     )
+
+
+def _environment(record: Mapping[str, Any] | None) -> str:
+    """The environment that decided the stored values (``build.json``'s ``environment``)."""
+    from hiroml.doctor import environment_rows
+
+    rows = environment_rows(record)
+    if not rows:
+        return _section("environment", "Environment", _note("Not recorded by this build."))
+    return _section("environment", "Environment", _table(["library", "version"], rows))
 
 
 def shard_reader(out_dir: Path | str, manifest: pd.DataFrame) -> ReadArray:
@@ -812,6 +825,7 @@ def write_report(
     near_duplicates: pd.DataFrame | None = None,
     settings: Mapping[str, Any] | None = None,
     dataset_hash: str = "",
+    environment: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
     inclusion/exclusion flow, :mod:`hiroml.flow`, also drawn at the top of the page) and
@@ -832,6 +846,8 @@ def write_report(
     settings printed in the card; ``summary`` keys ``version`` and ``dataset_hash`` are
     printed there when present; ``dataset_hash``, when given, is the card's (the publisher
     computed it already: the card then does not hash the manifest again).
+    ``environment`` (:func:`hiroml.doctor.environment_record`, as ``build.json`` records it)
+    is shown as a table on the page and in the card.
     Each file is written to a temporary name then moved into place (``os.replace``).
     """
     from hiroml.card import CARD_NAME, render_card
@@ -853,6 +869,7 @@ def write_report(
         flow=svg,
         changes=changes,
         near_duplicates=near_duplicates,
+        environment=environment,
     )
     card = render_card(
         manifest=manifest,
@@ -860,6 +877,7 @@ def write_report(
         summary={**summary, "dataset_hash": dataset_hash} if dataset_hash else summary,
         flow=flow,
         settings=settings,
+        environment=environment,
     )
     _write_text(out_dir, FLOW_NAME, svg)
     _write_text(out_dir, CARD_NAME, card)

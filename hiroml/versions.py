@@ -14,7 +14,8 @@ the canonical JSON of its parquet value), so the same inputs and config give the
 on any machine: it holds no absolute path and no timing. The ``shard_sha256`` column is left
 out of it: a shard file's bytes depend on how the HDF5 library laid it out (another library
 version, or a Dask worker, may lay out identical datasets differently), while what the shard
-holds is in ``data_hash``.
+holds is in ``data_hash``. Nor does it hold the environment (library versions, decoders)
+that ``build.json`` records beside it: :func:`diff` names an environment change.
 
 Publishing (:func:`publish`) is crash-safe at every point:
 
@@ -57,6 +58,7 @@ import pyarrow.parquet as pq
 from hiroml import faults
 from hiroml._version import __version__
 from hiroml.atomic import copy_atomic, write_text_atomic
+from hiroml.doctor import environment_changes
 from hiroml.errors import HiromlError, OutputLockedError
 
 log = logging.getLogger(__name__)
@@ -311,6 +313,9 @@ class VersionDiff:
     added_per_split: dict[str, dict[str, int]]  # split -> {"patients": n, "samples": n}
     decisions: tuple[DecisionChange, ...]
     moves: tuple[SplitMove, ...]
+    #: the environment lines (:func:`hiroml.doctor.environment_changes`) of the two versions'
+    #: ``build.json``; empty where not compared (the report's changes section)
+    environment: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -364,6 +369,7 @@ class VersionDiff:
             )
         if len(self.decisions) > limit:
             out.append(f"    ... and {len(self.decisions) - limit} more")
+        out.extend(f"  {line}" for line in self.environment)
         return out
 
 
@@ -534,7 +540,18 @@ def diff(out: Path | str, a: str | int, b: str | int) -> VersionDiff:
     va, vb = find_version(out, a), find_version(out, b)
     if va is None or vb is None:
         raise VersionError(f"{out} has no versions to compare")
-    return diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
+    found = diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
+    env = environment_changes(_environment_of(va), _environment_of(vb))
+    return dataclasses.replace(found, environment=tuple(env))
+
+
+def _environment_of(v: Version) -> Any:
+    """The ``environment`` of a version's ``build.json`` (None in versions built before it
+    was recorded, or where the file cannot be read)."""
+    try:
+        return json.loads((v.path / BUILD_JSON).read_text(encoding="utf-8")).get("environment")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def changes_html(d: VersionDiff, *, limit: int = 200) -> str:

@@ -178,3 +178,36 @@ def test_a_new_environment_is_not_an_unchanged_build(
     upgraded = {**doctor.environment(), "numpy": "0.0.1"}
     monkeypatch.setattr(unchanged, "environment", lambda: upgraded)
     assert unchanged.fingerprint(cfg, root, found) != before
+
+
+def test_the_environment_record_counts_decoders_and_the_diff_names_changes() -> None:
+    record = doctor.environment_record(["numpy", "openjpeg", "numpy, openjpeg", "", "numpy"])
+    assert record["versions"] == doctor.environment()
+    assert record["decoders"] == {"not recorded": 1, "numpy": 3, "openjpeg": 2}
+    rows = doctor.environment_rows(record)
+    assert ["numpy", np.__version__] in rows
+    assert ["decoders (samples)", "not recorded (1), numpy (3), openjpeg (2)"] in rows
+    assert doctor.environment_rows(None) == []
+    assert doctor.environment_changes(record, record) == ["environment: unchanged"]
+    older = {**record, "versions": {**record["versions"], "numpy": "2.2.6", "imagecodecs": "-"}}
+    assert doctor.environment_changes(older, record) == [
+        f"environment: numpy 2.2.6 -> {np.__version__}",
+        f"environment: imagecodecs - -> {record['versions']['imagecodecs']}",
+    ]
+    assert doctor.environment_changes(None, record) == ["environment: not recorded in A"]
+    assert doctor.environment_changes(None, None) == ["environment: not recorded in A and B"]
+
+
+def test_a_fallback_decoder_with_the_same_values_is_no_mismatch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decode checks compare stored values: the decoder's name is recorded, not hashed."""
+    name = "MR_small_RLE.dcm: decode"
+    golden = dict(doctor.GOLDEN)
+    golden[name] = "pydicom " + golden[name].split()[1]
+    monkeypatch.setattr(doctor, "GOLDEN", golden)
+    assert doctor.run().ok
+    golden[name] = "pylibjpeg-rle 0123456789abcdef0123456789abcdef"
+    bad = [c for c in doctor.run().failed]
+    assert [c.name for c in bad] == [name]
+    assert bad[0].message(doctor.environment()).startswith("pylibjpeg-rle ")
