@@ -4,6 +4,7 @@ start of hiroml-build."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,21 @@ def test_hiroml_doctor_exits_0_when_all_pass_and_2_otherwise(
     assert "MISMATCH  float16 cast: OpenCV" in out
 
 
+@pytest.fixture()
+def _root_logging() -> Iterator[None]:
+    """Hydra configures the root logger (console and run-log handlers) when the CLI runs in
+    this process: put it back as it was for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            h.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("_root_logging")
 def test_hiroml_build_refuses_before_writing_anything(
     tiny_datamart: tuple[Path, dict[str, Any]],
     tmp_path: Path,
@@ -141,6 +157,7 @@ def test_hiroml_build_refuses_before_writing_anything(
         f"hydra.run.dir={tmp_path / 'runs'}",  # Hydra's own run log, kept apart here
     ]
     monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cli, "_composed", [])  # the CLI's per-process state, kept to this test
     with pytest.raises(SystemExit) as done:
         cli.build()
     assert done.value.code == cli.EXIT_CONFIG == 2
