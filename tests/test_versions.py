@@ -660,7 +660,8 @@ def test_build_json_records_the_environment_the_diff_names_it_and_the_hash_ignor
     env = info["environment"]
     assert env["versions"] == doctor.environment()
     m = pd.read_parquet(new.path / "manifest.parquet")
-    metas = [read_sample(out / sh, key)[1] for key, sh in zip(m["sample_key"], m["shard"])]
+    pairs = zip(m["sample_key"], m["shard"], strict=True)
+    metas = [read_sample(out / sh, key)[1] for key, sh in pairs]
     used = {n.strip() for meta in metas for n in str(meta["decoder"]).split(",")}
     assert set(env["decoders"]) == used and sum(env["decoders"].values()) >= len(m)
     assert ("halfcast" in env) == bool(doctor.halfcast_backend())
