@@ -289,7 +289,7 @@ def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) 
     if n < 2:
         return _EMPTY
     sig = _as_signatures(sig)
-    t = _exact_threshold(threshold)
+    t_exact = _exact_threshold(threshold)
     # exact moments and the coarse projection, block by block (66 floats a row)
     s_all, v_all = np.empty(n, np.int64), np.empty(n, np.int64)
     c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
@@ -309,35 +309,35 @@ def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) 
         li = left[s : s + block]
         xi = sig[s : s + block]
         ui = None
-        for t0 in range(s, n, block):
-            close = (li @ right[t0 : t0 + block].T) <= radius2
+        for t in range(s, n, block):
+            close = (li @ right[t : t + block].T) <= radius2
             n_close = np.count_nonzero(close)
             if not n_close:
                 continue
-            xj = sig[t0 : t0 + block]
+            xj = sig[t : t + block]
             if n_close > close.size // _DENSE:
                 # look-alike images (one phantom, one protocol) pass the coarse bound in bulk:
                 # one full matrix product is then cheaper than listing the candidates
                 ui = unit_vectors(xi) if ui is None else ui
-                uj = ui if t0 == s else unit_vectors(xj)
+                uj = ui if t == s else unit_vectors(xj)
                 close = (ui @ uj.T) >= threshold - _SLACK
             ii, jj = np.nonzero(close)
-            keep = (ii + s < jj + t0) & live[ii + s] & live[jj + t0]
+            keep = (ii + s < jj + t) & live[ii + s] & live[jj + t]
             ii, jj = ii[keep], jj[keep]
             for a in range(0, len(ii), 65536):  # decide exactly, in chunks
-                pa, pb = ii[a : a + 65536] + s, jj[a : a + 65536] + t0
+                pa, pb = ii[a : a + 65536] + s, jj[a : a + 65536] + t
                 ok, sims = _decide(
-                    _dots(xi[pa - s], xj[pb - t0]),
+                    _dots(xi[pa - s], xj[pb - t]),
                     (s_all[pa], s_all[pb]),
                     (v_all[pa], v_all[pb]),
-                    t,
+                    t_exact,
                 )
                 found.append((pa[ok].astype(np.int64), pb[ok].astype(np.int64), sims[ok]))
     if not found:
         return _EMPTY
     i, j, sim = (np.concatenate(parts) for parts in zip(*found, strict=True))
     order = np.lexsort((j, i))
-    log.debug("near-duplicate search: %d signatures, %d pairs >= %s", n, len(i), t)
+    log.debug("near-duplicate search: %d signatures, %d pairs >= %s", n, len(i), t_exact)
     return i[order], j[order], sim[order]
 
 
