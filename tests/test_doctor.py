@@ -228,3 +228,49 @@ def test_a_fallback_decoder_with_the_same_values_is_no_mismatch(
     bad = [c for c in doctor.run().failed]
     assert [c.name for c in bad] == [name]
     assert bad[0].message(doctor.environment()).startswith("pylibjpeg-rle ")
+
+
+def test_an_area_resize_that_sums_in_another_order_is_a_mismatch_naming_opencv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OpenCV whose INTER_AREA differs by one float32 rounding on a detector-sized image
+    (as summation orders do between SIMD paths) is caught, though float16 may hide it."""
+    import cv2
+
+    real = cv2.resize
+
+    def one_ulp_off(src: np.ndarray, dsize: Any, *args: Any, **kw: Any) -> np.ndarray:
+        out = real(src, dsize, *args, **kw)
+        if out.dtype == np.float32 and out.size > 100_000:
+            out.flat[::997] = np.nextafter(out.flat[::997], np.float32(2.0))
+        return out
+
+    monkeypatch.setattr(cv2, "resize", one_ulp_off)
+    report = doctor.run()
+    bad = {c.name for c in report.failed}
+    assert "resize 3000x2500 -> 512x512" in bad and "resize 2140x1760 -> 512x512" in bad
+    assert "float16 cast" not in bad and "CT_small.dcm: HU volume" not in bad
+    assert "OpenCV" in report.problem()
+
+
+def test_the_radiograph_intensity_step_is_ieee_float32_arithmetic() -> None:
+    """The window/rescale step gives numpy's float32 subtract-multiply-clip exactly, for
+    every integer and float input (no library whose SIMD paths round otherwise)."""
+    from hiroml import cxr
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64):
+        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+        if info is not None:
+            a = rng.integers(max(info.min, -5000), min(info.max, 70000), (777, 913)).astype(dtype)
+        else:
+            a = (rng.standard_normal((777, 913)) * 1000.0).astype(dtype)
+        lo, hi = -123.25, 3900.5
+        want = np.clip(
+            (a.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo)), 0.0, 1.0
+        ) if dtype is not np.float64 else np.clip(
+            np.subtract(a, np.float32(lo), dtype=np.float32) * np.float32(1.0 / (hi - lo)), 0, 1
+        )  # fmt: skip
+        got = cxr._affine01(a, lo, hi)
+        assert got.dtype == np.float32
+        assert np.array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32)), dtype

@@ -27,7 +27,7 @@ from hiroml.records import Action, Exam, Modality, Problem, SampleRecord
 log = logging.getLogger(__name__)
 
 # Bump when the conversion code changes what it stores: every task is then redone.
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 
 
 @dataclass(frozen=True, slots=True)
