@@ -20,8 +20,9 @@ Speed (see ``benchmarks/bench_cxr.py``): uncompressed pixels are viewed with
 (bit-exact, about 4x faster than pydicom's default plugin) and JPEG 2000 by OpenJPEG through
 ``imagecodecs``; percentiles come from an exact histogram instead of :func:`numpy.percentile`;
 the rescale is folded into the window so that one subtract and one multiply (numpy float32,
-the same values on every machine) give [0, 1]; and shrinking is an integer box mean then ``cv2.INTER_AREA``. OpenCV may use
-several threads per call: process-pool workers should call ``cv2.setNumThreads(1)``.
+the same values on every machine) give [0, 1]; and shrinking is an integer box mean then
+``cv2.INTER_AREA``. OpenCV may use several threads per call: process-pool workers should
+call ``cv2.setNumThreads(1)``.
 """
 
 from __future__ import annotations

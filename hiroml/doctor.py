@@ -142,10 +142,10 @@ GOLDEN: dict[str, str] = {
     "jpeg2000-reduced: decode": "pillow-openjpeg 8a75e50bbbd74fd0d4b6c6b46e322c5c",
     "jpeg2000-reduced: data_hash": "eb88be950fec5a56653cb20203590e79",
     "jpeg2000-reduced: signature": "d7eea92ce04255a788036600695261db",
-    "resize 3000x2500 -> 512x512": "6b380aa29cee00bee0d8aa520d1c9c71 10df8b35798b01bb990ba3d3f112f764",
-    "resize 2140x1760 -> 512x512": "29440d02df2c9c4ca320d345ae10112b 0008047b2dfa68e197ca439e8cfe64b8",
-    "resize 777x913 -> 512x512": "f52ecd5acba450c6ab6e59f5852f17c9 95c9471b405d327630d5b854379b97ec",
-    "resize 2049x1537 -> 256x256": "4920b8b6fbd4e0d20e00c1345b1fa0c5 3323430d72b63a7d5fb334f9c0a89a16",
+    "resize 3000x2500": "6b380aa29cee00bee0d8aa520d1c9c71 10df8b35798b01bb990ba3d3f112f764",
+    "resize 2140x1760": "29440d02df2c9c4ca320d345ae10112b 0008047b2dfa68e197ca439e8cfe64b8",
+    "resize 777x913": "f52ecd5acba450c6ab6e59f5852f17c9 95c9471b405d327630d5b854379b97ec",
+    "resize 2049x1537": "4920b8b6fbd4e0d20e00c1345b1fa0c5 3323430d72b63a7d5fb334f9c0a89a16",
     "CT_small.dcm: HU volume": "4a2be547948cc258789c977b00c06e2e",
     "CT_small.dcm: resampled": "cb1e7fc97ff497e8aed7337e5e081e14",
 }
@@ -621,7 +621,6 @@ def _resized(shape: tuple[int, int], size: tuple[int, int]) -> str:
     """The stored values (float16, as a build stores them) and the signature of a
     detector-sized image after :func:`hiroml.cxr.resize`."""
     from hiroml import cxr, halfcast, neardup
-    from hiroml.shards import array_hash
 
     small, _ = cxr.resize(_detector_image(*shape), size, keep_aspect=True)
     stored = halfcast.to_float16(small)
@@ -696,10 +695,10 @@ def _probes() -> list[_Probe]:
             ),
         ]  # fmt: skip
     for shape, size in _RESIZES:
-        name = f"resize {shape[0]}x{shape[1]} -> {size[0]}x{size[1]}"
+        name = f"resize {shape[0]}x{shape[1]}"
         probes.append(
             _Probe(
-                name, "opencv", f"the radiograph resize (area) and signature, {name}",
+                name, "opencv", f"the radiograph resize to {size[0]}x{size[1]} and signature",
                 functools.partial(_resized, shape, size),
             )
         )  # fmt: skip

@@ -248,7 +248,7 @@ def test_an_area_resize_that_sums_in_another_order_is_a_mismatch_naming_opencv(
     monkeypatch.setattr(cv2, "resize", one_ulp_off)
     report = doctor.run()
     bad = {c.name for c in report.failed}
-    assert "resize 3000x2500 -> 512x512" in bad and "resize 2140x1760 -> 512x512" in bad
+    assert "resize 3000x2500" in bad and "resize 2140x1760" in bad
     assert "float16 cast" not in bad and "CT_small.dcm: HU volume" not in bad
     assert "OpenCV" in report.problem()
 
