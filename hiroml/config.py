@@ -201,11 +201,19 @@ class VersionsConfig:
 
 @dataclass
 class PublishConfig:
-    """The shrink guard (:mod:`hiroml.store.guard`): a build that would remove more than this
-    fraction of the previous samples or patients, unexplained by its audit, is refused
-    (exit 4) unless ``allow_shrink=true``."""
+    """What a build must pass before it publishes.
+
+    The shrink guard (:mod:`hiroml.store.guard`): a build that would remove more than
+    ``max_removed_fraction`` of the previous samples or patients, unexplained by its audit, is
+    refused (exit 4) unless ``allow_shrink=true``.
+
+    The systematic-failure guard (:mod:`hiroml.pipeline.systematic`): a build in which at least
+    ``max_error_fraction`` of the images of one modality that it converted, and at least
+    ``min_errors`` images, failed with one same error is refused (exit 5)."""
 
     max_removed_fraction: float = 0.02
+    max_error_fraction: float = 0.5
+    min_errors: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_removed_fraction <= 1.0:
@@ -213,6 +221,26 @@ class PublishConfig:
                 f"publish.max_removed_fraction={self.max_removed_fraction}: give a fraction "
                 "between 0 and 1 (0.02 refuses a build that loses more than 2%)"
             )
+        if not 0.0 < self.max_error_fraction <= 1.0:
+            raise ConfigError(
+                f"publish.max_error_fraction={self.max_error_fraction}: give a fraction above "
+                "0 and at most 1 (0.5 refuses a build when half the images of a modality fail "
+                "with one error; 1 only when all of them do)"
+            )
+        if self.min_errors < 1:
+            raise ConfigError(
+                f"publish.min_errors={self.min_errors}: give at least 1 (the fewest images one "
+                "error must hit before the build is refused)"
+            )
+
+
+@dataclass
+class DoctorConfig:
+    """The self-check of the numeric paths (:mod:`hiroml.doctor`, ``hiroml-doctor``) that
+    ``hiroml-build`` runs before it writes anything: a library that gives other values than
+    the golden ones stops the build (exit 2). ``enabled=false`` builds anyway."""
+
+    enabled: bool = True
 
 
 @dataclass
@@ -248,6 +276,7 @@ class BuildConfig:
     versions: VersionsConfig = field(default_factory=VersionsConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     strict: bool = False  # any per-exam error fails the build
     demo_size: str = "demo"  # tiny | demo | bench: the synthetic datamart when datamart is null
     seed: int = 0

@@ -10,6 +10,7 @@ import zlib
 EXIT_CONFIG = 2  # configuration or datamart error: nothing was written
 EXIT_LOCKED = 3  # another build holds the output's lock
 EXIT_SHRINK = 4  # the shrink guard refused to publish
+EXIT_SYSTEMATIC = 5  # one error hit most images of a modality: nothing published
 
 
 class HiromlError(Exception):
@@ -69,6 +70,12 @@ class ShrinkRefusedError(HiromlError):
     (``allow_shrink=true`` publishes anyway)."""
 
 
+class SystematicFailureError(HiromlError):
+    """Most images of one modality that the build converted failed with one same error (a
+    library that fails on every image, not bad input): ``hiroml-build`` exits 5 and publishes
+    nothing (``publish.max_error_fraction``, ``publish.min_errors``)."""
+
+
 class BuildError(HiromlError):
     """The build could not complete (strict mode with errors, patient leakage, a full disk,
     a demo folder holding something else...); the previous output is left as it was."""
@@ -117,3 +124,9 @@ def internal_trace(err: BaseException) -> str:
     if is_bad_input(err):
         return ""
     return "".join(traceback.format_exception(err)).rstrip()
+
+
+class SelfCheckError(ConfigError):
+    """The self-check of the numeric paths (:mod:`hiroml.doctor`) found a library that gives
+    other values than hiroml's golden ones, or fails: ``hiroml-build`` exits 2 before writing
+    anything (``doctor.enabled=false`` builds anyway)."""

@@ -32,6 +32,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+from test_neardup import exact_pairs
 
 from hiroml import pipeline as build
 from hiroml import synth
@@ -193,16 +194,10 @@ def test_find_pairs_is_exact() -> None:
     base[250] = base[40]
     base[100] = 9  # constant: similar to nothing
     base[101] = 9
-    u = neardup.unit_vectors(base)
-    brute = {
-        (i, j)
-        for i in range(len(base))
-        for j in range(i + 1, len(base))
-        if float(u[i] @ u[j]) >= 0.9
-    }
+    brute = exact_pairs(base, 0.9)  # every pair, in Python integers
     found = neardup.find_pairs(base, threshold=0.9, block=64)
     assert {(p.i, p.j) for p in found} == brute == {(3, 7), (40, 250)}
-    assert found[1].similarity == pytest.approx(1.0, abs=1e-5)
+    assert found[1].similarity == 1.0
     with pytest.raises(ValueError, match="threshold"):
         neardup.find_pairs(base, threshold=1.5)
 
@@ -218,9 +213,7 @@ def test_find_pairs_is_exact_when_most_images_look_alike() -> None:
     alike = np.clip(base + noise, 0, 255)
     other = rng.integers(0, 256, size=(80, neardup.SIGNATURE_SIZE))
     sig = np.concatenate([alike, other])[rng.permutation(200)].astype(np.uint8)
-    u = neardup.unit_vectors(sig)
-    sims = u @ u.T
-    brute = {(i, j) for i in range(200) for j in range(i + 1, 200) if sims[i, j] >= 0.95}
+    brute = exact_pairs(sig, 0.95)  # every pair, in Python integers
     dense = neardup.pair_arrays(sig, threshold=0.95, block=64)
     assert set(zip(dense[0].tolist(), dense[1].tolist(), strict=True)) == brute
     assert 0 < len(brute) < 120 * 119 // 2  # the jitter leaves some copies below 0.95

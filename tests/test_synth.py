@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import numpy as np
 import openpyxl
 import pydicom
 import pytest
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -89,6 +91,102 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(
     other = all_files(tmp_path / "other")
     common = set(first) & set(other)
     assert any(first[k] != other[k] for k in common if k.endswith(".zip"))
+
+
+#: SHA-256 over the tiny datamart (seed 0): each file's path and the SHA-256 of its bytes, in
+#: path order. The same in every environment the dependency bounds allow (the oldest set and
+#: the lock both run this test); it changes only when the generator does on purpose.
+TINY_DIGEST = "708d40dfd8028d60ad31153a486f6d3858026e51a51036f4bdde33dbcf989321"
+
+#: :func:`synth.values_hash` of phantoms drawn with ``default_rng(7)``: (shape, lateral).
+PHANTOM_HASHES = {
+    ((64, 48), False): "e5c5975901908c64728f6241551a24b2",
+    ((72, 60), True): "2bf63e867d6c119e20242356263a5340",
+    ((1100, 40), False): "7e7350955473dfbcc28095567c95f5b3",
+}
+
+
+def datamart_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def test_tiny_datamart_bytes_are_pinned(dm: tuple[Path, Truth]) -> None:
+    root, _truth = dm
+    assert datamart_digest(root) == TINY_DIGEST, (
+        "the tiny datamart's bytes changed: generate it (hiroml-synth OUT --size tiny) with the "
+        "oldest dependency set and with the lock and compare (diff -rq); update TINY_DIGEST "
+        "only for an intended change of the generator"
+    )
+
+
+@pytest.mark.parametrize(("shape", "lateral"), list(PHANTOM_HASHES))
+def test_phantom_values_are_pinned(shape: tuple[int, int], lateral: bool) -> None:
+    img = synth.phantom_chest_2d(shape, np.random.default_rng(7), lateral=lateral)
+    assert img.shape == shape and img.dtype == np.uint16
+    assert synth.values_hash(img) == PHANTOM_HASHES[(shape, lateral)]
+
+
+def test_zip_entries_and_file_meta_are_fixed(dm: tuple[Path, Truth]) -> None:
+    """Entries carry the exam's time, fixed attributes and the truth's order; headers name
+    the generator, not the pydicom version."""
+    root, truth = dm
+    for rel, z in truth["zips"].items():
+        if z["kind"] in ("corrupt_zip", "truncated_zip"):
+            continue
+        with zipfile.ZipFile(root / rel) as zf:
+            infos = zf.infolist()
+            assert [i.filename for i in infos] == z["members"]
+            assert len({i.date_time for i in infos}) <= 1
+            if z["time"]:
+                t = dt.datetime.fromisoformat(z["time"])
+                stamp = (*t.timetuple()[:5], t.second - t.second % 2)  # DOS time: 2 s steps
+                assert all(i.date_time == stamp for i in infos), rel
+            assert all(i.external_attr == 0o644 << 16 and i.create_system == 3 for i in infos)
+            first = infos[0].filename if infos else ""
+            if first.endswith(".dcm") and first not in z["bad_members"]:
+                meta = pydicom.dcmread(io.BytesIO(zf.read(first)), stop_before_pixels=True)
+                assert meta.file_meta.ImplementationClassUID == synth.SYNTH_IMPLEMENTATION_UID
+                assert (
+                    meta.file_meta.ImplementationVersionName == synth.SYNTH_IMPLEMENTATION_VERSION
+                )
+
+
+def test_remap_sheet_dates_are_fixed(dm: tuple[Path, Truth], tmp_path: Path) -> None:
+    root, truth = dm
+    path = root / truth["remap_sheet"]
+    with zipfile.ZipFile(path) as zf:
+        assert {i.date_time for i in zf.infolist()} == {(2020, 6, 1, 0, 0, 0)}
+        core = zf.read("docProps/core.xml").decode()
+        app = zf.read("docProps/app.xml").decode()
+    assert core.count("2020-06-01T00:00:00Z") == 2
+    assert "openpyxl" not in (core + app).lower()
+    props = openpyxl.load_workbook(path, read_only=True).properties
+    assert props.created == props.modified == dt.datetime(2020, 6, 1)
+    small = tmp_path / "small.xlsx"
+    synth.write_remap_sheet(small, {"0042": "2001", "a<b": "c&d"})
+    rows = list(openpyxl.load_workbook(small, read_only=True).active.iter_rows(values_only=True))
+    assert rows == [("OLD_C19_ID", "NEW_C19_ID"), ("0042", "2001"), ("a<b", "c&d")]
+
+
+def test_jpeg2000_frames_carry_no_encoder_comment(dm: tuple[Path, Truth]) -> None:
+    """OpenJPEG writes its version into a COM marker; the generator removes it."""
+    root, truth = dm
+    j2k = [c for c in truth["cxr_images"].values() if c["transfer_syntax"] == JPEG2000Lossless]
+    assert j2k
+    for c in j2k:
+        ds = read_ds(root, c["zip"], c["member"])
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        assert frame[:2] == b"\xff\x4f"
+        assert b"OpenJPEG" not in frame and synth.strip_j2k_comments(frame) == frame
+    with_comment = b"\xff\x4f\xff\x51\x00\x04ab\xff\x64\x00\x05\x00\x01x\xff\x90rest"
+    assert synth.strip_j2k_comments(with_comment) == b"\xff\x4f\xff\x51\x00\x04ab\xff\x90rest"
+    with pytest.raises(ValueError, match="no SOC marker"):
+        synth.strip_j2k_comments(b"\x00\x01")
 
 
 def test_generate_refuses_non_empty_root_and_unknown_size(tmp_path: Path) -> None:

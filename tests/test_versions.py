@@ -680,3 +680,56 @@ def test_columns_changed_counts_as_the_texts_do() -> None:
         "age": 2, "mixed": 4 * (n // 6), "names": 1, "spacing": 1,
     }  # fmt: skip
     assert versions_changes._columns_changed(before, frame(False)) == {}
+
+
+def test_build_json_records_the_environment_the_diff_names_it_and_the_hash_ignores_it(
+    history: tuple[Path, list[build.BuildSummary]],
+    make_cfg: MakeCfg,
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hiroml.doctor import libraries as doctor_libraries
+    from hiroml.store.shards import read_sample
+
+    src, _ = history
+    out = tmp_path / "out"
+    shutil.copytree(src, out)  # this test rewrites build.json files
+    old, new = versions_listing.list_versions(out)
+    info = json.loads((new.path / "build.json").read_text())
+    env = info["environment"]
+    assert env["versions"] == doctor_libraries.environment()
+    m = pd.read_parquet(new.path / "manifest.parquet")
+    pairs = zip(m["sample_key"], m["shard"], strict=True)
+    metas = [read_sample(out / sh, key)[1] for key, sh in pairs]
+    used = {n.strip() for meta in metas for n in str(meta["decoder"]).split(",")}
+    assert set(env["decoders"]) == used and sum(env["decoders"].values()) >= len(m)
+    assert ("halfcast" in env) == bool(doctor_libraries.halfcast_backend())
+    # the report and the card show it
+    numpy_version = env["versions"]["numpy"]
+    page = (new.path / "report.html").read_text()
+    assert 'id="environment"' in page and f"<td>{numpy_version}</td>" in page
+    card = (new.path / "DATASET.md").read_text()
+    assert "## Environment" in card and f"| numpy | {numpy_version} |" in card
+    # the diff: unchanged, then one line per library that changed
+    assert "  environment: unchanged" in versions_changes.diff(out, old.name, new.name).lines()
+    older = json.loads((old.path / "build.json").read_text())
+    older["environment"]["versions"]["numpy"] = "2.2.6"
+    (old.path / "build.json").write_text(json.dumps(older))
+    assert cli_versions.main([str(out), "--diff", old.name, new.name]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert f"  environment: numpy 2.2.6 -> {numpy_version}" in printed
+    assert not any("unchanged" in line for line in printed if "environment" in line)
+    # a version built before the environment was recorded still loads and diffs
+    del older["environment"]
+    (old.path / "build.json").write_text(json.dumps(older))
+    assert [v.name for v in versions_listing.list_versions(out)] == [old.name, new.name]
+    lines = versions_changes.diff(out, old.name, new.name).lines()
+    assert "  environment: not recorded in A" in lines
+    # another environment, same inputs and config: the same dataset_hash, nothing published
+    upgraded = {**env["versions"], "numpy": "9.9.9"}
+    monkeypatch.setattr(doctor_libraries, "environment", lambda: upgraded)
+    monkeypatch.setattr(build.unchanged, "environment", lambda: upgraded)  # the skip record's
+    again = build.run(make_cfg(tiny_datamart[0], out, *OTHER))
+    assert not again.unchanged and not again.published and again.version == new.name

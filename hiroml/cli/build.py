@@ -19,11 +19,13 @@ from hiroml.errors import (
     EXIT_CONFIG,
     EXIT_LOCKED,
     EXIT_SHRINK,
+    EXIT_SYSTEMATIC,
     ConfigError,
     DatamartError,
     HiromlError,
     OutputLockedError,
     ShrinkRefusedError,
+    SystematicFailureError,
 )
 from hiroml.pipeline import allocator, unchanged
 from hiroml.pipeline.summary import BuildSummary
@@ -43,6 +45,8 @@ def exit_code(err: HiromlError) -> int:
         return EXIT_LOCKED
     if isinstance(err, ShrinkRefusedError):
         return EXIT_SHRINK
+    if isinstance(err, SystematicFailureError):
+        return EXIT_SYSTEMATIC
     return 1
 
 
@@ -85,16 +89,22 @@ def _main(cfg: DictConfig) -> None:
 
 def _full_build(cfg: BuildConfig) -> BuildSummary:
     """:func:`hiroml.pipeline.run`, imported only now: a re-run with nothing new answers
-    (:mod:`hiroml.pipeline.unchanged`) without pandas, pydicom or OpenCV."""
+    (:mod:`hiroml.pipeline.unchanged`) without pandas, pydicom or OpenCV. First the self-check
+    (:func:`hiroml.doctor.checks.require`, once per process; ``doctor.enabled``): a library that
+    gives other values than the golden ones raises a
+    :class:`~hiroml.errors.SelfCheckError` (exit 2)."""
     # pydicom resets its logger to WARNING when imported. Its messages, and those of every
     # other third-party library, reach the run log only: the console handler passes hiroml's
-    # own records (configs/hydra/job_logging/hiroml.yaml, hiroml/logs.py). Python warnings
+    # own records (configs/hydra/job_logging/hiroml.yaml, hiroml/cli/logs.py). Python warnings
     # are logged too (to ``py.warnings``), so they also stay off the console.
     import pydicom  # noqa: F401
 
+    from hiroml.doctor.checks import require
     from hiroml.pipeline import run
 
     logging.getLogger("pydicom").setLevel(logging.WARNING)
+    if cfg.doctor.enabled:  # before anything is written: other stored values stop the build
+        require()
     return run(cfg, check_unchanged=False)
 
 

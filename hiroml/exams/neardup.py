@@ -15,14 +15,19 @@ its stored array differ. Its *signature* barely moves:
   depth), the area averages blind to resolution and lossy noise.
 * :func:`similarity`: the Pearson correlation of two signatures, i.e. the rank (Spearman)
   correlation of the two thumbnails, in [-1, 1]; a constant signature (a blank image) is
-  similar to nothing (0.0).
-* :func:`find_pairs`: every pair with similarity >= ``threshold``, exact. Signatures become
-  centred unit vectors, so similarity is their dot product and ``sim >= t`` is
-  ``|u - v|^2 <= 2 - 2t``. An orthogonal projection never lengthens a difference, so the
-  8 x 8 block means of the thumbnails (a 64-d orthogonal projection) give candidates without
-  a false negative: blockwise numpy matrix products over the 64-d vectors, then each
-  candidate is confirmed on the full 1024 values. Memory is bounded by ``block`` rows at a
-  time; 100,000 signatures take well under a minute on two cores
+  similar to nothing (0.0). It is computed from exact integer sums (per signature ``S =
+  sum x`` and ``V = n sum x^2 - S^2``, per pair ``cov = n sum x*y - Sx Sy``; n = 1024, all
+  exact in int64) as the float64 ``cov / sqrt(Vx Vy)``: the same value on every machine.
+* :func:`find_pairs`: every pair with similarity >= ``threshold``, exact and the same on
+  every machine. Signatures become centred unit vectors, so similarity is their dot product
+  and ``sim >= t`` is ``|u - v|^2 <= 2 - 2t``. An orthogonal projection never lengthens a
+  difference, so the 8 x 8 block means of the thumbnails (a 64-d orthogonal projection) give
+  candidates without a false negative: blockwise float32 matrix products over the 64-d
+  vectors (with a slack larger than their rounding error), then each candidate is decided on
+  the exact integers: ``r >= t`` is ``cov >= 0 and q^2 cov^2 >= p^2 Vx Vy`` for the threshold
+  ``t = p/q`` taken as the decimal it prints as (0.95 is 19/20), in Python integers where the
+  float64 value lies within 1e-12 of ``t`` (cov^2 and Vx Vy exceed int64). Memory is bounded by
+  ``block`` rows at a time; 100,000 signatures take well under a minute on two cores
   (``benchmarks/bench_neardup.py``).
 
 The threshold (``splits.near_duplicate_threshold``, default :data:`DEFAULT_THRESHOLD` 0.95)
@@ -42,6 +47,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -51,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: the default of ``splits.near_duplicate_threshold`` (measured; see the module docstring)
 DEFAULT_THRESHOLD = 0.95
+#: the rule that decides a pair (kept with stored pairs: pairs stored under another rule are
+#: searched again)
+PAIR_RULE = "pearson of uint8 signatures in integers; threshold as its decimal"
 SIGNATURE_SIDE = 32
 SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE
 _WORK_SIDE = 64  # the thumbnail that is high-passed
@@ -119,29 +128,126 @@ def signature(arr: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
+def _as_signatures(signatures: Sequence[int] | np.ndarray, *, ndim: int = 2) -> np.ndarray:
+    """Signatures as a uint8 array (1024 values per row). Raises ValueError for another
+    length, or values that are not integers in 0..255."""
+    x = np.asarray(signatures)
+    if x.ndim != ndim or x.shape[-1] != SIGNATURE_SIZE:
+        want = f"(n, {SIGNATURE_SIZE})" if ndim == 2 else f"({SIGNATURE_SIZE},)"
+        raise ValueError(f"signatures must have shape {want}, got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    x8 = x.astype(np.uint8)
+    if not np.array_equal(x8, x):
+        raise ValueError("signature values must be integers in 0..255")
+    return x8
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of uint8 signatures: the sum ``S`` and ``V = n * sum(x^2) - S^2`` (``n`` =
+    1024; ``V / n^2`` is the variance), both int64 and exact (``V`` < 2^37)."""
+    s = x.sum(axis=1, dtype=np.int64)
+    q = np.einsum("ij,ij->i", x, x, dtype=np.int64, casting="safe")
+    return s, SIGNATURE_SIZE * q - s * s
+
+
+def _dots(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """``sum(a * b)`` of each pair of uint8 rows, exact (int32 holds 1024 * 255^2), as int64."""
+    return np.einsum("ij,ij->i", xa, xb, dtype=np.int32, casting="safe").astype(np.int64)
+
+
+def _centred(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``n * x - S`` per row (n = 1024): n times the deviations, exact in float32 (< 2^24)."""
+    return (x.astype(np.int32) * SIGNATURE_SIZE - s[:, None].astype(np.int32)).astype(np.float32)
+
+
+def _norms(v: np.ndarray) -> np.ndarray:
+    """The length of each row of :func:`_centred` (``sqrt(n * V)``), float32, 1 where 0."""
+    return np.sqrt(np.where(v > 0, v, 1).astype(np.float64) * SIGNATURE_SIZE).astype(np.float32)
+
+
+def _pearson(cov: np.ndarray, va: np.ndarray, vb: np.ndarray) -> np.ndarray:
+    """The correlation ``cov / sqrt(Va * Vb)`` (``cov = n * sum(a * b) - Sa * Sb``, all exact
+    int64) in float64, clipped to [-1, 1]; 0 where a ``V`` is 0 (a constant signature).
+
+    Every step is one correctly rounded IEEE operation on exact integers (the product of the
+    two ``V`` is rounded once), so the value is the same on every machine, within 4e-16 of
+    the true correlation."""
+    vv = va.astype(np.float64) * vb.astype(np.float64)
+    live = vv > 0
+    r = np.divide(cov.astype(np.float64), np.sqrt(vv), out=np.zeros(vv.shape), where=live)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _exact_threshold(threshold: float) -> Fraction:
+    """The threshold as the decimal it prints as (``repr``: the shortest decimal that reads
+    back as the same float): 0.95 means 19/20 exactly, as the config's YAML wrote it, not
+    the binary double nearest to it."""
+    return Fraction(repr(float(threshold)))
+
+
+def _at_least(cov: int, vv: int, t: Fraction) -> bool:
+    """``cov / sqrt(vv) >= t`` decided exactly in Python integers (``vv`` > 0)."""
+    p, q = t.numerator, t.denominator
+    if p >= 0:  # r >= t >= 0  <=>  cov >= 0 and q^2 cov^2 >= p^2 vv
+        return cov >= 0 and q * q * cov * cov >= p * p * vv
+    return cov >= 0 or q * q * cov * cov <= p * p * vv  # t < 0: |r| <= |t| when r < 0
+
+
+#: |float64 correlation - threshold| within which the decision is made in integers: the
+#: float64 value is within 4e-16 of the exact one, and the float threshold within 1.2e-16
+_MARGIN = 1e-12
+
+
+def _decide(
+    dots: np.ndarray,
+    s: tuple[np.ndarray, np.ndarray],
+    v: tuple[np.ndarray, np.ndarray],
+    t: Fraction,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs with exact ``dots`` (sum a * b) and the two rows' ``S`` and ``V``: which
+    have correlation >= ``t``, decided exactly, and the correlations (:func:`_pearson`)."""
+    cov = SIGNATURE_SIZE * dots - s[0] * s[1]  # exact: |n * dots|, |Sa * Sb| < 2^37
+    sim = _pearson(cov, v[0], v[1])
+    tf = float(t)
+    keep = sim >= tf
+    for k in np.flatnonzero(np.abs(sim - tf) <= _MARGIN).tolist():  # rare: in integers
+        keep[k] = _at_least(int(cov[k]), int(v[0][k]) * int(v[1][k]), t)
+    return keep & (v[0] > 0) & (v[1] > 0), sim
+
+
 def unit_vectors(signatures: np.ndarray) -> np.ndarray:
-    """Signatures (n, 1024) as centred float32 unit vectors; a constant one becomes 0."""
-    x = np.asarray(signatures, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != SIGNATURE_SIZE:
-        raise ValueError(f"signatures must have shape (n, {SIGNATURE_SIZE}), got {x.shape}")
-    x = x - x.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    """Signatures (n, 1024) as centred float32 unit vectors; a constant one becomes 0.
+
+    Computed from exact integers (:func:`_centred` divided by its length): each value is
+    within 2.4e-7 (relative) of the exact unit vector's."""
+    x = _as_signatures(signatures)
+    s, v = _moments(x)
+    u = _centred(x, s) / _norms(v)[:, None]
+    u[v == 0] = 0.0
+    return u
 
 
 def similarity(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> float:
-    """Rank correlation of two signatures, in [-1, 1]; 0.0 when either is constant."""
-    u = unit_vectors(np.stack([np.asarray(a), np.asarray(b)]))
-    return float(np.clip(u[0] @ u[1], -1.0, 1.0))
+    """Rank correlation of two signatures, in [-1, 1]; 0.0 when either is constant.
+
+    The same float64 value :func:`find_pairs` reports for the pair (:func:`_pearson`)."""
+    x = np.stack([_as_signatures(a, ndim=1), _as_signatures(b, ndim=1)])
+    s, v = _moments(x)
+    cov = SIGNATURE_SIZE * _dots(x[:1], x[1:]) - s[:1] * s[1:]
+    return float(_pearson(cov, v[:1], v[1:])[0])
 
 
-def _coarse(u: np.ndarray) -> np.ndarray:
-    """The orthogonal projection of unit vectors onto 8 x 8 block-constant images, in an
-    orthonormal basis (block sum / sqrt(block size)): 64-d, never longer than ``u``."""
-    n = u.shape[0]
+def _coarse(x: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The orthogonal projection of the rows' unit vectors onto 8 x 8 block-constant images,
+    in an orthonormal basis (block sum / sqrt(block size)): 64-d, never longer than the unit
+    vector. From exact block sums of :func:`_centred` (< 2^23), rounded twice."""
+    n = x.shape[0]
     k = SIGNATURE_SIDE // _COARSE
-    blocks = u.reshape(n, _COARSE, k, _COARSE, k).sum(axis=(2, 4)) / float(k)
-    return np.ascontiguousarray(blocks.reshape(n, _COARSE * _COARSE), dtype=np.float32)
+    d = _centred(x, s).reshape(n, _COARSE, k, _COARSE, k).sum(axis=(2, 4))
+    c = d.reshape(n, _COARSE * _COARSE) / (_norms(v)[:, None] * np.float32(k))
+    c[v == 0] = 0.0
+    return np.ascontiguousarray(c, dtype=np.float32)
 
 
 def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -> list[NearPair]:
@@ -156,11 +262,24 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = 4096) -
 #: the pairs of :func:`pair_arrays`: ``i``, ``j`` (int64) and their similarity (float64)
 PairArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
+#: float32 slack of the candidate filters. Both compare float32 products of vectors rounded
+#: from exact integers (each value within 2.4e-7 relative): the coarse one a 66-term
+#: product of terms of total size <= 4 (error <= 66 * 6e-8 * 4 + 1e-6 < 3e-5), the full one
+#: a 1024-term dot product of unit vectors (error <= 1024 * 6e-8 + 5e-7 < 7e-5), whatever
+#: the order of summation. Neither can drop a pair at the threshold: a true pair passes both.
+_SLACK = 1e-4
+
 
 def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) -> PairArrays:
     """:func:`find_pairs` as three arrays, sorted by (i, j): 24 bytes a pair, where a
     :class:`NearPair` object takes over 100 (thousands of near-identical images make
-    millions of pairs)."""
+    millions of pairs).
+
+    Which pairs are kept does not depend on the machine, the order of the rows or ``block``:
+    float32 filters with a safe slack (:data:`_SLACK`) give candidates, and each candidate's
+    correlation is decided from exact integer sums (``S``, ``sum x^2``, ``sum x*y``) against
+    the threshold taken as the decimal it prints as (:func:`_exact_threshold`): 0.95 is
+    19/20. A constant signature is in no pair, whatever the threshold."""
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold}: must lie in [-1, 1]")
     if block < 1:
@@ -169,53 +288,56 @@ def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) 
     n = sig.shape[0] if sig.ndim == 2 else 0
     if n < 2:
         return _EMPTY
-    # unit vectors block by block (memory: the uint8 signatures and 66 floats per row)
+    sig = _as_signatures(sig)
+    t_exact = _exact_threshold(threshold)
+    # exact moments and the coarse projection, block by block (66 floats a row)
+    s_all, v_all = np.empty(n, np.int64), np.empty(n, np.int64)
     c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
-    live = np.empty(n, dtype=bool)
-    for s in range(0, n, block):
-        u = unit_vectors(sig[s : s + block])
-        live[s : s + block] = np.any(u != 0, axis=1)
-        c[s : s + block] = _coarse(u)
+    for b in range(0, n, block):
+        s_all[b : b + block], v_all[b : b + block] = _moments(sig[b : b + block])
+        c[b : b + block] = _coarse(sig[b : b + block], s_all[b : b + block], v_all[b : b + block])
+    live = v_all > 0
     cn = np.einsum("ij,ij->i", c, c)[:, None]
     ones = np.ones_like(cn)
     # |ci - cj|^2 = [ci, |ci|^2, 1] . [-2 cj, 1, |cj|^2]: one matrix product per block
     left = np.hstack([c, cn, ones])
     right = np.hstack([-2.0 * c, ones, cn])
-    radius2 = 2.0 - 2.0 * threshold + 1e-4  # float32 slack: never a false negative
+    # a true pair has |ui - uj|^2 = 2 - 2 r <= 2 - 2 t, and the projection is no longer
+    radius2 = 2.0 - 2.0 * threshold + _SLACK
     found: list[PairArrays] = []
     for s in range(0, n, block):
         li = left[s : s + block]
-        ui = unit_vectors(sig[s : s + block])
+        xi = sig[s : s + block]
+        ui = None
         for t in range(s, n, block):
             close = (li @ right[t : t + block].T) <= radius2
             n_close = np.count_nonzero(close)
             if not n_close:
                 continue
-            uj = ui if t == s else unit_vectors(sig[t : t + block])
+            xj = sig[t : t + block]
             if n_close > close.size // _DENSE:
                 # look-alike images (one phantom, one protocol) pass the coarse bound in bulk:
-                # one full matrix product is then cheaper than listing the candidates; its
-                # float32 slack keeps every pair the confirmation below would keep
-                close = (ui @ uj.T) >= threshold - 1e-4
+                # one full matrix product is then cheaper than listing the candidates
+                ui = unit_vectors(xi) if ui is None else ui
+                uj = ui if t == s else unit_vectors(xj)
+                close = (ui @ uj.T) >= threshold - _SLACK
             ii, jj = np.nonzero(close)
             keep = (ii + s < jj + t) & live[ii + s] & live[jj + t]
             ii, jj = ii[keep], jj[keep]
-            for a in range(0, len(ii), 65536):  # confirm on the full vectors, in chunks
-                pa, pb = ii[a : a + 65536], jj[a : a + 65536]
-                sims = np.einsum("ij,ij->i", ui[pa], uj[pb])
-                ok = sims >= threshold - 1e-6
-                found.append(
-                    (
-                        pa[ok].astype(np.int64) + s,
-                        pb[ok].astype(np.int64) + t,
-                        np.minimum(sims[ok].astype(np.float64), 1.0),
-                    )
+            for a in range(0, len(ii), 65536):  # decide exactly, in chunks
+                pa, pb = ii[a : a + 65536] + s, jj[a : a + 65536] + t
+                ok, sims = _decide(
+                    _dots(xi[pa - s], xj[pb - t]),
+                    (s_all[pa], s_all[pb]),
+                    (v_all[pa], v_all[pb]),
+                    t_exact,
                 )
+                found.append((pa[ok].astype(np.int64), pb[ok].astype(np.int64), sims[ok]))
     if not found:
         return _EMPTY
     i, j, sim = (np.concatenate(parts) for parts in zip(*found, strict=True))
     order = np.lexsort((j, i))
-    log.debug("near-duplicate search: %d signatures, %d pairs >= %.3f", n, len(i), threshold)
+    log.debug("near-duplicate search: %d signatures, %d pairs >= %s", n, len(i), t_exact)
     return i[order], j[order], sim[order]
 
 

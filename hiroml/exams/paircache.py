@@ -1,13 +1,14 @@
 """The near-duplicate pairs of the previous build, kept for the next one.
 
 The exact search (:func:`hiroml.exams.neardup.find_pairs`) is quadratic in the number of
-radiographs, and its result depends only on the signatures searched (in their order) and
-the threshold. A build stores the pairs it found in ``<out>/.hiroml/neardup/<key>.npz``
-(arrays ``i``, ``j`` and ``similarity``), ``<key>`` being the BLAKE2b digest of the
-threshold and the signatures; a re-run with the same signatures and threshold reads them
-back instead of searching. Another threshold or any changed, added or removed signature
-gives another key: the search runs again and its result replaces the file (one file is
-kept). An unreadable file is searched around and replaced.
+radiographs, and its result depends only on the signatures searched (in their order), the
+threshold and the rule that decides a pair (:data:`hiroml.exams.neardup.PAIR_RULE`). A build
+stores the pairs it found in ``<out>/.hiroml/neardup/<key>.npz`` (arrays ``i``, ``j`` and
+``similarity``), ``<key>`` being the BLAKE2b digest of the rule, the threshold and the
+signatures; a re-run with the same signatures and threshold reads them back instead of
+searching. Another threshold, another rule or any changed, added or removed signature gives
+another key: the search runs again and its result replaces the file (one file is kept). An
+unreadable file is searched around and replaced.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def cache_dir(out: Path) -> Path:
 def _key(signatures: np.ndarray, threshold: float) -> str:
     sig = np.ascontiguousarray(signatures, dtype=np.uint8)
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{threshold!r};{sig.shape}".encode())
+    h.update(f"{neardup.PAIR_RULE};{threshold!r};{sig.shape}".encode())
     h.update(sig.data)
     return h.hexdigest()
 

@@ -21,7 +21,7 @@ import pandas as pd
 from hiroml.config import BuildConfig
 from hiroml.errors import BuildError
 from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
-from hiroml.pipeline import faults, scratch, unchanged
+from hiroml.pipeline import faults, scratch, systematic, unchanged
 from hiroml.pipeline.audit import (
     CODE_INTERNAL,
     problem_to_audit,
@@ -109,9 +109,11 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
     the output's lock (:mod:`hiroml.store.lock`; :class:`~hiroml.errors.OutputLockedError` when
     another build holds it) until it ends. Raises :class:`~hiroml.errors.BuildError` when the
-    build cannot complete and :class:`~hiroml.errors.ShrinkRefusedError` when it would remove
-    too much of the previous dataset (:mod:`hiroml.store.guard`); the previous output stays readable
-    in every case, since the manifest is replaced last and atomically.
+    build cannot complete, :class:`~hiroml.errors.SystematicFailureError` when one error hit
+    most images of a modality (:mod:`hiroml.pipeline.systematic`) and
+    :class:`~hiroml.errors.ShrinkRefusedError` when it would remove too much of the previous
+    dataset (:mod:`hiroml.store.guard`); the previous output stays readable in every case, since
+    the manifest is replaced last and atomically.
     """
     import cv2
 
@@ -191,6 +193,7 @@ def _build(
         summary.read_once_unused = scratch.sweep(out)
     summary.tasks_reused = sum(r.reused for r in results)
     t = timed(summary, "convert", t)
+    systematic.check_systematic(out, specs, results, inputs.audit, cfg.publish)
     tables = _tables(cfg, out, inputs, results, summary)
     _count(cfg, summary, tables, results)
     _refuse_to_publish(cfg, summary, tables)

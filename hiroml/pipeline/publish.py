@@ -37,9 +37,17 @@ def publish(
     *,
     links: Sequence[GroupLink] = (),
 ) -> Published:
-    """Publish the build as a version (:func:`hiroml.versions.publishing.publish`): its folder with
-    the report and ``build.json``, then the root tables, then pruning to ``versions.keep``."""
+    """Publish the build as a version (:func:`hiroml.versions.publishing.publish`): its folder
+    with the report and ``build.json``, then the root tables, then pruning to ``versions.keep``.
+    ``build.json`` records the environment that decided the stored values
+    (:func:`hiroml.doctor.libraries.environment_record`: library versions, the float16 casts'
+    path, the decoders of the manifest's samples); the report and the card show it."""
+    from hiroml.doctor.libraries import environment_record
     from hiroml.versions import publishing as versions_publishing
+
+    kept = set(manifest["sample_key"])
+    decoders = [s.decoder for r in results for s in r.samples if s.sample_key in kept]
+    environment = environment_record(decoders)
 
     def write_report(folder: Path, version: str, changes: str, digest: str) -> None:
         shown = dataclasses.replace(summary, version=version, published=True)
@@ -55,6 +63,7 @@ def publish(
             links=links,
             settings=settings_of(cfg),
             dataset_hash=digest,
+            environment=environment,
         )
 
     build_info = {
@@ -65,6 +74,7 @@ def publish(
             "zips": len(found.zips),
             "instances": summary.instances,
         },
+        "environment": environment,
         "timings": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
         "summary": {
             k: v
@@ -104,6 +114,7 @@ def _write_report(
     links: Sequence[GroupLink] = (),
     settings: Mapping[str, Any] | None = None,
     dataset_hash: str = "",
+    environment: Mapping[str, Any] | None = None,
 ) -> None:
     """The report of a build, written into ``folder`` (default ``out``); thumbnails are
     read from the shards under ``out``."""
@@ -131,4 +142,5 @@ def _write_report(
         near_duplicates=report_neardup.near_duplicate_frame(links),
         settings=settings,
         dataset_hash=dataset_hash,
+        environment=environment,
     )

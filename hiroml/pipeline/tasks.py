@@ -27,7 +27,7 @@ from hiroml.vocab import STATE_DIR, Action, Modality
 log = logging.getLogger(__name__)
 
 # Bump when the conversion code changes what it stores: every task is then redone.
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,11 @@ def load_task_record(spec: TaskSpec) -> TaskResult | None:
     if not all((Path(spec.out_dir) / s).is_file() for s in result.shards):
         return None
     return dataclasses.replace(result, reused=True)
+
+
+def forget_task_record(out_dir: str, task_id: str) -> None:
+    """Remove a task's record, so that the next build converts its exams again."""
+    _record_path(out_dir, task_id).unlink(missing_ok=True)
 
 
 def save_task_record(out_dir: str, result: TaskResult) -> None:

@@ -6,10 +6,13 @@ fingerprint of everything the build's result depends on, and the size and modifi
 of every file of the output it left (root tables and shards). The next build compares
 (:func:`previous_build`) before it reads anything. The fingerprint covers:
 
-- the hiroml version;
+- the hiroml version, and the versions of the libraries that decide stored values
+  (:func:`hiroml.doctor.libraries.environment`, read from the package metadata): a new environment
+  builds once, so the self-check runs and the result is compared with the latest version's;
 - the resolved configuration, except the keys that cannot change the result
   (``progress``, ``wait_for_lock``, ``skip_unchanged``, ``executor.kind``,
-  ``executor.workers``, ``executor.scheduler``, ``paths.index_db``, ``paths.output``);
+  ``executor.workers``, ``executor.scheduler``, ``paths.index_db``, ``paths.output``,
+  ``doctor.enabled``);
 - every batch folder discovery listed, with its status, and every exam zip in it, with its
   size and modification time (nanoseconds), and each problem discovery found;
 - the remap sheet, the clinical table and ``splits.test_list``: size and modification time,
@@ -35,6 +38,7 @@ from typing import Any
 
 from hiroml._version import __version__
 from hiroml.config import BuildConfig
+from hiroml.doctor.libraries import environment
 from hiroml.ingest.discover import REMAP_SHEET_NAME, Discovery
 from hiroml.pipeline.summary import BuildSummary, jsonable_summary, now
 from hiroml.store.atomic import write_text_atomic
@@ -54,6 +58,7 @@ _NOT_IN_RESULT = {
     "executor": ("kind", "workers", "scheduler"),
     "runtime": ("malloc", "fault"),
     "paths": ("index_db", "output"),
+    "doctor": ("enabled",),
 }
 
 
@@ -88,6 +93,7 @@ def fingerprint(cfg: BuildConfig, root: Path, found: Discovery) -> str:
     parts = {
         "format": _FORMAT,
         "hiroml": __version__,
+        "environment": environment(),
         "config": _config(cfg),
         "root": str(root.resolve()),
         "batches": [[b.name, b.status] for b in found.batches],

@@ -259,6 +259,7 @@ def _convert_exam(
                 signature=tuple(neardup.signature(img.array).tolist()),
                 frame=img.frame,
                 for_processing=img.for_processing,
+                decoder=img.decoder,
             )
             for img in images
         ], probs
@@ -285,6 +286,7 @@ def _convert_exam(
             stitched_series=tuple(vol.stitched_series),
             seams_mm=tuple(vol.seams_mm),
             seam_slices=tuple(vol.seam_slices),
+            decoder=vol.decoder,
         )
         for vol in volumes
     ], probs

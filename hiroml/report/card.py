@@ -277,8 +277,11 @@ def render_card(
     summary: Mapping[str, Any],
     flow: Flow,
     settings: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> str:
     """The dataset card as Markdown text; see :func:`hiroml.report.page.write_report`."""
+    from hiroml.doctor.libraries import environment_rows
+
     version = summary.get("version")
     title = f"Dataset card: hiroml dataset{f' version {version}' if version else ''}"
     labels = _label_columns(manifest)
@@ -295,6 +298,8 @@ def render_card(
         if settings
         else "Not recorded by this build."
     )
+    env_rows = environment_rows(environment)
+    env = _table(["library", "version"], env_rows) if env_rows else "Not recorded by this build."
     parts = [
         f"# {title}",
         "",
@@ -310,6 +315,7 @@ def render_card(
         *_section("Composition per split", _table(_DEMOGRAPHIC_HEADERS, _demographics(manifest))),
         *_section("Label prevalence per split (per patient: positives / known)", prevalence),
         *_section("Conversion settings", conversion),
+        *_section("Environment (the libraries that decided the stored values)", env),
         "## Known limitations",
         "",
         *[f"- {x}" for x in _limitations(manifest, audit, flow, labels)],

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml.report.html import ReadArray, _col, _keys
+from hiroml.report.html import ReadArray, _col, _keys, _note, _table
 from hiroml.report.neardup import _near_duplicates
 from hiroml.report.sections import (
     _balance,
@@ -97,6 +97,7 @@ def render_report(
     changes: str = "",
     near_duplicates: pd.DataFrame | None = None,
     flow: str | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`. ``flow`` is the flow
     diagram's SVG (:func:`hiroml.report.flow.flow_svg`), drawn at the top; computed when None."""
@@ -118,6 +119,7 @@ def render_report(
             ("groups", "Linked ids"),
             ("neardup", "Near duplicates"),
             ("thumbs", "Thumbnails"),
+            ("environment", "Environment"),
         )
     )
     body = "".join(
@@ -135,6 +137,7 @@ def render_report(
             _groups(patients),
             _near_duplicates(near_duplicates, read_array),
             _thumbnails(manifest, read_array, max_thumbnails),
+            _environment(environment),
         ]
     )
     return (
@@ -143,6 +146,16 @@ def render_report(
         f"<title>hiroml build report</title><style>{_CSS}</style></head>"
         f"<body><nav>{nav}</nav><main>{body}</main></body></html>\n"
     )
+
+
+def _environment(record: Mapping[str, Any] | None) -> str:
+    """The environment that decided the stored values (``build.json``'s ``environment``)."""
+    from hiroml.doctor.libraries import environment_rows
+
+    rows = environment_rows(record)
+    if not rows:
+        return _section("environment", "Environment", _note("Not recorded by this build."))
+    return _section("environment", "Environment", _table(["library", "version"], rows))
 
 
 def shard_reader(out_dir: Path | str, manifest: pd.DataFrame) -> ReadArray:
@@ -174,6 +187,7 @@ def write_report(
     near_duplicates: pd.DataFrame | None = None,
     settings: Mapping[str, Any] | None = None,
     dataset_hash: str = "",
+    environment: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
     inclusion/exclusion flow, :mod:`hiroml.report.flow`, also drawn at the top of the page) and
@@ -194,6 +208,8 @@ def write_report(
     settings printed in the card; ``summary`` keys ``version`` and ``dataset_hash`` are
     printed there when present; ``dataset_hash``, when given, is the card's (the publisher
     computed it already: the card then does not hash the manifest again).
+    ``environment`` (:func:`hiroml.doctor.libraries.environment_record`, as ``build.json``
+    records it) is shown as a table on the page and in the card.
     Each file is written to a temporary name then moved into place (``os.replace``).
     """
     from hiroml.report.card import render_card
@@ -216,6 +232,7 @@ def write_report(
         flow=svg,
         changes=changes,
         near_duplicates=near_duplicates,
+        environment=environment,
     )
     card = render_card(
         manifest=manifest,
@@ -223,6 +240,7 @@ def write_report(
         summary={**summary, "dataset_hash": dataset_hash} if dataset_hash else summary,
         flow=flow,
         settings=settings,
+        environment=environment,
     )
     _write_text(out_dir, FLOW_NAME, svg)
     _write_text(out_dir, CARD_NAME, card)

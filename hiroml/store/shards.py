@@ -435,6 +435,7 @@ class ShardWriter:
                 maxshape=(None,) * (arr.ndim + 1) if empty else (None, *arr.shape),
                 chunks=tuple(max(1, c) for c in chunks),
                 dtype=arr.dtype,
+                track_times=False,
                 **self._filters,
             )
             self._arrays[name] = ds
@@ -454,7 +455,7 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         path = self._tmp_path()
-        f = h5py.File(path, "w", libver=("v110", "latest"))
+        f = _create_file(path)
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["modality"] = self.modality
@@ -462,7 +463,7 @@ class ShardWriter:
         f.attrs["layout"] = json.dumps(layout)
         for k, v in self.attrs.items():
             f.attrs[k] = v if isinstance(v, str | bool | int | float) else json.dumps(v)
-        f.create_group("arrays")
+        _create_group(f, "arrays")
         self._file = f
         self._arrays, self._rows, self._bytes = {}, {}, 0
         self._table = _empty_table()
@@ -478,9 +479,9 @@ class ShardWriter:
         ]
         text = h5py.string_dtype()
         for column in ("keys", "arrays_of", "meta", "data_hashes", "dtypes"):
-            f.create_dataset(column, data=np.array(t[column], dtype=text))
-        f.create_dataset("rows", data=np.array(t["rows"], dtype=np.int64))
-        f.create_dataset("offsets", data=np.array(offsets, dtype=np.int64))
+            f.create_dataset(column, data=np.array(t[column], dtype=text), track_times=False)
+        f.create_dataset("rows", data=np.array(t["rows"], dtype=np.int64), track_times=False)
+        f.create_dataset("offsets", data=np.array(offsets, dtype=np.int64), track_times=False)
         f.attrs["n_samples"] = len(t["keys"])
         f.close()
         self._file = None
@@ -513,6 +514,24 @@ class ShardWriter:
 def _empty_table() -> dict[str, list[Any]]:
     """The per-sample columns of the shard being written, aligned with ``keys``."""
     return {c: [] for c in ("keys", "arrays_of", "rows", "meta", "data_hashes", "dtypes")}
+
+
+def _create_file(path: Path) -> h5py.File:
+    """A new HDF5 file (format v110 or later) whose objects carry no timestamps: HDF5 1.14
+    stamps every object header with its creation time, so the same samples written twice
+    would give two checksums."""
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)  # the root group
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_LATEST)
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl))
+
+
+def _create_group(f: h5py.File, name: str) -> h5py.Group:
+    """``f.create_group(name)`` without timestamps (see :func:`_create_file`)."""
+    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+    gcpl.set_obj_track_times(False)
+    return h5py.Group(h5py.h5g.create(f.id, name.encode(), gcpl=gcpl))
 
 
 def read_index(f: h5py.File) -> dict[str, tuple[int, np.dtype[Any]]]:

@@ -16,7 +16,13 @@ and plants every situation of the tip sheet and of docs/design.md §2 (remap cha
 and pediatric duplicates, same-timestamp non-duplicates, partial overlaps, a missed remap,
 split CT exams, localizers, dose reports, screen saves, tilted / uneven / gapped CT series,
 every common transfer syntax, and one zip per kind of bad input). The same ``seed`` and
-``size`` give byte-identical files (given the same zlib, libjpeg and OpenJPEG builds).
+``size`` give byte-identical files in every environment the dependency bounds allow (the
+oldest set and the lock give the same bytes; ``tests/test_synth.py`` pins the tiny
+datamart's digest): pixels are plain numpy arithmetic, zip and workbook dates are fixed,
+DICOM headers name the generator instead of the pydicom version, and the encoders' output
+depends on the pixels only. What the bytes still rest on: zlib's deflate (the zips),
+libjpeg-turbo's lossless JPEG (imagecodecs), OpenJPEG's JPEG 2000 codestream
+(pylibjpeg-openjpeg) and pydicom's RLE encoder.
 
 Sizes: ``tiny`` (seconds; 41 zips, radiographs 128-192 px, CT 64x64 with 12-24 slices) for
 tests; ``demo`` (under a minute; ~75 zips, radiographs 512-1024 px, CT 128x128 with 32-64
@@ -161,12 +167,16 @@ from hiroml.synth.factory import (
     DX_STORAGE,
     PRIVATE_STRINGS,
     REMAP_SHEET,
+    REMAP_SHEET_DATE,
     SC_STORAGE,
     SOP_CLASSES,
+    SYNTH_IMPLEMENTATION_UID,
+    SYNTH_IMPLEMENTATION_VERSION,
     TRUTH_NAME,
     StudyInfo,
     dicom_bytes,
     make_cxr,
+    strip_j2k_comments,
     study_scale,
     values_hash,
     write_remap_sheet,
@@ -184,10 +194,13 @@ __all__ = [
     "DX_STORAGE",
     "PRIVATE_STRINGS",
     "REMAP_SHEET",
+    "REMAP_SHEET_DATE",
     "SCENARIOS",
     "SC_STORAGE",
     "SIZES",
     "SOP_CLASSES",
+    "SYNTH_IMPLEMENTATION_UID",
+    "SYNTH_IMPLEMENTATION_VERSION",
     "TRUTH_NAME",
     "SizeSpec",
     "StudyInfo",
@@ -203,6 +216,7 @@ __all__ = [
     "phantom_chest_2d",
     "phantom_chest_3d",
     "render_ct_slice",
+    "strip_j2k_comments",
     "study_scale",
     "values_hash",
     "write_remap_sheet",

@@ -2,8 +2,9 @@
 bytes, deterministic zips and the remap sheet.
 
 Every function is pure given its arguments (random draws only from the ``rng`` passed in),
-so the same inputs give byte-identical files (given the same zlib, libjpeg and OpenJPEG
-builds).
+so the same inputs give byte-identical files, whatever the versions of pydicom, openpyxl
+and the codec packages within the dependency bounds (see :func:`dicom_bytes`,
+:func:`write_remap_sheet` and ``_set_pixels``).
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
 
 import imagecodecs
 import numpy as np
-import openpyxl
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels.encoders import JPEG2000LosslessEncoder, RLELosslessEncoder
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     UID,
@@ -63,7 +65,15 @@ PRIVATE_STRINGS: dict[str, str] = {
     "ImageComments": "pt Zebulon Featherstonehaugh MRN 88812345 called back for repeat",
 }
 
-_ZIP_EPOCH = (2020, 6, 1, 0, 0, 0)
+#: (0002,0012) Implementation Class UID and (0002,0013) Implementation Version Name of every
+#: generated file: fixed, so that the bytes do not depend on the pydicom version.
+SYNTH_IMPLEMENTATION_UID = "2.25." + str(
+    int.from_bytes(hashlib.sha256(b"hiroml-synth implementation").digest()[:16], "big")
+)
+SYNTH_IMPLEMENTATION_VERSION = "HIROML_SYNTH_1"
+
+#: Date of the remap workbook: its created/modified properties and its zip entries.
+REMAP_SHEET_DATE = dt.datetime(2020, 6, 1)
 
 
 def derive_uid(seed: int, *parts: object) -> str:
@@ -81,7 +91,12 @@ def values_hash(arr: np.ndarray) -> str:
 
 
 def dicom_bytes(ds: Dataset) -> bytes:
-    """Encode ``ds`` as a DICOM Part 10 file (preamble, File Meta) and return the bytes."""
+    """Encode ``ds`` as a DICOM Part 10 file (preamble, File Meta) and return the bytes.
+
+    (0002,0012) Implementation Class UID and (0002,0013) Implementation Version Name are the
+    generator's own, fixed: pydicom would write its own version there."""
+    ds.file_meta.ImplementationClassUID = UID(SYNTH_IMPLEMENTATION_UID)
+    ds.file_meta.ImplementationVersionName = SYNTH_IMPLEMENTATION_VERSION
     bio = io.BytesIO()
     ds.save_as(bio, enforce_file_format=True)
     return bio.getvalue()
@@ -184,7 +199,13 @@ def _base_dataset(
 
 
 def _set_pixels(ds: Dataset, arr: np.ndarray, transfer_syntax: str) -> None:
-    """Store ``arr`` (rows, columns) as (7FE0,0010) Pixel Data in ``transfer_syntax``."""
+    """Store ``arr`` (rows, columns) as (7FE0,0010) Pixel Data in ``transfer_syntax``.
+
+    Every encoder is chosen so that its bytes depend on the pixels only, not on the library
+    version: JPEG Lossless by imagecodecs' libjpeg-turbo, RLE Lossless by pydicom's own
+    encoder (pylibjpeg-rle's runs differ between its releases), JPEG 2000 Lossless by
+    OpenJPEG with its comment marker removed (it names the OpenJPEG version).
+    """
     arr = np.ascontiguousarray(arr)
     if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
@@ -196,16 +217,45 @@ def _set_pixels(ds: Dataset, arr: np.ndarray, transfer_syntax: str) -> None:
         ds.PixelData = encapsulate([bytes(frame)])
         ds["PixelData"].VR = "OB"
     elif transfer_syntax in (JPEG2000Lossless, RLELossless):
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(
-            transfer_syntax,
-            arr,
-            encoding_plugin="pylibjpeg" if transfer_syntax == JPEG2000Lossless else "",
-            generate_instance_uid=False,
-        )
+        pixel_module: dict[str, Any] = {
+            "rows": int(ds.Rows),
+            "columns": int(ds.Columns),
+            "samples_per_pixel": 1,
+            "bits_allocated": int(ds.BitsAllocated),
+            "bits_stored": int(ds.BitsStored),
+            "pixel_representation": int(ds.PixelRepresentation),
+            "photometric_interpretation": str(ds.PhotometricInterpretation),
+            "number_of_frames": 1,
+        }
+        if transfer_syntax == JPEG2000Lossless:
+            frame = JPEG2000LosslessEncoder.encode(arr, encoding_plugin="pylibjpeg", **pixel_module)
+            frame = strip_j2k_comments(frame)
+        else:
+            frame = RLELosslessEncoder.encode(arr, encoding_plugin="pydicom", **pixel_module)
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
     else:
         raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
     ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+
+
+def strip_j2k_comments(codestream: bytes) -> bytes:
+    """``codestream`` (JPEG 2000 Part 1) without the COM (FF64) segments of its main header.
+
+    The main header runs from SOC (FF4F) to the first SOT (FF90); every marker in it other
+    than SOC carries a 2-byte big-endian length that counts itself."""
+    if codestream[:2] != b"\xff\x4f":
+        raise ValueError("not a JPEG 2000 codestream: no SOC marker")
+    out = bytearray(codestream[:2])
+    pos = 2
+    while codestream[pos : pos + 2] != b"\xff\x90":
+        if pos + 4 > len(codestream) or codestream[pos] != 0xFF:
+            raise ValueError(f"JPEG 2000 main header: no marker at byte {pos}")
+        end = pos + 2 + int.from_bytes(codestream[pos + 2 : pos + 4], "big")
+        if codestream[pos + 1] != 0x64:
+            out += codestream[pos:end]
+        pos = end
+    return bytes(out + codestream[pos:])
 
 
 def make_cxr(
@@ -337,39 +387,110 @@ def study_scale(study: StudyInfo) -> float:
     return 0.85 + 0.25 * (h / 65535.0)
 
 
+_XLSX_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+_XLSX_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+_PKG_REL = "http://schemas.openxmlformats.org/package/2006/relationships"
+_XLSX_CT = "application/vnd.openxmlformats-officedocument"
+_XLSX_CREATED = f"{REMAP_SHEET_DATE:%Y-%m-%dT%H:%M:%S}Z"
+
+#: The fixed parts of the remap workbook, in archive order; its one sheet,
+#: ``xl/worksheets/sheet1.xml``, comes last.
+_XLSX_PARTS: tuple[tuple[str, str], ...] = (
+    (
+        "[Content_Types].xml",
+        '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+        '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package'
+        '.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
+        f'<Override PartName="/xl/workbook.xml" ContentType="{_XLSX_CT}'
+        '.spreadsheetml.sheet.main+xml"/>'
+        f'<Override PartName="/xl/worksheets/sheet1.xml" ContentType="{_XLSX_CT}'
+        '.spreadsheetml.worksheet+xml"/>'
+        f'<Override PartName="/xl/styles.xml" ContentType="{_XLSX_CT}'
+        '.spreadsheetml.styles+xml"/>'
+        '<Override PartName="/docProps/core.xml" ContentType="application/vnd'
+        '.openxmlformats-package.core-properties+xml"/>'
+        f'<Override PartName="/docProps/app.xml" ContentType="{_XLSX_CT}'
+        '.extended-properties+xml"/></Types>',
+    ),
+    (
+        "_rels/.rels",
+        f'<Relationships xmlns="{_PKG_REL}">'
+        f'<Relationship Id="rId1" Type="{_XLSX_REL}/officeDocument" Target="xl/workbook.xml"/>'
+        f'<Relationship Id="rId2" Type="{_PKG_REL}/metadata/core-properties" '
+        'Target="docProps/core.xml"/>'
+        f'<Relationship Id="rId3" Type="{_XLSX_REL}/extended-properties" '
+        'Target="docProps/app.xml"/></Relationships>',
+    ),
+    (
+        "docProps/app.xml",
+        '<Properties xmlns="http://schemas.openxmlformats.org/officeDocument/2006/'
+        'extended-properties"><Application>hiroml-synth</Application></Properties>',
+    ),
+    (
+        "docProps/core.xml",
+        '<cp:coreProperties xmlns:cp="http://schemas.openxmlformats.org/package/2006/'
+        'metadata/core-properties" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        'xmlns:dcterms="http://purl.org/dc/terms/" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        "<dc:creator>hiroml-synth</dc:creator>"
+        f'<dcterms:created xsi:type="dcterms:W3CDTF">{_XLSX_CREATED}</dcterms:created>'
+        f'<dcterms:modified xsi:type="dcterms:W3CDTF">{_XLSX_CREATED}</dcterms:modified>'
+        "</cp:coreProperties>",
+    ),
+    (
+        "xl/workbook.xml",
+        f'<workbook xmlns="{_XLSX_NS}" xmlns:r="{_XLSX_REL}"><sheets>'
+        '<sheet name="REMAP" sheetId="1" r:id="rId1"/></sheets></workbook>',
+    ),
+    (
+        "xl/_rels/workbook.xml.rels",
+        f'<Relationships xmlns="{_PKG_REL}">'
+        f'<Relationship Id="rId1" Type="{_XLSX_REL}/worksheet" '
+        'Target="worksheets/sheet1.xml"/>'
+        f'<Relationship Id="rId2" Type="{_XLSX_REL}/styles" Target="styles.xml"/>'
+        "</Relationships>",
+    ),
+    (
+        "xl/styles.xml",
+        f'<styleSheet xmlns="{_XLSX_NS}">'
+        '<fonts count="1"><font><sz val="11"/><name val="Calibri"/></font></fonts>'
+        '<fills count="2"><fill><patternFill patternType="none"/></fill>'
+        '<fill><patternFill patternType="gray125"/></fill></fills>'
+        '<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border>'
+        '</borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" '
+        'borderId="0"/></cellStyleXfs><cellXfs count="2">'
+        '<xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
+        '<xf numFmtId="49" fontId="0" fillId="0" borderId="0" xfId="0" '
+        'applyNumberFormat="1"/></cellXfs>'
+        '<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/>'
+        "</cellStyles></styleSheet>",
+    ),
+)
+
+
+def _xlsx_sheet(rows: Sequence[tuple[str, str]]) -> str:
+    """``xl/worksheets/sheet1.xml``: the header row, then ``rows`` as inline-string cells in
+    the text number format ("@", style 1), so that ids keep their leading zeros."""
+    out = [f'<worksheet xmlns="{_XLSX_NS}"><dimension ref="A1:B{len(rows) + 1}"/><sheetData>']
+    for r, (a, b) in enumerate([("OLD_C19_ID", "NEW_C19_ID"), *rows], start=1):
+        style = "" if r == 1 else ' s="1"'
+        out.append(f'<row r="{r}">')
+        for col, text in (("A", a), ("B", b)):
+            out.append(f'<c r="{col}{r}"{style} t="inlineStr"><is><t>{escape(text)}</t></is></c>')
+        out.append("</row>")
+    out.append("</sheetData></worksheet>")
+    return "".join(out)
+
+
 def write_remap_sheet(path: Path, remap: dict[str, str]) -> int:
-    """Write the remap sheet with text cells; rewritten so that the bytes are deterministic."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    assert ws is not None
-    ws.title = "REMAP"
-    ws.append(["OLD_C19_ID", "NEW_C19_ID"])
-    for old, new in remap.items():
-        ws.append([old, new])
-    for row in ws.iter_rows(min_row=2):
-        for cell in row:
-            cell.number_format = "@"
-            cell.data_type = "s"
-    fixed = dt.datetime(2020, 6, 1)
-    wb.properties.created = fixed
-    wb.properties.modified = fixed
-    bio = io.BytesIO()
-    wb.save(bio)
-    out = io.BytesIO()
-    with zipfile.ZipFile(bio) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename == "docProps/core.xml":
-                data = re.sub(
-                    rb"(<dcterms:(created|modified)[^>]*>)[^<]*",
-                    rb"\g<1>2020-06-01T00:00:00Z",
-                    data,
-                )
-            zi = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            zi.external_attr = 0o644 << 16
-            zi.create_system = 3
-            dst.writestr(zi, data)
-    data = out.getvalue()
+    """Write the remap sheet (sheet ``REMAP``: OLD_C19_ID, NEW_C19_ID, text cells) and return
+    its size in bytes.
+
+    The workbook's XML is written here, not by openpyxl, so that its bytes depend on
+    ``remap`` only: fixed parts, created/modified dates (docProps/core.xml) and zip entry
+    dates all :data:`REMAP_SHEET_DATE`, entries deflated in a fixed order."""
+    parts = [*_XLSX_PARTS, ("xl/worksheets/sheet1.xml", _xlsx_sheet(list(remap.items())))]
+    head = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+    data = zip_bytes([(name, (head + xml).encode()) for name, xml in parts], REMAP_SHEET_DATE)
     path.write_bytes(data)
     return len(data)

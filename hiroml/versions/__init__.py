@@ -1,7 +1,38 @@
-"""Immutable versions of an output folder (docs/design.md section 4b): listing, the
-dataset hash, diffs, pins, pruning and publishing, one module each.
+"""Immutable versions of an output folder (docs/design.md section 4b).
 
-The names of each module are re-exported here (``hiroml.versions.list_versions``).
+Layout::
+
+    <out>/shards/*.h5              immutable, shared by every version that names them
+    <out>/versions/<version>/      manifest.parquet, patients.parquet, audit.csv, report.html,
+                                   build.json (and PINNED when pinned)
+    <out>/manifest.parquet ...     copies of the latest version's tables
+
+``<version>`` is ``NNNN-<first 8 hex digits of the dataset hash>``: a sequence number (so
+names sort in publishing order) and the content. The dataset hash is the SHA-256 of the
+manifest in a canonical form (rows sorted by ``sample_key``, columns by name, each value as
+the canonical JSON of its parquet value), so the same inputs and config give the same hash
+on any machine: it holds no absolute path and no timing. The ``shard_sha256`` column is left
+out of it: a shard file's bytes depend on how the HDF5 library laid it out (another library
+version, or a Dask worker, may lay out identical datasets differently), while what the shard
+holds is in ``data_hash``. Nor does it hold the environment (library versions, decoders)
+that ``build.json`` records beside it: :func:`diff` names an environment change.
+
+Publishing (:func:`publish`) is crash-safe at every point:
+
+1. the version is written into ``versions/.<version>.tmp/`` and renamed into place once
+   complete (a reader lists only complete, renamed folders);
+2. the root tables are replaced by copies of the version's, each atomically, manifest last;
+3. versions beyond ``versions.keep`` that are not pinned are removed (renamed to a hidden
+   name, then deleted), then the shards and task records no kept version needs.
+
+A build whose dataset hash and shard checksums equal the latest version's publishes
+nothing; it only repairs the root tables if an interrupted publish left them behind, and
+prunes. (Shards rewritten with other bytes but the same content publish a new version, so
+that every version's checksums match its files.)
+
+The modules: listing.py (versions, find, tables_dir), hashing.py (the dataset hash),
+changes.py (diffs, as text and HTML), pins.py, pruning.py and publishing.py; their public
+names are re-exported here (``hiroml.versions.list_versions``).
 """
 
 from __future__ import annotations

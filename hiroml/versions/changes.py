@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hiroml.doctor.libraries import environment_changes
 from hiroml.versions.hashing import _canonical
-from hiroml.versions.listing import SPLIT_MOVED, VersionError, find_version
-from hiroml.vocab import AUDIT, MANIFEST, SPLITS
+from hiroml.versions.listing import SPLIT_MOVED, Version, VersionError, find_version
+from hiroml.vocab import AUDIT, BUILD_JSON, MANIFEST, SPLITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ class VersionDiff:
     added_per_split: dict[str, dict[str, int]]  # split -> {"patients": n, "samples": n}
     decisions: tuple[DecisionChange, ...]
     moves: tuple[SplitMove, ...]
+    #: the environment lines (:func:`hiroml.doctor.libraries.environment_changes`) of the two
+    #: versions' ``build.json``; empty where not compared (the report's changes section)
+    environment: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -109,6 +113,7 @@ class VersionDiff:
             )
         if len(self.decisions) > limit:
             out.append(f"    ... and {len(self.decisions) - limit} more")
+        out.extend(f"  {line}" for line in self.environment)
         return out
 
 
@@ -279,7 +284,18 @@ def diff(out: Path | str, a: str | int, b: str | int) -> VersionDiff:
     va, vb = find_version(out, a), find_version(out, b)
     if va is None or vb is None:
         raise VersionError(f"{out} has no versions to compare")
-    return diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
+    found = diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
+    env = environment_changes(_environment_of(va), _environment_of(vb))
+    return dataclasses.replace(found, environment=tuple(env))
+
+
+def _environment_of(v: Version) -> Any:
+    """The ``environment`` of a version's ``build.json`` (None in versions built before it
+    was recorded, or where the file cannot be read)."""
+    try:
+        return json.loads((v.path / BUILD_JSON).read_text(encoding="utf-8")).get("environment")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def changes_html(d: VersionDiff, *, limit: int = 200) -> str:

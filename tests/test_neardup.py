@@ -1,0 +1,155 @@
+"""hiroml.exams.neardup's pair search decides the threshold exactly: the same pairs for any row order,
+any ``block`` and any machine, pairs within 1e-7 of the threshold included. The reference here
+is a brute force over every pair in Python integers and fractions."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from hiroml.exams import neardup
+
+N = neardup.SIGNATURE_SIZE
+
+
+def exact_pairs(sig: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """Every pair i < j of non-constant rows with Pearson r >= ``threshold`` (the decimal
+    it prints as), decided in Python integers and fractions."""
+    x = sig.astype(np.int64)
+    s = x.sum(axis=1).tolist()
+    q = (x * x).sum(axis=1).tolist()
+    p = (x @ x.T).tolist()
+    t = Fraction(repr(threshold))
+    out = set()
+    for i, j in itertools.combinations(range(len(x)), 2):
+        vi, vj = N * q[i] - s[i] ** 2, N * q[j] - s[j] ** 2
+        if vi == 0 or vj == 0:
+            continue
+        cov = N * p[i][j] - s[i] * s[j]
+        square = Fraction(cov * cov, vi * vj)  # r^2, exactly
+        if (cov >= 0 and (t <= 0 or square >= t * t)) or (cov < 0 and t < 0 and square <= t * t):
+            out.add((i, j))
+    return out
+
+
+def _r(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1])
+
+
+def _pair_at(rng: np.random.Generator, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two signatures whose correlation is within 2e-8 of ``target`` (about 0.95): a random
+    one and a noisy copy, nudged one cell by +-1 at a time towards the target."""
+    a = rng.integers(0, 256, N)
+    b = np.clip(a + rng.integers(-42, 43, N), 0, 255)
+    sa, va = a.sum(), N * (a * a).sum() - a.sum() ** 2
+    for _ in range(5000):
+        sb, pb = b.sum(), (a * b).sum()
+        cov, vb = N * pb - sa * sb, N * (b * b).sum() - sb**2
+        if abs(cov / np.sqrt(float(va) * vb) - target) < 2e-8:
+            return a.astype(np.uint8), b.astype(np.uint8)
+        # every single-cell change b[k] += d, d = +-1, and the correlation it gives
+        d = np.array([[1], [-1]])
+        cov2 = cov + d * (N * a - sa)
+        vb2 = vb + N * (2 * d * b + 1) - (2 * d * sb + 1)
+        r2 = cov2 / np.sqrt(float(va) * vb2)
+        r2[(b + d < 0) | (b + d > 255)] = np.inf
+        row, k = np.unravel_index(np.argmin(np.abs(r2 - target)), r2.shape)
+        b[k] += d[row, 0]
+    raise AssertionError(f"no pair at {target}")
+
+
+@pytest.fixture(scope="module")
+def engineered() -> tuple[np.ndarray, dict[tuple[int, int], str]]:
+    """A fixed, seeded set of 300 signatures holding pairs within 1e-7 of 0.95 on both sides,
+    an identical pair, an inverted pair and two constant rows; the planted pairs by index."""
+    rng = np.random.default_rng(26)
+    sig = rng.integers(0, 256, (300, N)).astype(np.uint8)
+    planted = {}
+    slots = iter([(5, 250), (17, 18), (40, 299), (77, 123), (90, 91), (150, 12), (200, 201)])
+    for offset in (9e-8, 5e-8, 2e-8, -2e-8, -5e-8, -9e-8):
+        a, b = _pair_at(rng, 0.95 + offset)
+        i, j = next(slots)
+        sig[i], sig[j] = a, b
+        planted[min(i, j), max(i, j)] = "above" if offset > 0 else "below"
+    sig[60] = sig[61] = rng.integers(0, 256, N)  # identical: r = 1
+    sig[62] = 255 - sig[60]  # inverted: r = -1 with both
+    sig[100], sig[101] = 9, 9  # constant: similar to nothing
+    return sig, planted
+
+
+def test_pairs_within_1e_7_of_the_threshold_are_decided_exactly(
+    engineered: tuple[np.ndarray, dict[tuple[int, int], str]],
+) -> None:
+    sig, planted = engineered
+    for (i, j), side in planted.items():
+        r = _r(sig[i], sig[j])
+        assert 0 < abs(r - 0.95) < 1e-7 and (r > 0.95) == (side == "above"), (i, j, r)
+    above = {pair for pair, side in planted.items() if side == "above"}
+    assert above == {(5, 250), (17, 18), (40, 299)}
+    want = above | {(60, 61)}
+    assert exact_pairs(sig, 0.95) == want  # the reference agrees with the construction
+    i, j, sim = neardup.pair_arrays(sig, threshold=0.95, block=64)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == sorted(want)
+    for a, b, z in zip(i.tolist(), j.tolist(), sim.tolist(), strict=True):
+        assert neardup.similarity(sig[a], sig[b]) == z  # the same float64, bit for bit
+        assert z == pytest.approx(_r(sig[a], sig[b]), abs=1e-15)
+    for a, b in planted:  # pairs below the threshold: similarity() says so too
+        assert (neardup.similarity(sig[a], sig[b]) >= 0.95) == ((a, b) in want)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.95000001, 0.9499999, 0.5, 0.0, -0.02, -1.0])
+def test_every_threshold_as_the_integer_rule(
+    engineered: tuple[np.ndarray, dict[tuple[int, int], str]], threshold: float
+) -> None:
+    sig = engineered[0][:130]  # the planted pairs below 130 and the special rows
+    want = exact_pairs(sig, threshold)
+    i, j, _ = neardup.pair_arrays(sig, threshold=threshold, block=50)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == want
+    if threshold == 1.0:
+        assert want == {(60, 61)}
+    if threshold == -1.0:  # every pair of non-constant rows, the inverted ones included
+        assert len(want) == 128 * 127 // 2 and (60, 62) in want
+
+
+def test_pairs_do_not_depend_on_row_order_or_block(
+    engineered: tuple[np.ndarray, dict[tuple[int, int], str]],
+) -> None:
+    sig = engineered[0]
+    i, j, sim = neardup.pair_arrays(sig, threshold=0.95)
+    want = {(a, b): z for a, b, z in zip(i.tolist(), j.tolist(), sim.tolist(), strict=True)}
+    perm = np.random.default_rng(5).permutation(len(sig))
+    for block in (7, 64, 299, 4096):
+        pi, pj, psim = neardup.pair_arrays(sig[perm], threshold=0.95, block=block)
+        got = {
+            (min(perm[a], perm[b]), max(perm[a], perm[b])): z
+            for a, b, z in zip(pi.tolist(), pj.tolist(), psim.tolist(), strict=True)
+        }
+        assert got == want, block  # the same pairs and the same float64 similarities
+        assert np.all(pi < pj) and np.all(np.diff(pi * len(sig) + pj) > 0)  # sorted by (i, j)
+
+
+def test_similarity_of_constant_and_bad_signatures() -> None:
+    a = np.arange(N) % 256
+    assert neardup.similarity(a, np.full(N, 7)) == 0.0
+    assert neardup.similarity(a, a) == 1.0
+    assert neardup.similarity(a, 255 - a) == -1.0
+    assert neardup.similarity(tuple(a.tolist()), a.astype(np.uint8)) == 1.0
+    with pytest.raises(ValueError, match=r"integers in 0\.\.255"):
+        neardup.similarity(a + 0.5, a)
+    with pytest.raises(ValueError, match="shape"):
+        neardup.similarity(a[:10], a[:10])
+
+
+def test_unit_vectors_are_the_exact_ones_rounded() -> None:
+    sig = np.random.default_rng(2).integers(0, 256, (20, N)).astype(np.uint8)
+    sig[3] = 4
+    x = sig.astype(np.float64)
+    d = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    exact = np.divide(d, norm, out=np.zeros_like(d), where=norm > 0)
+    u = neardup.unit_vectors(sig)
+    assert u.dtype == np.float32 and not u[3].any()
+    assert np.all(np.abs(u - exact) <= 2.4e-7 * np.abs(exact))
