@@ -2,7 +2,10 @@
 
 These dataclasses are the schema of the YAML files under ``configs/`` (Hydra structured
 configs): a misspelled key or a value of the wrong type is rejected when Hydra composes the
-config. ``hiroml.cli.build`` converts the composed config with ``OmegaConf.to_object`` into a
+config. Every default is stated here, once: ``BuildConfig()`` built in Python (tests, the
+API) and the composed config of ``hiroml-build`` agree by construction, and each value sits
+beside its type and its check. The YAML files only pick groups (``executor``,
+``experiment``, ``local``) and bind environment variables (``runtime``). ``hiroml.cli.build`` converts the composed config with ``OmegaConf.to_object`` into a
 :class:`BuildConfig` and passes each stage its own section. Nothing below the CLI imports
 Hydra.
 

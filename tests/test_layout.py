@@ -5,7 +5,10 @@ over 300."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).parents[1] / "hiroml"
 MAX_FUNCTION_LINES = 80
@@ -129,3 +132,59 @@ def test_no_output_name_or_split_action_view_literal_outside_vocab() -> None:
         ]
     assert found == []
     assert "manifest.parquet" in values and "train" in values and "frontal" in values
+
+
+@pytest.mark.parametrize(
+    "override", ["default", "experiment=covid_cxr", "experiment=covid_ct", "executor=dask"]
+)
+def test_the_composed_config_is_what_it_was_key_by_key(override: str) -> None:
+    """Each default is stated once, in hiroml/config.py; configs/ picks groups. The composed
+    values are those the configs composed to when they restated every default
+    (tests/composed_config.json, composed then; ``runtime`` is newer and bound to the
+    environment)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import hiroml.cli.build  # noqa: F401  (registers the schema)
+
+    want = json.loads((Path(__file__).parent / "composed_config.json").read_text())[override]
+    with initialize_config_module(version_base="1.3", config_module="hiroml.conf"):
+        cfg = compose("build", overrides=[] if override == "default" else [override])
+    got = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(got, dict)
+    got.pop("runtime")
+
+    def flat(d: dict[str, object], prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    assert flat(got) == flat(want)
+
+
+def test_configs_state_no_default_of_the_structured_config() -> None:
+    """No YAML file under configs/ restates a BuildConfig default (experiments excepted: they
+    name what they choose)."""
+    import dataclasses
+
+    import yaml
+
+    from hiroml.config import BuildConfig
+
+    defaults = dataclasses.asdict(BuildConfig())
+    configs = PACKAGE.parent / "configs"
+    restated = []
+    for path in sorted(configs.rglob("*.yaml")):
+        rel = path.relative_to(configs).as_posix()
+        if rel.startswith(("experiment/", "hydra/", "local/")):
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        group = rel.split("/")[0] if "/" in rel else ""
+        section = defaults.get(group, defaults) if group else defaults
+        for key, value in data.items():
+            if key in ("defaults", "hydra") or not isinstance(section, dict):
+                continue
+            if key in section and section[key] == value and not str(value).startswith("${"):
+                restated.append(f"{rel}: {key}")
+    assert restated == []
