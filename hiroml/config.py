@@ -5,9 +5,9 @@ configs): a misspelled key or a value of the wrong type is rejected when Hydra c
 config. Every default is stated here, once: ``BuildConfig()`` built in Python (tests, the
 API) and the composed config of ``hiroml-build`` agree by construction, and each value sits
 beside its type and its check. The YAML files only pick groups (``executor``,
-``experiment``, ``local``) and bind environment variables (``runtime``). ``hiroml.cli.build`` converts the composed config with ``OmegaConf.to_object`` into a
-:class:`BuildConfig` and passes each stage its own section. Nothing below the CLI imports
-Hydra.
+``experiment``, ``local``) and bind environment variables (``runtime``). ``hiroml.cli.build``
+converts the composed config with ``OmegaConf.to_object`` into a :class:`BuildConfig` and passes
+each stage its own section. Nothing below the CLI imports Hydra.
 
 ``Optional[...]``/``List[...]`` spellings are kept on purpose: OmegaConf reads these
 annotations at run time.

@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from hiroml.vocab import Action, BatchStatus, Modality, View
-
-#: What a Dataset yields for one sample (``image``, ``sample_key``, ``patient_id``, ``meta``...):
-#: the one untyped dict, so that ``torch.utils.data.default_collate`` batches it.
-Sample = dict[str, Any]
-
 
 # --------------------------------------------------------------------------- discovery
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, default_collate
 import hiroml
 from hiroml.data.dataset import HiromlDataset
 from hiroml.errors import HiromlError
+from hiroml.store.reader import read_manifest
 from hiroml.store.shards import read_sample
-from hiroml.store.tables import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -188,3 +188,18 @@ def test_configs_state_no_default_of_the_structured_config() -> None:
             if key in section and section[key] == value and not str(value).startswith("${"):
                 restated.append(f"{rel}: {key}")
     assert restated == []
+
+
+def test_hiroml_data_reads_outputs_through_the_reader_only() -> None:
+    """The Dataset, MONAI, Lightning and export code import, of hiroml, only the read side
+    (hiroml.store.reader), the vocabulary, the errors and each other."""
+    allowed = {"hiroml.store.reader", "hiroml.vocab", "hiroml.errors", "hiroml.data"}
+    modules = _modules()
+    found = {
+        f"{name} imports {dep}"
+        for name, tree in modules.items()
+        if name.startswith("hiroml.data.") or name == "hiroml.data"
+        for dep in _imports(tree, set(modules))
+        if dep not in allowed and not dep.startswith("hiroml.data.")
+    }
+    assert found == set()

@@ -17,6 +17,7 @@ import pytest
 
 from hiroml.records import AuditRow
 from hiroml.store.contract import check_contract
+from hiroml.store.reader import read_manifest
 from hiroml.store.shards import ShardWriter
 from hiroml.store.tables import (
     AUDIT_COLUMNS,
@@ -25,7 +26,6 @@ from hiroml.store.tables import (
     ManifestError,
     audit_frame,
     patients_frame,
-    read_manifest,
     write_outputs,
 )
 from hiroml.vocab import Action

@@ -11,8 +11,9 @@ import pytest
 from test_manifest import make_output
 
 from hiroml.cli.verify import main
+from hiroml.store.reader import read_manifest
 from hiroml.store.shards import ShardWriter, open_shard, read_index, shard_sha256
-from hiroml.store.tables import patients_frame, read_manifest, write_outputs
+from hiroml.store.tables import patients_frame, write_outputs
 from hiroml.store.verify import examine, verify
 
 

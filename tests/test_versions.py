@@ -25,6 +25,7 @@ from hiroml.data.dataset import HiromlDataset, load_sitk
 from hiroml.errors import EXIT_LOCKED
 from hiroml.exams import splits
 from hiroml.pipeline import faults
+from hiroml.store.reader import cell_plain
 from hiroml.store.verify import examine_all, verify
 from hiroml.synth import write_remap_sheet
 from hiroml.versions import changes as versions_changes
@@ -604,7 +605,7 @@ def test_dataset_hash_is_remembered_for_the_same_frame_only(
 
 
 def _text(v: Any) -> str:
-    return json.dumps(versions_hashing._canonical(versions_changes._plain(v)), default=str)
+    return json.dumps(versions_hashing._canonical(cell_plain(v)), default=str)
 
 
 def _columns_changed_by_text(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:

@@ -23,10 +23,20 @@ import torch
 from h5py import h5d
 from torch.utils.data import Dataset
 
+from hiroml.data import Sample
 from hiroml.errors import ArgumentError, HiromlError
-from hiroml.records import Sample
-from hiroml.store.shards import SampleRef, open_shard, read_into, read_meta, region_of, sample_refs
-from hiroml.vocab import MANIFEST, Split
+from hiroml.store.reader import (
+    SampleRef,
+    cell_str,
+    open_shard,
+    read_into,
+    read_manifest,
+    read_meta,
+    region_of,
+    sample_refs,
+    tables_dir,
+)
+from hiroml.vocab import Split
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +80,6 @@ class _OpenShard:
     def close(self) -> None:
         os.close(self.fd)
         self.file.close()
-
-
-def _str(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v)
 
 
 def _float(v: Any) -> float:
@@ -143,8 +147,6 @@ class HiromlDataset(Dataset[Sample]):
         version: str | int | None = None,
         monai: bool = False,
     ) -> None:
-        from hiroml.versions.listing import tables_dir
-
         if monai:
             from hiroml.data.monai import ToMetaTensord
 
@@ -158,7 +160,7 @@ class HiromlDataset(Dataset[Sample]):
         self.transform = transform
         self.label = label
         folder, self.version = tables_dir(self.out_dir, version)
-        m = pd.read_parquet(folder / MANIFEST)
+        m = read_manifest(folder)
         if label is not None and label not in m.columns:
             raise ArgumentError(f"label {label!r} is not a column of {folder}/manifest.parquet")
         rows = m[m["modality"] == modality]
@@ -188,7 +190,7 @@ class HiromlDataset(Dataset[Sample]):
         self._where: dict[int, _Where] = {}
 
     def _meta(self, row: dict[str, Any]) -> dict[str, Any]:
-        meta: dict[str, Any] = {c: _str(row.get(c)) for c in META_STR}
+        meta: dict[str, Any] = {c: cell_str(row.get(c)) for c in META_STR}
         t = row.get("exam_time")
         meta["exam_time"] = "" if t is None or pd.isna(t) else pd.Timestamp(t).isoformat()
         for c in META_FLOAT:
@@ -374,13 +376,11 @@ def load_sitk(out_dir: Path | str, sample_key: str, *, version: str | int | None
     """A stored CT volume as a ``SimpleITK.Image`` in HU with its geometry (origin, spacing in
     mm and direction, from the manifest), e.g. to resample it or write it as NIfTI.
     ``version`` as in :class:`HiromlDataset` (default: the latest)."""
-    from hiroml.ct.volume import array_to_sitk
-    from hiroml.store.shards import read_sample
-    from hiroml.versions.listing import tables_dir
+    from hiroml.store.reader import array_to_sitk, read_sample
 
     out = Path(out_dir)
     folder, _ = tables_dir(out, version)
-    m = pd.read_parquet(folder / MANIFEST)
+    m = read_manifest(folder)
     row = m[m["sample_key"] == sample_key]
     if row.empty:
         raise ArgumentError(f"{sample_key!r} is not a sample of {folder}/manifest.parquet")

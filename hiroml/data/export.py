@@ -38,7 +38,14 @@ import numpy as np
 import pandas as pd
 
 from hiroml.errors import ExportError
-from hiroml.report.card import OWN_COLUMNS
+from hiroml.store.reader import (
+    OWN_COLUMNS,
+    array_to_sitk,
+    cell_plain,
+    read_audit,
+    read_manifest,
+    read_sample,
+)
 from hiroml.vocab import AUDIT, EXPORT_INDEX_NAME, MANIFEST, VERSIONS_DIR
 
 log = logging.getLogger(__name__)
@@ -93,19 +100,6 @@ def manifest_path(out: Path, version: str | None) -> tuple[Path, str]:
     return path, name
 
 
-def _plain(v: Any) -> Any:
-    """A manifest cell as a JSON value."""
-    if isinstance(v, np.ndarray | list | tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, pd.Timestamp):
-        return v.isoformat()
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v
-
-
 def _label_columns(manifest: pd.DataFrame) -> list[str]:
     return [str(c) for c in manifest.columns if c not in OWN_COLUMNS]
 
@@ -119,8 +113,6 @@ def _decisions(audit: pd.DataFrame, exam_key: str) -> list[dict[str, str]]:
 
 
 def _ct_image(arr: np.ndarray, row: Mapping[str, Any]) -> Any:
-    from hiroml.ct.volume import array_to_sitk
-
     return array_to_sitk(
         arr,
         spacing_xyz=[float(v) for v in row["spacing_xyz"]],
@@ -160,8 +152,6 @@ def export(
     import cv2
     import SimpleITK as sitk
 
-    from hiroml.store.shards import read_sample
-
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: choose one of {sorted(FORMATS)}")
     modality = modality or FORMATS[fmt]
@@ -172,11 +162,8 @@ def export(
         )
     out, dest = Path(out), Path(dest)
     mpath, vname = manifest_path(out, version)
-    manifest = pd.read_parquet(mpath)
-    audit_path = mpath.parent / AUDIT
-    audit = (
-        pd.read_csv(audit_path, dtype=str).fillna("") if audit_path.is_file() else pd.DataFrame()
-    )
+    manifest = read_manifest(mpath.parent)
+    audit = read_audit(mpath.parent) if (mpath.parent / AUDIT).is_file() else pd.DataFrame()
     rows = manifest[manifest["modality"] == modality]
     if split is not None:
         if split not in set(manifest["split"]):
@@ -201,13 +188,13 @@ def export(
                 raise ExportError(f"{out / str(row['shard'])}: sample {key}: {e}") from e
             if not cv2.imwrite(str(path), png):
                 raise ExportError(f"{path}: could not write the PNG")
-        sidecar = {c: _plain(row[c]) for c in SIDECAR_COLUMNS if c in row}
+        sidecar = {c: cell_plain(row[c]) for c in SIDECAR_COLUMNS if c in row}
         sidecar.update(
             version=vname or None,
             file=rel.as_posix(),
             format=fmt,
             decisions=_decisions(audit, str(row.get("exam_key") or "")),
-            labels={c: _plain(row[c]) for c in labels},
+            labels={c: cell_plain(row[c]) for c in labels},
         )
         if fmt == "png":
             sidecar["pixel_values"] = "stored intensity in [0, 1] times 65535 (uint16)"
@@ -216,8 +203,8 @@ def export(
         json_path = path.with_name(path.name.removesuffix(SUFFIX[fmt]) + ".json")
         json_path.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
         entry = {"file": rel.as_posix(), "sidecar": json_path.relative_to(dest).as_posix()}
-        entry.update({c: _plain(row.get(c)) for c in INDEX_COLUMNS})
-        entry.update({c: _plain(row[c]) for c in labels})
+        entry.update({c: cell_plain(row.get(c)) for c in INDEX_COLUMNS})
+        entry.update({c: cell_plain(row[c]) for c in labels})
         index.append(entry)
     dest.mkdir(parents=True, exist_ok=True)
     index_path = dest / EXPORT_INDEX_NAME

@@ -28,8 +28,8 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from hiroml.data import Sample
 from hiroml.data.dataset import HiromlDataset
-from hiroml.records import Sample
 from hiroml.vocab import SPLITS, Split
 
 Transform = Callable[[Sample], Sample]

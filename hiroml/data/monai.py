@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiroml.records import Sample
+from hiroml.data import Sample
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -10,14 +10,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from hiroml.config import BuildConfig, IndexConfig
 from hiroml.errors import BuildError
 from hiroml.exams.linking import LinkResult
 from hiroml.pipeline.tasks import TaskResult
 from hiroml.pipeline.worker import ExamReader
 from hiroml.records import Exam, Instance
+from hiroml.store.reader import read_manifest
 from hiroml.vocab import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ def previous_splits(out: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        old = pd.read_parquet(path, columns=["patient_id", "source_patient_id", "split"])
+        old = read_manifest(path.parent, columns=["patient_id", "source_patient_id", "split"])
     except Exception as e:  # a damaged manifest must not stop a rebuild
         log.warning("could not read the previous manifest %s (%s): splits start afresh", path, e)
         return {}

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from hiroml.store.reader import cell_list, is_missing
 from hiroml.vocab import SPLITS, Action
 
 # non-kept actions, in the order the report lists them (errors have their own section too)
@@ -26,33 +27,11 @@ ReadArray = Callable[[str], np.ndarray]
 T = TypeVar("T")
 
 
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, str):
-        return v == ""
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):  # lists and arrays
-        return False
-
-
-def _as_list(v: Any) -> list[Any]:
-    """A list cell (list, tuple, numpy array, or a lone string) as a Python list."""
-    if _missing(v):
-        return []
-    if isinstance(v, str):
-        return [v]
-    if isinstance(v, Iterable):
-        return [x.item() if isinstance(x, np.generic) else x for x in v]
-    return [v]
-
-
 def _text(v: Any) -> str:
     """A cell as plain (unescaped) text."""
     if isinstance(v, list | tuple | np.ndarray):
-        return ", ".join(_text(x) for x in _as_list(v)) or MISSING
-    if _missing(v):
+        return ", ".join(_text(x) for x in cell_list(v)) or MISSING
+    if is_missing(v):
         return MISSING
     if isinstance(v, bool | np.bool_):
         return "yes" if v else "no"
@@ -78,7 +57,7 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 
 def _keys(s: pd.Series) -> pd.Series:
     """A column as plain strings, missing values as ``""`` (for grouping and counting)."""
-    keys = [v if type(v) is str else _text(v) if not _missing(v) else "" for v in s]
+    keys = [v if type(v) is str else _text(v) if not is_missing(v) else "" for v in s]
     return pd.Series(keys, index=s.index, dtype=object)
 
 

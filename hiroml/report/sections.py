@@ -19,12 +19,10 @@ from hiroml.report.html import (
     MAX_DECISION_ROWS,
     MISSING,
     ReadArray,
-    _as_list,
     _bar,
     _col,
     _e,
     _keys,
-    _missing,
     _note,
     _split_label,
     _splits_in,
@@ -32,6 +30,7 @@ from hiroml.report.html import (
     _text,
 )
 from hiroml.report.thumbnails import _ct_sheet, _cxr_sheet
+from hiroml.store.reader import cell_list, is_missing
 from hiroml.vocab import SPLITS, Action
 
 
@@ -287,7 +286,7 @@ def _orphans(manifest: pd.DataFrame) -> str:
     if "orphan" not in manifest.columns:
         body = _note("No clinical table was given (no <code>orphan</code> column): not checked.")
         return _section("orphans", "Orphans", body)
-    flag = manifest["orphan"].map(lambda v: bool(v) if not _missing(v) else False).astype(bool)
+    flag = manifest["orphan"].map(lambda v: bool(v) if not is_missing(v) else False).astype(bool)
     rows = manifest[flag]
     if rows.empty:
         return _section("orphans", "Orphans (0)", _note("Every patient has clinical rows."))
@@ -327,7 +326,7 @@ def _orphans(manifest: pd.DataFrame) -> str:
 def _groups(patients: pd.DataFrame) -> str:
     if patients.empty or "patient_ids" not in patients.columns:
         return _section("groups", "Linked patient ids", _note("No patients table."))
-    ids = patients["patient_ids"].map(_as_list)
+    ids = patients["patient_ids"].map(cell_list)
     multi = patients[ids.map(len) > 1]
     if multi.empty:
         body = _note("No patient group links several ids.")

@@ -19,12 +19,12 @@ from hiroml.report.html import (
     THUMB_PX,
     ReadArray,
     T,
-    _as_list,
     _col,
     _keys,
     _png_uri,
     _text,
 )
+from hiroml.store.reader import cell_list
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ def ct_planes(
         v = v[0]
     if v.ndim != 3 or v.size == 0:
         raise ValueError(f"not a volume: shape {v.shape}")
-    sp = [float(s) for s in _as_list(spacing_xyz)]
+    sp = [float(s) for s in cell_list(spacing_xyz)]
     sx, sy, sz = sp if len(sp) == 3 and all(s > 0 for s in sp) else (1.0, 1.0, 1.0)
-    d = [float(x) for x in _as_list(direction)]
+    d = [float(x) for x in cell_list(direction)]
     head_up = not (len(d) == 9 and d[8] < 0)
     width, level = window
     lo, hi = level - width / 2.0, level + width / 2.0
@@ -169,19 +169,19 @@ def _ct_sheet(rows: pd.DataFrame, read_array: ReadArray, n: int) -> str:
             )
         else:
             imgs = '<div class="broken">could not read</div>'
-        shape = "×".join(_text(x) for x in _as_list(r.get("shape")))
-        spacing = " × ".join(f"{float(s):.2g}" for s in _as_list(r.get("spacing_xyz")))
+        shape = "×".join(_text(x) for x in cell_list(r.get("shape")))
+        spacing = " × ".join(f"{float(s):.2g}" for s in cell_list(r.get("spacing_xyz")))
         cap = [
             f"{_text(r.get('patient_id'))} · {_text(r.get('description'))}",
             f"shape (z, y, x) {shape or MISSING}; spacing (x, y, z) {spacing or MISSING} mm",
             key,
         ]
-        parts = _as_list(r.get("stitched_series"))
+        parts = cell_list(r.get("stitched_series"))
         if parts:
             seams = ", ".join(
                 f"{float(mm):.1f} mm (slice {_text(z)})"
                 for mm, z in zip(
-                    _as_list(r.get("seams_mm")), _as_list(r.get("seam_slices")), strict=False
+                    cell_list(r.get("seams_mm")), cell_list(r.get("seam_slices")), strict=False
                 )
             )
             cap.append(f"stitched from {len(parts)} series; seams at {seams or MISSING}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hiroml.store.reader import read_audit, read_manifest
 from hiroml.store.tables import (
     ACTIONS,
     AUDIT_COLUMNS,
@@ -39,8 +40,8 @@ def check_tables(out_dir: Path | str, *, version: str | int | None = None) -> li
     ]
     if bad:
         return bad
-    m = pd.read_parquet(where / MANIFEST)
-    a = pd.read_csv(where / AUDIT, dtype=str).fillna("")
+    m = read_manifest(where)
+    a = read_audit(where)
     bad += [f"manifest.parquet lacks column {c}" for c in MANIFEST_COLUMNS if c not in m.columns]
     if bad:
         return bad
@@ -70,7 +71,7 @@ def check_contract(out_dir: Path | str, *, version: str | int | None = None) -> 
         return bad  # the Dataset checks below would only fail on the missing files or columns
     out = Path(out_dir)
     where, name = tables_dir(out, version)
-    return _dataset_problems(out, pd.read_parquet(where / MANIFEST), name)
+    return _dataset_problems(out, read_manifest(where), name)
 
 
 def _dataset_problems(out: Path, m: pd.DataFrame, name: str | None) -> list[str]:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from hiroml.config import BuildConfig
 from hiroml.errors import ShrinkRefusedError
+from hiroml.store.reader import cell_strings, read_manifest
 from hiroml.vocab import MANIFEST, Action
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,6 @@ class ShrinkCheck:
         }
 
 
-def _strings(values: Any) -> list[str]:
-    """The non-empty strings of a cell that holds a list (or array) of them, or one."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        return [values] if values else []
-    try:
-        return [str(v) for v in values if isinstance(v, str) and v]
-    except TypeError:
-        return []
-
-
 def _column(df: pd.DataFrame, name: str) -> list[Any]:
     return df[name].tolist() if name in df.columns else [None] * len(df)
 
@@ -122,7 +111,7 @@ def _flat(df: pd.DataFrame, *names: str) -> set[str]:
             if isinstance(cell, str):
                 found.add(cell)
             else:
-                found.update(_strings(cell))
+                found.update(cell_strings(cell))
     found.discard("")
     return found
 
@@ -149,12 +138,12 @@ def compare(
     def still_there(row: Any, ct: bool) -> bool:
         if ct and str(row.get("series_uid") or "") in new_series:
             return True
-        sops = set(_strings(row.get("sop_uid"))) | set(_strings(row.get("sop_uids")))
+        sops = set(cell_strings(row.get("sop_uid"))) | set(cell_strings(row.get("sop_uids")))
         return bool(sops & new_sops) or str(row.get("data_hash") or "") in new_hashes
 
     def audit_explains(row: Any) -> bool:
         seen: set[str] = set()
-        for z in _strings(row.get("source_zips")):
+        for z in cell_strings(row.get("source_zips")):
             seen |= actions.get(z, set())
         return bool(seen & EXPLAINING_ACTIONS) and Action.ERROR not in seen
 
@@ -193,7 +182,7 @@ def read_previous(out: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_parquet(path)
+        return read_manifest(path.parent)
     except Exception as e:  # pyarrow raises several types for a damaged file
         log.warning("could not read the previous manifest %s (%s): no shrink check", path, e)
         return None

@@ -303,7 +303,3 @@ def write_outputs(
     manifest_table = _to_table(m.reset_index(drop=True))
     write_atomic(out_dir / MANIFEST, lambda tmp: pq.write_table(manifest_table, tmp))
 
-
-def read_manifest(out_dir: Path | str) -> pd.DataFrame:
-    """manifest.parquet of an output folder."""
-    return pd.read_parquet(Path(out_dir) / MANIFEST)

@@ -33,6 +33,7 @@ import pandas as pd
 from hiroml.exams.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, pair_arrays
 from hiroml.exams.splits import find_leaks
 from hiroml.store.contract import check_tables
+from hiroml.store.reader import read_manifest
 from hiroml.store.shards import (
     array_hash,
     open_shard,
@@ -178,7 +179,7 @@ def examine(
                 f"the root tables are not those of the latest version {name} (a build was "
                 "interrupted while publishing): the next build repairs them"
             )
-    m = pd.read_parquet(where / MANIFEST)
+    m = read_manifest(where)
     found.n_samples = len(m)
     found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
     near = near_duplicates_across_splits(m, threshold=near_threshold)
@@ -196,7 +197,7 @@ def examine(
     found.n_shards = len(named)
     for v in kept:  # shards of the other kept versions are expected too
         if v.name != name:
-            kept_m = pd.read_parquet(v.path / MANIFEST, columns=["shard"])
+            kept_m = read_manifest(v.path, columns=["shard"])
             named |= {(out / str(s)).resolve() for s in kept_m["shard"].unique()}
     shard_dir = out / SHARDS_DIR
     if shard_dir.is_dir():

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml.doctor.libraries import environment_changes
+from hiroml.store.reader import cell_plain, read_audit, read_manifest
 from hiroml.versions.hashing import _canonical
 from hiroml.versions.listing import SPLIT_MOVED, Version, VersionError, find_version
 from hiroml.vocab import AUDIT, BUILD_JSON, MANIFEST, SPLITS
@@ -121,13 +122,13 @@ def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     cols = ["sample_key", "patient_id", "source_patient_id", "patient_group", "split", "data_hash"]
     if folder is None or not (folder / MANIFEST).is_file():
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
-    m = pd.read_parquet(folder / MANIFEST)
+    m = read_manifest(folder)
     for c in cols:
         if c not in m.columns:
             m[c] = None
     audit_path = folder / AUDIT
     a = (
-        pd.read_csv(audit_path, dtype=str, keep_default_na=False)
+        read_audit(folder)
         if audit_path.is_file()
         else pd.DataFrame(columns=["zip", "batch", "action"])
     )
@@ -195,21 +196,7 @@ def _differs(x: Any, y: Any) -> bool:
 
 
 def _cell_text(v: Any) -> str:
-    return json.dumps(_canonical(_plain(v)), default=str)
-
-
-def _plain(v: Any) -> Any:
-    """A pandas/numpy cell as plain Python (arrays as lists, NaN/NaT as None)."""
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if isinstance(v, pd.Timestamp):
-        return v.isoformat()
-    try:
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return v
+    return json.dumps(_canonical(cell_plain(v)), default=str)
 
 
 def diff_tables(

@@ -18,6 +18,7 @@ import pandas as pd
 from hiroml._version import __version__
 from hiroml.pipeline import faults
 from hiroml.store.atomic import copy_atomic
+from hiroml.store.reader import read_manifest
 from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
 from hiroml.versions.hashing import remembered_dataset_hash
 from hiroml.versions.listing import (
@@ -99,7 +100,7 @@ def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
     """Whether ``version`` names the same shard files with the same checksums as ``manifest``."""
     cols = ["sample_key", "shard", "shard_sha256"]
     try:
-        old = pd.read_parquet(version.path / MANIFEST, columns=cols)
+        old = read_manifest(version.path, columns=cols)
     except (OSError, ValueError, KeyError):
         return False
     key = lambda df: sorted(zip(*(df[c].astype(str) for c in cols), strict=True))  # noqa: E731
