@@ -43,6 +43,7 @@ def test_the_top_level_api_and_the_versions_package_keep_their_names() -> None:
     from hiroml.versions.pruning import prune
 
     assert hiroml.HiromlDataset is HiromlDataset and hiroml.load_sitk is load_sitk
+    assert {"HiromlDataset", "HiromlError", "load_sitk", "__version__"} <= set(dir(hiroml))
     assert versions.list_versions is list_versions and versions.prune is prune
     for name in ("MANIFEST", "BUILD_JSON", "dataset_hash", "diff", "pin", "unpin", "publish"):
         assert hasattr(versions, name)
