@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,13 +27,38 @@ def _default_keep(out: Path) -> int:
     return 10
 
 
+def _change(out: Path, args: argparse.Namespace) -> None:
+    """Pin, unpin and prune under the output's lock, held across all three: no build, pin or
+    prune of another process runs in between."""
+    from hiroml.store.lock import build_lock
+
+    keep = 0
+    if args.prune:
+        keep = args.keep if args.keep is not None else _default_keep(out)
+        if keep < 1:
+            raise VersionError(f"--keep {keep}: keep at least 1 version")
+    with build_lock(out, timeout=args.wait):
+        if args.pin:
+            v = pin(out, args.pin, args.note)
+            print(f"pinned {v.name}")
+        if args.unpin:
+            v = unpin(out, args.unpin)
+            print(f"unpinned {v.name}")
+        if args.prune:  # no build runs meanwhile: every unnamed shard can go
+            done = prune(out, keep, sweep=True, task_dir=out / STATE_DIR / "tasks")
+            print(
+                f"pruned {len(done.versions)} version(s) "
+                f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``hiroml-versions OUT [--json] [--diff A B] [--pin V] [--unpin V] [--prune]``.
 
-    ``--prune`` takes the output's build lock (:mod:`hiroml.store.lock`): it exits 3, naming the
-    holder, while a build runs."""
-    import argparse
-
+    ``--pin``, ``--unpin`` and ``--prune`` take the output's build lock
+    (:mod:`hiroml.store.lock`): while a build (or another of them) holds it they wait up to
+    ``--wait`` seconds, then exit 3 naming the holder. A pin that reports success is on disk,
+    and a prune never deletes a version pinned before it took the lock."""
     parser = argparse.ArgumentParser(
         prog="hiroml-versions",
         description="List, compare, pin and prune the published versions of a hiroml output.",
@@ -54,29 +80,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="versions to keep (default: the build's versions.keep)",
     )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="with --pin/--unpin/--prune: seconds to wait for a build (or another pin or "
+        "prune) holding the output, then exit 3 (default 5; 0: exit 3 at once)",
+    )
     args = parser.parse_args(argv)
+    if args.wait < 0:
+        parser.error(f"--wait {args.wait}: give seconds >= 0")
     out: Path = args.out
     try:
         if not out.is_dir():
             raise VersionError(f"{out} is not a folder (give a hiroml output folder)")
-        if args.pin:
-            v = pin(out, args.pin, args.note)
-            print(f"pinned {v.name}")
-        if args.unpin:
-            v = unpin(out, args.unpin)
-            print(f"unpinned {v.name}")
-        if args.prune:
-            from hiroml.store.lock import build_lock
-
-            keep = args.keep if args.keep is not None else _default_keep(out)
-            if keep < 1:
-                raise VersionError(f"--keep {keep}: keep at least 1 version")
-            with build_lock(out):  # no build runs meanwhile: every unnamed shard can go
-                done = prune(out, keep, sweep=True, task_dir=out / STATE_DIR / "tasks")
-            print(
-                f"pruned {len(done.versions)} version(s) "
-                f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
-            )
+        if args.pin or args.unpin or args.prune:
+            _change(out, args)
         if args.diff:
             d = diff(out, args.diff[0], args.diff[1])
             print(json.dumps(d.as_json(), indent=2) if args.json else "\n".join(d.lines()))
