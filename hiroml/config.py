@@ -55,6 +55,26 @@ class IndexConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """Sizes checked before any pixel is decoded (:mod:`hiroml.dicom.limits`): a member whose
+    (0028,0010) Rows x (0028,0011) Columns exceed ``max_pixels`` in one frame, or whose frames
+    together would decode to more than ``max_decoded_bytes`` (or whose Deflated Explicit VR
+    Little Endian dataset inflates beyond it), is an error row. A 43 x 43 cm detector at
+    0.1 mm is about 18.5 Mpixel: 100 Mpixel leaves five times that. An enhanced CT of 1200
+    frames of 512 x 512 16-bit samples decodes to 600 MiB: 1 GiB leaves room for it."""
+
+    max_pixels: int = 100_000_000  # per frame
+    max_decoded_bytes: int = 1024**3  # all frames of one member, and an inflated dataset
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_decoded_bytes < 1:
+            raise ConfigError(
+                f"limits.max_pixels={self.max_pixels}, limits.max_decoded_bytes="
+                f"{self.max_decoded_bytes}: give positive numbers"
+            )
+
+
+@dataclass
 class IdentityConfig:
     remap_old_column: Optional[str] = None  # header of the old-id column; None: detected
     remap_new_column: Optional[str] = None
@@ -316,6 +336,7 @@ class RuntimeConfig:
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     exams: ExamsConfig = field(default_factory=ExamsConfig)
     cxr: CxrConfig = field(default_factory=CxrConfig)
