@@ -225,6 +225,7 @@ def _read_inputs(
         executor=cfg.executor,
         progress=cfg.progress,
         on_member=prepare,
+        pixel_limits=cfg.limits,
     )
     summary.read_once = scratch.count(out)
     summary.zips_indexed_now = indexed.read
