@@ -7,12 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from hiroml.errors import EXIT_LOCKED, HiromlError, OutputLockedError
+from hiroml.cli.common import add_version, console, unwritable
+from hiroml.errors import EXIT_CONFIG, EXIT_LOCKED, HiromlError, OutputLockedError
 from hiroml.versions.changes import diff
-from hiroml.versions.listing import VersionError, find_version, list_versions
+from hiroml.versions.listing import VersionError, find_version, list_versions, locate
 from hiroml.versions.pins import pin, unpin
 from hiroml.versions.pruning import prune
 from hiroml.vocab import BUILD_JSON, STATE_DIR
+
+#: what to do when the output cannot be written
+_READ_ONLY = "--pin, --unpin and --prune change the output: run them where it can be written"
 
 
 def _default_keep(out: Path) -> int:
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="hiroml-versions",
         description="List, compare, pin and prune the published versions of a hiroml output.",
     )
-    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument("out", type=Path, help="a hiroml output folder (or its manifest.parquet)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--diff", nargs=2, metavar=("A", "B"), help="what changed from A to B")
     parser.add_argument("--pin", metavar="V", help="protect version V from pruning")
@@ -88,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         help="with --pin/--unpin/--prune: seconds to wait for a build (or another pin or "
         "prune) holding the output, then exit 3 (default 5; 0: exit 3 at once)",
     )
+    add_version(parser)
     args = parser.parse_args(argv)
     if args.wait < 0:
         parser.error(f"--wait {args.wait}: give seconds >= 0")
-    out: Path = args.out
+    out, _ = locate(args.out)
     try:
         if not out.is_dir():
             raise VersionError(f"{out} is not a folder (give a hiroml output folder)")
@@ -118,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except OutputLockedError as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return EXIT_LOCKED
-    except (HiromlError, OSError) as e:
+    except OSError as e:
+        line = unwritable(e, out, todo=_READ_ONLY)
+        print(f"hiroml-versions: {line or e}", file=sys.stderr)
+        return EXIT_CONFIG if line else 1
+    except HiromlError as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return 1
+
+
+cli = console("hiroml-versions", main)

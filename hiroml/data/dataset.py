@@ -37,6 +37,7 @@ from hiroml.store.reader import (
     sample_refs,
     tables_dir,
 )
+from hiroml.versions.listing import locate
 from hiroml.vocab import Split
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,9 @@ class HiromlDataset(Dataset[Sample]):
     and keeps it for its whole life (``ds.version``), in every DataLoader worker, whatever
     builds run meanwhile: shards are immutable and a build deletes only shards that no kept
     version names. An output without ``versions/`` is read from its root
-    manifest (``ds.version`` is then ``None``).
+    manifest (``ds.version`` is then ``None``). ``out_dir`` may also be the output's
+    ``manifest.parquet`` (meaning the output folder) or a version's
+    ``versions/<V>/manifest.parquet`` (meaning that version).
     """
 
     def __init__(
@@ -155,7 +158,10 @@ class HiromlDataset(Dataset[Sample]):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ArgumentError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
         self.dtype = dtype
-        self.out_dir = Path(out_dir)
+        # a manifest path (or a version folder) means its output folder (and that version)
+        self.out_dir, named = locate(out_dir)
+        if version is None:
+            version = named
         self.split = split
         self.modality = modality
         self.transform = transform
