@@ -225,3 +225,17 @@ def test_build_with_the_hostile_members_keeps_every_good_sample_in_bounded_memor
     ref = pd.read_parquet(plain / "manifest.parquet")
     assert len(kept) == len(ref)
     assert sorted(kept["sample_key"]) == sorted(ref["sample_key"])
+
+
+def test_the_configured_limits_reach_the_index(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    """``limits.max_pixels`` lowered on the command line refuses the tiny datamart's larger
+    images, each with its numbers; the smaller ones are built."""
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    summary = build.run(make_cfg(root, out, "limits.max_pixels=5000"))
+    audit = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
+    over = audit[audit["reason"].str.contains("pixels a frame, over limits.max_pixels=5000")]
+    assert len(over) > 0 and (over["action"] == "error").all()
+    assert summary.cxr_images + summary.ct_volumes > 0
