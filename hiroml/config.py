@@ -15,14 +15,15 @@ annotations at run time.
 
 # ruff: noqa: UP006, UP035, UP045
 
+import datetime as dt
 import math
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hiroml.errors import ConfigError
 from hiroml.exams.neardup import DEFAULT_THRESHOLD
-from hiroml.vocab import View
+from hiroml.vocab import SplitStrategy, StratumKey, View
 
 
 def _check_choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -51,6 +52,26 @@ class IndexConfig:
     max_member_bytes: int = 2 * 1024**3
     max_total_bytes: int = 16 * 1024**3
     max_ratio: float = 200.0  # uncompressed / compressed, per member
+
+
+@dataclass
+class LimitsConfig:
+    """Sizes checked before any pixel is decoded (:mod:`hiroml.dicom.limits`): a member whose
+    (0028,0010) Rows x (0028,0011) Columns exceed ``max_pixels`` in one frame, or whose frames
+    together would decode to more than ``max_decoded_bytes`` (or whose Deflated Explicit VR
+    Little Endian dataset inflates beyond it), is an error row. A 43 x 43 cm detector at
+    0.1 mm is about 18.5 Mpixel: 100 Mpixel leaves five times that. An enhanced CT of 1200
+    frames of 512 x 512 16-bit samples decodes to 600 MiB: 1 GiB leaves room for it."""
+
+    max_pixels: int = 100_000_000  # per frame
+    max_decoded_bytes: int = 1024**3  # all frames of one member, and an inflated dataset
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_decoded_bytes < 1:
+            raise ConfigError(
+                f"limits.max_pixels={self.max_pixels}, limits.max_decoded_bytes="
+                f"{self.max_decoded_bytes}: give positive numbers"
+            )
 
 
 @dataclass
@@ -143,12 +164,40 @@ class ShardsConfig:
 
 
 @dataclass
+class TemporalConfig:
+    """``splits.strategy=temporal``: patient groups first seen (their earliest exam) after
+    ``test_after`` (YYYY-MM-DD) go to test; or, without it, the latest ``test_fraction`` of
+    the groups (``splits.test`` when null). The rest are hashed between train and val."""
+
+    test_after: Optional[str] = None
+    test_fraction: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.test_after is not None:
+            try:
+                dt.date.fromisoformat(str(self.test_after))
+            except ValueError:
+                raise ConfigError(
+                    f"splits.temporal.test_after={self.test_after!r}: give a date, YYYY-MM-DD"
+                ) from None
+            if self.test_fraction is not None:
+                raise ConfigError("splits.temporal: give test_after or test_fraction, not both")
+        f = self.test_fraction
+        if f is not None and not 0.0 <= f < 1.0:
+            raise ConfigError(f"splits.temporal.test_fraction={f}: give a fraction in [0, 1)")
+
+
+@dataclass
 class SplitsConfig:
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
     salt: str = "hiroml"
-    stratify: Optional[str] = None  # a label column of the clinical table
+    strategy: str = "hash"  # hash | stratified | temporal (hiroml.exams.splits)
+    # stratified: the columns whose combination is a stratum, a list or one name: age_band,
+    # sex, modality (cxr, ct or both) or a label column of the clinical table
+    stratify: Any = None
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
     test_list: Optional[str] = None  # text file of patient ids always put in test
     # Radiographs of two patient groups whose signatures' rank correlation reaches this are
     # near duplicates (hiroml.exams.neardup; measured in benchmarks/neardup_threshold.py): reported,
@@ -156,12 +205,30 @@ class SplitsConfig:
     near_duplicate_threshold: Optional[float] = DEFAULT_THRESHOLD
     link_near_duplicates: bool = True
 
+    @property
+    def stratify_columns(self) -> tuple[str, ...]:
+        """The ``stratify`` columns, in the order given."""
+        given = self.stratify
+        names = given.split(",") if isinstance(given, str) else list(given or ())
+        return tuple(str(c).strip() for c in names if str(c).strip())
+
     def __post_init__(self) -> None:
         t = self.near_duplicate_threshold
         if t is not None and not 0.0 < t <= 1.0:
             raise ConfigError(
                 f"splits.near_duplicate_threshold={t}: give a rank correlation in (0, 1], "
                 "or null to skip the near-duplicate search"
+            )
+        _check_choice("splits", "strategy", self.strategy, tuple(SplitStrategy))
+        if self.strategy == SplitStrategy.STRATIFIED and not self.stratify_columns:
+            raise ConfigError(
+                "splits.strategy=stratified needs splits.stratify: comma-separated columns of "
+                f"{', '.join(StratumKey)} or a clinical label"
+            )
+        if self.stratify and self.strategy != SplitStrategy.STRATIFIED:
+            raise ConfigError(
+                f"splits.stratify={self.stratify!r} is used by splits.strategy=stratified only "
+                f"(strategy is {self.strategy!r}): add splits.strategy=stratified"
             )
         total = self.train + self.val + self.test
         if min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
@@ -269,6 +336,7 @@ class RuntimeConfig:
 class BuildConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     exams: ExamsConfig = field(default_factory=ExamsConfig)
     cxr: CxrConfig = field(default_factory=CxrConfig)

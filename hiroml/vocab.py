@@ -35,6 +35,23 @@ class Split(StrEnum):
     TEST = "test"
 
 
+class SplitStrategy(StrEnum):
+    """How new patient groups are dealt to splits; the ``splits.strategy`` choices."""
+
+    HASH = "hash"
+    STRATIFIED = "stratified"
+    TEMPORAL = "temporal"
+
+
+class StratumKey(StrEnum):
+    """The ``splits.stratify`` columns hiroml derives from the exams; any other name is a
+    label column of the clinical table."""
+
+    AGE_BAND = "age_band"
+    SEX = "sex"
+    MODALITY = "modality"  # the modalities a patient group has: cxr, ct or both
+
+
 class Action(StrEnum):
     """What happened to a zip (or a part of it); the ``action`` column of audit.csv."""
 

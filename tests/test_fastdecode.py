@@ -23,6 +23,7 @@ from hiroml.dicom.uids import (
     JPEG_BASELINE,
     JPEG_EXTENDED,
 )
+from hiroml.errors import DecodeError
 from tests.test_cxr import make_ds, make_inst, radiograph, to_bytes
 
 ON = CxrConfig(size=[256, 256])
@@ -150,7 +151,6 @@ def test_switch_off_and_no_reduction_give_the_full_decode_exactly() -> None:
         ({"BitsStored": 12}, "Bits Stored 12"),
         ({"NumberOfFrames": 2}, "multi-frame"),
         ({"PhotometricInterpretation": "RGB"}, "photometric"),
-        ({"Rows": 1099}, "codestream is 1100x1030"),
         ({"WindowCenter": None}, "no window or VOI LUT in the header"),
     ],
 )
@@ -168,6 +168,15 @@ def test_cases_the_reduced_decode_does_not_cover_fall_back_with_a_reason(
     with caplog.at_level("DEBUG", logger="hiroml.dicom.fastdecode"):
         assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
     assert reason in caplog.text
+
+
+def test_codestream_that_disagrees_with_the_header_is_refused_before_decoding() -> None:
+    img = radiograph(5, (1100, 1030), bits=15)
+    ds = make_ds(img, ts=JPEG_2000_LOSSLESS, bits_stored=15, frame=j2k(img, 15))
+    ds.Rows = 1099
+    with pytest.raises(DecodeError, match="JPEG 2000 SIZ says 1100 x 1030 x 1 components, "
+                       "the header 1099 x 1030"):  # fmt: skip
+        fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True)
 
 
 def test_signed_codestream_falls_back(caplog: pytest.LogCaptureFixture) -> None:

@@ -389,7 +389,13 @@ def test_a_clinical_table_joins_labels_orphans_and_strata(
     root, truth = tiny_datamart
     out = tmp_path / "out"
     build.run(
-        make_cfg(root, out, f"paths.clinical={root / truth['clinical']}", "splits.stratify=icu")
+        make_cfg(
+            root,
+            out,
+            f"paths.clinical={root / truth['clinical']}",
+            "splits.strategy=stratified",
+            "splits.stratify=icu",
+        )
     )
     m = _frame(out)
     clinical = pd.read_csv(root / truth["clinical"], dtype={"patient_id": str})

@@ -21,11 +21,13 @@ from torch.utils.data import DataLoader
 
 from hiroml import pipeline as build
 from hiroml.cli import versions as cli_versions
+from hiroml.cli.verify import main as verify_main
 from hiroml.data.dataset import HiromlDataset, load_sitk
 from hiroml.errors import EXIT_LOCKED
 from hiroml.exams import splits
 from hiroml.pipeline import faults
 from hiroml.store.reader import cell_plain
+from hiroml.store.shards import open_shard, sample_refs, shard_sha256
 from hiroml.store.verify import examine_all, verify
 from hiroml.synth import write_remap_sheet
 from hiroml.versions import changes as versions_changes
@@ -525,8 +527,6 @@ def test_a_build_whose_shards_vanished_publishes_nothing(
 def test_hiroml_verify_checks_one_version_or_all(
     history: tuple[Path, list[build.BuildSummary]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hiroml.cli.verify import main as verify_main
-
     out, _ = history
     old, new = versions_listing.list_versions(out)
     assert verify_main([str(out), "--all", "--quick"]) == 0
@@ -538,7 +538,7 @@ def test_hiroml_verify_checks_one_version_or_all(
     assert "no version '0009'" in capsys.readouterr().out
 
 
-def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
+def test_prune_and_pin_wait_for_no_build_they_exit_3_while_one_holds_the_output(
     history: tuple[Path, list[build.BuildSummary]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -564,10 +564,15 @@ def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        assert cli_versions.main([str(out), "--prune", "--keep", "1"]) == EXIT_LOCKED
+        assert cli_versions.main([str(out), "--prune", "--keep", "1", "--wait", "0"]) == EXIT_LOCKED
         err = capsys.readouterr().err
         assert "hiroml-versions:" in err and "Traceback" not in err
+        assert f"pid {holder.pid}" in err
         assert versions_listing.list_versions(out) == before
+        # a pin waits a bounded time for the holder, then exits 3 naming it, pinning nothing
+        assert cli_versions.main([str(out), "--pin", "1", "--wait", "0.3"]) == EXIT_LOCKED
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not any(v.pinned for v in versions_listing.list_versions(out))
     finally:
         holder.kill()
         holder.wait()
@@ -575,6 +580,65 @@ def test_prune_waits_for_no_build_it_exits_3_while_one_holds_the_output(
         pass
     assert cli_versions.main([str(out), "--prune", "--keep", "1"]) == 0
     assert [v.name for v in versions_listing.list_versions(out)] == [before[-1].name]
+
+
+_SLOW_PRUNE = (
+    "import sys, time\n"
+    "from hiroml.versions import pruning\n"
+    "remove = pruning._remove_tree\n"
+    "def slow(path):\n"
+    "    print('deleting', flush=True)\n"
+    "    time.sleep(0.3)\n"  # the prune has chosen what to delete: a pin now must wait
+    "    remove(path)\n"
+    "pruning._remove_tree = slow\n"
+    "from hiroml.cli.versions import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_a_pin_beside_a_prune_is_never_lost_nor_reported_falsely(
+    history: tuple[Path, list[build.BuildSummary]], tmp_path: Path
+) -> None:
+    """``--prune --keep 1`` (slowed while deleting) and ``--pin 1`` started together in two
+    processes: either the pin comes first and the version survives with its shards, or the
+    prune does and the pin fails naming the missing version; never a pin reported for a
+    deleted version. Besides the races, one trial starts the pin while the prune deletes,
+    one gives the pin a head start."""
+    import time
+
+    outcomes = []
+    for trial, order in enumerate(("race", "race", "race", "prune first", "pin first")):
+        out = tmp_path / f"out{trial}"
+        shutil.copytree(history[0], out)
+        v1 = versions_listing.list_versions(out)[0]
+        s1 = _shards(out, v1)
+        cmd = [sys.executable, "-c", _SLOW_PRUNE, str(out)]
+        pin_cmd = [*cmd, "--pin", "1", "--note", "paper", "--wait", "30"]
+        pinner = None
+        if order == "pin first":
+            pinner = subprocess.Popen(pin_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(1.5)
+        pruner = subprocess.Popen(
+            [*cmd, "--prune", "--keep", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        if order == "prune first":
+            assert pruner.stdout is not None and pruner.stdout.readline() == b"deleting\n"
+        if pinner is None:
+            pinner = subprocess.Popen(pin_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pin_out, pin_err = (b.decode() for b in pinner.communicate(timeout=60))
+        _, prune_err = pruner.communicate(timeout=60)
+        assert pruner.returncode == 0, prune_err.decode()
+        kept = {v.name: v for v in versions_listing.list_versions(out)}
+        if pinner.returncode == 0:
+            assert f"pinned {v1.name}" in pin_out
+            assert v1.name in kept and kept[v1.name].pinned
+            assert all((out / s).is_file() for s in s1)
+            outcomes.append("pinned")
+        else:
+            assert pinner.returncode == 1 and "no version '1'" in pin_err, pin_err
+            assert v1.name not in kept and "Traceback" not in pin_err
+            outcomes.append("pruned first")
+    assert outcomes[3:] == ["pruned first", "pinned"], outcomes
 
 
 def test_dataset_hash_is_remembered_for_the_same_frame_only(
@@ -734,3 +798,112 @@ def test_build_json_records_the_environment_the_diff_names_it_and_the_hash_ignor
     monkeypatch.setattr(build.unchanged, "environment", lambda: upgraded)  # the skip record's
     again = build.run(make_cfg(tiny_datamart[0], out, *OTHER))
     assert not again.unchanged and not again.published and again.version == new.name
+
+
+def _tamper(path: Path, change: Any) -> None:
+    """Rewrite a manifest after ``change(frame)``, keeping its schema (a tool's edit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    frame = change(table.to_pandas())
+    pq.write_table(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), path)
+
+
+def _move_group(m: pd.DataFrame) -> pd.DataFrame:
+    group = m.loc[m["split"] == "test", "patient_group"].iloc[0]
+    return m.assign(split=m["split"].where(m["patient_group"] != group, "train"))
+
+
+def _swap_ids(m: pd.DataFrame) -> pd.DataFrame:
+    a, b = m["patient_id"].drop_duplicates().iloc[:2]
+    return m.assign(patient_id=m["patient_id"].map({a: b, b: a}).fillna(m["patient_id"]))
+
+
+def _edit_age(m: pd.DataFrame) -> pd.DataFrame:
+    m = m.copy()
+    m.loc[m.index[0], "age_years"] = 99.0
+    return m
+
+
+@pytest.mark.parametrize(
+    ("change", "disagrees"),
+    [
+        (_move_group, "dataset_hash"),
+        (_swap_ids, "dataset_hash"),
+        (lambda m: m.iloc[3:], "samples in its tables"),
+        (_edit_age, "dataset_hash"),
+    ],
+    ids=["group-to-train", "swap-ids", "drop-3-rows", "edit-age"],
+)
+def test_verify_names_the_version_whose_manifest_disagrees_with_build_json(
+    history: tuple[Path, list[build.BuildSummary]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: Any,
+    disagrees: str,
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    v1 = versions_listing.list_versions(out)[0]
+    info = json.loads((v1.path / "build.json").read_text())
+    assert set(info["tables"]) == {"manifest.parquet", "patients.parquet", "audit.csv"}
+    assert verify_main([str(out), "--all", "--quick"]) == 0
+    _tamper(v1.path / "manifest.parquet", change)
+    assert verify_main([str(out), "--all", "--quick"]) == 1
+    text = capsys.readouterr().out
+    assert f"version {v1.name}: manifest.parquet has sha256" in text
+    assert any(disagrees in line and v1.name in line for line in text.splitlines()), text
+    assert f"{out} version {v1.name}: NOT sound" in text
+    # with the checksum in build.json forged to match, the recomputed dataset_hash still tells
+    info["tables"]["manifest.parquet"] = shard_sha256(v1.path / "manifest.parquet")
+    (v1.path / "build.json").write_text(json.dumps(info))
+    assert verify_main([str(out), "--version", v1.name, "--quick"]) == 1
+    text = capsys.readouterr().out
+    assert "has sha256" not in text and f"version {v1.name}: dataset_hash" in text
+
+
+def test_verify_catches_a_flipped_byte_an_old_build_json_and_a_damaged_shard_header(
+    history: tuple[Path, list[build.BuildSummary]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(history[0], out)
+    v1, v2 = versions_listing.list_versions(out)
+    # one byte flipped in the middle of a version's manifest
+    path = v1.path / "manifest.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert verify_main([str(out), "--version", v1.name, "--quick"]) == 1
+    text = capsys.readouterr().out
+    assert f"error: version {v1.name}: manifest.parquet has sha256" in text
+    assert "Traceback" not in text
+    # a version published before table checksums were recorded: "not recorded", no error
+    info = json.loads((v2.path / "build.json").read_text())
+    del info["tables"]
+    (v2.path / "build.json").write_text(json.dumps(info))
+    assert verify_main([str(out), "--version", v2.name, "--quick"]) == 0
+    assert f"version {v2.name}: table checksums not recorded" in capsys.readouterr().out
+    # a shard whose HDF5 header is damaged so that h5py raises RuntimeError (not OSError):
+    # named with the reason, on one line
+    shard = sorted(_shards(out, v2))[0]
+    raw = (out / shard).read_bytes()
+    for i in range(8, 96):
+        damaged = bytearray(raw)
+        damaged[i] ^= 0xFF
+        (out / shard).write_bytes(bytes(damaged))
+        try:
+            with open_shard(out / shard) as f:
+                sample_refs(f)
+        except RuntimeError:
+            break
+        except (OSError, KeyError, ValueError):
+            continue
+    else:
+        pytest.fail("no header byte of the shard makes h5py raise RuntimeError")
+    assert verify_main([str(out), "--version", v2.name, "--quick"]) == 1
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith(f"error: shard {shard}: unreadable"))
+    assert "(" in line and "Traceback" not in text

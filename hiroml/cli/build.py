@@ -7,13 +7,27 @@ and hands it to :func:`hiroml.pipeline.run`.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import signal
 import sys
+from collections.abc import Sequence
+from importlib.resources import files
+from types import FrameType
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from hiroml.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    quiet_broken_pipe,
+    unwritable,
+    version_line,
+)
 from hiroml.config import BuildConfig
 from hiroml.errors import (
     EXIT_CONFIG,
@@ -29,8 +43,25 @@ from hiroml.errors import (
 )
 from hiroml.pipeline import allocator, unchanged
 from hiroml.pipeline.summary import BuildSummary
+from hiroml.vocab import STATE_DIR
 
 log = logging.getLogger("hiroml")
+#: a build's errors reach the run log through this logger and the console once, as the
+#: ``hiroml-build: ...`` line (its name is outside the console filter's ``hiroml``)
+runlog = logging.getLogger("hiroml_build")
+
+HELP = """hiroml-build: zipped DICOM exams -> a deduplicated, leakage-free HDF5 dataset.
+
+Composes configs/build.yaml with the overrides given as key=value (README, "Configuration
+reference"), builds the output folder paths.output and publishes a new version of it.
+
+Examples:
+  hiroml-build                                   # the demo: a synthetic datamart, hiroml-out/
+  hiroml-build paths.datamart=/data/datamart paths.output=/data/hiroml-out
+  hiroml-build paths.datamart=/data/dm cxr.size=[256,256] ct.enabled=false
+  hiroml-build experiment=covid_cxr paths.datamart=/data/dm
+  hiroml-build --cfg job                         # print the composed config, build nothing
+"""
 
 ConfigStore.instance().store(name="build_schema", node=BuildConfig)
 
@@ -66,11 +97,83 @@ def to_config(cfg: DictConfig) -> BuildConfig:
 #: Set once Hydra has composed a config and called the job: an exit before that is Hydra's
 #: own report of a configuration it could not compose (a misspelled key, a bad override).
 _composed: list[bool] = []
+#: ``paths.output`` of the composed config, for the line an interrupted build ends with
+_output: list[str] = []
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+def _schema_keys() -> list[str]:
+    """Every key of the config schema, dotted (``cxr.size``), sections included."""
+    keys: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for k in map(str, node):
+            keys.append(f"{prefix}{k}")
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                walk(child, f"{prefix}{k}.")
+
+    walk(OmegaConf.structured(BuildConfig), "")
+    return keys
+
+
+def _groups() -> set[str]:
+    """The config groups (``executor``, ``experiment``, ``local``) and ``hydra``."""
+    root = files("hiroml.conf")
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")} | {"hydra"}
+
+
+#: Hydra's options that take a value in the next argument
+_VALUED = {
+    "-cn",
+    "--config-name",
+    "-cp",
+    "--config-path",
+    "-cd",
+    "--config-dir",
+    "-c",
+    "--cfg",
+    "-p",
+    "--package",
+    "--experimental-rerun",
+}
+
+
+def unknown_key(argv: Sequence[str]) -> str | None:
+    """The one-line refusal of the first override whose key the schema does not have
+    (``+cxr.sise=[256,256]``, ``cxr.sise=...``, ``+foo=1``), with the nearest key; ``None``
+    when every key is known. Group choices (``executor=dask``) and ``hydra.*`` pass."""
+    keys, groups = None, _groups()
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = not skip and arg in _VALUED
+            continue
+        if "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "/" in key or "@" in key or key.split(".")[0] in groups:
+            continue
+        keys = keys if keys is not None else _schema_keys()
+        if key in keys:
+            continue
+        near = difflib.get_close_matches(key, keys, n=1)
+        hint = f"did you mean {near[0]}?" if near else "see hiroml-build --cfg job for the keys"
+        return f"unknown key {key}; {hint}"
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://hiroml.conf", config_name="build")
 def _main(cfg: DictConfig) -> None:
     _composed.append(True)
+    _output.append(str(cfg.paths.output))
     logging.captureWarnings(True)
     try:
         build_cfg = to_config(cfg)
@@ -80,7 +183,7 @@ def _main(cfg: DictConfig) -> None:
         if summary is None:
             summary = _full_build(build_cfg)
     except HiromlError as e:
-        log.error("%s", e)
+        runlog.error("%s", e)
         print(f"hiroml-build: {e}", file=sys.stderr)
         raise SystemExit(exit_code(e)) from None
     print("\n".join(summary.lines()))
@@ -108,14 +211,64 @@ def _full_build(cfg: BuildConfig) -> BuildSummary:
     return run(cfg, check_unchanged=False)
 
 
+def _interrupted() -> str:
+    """The line an interrupted build ends with: which version is still the latest."""
+    if not _output:
+        return "interrupted; no version was published; run again to resume"
+    from hiroml.versions.listing import find_version
+
+    try:
+        v = find_version(_output[-1])
+    except (HiromlError, OSError):
+        v = None
+    if v is None:
+        return "interrupted; no version was published; run again to resume"
+    return f"interrupted; version {v.name} is intact; run again to resume"
+
+
 def main() -> None:
-    """``hiroml-build [overrides...]``; exit codes as :func:`exit_code` says."""
+    """``hiroml-build [overrides...]``; exit codes as :func:`exit_code` says; 130 after Ctrl-C,
+    143 after SIGTERM. Every mistake ends with one ``hiroml-build: ...`` line on stderr."""
+    argv = sys.argv[1:]
+    if "--version" in argv:
+        print(version_line("hiroml-build"))
+        raise SystemExit(0)
+    if "--help" in argv or "-h" in argv:
+        print(HELP)
+    bad = unknown_key(argv)
+    if bad is not None:
+        print(f"hiroml-build: {bad}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    # Hydra's errors reach this function as exceptions (not its own multi-line report)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _main()
     except SystemExit as e:
         if e.code == 1 and not _composed:  # Hydra could not compose the config
             raise SystemExit(EXIT_CONFIG) from None
         raise
+    except KeyboardInterrupt as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the line
+        print(f"hiroml-build: {_interrupted()}", file=sys.stderr)
+        raise SystemExit(
+            EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+        ) from None
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        raise SystemExit(0) from None
+    except HydraException as e:  # before OSError: a missing config is both
+        msg = " | ".join(x.strip() for x in str(e).splitlines() if x.strip())
+        print(f"hiroml-build: {msg}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except OSError as e:
+        if _composed:
+            raise
+        where = str(e.filename or "")
+        where = where.split(f"/{STATE_DIR}/")[0] if f"/{STATE_DIR}/" in where else where
+        line = unwritable(e, where, todo="give paths.output= a folder you can write to")
+        print(f"hiroml-build: {line or e}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     pass
+from hiroml.cli.common import add_version, console
 from hiroml.doctor.checks import run, values
 
 
@@ -23,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--values", action="store_true", help="print the values found (golden)")
+    add_version(parser)
     args = parser.parse_args(argv)
     if args.values:
         print(json.dumps(values(), indent=1))
@@ -43,3 +45,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n".join(report.lines()))
     sys.stdout.flush()
     raise SystemExit(0 if report.ok else 2)
+
+
+cli = console("hiroml-doctor", main)

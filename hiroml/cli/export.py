@@ -8,12 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hiroml.cli.common import add_version, console, unwritable
 from hiroml.data.export import FORMATS, export
 from hiroml.errors import HiromlError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``hiroml-export OUT DEST --format nifti|png [--modality] [--split] [--version]``."""
+    """``hiroml-export OUT DEST --format nifti|png [--modality] [--split] [--dataset-version]``."""
     p = argparse.ArgumentParser(
         prog="hiroml-export",
         description="Write a built hiroml dataset as NIfTI volumes (CT) or 16-bit PNGs "
@@ -24,17 +25,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", dest="fmt", required=True, choices=sorted(FORMATS))
     p.add_argument("--modality", choices=("ct", "cxr"), default=None)
     p.add_argument("--split", default=None, help="train, val or test (default: all)")
-    p.add_argument("--version", default=None, help="a retained version (default: latest)")
+    add_version(p, dataset_version="a retained version (default: latest)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="hiroml-export: %(message)s")
     try:
-        r = export(a.out, a.dest, fmt=a.fmt, modality=a.modality, split=a.split, version=a.version)
-    except (HiromlError, ValueError, OSError) as e:
+        r = export(
+            a.out, a.dest, fmt=a.fmt, modality=a.modality, split=a.split, version=a.dataset_version
+        )
+    except OSError as e:
+        line = unwritable(e, a.dest, todo="give DEST a folder you can write to")
+        print(f"hiroml-export: {line or e}", file=sys.stderr)
+        return 2 if line else 1
+    except (HiromlError, ValueError) as e:
         print(f"hiroml-export: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     print(f"hiroml-export: {r.files} files written to {r.dest}; index: {r.index}")
     return 0
 
 
+cli = console("hiroml-export", main)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from hiroml.cli.common import add_version, console
 from hiroml.synth import SIZES, TRUTH_NAME, generate
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``hiroml-synth OUT [--seed N] [--size tiny|demo|bench]``: write a synthetic datamart."""
     p = argparse.ArgumentParser(prog="hiroml-synth", description=main.__doc__)
     p.add_argument("out", help="folder to create (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=sorted(SIZES), default="demo")
+    add_version(p)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -31,5 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = console("hiroml-synth", main)
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
+from hiroml.cli.common import add_version, console
 from hiroml.exams.neardup import DEFAULT_THRESHOLD
 from hiroml.store.verify import examine, examine_all
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``hiroml-verify OUT [--quick] [--version V | --all]``: print the offenders and exit 1,
-    or a summary and 0."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hiroml-verify OUT [--quick] [--dataset-version V | --all]``: print the offenders and
+    exit 1, or a summary and 0."""
     from hiroml.errors import HiromlError
+    from hiroml.versions.listing import locate
 
     parser = argparse.ArgumentParser(prog="hiroml-verify", description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument("out", type=Path, help="a hiroml output folder (or its manifest.parquet)")
     parser.add_argument(
         "--quick", action="store_true", help="trust stored data hashes (skip re-hashing pixels)"
     )
@@ -32,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         f"(default {DEFAULT_THRESHOLD}, as splits.near_duplicate_threshold)",
     )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--version", help="the version to check (default: the latest)")
+    add_version(which, dataset_version="the version to check (default: the latest)")  # type: ignore[arg-type]
     which.add_argument("--all", action="store_true", help="check every kept version")
     args = parser.parse_args(argv)
+    args.out, named = locate(args.out)
+    version = args.dataset_version if args.dataset_version is not None else named
     if not 0.0 < args.near_threshold <= 1.0:
         parser.error(f"--near-threshold {args.near_threshold}: give a value in (0, 1]")
     near = {"strict": args.strict, "near_threshold": args.near_threshold}
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.all:
             results = examine_all(args.out, deep=not args.quick, **near)
         else:
-            results = [examine(args.out, deep=not args.quick, version=args.version, **near)]
+            results = [examine(args.out, deep=not args.quick, version=version, **near)]
     except HiromlError as err:
         print(f"hiroml-verify: {err}")
         return 1
@@ -62,3 +67,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(found.warnings)} warning(s)"
             )
     return 1 if n_bad else 0
+
+
+cli = console("hiroml-verify", main)

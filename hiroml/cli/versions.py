@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from hiroml.errors import EXIT_LOCKED, HiromlError, OutputLockedError
+from hiroml.cli.common import add_version, console, unwritable
+from hiroml.errors import EXIT_CONFIG, EXIT_LOCKED, HiromlError, OutputLockedError
 from hiroml.versions.changes import diff
-from hiroml.versions.listing import VersionError, find_version, list_versions
+from hiroml.versions.listing import VersionError, find_version, list_versions, locate
 from hiroml.versions.pins import pin, unpin
 from hiroml.versions.pruning import prune
 from hiroml.vocab import BUILD_JSON, STATE_DIR
+
+#: what to do when the output cannot be written
+_READ_ONLY = "--pin, --unpin and --prune change the output: run them where it can be written"
 
 
 def _default_keep(out: Path) -> int:
@@ -26,18 +31,43 @@ def _default_keep(out: Path) -> int:
     return 10
 
 
+def _change(out: Path, args: argparse.Namespace) -> None:
+    """Pin, unpin and prune under the output's lock, held across all three: no build, pin or
+    prune of another process runs in between."""
+    from hiroml.store.lock import build_lock
+
+    keep = 0
+    if args.prune:
+        keep = args.keep if args.keep is not None else _default_keep(out)
+        if keep < 1:
+            raise VersionError(f"--keep {keep}: keep at least 1 version")
+    with build_lock(out, timeout=args.wait):
+        if args.pin:
+            v = pin(out, args.pin, args.note)
+            print(f"pinned {v.name}")
+        if args.unpin:
+            v = unpin(out, args.unpin)
+            print(f"unpinned {v.name}")
+        if args.prune:  # no build runs meanwhile: every unnamed shard can go
+            done = prune(out, keep, sweep=True, task_dir=out / STATE_DIR / "tasks")
+            print(
+                f"pruned {len(done.versions)} version(s) "
+                f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``hiroml-versions OUT [--json] [--diff A B] [--pin V] [--unpin V] [--prune]``.
 
-    ``--prune`` takes the output's build lock (:mod:`hiroml.store.lock`): it exits 3, naming the
-    holder, while a build runs."""
-    import argparse
-
+    ``--pin``, ``--unpin`` and ``--prune`` take the output's build lock
+    (:mod:`hiroml.store.lock`): while a build (or another of them) holds it they wait up to
+    ``--wait`` seconds, then exit 3 naming the holder. A pin that reports success is on disk,
+    and a prune never deletes a version pinned before it took the lock."""
     parser = argparse.ArgumentParser(
         prog="hiroml-versions",
         description="List, compare, pin and prune the published versions of a hiroml output.",
     )
-    parser.add_argument("out", type=Path, help="a hiroml output folder")
+    parser.add_argument("out", type=Path, help="a hiroml output folder (or its manifest.parquet)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--diff", nargs=2, metavar=("A", "B"), help="what changed from A to B")
     parser.add_argument("--pin", metavar="V", help="protect version V from pruning")
@@ -54,29 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="versions to keep (default: the build's versions.keep)",
     )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="with --pin/--unpin/--prune: seconds to wait for a build (or another pin or "
+        "prune) holding the output, then exit 3 (default 5; 0: exit 3 at once)",
+    )
+    add_version(parser)
     args = parser.parse_args(argv)
-    out: Path = args.out
+    if args.wait < 0:
+        parser.error(f"--wait {args.wait}: give seconds >= 0")
+    out, _ = locate(args.out)
     try:
         if not out.is_dir():
             raise VersionError(f"{out} is not a folder (give a hiroml output folder)")
-        if args.pin:
-            v = pin(out, args.pin, args.note)
-            print(f"pinned {v.name}")
-        if args.unpin:
-            v = unpin(out, args.unpin)
-            print(f"unpinned {v.name}")
-        if args.prune:
-            from hiroml.store.lock import build_lock
-
-            keep = args.keep if args.keep is not None else _default_keep(out)
-            if keep < 1:
-                raise VersionError(f"--keep {keep}: keep at least 1 version")
-            with build_lock(out):  # no build runs meanwhile: every unnamed shard can go
-                done = prune(out, keep, sweep=True, task_dir=out / STATE_DIR / "tasks")
-            print(
-                f"pruned {len(done.versions)} version(s) "
-                f"({', '.join(done.versions) or 'none'}) and {len(done.shards)} shard(s)"
-            )
+        if args.pin or args.unpin or args.prune:
+            _change(out, args)
         if args.diff:
             d = diff(out, args.diff[0], args.diff[1])
             print(json.dumps(d.as_json(), indent=2) if args.json else "\n".join(d.lines()))
@@ -98,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except OutputLockedError as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return EXIT_LOCKED
-    except (HiromlError, OSError) as e:
+    except OSError as e:
+        line = unwritable(e, out, todo=_READ_ONLY)
+        print(f"hiroml-versions: {line or e}", file=sys.stderr)
+        return EXIT_CONFIG if line else 1
+    except HiromlError as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return 1
+
+
+cli = console("hiroml-versions", main)

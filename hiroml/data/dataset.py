@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from hiroml.data import Sample
 from hiroml.errors import ArgumentError, HiromlError
+from hiroml.store.halfcast import to_float16, to_float32
 from hiroml.store.reader import (
     SampleRef,
     cell_str,
@@ -36,6 +37,7 @@ from hiroml.store.reader import (
     sample_refs,
     tables_dir,
 )
+from hiroml.versions.listing import locate
 from hiroml.vocab import Split
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,9 @@ class HiromlDataset(Dataset[Sample]):
     and keeps it for its whole life (``ds.version``), in every DataLoader worker, whatever
     builds run meanwhile: shards are immutable and a build deletes only shards that no kept
     version names. An output without ``versions/`` is read from its root
-    manifest (``ds.version`` is then ``None``).
+    manifest (``ds.version`` is then ``None``). ``out_dir`` may also be the output's
+    ``manifest.parquet`` (meaning the output folder) or a version's
+    ``versions/<V>/manifest.parquet`` (meaning that version).
     """
 
     def __init__(
@@ -154,7 +158,10 @@ class HiromlDataset(Dataset[Sample]):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ArgumentError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
         self.dtype = dtype
-        self.out_dir = Path(out_dir)
+        # a manifest path (or a version folder) means its output folder (and that version)
+        self.out_dir, named = locate(out_dir)
+        if version is None:
+            version = named
         self.split = split
         self.modality = modality
         self.transform = transform
@@ -341,13 +348,8 @@ class HiromlDataset(Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         i = int(i)
         arr = self._read_whole(i, scratch=True)
-        image = torch.from_numpy(arr)
-        if arr.dtype.kind in "ui" and self.modality == "cxr":
-            image = image.to(torch.float32, copy=True).mul_(self._scale(i, arr))
-            if self.dtype != torch.float32:
-                image = image.to(self.dtype)
-        else:
-            image = image.to(self.dtype, copy=True)  # never a view of the scratch
+        scale = self._scale(i, arr) if arr.dtype.kind in "ui" and self.modality == "cxr" else None
+        image = to_image(arr, self.dtype, scale=scale)
         meta = dict(self.metas[i])
         sample: Sample = {
             "image": image.unsqueeze(0),
@@ -370,6 +372,43 @@ class HiromlDataset(Dataset[Sample]):
             f"HiromlDataset({str(self.out_dir)!r}, split={self.split!r}, "
             f"modality={self.modality!r}, version={self.version!r}, n={len(self)})"
         )
+
+
+def _bfloat16_bits(a: np.ndarray) -> np.ndarray:
+    """The bits of ``torch.bfloat16`` values of float32 ``a``, as torch rounds them: to
+    nearest, ties to even; every NaN becomes 0x7FC0."""
+    u = a.view(np.uint32)
+    bits = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    bits[np.isnan(a)] = 0x7FC0
+    return bits
+
+
+def to_image(arr: np.ndarray, dtype: torch.dtype, *, scale: float | None = None) -> torch.Tensor:
+    """A stored array as a new tensor of ``dtype`` (float32, float16 or bfloat16), never a view
+    of ``arr``; integer radiographs multiplied by ``scale`` in float32 first.
+
+    The arithmetic is numpy's (float16 through :mod:`hiroml.store.halfcast`), on this thread
+    only, with the bits torch's ``.to(dtype)`` and ``.mul_(scale)`` give: torch's casts of
+    large tensors use its intra-op thread pool, which on a busy machine (a training job: the
+    GPU feeder, other workers) waits for cores the other threads hold."""
+    if dtype == torch.float16 and arr.dtype == np.float16:
+        return torch.from_numpy(arr.copy())
+    if arr.dtype == np.float16:
+        f32 = to_float32(arr)
+        nan = np.isnan(f32)
+        if nan.any():  # torch quiets signalling NaNs
+            f32.view(np.uint32)[nan] |= np.uint32(0x400000)
+    else:
+        f32 = arr.astype(np.float32)
+    if scale is not None:
+        f32 *= np.float32(scale)
+    if dtype == torch.float32:
+        return torch.from_numpy(f32)
+    if dtype == torch.float16:
+        return torch.from_numpy(to_float16(f32))
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(_bfloat16_bits(f32)).view(torch.bfloat16)
+    raise ArgumentError(f"dtype={dtype}: choose torch.float32, float16 or bfloat16")
 
 
 def load_sitk(out_dir: Path | str, sample_key: str, *, version: str | int | None = None) -> Any:

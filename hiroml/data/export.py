@@ -42,6 +42,7 @@ from hiroml.store.reader import (
     OWN_COLUMNS,
     array_to_sitk,
     cell_plain,
+    escape_frame,
     read_audit,
     read_manifest,
     read_sample,
@@ -209,6 +210,6 @@ def export(
     dest.mkdir(parents=True, exist_ok=True)
     index_path = dest / EXPORT_INDEX_NAME
     cols = ["file", "sidecar", *INDEX_COLUMNS, *labels]
-    pd.DataFrame(index, columns=cols).to_csv(index_path, index=False)
+    escape_frame(pd.DataFrame(index, columns=cols)).to_csv(index_path, index=False)
     log.info("exported %d %s samples as %s to %s", len(index), modality, fmt, dest)
     return ExportResult(dest=dest, files=len(index), index=index_path, version=vname)

@@ -15,7 +15,9 @@ Usable from a Hydra config by ``_target_`` (the lightning-hydra-template convent
     label: icu
 
 The splits are the manifest's (by patient, no leakage); the train loader shuffles, the others
-do not. Each split is a :class:`hiroml.HiromlDataset`, opened in ``setup``.
+do not. Each split is a :class:`hiroml.HiromlDataset`, opened in ``setup``. CT batches of
+volumes with different numbers of slices are padded (:class:`hiroml.data.collate.PadCollate`:
+``batch["mask"]`` marks the real voxels).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from hiroml.data import Sample
+from hiroml.data.collate import PadCollate
 from hiroml.data.dataset import HiromlDataset
-from hiroml.vocab import SPLITS, Split
+from hiroml.vocab import SPLITS, Modality, Split
 
 Transform = Callable[[Sample], Sample]
 
@@ -44,6 +47,9 @@ class HiromlDataModule(pl.LightningDataModule):
     replaces it for ``train`` (augmentations); ``monai=True`` returns MONAI ``MetaTensor``
     images (:mod:`hiroml.data.monai`). Other DataLoader options: ``pin_memory``,
     ``persistent_workers`` (when ``num_workers > 0``), ``drop_last`` (train only).
+    ``collate_fn`` batches samples; the default is ``default_collate`` for ``cxr`` (one image
+    size) and, for ``ct``, :class:`~hiroml.data.collate.PadCollate` (volumes padded with air,
+    -1024 HU, to the batch's largest; ``batch["mask"]`` and ``batch["size"]`` added).
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class HiromlDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         drop_last: bool = False,
+        collate_fn: Callable[[list[Sample]], Sample] | None = None,
     ) -> None:
         super().__init__()
         if modality not in ("cxr", "ct"):
@@ -79,6 +86,9 @@ class HiromlDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.drop_last = drop_last
+        if collate_fn is None and modality == Modality.CT:
+            collate_fn = PadCollate()
+        self.collate_fn = collate_fn
         self.datasets: dict[str, HiromlDataset] = {}
 
     def _dataset(self, split: str) -> HiromlDataset:
@@ -120,6 +130,7 @@ class HiromlDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=self.drop_last and train,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader[Sample]:

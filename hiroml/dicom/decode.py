@@ -36,6 +36,8 @@ from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from hiroml.config import LimitsConfig
+from hiroml.dicom import limits as _limits
 from hiroml.dicom.uids import (
     CHARLS,
     EXPLICIT_VR_BE,
@@ -114,15 +116,24 @@ def _inferred_syntax(ds: Dataset) -> str:
     return EXPLICIT_VR_LE if little else EXPLICIT_VR_BE
 
 
-def parse(data: bytes, *, label: str, stop_before_pixels: bool = False) -> Parsed:
+def parse(
+    data: bytes,
+    *,
+    label: str,
+    stop_before_pixels: bool = False,
+    limits: LimitsConfig = _limits.DEFAULT,
+) -> Parsed:
     """Parse one member's bytes (``label`` names it in errors, e.g. ``"<zip>: <member>"``).
 
     A file without the 128-byte preamble and ``DICM`` prefix, or without File Meta
     Information, is read with pydicom's ``force=True`` when it starts with a plausible
     group 0002 or 0008 element; its transfer syntax, when absent, is inferred from the
     encoding and set in (0002,0010) Transfer Syntax UID, and :attr:`Parsed.note` says so.
-    Raises :class:`BadInputError` for anything that does not parse, or parses truncated.
+    Raises :class:`BadInputError` for anything that does not parse, or parses truncated, and
+    for a Deflated Explicit VR Little Endian dataset that inflates beyond
+    ``limits.max_decoded_bytes`` (checked before pydicom inflates it).
     """
+    _limits.check_inflated(data, label=label, limits=limits)
     try:
         return _dcmread(data, label=label, stop_before_pixels=stop_before_pixels, force=False)
     except InvalidDicomError as e:
@@ -364,7 +375,32 @@ def _pydicom(ds: Dataset, lay: _Layout, frame: int) -> np.ndarray:
     return np.asarray(ds.pixel_array)
 
 
-def decode(ds: Dataset, *, frame: int = 0) -> Decoded:
+def check_limits(ds: Dataset, *, limits: LimitsConfig | None = None) -> None:
+    """:func:`hiroml.dicom.limits.check_pixels` on a dataset: :class:`DecodeError` with the
+    numbers when its first frame's codestream header disagrees with (0028,0010) Rows,
+    (0028,0011) Columns, (0028,0002) Samples per Pixel or (0028,0100) Bits Allocated, or, with
+    ``limits``, when its pixels would decode beyond them. The build checks the configured
+    ``limits`` where it reads each member (:mod:`hiroml.ingest.index`), before any decode."""
+    ts = transfer_syntax(ds)
+    try:
+        lay = _Layout.of(ds)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DecodeError(f"no usable (0028,0010) Rows / (0028,0011) Columns: {e}") from e
+    raw = ds.get("PixelData", None)
+    try:
+        _limits.check_pixels(
+            tsyntax=ts, rows=lay.rows, cols=lay.cols, samples=lay.samples,
+            bits_allocated=lay.alloc, frames=lay.frames,
+            pixel_data=raw if isinstance(raw, bytes) else None,
+            label=uid_label(ts), limits=limits,
+        )  # fmt: skip
+    except DecodeError:
+        raise
+    except BadInputError as e:
+        raise DecodeError(str(e)) from None
+
+
+def decode(ds: Dataset, *, frame: int = 0, limits: LimitsConfig | None = None) -> Decoded:
     """Stored values of frame ``frame`` (0-based) of (7FE0,0010) Pixel Data, and the decoder.
 
     The decoder is the one :data:`SYNTAXES` pins for (0002,0010) Transfer Syntax UID
@@ -374,11 +410,13 @@ def decode(ds: Dataset, *, frame: int = 0) -> Decoded:
     layouts the fast path does not take, syntaxes not in the table, and data the pinned
     decoder refuses go through pydicom's pixel backends (``decoder == "pydicom"``).
     Raises :class:`DecodeError` naming the transfer syntax; ``ValueError`` for a ``frame``
-    outside (0028,0008) Number of Frames.
+    outside (0028,0008) Number of Frames. Before any decoder runs: :func:`check_limits`, with
+    ``limits``.
     """
     ts = transfer_syntax(ds)
     if "PixelData" not in ds:
         raise DecodeError(f"no (7FE0,0010) Pixel Data ({uid_label(ts)})")
+    check_limits(ds, limits=limits)
     try:
         lay = _Layout.of(ds)
     except (AttributeError, TypeError, ValueError) as e:

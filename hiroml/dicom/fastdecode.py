@@ -33,6 +33,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 
+from hiroml.config import LimitsConfig
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import uids as dicom_uids
 
@@ -239,16 +240,19 @@ def decode_reduced(
     jpeg2000: bool = True,
     jpeg: bool = True,
     normalization: str = "voi",
+    limits: LimitsConfig | None = None,
 ) -> Reduced | None:
     """The stored values of frame ``frame`` of a JPEG 2000 / HTJ2K radiograph (with
     ``jpeg2000``) or a baseline JPEG one (with ``jpeg``) at the largest useful reduction for an
     output of ``size`` = (height, width) (see :func:`choose_reduction`), or ``None`` where the
     full decode must be used: another syntax, no useful reduction, a ``normalization`` (the
     ``cxr.normalization``) other than a header window, or a case the reduced decode does not
-    cover (the reason logged at debug level)."""
+    cover (the reason logged at debug level). :class:`~hiroml.errors.DecodeError` from
+    :func:`hiroml.dicom.decode.check_limits` (with ``limits``) before any decoder runs."""
     ts = dicom.transfer_syntax(ds)
     if "PixelData" not in ds or frame != 0:
         return None
+    dicom.check_limits(ds, limits=limits)
     if jpeg and ts in JPEG_SYNTAXES:
         return _jpeg_reduced(ds, size, keep_aspect, normalization)
     if not jpeg2000 or ts not in J2K_SYNTAXES:

@@ -17,7 +17,7 @@ from hiroml.pipeline.tasks import TaskResult
 from hiroml.pipeline.worker import ExamReader
 from hiroml.records import Exam, Instance
 from hiroml.store.reader import read_manifest
-from hiroml.vocab import MANIFEST
+from hiroml.vocab import MANIFEST, SplitStrategy, StratumKey
 
 log = logging.getLogger(__name__)
 
@@ -119,22 +119,94 @@ def link_by_pixels(
     return linked, {s.sample_key: s.signature for s in samples}
 
 
+def previous_strategy(out: Path) -> str | None:
+    """``splits.strategy`` of the latest version's build (its ``build.json``); None when
+    there is no version or it does not say."""
+    import json
+
+    from hiroml.versions.listing import VersionError, find_version
+    from hiroml.vocab import BUILD_JSON
+
+    try:
+        latest = find_version(out, None)
+        if latest is None:
+            return None
+        info = json.loads((latest.path / BUILD_JSON).read_text(encoding="utf-8"))
+        return str(info["config"]["splits"].get("strategy", SplitStrategy.HASH))
+    except (OSError, VersionError, ValueError, KeyError, TypeError, AttributeError) as e:
+        log.warning("could not read the previous version's split strategy in %s (%s)", out, e)
+        return None
+
+
+def _strata(
+    columns: Sequence[str],
+    exams_of: Mapping[str, Sequence[Exam]],
+    group_of: Mapping[str, str],
+    clinical: Any,
+) -> dict[str, str]:
+    """group -> its stratum, the values of ``columns`` joined by ``|``: ``age_band`` and
+    ``sex`` from (0010,1010) Patient's Age and (0010,0040) Patient's Sex of the group's first
+    exam, ``modality`` from its exams, any other column from the clinical table (the first
+    of the group's patient ids, sorted, that has a value)."""
+    from hiroml.exams import splits
+    from hiroml.pipeline.samples import age_years
+
+    labels: dict[str, dict[str, str]] = {}
+    for c in columns:
+        if c in tuple(StratumKey):
+            continue
+        if clinical is None or c not in clinical.labels.columns:
+            raise BuildError(
+                f"splits.stratify: {c!r} is none of {', '.join(StratumKey)} and no column of "
+                "the clinical table (paths.clinical)"
+            )
+        col = clinical.labels[c]
+        per: dict[str, str] = {}
+        for pid, v in sorted(zip(col.index.astype(str), col, strict=True)):
+            g = group_of.get(pid, pid)
+            if g not in per and not (v is None or (isinstance(v, float) and v != v) or v == ""):
+                per[g] = str(v)
+        labels[c] = per
+    out: dict[str, str] = {}
+    for g, exams in exams_of.items():
+        first = min(exams, key=lambda e: (e.time, e.exam_key))
+        inst = first.instances[0] if first.instances else None
+        values = []
+        for c in columns:
+            if c == StratumKey.AGE_BAND:
+                values.append(splits.age_band(age_years(inst.patient_age) if inst else None))
+            elif c == StratumKey.SEX:
+                values.append((inst.sex.strip().upper() if inst else "") or splits.MISSING)
+            elif c == StratumKey.MODALITY:
+                values.append(splits.modality_present({e.modality for e in exams}))
+            else:
+                values.append(labels[c].get(g, splits.MISSING))
+        out[g] = "|".join(values)
+    return out
+
+
 def assign_splits(
     cfg: BuildConfig,
     exams: Sequence[Exam],
     group_of: Mapping[str, str],
     clinical: Any,
     out: Path,
-) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """The split of every patient group, and each group's patient ids (current and source).
+) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
+    """The split of every patient group, each group's patient ids (current and source), and
+    the split rule as ``build.json`` records it (strategy, its parameters, the temporal
+    cut-off, the previous version's strategy, the rule in words).
 
-    Groups keep the split their patients had in the latest version; a group that joins
-    patients of different splits takes the split nearest train (train > val > test, see
-    :func:`hiroml.exams.splits.inherited_splits`). Optional stratification by a clinical label and
-    test sequestration."""
+    Groups keep the split their patients had in the latest version, whatever strategy gave
+    it; a group that joins patients of different splits takes the split nearest train
+    (train > val > test, see :func:`hiroml.exams.splits.inherited_splits`). New groups are
+    dealt by ``splits.strategy``; test sequestration wins over all."""
     from hiroml.exams import splits
 
-    groups = sorted({group_of.get(e.patient_id, e.patient_id) for e in exams})
+    sc = cfg.splits
+    exams_of: dict[str, list[Exam]] = {}
+    for e in exams:
+        exams_of.setdefault(group_of.get(e.patient_id, e.patient_id), []).append(e)
+    groups = sorted(exams_of)
     members: dict[str, list[str]] = {}
     for pid, g in group_of.items():
         members.setdefault(g, []).append(pid)
@@ -142,22 +214,30 @@ def assign_splits(
         members.setdefault(group_of.get(e.patient_id, e.patient_id), []).append(e.source_patient_id)
     prev_by_id = previous_splits(out)
     previous = splits.inherited_splits(groups, members, prev_by_id)
-    test_ids = splits.load_test_ids(cfg.splits.test_list) if cfg.splits.test_list else set()
-    strata = None
-    if cfg.splits.stratify:
-        if clinical is None or cfg.splits.stratify not in clinical.labels.columns:
-            raise BuildError(
-                f"splits.stratify={cfg.splits.stratify!r} needs that column in the clinical "
-                "table (paths.clinical)"
-            )
-        col = clinical.labels[cfg.splits.stratify].astype(str)
-        strata = {group_of.get(pid, pid): col.get(pid, "") for pid in col.index.astype(str)}
+    test_ids = splits.load_test_ids(sc.test_list) if sc.test_list else set()
+    strata = first_seen = cutoff = None
+    if sc.strategy == SplitStrategy.STRATIFIED:
+        strata = _strata(sc.stratify_columns, exams_of, group_of, clinical)
+    elif sc.strategy == SplitStrategy.TEMPORAL:
+        first_seen = {g: min(e.time for e in es).date() for g, es in exams_of.items()}
+        cutoff = splits.temporal_cutoff(first_seen.values(), sc)
     split_of = splits.assign_splits(
         groups,
-        cfg.splits,
+        sc,
         strata=strata,
+        first_seen=first_seen,
+        cutoff=cutoff,
         group_members=members,
         test_ids=test_ids,
         previous=previous,
     )
-    return split_of, members
+    before = previous_strategy(out) if previous else None
+    rule: dict[str, Any] = {
+        "strategy": sc.strategy,
+        "rule": splits.describe_rule(sc, cutoff),
+        "stratify": list(sc.stratify_columns),
+        "test_after": cutoff.isoformat() if cutoff is not None else None,
+        "groups_kept_from_previous": len(previous),
+        "previous_strategy": before,
+    }
+    return split_of, members, rule

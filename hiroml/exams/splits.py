@@ -1,17 +1,22 @@
 """Patient-level train/val/test assignment and leakage checks (pure, no I/O but
 :func:`load_test_ids`).
 
-The split of a patient group is a salted hash of its name: BLAKE2b(salt, group) mapped to
-a number in [0, 1) and cut by the configured fractions. It depends on nothing else, so a
-group keeps its split when new batches arrive and across re-runs, and a new salt draws a
-fresh, independent split.
+Every strategy (``splits.strategy``) deals patient groups, never patients or images, and
+only the groups not yet assigned: ``previous=`` (the splits of the latest version, read from
+its manifest) pins every group already assigned, whatever strategy assigned it.
 
-Stratification (``strata=``) trades that stability for balance: groups of each stratum are
-dealt, in hash order, to the split furthest below its target share of that stratum. Same
-input -> same splits, but adding groups can move earlier ones. Pass ``previous=`` (the
-splits of the last build, read from its manifest) to pin every group already assigned; only
-new groups are then dealt, towards the targets. Without ``strata`` the plain hash is used
-and ``previous`` is not needed (but still honoured when given).
+- ``hash``: the split of a group is a salted hash of its name: BLAKE2b(salt, group) mapped
+  to a number in [0, 1) and cut by the configured fractions. It depends on nothing else, so
+  a group keeps its split when new batches arrive and across re-runs, and a new salt draws a
+  fresh, independent split.
+- ``stratified`` (``strata=``): the new groups of each stratum are dealt, in hash order, to
+  the split furthest below its target share of that stratum (pinned groups count towards
+  it). While a stratum of at least as many groups as splits still has an empty split, and no
+  more new groups are left to deal than empty splits, the next group goes to an empty split:
+  such a stratum dealt in one build has a group in every split.
+- ``temporal`` (``first_seen=``, ``cutoff=``): a group first seen after the cut-off date goes
+  to test; the others are hashed between train and val in the ratio ``train : val``.
+  :func:`temporal_cutoff` turns ``splits.temporal`` into that date.
 
 Test sequestration: any group that holds (or is named like) a patient id of ``test_ids`` goes
 to test, whatever else says.
@@ -19,7 +24,9 @@ to test, whatever else says.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import math
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from hiroml.config import SplitsConfig
-from hiroml.vocab import SPLITS, Split
+from hiroml.vocab import SPLITS, Modality, Split, SplitStrategy
 
 
 def group_unit(group: str, salt: str) -> float:
@@ -51,20 +58,93 @@ def _fractions(cfg: SplitsConfig) -> dict[str, float]:
     return {Split.TRAIN: cfg.train, Split.VAL: cfg.val, Split.TEST: cfg.test}
 
 
+#: Upper bounds (years, exclusive) and names of the ``age_band`` stratum.
+AGE_BANDS = ((18.0, "<18"), (40.0, "18-39"), (60.0, "40-59"), (80.0, "60-79"))
+MISSING = "<missing>"  # a stratum value that is not known
+
+
+def age_band(years: float | None) -> str:
+    """The ``age_band`` stratum of an age in years: ``<18``, ``18-39``, ``40-59``,
+    ``60-79``, ``80+`` or ``<missing>``."""
+    if years is None or math.isnan(years):
+        return MISSING
+    return next((name for top, name in AGE_BANDS if years < top), "80+")
+
+
+def modality_present(modalities: Collection[str]) -> str:
+    """The ``modality`` stratum of a group with exams of ``modalities``: ``cxr``, ``ct`` or
+    ``both``."""
+    kinds = {str(m) for m in modalities}
+    if kinds >= {Modality.CXR, Modality.CT}:
+        return "both"
+    return next(iter(kinds)) if len(kinds) == 1 else MISSING
+
+
+def temporal_cutoff(first_seen: Collection[dt.date], cfg: SplitsConfig) -> dt.date:
+    """The temporal strategy's cut-off: ``splits.temporal.test_after``, else the date after
+    which the latest ``test_fraction`` (``splits.test`` when null) of ``first_seen`` (one
+    date per patient group) lie. Groups first seen on the cut-off day itself are not after
+    it, so a fraction's test share can fall short of it by that day's groups."""
+    t = cfg.temporal
+    if t.test_after is not None:
+        return dt.date.fromisoformat(str(t.test_after))
+    fraction = cfg.test if t.test_fraction is None else t.test_fraction
+    dates = sorted(first_seen)
+    if not dates:
+        return dt.date.max
+    k = round(fraction * len(dates))
+    if k <= 0:
+        return dates[-1]
+    if k >= len(dates):
+        return dates[0] - dt.timedelta(days=1)
+    return dates[len(dates) - k - 1]
+
+
+def describe_rule(cfg: SplitsConfig, cutoff: dt.date | None = None) -> str:
+    """The split rule in one line, for the summary, the report and the card."""
+    fractions = f"train {cfg.train:g}, val {cfg.val:g}, test {cfg.test:g}"
+    if cfg.strategy == SplitStrategy.STRATIFIED:
+        return (
+            f"stratified split by {', '.join(cfg.stratify_columns)}: {fractions} in each "
+            f"stratum (new patient groups in salted-hash order; salt {cfg.salt!r})"
+        )
+    if cfg.strategy == SplitStrategy.TEMPORAL:
+        t = cfg.temporal
+        if cutoff is None and t.test_after is not None:
+            cutoff = dt.date.fromisoformat(str(t.test_after))
+        fraction = cfg.test if t.test_fraction is None else t.test_fraction
+        when = (
+            f"after {cutoff.isoformat()}"
+            if cutoff is not None
+            else f"last (the latest {fraction:.0%} of patient groups)"
+        )
+        share = cfg.train / (cfg.train + cfg.val) if cfg.train + cfg.val else 1.0
+        return (
+            f"temporal split: test = patients first seen {when}; the rest train {share:.2g}"
+            f", val {1 - share:.2g} by salted hash (salt {cfg.salt!r})"
+        )
+    return f"hash split: {fractions} (salted hash of the patient group; salt {cfg.salt!r})"
+
+
 def assign_splits(
     groups: Sequence[str],
     cfg: SplitsConfig,
     *,
     strata: Mapping[str, str] | None = None,
+    first_seen: Mapping[str, dt.date] | None = None,
+    cutoff: dt.date | None = None,
     group_members: Mapping[str, Sequence[str]] | None = None,
     test_ids: Collection[str] = (),
     previous: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Split of every group in ``groups``.
 
-    ``strata`` maps a group to its label value (groups missing from it form one stratum of
-    their own); ``group_members`` maps a group to its patient ids, for ``test_ids``;
-    ``previous`` pins groups to the split they had (test sequestration still wins).
+    ``strata`` maps a group to its stratum (groups missing from it form one stratum of their
+    own) and deals the new groups by stratum; ``first_seen`` (group -> date of its first
+    exam) with ``cutoff`` deals them by date (a group missing from ``first_seen`` counts as
+    seen before the cut-off); with neither, by hash. ``group_members`` maps a group to its
+    patient ids, for ``test_ids``; ``previous`` pins groups to the split they had (test
+    sequestration still wins).
     """
     tests = set(test_ids)
     members = group_members or {}
@@ -78,24 +158,42 @@ def assign_splits(
             out[g] = pinned[g]
         else:
             free.append(g)
+    if first_seen is not None and cutoff is not None:
+        share = cfg.train / (cfg.train + cfg.val) if cfg.train + cfg.val else 1.0
+        for g in free:
+            seen = first_seen.get(g)
+            if seen is not None and seen > cutoff:
+                out[g] = Split.TEST
+            else:
+                out[g] = Split.TRAIN if group_unit(g, cfg.salt) < share else Split.VAL
+        return out
     if strata is None:
         for g in free:
             out[g] = split_of(g, cfg)
         return out
 
     fractions = _fractions(cfg)
+    wanted = [s for s in SPLITS if fractions[s] > 0]
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for g in free:
-        by_stratum[str(strata.get(g, "<missing>"))].append(g)
+        by_stratum[str(strata.get(g, MISSING))].append(g)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
     for g, s in out.items():  # what is already placed counts towards the targets
-        counts[str(strata.get(g, "<missing>"))][s] += 1
+        counts[str(strata.get(g, MISSING))][s] += 1
     for stratum in sorted(by_stratum):
         c = counts[stratum]
-        for g in sorted(by_stratum[stratum], key=lambda g: (group_unit(g, cfg.salt), g)):
+        todo = sorted(by_stratum[stratum], key=lambda g: (group_unit(g, cfg.salt), g))
+        size = sum(c.values()) + len(todo)
+        for i, g in enumerate(todo):
             n = sum(c.values()) + 1
+            empty = [s for s in wanted if c[s] == 0]
+            # the last groups of a stratum large enough fill its empty splits
+            force = size >= len(wanted) and 0 < len(todo) - i <= len(empty)
             # the split furthest below its target share; ties by the fixed order of SPLITS
-            best = max(SPLITS, key=lambda s: (fractions[s] * n - c[s], -SPLITS.index(s)))
+            best = max(
+                empty if force else SPLITS,
+                key=lambda s: (fractions[s] * n - c[s], -SPLITS.index(s)),
+            )
             out[g] = best
             c[best] += 1
     return out

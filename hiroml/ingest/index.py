@@ -22,10 +22,12 @@ import pydicom
 import xxhash
 from pydicom.dataset import Dataset
 
-from hiroml.config import ExecutorConfig, IndexConfig
+from hiroml.config import ExecutorConfig, IndexConfig, LimitsConfig
 from hiroml.dicom import decode as dicom
 from hiroml.dicom import rawheader
 from hiroml.dicom import uids as dicom_uids
+from hiroml.dicom.limits import DEFAULT as DEFAULT_LIMITS
+from hiroml.dicom.limits import check_pixels
 from hiroml.errors import BadInputError, ZipSafetyError, internal_trace
 from hiroml.ingest.cache import IndexCache
 from hiroml.pipeline.executor import map_items
@@ -183,13 +185,16 @@ def instance_from_dataset(
     member_size: int,
     pixels: bytes | memoryview | None = None,
     read_note: str = "",
+    limits: LimitsConfig = DEFAULT_LIMITS,
 ) -> Instance:
     """Build the header record of one instance. Tolerates absent or malformed optional
     attributes (they become ``None``/""); raises :class:`BadInputError` when (0008,0018)
     SOP Instance UID is missing or the pixel data is shorter than its header promises.
     ``pixels`` is the raw (7FE0,0010) Pixel Data value when the dataset was read without it
     (:func:`read_member`); ``read_note`` says how a file without a Part 10 header was read
-    (:func:`hiroml.dicom.decode.parse`)."""
+    (:func:`hiroml.dicom.decode.parse`). A member whose pixels would decode beyond ``limits``,
+    or whose codestream header disagrees with its DICOM header, is a :class:`BadInputError`
+    naming the numbers (:func:`hiroml.dicom.limits.check_pixels`)."""
     h = header_values(ds)
     sop = _text(h, "SOPInstanceUID")
     if not sop:
@@ -202,6 +207,10 @@ def instance_from_dataset(
     spp = _int(h, "SamplesPerPixel") or 1
     if pixel_bytes is not None:
         _check_pixel_size(h, len(pixel_bytes), tsyntax, label=f"{zip_name}: {member}")
+        check_pixels(
+            tsyntax=tsyntax, rows=rows, cols=cols, samples=spp, bits_allocated=bits,
+            frames=frames, pixel_data=pixel_bytes, label=f"{zip_name}: {member}", limits=limits,
+        )  # fmt: skip
     kernel = _text(h, "ConvolutionKernel")
     return Instance(
         batch=batch,
@@ -258,11 +267,13 @@ _PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
 
 
-def _parse(data: bytes, *, label: str, stop_before_pixels: bool) -> tuple[Dataset, int, str]:
+def _parse(
+    data: bytes, *, label: str, stop_before_pixels: bool, limits: LimitsConfig = DEFAULT_LIMITS
+) -> tuple[Dataset, int, str]:
     """:func:`hiroml.dicom.decode.parse` of a member's bytes: the dataset, the offset where reading
     stopped (the Pixel Data tag when ``stop_before_pixels``) and the note on how a file
     without a Part 10 header was read. :class:`BadInputError` names ``label`` and the cause."""
-    parsed = dicom.parse(data, label=label, stop_before_pixels=stop_before_pixels)
+    parsed = dicom.parse(data, label=label, stop_before_pixels=stop_before_pixels, limits=limits)
     return parsed.dataset, parsed.stopped_at, parsed.note
 
 
@@ -302,9 +313,11 @@ def read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview
     return ds, pixels
 
 
-def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryview | None, str]:
+def _read_member(
+    data: bytes, *, label: str, limits: LimitsConfig = DEFAULT_LIMITS
+) -> tuple[Dataset, bytes | memoryview | None, str]:
     """:func:`read_member`, and the note on how a file without a Part 10 header was read."""
-    ds, pos, note = _parse(data, label=label, stop_before_pixels=True)
+    ds, pos, note = _parse(data, label=label, stop_before_pixels=True, limits=limits)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     tsyntax = str(ts) if ts is not None else ""
     if ts is not None and not dicom_uids.is_transfer_syntax(tsyntax):
@@ -316,7 +329,7 @@ def _read_member(data: bytes, *, label: str) -> tuple[Dataset, bytes | memoryvie
     else:  # deflated, big endian or no transfer syntax: the offset means nothing here
         whole = True
     if whole:
-        full, _, _ = _parse(data, label=label, stop_before_pixels=False)
+        full, _, _ = _parse(data, label=label, stop_before_pixels=False, limits=limits)
         pixels = _pixel_value(full)
     if pixels is None and "Rows" in ds and "Columns" in ds:
         raise BadInputError(
@@ -339,10 +352,12 @@ def index_zip(
     ezip: ExamZip,
     limits: IndexConfig,
     on_member: MemberHook | None = None,
+    pixel_limits: LimitsConfig = DEFAULT_LIMITS,
 ) -> ZipIndex:
     """Index every member of one exam zip. Never raises for bad input: an unreadable zip or
-    member becomes a :class:`Problem` naming it. ``on_member`` is called with each indexed
-    member's bytes (once per SOP Instance UID), while the zip is open."""
+    member becomes a :class:`Problem` naming it, among them a member over ``pixel_limits``.
+    ``on_member`` is called with each indexed member's bytes (once per SOP Instance UID),
+    while the zip is open."""
     from hiroml.ingest.zipio import SafeZip
 
     batch, name = ezip.batch.name, ezip.file_name
@@ -381,7 +396,7 @@ def index_zip(
             label = f"{name}: {member}"
             try:
                 data = z.read(member)
-                ds, pixels, note = _read_member(data, label=label)
+                ds, pixels, note = _read_member(data, label=label, limits=pixel_limits)
                 inst = instance_from_dataset(
                     ds,
                     batch=batch,
@@ -390,6 +405,7 @@ def index_zip(
                     member_size=len(data),
                     pixels=pixels,
                     read_note=note,
+                    limits=pixel_limits,
                 )
             except BadInputError as e:
                 problem(member, str(e))
@@ -426,7 +442,9 @@ class IndexResult:
     bytes_read: int
 
 
-def _index_job(args: tuple[str, ExamZip, IndexConfig, MemberHook | None]) -> ZipIndex:
+def _index_job(
+    args: tuple[str, ExamZip, IndexConfig, MemberHook | None, LimitsConfig],
+) -> ZipIndex:
     return index_zip(*args)
 
 
@@ -441,6 +459,7 @@ def build_index(
     progress: bool = True,
     on_zip: Callable[[ZipIndex], None] | None = None,
     on_member: MemberHook | None = None,
+    pixel_limits: LimitsConfig = DEFAULT_LIMITS,
 ) -> IndexResult:
     """Index ``zips`` (from :func:`hiroml.ingest.discover.discover`), reading only the new or
     changed ones; the database at ``db_path`` is updated in place.
@@ -464,7 +483,10 @@ def build_index(
             zi.rel_path: zi for zi in cache.load(r for r in current if r not in fresh)
         }
         nbytes = sum(z.size for z in todo)
-        jobs = [(os.path.join(root, z.batch.name, z.file_name), z, limits, on_member) for z in todo]
+        jobs = [
+            (os.path.join(root, z.batch.name, z.file_name), z, limits, on_member, pixel_limits)
+            for z in todo
+        ]
         done = [0]
 
         def status(_zi: ZipIndex, _seconds: float) -> str:

@@ -225,6 +225,7 @@ def _read_inputs(
         executor=cfg.executor,
         progress=cfg.progress,
         on_member=prepare,
+        pixel_limits=cfg.limits,
     )
     summary.read_once = scratch.count(out)
     summary.zips_indexed_now = indexed.read
@@ -277,7 +278,10 @@ def _tables(
     exam_by_key = {e.exam_key: e for e in joined.exams}
     linked, signatures = link_by_pixels(cfg, results, exam_by_key, inputs.exams.group_of, out)
     audit = with_link_notes(audit, linked)
-    split_of, members = assign_splits(cfg, joined.exams, linked.group_of, inputs.clinical, out)
+    split_of, members, rule = assign_splits(
+        cfg, joined.exams, linked.group_of, inputs.clinical, out
+    )
+    summary.split_rule = rule
     moves = split_move_rows(out, joined.exams, split_of, members)
     audit += moves
     summary.split_moves = len(moves)

@@ -75,6 +75,7 @@ def publish(
             "instances": summary.instances,
         },
         "environment": environment,
+        "splits": summary.split_rule,
         "timings": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
         "summary": {
             k: v

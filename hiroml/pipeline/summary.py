@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hiroml._version import __version__
+from hiroml.vocab import SplitStrategy
 
 
 @dataclass
@@ -44,6 +45,9 @@ class BuildSummary:
     version: str = ""  # the latest version after this build
     published: bool = False  # False: the result equals the latest version, none published
     split_moves: int = 0
+    # The split rule (hiroml.exams.groups.assign_splits): strategy, parameters, the rule in
+    # words, the previous version's strategy.
+    split_rule: dict[str, Any] = field(default_factory=dict)
     versions_pruned: int = 0
     # Read once (hiroml.pipeline.scratch): radiographs converted in the index's read, and how many
     # of those no conversion took (duplicate copies, dropped exams, reused tasks): converted for
@@ -126,7 +130,22 @@ class BuildSummary:
             if self.split_moves
             else ""
         )
-        return [head + moves + tail]
+        return [head + moves + tail, *self._split_rule_lines()]
+
+    def _split_rule_lines(self) -> list[str]:
+        """The split rule, unless it is the default hash split throughout."""
+        r = self.split_rule
+        strategy, before = r.get("strategy"), r.get("previous_strategy")
+        if not r or (strategy == SplitStrategy.HASH and before in (None, SplitStrategy.HASH)):
+            return []
+        lines = [f"  {r.get('rule', strategy)}"]
+        if before is not None and before != strategy:
+            lines.append(
+                f"  the previous version's split was {before}: its "
+                f"{r.get('groups_kept_from_previous', 0)} patient group(s) keep their split; "
+                f"new patient groups are dealt by {strategy}"
+            )
+        return lines
 
 
 def timed(summary: BuildSummary, stage: str, t0: float) -> float:

@@ -183,6 +183,7 @@ def check_systematic(
     out of how many, and where the refused build's audit is; the task records and new shards
     of the refused modalities' tasks are removed first. Returns None when the build may go on.
     """
+    from hiroml.store.csvcells import escape_frame
     from hiroml.store.tables import audit_frame
 
     new = [(s.modality, r) for s, r in zip(specs, results, strict=True) if not r.reused]
@@ -192,7 +193,8 @@ def check_systematic(
     path = out / STATE_DIR / REFUSED_AUDIT
     rows = [*audit, *(problem_to_audit(p, exam_key=k) for r in results for k, p in r.problems)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: audit_frame(rows).to_csv(tmp, index=False))
+    safe = escape_frame(audit_frame(rows))  # no cell a spreadsheet would run as a formula
+    write_atomic(path, lambda tmp: safe.to_csv(tmp, index=False))
     gone = {t.modality for t in refused}
     _forget(out, [r for m, r in new if m in gone])
     raise SystematicFailureError(

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml._version import __version__
+from hiroml.exams.splits import describe_rule
 from hiroml.report.flow import Flow, text_column
 from hiroml.store import tables as manifest_columns
 from hiroml.vocab import SPLITS, Action
@@ -55,8 +56,7 @@ def settings_of(cfg: Any) -> dict[str, Any]:
         else list(cfg.ct.resample_spacing),
         "ct.clip_hu": None if cfg.ct.clip_hu is None else list(cfg.ct.clip_hu),
         "exams.ct_split_window_minutes": cfg.exams.ct_split_window_minutes,
-        "splits": f"train {cfg.splits.train}, val {cfg.splits.val}, test {cfg.splits.test} "
-        f"(salted hash of the patient group; salt {cfg.splits.salt!r})",
+        "splits": describe_rule(cfg.splits),
     }  # fmt: skip
 
 

@@ -86,6 +86,11 @@ code{background:#eef1f6;padding:0 4px;border-radius:3px}
 """
 
 
+def _split_rule_text(summary: Mapping[str, Any]) -> str:
+    rule = summary.get("split_rule")
+    return str(rule.get("rule", "")) if isinstance(rule, Mapping) else ""
+
+
 def render_report(
     *,
     manifest: pd.DataFrame,
@@ -130,7 +135,7 @@ def render_report(
             else "",
             _flow_section(flow),
             _counts(manifest, patients, audit),
-            _balance(manifest, patients),
+            _balance(manifest, patients, _split_rule_text(summary)),
             _errors(audit),
             _decisions(audit),
             _orphans(manifest),

@@ -175,7 +175,8 @@ def _sex_cell(r: Mapping[str, Any]) -> str:
     )
 
 
-def _balance(manifest: pd.DataFrame, patients: pd.DataFrame) -> str:
+def _balance(manifest: pd.DataFrame, patients: pd.DataFrame, rule: str = "") -> str:
+    """The split balance table, under the split rule in words (``rule``) when given."""
     b = split_balance(manifest, patients)
     tot = {c: float(b[c].sum()) for c in ("patient_groups", "patients", "exams", "cxr", "ct")}
     rows = []
@@ -194,7 +195,8 @@ def _balance(manifest: pd.DataFrame, patients: pd.DataFrame) -> str:
         )
     headers = ["split", "patient groups", "patients", "exams", "radiographs", "CT volumes",
                "age, years: median (IQR)", "sex (patients)"]  # fmt: skip
-    body = f'<div class="scroll">{_table(headers, rows, cls="balance", raw=True)}</div>'
+    body = f'<p class="rule">{html.escape(rule)}</p>' if rule else ""
+    body += f'<div class="scroll">{_table(headers, rows, cls="balance", raw=True)}</div>'
     body += _note(
         "Bars show each split's share of the column total. Age is counted once per exam (bar: "
         "0 to 100 years, the box is the IQR, the line the median), sex once per patient "

@@ -115,16 +115,19 @@ def _take_over_message(out: Path, dead: Holder) -> str:
 
 
 @contextmanager
-def build_lock(out: Path | str, *, wait: bool = False) -> Iterator[Holder]:
+def build_lock(out: Path | str, *, wait: bool = False, timeout: float = 0.0) -> Iterator[Holder]:
     """Hold the build lock of the output folder ``out`` for the ``with`` block.
 
     Only ``<out>/.hiroml/`` is created (for the lock file) before the lock is held. Raises
-    :class:`OutputLockedError`, naming the holder, when another build holds it, unless
-    ``wait`` is true: then logs whom it waits for and blocks until the lock is free. The lock
-    and the holder file are released on leaving the block, whatever ends it.
+    :class:`OutputLockedError`, naming the holder, when another process holds it, unless
+    ``wait`` is true: then logs whom it waits for and blocks until the lock is free. With
+    ``timeout`` > 0 (seconds) and ``wait`` false, it waits that long at most, then raises.
+    The lock and the holder file are released on leaving the block, whatever ends it.
     """
     if not isinstance(wait, bool):
         raise TypeError(f"wait must be a bool, not {type(wait).__name__}")
+    if timeout < 0:
+        raise ValueError(f"timeout={timeout}: give seconds >= 0")
     out = Path(out)
     state = out / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
@@ -133,11 +136,14 @@ def build_lock(out: Path | str, *, wait: bool = False) -> Iterator[Holder]:
         lock.acquire(timeout=0)
     except Timeout:
         holder = read_holder(out)
-        if not wait:
+        if not wait and timeout == 0:
             raise OutputLockedError(_locked_message(out, holder)) from None
         who = holder.describe() if holder else "a build that has not yet recorded its pid"
         log.info("waiting for the build that holds the lock of %s (%s)", out, who)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=-1 if wait else timeout)
+        except Timeout:
+            raise OutputLockedError(_locked_message(out, read_holder(out))) from None
     try:
         previous = read_holder(out)
         if previous is not None:

@@ -4,12 +4,16 @@ the tables themselves, their cells as plain Python, and the stored arrays.
 Tables (``docs/design.md`` section 4): :func:`read_manifest` and :func:`read_patients` read
 the Parquet files as pandas gives them (list columns as numpy arrays, missing values as
 ``None``/NaN/NaT); :func:`read_audit` reads audit.csv as text only, an empty field as ``""``
-(never NaN: a reason that reads ``NA`` stays ``NA``). A folder is a version folder or, for
+(never NaN: a reason that reads ``NA`` stays ``NA``), each cell as it was before
+:mod:`hiroml.store.csvcells` escaped it for spreadsheets. A folder is a version folder or, for
 an output without versions, the output itself (:func:`tables_dir`).
 
 Cells: :func:`is_missing`, :func:`cell_str`, :func:`cell_list`, :func:`cell_strings` and
 :func:`cell_plain` turn a pandas, numpy or pyarrow cell into plain Python, the same way for
 the report, the diff of two versions, the export, the Dataset and the shrink guard.
+
+CSV: :func:`escape_frame` for a CSV written from input-derived text (what ``read_audit``
+undoes), from :mod:`hiroml.store.csvcells`.
 
 Arrays: the shard readers of :mod:`hiroml.store.shards` and :func:`array_to_sitk`.
 ``hiroml.data`` imports nothing else of hiroml but this module (and ``vocab``, ``errors``).
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from hiroml.store.csvcells import escape_frame, unescape_frame
 from hiroml.store.shards import (
     SampleRef,
     open_shard,
@@ -47,6 +52,7 @@ __all__ = [
     "cell_plain",
     "cell_str",
     "cell_strings",
+    "escape_frame",
     "is_missing",
     "open_shard",
     "read_audit",
@@ -88,7 +94,8 @@ def read_patients(folder: Path | str) -> pd.DataFrame:
 def read_audit(folder: Path | str) -> pd.DataFrame:
     """``audit.csv`` of a version folder (or an output folder without versions): every
     column text, an empty field ``""``."""
-    return pd.read_csv(Path(folder) / AUDIT, dtype=str, keep_default_na=False)
+    audit = pd.read_csv(Path(folder) / AUDIT, dtype=str, keep_default_na=False)
+    return unescape_frame(audit)  # the texts as they were before escaping for spreadsheets
 
 
 # --------------------------------------------------------------------------- cells

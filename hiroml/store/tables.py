@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from hiroml.errors import ManifestError
 from hiroml.records import PART, AuditRow, ManifestRow
 from hiroml.store.atomic import write_atomic
+from hiroml.store.csvcells import escape_frame
 from hiroml.vocab import AUDIT, MANIFEST, PATIENTS, Action, Split, View
 
 
@@ -299,7 +300,8 @@ def write_outputs(
 
     patients_table = _to_table(patients.reset_index(drop=True))
     write_atomic(out_dir / PATIENTS, lambda tmp: pq.write_table(patients_table, tmp))
-    write_atomic(out_dir / AUDIT, lambda tmp: audit.to_csv(tmp, index=False))
+    safe = escape_frame(audit)  # no cell a spreadsheet would run as a formula
+    write_atomic(out_dir / AUDIT, lambda tmp: safe.to_csv(tmp, index=False))
     manifest_table = _to_table(m.reset_index(drop=True))
     write_atomic(out_dir / MANIFEST, lambda tmp: pq.write_table(manifest_table, tmp))
 

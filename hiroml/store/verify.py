@@ -14,6 +14,12 @@ default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.exams.neardup`
 Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
 from an interrupted or superseded build; samples in a shard that the manifest does not name.
 
+Each version against its ``build.json`` (errors): the SHA-256 of each table file recorded
+under ``tables`` at publish (a version published before they were recorded: a warning, "not
+recorded"), the ``dataset_hash`` recomputed from its ``manifest.parquet``
+(:func:`hiroml.versions.hashing.dataset_hash`, as the build computes it), and the sample and
+patient counts. A manifest or shard that cannot be read is an error naming the file.
+
 Versions (docs/design.md section 4b): the tables checked are those of one published version,
 ``--version V`` (default: the latest); ``--all`` checks every kept version, each shard it
 names included. Root tables that differ from the latest version's (a build interrupted while
@@ -23,12 +29,15 @@ a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hiroml.exams.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, pair_arrays
 from hiroml.exams.splits import find_leaks
@@ -45,7 +54,8 @@ from hiroml.store.shards import (
     stored_hash,
     stored_offset,
 )
-from hiroml.vocab import SHARDS_DIR
+from hiroml.versions.hashing import dataset_hash, table_checksums
+from hiroml.vocab import BUILD_JSON, MANIFEST, PATIENTS, SHARDS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +129,70 @@ def _check_shard(out: Path, shard: str, rows: pd.DataFrame, deep: bool, found: F
                     f"shard {shard}: {len(extra)} sample(s) not in the manifest, "
                     f"e.g. {sorted(extra)[0]}"
                 )
-    except (OSError, KeyError, ValueError) as e:
-        found.errors.append(f"shard {shard}: unreadable ({e})")
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:  # h5py raises each
+        found.errors.append(f"shard {shard}: unreadable ({_one_line(e)})")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _count_rows(path: Path) -> int | None:
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
+def check_build_json(where: Path, name: str, found: Findings) -> bool:
+    """Errors where the tables of version ``name`` (folder ``where``) disagree with what its
+    ``build.json`` recorded at publish: table checksums, ``dataset_hash``, sample and patient
+    counts. False when its manifest cannot be read (nothing more can be checked)."""
+    info: dict[str, object] = {}
+    try:
+        loaded = json.loads((where / BUILD_JSON).read_text(encoding="utf-8"))
+        info = loaded if isinstance(loaded, dict) else {}
+        if not info:
+            found.errors.append(f"version {name}: {BUILD_JSON} holds no JSON object")
+    except (OSError, ValueError) as e:
+        found.errors.append(f"version {name}: {BUILD_JSON} unreadable ({_one_line(e)})")
+    recorded = info.get("tables")
+    if isinstance(recorded, dict):
+        actual = table_checksums(where)
+        for table, digest in sorted(recorded.items()):
+            got = actual.get(str(table))
+            if got is None:
+                found.errors.append(f"version {name}: {table} is missing")
+            elif got != digest:
+                found.errors.append(
+                    f"version {name}: {table} has sha256 {got[:16]}..., {BUILD_JSON} recorded "
+                    f"{str(digest)[:16]}... (altered since it was published)"
+                )
+    elif info:
+        found.warnings.append(
+            f"version {name}: table checksums not recorded in its {BUILD_JSON} (published by "
+            "an earlier hiroml)"
+        )
+    try:
+        digest = dataset_hash(where / MANIFEST)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
+        found.errors.append(f"version {name}: {MANIFEST} unreadable ({_one_line(e)})")
+        return False
+    if "dataset_hash" in info and digest != info["dataset_hash"]:
+        found.errors.append(
+            f"version {name}: dataset_hash of {MANIFEST} is {digest[:16]}..., {BUILD_JSON} "
+            f"recorded {str(info['dataset_hash'])[:16]}... (its content was altered)"
+        )
+    counts = {"samples": _count_rows(where / MANIFEST), "patients": _count_rows(where / PATIENTS)}
+    for what, n in counts.items():
+        if what in info and n is not None and n != info[what]:
+            found.errors.append(
+                f"version {name}: {n} {what} in its tables, {BUILD_JSON} recorded {info[what]}"
+            )
+    if counts["patients"] is None and (where / PATIENTS).is_file():
+        found.errors.append(f"version {name}: {PATIENTS} unreadable")
+    return True
 
 
 def near_duplicates_across_splits(m: pd.DataFrame, *, threshold: float) -> list[str]:
@@ -163,11 +235,19 @@ def examine(
     ``version`` does not exist. ``strict``: near-duplicate radiographs in two splits are
     errors, not warnings."""
     from hiroml.versions.listing import list_versions, tables_dir
-    from hiroml.vocab import MANIFEST
 
     out = Path(out_dir)
     where, name = tables_dir(out, version)
     found = Findings(version=name)
+    if name is not None and (where / MANIFEST).is_file():
+        if not check_build_json(where, name, found):
+            return found
+    elif (where / MANIFEST).is_file():
+        try:
+            pq.read_metadata(where / MANIFEST)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            found.errors.append(f"{where / MANIFEST} unreadable ({_one_line(e)})")
+            return found
     found.errors += check_tables(out, version=name)
     if not (where / MANIFEST).exists():
         return found
@@ -182,8 +262,6 @@ def examine(
     m = read_manifest(where)
     found.n_samples = len(m)
     found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
-    near = near_duplicates_across_splits(m, threshold=near_threshold)
-    (found.errors if strict else found.warnings).extend(near)
     near = near_duplicates_across_splits(m, threshold=near_threshold)
     (found.errors if strict else found.warnings).extend(near)
     missing = [c for c in ("shard", "shard_sha256", "data_hash", "shape") if c not in m.columns]

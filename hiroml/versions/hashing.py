@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from hiroml._version import __version__
 from hiroml.store.atomic import write_text_atomic
-from hiroml.vocab import STATE_DIR
+from hiroml.vocab import AUDIT, MANIFEST, PATIENTS, STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,17 @@ def dataset_hash(manifest: pd.DataFrame | Path | str) -> str:
 
         return hash_table(_to_table(validate_manifest(manifest).reset_index(drop=True)))
     return hash_table(pq.read_table(manifest))
+
+
+#: The tables of a version whose SHA-256 its ``build.json`` records under ``tables``.
+TABLE_FILES = (MANIFEST, PATIENTS, AUDIT)
+
+
+def table_checksums(folder: Path) -> dict[str, str]:
+    """``{name: SHA-256 (hex)}`` of each of :data:`TABLE_FILES` present in ``folder``."""
+    from hiroml.store.shards import shard_sha256  # the SHA-256 of any file's bytes
+
+    return {n: shard_sha256(folder / n) for n in TABLE_FILES if (folder / n).is_file()}
 
 
 _HASH_MEMO = Path(STATE_DIR) / "dataset-hash.json"

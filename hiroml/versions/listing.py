@@ -53,6 +53,20 @@ def versions_dir(out: Path | str) -> Path:
     return Path(out) / VERSIONS_DIR
 
 
+def locate(path: Path | str) -> tuple[Path, str | None]:
+    """The output folder a path names, and the version it names (``None``: not one).
+
+    An output folder is itself; its ``manifest.parquet`` means the output folder; a version's
+    ``versions/<V>/manifest.parquet`` (or the folder ``versions/<V>``) means the output folder
+    and version ``V``. Any other path is returned as it is, for the caller to refuse."""
+    p = Path(path)
+    if p.name == MANIFEST and p.is_file():
+        p = p.parent
+    if p.parent.name == VERSIONS_DIR and _NAME.match(p.name) and p.is_dir():
+        return p.parent.parent, p.name
+    return p, None
+
+
 def _read_version(path: Path, *, strict: bool = False) -> Version | None:
     m = _NAME.match(path.name)
     if m is None or not (path / MANIFEST).is_file():

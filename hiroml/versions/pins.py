@@ -6,18 +6,21 @@ import dataclasses
 import json
 from pathlib import Path
 
+from hiroml.store.atomic import write_text_atomic
 from hiroml.versions.listing import Version, VersionError, find_version
 from hiroml.versions.publishing import _now
 from hiroml.vocab import PIN_FILE
 
 
 def pin(out: Path | str, version: str | int, note: str = "") -> Version:
-    """Protect a version from pruning (writes ``versions/<v>/PINNED``)."""
+    """Protect a version from pruning (writes ``versions/<v>/PINNED``, atomically). Callers
+    that may run beside a prune hold the output's lock (:mod:`hiroml.store.lock`), so that the
+    version is not deleted between being found and being pinned."""
     v = find_version(out, version)
     if v is None:
         raise VersionError(f"{out} has no versions to pin")
     text = json.dumps({"pinned": _now(), "note": note})
-    (v.path / PIN_FILE).write_text(text + "\n", encoding="utf-8")
+    write_text_atomic(v.path / PIN_FILE, text + "\n")
     return dataclasses.replace(v, pinned=True)
 
 

@@ -20,7 +20,7 @@ from hiroml.pipeline import faults
 from hiroml.store.atomic import copy_atomic
 from hiroml.store.reader import read_manifest
 from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
-from hiroml.versions.hashing import remembered_dataset_hash
+from hiroml.versions.hashing import remembered_dataset_hash, table_checksums
 from hiroml.versions.listing import (
     _NOT_AT_ROOT,
     Version,
@@ -128,7 +128,8 @@ def publish(
     of the "What changed since the previous version" section; ``dataset_hash`` is the hash
     computed here (once per build), for the dataset card. ``build_info`` goes into ``build.json``
     (resolved config, inputs, timings), with ``version``, ``dataset_hash``, ``created``,
-    ``hiroml_version``, ``samples``, ``patients``, ``previous`` and ``changes`` added.
+    ``hiroml_version``, ``samples``, ``patients``, ``previous``, ``changes`` and ``tables`` (the
+    SHA-256 of each table file of the version, checked by ``hiroml-verify``) added.
     """
     out = Path(out)
     _check_shards_present(out, manifest)
@@ -198,6 +199,7 @@ def _publish_new(
             "patients": len(patients),
             "previous": latest.name if latest is not None else None,
             "changes": _change_counts(change),
+            "tables": table_checksums(tmp),
         }
         (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
     except BaseException:
