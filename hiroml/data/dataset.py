@@ -25,10 +25,10 @@ from torch.utils.data import Dataset
 
 from hiroml.data import Sample
 from hiroml.errors import ArgumentError, HiromlError
-from hiroml.store.halfcast import to_float16, to_float32
 from hiroml.store.reader import (
     SampleRef,
     cell_str,
+    locate,
     open_shard,
     read_into,
     read_manifest,
@@ -36,8 +36,9 @@ from hiroml.store.reader import (
     region_of,
     sample_refs,
     tables_dir,
+    to_float16,
+    to_float32,
 )
-from hiroml.versions.listing import locate
 from hiroml.vocab import Split
 
 log = logging.getLogger(__name__)

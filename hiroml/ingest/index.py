@@ -176,6 +176,19 @@ def _pixel_value(ds: Dataset) -> bytes | None:
     return raw if isinstance(raw, bytes) else bytes(raw or b"")
 
 
+def _check_pixel_data(
+    h: Header, pixels: bytes | memoryview, tsyntax: str, *, label: str, limits: LimitsConfig
+) -> None:
+    """The pixel data's length against its header (:func:`_check_pixel_size`), and its size
+    and codestream header against ``limits`` (:func:`hiroml.dicom.limits.check_pixels`)."""
+    _check_pixel_size(h, len(pixels), tsyntax, label=label)
+    check_pixels(
+        tsyntax=tsyntax, rows=_int(h, "Rows") or 0, cols=_int(h, "Columns") or 0,
+        samples=_int(h, "SamplesPerPixel") or 1, bits_allocated=_int(h, "BitsAllocated") or 0,
+        frames=_int(h, "NumberOfFrames") or 1, pixel_data=pixels, label=label, limits=limits,
+    )  # fmt: skip
+
+
 def instance_from_dataset(
     ds: Dataset,
     *,
@@ -206,12 +219,7 @@ def instance_from_dataset(
     frames = _int(h, "NumberOfFrames") or 1
     spp = _int(h, "SamplesPerPixel") or 1
     if pixel_bytes is not None:
-        _check_pixel_size(h, len(pixel_bytes), tsyntax, label=f"{zip_name}: {member}")
-        check_pixels(
-            tsyntax=tsyntax, rows=rows, cols=cols, samples=spp, bits_allocated=bits,
-            frames=frames, pixel_data=pixel_bytes, label=f"{zip_name}: {member}", limits=limits,
-        )  # fmt: skip
-    kernel = _text(h, "ConvolutionKernel")
+        _check_pixel_data(h, pixel_bytes, tsyntax, label=f"{zip_name}: {member}", limits=limits)
     return Instance(
         batch=batch,
         zip=zip_name,
@@ -253,7 +261,7 @@ def instance_from_dataset(
         series_description=_text(h, "SeriesDescription"),
         series_number=_int(h, "SeriesNumber"),
         instance_number=_int(h, "InstanceNumber"),
-        kernel=kernel,
+        kernel=_text(h, "ConvolutionKernel"),
         gantry_tilt=_float(h, "GantryDetectorTilt"),
         frame_of_reference_uid=_text(h, "FrameOfReferenceUID"),
         has_pixels=pixel_bytes is not None,
@@ -367,17 +375,7 @@ def index_zip(
     def problem(
         member: str, reason: str, action: Action = Action.ERROR, internal: str = ""
     ) -> None:
-        problems.append(
-            Problem(
-                zip=name,
-                batch=batch,
-                member=member,
-                stage="index",
-                reason=reason,
-                action=action,
-                internal=internal,
-            )
-        )
+        problems.append(Problem(name, batch, member, "index", reason, action, internal=internal))
 
     try:
         z = SafeZip(path, limits)

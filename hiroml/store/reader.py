@@ -15,7 +15,8 @@ the report, the diff of two versions, the export, the Dataset and the shrink gua
 CSV: :func:`escape_frame` for a CSV written from input-derived text (what ``read_audit``
 undoes), from :mod:`hiroml.store.csvcells`.
 
-Arrays: the shard readers of :mod:`hiroml.store.shards` and :func:`array_to_sitk`.
+Arrays: the shard readers of :mod:`hiroml.store.shards`, the float16/float32 casts of
+:mod:`hiroml.store.halfcast` and :func:`array_to_sitk`.
 ``hiroml.data`` imports nothing else of hiroml but this module (and ``vocab``, ``errors``).
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml.store.csvcells import escape_frame, unescape_frame
+from hiroml.store.halfcast import to_float16, to_float32
 from hiroml.store.shards import (
     SampleRef,
     open_shard,
@@ -54,6 +56,7 @@ __all__ = [
     "cell_strings",
     "escape_frame",
     "is_missing",
+    "locate",
     "open_shard",
     "read_audit",
     "read_into",
@@ -64,10 +67,20 @@ __all__ = [
     "region_of",
     "sample_refs",
     "tables_dir",
+    "to_float16",
+    "to_float32",
 ]
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def locate(path: Path | str) -> tuple[Path, str | None]:
+    """The output folder a path names and the version it names
+    (:func:`hiroml.versions.listing.locate`)."""
+    from hiroml.versions.listing import locate as find
+
+    return find(path)
 
 
 def tables_dir(out: Path | str, version: str | int | None = None) -> tuple[Path, str | None]:

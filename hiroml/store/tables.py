@@ -304,4 +304,3 @@ def write_outputs(
     write_atomic(out_dir / AUDIT, lambda tmp: safe.to_csv(tmp, index=False))
     manifest_table = _to_table(m.reset_index(drop=True))
     write_atomic(out_dir / MANIFEST, lambda tmp: pq.write_table(manifest_table, tmp))
-
