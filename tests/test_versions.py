@@ -588,7 +588,7 @@ _SLOW_PRUNE = (
     "remove = pruning._remove_tree\n"
     "def slow(path):\n"
     "    print('deleting', flush=True)\n"
-    "    time.sleep(0.3)\n"  # the prune has chosen what to delete: a pin now must wait
+    "    time.sleep(2)\n"  # the prune has chosen what to delete; a pin unlocked would land now
     "    remove(path)\n"
     "pruning._remove_tree = slow\n"
     "from hiroml.cli.versions import main\n"
@@ -602,12 +602,13 @@ def test_a_pin_beside_a_prune_is_never_lost_nor_reported_falsely(
     """``--prune --keep 1`` (slowed while deleting) and ``--pin 1`` started together in two
     processes: either the pin comes first and the version survives with its shards, or the
     prune does and the pin fails naming the missing version; never a pin reported for a
-    deleted version. Besides the races, one trial starts the pin while the prune deletes,
-    one gives the pin a head start."""
+    deleted version. Besides the races, one trial starts the pin while the prune deletes
+    (without the lock, that pin is reported and its version deleted), one starts the prune
+    once the pin is written."""
     import time
 
     outcomes = []
-    for trial, order in enumerate(("race", "race", "race", "prune first", "pin first")):
+    for trial, order in enumerate(("race", "race", "prune first", "pin first")):
         out = tmp_path / f"out{trial}"
         shutil.copytree(history[0], out)
         v1 = versions_listing.list_versions(out)[0]
@@ -615,9 +616,11 @@ def test_a_pin_beside_a_prune_is_never_lost_nor_reported_falsely(
         cmd = [sys.executable, "-c", _SLOW_PRUNE, str(out)]
         pin_cmd = [*cmd, "--pin", "1", "--note", "paper", "--wait", "30"]
         pinner = None
-        if order == "pin first":
+        if order == "pin first":  # the prune starts once the pin is written
             pinner = subprocess.Popen(pin_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            time.sleep(1.5)
+            deadline = time.monotonic() + 30
+            while not (v1.path / "PINNED").is_file() and time.monotonic() < deadline:
+                time.sleep(0.01)
         pruner = subprocess.Popen(
             [*cmd, "--prune", "--keep", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -638,7 +641,7 @@ def test_a_pin_beside_a_prune_is_never_lost_nor_reported_falsely(
             assert pinner.returncode == 1 and "no version '1'" in pin_err, pin_err
             assert v1.name not in kept and "Traceback" not in pin_err
             outcomes.append("pruned first")
-    assert outcomes[3:] == ["pruned first", "pinned"], outcomes
+    assert outcomes[2:] == ["pruned first", "pinned"], outcomes
 
 
 def test_dataset_hash_is_remembered_for_the_same_frame_only(
