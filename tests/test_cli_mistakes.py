@@ -321,3 +321,23 @@ def test_an_interrupted_build_stops_at_once_with_one_line(
     assert not any(_alive(p) for p in workers)
     assert list_versions(out)[-1].name == latest.name
     assert cli_verify.main([str(out), "--quick"]) == 0
+
+
+def _slow(n: int) -> int:
+    time.sleep(0.5)
+    return n
+
+
+def test_closing_the_pool_stops_its_workers_without_draining_the_queue() -> None:
+    from hiroml.config import ExecutorConfig
+    from hiroml.pipeline.executor import map_items
+
+    gen = map_items(
+        _slow, list(range(40)), ExecutorConfig(workers=2), desc="x", unit="n", progress=False
+    )
+    next(gen)
+    workers = _children(os.getpid())
+    t0 = time.monotonic()
+    gen.close()  # what an interrupt does to the loop that consumes it
+    assert time.monotonic() - t0 < 3.0  # the queue holds 10 s of work for two workers
+    assert workers and not any(_alive(p) for p in workers)
