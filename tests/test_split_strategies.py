@@ -115,6 +115,14 @@ def test_stratum_values() -> None:
     assert modality_present(["ct"]) == "ct"
 
 
+def test_an_unknown_stratify_column_is_named() -> None:
+    from hiroml.errors import BuildError
+    from hiroml.exams.groups import _strata
+
+    with pytest.raises(BuildError, match="'bogus' is none of age_band, sex, modality"):
+        _strata(["modality", "bogus"], {}, {}, None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
