@@ -231,10 +231,11 @@ def test_pin_and_export_into_a_read_only_place_get_one_line(
 
 
 def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path) -> None:
-    script = "import sys; from hiroml.cli.versions import cli; sys.argv[1:] = [sys.argv[1]]; cli()"
-    for _ in range(3):  # the reader may go before or after the first write
+    script = "import sys; from hiroml.cli.versions import cli; cli()"
+    for args in ["", "--json"] * 2:  # the reader may go before or after the first write
         done = subprocess.run(
-            f'"{sys.executable}" -c "{script}" "{tiny_build_clinical}" | head -c 1',
+            f'set -o pipefail; "{sys.executable}" -c "{script}" "{tiny_build_clinical}" {args}'
+            " | head -c 1",
             shell=True,
             capture_output=True,
             text=True,
@@ -242,7 +243,8 @@ def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path) -> None:
             executable="/bin/bash",
             env={**os.environ, "PYTHONUNBUFFERED": "0"},
         )
-        assert done.stderr == "" and done.stdout == "v"
+        assert done.stderr == "" and done.stdout == ("[" if args else "v")
+        assert done.returncode == 0
     entry = console("hiroml-x", lambda argv: (_ for _ in ()).throw(BrokenPipeError()))
     with pytest.raises(SystemExit) as ended:
         entry()

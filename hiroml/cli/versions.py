@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except OutputLockedError as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except BrokenPipeError:  # the reader went away: quiet (hiroml.cli.common.console)
+        raise
     except OSError as e:
         line = unwritable(e, out, todo=_READ_ONLY)
         print(f"hiroml-versions: {line or e}", file=sys.stderr)
