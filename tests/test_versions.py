@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -28,7 +29,7 @@ from hiroml.exams import splits
 from hiroml.pipeline import faults
 from hiroml.store.reader import cell_plain
 from hiroml.store.shards import open_shard, sample_refs, shard_sha256
-from hiroml.store.verify import examine_all, verify
+from hiroml.store.verify import examine, examine_all, verify
 from hiroml.synth import write_remap_sheet
 from hiroml.versions import changes as versions_changes
 from hiroml.versions import hashing as versions_hashing
@@ -876,13 +877,22 @@ def test_verify_catches_a_flipped_byte_an_old_build_json_and_a_damaged_shard_hea
     v1, v2 = versions_listing.list_versions(out)
     # one byte flipped in the middle of a version's manifest
     path = v1.path / "manifest.parquet"
-    data = bytearray(path.read_bytes())
+    original = path.read_bytes()
+    data = bytearray(original)
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     assert verify_main([str(out), "--version", v1.name, "--quick"]) == 1
     text = capsys.readouterr().out
     assert f"error: version {v1.name}: manifest.parquet has sha256" in text
     assert "Traceback" not in text
+    # random one-bit flips anywhere in it: each an error naming the version, none uncaught
+    rng = np.random.default_rng(3)
+    for pos, bit in zip(rng.integers(0, len(data), 40), rng.integers(0, 8, 40), strict=True):
+        flipped = bytearray(original)
+        flipped[pos] ^= 1 << int(bit)
+        path.write_bytes(bytes(flipped))
+        errors = examine(out, version=v1.name, deep=False).errors
+        assert any(v1.name in e for e in errors), (pos, bit, errors)
     # a version published before table checksums were recorded: "not recorded", no error
     info = json.loads((v2.path / "build.json").read_text())
     del info["tables"]
