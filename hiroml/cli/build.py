@@ -222,7 +222,7 @@ def _full_build(cfg: BuildConfig) -> BuildSummary:
 def _interrupted() -> str:
     """The line an interrupted build ends with: which version is still the latest."""
     if not _output:
-        return "interrupted; no version was published; run again to resume"
+        return "interrupted before the build started; nothing was changed"
     from hiroml.versions.listing import find_version
 
     try:
