@@ -41,7 +41,7 @@ def _change(out: Path, args: argparse.Namespace) -> None:
         keep = args.keep if args.keep is not None else _default_keep(out)
         if keep < 1:
             raise VersionError(f"--keep {keep}: keep at least 1 version")
-    with build_lock(out, timeout=args.wait):
+    with build_lock(out, timeout=args.wait, how_to_wait="a longer --wait SECONDS"):
         if args.pin:
             v = pin(out, args.pin, args.note)
             print(f"pinned {v.name}")
