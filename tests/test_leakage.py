@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import io
+import json
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from hiroml.errors import ConfigError
 from hiroml.exams import linking, neardup, paircache
 from hiroml.exams import rules as exams_rules
 from hiroml.store import verify as store_verify
+from hiroml.versions import hashing as versions_hashing
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
 SHAPE = (400, 330)  # rows, columns of the generated radiographs
@@ -428,6 +430,12 @@ def _planted(out: Path, tmp_path: Path, plant: Callable[[pd.DataFrame, int, int]
     plant(m, a, b)
     for path in planted.rglob("manifest.parquet"):  # the root tables and the versions'
         m.to_parquet(path)
+        info_path = path.with_name("build.json")
+        if info_path.is_file():  # as if a build had published it: build.json agrees
+            info = json.loads(info_path.read_text())
+            info["dataset_hash"] = versions_hashing.dataset_hash(path)
+            info["tables"] = versions_hashing.table_checksums(path.parent)
+            info_path.write_text(json.dumps(info))
     return planted
 
 
