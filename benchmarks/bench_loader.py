@@ -19,10 +19,13 @@ CT: int16 volumes (z, y, x) chunked one slice per chunk or in cubes: random axia
 and random 96^3 patches per second, beside a memmap of the raw volume.
 
 All files sit in the page cache after writing: this measures the software path (HDF5,
-codecs, copies), not the disk. Usage::
+codecs, copies), not the disk. ``--hog N`` runs N CPU-busy processes beside the measurement
+and leaves torch's intra-op threads at their default (one per core), as on a training machine
+whose other cores are busy; without it the benchmark runs torch on one thread. Usage::
 
     python benchmarks/bench_loader.py            # N=2000, ~2 minutes
     python benchmarks/bench_loader.py --quick    # N=500, ~40 s
+    python benchmarks/bench_loader.py --quick --hog 1   # with one other core busy
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -139,7 +144,7 @@ class MemmapCxr(Dataset[dict[str, Any]]):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.mm is None:
             self.mm = np.memmap(self.path, np.float16, "r", shape=(self.n, SIZE, SIZE))
-        img = torch.from_numpy(np.array(self.mm[i])).to(torch.float32)
+        img = torch.from_numpy(self.mm[i].astype(np.float32))  # one copy, on this thread
         return {"image": img.unsqueeze(0), "sample_key": f"k{i:05d}"}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -371,11 +376,18 @@ def main() -> None:
     p.add_argument("--ct-depth", type=int, default=None, help="slices of the CT volume")
     p.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--hog", type=int, default=0, metavar="N",
+        help="run N CPU-busy processes beside it; torch keeps its default threads",
+    )  # fmt: skip
     args = p.parse_args()
     args.n = args.n or (500 if args.quick else 2000)
     args.seconds = args.seconds or (0.3 if args.quick else 0.6)
     args.ct_depth = args.ct_depth or (128 if args.quick else 192)
-    torch.set_num_threads(1)
+    if not args.hog:
+        torch.set_num_threads(1)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hog)]
+    print(f"torch threads {torch.get_num_threads()}, {args.hog} CPU-busy process(es)", flush=True)
     root = Path(tempfile.mkdtemp(prefix="hiroml-bench-", dir=args.dir))
     try:
         print(f"CXR ({args.n} images) in {root}", flush=True)
@@ -383,6 +395,9 @@ def main() -> None:
         print("CT", flush=True)
         ct = bench_ct(root, args.ct_depth, args.seconds)
     finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
         shutil.rmtree(root, ignore_errors=True)
     print_tables(cxr, ct, args)
     if args.json:

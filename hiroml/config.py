@@ -225,6 +225,9 @@ class SplitsConfig:
                 "splits.strategy=stratified needs splits.stratify: comma-separated columns of "
                 f"{', '.join(StratumKey)} or a clinical label"
             )
+        if self.stratify and self.strategy == SplitStrategy.HASH:
+            # splits.stratify alone has always meant a stratified split: it still does
+            self.strategy = SplitStrategy.STRATIFIED.value
         if self.stratify and self.strategy != SplitStrategy.STRATIFIED:
             raise ConfigError(
                 f"splits.stratify={self.stratify!r} is used by splits.strategy=stratified only "

@@ -95,6 +95,8 @@ BUILD_JSON = "build.json"
 PIN_FILE = "PINNED"
 #: The index of the files hiroml-export writes.
 EXPORT_INDEX_NAME = "index.csv"
+#: The ground truth hiroml-synth writes beside a synthetic datamart (it names its clinical table).
+TRUTH_NAME = "hiroml-synth-truth.json"
 
 # --------------------------------------------------------------------------- output folders
 

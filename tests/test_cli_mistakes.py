@@ -231,10 +231,11 @@ def test_pin_and_export_into_a_read_only_place_get_one_line(
 
 
 def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path) -> None:
-    script = "import sys; from hiroml.cli.versions import cli; sys.argv[1:] = [sys.argv[1]]; cli()"
-    for _ in range(3):  # the reader may go before or after the first write
+    script = "import sys; from hiroml.cli.versions import cli; cli()"
+    for args in ["", "--json"] * 2:  # the reader may go before or after the first write
         done = subprocess.run(
-            f'"{sys.executable}" -c "{script}" "{tiny_build_clinical}" | head -c 1',
+            f'set -o pipefail; "{sys.executable}" -c "{script}" "{tiny_build_clinical}" {args}'
+            " | head -c 1",
             shell=True,
             capture_output=True,
             text=True,
@@ -242,7 +243,8 @@ def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path) -> None:
             executable="/bin/bash",
             env={**os.environ, "PYTHONUNBUFFERED": "0"},
         )
-        assert done.stderr == "" and done.stdout == "v"
+        assert done.stderr == "" and done.stdout == ("[" if args else "v")
+        assert done.returncode == 0
     entry = console("hiroml-x", lambda argv: (_ for _ in ()).throw(BrokenPipeError()))
     with pytest.raises(SystemExit) as ended:
         entry()
@@ -321,3 +323,23 @@ def test_an_interrupted_build_stops_at_once_with_one_line(
     assert not any(_alive(p) for p in workers)
     assert list_versions(out)[-1].name == latest.name
     assert cli_verify.main([str(out), "--quick"]) == 0
+
+
+def _slow(n: int) -> int:
+    time.sleep(0.5)
+    return n
+
+
+def test_closing_the_pool_stops_its_workers_without_draining_the_queue() -> None:
+    from hiroml.config import ExecutorConfig
+    from hiroml.pipeline.executor import map_items
+
+    gen = map_items(
+        _slow, list(range(40)), ExecutorConfig(workers=2), desc="x", unit="n", progress=False
+    )
+    next(gen)
+    workers = _children(os.getpid())
+    t0 = time.monotonic()
+    gen.close()  # what an interrupt does to the loop that consumes it
+    assert time.monotonic() - t0 < 3.0  # the queue holds 10 s of work for two workers
+    assert workers and not any(_alive(p) for p in workers)

@@ -115,17 +115,33 @@ def test_stratum_values() -> None:
     assert modality_present(["ct"]) == "ct"
 
 
+def test_an_unknown_stratify_column_is_named() -> None:
+    from hiroml.errors import BuildError
+    from hiroml.exams.groups import _strata
+
+    with pytest.raises(BuildError, match="'bogus' is none of age_band, sex, modality"):
+        _strata(["modality", "bogus"], {}, {}, None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"strategy": "random"}, r"splits.strategy='random': choose one of hash"),
         ({"strategy": "stratified"}, "needs splits.stratify"),
-        ({"stratify": "icu"}, "add splits.strategy=stratified"),
+        ({"stratify": "icu", "strategy": "temporal"}, "add splits.strategy=stratified"),
     ],
 )
 def test_bad_split_settings_are_named(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         SplitsConfig(**kwargs)
+
+
+def test_stratify_alone_still_means_a_stratified_split() -> None:
+    """Before splits.strategy existed, splits.stratify=<label> asked for a stratified split;
+    it still does (the hash default gives way), so users' overrides keep working."""
+    cfg = SplitsConfig(stratify="icu")
+    assert cfg.strategy == "stratified" and cfg.stratify_columns == ("icu",)
+    assert SplitsConfig().strategy == "hash"
 
 
 def test_bad_temporal_settings_are_named() -> None:

@@ -105,7 +105,15 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
 
 
+#: the build's own process: forked workers inherit :func:`_on_sigterm` and must simply end
+_MAIN_PID: list[int] = []
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if _MAIN_PID and os.getpid() != _MAIN_PID[0]:  # a forked worker: die as SIGTERM says
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise _Terminated()
 
 
@@ -214,7 +222,7 @@ def _full_build(cfg: BuildConfig) -> BuildSummary:
 def _interrupted() -> str:
     """The line an interrupted build ends with: which version is still the latest."""
     if not _output:
-        return "interrupted; no version was published; run again to resume"
+        return "interrupted before the build started; nothing was changed"
     from hiroml.versions.listing import find_version
 
     try:
@@ -241,6 +249,7 @@ def main() -> None:
         raise SystemExit(EXIT_CONFIG)
     # Hydra's errors reach this function as exceptions (not its own multi-line report)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    _MAIN_PID[:] = [os.getpid()]
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _main()

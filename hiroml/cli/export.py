@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = export(
             a.out, a.dest, fmt=a.fmt, modality=a.modality, split=a.split, version=a.dataset_version
         )
+    except BrokenPipeError:  # the reader went away: quiet (hiroml.cli.common.console)
+        raise
     except OSError as e:
         line = unwritable(e, a.dest, todo="give DEST a folder you can write to")
         print(f"hiroml-export: {line or e}", file=sys.stderr)

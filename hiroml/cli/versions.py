@@ -41,7 +41,7 @@ def _change(out: Path, args: argparse.Namespace) -> None:
         keep = args.keep if args.keep is not None else _default_keep(out)
         if keep < 1:
             raise VersionError(f"--keep {keep}: keep at least 1 version")
-    with build_lock(out, timeout=args.wait):
+    with build_lock(out, timeout=args.wait, how_to_wait="a longer --wait SECONDS"):
         if args.pin:
             v = pin(out, args.pin, args.note)
             print(f"pinned {v.name}")
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except OutputLockedError as e:
         print(f"hiroml-versions: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except BrokenPipeError:  # the reader went away: quiet (hiroml.cli.common.console)
+        raise
     except OSError as e:
         line = unwritable(e, out, todo=_READ_ONLY)
         print(f"hiroml-versions: {line or e}", file=sys.stderr)

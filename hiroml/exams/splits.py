@@ -84,7 +84,9 @@ def temporal_cutoff(first_seen: Collection[dt.date], cfg: SplitsConfig) -> dt.da
     """The temporal strategy's cut-off: ``splits.temporal.test_after``, else the date after
     which the latest ``test_fraction`` (``splits.test`` when null) of ``first_seen`` (one
     date per patient group) lie. Groups first seen on the cut-off day itself are not after
-    it, so a fraction's test share can fall short of it by that day's groups."""
+    it, so a fraction's test share can fall short of it by that day's groups. A fraction's
+    cut-off is drawn anew by each build over all its groups; groups of an earlier version
+    keep their split, so later weeks' new groups mostly fall after it."""
     t = cfg.temporal
     if t.test_after is not None:
         return dt.date.fromisoformat(str(t.test_after))

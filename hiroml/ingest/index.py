@@ -168,25 +168,25 @@ def _check_pixel_size(h: Header, n_bytes: int, tsyntax: str, *, label: str) -> N
         )
 
 
-def _pixel_value(ds: Dataset) -> bytes | None:
-    """The (7FE0,0010) Pixel Data value of a dataset read whole, as bytes; None without it."""
-    if "PixelData" not in ds:
-        return None
-    raw = ds["PixelData"].value
-    return raw if isinstance(raw, bytes) else bytes(raw or b"")
-
-
-def _check_pixel_data(
+def _check_pixels(
     h: Header, pixels: bytes | memoryview, tsyntax: str, *, label: str, limits: LimitsConfig
 ) -> None:
-    """The pixel data's length against its header (:func:`_check_pixel_size`), and its size
-    and codestream header against ``limits`` (:func:`hiroml.dicom.limits.check_pixels`)."""
+    """:func:`_check_pixel_size`, then :func:`hiroml.dicom.limits.check_pixels`: the sizes
+    within ``limits``, the codestream header in agreement with the DICOM header."""
     _check_pixel_size(h, len(pixels), tsyntax, label=label)
     check_pixels(
         tsyntax=tsyntax, rows=_int(h, "Rows") or 0, cols=_int(h, "Columns") or 0,
         samples=_int(h, "SamplesPerPixel") or 1, bits_allocated=_int(h, "BitsAllocated") or 0,
         frames=_int(h, "NumberOfFrames") or 1, pixel_data=pixels, label=label, limits=limits,
     )  # fmt: skip
+
+
+def _pixel_value(ds: Dataset) -> bytes | None:
+    """The (7FE0,0010) Pixel Data value of a dataset read whole, as bytes; None without it."""
+    if "PixelData" not in ds:
+        return None
+    raw = ds["PixelData"].value
+    return raw if isinstance(raw, bytes) else bytes(raw or b"")
 
 
 def instance_from_dataset(
@@ -205,9 +205,8 @@ def instance_from_dataset(
     SOP Instance UID is missing or the pixel data is shorter than its header promises.
     ``pixels`` is the raw (7FE0,0010) Pixel Data value when the dataset was read without it
     (:func:`read_member`); ``read_note`` says how a file without a Part 10 header was read
-    (:func:`hiroml.dicom.decode.parse`). A member whose pixels would decode beyond ``limits``,
-    or whose codestream header disagrees with its DICOM header, is a :class:`BadInputError`
-    naming the numbers (:func:`hiroml.dicom.limits.check_pixels`)."""
+    (:func:`hiroml.dicom.decode.parse`). Pixels over ``limits`` or a codestream header that
+    disagrees with the DICOM header: :class:`BadInputError` (:func:`_check_pixels`)."""
     h = header_values(ds)
     sop = _text(h, "SOPInstanceUID")
     if not sop:
@@ -219,7 +218,7 @@ def instance_from_dataset(
     frames = _int(h, "NumberOfFrames") or 1
     spp = _int(h, "SamplesPerPixel") or 1
     if pixel_bytes is not None:
-        _check_pixel_data(h, pixel_bytes, tsyntax, label=f"{zip_name}: {member}", limits=limits)
+        _check_pixels(h, pixel_bytes, tsyntax, label=f"{zip_name}: {member}", limits=limits)
     return Instance(
         batch=batch,
         zip=zip_name,
@@ -362,10 +361,8 @@ def index_zip(
     on_member: MemberHook | None = None,
     pixel_limits: LimitsConfig = DEFAULT_LIMITS,
 ) -> ZipIndex:
-    """Index every member of one exam zip. Never raises for bad input: an unreadable zip or
-    member becomes a :class:`Problem` naming it, among them a member over ``pixel_limits``.
-    ``on_member`` is called with each indexed member's bytes (once per SOP Instance UID),
-    while the zip is open."""
+    """Index one exam zip; a bad zip or member (over ``pixel_limits`` too) is a :class:`Problem`
+    naming it, never raised. ``on_member`` gets each indexed member's bytes, once per SOP UID."""
     from hiroml.ingest.zipio import SafeZip
 
     batch, name = ezip.batch.name, ezip.file_name

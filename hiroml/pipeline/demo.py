@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 from hiroml.config import BuildConfig
 from hiroml.errors import BuildError
+from hiroml.vocab import TRUTH_NAME
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ def demo_datamart(cfg: BuildConfig) -> Path:
 
     out = Path(cfg.paths.output)
     root = Path(cfg.paths.demo_dir or f"{out}-demo-datamart")
-    stamp = root / "hiroml-synth-truth.json"
+    stamp = root / TRUTH_NAME
     if stamp.is_file():
         try:
             truth = json.loads(stamp.read_text())
@@ -35,3 +37,19 @@ def demo_datamart(cfg: BuildConfig) -> Path:
     log.info("generating the %s synthetic datamart in %s", cfg.demo_size, root)
     synth.generate(root, seed=cfg.seed, size=cfg.demo_size)
     return root
+
+
+def with_demo(cfg: BuildConfig) -> tuple[BuildConfig, Path]:
+    """``cfg`` and the datamart it builds from. With ``paths.datamart`` null that is the demo
+    datamart (generated once), and ``paths.clinical``, when null too, becomes the demo's own
+    clinical table (``clinical.csv``: ``icu`` and other labels), so the demo output carries the
+    label columns the README's examples use."""
+    if cfg.paths.datamart:
+        return cfg, Path(cfg.paths.datamart)
+    root = demo_datamart(cfg)
+    if cfg.paths.clinical is None:
+        # the ground truth names it (read here: this runs before pydicom is imported)
+        clinical = json.loads((root / TRUTH_NAME).read_text())["clinical"]
+        paths = dataclasses.replace(cfg.paths, clinical=str(root / clinical))
+        cfg = dataclasses.replace(cfg, paths=paths)
+    return cfg, root

@@ -28,7 +28,7 @@ from hiroml.pipeline.audit import (
     split_move_rows,
     with_link_notes,
 )
-from hiroml.pipeline.demo import demo_datamart
+from hiroml.pipeline.demo import with_demo
 from hiroml.pipeline.publish import batches_read, publish
 from hiroml.pipeline.samples import manifest_frame, with_signatures
 from hiroml.pipeline.summary import BuildSummary, now, timed
@@ -120,6 +120,7 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     from hiroml.ingest import discover as datamart
     from hiroml.store.lock import build_lock
 
+    cfg, root = with_demo(cfg)
     if check_unchanged and cfg.skip_unchanged:
         same = unchanged.answer(cfg)
         if same is not None:
@@ -131,7 +132,6 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     cv2.setNumThreads(1)
     t_start = time.perf_counter()
     started = now()
-    root = Path(cfg.paths.datamart) if cfg.paths.datamart else demo_datamart(cfg)
     t = time.perf_counter()
     found = datamart.discover(root)  # a missing or empty datamart stops here
     t_discover = time.perf_counter() - t

@@ -77,10 +77,30 @@ def _run(fn: Callable[[T], R], items: list[T], cfg: ExecutorConfig) -> Iterator[
         return
     # fork: workers inherit the logging set up by the entry point. The driver holds no open
     # HDF5 file while work runs, so h5py's fork pitfall does not arise.
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
         futures = {pool.submit(fn, item): item for item in items}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
+    except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, SIGTERM: stop now, not after the queue
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop(pool: ProcessPoolExecutor, *, grace: float = 1.0) -> None:
+    """Cancel what has not started and stop the workers (SIGTERM, then SIGKILL after
+    ``grace`` seconds): what they were writing is a task's temporary file, which the next
+    build redoes."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(grace)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(grace)
 
 
 def _run_dask(fn: Callable[[T], R], items: list[T], cfg: ExecutorConfig) -> Iterator[tuple[T, R]]:

@@ -150,12 +150,9 @@ def answer(cfg: BuildConfig) -> BuildSummary | None:
     out = Path(cfg.paths.output)
     if not record_path(out).is_file():
         return None
-    if cfg.paths.datamart:
-        root = Path(cfg.paths.datamart)
-    else:
-        from hiroml.pipeline.demo import demo_datamart
+    from hiroml.pipeline.demo import with_demo
 
-        root = demo_datamart(cfg)
+    cfg, root = with_demo(cfg)
     summary = BuildSummary(started=now(), datamart=str(root), output=str(out))
     found = datamart.discover(root)  # a missing or empty datamart: the build's own error
     summary.stage_seconds["discover"] = time.perf_counter() - t_start

@@ -88,12 +88,13 @@ def _write_holder(out: Path, holder: Holder) -> None:
         log.warning("could not record the lock's holder in %s (%s)", path, e)
 
 
-def _locked_message(out: Path, holder: Holder | None) -> str:
+def _locked_message(out: Path, holder: Holder | None, how_to_wait: str, waited: float) -> str:
     who = holder.describe() if holder else "a build that has not yet recorded its pid"
+    after = f" (waited {waited:g} s)" if waited else ""
     return (
-        f"another build holds the lock of the output folder {out} ({who}); only one build "
-        "may write an output at a time. Wait for it to finish, or run again with "
-        f"wait_for_lock=true to wait for it (lock file: {out / STATE_DIR / LOCK_NAME})"
+        f"another build holds the lock of the output folder {out} ({who}){after}; only one "
+        "build may write an output at a time. Wait for it to finish, or run again with "
+        f"{how_to_wait} to wait for it (lock file: {out / STATE_DIR / LOCK_NAME})"
     )
 
 
@@ -115,14 +116,21 @@ def _take_over_message(out: Path, dead: Holder) -> str:
 
 
 @contextmanager
-def build_lock(out: Path | str, *, wait: bool = False, timeout: float = 0.0) -> Iterator[Holder]:
+def build_lock(
+    out: Path | str,
+    *,
+    wait: bool = False,
+    timeout: float = 0.0,
+    how_to_wait: str = "wait_for_lock=true",
+) -> Iterator[Holder]:
     """Hold the build lock of the output folder ``out`` for the ``with`` block.
 
     Only ``<out>/.hiroml/`` is created (for the lock file) before the lock is held. Raises
     :class:`OutputLockedError`, naming the holder, when another process holds it, unless
     ``wait`` is true: then logs whom it waits for and blocks until the lock is free. With
     ``timeout`` > 0 (seconds) and ``wait`` false, it waits that long at most, then raises.
-    The lock and the holder file are released on leaving the block, whatever ends it.
+    ``how_to_wait`` is what the message tells the user to give to wait. The lock and the
+    holder file are released on leaving the block, whatever ends it.
     """
     if not isinstance(wait, bool):
         raise TypeError(f"wait must be a bool, not {type(wait).__name__}")
@@ -137,13 +145,14 @@ def build_lock(out: Path | str, *, wait: bool = False, timeout: float = 0.0) -> 
     except Timeout:
         holder = read_holder(out)
         if not wait and timeout == 0:
-            raise OutputLockedError(_locked_message(out, holder)) from None
+            raise OutputLockedError(_locked_message(out, holder, how_to_wait, 0)) from None
         who = holder.describe() if holder else "a build that has not yet recorded its pid"
         log.info("waiting for the build that holds the lock of %s (%s)", out, who)
         try:
             lock.acquire(timeout=-1 if wait else timeout)
         except Timeout:
-            raise OutputLockedError(_locked_message(out, read_holder(out))) from None
+            holder = read_holder(out)
+            raise OutputLockedError(_locked_message(out, holder, how_to_wait, timeout)) from None
     try:
         previous = read_holder(out)
         if previous is not None:

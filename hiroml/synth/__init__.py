@@ -172,7 +172,6 @@ from hiroml.synth.factory import (
     SOP_CLASSES,
     SYNTH_IMPLEMENTATION_UID,
     SYNTH_IMPLEMENTATION_VERSION,
-    TRUTH_NAME,
     StudyInfo,
     dicom_bytes,
     make_cxr,
@@ -184,6 +183,7 @@ from hiroml.synth.factory import (
 from hiroml.synth.phantoms import ct_hu_at, phantom_chest_2d, phantom_chest_3d, render_ct_slice
 from hiroml.synth.scenarios import SCENARIOS, plan
 from hiroml.synth.truth import finish_truth
+from hiroml.vocab import TRUTH_NAME
 
 __all__ = [
     "CLINICAL_NAME",

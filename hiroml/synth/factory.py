@@ -36,7 +36,6 @@ from pydicom.uid import (
 
 from hiroml.ingest.discover import REMAP_SHEET_NAME
 
-TRUTH_NAME = "hiroml-synth-truth.json"
 REMAP_SHEET = REMAP_SHEET_NAME  # the datamart's remap sheet, named once in hiroml.ingest.discover
 CLINICAL_NAME = "clinical.csv"
 
