@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,6 +50,29 @@ logger = logging.getLogger(__name__)
 
 def _where(inst: Instance) -> str:
     return f"{inst.rel_zip}: member {inst.member}"
+
+
+def check_rescale(ds: Dataset, inst: Instance) -> None:
+    """Raise :class:`BadInputError` naming the zip, member and value when (0028,1053) Rescale
+    Slope is 0 or not finite, or (0028,1052) Rescale Intercept is not finite: such a modality
+    transform maps every pixel to one value (or NaN), an image with no content. A (0028,3000)
+    Modality LUT Sequence without a rescale is not concerned."""
+    if ds.get("RescaleSlope") in (None, "") and ds.get("RescaleIntercept") in (None, ""):
+        return
+    try:
+        slope, intercept = dicom.rescale(ds)
+    except (TypeError, ValueError) as e:
+        raise BadInputError(f"{_where(inst)}: unreadable rescale ({e})") from e
+    if not math.isfinite(slope) or slope == 0:
+        raise BadInputError(
+            f"{_where(inst)}: (0028,1053) Rescale Slope is {slope!r}: every pixel would map to "
+            "one value; the image is not stored"
+        )
+    if not math.isfinite(intercept):
+        raise BadInputError(
+            f"{_where(inst)}: (0028,1052) Rescale Intercept is {intercept!r}: not a finite "
+            "number; the image is not stored"
+        )
 
 
 def _intensities(
@@ -125,6 +149,7 @@ def convert_instance(
     :class:`BadInputError` for an unreadable DICOM) naming the zip, member and transfer syntax.
     """
     ds = read_image(data, inst)
+    check_rescale(ds, inst)
     return _convert_frame(ds, inst, exam_description=exam_description, cfg=cfg, frame=frame)
 
 
@@ -133,8 +158,10 @@ def convert_frames(
 ) -> tuple[list[CxrImage], list[Problem]]:
     """Every frame of an instance ((0028,0008) Number of Frames, 1 when absent) as a
     :class:`CxrImage`; a frame that cannot be decoded is an ``error`` problem naming the
-    frame, and the other frames go on. Raises :class:`BadInputError` for an unreadable DICOM."""
+    frame, and the other frames go on. Raises :class:`BadInputError` for an unreadable DICOM
+    or an unusable rescale (:func:`check_rescale`)."""
     ds = read_image(data, inst)
+    check_rescale(ds, inst)
     n = number_of_frames(ds)
     images: list[CxrImage] = []
     problems: list[Problem] = []
@@ -266,6 +293,10 @@ def prepare_instance(
     decided = view != View.UNKNOWN and not source.startswith("ImageLaterality")
     if decided and view not in set(cfg.views):
         return None
+    try:
+        check_rescale(head, inst)
+    except BadInputError:
+        return None  # reported by the conversion stage when it reads the member again
     images: list[CxrImage] = []
     for k in range(number_of_frames(head)):
         try:
