@@ -16,10 +16,11 @@ import datetime as dt
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from hiroml.errors import DatamartError
+from hiroml.errors import DatamartError, ShrinkRefusedError
 from hiroml.records import Batch, ExamZip, Problem, ZipName
 from hiroml.vocab import Action, BatchStatus, Modality
 
@@ -110,7 +111,13 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
 
     Raises :class:`DatamartError` when ``root`` is missing or holds no batch folder at all
     (a typo in the path, a network share that is not mounted): building from it would
-    publish an empty dataset.
+    publish an empty dataset. Raises :class:`ShrinkRefusedError` (the shrink guard's refusal,
+    nothing written) naming a batch folder that cannot be listed (no read permission): its
+    exams would otherwise vanish from the dataset as if deleted.
+
+    Only regular files (after following symlinks) count as exam zips: a symlink loop, a
+    dangling symlink, a FIFO, a device or a folder named like a zip is a ``skipped`` problem
+    saying why; none of them is opened.
     """
     rootp = Path(root)
     if not rootp.is_dir():
@@ -200,6 +207,19 @@ def no_batches_message(root: Path, *, shown: int = 8) -> str:
     )
 
 
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return f"mode {stat.filemode(mode)}"
+
+
 def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem]]:
     zips: list[ExamZip] = []
     problems: list[Problem] = []
@@ -216,9 +236,16 @@ def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem
             )
         )
 
-    entries = [
-        e for e in sorted(os.scandir(folder), key=lambda e: e.name) if not e.name.startswith(".")
-    ]
+    try:
+        with os.scandir(folder) as it:
+            listed = list(it)
+    except OSError as err:
+        raise ShrinkRefusedError(
+            f"batch folder {folder} cannot be read ({err.strerror or err}): its exams would "
+            "vanish from the dataset as if deleted. Give the build read access to it (or move "
+            "it out of the datamart); nothing was built and the output was not touched"
+        ) from err
+    entries = [e for e in sorted(listed, key=lambda e: e.name) if not e.name.startswith(".")]
     if batch.status is BatchStatus.IN_PROGRESS:
         reason = "batch upload IN-PROGRESS: not read until the folder is marked COMPLETE"
         for e in entries:
@@ -227,8 +254,18 @@ def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem
             report("", reason + " (folder empty)")
         return zips, problems
     for e in entries:
-        if e.is_dir():
-            report(e.name, "a folder inside a batch folder, not an exam zip; not read")
+        try:
+            st: os.stat_result | None = os.stat(e.path)  # follows symlinks: what would be read
+            failed = ""
+        except OSError as err:
+            st = None
+            kind = "a symlink that cannot be followed" if e.is_symlink() else "unreadable"
+            failed = f"not a regular file ({kind}: {err.strerror or err}); not read"
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            report(
+                e.name,
+                "not a regular file (a folder inside a batch folder, not an exam zip); not read",
+            )
         elif not e.name.lower().endswith(".zip"):
             report(e.name, "not a .zip file; not read")
         else:
@@ -237,7 +274,12 @@ def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem
             except ValueError as err:
                 report(e.name, f"{err}; not read", Action.ERROR)
                 continue
-            st = e.stat()
+            if st is None:
+                report(e.name, failed)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                report(e.name, f"not a regular file ({_file_kind(st.st_mode)}); not read")
+                continue
             zips.append(
                 ExamZip(
                     batch=batch,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -39,6 +40,26 @@ except ImportError:  # pragma: no cover - isal is a dependency, zlib the fallbac
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _LOCAL_MAGIC = b"PK\x03\x04"
 _RATIO_EXEMPT_BYTES = 64 * 1024
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file once symlinks are followed.
+
+    Opened with ``O_NONBLOCK`` so that a FIFO never blocks the open, then checked with
+    ``fstat`` before anything is read: a FIFO or a device (``/dev/zero``) is never read.
+    """
+    label = os.path.basename(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise BadInputError(f"{label}: cannot be opened ({e.strerror or e})") from e
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadInputError(
+                f"{label}: not a regular file (mode {stat.filemode(mode)}); not read"
+            )
+        return fh.read()
 
 
 def unsafe_name_reason(name: str) -> str | None:
@@ -72,8 +93,7 @@ class SafeZip:
             self._data = bytes(source)
         else:
             self.name = os.fspath(source)
-            with open(self.name, "rb") as fh:
-                self._data = fh.read()
+            self._data = _read_regular_file(self.name)
         label = os.path.basename(self.name)
         try:
             self._zf = zipfile.ZipFile(io.BytesIO(self._data))
