@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from ct_factory import SeriesSpec, make_series
+from ct_factory import to_bytes as ct_to_bytes
+from ct_factory import to_instance as ct_to_instance
+from pydicom.dataset import Dataset
 
-from hiroml.config import CxrConfig
+from hiroml.config import CtConfig, CxrConfig
+from hiroml.ct import convert as ct_convert
 from hiroml.cxr import convert as cxr_convert
-from hiroml.records import Instance
-from hiroml.vocab import Action
+from hiroml.records import CtVolume, Exam, Instance, Problem
+from hiroml.vocab import Action, Modality
 from tests.test_cxr import _exam, make_ds, make_inst, radiograph, to_bytes
 
 
@@ -53,3 +61,93 @@ def test_radiograph_negative_slope_still_converts() -> None:
         to_bytes(ds), inst, exam_description="", cfg=CxrConfig(size=[16, 16], dtype="uint8")
     )
     assert img.array.dtype == np.uint8 and int(img.array.max()) > 0
+
+
+# ------------------------------------------------------------------ CT: rescale and HU range
+
+
+def _ct_exam(
+    spec: SeriesSpec, edit: Callable[[Dataset], None] | None = None, *, index_drops: bool = False
+) -> tuple[list[CtVolume], list[Problem], str, str]:
+    """An exam of a good series and one built from ``spec`` (each slice passed to ``edit``),
+    converted with every series kept; ``index_drops``: the record holds no rescale, as the
+    index writes a non-finite value. Returns volumes, problems, the good and the bad series."""
+    good = make_series(SeriesSpec(n=12, kernel="B30f"))
+    bad = make_series(spec)
+    for ds in bad:
+        if edit is not None:
+            edit(ds)
+    items = []
+    for ds in [*good, *bad]:
+        inst = ct_to_instance(ds)
+        if index_drops and ds in bad:
+            inst = dataclasses.replace(inst, rescale_slope=None, rescale_intercept=None)
+        items.append((inst, ds))
+    store = {(i.zip, i.member): ct_to_bytes(d) for i, d in items}
+    exam = Exam(
+        exam_key="1234_20200508-105300_A002",
+        modality=Modality.CT,
+        patient_id="1234",
+        source_patient_id="1234",
+        hiro_id="A002",
+        time=dt.datetime(2020, 5, 8, 10, 53),
+        description="CT-CHEST-WO",
+        pediatric=False,
+        batch="CT-UPDATE-20200602-COMPLETE",
+        zips=tuple(sorted({i.zip for i, _ in items})),
+        instances=tuple(i for i, _ in items),
+    )
+    volumes, problems = ct_convert.convert_exam(
+        exam, lambda inst: store[(inst.zip, inst.member)], CtConfig(series="all", stitch="off")
+    )
+    return volumes, problems, str(good[0].SeriesInstanceUID), str(bad[0].SeriesInstanceUID)
+
+
+def _set(**attrs: Any) -> Callable[[Dataset], None]:
+    def edit(ds: Dataset) -> None:
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "index_drops", "named"),
+    [
+        (_set(RescaleSlope="-1", RescaleIntercept="1024"), False, "Rescale Slope is -1.0"),
+        (_set(RescaleSlope="0"), False, "Rescale Slope is 0.0"),
+        (_set(RescaleSlope="NaN"), True, "Rescale Slope is nan"),
+        (_set(RescaleIntercept="inf"), True, "Rescale Intercept is inf"),
+        (_set(RescaleSlope="1e30"), False, "outside the physical range -2048 to 32767"),
+        (_set(RescaleIntercept="-40000"), False, "outside the physical range -2048 to 32767"),
+    ],
+)
+def test_ct_series_with_damaged_rescale_is_an_error_row_not_stored(
+    edit: Callable[[Dataset], None], index_drops: bool, named: str
+) -> None:
+    volumes, problems, good, bad = _ct_exam(
+        SeriesSpec(n=12, kernel="B70f"), edit, index_drops=index_drops
+    )
+    assert [v.series_uid for v in volumes] == [good]
+    errors = [p for p in problems if p.action == Action.ERROR]
+    assert len(errors) == 1
+    assert bad in errors[0].reason and named in errors[0].reason, errors[0].reason
+    if "physical range" in named:
+        assert " HU after rescale" in errors[0].reason and "values " in errors[0].reason
+
+
+def test_ct_padding_below_the_range_is_not_an_error() -> None:
+    """GE pads outside the field of view with -2000 stored (-3024 HU): a padding value, not
+    a damaged rescale."""
+
+    def pad(ds: Dataset) -> None:
+        arr = ds.pixel_array.copy()
+        arr[:3, :] = -2000
+        ds.PixelData = arr.astype(np.int16).tobytes()
+        ds.PixelPaddingValue = -2000
+
+    volumes, problems, good, bad = _ct_exam(SeriesSpec(n=12, kernel="B70f"), pad)
+    assert sorted(v.series_uid for v in volumes) == sorted([good, bad])
+    assert not [p for p in problems if p.action == Action.ERROR]
+    vol = next(v for v in volumes if v.series_uid == bad)
+    assert float(vol.array.min()) == -3024.0

@@ -21,6 +21,8 @@ from hiroml.ct.hu import (
     _read_dataset,
     _slice_name,
     _stored_values,
+    check_hu_range,
+    check_rescale,
 )
 from hiroml.ct.select import (
     STAGE,
@@ -51,11 +53,14 @@ def convert_series(
     Slope/Intercept) come from the index record of the same member, not from the dataset.
     The frames of an (Legacy Converted) Enhanced CT instance (records from
     :func:`hiroml.ct.enhanced.expand`) are decoded from one reading of their member.
-    Slices left out (duplicates) come back as DROPPED problems. Raises
+    Slices left out (duplicates) come back as DROPPED problems. A slice whose rescale is
+    unusable (:func:`hiroml.ct.hu.check_rescale`) or a volume outside the physical HU range
+    (:func:`hiroml.ct.hu.check_hu_range`) fails the series. Raises
     :class:`GeometryError`, :class:`DecodeError` or another :class:`HiromlError` from ``read``
     (e.g. a zip safety cap)."""
 
     decoders: Counter[str] = Counter()
+    padding_hu: set[float] = {float(cfg.fill_hu)}
     # Enhanced members, each read once and before the volume is allocated: the inflated bytes
     # are gone by then, so the peak stays at two volumes (parsed frames + volume).
     multi_frame: dict[tuple[str, str], Dataset] = {}
@@ -69,15 +74,21 @@ def convert_series(
         label = f"{inst.zip}:{inst.member}"
         if inst.frame is not None:
             ds = multi_frame[(inst.rel_zip, inst.member)]
-            raw = _frame_raw(inst, inst.frame, ds, label)
-            return raw, _PixelDesc.of_instance(inst, ds), ds
+            desc = _PixelDesc.of_instance(inst, ds)
+            check_rescale(inst, desc, ds, label=label)
+            return _frame_raw(inst, inst.frame, ds, label), desc, ds
         ds = _read_dataset(read(inst), label)
         desc = _PixelDesc.of_instance(inst, ds)
+        check_rescale(inst, desc, ds, label=label)
+        pad = ds.get("PixelPaddingValue")
+        if isinstance(pad, int) and not desc.lut_sequence:
+            padding_hu.add(pad * desc.slope + desc.intercept)
         decoded = _decode_slice(ds, desc, rows=inst.rows, cols=inst.columns, label=label)
         decoders[decoded.decoder] += 1
         return decoded.array, desc, ds
 
     built = _build(series, raw_of, cfg, rtol=cfg.spacing_rtol, atol=cfg.spacing_atol)
+    check_hu_range(built.volume.array, label=f"series {series[0].series_uid}", allowed=padding_hu)
     volume = dataclasses.replace(built.volume, decoder=", ".join(sorted(decoders)))
     problems = [
         _part_problem(

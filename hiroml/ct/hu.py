@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,14 @@ from hiroml.dicom import decode as dicom
 from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError, DecodeError
 from hiroml.records import Instance
+
+HU_MIN = -2048.0
+"""The lowest CT value accepted after rescale, in HU (air is -1000; scanners pad below it,
+down to -2048 as a 12-bit signed range allows)."""
+HU_MAX = 32767.0
+"""The highest CT value accepted after rescale, in HU (dense metal saturates far below; int16's
+top is the ceiling of any stored CT). A volume with values outside [HU_MIN, HU_MAX], or not
+finite, was rescaled by a damaged header and is not stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,57 @@ class _PixelDesc:
             intercept=inst.rescale_intercept if inst.rescale_intercept is not None else 0.0,
             lut_sequence=inst.rescale_slope is None and "ModalityLUTSequence" in ds,
         )
+
+
+def check_rescale(inst: Instance, desc: _PixelDesc, ds: Dataset, *, label: str) -> None:
+    """Raise :class:`DecodeError` naming ``label`` and the value when the slice's (0028,1053)
+    Rescale Slope is not a finite number > 0 (0 flattens the slice, a negative slope inverts
+    HU) or its (0028,1052) Rescale Intercept is not finite. The index records a non-finite
+    value as absent, so where the record has none the dataset's own value is checked."""
+    if desc.lut_sequence:
+        return
+    slope, intercept = desc.slope, desc.intercept
+    missing = inst.rescale_slope is None or inst.rescale_intercept is None
+    if missing and inst.frame is None and ("RescaleSlope" in ds or "RescaleIntercept" in ds):
+        try:
+            slope, intercept = dicom.rescale(ds)
+        except (TypeError, ValueError) as e:
+            raise DecodeError(f"{label}: unreadable rescale ({e})") from e
+    if not (math.isfinite(slope) and slope > 0):
+        raise DecodeError(
+            f"{label}: (0028,1053) Rescale Slope is {slope!r}: HU need a finite slope > 0"
+        )
+    if not math.isfinite(intercept):
+        raise DecodeError(f"{label}: (0028,1052) Rescale Intercept is {intercept!r}: not finite")
+
+
+def check_hu_range(
+    volume: np.ndarray, *, label: str, allowed: Iterable[float] = ()
+) -> None:
+    """Raise :class:`BadInputError` naming ``label`` and the range found when the volume holds
+    values outside [:data:`HU_MIN`, :data:`HU_MAX`] or values that are not finite. Values in
+    ``allowed`` (the HU of (0028,0120) Pixel Padding Value, e.g. GE's -3024, and the fill
+    outside the scanned field) take no part."""
+    if volume.size == 0:
+        return
+    vmin, vmax = volume.min(), volume.max()
+    lo, hi = float(vmin), float(vmax)
+    if HU_MIN <= lo and hi <= HU_MAX:
+        return
+    marks = np.asarray(sorted(set(allowed)), dtype=volume.dtype)
+    if marks.size:
+        keep = ~np.isin(volume, marks)
+        if not keep.any():
+            return
+        lo = float(np.min(volume, where=keep, initial=vmax))
+        hi = float(np.max(volume, where=keep, initial=vmin))
+        if HU_MIN <= lo and hi <= HU_MAX:
+            return
+    raise BadInputError(
+        f"{label}: values {lo:g} to {hi:g} HU after rescale, outside the physical range "
+        f"{HU_MIN:g} to {HU_MAX:g}: a damaged (0028,1053) Rescale Slope or (0028,1052) "
+        "Rescale Intercept; not stored"
+    )
 
 
 def _stored_values(
