@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import hostile
 import numpy as np
 import pytest
 from ct_factory import SeriesSpec, make_series
@@ -14,12 +17,23 @@ from ct_factory import to_bytes as ct_to_bytes
 from ct_factory import to_instance as ct_to_instance
 from pydicom.dataset import Dataset
 
-from hiroml.config import CtConfig, CxrConfig
+from hiroml.config import CtConfig, CxrConfig, IndexConfig
 from hiroml.ct import convert as ct_convert
 from hiroml.cxr import convert as cxr_convert
-from hiroml.records import CtVolume, Exam, Instance, Problem
-from hiroml.vocab import Action, Modality
+from hiroml.ingest.discover import parse_zip_name
+from hiroml.ingest.index import index_zip
+from hiroml.ingest.zipio import SafeZip
+from hiroml.records import Batch, CtVolume, Exam, ExamZip, Instance, Problem
+from hiroml.vocab import Action, BatchStatus, Modality
 from tests.test_cxr import _exam, make_ds, make_inst, radiograph, to_bytes
+
+ZIP_NAME = "7999_20200601-080000_F001_XR-CHEST-PA.zip"
+BATCH = Batch(
+    name="CXR-UPDATE-20200613-COMPLETE",
+    modality=Modality.CXR,
+    date=dt.date(2020, 6, 13),
+    status=BatchStatus.COMPLETE,
+)
 
 
 @pytest.mark.parametrize(
@@ -151,3 +165,46 @@ def test_ct_padding_below_the_range_is_not_an_error() -> None:
     assert not [p for p in problems if p.action == Action.ERROR]
     vol = next(v for v in volumes if v.series_uid == bad)
     assert float(vol.array.min()) == -3024.0
+
+
+# ------------------------------------------------------------------ zip members sharing a name
+
+
+def test_zip_members_sharing_a_name_are_refused_naming_both(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a, b, c, d = (hostile.dicom_bytes(hostile.make_cxr(k, rng)) for k in range(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        data = hostile.zip_bytes(
+            [
+                ("S1/img.dcm", a),
+                ("S1\\img.dcm", b),
+                ("S2/x.dcm", c),
+                ("S2/x.dcm", d),
+                ("S3/ok.dcm", a),
+            ]
+        )
+    with SafeZip(data) as z:
+        assert z.members() == ["S3/ok.dcm"]
+        rejected = dict.fromkeys(name for name, _ in z.rejected)
+        assert list(rejected) == ["S1/img.dcm", "S1\\img.dcm", "S2/x.dcm"]
+        assert len(z.rejected) == 4
+        for name, reason in z.rejected:
+            if name.startswith("S1"):
+                assert "'S1/img.dcm'" in reason and "'S1\\\\img.dcm'" in reason
+            else:
+                assert reason.startswith("2 members share the name S2/x.dcm")
+    path = tmp_path / ZIP_NAME
+    path.write_bytes(data)
+    ezip = ExamZip(
+        batch=BATCH,
+        file_name=ZIP_NAME,
+        name=parse_zip_name(ZIP_NAME),
+        size=len(data),
+        mtime_ns=0,
+    )
+    zi = index_zip(path, ezip, IndexConfig())
+    assert [i.member for i in zi.instances] == ["S3/ok.dcm"]
+    rows = [p for p in zi.problems if p.action == Action.ERROR]
+    assert len(rows) == 4 and all("members share the name" in p.reason for p in rows)
+    assert all(ZIP_NAME in p.reason for p in rows)

@@ -102,9 +102,7 @@ def check_rescale(inst: Instance, desc: _PixelDesc, ds: Dataset, *, label: str) 
         raise DecodeError(f"{label}: (0028,1052) Rescale Intercept is {intercept!r}: not finite")
 
 
-def check_hu_range(
-    volume: np.ndarray, *, label: str, allowed: Iterable[float] = ()
-) -> None:
+def check_hu_range(volume: np.ndarray, *, label: str, allowed: Iterable[float] = ()) -> None:
     """Raise :class:`BadInputError` naming ``label`` and the range found when the volume holds
     values outside [:data:`HU_MIN`, :data:`HU_MAX`] or values that are not finite. Values in
     ``allowed`` (the HU of (0028,0120) Pixel Padding Value, e.g. GE's -3024, and the fill
@@ -113,7 +111,7 @@ def check_hu_range(
         return
     vmin, vmax = volume.min(), volume.max()
     lo, hi = float(vmin), float(vmax)
-    if HU_MIN <= lo and hi <= HU_MAX:
+    if lo >= HU_MIN and hi <= HU_MAX:
         return
     marks = np.asarray(sorted(set(allowed)), dtype=volume.dtype)
     if marks.size:
@@ -122,7 +120,7 @@ def check_hu_range(
             return
         lo = float(np.min(volume, where=keep, initial=vmax))
         hi = float(np.max(volume, where=keep, initial=vmin))
-        if HU_MIN <= lo and hi <= HU_MAX:
+        if lo >= HU_MIN and hi <= HU_MAX:
             return
     raise BadInputError(
         f"{label}: values {lo:g} to {hi:g} HU after rescale, outside the physical range "

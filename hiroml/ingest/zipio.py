@@ -14,7 +14,9 @@ inflating (a member whose header lies about its size is cut off at the declared 
   files compress oddly but cannot bomb).
 
 Unsafe member names (absolute, drive letters, ``..`` components, NUL) are not served: they
-are listed in :attr:`SafeZip.rejected` with the reason, so the caller can audit them.
+are listed in :attr:`SafeZip.rejected` with the reason, so the caller can audit them. So are
+members that share one name once ``\\`` is read as ``/`` (a name written twice, or
+``S1\\img.dcm`` beside ``S1/img.dcm``): each is listed, naming all of them.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class SafeZip:
                 f"{self.limits.max_members} (index.max_members)"
             )
         total = 0
+        clashes: dict[str, list[zipfile.ZipInfo]] = {}
         for info in files:
             reason = unsafe_name_reason(info.filename)
             if reason is not None:
@@ -129,7 +132,23 @@ class SafeZip:
                     "(index.max_ratio): refused as a possible zip bomb"
                 )
             total += info.file_size
-            self._infos[info.filename.replace("\\", "/")] = info
+            key = info.filename.replace("\\", "/")
+            if key in clashes:
+                clashes[key].append(info)
+            elif key in self._infos:
+                clashes[key] = [self._infos.pop(key), info]
+            else:
+                self._infos[key] = info
+        for key, same in clashes.items():
+            names = ", ".join(repr(i.filename) for i in same)
+            for info in same:
+                self.rejected.append(
+                    (
+                        info.filename,
+                        f"{len(same)} members share the name {key} ({names}): which one is "
+                        "meant cannot be told, none is read",
+                    )
+                )
         if total > self.limits.max_total_bytes:
             raise ZipSafetyError(
                 f"{label}: members declare {total} bytes in all, more than the cap of "
