@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ from ct_factory import to_bytes as ct_to_bytes
 from ct_factory import to_instance as ct_to_instance
 from pydicom.dataset import Dataset
 
-from hiroml.config import CtConfig, CxrConfig, IndexConfig
+from hiroml.config import CtConfig, CxrConfig, IdentityConfig, IndexConfig
 from hiroml.ct import convert as ct_convert
 from hiroml.cxr import convert as cxr_convert
-from hiroml.ingest.discover import parse_zip_name
+from hiroml.errors import RemapError
+from hiroml.ingest.discover import REMAP_SHEET_NAME, parse_zip_name
+from hiroml.ingest.identity import load_remap
 from hiroml.ingest.index import index_zip
 from hiroml.ingest.zipio import SafeZip
 from hiroml.records import Batch, CtVolume, Exam, ExamZip, Instance, Problem
@@ -208,3 +211,40 @@ def test_zip_members_sharing_a_name_are_refused_naming_both(tmp_path: Path) -> N
     rows = [p for p in zi.problems if p.action == Action.ERROR]
     assert len(rows) == 4 and all("members share the name" in p.reason for p in rows)
     assert all(ZIP_NAME in p.reason for p in rows)
+
+
+# ------------------------------------------------------------------ the remap sheet
+
+
+def _book(path: Path, rows: list[list[Any]]) -> Path:
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    for r in rows:
+        ws.append(r)
+    wb.save(path)
+    return path
+
+
+def test_remap_sheet_with_headers_and_no_rows_warns_and_is_audited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _book(tmp_path / REMAP_SHEET_NAME, [["Old C19 ID", "New C19 ID"]])
+    with caplog.at_level(logging.WARNING, logger="hiroml"):
+        remap, problems = load_remap(tmp_path, None, IdentityConfig())
+    said = f"remap sheet {REMAP_SHEET_NAME} has no rows: no identities are merged"
+    assert remap == {}
+    assert [(p.member, p.reason, p.action) for p in problems] == [
+        (REMAP_SHEET_NAME, said, Action.SKIPPED)
+    ]
+    assert said in caplog.text
+
+
+def test_two_remap_sheets_differing_in_case_are_refused_naming_both(tmp_path: Path) -> None:
+    upper = _book(tmp_path / REMAP_SHEET_NAME, [["Old ID", "New ID"], ["1", "2"]])
+    lower = _book(tmp_path / REMAP_SHEET_NAME.lower(), [["Old ID", "New ID"], ["3", "4"]])
+    with pytest.raises(RemapError) as e:
+        load_remap(tmp_path, None, IdentityConfig())
+    assert upper.name in str(e.value) and lower.name in str(e.value)
+    assert load_remap(tmp_path, upper, IdentityConfig())[0] == {"1": "2"}  # named: no doubt

@@ -267,10 +267,12 @@ def load_remap(
 
     ``sheet`` None looks for :data:`REMAP_SHEET_NAME` in ``datamart_root`` (any letter case);
     without it no id is remapped and ``({}, [])`` is returned. A sheet given explicitly must
-    exist.
+    exist. A sheet with headers and no rows merges nothing: a warning and a ``skipped``
+    problem naming it say so.
 
     Raises:
-        RemapError: the sheet given does not exist, is unreadable or inconsistent. Identity is
+        RemapError: the sheet given does not exist, is unreadable or inconsistent, or two files
+            in ``datamart_root`` match the sheet's name in different letter case. Identity is
             wrong without it, so the pipeline should stop.
     """
     if sheet is None:
@@ -283,6 +285,12 @@ def load_remap(
         if not candidates:
             log.warning("no %s in %s: patient ids are used as they are", REMAP_SHEET_NAME, root)
             return {}, []
+        if len(candidates) > 1:
+            names = " and ".join(p.name for p in candidates)
+            raise RemapError(
+                f"{root}: {names} are both the remap sheet (names differ only in letter case); "
+                "keep one, or name it with paths.remap_sheet"
+            )
         sheet = candidates[0]
     sheet = Path(sheet)
     if not sheet.is_file():
@@ -294,6 +302,19 @@ def load_remap(
         Problem(zip="", batch="", member=sheet.name, stage=STAGE, reason=msg)
         for msg in table.incomplete
     ]
+    if not table.rows:
+        reason = f"remap sheet {sheet.name} has no rows: no identities are merged"
+        log.warning("%s", reason)
+        problems.append(
+            Problem(
+                zip="",
+                batch="",
+                member=sheet.name,
+                stage=STAGE,
+                reason=reason,
+                action=Action.SKIPPED,
+            )
+        )
     remap = table.resolve()
     log.info("remap: %d old ids map to %d current ids", len(remap), len(set(remap.values())))
     return remap, problems
