@@ -121,3 +121,42 @@ def test_safezip_never_reads_a_fifo_or_a_device(tmp_path: Path) -> None:
             SafeZip(zero)
         with pytest.raises(BadInputError, match=f"{loop.name}: cannot be opened"):
             SafeZip(loop)
+
+
+def test_new_zips_that_fail_are_recorded_when_nothing_new_is_published(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    """A week of truncated downloads adds no sample: no version is published, yet the build
+    records the zips' error rows and its summary counts them; a re-run stays fast."""
+    from hiroml.pipeline.failures import LATEST_BUILD_AUDIT, failed_zips
+    from hiroml.store.reader import read_audit
+    from hiroml.vocab import STATE_DIR, VERSIONS_DIR
+
+    root, _ = tiny_datamart
+    dm = tmp_path / "dm"
+    shutil.copytree(root, dm)
+    out = tmp_path / "out"
+    first = build.run(make_cfg(dm, out))
+    assert first.published and first.new_failed_zips == len(failed_zips(read_audit(out)))
+    week = dm / "CXR-UPDATE-20200606-COMPLETE"
+    week.mkdir()
+    good = sorted((dm / BATCH).glob("*.zip"))[0].read_bytes()
+    names = [f"NEW{i}_20200606-10000{i}_H95{i}_XR-CHEST-PA.zip" for i in range(3)]
+    for name in names:
+        (week / name).write_bytes(good[: len(good) // 3])  # a truncated download
+
+    second = build.run(make_cfg(dm, out))
+    assert not second.published and second.version == first.version
+    record = out / STATE_DIR / LATEST_BUILD_AUDIT
+    assert second.new_failed_zips == 3 and second.failures_record == str(record)
+    assert f"  3 new zips failed (see {record})" in second.lines()
+    recorded = pd.read_csv(record, dtype=str, keep_default_na=False)
+    for name in names:
+        mine = recorded[recorded["zip"] == name]
+        assert len(mine) >= 1 and (mine["action"] == Action.ERROR).all(), name
+    assert not set(names) & set(read_audit(out)["zip"])  # the version's audit is unchanged
+
+    versions = sorted(p.name for p in (out / VERSIONS_DIR).iterdir())
+    third = build.run(make_cfg(dm, out))
+    assert third.unchanged and not third.published
+    assert sorted(p.name for p in (out / VERSIONS_DIR).iterdir()) == versions

@@ -21,7 +21,7 @@ import pandas as pd
 from hiroml.config import BuildConfig
 from hiroml.errors import BuildError
 from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
-from hiroml.pipeline import faults, scratch, systematic, unchanged
+from hiroml.pipeline import failures, faults, scratch, systematic, unchanged
 from hiroml.pipeline.audit import (
     CODE_INTERNAL,
     problem_to_audit,
@@ -354,6 +354,7 @@ def _publish(
     """Check the shrink guard, then publish the version; the summary records which."""
     from hiroml.store import guard
 
+    failed_before = failures.previous_failed_zips(out)  # the latest version's, before publishing
     summary.shrink = guard.check_shrink(
         out, tables.manifest, tables.audit, batches_read(found), cfg
     )
@@ -378,4 +379,7 @@ def _publish(
         raise full from err
     summary.version = published.version.name
     summary.published = published.new
+    summary.new_failed_zips, summary.failures_record = failures.record(
+        out, tables.audit, failed_before
+    )
     summary.versions_pruned = len(published.pruned.versions)

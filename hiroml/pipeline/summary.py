@@ -57,6 +57,10 @@ class BuildSummary:
     # The inputs were those of the build that made the latest version (hiroml.pipeline.unchanged):
     # nothing was read or written; the counts are that build's.
     unchanged: bool = False
+    # Zips with an error row in this build and none in the previous latest version's audit, and
+    # where this build's whole audit is recorded (hiroml.pipeline.failures).
+    new_failed_zips: int = 0
+    failures_record: str = ""
 
     def lines(self) -> list[str]:
         if self.unchanged:
@@ -94,7 +98,14 @@ class BuildSummary:
             f"  that build: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes; "
             f"dropped {self.dropped}, errors {self.errors}; patients per split: {split}",
             f"  nothing changed since version {self.version}: no new version published",
+            *self._failure_lines(),
         ]
+
+    def _failure_lines(self) -> list[str]:
+        if not self.new_failed_zips:
+            return []
+        where = "audit.csv / report.html" if self.published else self.failures_record
+        return [f"  {self.new_failed_zips} new zips failed (see {where})"]
 
     def _internal_lines(self) -> list[str]:
         if not self.internal_errors:
@@ -130,7 +141,7 @@ class BuildSummary:
             if self.split_moves
             else ""
         )
-        return [head + moves + tail, *self._split_rule_lines()]
+        return [head + moves + tail, *self._failure_lines(), *self._split_rule_lines()]
 
     def _split_rule_lines(self) -> list[str]:
         """The split rule, unless it is the default hash split throughout."""
