@@ -12,7 +12,9 @@ from typing import Any
 
 import hostile
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import MakeCfg
 from ct_factory import SeriesSpec, make_series
 from ct_factory import to_bytes as ct_to_bytes
 from ct_factory import to_instance as ct_to_instance
@@ -21,12 +23,13 @@ from pydicom.dataset import Dataset
 from hiroml.config import CtConfig, CxrConfig, IdentityConfig, IndexConfig
 from hiroml.ct import convert as ct_convert
 from hiroml.cxr import convert as cxr_convert
-from hiroml.errors import RemapError
+from hiroml.errors import ArgumentError, RemapError
 from hiroml.ingest.discover import REMAP_SHEET_NAME, parse_zip_name
 from hiroml.ingest.identity import load_remap
 from hiroml.ingest.index import index_zip
 from hiroml.ingest.zipio import SafeZip
 from hiroml.records import Batch, CtVolume, Exam, ExamZip, Instance, Problem
+from hiroml.store.reader import read_manifest, tables_dir
 from hiroml.vocab import Action, BatchStatus, Modality
 from tests.test_cxr import _exam, make_ds, make_inst, radiograph, to_bytes
 
@@ -248,3 +251,34 @@ def test_two_remap_sheets_differing_in_case_are_refused_naming_both(tmp_path: Pa
         load_remap(tmp_path, None, IdentityConfig())
     assert upper.name in str(e.value) and lower.name in str(e.value)
     assert load_remap(tmp_path, upper, IdentityConfig())[0] == {"1": "2"}  # named: no doubt
+
+
+# ------------------------------------------------------------------ clinical labels of text
+
+
+def test_clinical_label_of_text_warns_at_build_and_dataset_names_the_column(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from hiroml import pipeline as build
+    from hiroml.data.dataset import HiromlDataset
+
+    root, truth = tiny_datamart
+    table = pd.read_csv(root / truth["clinical"], dtype=str, keep_default_na=False)
+    table["icu"] = ["yes" if k % 2 else "no" for k in range(len(table))]
+    clinical = tmp_path / "clinical.csv"
+    table.to_csv(clinical, index=False)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="hiroml"):
+        build.run(make_cfg(root, out, f"paths.clinical={clinical}"))
+    said = [r.getMessage() for r in caplog.records if "column 'icu'" in r.getMessage()]
+    assert len(said) == 1
+    assert not [r for r in caplog.records if "column 'sex'" in r.getMessage()]  # text, info
+    assert "clinical.csv" in said[0]
+    assert "'no', 'yes'" in said[0] or "'yes', 'no'" in said[0]
+    manifest = read_manifest(tables_dir(out, None)[0])
+    assert set(manifest["icu"].dropna()) == {"no", "yes"}
+    with pytest.raises(ArgumentError, match=r"label 'icu' holds values that are not numbers"):
+        HiromlDataset(out, label="icu")

@@ -191,7 +191,7 @@ class HiromlDataset(Dataset[Sample]):
         self.metas: list[dict[str, Any]] = [self._meta(r) for r in rows.to_dict("records")]
         self.labels: list[torch.Tensor] | None = None
         if label is not None:
-            self.labels = [self._label(v) for v in rows[label]]
+            self.labels = self._labels(label, rows[label].tolist())
         self._pid = -1
         self._scratch = np.empty(0, np.uint8)
         self._files: OrderedDict[str, _OpenShard] = OrderedDict()
@@ -213,6 +213,25 @@ class HiromlDataset(Dataset[Sample]):
                     [float(x) for x in v] if v is not None else [], dtype=torch.float64
                 )
         return meta
+
+    def _labels(self, column: str, values: list[Any]) -> list[torch.Tensor]:
+        """The ``label`` column as tensors; :class:`ArgumentError` naming the column and its
+        first values that are not numbers (a clinical column of text such as ``yes``)."""
+        out: list[torch.Tensor] = []
+        bad: list[str] = []
+        for v in values:
+            try:
+                out.append(self._label(v))
+            except (HiromlError, TypeError, ValueError):
+                if repr(v) not in bad:
+                    bad.append(repr(v))
+        if bad:
+            raise ArgumentError(
+                f"label {column!r} holds values that are not numbers ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}): map them to numbers in the clinical "
+                "table, or pick a numeric column"
+            )
+        return out
 
     @staticmethod
     def _label(v: Any) -> torch.Tensor:

@@ -18,7 +18,6 @@ from one year before the encounter, CT from one month before) are reported or en
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -395,8 +394,10 @@ def read_clinical(path: Path, cfg: IdentityConfig) -> ClinicalTable:
     for col in df.columns:  # label columns that hold numbers become numbers (NaN if blank)
         if col in (idc, enc_col) or df[col].dtype.kind in "biufcM":
             continue
-        with contextlib.suppress(ValueError, TypeError):  # text labels stay text
+        try:
             df[col] = pd.to_numeric(df[col].replace("", None))
+        except (ValueError, TypeError):  # text labels stay text
+            _warn_text_column(path.name, str(col), df[col])
     dup = df[idc][df[idc].duplicated()].unique().tolist()
     if dup:
         log.warning("%s: %d patient ids have several rows; first kept", path.name, len(dup))
@@ -406,6 +407,40 @@ def read_clinical(path: Path, cfg: IdentityConfig) -> ClinicalTable:
         labels=labels,
         encounter=encounter,
         duplicate_ids=tuple(sorted(str(d) for d in dup)),
+    )
+
+
+_BOOLEAN_WORDS = frozenset(
+    {"yes", "no", "y", "n", "true", "false", "t", "f", "positive", "negative", "pos", "neg"}
+)
+
+
+def _warn_text_column(file: str, col: str, values: pd.Series) -> None:
+    """Report a clinical column that holds values that are not numbers: it is written as text,
+    and ``HiromlDataset(label=col)`` refuses it. A warning when it looks meant as a label
+    (some values are numbers, or every value is a yes/no word such as ``yes``, ``false``);
+    else (a text column such as ``sex``) an info line."""
+    bad: list[str] = []
+    numbers = 0
+    words: set[str] = set()
+    for v in values.tolist():
+        if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+            continue
+        try:
+            float(v)
+            numbers += 1
+        except (ValueError, TypeError):
+            words.add(str(v).strip().lower())
+            if str(v) not in bad and len(bad) < 3:
+                bad.append(str(v))
+    meant = numbers > 0 or words <= _BOOLEAN_WORDS
+    log.log(
+        logging.WARNING if meant else logging.INFO,
+        "clinical table %s: column %r holds values that are not numbers (%s): written as "
+        "text, not usable as a training label",
+        file,
+        col,
+        ", ".join(repr(b) for b in bad),
     )
 
 
