@@ -3,6 +3,7 @@ traceback, and nothing is written or lost."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -230,7 +231,7 @@ def test_pin_and_export_into_a_read_only_place_get_one_line(
     assert not dest.exists()
 
 
-def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path) -> None:
+def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path, tmp_path: Path) -> None:
     script = "import sys; from hiroml.cli.versions import cli; cli()"
     for args in ["", "--json"] * 2:  # the reader may go before or after the first write
         done = subprocess.run(
@@ -246,7 +247,13 @@ def test_a_closed_pipe_is_quiet(tiny_build_clinical: Path) -> None:
         assert done.stderr == "" and done.stdout == ("[" if args else "v")
         assert done.returncode == 0
     entry = console("hiroml-x", lambda argv: (_ for _ in ()).throw(BrokenPipeError()))
-    with pytest.raises(SystemExit) as ended:
+    # stdout a file of its own: the handler points its descriptor at /dev/null, and must not
+    # take pytest's capture descriptor with it
+    with (
+        open(tmp_path / "stdout", "w") as out,
+        contextlib.redirect_stdout(out),
+        pytest.raises(SystemExit) as ended,
+    ):
         entry()
     assert ended.value.code == 0
 
