@@ -9,6 +9,7 @@ pixel (row j, column i) of a slice lies at IPP + i * dx * rowdir + j * dy * cold
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -19,7 +20,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from hiroml.records import Instance
+from hiroml.records import Exam, Instance
+from hiroml.vocab import Modality
 
 # HU as a function of physical position: (N, 3) mm -> (N,) HU
 ValueFn = Callable[[np.ndarray], np.ndarray]
@@ -252,4 +254,21 @@ def to_instance(
         gantry_tilt=f("GantryDetectorTilt"),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
         has_pixels="PixelData" in ds,
+    )
+
+
+def ct_exam(insts: Sequence[Instance], exam_key: str = "1234_20200508-105300_A002") -> Exam:
+    """One chest CT exam of patient 1234 holding ``insts`` (its zips: theirs)."""
+    return Exam(
+        exam_key=exam_key,
+        modality=Modality.CT,
+        patient_id="1234",
+        source_patient_id="1234",
+        hiro_id="A002",
+        time=dt.datetime(2020, 5, 8, 10, 53),
+        description="CT-CHEST-WO",
+        pediatric=False,
+        batch="CT-UPDATE-20200602-COMPLETE",
+        zips=tuple(sorted({i.zip for i in insts})),
+        instances=tuple(insts),
     )

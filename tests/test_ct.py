@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as dt
 import functools
 import io
 import math
@@ -18,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from ct_factory import SeriesSpec, make_series, to_bytes, to_instance
+from ct_factory import SeriesSpec, ct_exam, make_series, to_bytes, to_instance
 from ct_geometry import assert_pixels_at_positions, slice_hu
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -31,7 +30,7 @@ from hiroml.ct import volume as ct_volume
 from hiroml.errors import GeometryError
 from hiroml.ingest.zipio import SafeZip
 from hiroml.records import CtVolume, Exam, Instance
-from hiroml.vocab import Action, Modality
+from hiroml.vocab import Action
 
 ZIP_A = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 ZIP_B = "1234_20200508-110200_A002_CT-CHEST-WO.zip"
@@ -47,20 +46,7 @@ def pairs(dss: Sequence[Dataset], zip_name: str = ZIP_A) -> list[tuple[Instance,
     return [(to_instance(d, zip_name=zip_name), d) for d in dss]
 
 
-def exam_of(insts: Sequence[Instance]) -> Exam:
-    return Exam(
-        exam_key="1234_20200508-105300_A002",
-        modality=Modality.CT,
-        patient_id="1234",
-        source_patient_id="1234",
-        hiro_id="A002",
-        time=dt.datetime(2020, 5, 8, 10, 53),
-        description="CT-CHEST-WO",
-        pediatric=False,
-        batch="CT-UPDATE-20200602-COMPLETE",
-        zips=tuple(sorted({i.zip for i in insts})),
-        instances=tuple(insts),
-    )
+exam_of = ct_exam
 
 
 def reader(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pydicom
 import pytest
 import xxhash
 from conftest import MakeCfg
-from ct_factory import SeriesSpec, make_series, to_bytes, to_instance
+from ct_factory import SeriesSpec, ct_exam, make_series, to_bytes, to_instance
 from ct_geometry import assert_pixels_at_positions
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -28,7 +27,7 @@ from hiroml.ct import convert as ct_convert
 from hiroml.ct import stitch
 from hiroml.errors import ConfigError
 from hiroml.records import CtVolume, Exam, Instance, Problem
-from hiroml.vocab import Action, Modality
+from hiroml.vocab import Action
 
 ZIP_A = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 ZIP_B = "1234_20200508-110200_A002_CT-CHEST-WO.zip"
@@ -37,19 +36,7 @@ EXAM_KEY = "1234_20200508-105300_A002"
 
 
 def _exam(insts: Sequence[Instance]) -> Exam:
-    return Exam(
-        exam_key=EXAM_KEY,
-        modality=Modality.CT,
-        patient_id="1234",
-        source_patient_id="1234",
-        hiro_id="A002",
-        time=dt.datetime(2020, 5, 8, 10, 53),
-        description="CT-CHEST-WO",
-        pediatric=False,
-        batch="CT-UPDATE-20200602-COMPLETE",
-        zips=tuple(sorted({i.zip for i in insts})),
-        instances=tuple(insts),
-    )
+    return ct_exam(insts, EXAM_KEY)
 
 
 def _as_part(dss: Sequence[Dataset], number: int, time: str) -> list[Dataset]:

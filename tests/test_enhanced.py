@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as dt
 import tracemalloc
 from collections.abc import Callable, Sequence
 
@@ -17,7 +16,7 @@ import highdicom
 import numpy as np
 import pydicom
 import pytest
-from ct_factory import SeriesSpec, make_series, to_bytes, to_instance
+from ct_factory import SeriesSpec, ct_exam, make_series, to_bytes, to_instance
 from ct_geometry import assert_pixels_at_positions
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -34,8 +33,8 @@ from hiroml.ct import convert as ct_convert
 from hiroml.ct import enhanced
 from hiroml.ct import select as ct_select
 from hiroml.ct import volume as ct_volume
-from hiroml.records import CtVolume, Exam, Instance
-from hiroml.vocab import Action, Modality
+from hiroml.records import CtVolume, Instance
+from hiroml.vocab import Action
 
 ZIP = "1234_20200508-105300_A002_CT-CHEST-WO.zip"
 UNEVEN_Z = [0.0, 2.5, 5.0, 7.5, 10.0, 11.5, 14.0, 16.5, 19.0, 21.5, 24.0, 26.5]
@@ -218,20 +217,7 @@ def test_duplicate_frames_follow_the_single_frame_rule() -> None:
 # ------------------------------------------------------------------ through convert_exam
 
 
-def _exam(insts: Sequence[Instance]) -> Exam:
-    return Exam(
-        exam_key="1234_20200508-105300_A002",
-        modality=Modality.CT,
-        patient_id="1234",
-        source_patient_id="1234",
-        hiro_id="A002",
-        time=dt.datetime(2020, 5, 8, 10, 53),
-        description="CT-CHEST-WO",
-        pediatric=False,
-        batch="CT-UPDATE-20200602-COMPLETE",
-        zips=(ZIP,),
-        instances=tuple(insts),
-    )
+_exam = ct_exam
 
 
 def _reader(items: Sequence[tuple[Instance, Dataset]]) -> Callable[[Instance], bytes]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import MakeCfg
-from ct_factory import SeriesSpec, make_series
+from ct_factory import SeriesSpec, ct_exam, make_series
 from ct_factory import to_bytes as ct_to_bytes
 from ct_factory import to_instance as ct_to_instance
 from pydicom.dataset import Dataset
@@ -28,7 +28,7 @@ from hiroml.ingest.discover import REMAP_SHEET_NAME, parse_zip_name
 from hiroml.ingest.identity import load_remap
 from hiroml.ingest.index import index_zip
 from hiroml.ingest.zipio import SafeZip
-from hiroml.records import Batch, CtVolume, Exam, ExamZip, Instance, Problem
+from hiroml.records import Batch, CtVolume, ExamZip, Instance, Problem
 from hiroml.store.reader import read_manifest, tables_dir
 from hiroml.vocab import Action, BatchStatus, Modality
 from tests.test_cxr import _exam, make_ds, make_inst, radiograph, to_bytes
@@ -104,19 +104,7 @@ def _ct_exam(
             inst = dataclasses.replace(inst, rescale_slope=None, rescale_intercept=None)
         items.append((inst, ds))
     store = {(i.zip, i.member): ct_to_bytes(d) for i, d in items}
-    exam = Exam(
-        exam_key="1234_20200508-105300_A002",
-        modality=Modality.CT,
-        patient_id="1234",
-        source_patient_id="1234",
-        hiro_id="A002",
-        time=dt.datetime(2020, 5, 8, 10, 53),
-        description="CT-CHEST-WO",
-        pediatric=False,
-        batch="CT-UPDATE-20200602-COMPLETE",
-        zips=tuple(sorted({i.zip for i, _ in items})),
-        instances=tuple(i for i, _ in items),
-    )
+    exam = ct_exam([i for i, _ in items])
     volumes, problems = ct_convert.convert_exam(
         exam, lambda inst: store[(inst.zip, inst.member)], CtConfig(series="all", stitch="off")
     )
