@@ -42,6 +42,7 @@ from hiroml.errors import (
     SystematicFailureError,
 )
 from hiroml.pipeline import allocator, unchanged
+from hiroml.pipeline.demo import demo_pending
 from hiroml.pipeline.summary import BuildSummary
 from hiroml.vocab import STATE_DIR
 
@@ -187,6 +188,7 @@ def _main(cfg: DictConfig) -> None:
         build_cfg = to_config(cfg)
         if build_cfg.runtime.malloc == "keep_freed":
             allocator.keep_freed_buffers()
+        _announce_demo(build_cfg)
         summary = unchanged.answer(build_cfg) if build_cfg.skip_unchanged else None
         if summary is None:
             summary = _full_build(build_cfg)
@@ -196,6 +198,18 @@ def _main(cfg: DictConfig) -> None:
         raise SystemExit(exit_code(e)) from None
     print("\n".join(summary.lines()))
     print(f"  open {summary.output}/report.html; check with: hiroml-verify {summary.output}")
+
+
+def _announce_demo(cfg: BuildConfig) -> None:
+    """The first line of a first demo build: where the demo datamart goes and what it is."""
+    root = demo_pending(cfg)
+    if root is not None:
+        print(
+            f"hiroml-build: no paths.datamart given: generating the {cfg.demo_size} synthetic "
+            f"datamart (made-up patients, not real data) in {root}/ first (once; the demo "
+            "size takes about 30 s)",
+            flush=True,
+        )
 
 
 def _full_build(cfg: BuildConfig) -> BuildSummary:

@@ -14,12 +14,27 @@ from hiroml.vocab import TRUTH_NAME
 log = logging.getLogger(__name__)
 
 
+def demo_root(cfg: BuildConfig) -> Path:
+    """Where the demo datamart is: ``paths.demo_dir``, else ``<paths.output>-demo-datamart``."""
+    return Path(cfg.paths.demo_dir or f"{cfg.paths.output}-demo-datamart")
+
+
+def demo_pending(cfg: BuildConfig) -> Path | None:
+    """The demo datamart's folder when this build has to generate it first, else None."""
+    if cfg.paths.datamart:
+        return None
+    root = demo_root(cfg)
+    return None if (root / TRUTH_NAME).is_file() else root
+
+
 def demo_datamart(cfg: BuildConfig) -> Path:
-    """Generate (once) the synthetic demo datamart used when ``paths.datamart`` is null."""
+    """Generate (once) the synthetic demo datamart used when ``paths.datamart`` is null, with
+    a progress bar (``progress``) over its planting steps."""
+    from tqdm import tqdm
+
     from hiroml import synth
 
-    out = Path(cfg.paths.output)
-    root = Path(cfg.paths.demo_dir or f"{out}-demo-datamart")
+    root = demo_root(cfg)
     stamp = root / TRUTH_NAME
     if stamp.is_file():
         try:
@@ -35,7 +50,14 @@ def demo_datamart(cfg: BuildConfig) -> Path:
     if root.exists() and any(root.iterdir()):
         raise BuildError(f"{root} exists and is not a hiroml demo datamart: set paths.demo_dir")
     log.info("generating the %s synthetic datamart in %s", cfg.demo_size, root)
-    synth.generate(root, seed=cfg.seed, size=cfg.demo_size)
+    bar = tqdm(desc="demo datamart", unit="step", disable=not cfg.progress, leave=False)
+
+    def step(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    with bar:
+        synth.generate(root, seed=cfg.seed, size=cfg.demo_size, on_step=step)
     return root
 
 

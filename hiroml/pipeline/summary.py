@@ -61,25 +61,25 @@ class BuildSummary:
     # where this build's whole audit is recorded (hiroml.pipeline.failures).
     new_failed_zips: int = 0
     failures_record: str = ""
+    # The flow's counts (hiroml.report.flow.Flow.as_dict, from the published audit and
+    # manifest): the numbers the console, report.html, flow.svg and DATASET.md all show.
+    flow: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         if self.unchanged:
             return self._unchanged_lines()
-        split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
         return [
             f"hiroml {__version__}: built {self.output} from {self.datamart} "
             f"in {self.seconds:.1f} s",
             f"  batches read {self.batches_read}, skipped {self.batches_skipped}; "
-            f"zips {self.zips} ({self.zips_indexed_now} indexed now); instances {self.instances}",
-            f"  exams kept {self.exams}, duplicates {self.duplicates}, merged {self.merged}",
-            f"  written: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes "
-            f"({self.tasks} tasks, {self.tasks_reused} reused from an earlier run)",
-            f"  dropped {self.dropped}, errors {self.errors} (see audit.csv / report.html)",
+            f"{self.zips_indexed_now} zips indexed now; instances {self.instances}",
+            *self._count_lines(),
+            f"  conversion: {self.tasks} tasks, {self.tasks_reused} reused from an earlier run "
+            "(every decision: audit.csv, report.html)",
             *self._internal_lines(),
             f"  patient groups joined by identical pixels {self.pixel_links}; near-duplicate "
             f"pairs across groups {self.near_duplicates}",
-            f"  patients per split: {split}",
             f"  time per stage: {stages}",
             f"  radiographs converted in the index's read {self.read_once}, "
             f"{self.read_once_unused} of them for nothing (duplicate copies, dropped exams)",
@@ -87,16 +87,39 @@ class BuildSummary:
             *self._version_lines(),
         ]
 
+    def _count_lines(self) -> list[str]:
+        """The counts, worded as the flow figure words them (:attr:`flow`)."""
+        f = self.flow
+        if not f:  # a summary recorded without the flow
+            split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
+            return [
+                f"  exams {self.exams}, duplicates {self.duplicates}, merged {self.merged}",
+                f"  written: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes",
+                f"  dropped {self.dropped}, errors {self.errors}",
+                f"  patients per split: {split}",
+            ]
+        split = ", ".join(f"{s['split']} {s['patients']}" for s in f["splits"]) or "none"
+        dropped = sum(f["dropped"].values())
+        return [
+            f"  zips found {f['zips_found']}: skipped {f['zips_skipped']} (upload in progress), "
+            f"nothing usable {f['zips_error']} (errors), duplicates {f['zips_duplicate']}, "
+            f"merged {f['zips_merged']} (parts of a CT exam); exams {f['exams']}",
+            f"  inside exams: dropped {dropped}, errors {f['errors_in_exams']} (audit rows); "
+            f"exams with no sample {f['exams_without_sample']}",
+            f"  samples {f['samples']}: {f['cxr']} radiographs, {f['ct']} CT volumes, "
+            f"of {f['patients']} patients",
+            f"  patients per split: {split}",
+        ]
+
     def _unchanged_lines(self) -> list[str]:
-        split = ", ".join(f"{k} {v}" for k, v in self.patients_per_split.items()) or "none"
         return [
             f"hiroml {__version__}: {self.output} is up to date with {self.datamart} "
             f"(checked in {self.seconds:.1f} s)",
             f"  same {self.zips} zips in {self.batches_read} batches, same remap sheet, "
             "clinical table, configuration and hiroml version as the build of version "
             f"{self.version}: nothing read again (skip_unchanged=false builds anyway)",
-            f"  that build: {self.cxr_images} radiographs, {self.ct_volumes} CT volumes; "
-            f"dropped {self.dropped}, errors {self.errors}; patients per split: {split}",
+            "  that build:",
+            *self._count_lines(),
             f"  nothing changed since version {self.version}: no new version published",
             *self._failure_lines(),
         ]

@@ -147,6 +147,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,14 +226,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def generate(root: str | os.PathLike[str], *, seed: int = 0, size: str = "tiny") -> dict[str, Any]:
+def generate(
+    root: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    size: str = "tiny",
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Write a synthetic datamart into ``root`` and return its ground truth.
 
     ``root`` must not exist or be an empty folder. ``size`` is ``"tiny"`` (seconds; for
     tests), ``"demo"`` (tens of seconds) or ``"bench"`` (minutes; hundreds of full-size
     radiographs and 300-slice CTs). The truth is also written to
     ``root / "hiroml-synth-truth.json"``; its format is described in the module docstring.
-    The same ``seed`` and ``size`` give byte-identical files.
+    The same ``seed`` and ``size`` give byte-identical files. ``on_step(done, total)`` is
+    called after each of the ``total`` planting steps (for a progress bar).
     """
     if size not in SIZES:
         raise ValueError(f"size={size!r}: choose one of {', '.join(SIZES)}")
@@ -242,7 +250,7 @@ def generate(root: str | os.PathLike[str], *, seed: int = 0, size: str = "tiny")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dm = Datamart(out, seed, size)
-    plan(dm)
+    plan(dm, on_step)
     dm.flush_all()
     truth = finish_truth(dm)
     truth["counts"] = dm.write()

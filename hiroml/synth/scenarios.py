@@ -379,9 +379,10 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
-def plan(dm: Datamart) -> None:
+def plan(dm: Datamart, on_step: Callable[[int, int], None] | None = None) -> None:
     """Create the batch folders and the remap, then run :data:`SCENARIOS` in order,
-    collecting their pairs and writing their zips as soon as each is done."""
+    collecting their pairs and writing their zips as soon as each is done.
+    ``on_step(done, total)`` is called after each scenario (a progress bar's update)."""
     b = Batches(
         cxr1=dm.batch("CXR-UPDATE-20200509-COMPLETE"),
         cxr2=dm.batch("CXR-UPDATE-20200516-COMPLETE"),
@@ -392,6 +393,8 @@ def plan(dm: Datamart) -> None:
         ct_in_progress=dm.batch("CT-UPDATE-20200602-IN-PROGRESS"),
     )
     dm.remap = dict(REMAP)
+    if on_step is not None:
+        on_step(0, len(SCENARIOS))
     for scenario in SCENARIOS:
         planted = scenario(dm, b)
         dm.not_duplicates.extend([list(pair) for pair in planted.not_duplicates])
@@ -399,3 +402,5 @@ def plan(dm: Datamart) -> None:
         dm.missed.extend(planted.missed_remaps)
         for z in planted.zips:
             dm.flush(z)
+        if on_step is not None:
+            on_step(SCENARIOS.index(scenario) + 1, len(SCENARIOS))
