@@ -322,15 +322,15 @@ class RuntimeConfig:
     environment variable (``HIROML_MALLOC``, ``HIROML_FAULT``): the one place either is read."""
 
     malloc: str = "keep_freed"  # keep_freed | default: glibc's thresholds (pipeline.allocator)
-    fault: Optional[str] = None  # <point>[:N]: die there (hiroml.pipeline.faults; kill tests)
+    fault: Optional[str] = None  # <point>[:N], kill_exam:<key>, enospc:<where> (pipeline.faults)
 
     def __post_init__(self) -> None:
         _check_choice("runtime", "malloc", self.malloc, ("keep_freed", "default"))
         if self.fault is not None:
-            from hiroml.pipeline.faults import parse
+            from hiroml.pipeline.faults import check
 
             try:
-                parse(self.fault)
+                check(self.fault)
             except ValueError as e:
                 raise ConfigError(f"runtime.fault={self.fault!r}: {e}") from None
 

@@ -81,6 +81,12 @@ class BuildError(HiromlError):
     a demo folder holding something else...); the previous output is left as it was."""
 
 
+class WorkerDiedError(BuildError):
+    """A worker process died (killed when memory ran out, a crash in native code) twice while
+    running the same work, and that work cannot be cut into smaller pieces: nothing is
+    published (:mod:`hiroml.pipeline.executor`)."""
+
+
 class ManifestError(HiromlError):
     """A table handed to :func:`hiroml.store.tables.write_outputs` breaks the output contract
     (``docs/design.md`` §4)."""

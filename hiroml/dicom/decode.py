@@ -137,8 +137,11 @@ def parse(
     try:
         return _dcmread(data, label=label, stop_before_pixels=stop_before_pixels, force=False)
     except InvalidDicomError as e:
-        if not _plausible_start(data):
-            raise BadInputError(f"{label}: not a DICOM file ({e})") from e
+        if not _plausible_start(data):  # pydicom's message advises force=True: not for users
+            raise BadInputError(
+                f"{label}: not a DICOM file (no 'DICM' prefix after the 128-byte preamble, and "
+                "its first bytes are no DICOM element)"
+            ) from e
     try:
         parsed = _dcmread(data, label=label, stop_before_pixels=stop_before_pixels, force=True)
     except InvalidDicomError as e:  # pragma: no cover - force=True does not raise it

@@ -33,7 +33,7 @@ from hiroml.pipeline.publish import batches_read, publish
 from hiroml.pipeline.samples import manifest_frame, with_signatures
 from hiroml.pipeline.summary import BuildSummary, now, timed
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, config_hash, load_task_record, plan_tasks
-from hiroml.pipeline.worker import run_task
+from hiroml.pipeline.worker import died_task, join_tasks, run_task, split_task
 from hiroml.records import AuditRow
 from hiroml.vocab import SPLITS, STATE_DIR, Action, Modality
 
@@ -62,7 +62,7 @@ def _disk_full(err: OSError, out: Path, doing: str) -> BuildError | None:
 
 def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
     """Run the tasks not finished by an earlier run; results in the order of ``specs``."""
-    from hiroml.pipeline.executor import map_items
+    from hiroml.pipeline.executor import Retry, map_items
 
     done: dict[str, TaskResult] = {}
     todo: list[TaskSpec] = []
@@ -91,6 +91,7 @@ def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
         unit="exam",
         progress=cfg.progress,
         status=status,
+        retry=Retry(split_task, died_task, join_tasks),
     )
     for _spec, result in results:
         done[result.task_id] = result

@@ -11,20 +11,37 @@ configs/build.yaml reads into that key) makes the process die at once
   replaced;
 - ``during_prune``: after the first pruned version folder or shard is deleted.
 
+Two more kinds, for the tests of a dying worker and of a full disk:
+
+- ``kill_exam:<exam_key>``: the worker process that starts converting that exam kills
+  itself with SIGKILL (as the kernel's out-of-memory killer does), each time it starts it;
+- ``enospc:<write point>``: the first write at that point raises ``OSError(ENOSPC)``, as a
+  full disk does. The write points (:data:`WRITE_POINTS`): ``shards`` (a worker adding a
+  sample to its shard), ``tables`` (a version's manifest, patients and audit), ``report``,
+  ``build_json``, ``version`` (the version folder renamed into ``versions/``),
+  ``root_files`` (the root copies of the latest version's files) and ``index`` (the
+  index's database).
+
 A build arms the point of its config (:func:`arm`); unarmed (the normal case) a point costs
-one comparison.
+one comparison. Forked workers inherit what the build armed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 
 ENV = "HIROML_FAULT"  # the environment variable configs/build.yaml reads into runtime.fault
 POINTS = ("after_shards", "before_root_tables", "during_prune")
+KILL_EXAM = "kill_exam"
+ENOSPC = "enospc"
+WRITE_POINTS = ("shards", "tables", "report", "build_json", "version", "root_files", "index")
 EXIT_CODE = 137
 
 _armed: list[tuple[str, int]] = []  # the point and count armed for this process, if any
 _seen: dict[str, int] = {}
+_keyed: dict[str, str] = {}  # KILL_EXAM -> exam key, ENOSPC -> write point
 
 
 def parse(spec: str) -> tuple[str, int]:
@@ -41,12 +58,45 @@ def parse(spec: str) -> tuple[str, int]:
     return point, n
 
 
+def check(spec: str) -> None:
+    """ValueError when ``spec`` is not a fault this module knows (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == KILL_EXAM:
+        if not arg:
+            raise ValueError(f"{ENV}={spec!r}: give the exam key after '{KILL_EXAM}:'")
+    elif kind == ENOSPC:
+        if arg not in WRITE_POINTS:
+            raise ValueError(f"{ENV}={spec!r}: the write point must be one of {WRITE_POINTS}")
+    else:
+        parse(spec)
+
+
 def arm(spec: str | None) -> None:
     """Arm the point ``spec`` names (``None``: none) for the rest of this process."""
     _armed.clear()
     _seen.clear()
-    if spec:
+    _keyed.clear()
+    if not spec:
+        return
+    check(spec)
+    kind, _, arg = spec.partition(":")
+    if kind in (KILL_EXAM, ENOSPC):
+        _keyed[kind] = arg
+    else:
         _armed.append(parse(spec))
+
+
+def exam(key: str) -> None:
+    """Kill this process with SIGKILL if ``kill_exam:<key>`` is armed."""
+    if _keyed and _keyed.get(KILL_EXAM) == key:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write(where: str) -> None:
+    """Raise ``OSError(ENOSPC)`` if ``enospc:<where>`` is armed (once: it is disarmed)."""
+    if _keyed and _keyed.get(ENOSPC) == where:
+        del _keyed[ENOSPC]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
 
 
 def point(name: str) -> None:

@@ -7,8 +7,10 @@ imports nothing of the driver.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +22,16 @@ import numpy as np
 from hiroml._version import __version__
 from hiroml.config import IndexConfig
 from hiroml.errors import internal_trace
+from hiroml.pipeline import faults
 from hiroml.pipeline.scratch import ScratchReader, scratch_dir
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, save_task_record
 from hiroml.records import CtVolume, CxrImage, Exam, Instance, Problem, SampleRecord
 from hiroml.vocab import SHARDS_DIR, Modality, View
 
 log = logging.getLogger(__name__)
+
+#: free bytes on the output's device under which a dead worker is taken for a full disk
+FULL_DISK = 64 << 20
 
 
 def _cxr_meta(img: CxrImage, exam: Exam) -> dict[str, Any]:
@@ -111,9 +117,12 @@ class ExamReader:
         self._open.clear()
 
 
-def _exam_error(exam: Exam, err: BaseException) -> list[tuple[str, Problem]]:
-    reason = f"exam {exam.exam_key}: {type(err).__name__}: {err}"
-    trace = internal_trace(err)
+def _exam_error(exam: Exam, err: BaseException | str) -> list[tuple[str, Problem]]:
+    """One problem per zip of ``exam``: the exception it raised, or ``err``'s text."""
+    if isinstance(err, str):
+        reason, trace = f"exam {exam.exam_key}: {err}", ""
+    else:
+        reason, trace = f"exam {exam.exam_key}: {type(err).__name__}: {err}", internal_trace(err)
     out = []
     for rel in exam.zips:
         batch, _, name = rel.partition("/")
@@ -167,6 +176,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
         },
     ) as writer:
         for exam in spec.exams:
+            faults.exam(exam.exam_key)
             try:
                 made = _convert_exam(exam, reader, spec, store)
             except Exception as e:  # one exam never stops the task
@@ -180,6 +190,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
             converted, probs = made
             problems.extend((exam.exam_key, p) for p in probs)
             for c in converted:
+                faults.write("shards")
                 data_hash = writer.add(c.record.sample_key, c.array, c.meta)
                 pending.append(dataclasses.replace(c.record, data_hash=data_hash))
     shard_of = {k: info for info in writer.shards for k in info.keys}
@@ -195,6 +206,42 @@ def run_task(spec: TaskSpec) -> TaskResult:
         shards=tuple(f"shards/{info.name}" for info in writer.shards),
         seconds=time.perf_counter() - t0,
         bytes_read=bytes_read,
+    )
+    save_task_record(spec.out_dir, result)
+    return result
+
+
+def split_task(spec: TaskSpec) -> list[TaskSpec]:
+    """``spec`` cut into tasks of one exam each (``<task_id>-e<i>``), run alone after a worker
+    process died on it."""
+    return [
+        dataclasses.replace(spec, task_id=f"{spec.task_id}-e{i:03d}", exams=(exam,))
+        for i, exam in enumerate(spec.exams)
+    ]
+
+
+def died_task(spec: TaskSpec, reason: str) -> TaskResult:
+    """The result of a one-exam task whose process died: an error row per zip of the exam,
+    ``reason`` saying how the process ended. With less than :data:`FULL_DISK` bytes free on
+    the output's device the death is taken for a full disk (libhdf5 may crash on one):
+    ``OSError(ENOSPC)``, which stops the build."""
+    free = shutil.disk_usage(spec.out_dir).free
+    if free < FULL_DISK:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({reason})", spec.out_dir)
+    problems = tuple(p for exam in spec.exams for p in _exam_error(exam, reason))
+    return TaskResult(spec.task_id, (), problems, (), 0.0, 0)
+
+
+def join_tasks(spec: TaskSpec, parts: list[TaskResult]) -> TaskResult:
+    """The result of ``spec`` made of the results of its one-exam pieces (:func:`split_task`),
+    saved as ``spec``'s task record."""
+    result = TaskResult(
+        task_id=spec.task_id,
+        samples=tuple(s for r in parts for s in r.samples),
+        problems=tuple(p for r in parts for p in r.problems),
+        shards=tuple(s for r in parts for s in r.shards),
+        seconds=sum(r.seconds for r in parts),
+        bytes_read=sum(r.bytes_read for r in parts),
     )
     save_task_record(spec.out_dir, result)
     return result
