@@ -25,7 +25,7 @@ from hiroml import pipeline as build
 from hiroml import synth
 from hiroml.config import IndexConfig, LimitsConfig
 from hiroml.dicom import decode as dicom
-from hiroml.dicom import limits
+from hiroml.dicom import limits, uids
 from hiroml.errors import BadInputError, ConfigError, DecodeError
 from hiroml.ingest.discover import discover
 from hiroml.ingest.index import index_zip
@@ -78,6 +78,38 @@ def jpeg_huge(n: int) -> bytes:
     return synth.dicom_bytes(ds)
 
 
+def jxl_header(rows: int, cols: int) -> bytes:
+    """A JPEG XL codestream's signature and SizeHeader (not small, ratio 0: both sizes
+    written as ``1 + u(18)`` or ``1 + u(30)``), bits least significant first."""
+    bits: list[int] = []
+
+    def put(value: int, n: int) -> None:
+        bits.extend((value >> i) & 1 for i in range(n))
+
+    put(0, 1)  # not small
+    for i, size in enumerate((rows, cols)):
+        selector, n = (2, 18) if size <= 1 << 18 else (3, 30)
+        put(selector, 2)
+        put(size - 1, n)
+        if i == 0:
+            put(0, 3)  # ratio 0: the width follows
+    bits += [0] * (-len(bits) % 8)
+    body = bytes(sum(b << j for j, b in enumerate(bits[k : k + 8])) for k in range(0, len(bits), 8))
+    return b"\xff\x0a" + body + bytes(64)
+
+
+def jxl_huge(n: int) -> bytes:
+    """JPEG XL Lossless whose SizeHeader says 65535 x 65535 while the DICOM header says 64 x 48."""
+    rng = np.random.default_rng(n)
+    ds = _cxr(n, rng.integers(0, 4000, (64, 48), dtype=np.uint16), RLELossless)
+    ds.PixelData = encapsulate([jxl_header(65535, 65535)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uids.HTJ2K_LOSSLESS  # one pydicom writes, as long
+    data = hostile.dicom_bytes(ds)
+    assert len(uids.HTJ2K_LOSSLESS) == len(uids.JPEG_XL_LOSSLESS)
+    return data.replace(uids.HTJ2K_LOSSLESS.encode(), uids.JPEG_XL_LOSSLESS.encode(), 1)
+
+
 def deflate_bomb(n: int) -> bytes:
     """A Deflated Explicit VR Little Endian file of about 2 MB whose dataset inflates to
     2 GiB of zeros after its elements. The zero blocks are compressed once, after a full
@@ -106,6 +138,7 @@ CASES = {
     "j2k": (j2k_huge, "JPEG 2000 SIZ says 60000 x 60000 x 1 components, the header 64 x 48"),
     "jpeg": (jpeg_huge, "JPEG SOF0 says 65000 x 65000 x 1 components, the header 64 x 48"),
     "deflate": (deflate_bomb, "inflates to more than 1073741824 bytes"),
+    "jxl": (jxl_huge, "JPEG XL SizeHeader says 65535 x 65535 x 1 components, the header 64 x 48"),
 }
 
 
@@ -143,12 +176,28 @@ def test_member_over_the_limits_is_an_index_error_naming_the_numbers(
     assert reason in problem.reason
 
 
-@pytest.mark.parametrize("case", ["rle", "j2k", "jpeg"])
+@pytest.mark.parametrize("case", ["rle", "j2k", "jpeg", "jxl"])
 def test_decode_checks_the_limits_before_any_decoder(case: str) -> None:
     make, reason = CASES[case]
     ds = dicom.parse(make(950), label="x").dataset
     with pytest.raises(DecodeError, match=reason.split(", ")[0]):
         dicom.decode(ds, limits=LimitsConfig())
+
+
+@pytest.mark.parametrize(
+    "shape", [(64, 48), (48, 64), (8, 8), (100, 133), (3000, 2500), (8750, 12)]
+)
+def test_jpeg_xl_sizes_are_read_from_the_container_and_the_bare_codestream(
+    shape: tuple[int, int],
+) -> None:
+    image = (np.arange(shape[0] * shape[1]) % 4000).astype(np.uint16).reshape(shape)
+    container = bytes(imagecodecs.jpegxl_encode(image, lossless=True))
+    assert container[4:8] == b"JXL "
+    assert limits.jxl_size(container[:256]) == (*shape, 0, 0, "JPEG XL SizeHeader")
+    assert limits.jxl_size(jxl_header(*shape)) == (*shape, 0, 0, "JPEG XL SizeHeader")
+    assert limits.jxl_size(jxl_header(1 << 20, 7)) == (1 << 20, 7, 0, 0, "JPEG XL SizeHeader")
+    assert limits.jxl_size(b"\xff\x0a") is None  # ends before its SizeHeader
+    assert limits.jxl_size(b"\xff\xd8\xff") is None
 
 
 def test_deflated_dataset_is_inflated_with_a_cap() -> None:

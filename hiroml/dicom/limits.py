@@ -10,12 +10,14 @@ first frame's codestream header:
   height, width, components);
 - JPEG 2000 and HTJ2K: the SIZ segment (Xsiz - XOsiz, Ysiz - YOsiz, Csiz, precision of the
   first component), in a raw codestream or inside a JP2 file's ``jp2c`` box;
+- JPEG XL: the codestream's SizeHeader (height and width; ISO/IEC 18181-1 §D.2), in a bare
+  codestream or inside the ISOBMFF container's ``jxlc`` (or first ``jxlp``) box;
 - RLE Lossless: the number of segments in the 64-byte RLE header, which must be Samples per
   Pixel x Bits Allocated / 8.
 
 Both must agree and stay within ``limits.max_pixels`` (per frame) and
-``limits.max_decoded_bytes`` (all frames). JPEG XL and Deflated Image Frame codestreams are
-checked against the DICOM header's numbers only.
+``limits.max_decoded_bytes`` (all frames). Deflated Image Frame codestreams are checked against
+the DICOM header's numbers only.
 
 :func:`check_inflated` inflates the dataset of a Deflated Explicit VR Little Endian file
 chunk by chunk, keeping nothing, and refuses one that would exceed ``max_decoded_bytes``
@@ -107,6 +109,82 @@ def j2k_size(data: bytes) -> tuple[int, int, int, int, str] | None:
     return ysiz - yo, xsiz - xo, csiz, precision, "JPEG 2000 SIZ"
 
 
+_JXL_CODESTREAM = b"\xff\x0a"
+_JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a"
+#: a SizeHeader's ``ratio`` (1..7) -> width = height x numerator / denominator
+_JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+class _Bits:
+    """Bits of ``data`` read least significant first, as JPEG XL packs them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def u(self, n: int) -> int:
+        if (self.pos + n + 7) // 8 > len(self.data):
+            raise EOFError
+        value = 0
+        for i in range(n):
+            byte = self.data[(self.pos + i) >> 3]
+            value |= ((byte >> ((self.pos + i) & 7)) & 1) << i
+        self.pos += n
+        return value
+
+    def size(self) -> int:
+        """A SizeHeader dimension: ``U32(1 + u(9), 1 + u(13), 1 + u(18), 1 + u(30))``."""
+        return 1 + self.u((9, 13, 18, 30)[self.u(2)])
+
+
+def _jxl_codestream(data: bytes) -> bytes | None:
+    """The start of the JPEG XL codestream of ``data``: itself, or the payload of the
+    container's ``jxlc`` box or first ``jxlp`` box (after its 4-byte index)."""
+    if data.startswith(_JXL_CODESTREAM):
+        return data
+    if not data.startswith(_JXL_CONTAINER):
+        return None
+    pos = len(_JXL_CONTAINER)
+    while pos + 8 <= len(data):
+        (size,) = struct.unpack_from(">I", data, pos)
+        kind, head = data[pos + 4 : pos + 8], 8
+        if size == 1 and pos + 16 <= len(data):  # a 64-bit size follows the type
+            (size,) = struct.unpack_from(">Q", data, pos + 8)
+            head = 16
+        if kind == b"jxlc":
+            return data[pos + head :]
+        if kind == b"jxlp":
+            return data[pos + head + 4 :]
+        if size < head:  # 0: the last box, to the end of the file
+            return None
+        pos += size
+    return None
+
+
+def jxl_size(data: bytes) -> tuple[int, int, int, int, str] | None:
+    """(rows, columns, 0, 0, "JPEG XL SizeHeader") from a JPEG XL codestream's SizeHeader
+    (components and precision are not read: 0); None when ``data`` is not JPEG XL or ends
+    before its SizeHeader does."""
+    stream = _jxl_codestream(data)
+    if stream is None or not stream.startswith(_JXL_CODESTREAM):
+        return None
+    bits = _Bits(stream[2:64])
+    try:
+        if bits.u(1):  # small: multiples of 8 up to 256
+            rows = (bits.u(5) + 1) * 8
+            ratio = bits.u(3)
+            cols = (bits.u(5) + 1) * 8 if ratio == 0 else 0
+        else:
+            rows = bits.size()
+            ratio = bits.u(3)
+            cols = bits.size() if ratio == 0 else 0
+    except EOFError:
+        return None
+    if ratio:
+        num, den = _JXL_RATIOS[ratio]
+        cols = rows * num // den
+    return rows, cols, 0, 0, "JPEG XL SizeHeader"
+
+
 def _numbers(rows: int, cols: int, spp: int, bits: int, frames: int) -> str:
     return f"{rows} x {cols} x {spp} samples x {bits} bits x {frames} frames"
 
@@ -161,11 +239,14 @@ def check_pixels(
         found = jpeg_size(head)
     elif tsyntax in uids.SYNTAXES and uids.SYNTAXES[tsyntax].decoder == uids.OPENJPEG:
         found = j2k_size(head)
+    elif tsyntax in uids.SYNTAXES and uids.SYNTAXES[tsyntax].decoder == uids.LIBJXL:
+        found = jxl_size(head)
     else:
         return
     if found is None:
         return
     r, c, comps, precision, what = found
+    comps = comps or max(samples, 1)  # 0: not read from the codestream
     if (r, c) != (rows, cols) or comps != max(samples, 1):
         raise BadInputError(
             f"{label}: {what} says {r} x {c} x {comps} components, the header {rows} x {cols} "
