@@ -1,16 +1,24 @@
 """hiroml.exams.neardup's pair search decides the threshold exactly: the same pairs for any row order,
 any ``block`` and any machine, pairs within 1e-7 of the threshold included. The reference here
-is a brute force over every pair in Python integers and fractions."""
+is a brute force over every pair in Python integers and fractions. A build searches only its
+new signatures against all (paircache, new x all): the same pairs, week after week, as a
+search of every pair."""
 
 from __future__ import annotations
 
 import itertools
+import shutil
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import MakeCfg
 
-from hiroml.exams import neardup
+from hiroml import pipeline
+from hiroml.exams import neardup, paircache
 
 N = neardup.SIGNATURE_SIZE
 
@@ -153,3 +161,155 @@ def test_unit_vectors_are_the_exact_ones_rounded() -> None:
     u = neardup.unit_vectors(sig)
     assert u.dtype == np.float32 and not u[3].any()
     assert np.all(np.abs(u - exact) <= 2.4e-7 * np.abs(exact))
+
+
+# ------------------------------------------------------------------ new x all, week by week
+
+
+def _pool(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random signatures, a third of them noisy copies of an earlier one (noise of
+    +-20 to +-60 per cell: correlations on both sides of 0.95), some exact copies, and a
+    constant row."""
+    pool = rng.integers(0, 256, (n, N)).astype(np.uint8)
+    for k in range(10, n, 3):
+        width = int(rng.integers(20, 61))
+        noisy = pool[rng.integers(0, k)].astype(int) + rng.integers(-width, width + 1, N)
+        pool[k] = np.clip(noisy, 0, 255)
+    pool[40:44] = pool[7]  # the same signature four times
+    pool[50] = 3
+    return pool
+
+
+def _same(got: neardup.PairArrays, want: neardup.PairArrays) -> bool:
+    return all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_new_against_all_week_after_week_equals_every_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(31)
+    pool = _pool(rng, 2400)
+    searched: list[int] = []  # the rows each week searched against all
+    between = neardup.pairs_between
+
+    def spy(a: np.ndarray, b: np.ndarray, **kw: Any) -> neardup.PairArrays:
+        searched.append(len(a))
+        return between(a, b, **kw)
+
+    monkeypatch.setattr(neardup, "pairs_between", spy)
+    rows = np.arange(600)  # pool rows in this week's order
+    unused = list(range(600, len(pool)))
+    previous: list[bytes] = []
+    for week in range(6):
+        sig = pool[rows]
+        got = paircache.cached_pair_arrays(tmp_path, sig, threshold=0.95)
+        want = neardup.pair_arrays(sig, threshold=0.95)
+        assert _same(got, want), week
+        assert len(want[0]) > 100, week
+        left = [bytes(r) for r in sig]
+        for r in previous:  # the rows of this week that the last one did not have
+            if r in left:
+                left.remove(r)
+        assert searched == ([] if week == 0 else [len(left)]), week
+        assert week == 0 or 0 < len(left) < len(sig) // 3
+        previous, searched[:] = [bytes(r) for r in sig], []
+        # the next week: a batch added, one removed, zips changed, another order
+        rows = np.delete(rows, rng.choice(len(rows), 40, replace=False))
+        rows[rng.choice(len(rows), 10, replace=False)] = unused[:10]  # changed signatures
+        rows = np.r_[rows, unused[10:160], rows[:2]]  # and two signatures twice
+        del unused[:160]
+        rng.shuffle(rows)
+    # nothing new: the pairs are read back, nothing is searched
+    sig = pool[rows]
+    paircache.cached_pair_arrays(tmp_path, sig, threshold=0.95)
+    searched.clear()
+    again = paircache.cached_pair_arrays(tmp_path, sig, threshold=0.95)
+    assert searched == [] and _same(again, neardup.pair_arrays(sig, threshold=0.95))
+
+
+def test_update_from_pairs_that_do_not_fit_is_refused_and_a_bad_file_searched_again(
+    tmp_path: Path,
+) -> None:
+    sig = _pool(np.random.default_rng(3), 300)
+    pairs = neardup.pair_arrays(sig, threshold=0.9)
+    with pytest.raises(ValueError, match="shape"):
+        neardup.update_pair_arrays(sig, pairs, np.arange(5), threshold=0.9)
+    with pytest.raises(ValueError, match="more than once"):
+        neardup.update_pair_arrays(sig, pairs, np.zeros(300, np.int64), threshold=0.9)
+    # an earlier sequence in another order, with rows that are gone: renumbered, dropped
+    earlier = np.random.default_rng(4).permutation(400)
+    row = np.full(300, -1)
+    row[:250] = np.argsort(earlier)[:250]
+    before = np.zeros((400, N), np.uint8)
+    kept = earlier < 250  # earlier row p held signature earlier[p] when it is < 250
+    before[kept] = sig[earlier[kept]]
+    before[~kept] = _pool(np.random.default_rng(5), 400)[~kept]
+    got = neardup.update_pair_arrays(
+        sig, neardup.pair_arrays(before, threshold=0.9), row, threshold=0.9
+    )
+    assert _same(got, pairs)
+    # pairs that name a row beyond the stored digests: the whole set is searched again
+    paircache.cached_pair_arrays(tmp_path, sig, threshold=0.9)
+    path = paircache.cache_dir(tmp_path) / paircache.CACHE_FILE
+    with np.load(path) as z:
+        stored = dict(z)
+    stored["j"] = stored["j"] + 1000
+    np.savez(path, **stored)
+    assert _same(paircache.cached_pair_arrays(tmp_path, sig[::-1], threshold=0.9),
+                 neardup.pair_arrays(sig[::-1], threshold=0.9))  # fmt: skip
+
+
+def test_match_rows_pairs_each_occurrence_once() -> None:
+    d = paircache.row_digests(np.array([[1] * N, [2] * N, [1] * N, [3] * N], np.uint8))
+    assert d.shape == (4, paircache.DIGEST_SIZE) and (d[0] == d[2]).all()
+    assert paircache.match_rows(d[[2, 0, 0, 1]], d).tolist() == [0, 2, -1, 1]
+    assert paircache.match_rows(d[:0], d).tolist() == []
+    assert paircache.match_rows(d, d[:0]).tolist() == [-1] * 4
+
+
+def _decisions(out: Path) -> dict[str, str]:
+    """The build's tables without the columns that say where bytes are stored, as text."""
+    m = pd.read_parquet(out / "manifest.parquet")
+    m = m.drop(columns=["shard", "shard_sha256", "offset", "nbytes", "dataset", "index"],
+               errors="ignore").sort_values("sample_key")  # fmt: skip
+    p = pd.read_parquet(out / "patients.parquet").sort_values("patient_group")
+    return {
+        "manifest": m.to_json(orient="records", date_format="iso"),
+        "patients": p.to_json(orient="records"),
+        "audit": (out / "audit.csv").read_text(),
+    }
+
+
+def test_a_build_with_an_added_batch_decides_as_a_fresh_build(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At threshold 0.5 the tiny datamart's radiographs make dozens of pairs that link
+    patient groups: a missed or extra pair would change the tables."""
+    root = tmp_path / "datamart"
+    shutil.copytree(tiny_datamart[0], root)
+    held = sorted(root.glob("CXR-*-COMPLETE"))[-1]
+    aside = tmp_path / held.name
+    held.rename(aside)
+    low = "splits.near_duplicate_threshold=0.5"
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    pipeline.run(make_cfg(root, out, low))
+    aside.rename(held)
+    searched: list[int] = []
+    between = neardup.pairs_between
+
+    def spy(a: np.ndarray, b: np.ndarray, **kw: Any) -> neardup.PairArrays:
+        searched.append(len(a))
+        return between(a, b, **kw)
+
+    monkeypatch.setattr(neardup, "pairs_between", spy)
+    pipeline.run(make_cfg(root, out, low))
+    monkeypatch.undo()
+    pipeline.run(make_cfg(root, fresh, low))
+    m = pd.read_parquet(fresh / "manifest.parquet")
+    added = m["batch"].eq(held.name) & m["modality"].eq("cxr")
+    assert searched == [added.sum()] and 0 < added.sum() < (m["modality"] == "cxr").sum()
+    assert m["near_duplicates"].map(len).sum() > 20
+    assert _decisions(out) == _decisions(fresh)

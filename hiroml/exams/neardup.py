@@ -128,7 +128,7 @@ def signature(arr: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _as_signatures(signatures: Sequence[int] | np.ndarray, *, ndim: int = 2) -> np.ndarray:
+def as_signatures(signatures: Sequence[int] | np.ndarray, *, ndim: int = 2) -> np.ndarray:
     """Signatures as a uint8 array (1024 values per row). Raises ValueError for another
     length, or values that are not integers in 0..255."""
     x = np.asarray(signatures)
@@ -221,7 +221,7 @@ def unit_vectors(signatures: np.ndarray) -> np.ndarray:
 
     Computed from exact integers (:func:`_centred` divided by its length): each value is
     within 2.4e-7 (relative) of the exact unit vector's."""
-    x = _as_signatures(signatures)
+    x = as_signatures(signatures)
     s, v = _moments(x)
     u = _centred(x, s) / _norms(v)[:, None]
     u[v == 0] = 0.0
@@ -232,20 +232,34 @@ def similarity(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> 
     """Rank correlation of two signatures, in [-1, 1]; 0.0 when either is constant.
 
     The same float64 value :func:`find_pairs` reports for the pair (:func:`_pearson`)."""
-    x = np.stack([_as_signatures(a, ndim=1), _as_signatures(b, ndim=1)])
+    x = np.stack([as_signatures(a, ndim=1), as_signatures(b, ndim=1)])
     s, v = _moments(x)
     cov = SIGNATURE_SIZE * _dots(x[:1], x[1:]) - s[:1] * s[1:]
     return float(_pearson(cov, v[:1], v[1:])[0])
 
 
+def _block_matrix() -> np.ndarray:
+    """(1024, 64) float32 of 0 and 1: a signature times it gives its 8 x 8 block sums."""
+    k = SIGNATURE_SIDE // _COARSE
+    cell = np.arange(SIGNATURE_SIZE)
+    row, col = cell // SIGNATURE_SIDE, cell % SIGNATURE_SIDE
+    m = np.zeros((SIGNATURE_SIZE, _COARSE * _COARSE), dtype=np.float32)
+    m[cell, (row // k) * _COARSE + col // k] = 1.0
+    return m
+
+
+_BLOCKS = _block_matrix()
+
+
 def _coarse(x: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """The orthogonal projection of the rows' unit vectors onto 8 x 8 block-constant images,
     in an orthonormal basis (block sum / sqrt(block size)): 64-d, never longer than the unit
-    vector. From exact block sums of :func:`_centred` (< 2^23), rounded twice."""
-    n = x.shape[0]
+    vector. From the exact block sums of :func:`_centred` (``n * sum x - 16 S``, < 2^23; the
+    block sums of ``x``, <= 16 * 255, are exact in a float32 product), rounded twice."""
     k = SIGNATURE_SIDE // _COARSE
-    d = _centred(x, s).reshape(n, _COARSE, k, _COARSE, k).sum(axis=(2, 4))
-    c = d.reshape(n, _COARSE * _COARSE) / (_norms(v)[:, None] * np.float32(k))
+    d = (x.astype(np.float32) @ _BLOCKS) * np.float32(SIGNATURE_SIZE)
+    d -= np.float32(k * k) * s[:, None].astype(np.float32)
+    c = d / (_norms(v)[:, None] * np.float32(k))
     c[v == 0] = 0.0
     return np.ascontiguousarray(c, dtype=np.float32)
 
@@ -268,6 +282,82 @@ PairArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: a 1024-term dot product of unit vectors (error <= 1024 * 6e-8 + 5e-7 < 7e-5), whatever
 #: the order of summation. Neither can drop a pair at the threshold: a true pair passes both.
 _SLACK = 1e-4
+_DECIDE_CHUNK = 65536  # candidates decided exactly at a time
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Signatures with what the search needs of them: the exact ``S`` and ``V``
+    (:func:`_moments`) and the coarse projection as the two sides of one matrix product,
+    ``|ci - cj|^2 = [ci, |ci|^2, 1] . [-2 cj, 1, |cj|^2]`` (``left``, ``right``)."""
+
+    x: np.ndarray
+    s: np.ndarray
+    v: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, block: int) -> _Rows:
+        """Computed ``block`` rows at a time (66 floats a row are kept)."""
+        n = x.shape[0]
+        s, v = np.empty(n, np.int64), np.empty(n, np.int64)
+        c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
+        for b in range(0, n, block):
+            s[b : b + block], v[b : b + block] = _moments(x[b : b + block])
+            c[b : b + block] = _coarse(x[b : b + block], s[b : b + block], v[b : b + block])
+        cn = np.einsum("ij,ij->i", c, c)[:, None]
+        ones = np.ones_like(cn)
+        return cls(x, s, v, np.hstack([c, cn, ones]), np.hstack([-2.0 * c, ones, cn]))
+
+    def __getitem__(self, rows: slice) -> _Rows:
+        return _Rows(self.x[rows], self.s[rows], self.v[rows], self.left[rows], self.right[rows])
+
+
+def _block_pairs(
+    a: _Rows, b: _Rows, *, threshold: float, t_exact: Fraction, upper: bool
+) -> list[PairArrays]:
+    """The pairs (row of ``a``, row of ``b``) with correlation >= ``threshold``, decided
+    exactly; ``upper``: ``a`` and ``b`` are the same rows, only pairs ``i < j`` are kept."""
+    # a true pair has |ui - uj|^2 = 2 - 2 r <= 2 - 2 t, and the projection is no longer
+    close = (a.left @ b.right.T) <= 2.0 - 2.0 * threshold + _SLACK
+    n_close = np.count_nonzero(close)
+    if not n_close:
+        return []
+    if n_close > close.size // _DENSE:
+        # look-alike images (one phantom, one protocol) pass the coarse bound in bulk:
+        # one full matrix product is then cheaper than listing the candidates
+        ua = unit_vectors(a.x)
+        ub = ua if upper else unit_vectors(b.x)
+        close = (ua @ ub.T) >= threshold - _SLACK
+    ii, jj = np.nonzero(close)
+    keep = (a.v[ii] > 0) & (b.v[jj] > 0)
+    if upper:
+        keep &= ii < jj
+    ii, jj = ii[keep], jj[keep]
+    found: list[PairArrays] = []
+    for k in range(0, len(ii), _DECIDE_CHUNK):  # decide exactly, in chunks
+        pa, pb = ii[k : k + _DECIDE_CHUNK], jj[k : k + _DECIDE_CHUNK]
+        ok, sims = _decide(_dots(a.x[pa], b.x[pb]), (a.s[pa], b.s[pb]), (a.v[pa], b.v[pb]), t_exact)
+        found.append((pa[ok].astype(np.int64), pb[ok].astype(np.int64), sims[ok]))
+    return found
+
+
+def _check(threshold: float, block: int) -> Fraction:
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold}: must lie in [-1, 1]")
+    if block < 1:
+        raise ValueError(f"block={block}: must be >= 1")
+    return _exact_threshold(threshold)
+
+
+def _sorted(found: list[PairArrays]) -> PairArrays:
+    """The pairs of ``found`` in one set of arrays, sorted by (i, j)."""
+    if not found:
+        return _EMPTY
+    i, j, sim = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    order = np.lexsort((j, i))
+    return i[order], j[order], sim[order]
 
 
 def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) -> PairArrays:
@@ -280,65 +370,104 @@ def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = 4096) 
     correlation is decided from exact integer sums (``S``, ``sum x^2``, ``sum x*y``) against
     the threshold taken as the decimal it prints as (:func:`_exact_threshold`): 0.95 is
     19/20. A constant signature is in no pair, whatever the threshold."""
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold}: must lie in [-1, 1]")
-    if block < 1:
-        raise ValueError(f"block={block}: must be >= 1")
+    t_exact = _check(threshold, block)
     sig = np.asarray(signatures)
     n = sig.shape[0] if sig.ndim == 2 else 0
     if n < 2:
         return _EMPTY
-    sig = _as_signatures(sig)
-    t_exact = _exact_threshold(threshold)
-    # exact moments and the coarse projection, block by block (66 floats a row)
-    s_all, v_all = np.empty(n, np.int64), np.empty(n, np.int64)
-    c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
-    for b in range(0, n, block):
-        s_all[b : b + block], v_all[b : b + block] = _moments(sig[b : b + block])
-        c[b : b + block] = _coarse(sig[b : b + block], s_all[b : b + block], v_all[b : b + block])
-    live = v_all > 0
-    cn = np.einsum("ij,ij->i", c, c)[:, None]
-    ones = np.ones_like(cn)
-    # |ci - cj|^2 = [ci, |ci|^2, 1] . [-2 cj, 1, |cj|^2]: one matrix product per block
-    left = np.hstack([c, cn, ones])
-    right = np.hstack([-2.0 * c, ones, cn])
-    # a true pair has |ui - uj|^2 = 2 - 2 r <= 2 - 2 t, and the projection is no longer
-    radius2 = 2.0 - 2.0 * threshold + _SLACK
+    rows = _Rows.of(as_signatures(sig), block)
     found: list[PairArrays] = []
     for s in range(0, n, block):
-        li = left[s : s + block]
-        xi = sig[s : s + block]
-        ui = None
         for t in range(s, n, block):
-            close = (li @ right[t : t + block].T) <= radius2
-            n_close = np.count_nonzero(close)
-            if not n_close:
-                continue
-            xj = sig[t : t + block]
-            if n_close > close.size // _DENSE:
-                # look-alike images (one phantom, one protocol) pass the coarse bound in bulk:
-                # one full matrix product is then cheaper than listing the candidates
-                ui = unit_vectors(xi) if ui is None else ui
-                uj = ui if t == s else unit_vectors(xj)
-                close = (ui @ uj.T) >= threshold - _SLACK
-            ii, jj = np.nonzero(close)
-            keep = (ii + s < jj + t) & live[ii + s] & live[jj + t]
-            ii, jj = ii[keep], jj[keep]
-            for a in range(0, len(ii), 65536):  # decide exactly, in chunks
-                pa, pb = ii[a : a + 65536] + s, jj[a : a + 65536] + t
-                ok, sims = _decide(
-                    _dots(xi[pa - s], xj[pb - t]),
-                    (s_all[pa], s_all[pb]),
-                    (v_all[pa], v_all[pb]),
-                    t_exact,
-                )
-                found.append((pa[ok].astype(np.int64), pb[ok].astype(np.int64), sims[ok]))
-    if not found:
+            for i, j, sim in _block_pairs(
+                rows[s : s + block],
+                rows[t : t + block],
+                threshold=threshold,
+                t_exact=t_exact,
+                upper=t == s,
+            ):
+                found.append((i + s, j + t, sim))
+    out = _sorted(found)
+    log.debug("near-duplicate search: %d signatures, %d pairs >= %s", n, len(out[0]), t_exact)
+    return out
+
+
+def pairs_between(
+    a: np.ndarray, b: np.ndarray, *, threshold: float, block: int = 4096
+) -> PairArrays:
+    """Every pair (row ``i`` of ``a``, row ``j`` of ``b``) whose :func:`similarity` is >=
+    ``threshold``, sorted by (i, j): the search of :func:`pair_arrays` across two sets, with
+    the same exact decision. ``b`` is read ``block`` rows at a time (only ``a``'s filter
+    vectors are kept), so a week's new signatures are searched against millions."""
+    t_exact = _check(threshold, block)
+    xa, xb = np.asarray(a), np.asarray(b)
+    if xa.ndim != 2 or xb.ndim != 2 or not len(xa) or not len(xb):
         return _EMPTY
-    i, j, sim = (np.concatenate(parts) for parts in zip(*found, strict=True))
-    order = np.lexsort((j, i))
-    log.debug("near-duplicate search: %d signatures, %d pairs >= %s", n, len(i), t_exact)
-    return i[order], j[order], sim[order]
+    xa = as_signatures(xa)
+    ra = _Rows.of(xa, block)
+    found: list[PairArrays] = []
+    for t in range(0, len(xb), block):
+        rb = _Rows.of(as_signatures(xb[t : t + block]), block)
+        for s in range(0, len(xa), block):
+            for i, j, sim in _block_pairs(
+                ra[s : s + block], rb, threshold=threshold, t_exact=t_exact, upper=False
+            ):
+                found.append((i + s, j + t, sim))
+    return _sorted(found)
+
+
+def update_pair_arrays(
+    signatures: np.ndarray,
+    previous: PairArrays,
+    previous_row: np.ndarray,
+    *,
+    threshold: float,
+    block: int = 4096,
+) -> PairArrays:
+    """:func:`pair_arrays` of ``signatures``, searching only the new ones against all.
+
+    ``previous`` holds the pairs an earlier :func:`pair_arrays` (or this function) found at
+    the same ``threshold`` over an earlier sequence of signatures; ``previous_row[k]`` is
+    the row in that sequence that holds the same signature as row ``k`` here (each earlier
+    row named at most once), or -1 for a signature that is new. The pairs of two earlier
+    rows are taken from ``previous`` (renumbered; those of a row no longer present are
+    dropped); every pair with a new row is searched (:func:`pairs_between`, new x all). A
+    pair depends only on its two signatures, so the result is the same arrays, bit for bit,
+    as :func:`pair_arrays` over ``signatures``. Raises ValueError when ``previous_row``
+    does not fit."""
+    t_exact = _check(threshold, block)
+    sig = as_signatures(np.asarray(signatures))
+    n = len(sig)
+    prev = np.asarray(previous_row, dtype=np.int64)
+    if prev.shape != (n,):
+        raise ValueError(f"previous_row has shape {prev.shape}, the signatures {n} rows")
+    kept = np.flatnonzero(prev >= 0)
+    pi, pj, psim = previous
+    size = int(max(prev.max(initial=-1), pi.max(initial=-1), pj.max(initial=-1))) + 1
+    here = np.full(size, -1, dtype=np.int64)  # earlier row -> row here
+    here[prev[kept]] = kept
+    if len(np.unique(prev[kept])) != len(kept):
+        raise ValueError("previous_row names an earlier row more than once")
+    a, b = here[pi], here[pj]
+    live = (a >= 0) & (b >= 0)
+    a, b = a[live], b[live]
+    found: list[PairArrays] = [(np.minimum(a, b), np.maximum(a, b), psim[live])]
+    new = np.flatnonzero(prev < 0)
+    ci, cj, csim = pairs_between(sig[new], sig, threshold=threshold, block=block)
+    ci = new[ci]
+    # a pair of two new rows is found from both sides: keep it once, never a row with itself
+    once = (prev[cj] >= 0) | (ci < cj)
+    ci, cj, csim = ci[once], cj[once], csim[once]
+    found.append((np.minimum(ci, cj), np.maximum(ci, cj), csim))
+    out = _sorted(found)
+    log.info(
+        "near-duplicate search: %d new of %d signatures, %d pairs >= %s",
+        len(new),
+        n,
+        len(out[0]),
+        t_exact,
+    )
+    return out
 
 
 _EMPTY: PairArrays = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
