@@ -407,3 +407,56 @@ def test_report_from_built_output(tmp_path: Path) -> None:
     assert "C19-OLD-0001, TR000" in text  # a parquet list (numpy array) cell
     assert "KEPT-ORIGINAL-1.zip" in text and "zip CRC mismatch" in text
     assert "Orphans (1)" in text and "TE001" in text
+
+
+def _section_of(text: str, anchor: str) -> str:
+    start = text.index(f'id="{anchor}"')
+    return text[start : text.index("</section>", start)]
+
+
+def test_orphans_without_a_clinical_table_and_orphans_without_samples() -> None:
+    manifest, patients, audit, _ = make_tables()
+    none = report_page.render_report(
+        manifest=manifest, patients=patients, audit=audit, summary={"clinical": ""}
+    )
+    orphans = _section_of(none, "orphans")
+    assert "Orphans: no clinical table given" in orphans and "TE001" not in orphans
+    given = report_page.render_report(
+        manifest=manifest,
+        patients=patients,
+        audit=audit,
+        summary={"clinical": "clinical.csv", "orphan_ids": ["TE001", "ZZ009"]},
+    )
+    orphans = _section_of(given, "orphans")
+    assert "Orphans (1)" in orphans and "TE001" in orphans
+    assert "1 more patient id(s) without clinical rows have no sample" in orphans
+    assert "ZZ009" in orphans
+
+
+def test_audit_rows_fold_per_reason_with_their_count() -> None:
+    def row(zip_: str, action: str, reason: str) -> dict[str, str]:
+        return {"zip": zip_, "batch": "B1", "action": action, "reason": reason, "kept_as": ""}
+
+    audit = pd.DataFrame(
+        [
+            *(row(f"v{i}.zip", "dropped", f"view lateral not selected: ViewPosition=L{i}")
+              for i in range(3)),
+            row("s.zip", "dropped", "series 1.2.3.4: 2 of 2 instances: localizer / scout"),
+            row("a.zip", "error", "a.zip: 1_PA/1.dcm: not a DICOM file (no 'DICM' prefix)"),
+            row("b.zip", "error", "b.zip: 2_PA/2.dcm: not a DICOM file (no 'DICM' prefix)"),
+            row("c.zip", "merged", "series 2.25.1234567 (32 slices) stitched with series 2.25.99"),
+        ]
+    )  # fmt: skip
+    text = report_page.render_report(
+        manifest=pd.DataFrame(), patients=pd.DataFrame(), audit=audit, summary={}
+    )
+    decisions = _section_of(text, "decisions")
+    assert '<summary><span class="n">3</span> view not selected</summary>' in decisions
+    assert '<summary><span class="n">1</span> localizer</summary>' in decisions
+    assert "(32 slices) stitched with series …</summary>" in decisions
+    errors = _section_of(text, "errors")
+    assert (
+        '<summary><span class="n">2</span> not a DICOM file (no &#x27;DICM&#x27; prefix)' in errors
+    )
+    assert "a.zip" in errors and "b.zip" in errors  # the rows, inside the fold
+    assert "<details open" not in text

@@ -511,7 +511,12 @@ def join_clinical(
     known = clinical.ids
     orphans = tuple(sorted({e.patient_id for e in exams if e.patient_id not in known}))
     if orphans:
-        log.warning("%d orphan patient id(s) without clinical record", len(orphans))
+        log.warning(
+            "%d patient id(s) without a clinical record (orphans): %s%s",
+            len(orphans),
+            ", ".join(orphans[:10]),
+            ", ..." if len(orphans) > 10 else "",
+        )
     days: dict[str, int | None] = {}
     violations: dict[str, str] = {}
     kept: list[Exam] = []

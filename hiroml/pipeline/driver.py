@@ -179,7 +179,10 @@ def _build(
     t_start: float,
 ) -> BuildSummary:
     """The build itself, under the output's lock (see :func:`run`)."""
+    from hiroml import vocab as synth_truth
+
     summary.datamart, summary.output = str(root), str(out)
+    summary.synthetic = (root / synth_truth.TRUTH_NAME).is_file()  # hiroml-synth's datamart
     summary.batches_read = sum(b.status == "COMPLETE" for b in found.batches)
     summary.batches_skipped = len(found.batches) - summary.batches_read
     summary.zips = len(found.zips)
@@ -249,6 +252,7 @@ def _read_inputs(
         found.zips, indexed.instances, remap, cfg.exams, decoded=decoded
     )
     joined = identity.join_clinical(result.exams, clinical, cfg.identity)
+    summary.clinical, summary.orphan_ids = cfg.paths.clinical or "", list(joined.orphans)
     timed(summary, "exams", t)
 
     audit: list[AuditRow] = [problem_to_audit(p) for p in found.problems]

@@ -64,6 +64,12 @@ class BuildSummary:
     # The flow's counts (hiroml.report.flow.Flow.as_dict, from the published audit and
     # manifest): the numbers the console, report.html, flow.svg and DATASET.md all show.
     flow: dict[str, Any] = field(default_factory=dict)
+    # The datamart is hiroml's synthetic one (its ground-truth file is there): the report and
+    # the card say the data are made up.
+    synthetic: bool = False
+    # The clinical table read ("" for none) and the patient ids of exams it has no row for.
+    clinical: str = ""
+    orphan_ids: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         if self.unchanged:
@@ -98,8 +104,10 @@ class BuildSummary:
                 f"  dropped {self.dropped}, errors {self.errors}",
                 f"  patients per split: {split}",
             ]
+        from hiroml.vocab import Action
+
         split = ", ".join(f"{s['split']} {s['patients']}" for s in f["splits"]) or "none"
-        dropped = sum(f["dropped"].values())
+        dropped = sum(f[Action.DROPPED].values())
         return [
             f"  zips found {f['zips_found']}: skipped {f['zips_skipped']} (upload in progress), "
             f"nothing usable {f['zips_error']} (errors), duplicates {f['zips_duplicate']}, "

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hiroml.report.flow import Flow, compute_flow, flow_svg
 from hiroml.report.html import ReadArray, _col, _keys, _note, _table
 from hiroml.report.neardup import _near_duplicates
 from hiroml.report.sections import (
@@ -47,13 +48,18 @@ nav a{color:#fff;text-decoration:none;margin-right:16px;font-size:13px}
 .badge.bad{background:var(--bad);color:#fff}.badge.ok{background:#e6f4ea;color:var(--ok)}
 table{border-collapse:collapse;width:100%;margin:6px 0 10px;font-size:13px}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}th{white-space:nowrap}td{min-width:4em;max-width:44em}
 th{background:#eef1f6;font-weight:600}tbody tr:nth-child(even){background:#fafbfd}
 table.kv{width:auto}table.kv td:first-child{color:var(--mut);padding-right:24px;white-space:nowrap}
 table.kv thead{display:none}table.narrow{width:auto;min-width:320px}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{border:1px solid var(--line);border-radius:6px;padding:8px 14px;min-width:110px}
 .card .v{font-size:20px;font-weight:600}.card .k{color:var(--mut);font-size:12px}
+.card .k2{color:var(--mut);font-size:11px;margin-top:2px}.glance .card{min-width:150px}
+header details summary{font-size:13px;color:var(--mut)}
+details.reason{margin:2px 0 2px 4px}details.reason>summary{font-size:13px;padding:2px 0}
+details.reason .n{display:inline-block;min-width:40px;text-align:right;font-weight:600;
+margin-right:10px}
 .card.bad{border-color:var(--bad);background:var(--badbg)}.card.bad .v{color:var(--bad)}
 .note{color:var(--mut)}.warn{color:var(--warn);background:var(--warnbg);padding:6px 10px;
 border-radius:4px}
@@ -103,13 +109,16 @@ def render_report(
     near_duplicates: pd.DataFrame | None = None,
     flow: str | None = None,
     environment: Mapping[str, Any] | None = None,
+    counts: Flow | None = None,
 ) -> str:
     """The report page as an HTML string; see :func:`write_report`. ``flow`` is the flow
-    diagram's SVG (:func:`hiroml.report.flow.flow_svg`), drawn at the top; computed when None."""
+    diagram's SVG (:func:`hiroml.report.flow.flow_svg`), drawn at the top, and ``counts`` its
+    numbers (:func:`hiroml.report.flow.compute_flow`), shown in the header and the counts;
+    each computed from ``audit`` and ``manifest`` when None."""
+    if counts is None:
+        counts = compute_flow(audit, manifest)
     if flow is None:
-        from hiroml.report.flow import compute_flow, flow_svg
-
-        flow = flow_svg(compute_flow(audit, manifest))
+        flow = flow_svg(counts)
     n_errors = int((_keys(_col(audit, "action")) == Action.ERROR).sum())
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
@@ -129,16 +138,16 @@ def render_report(
     )
     body = "".join(
         [
-            _header(summary, n_errors),
+            _header(summary, n_errors, counts),
             _section("changes", "What changed since the previous version", changes)
             if changes
             else "",
             _flow_section(flow),
-            _counts(manifest, patients, audit),
+            _counts(manifest, patients, audit, counts),
             _balance(manifest, patients, _split_rule_text(summary)),
             _errors(audit),
             _decisions(audit),
-            _orphans(manifest),
+            _orphans(manifest, summary),
             _groups(patients),
             _near_duplicates(near_duplicates, read_array),
             _thumbnails(manifest, read_array, max_thumbnails),
@@ -218,7 +227,6 @@ def write_report(
     Each file is written to a temporary name then moved into place (``os.replace``).
     """
     from hiroml.report.card import render_card
-    from hiroml.report.flow import compute_flow, flow_svg
     from hiroml.vocab import CARD_NAME, FLOW_NAME
 
     out_dir = Path(out_dir)
@@ -238,6 +246,7 @@ def write_report(
         changes=changes,
         near_duplicates=near_duplicates,
         environment=environment,
+        counts=flow,
     )
     card = render_card(
         manifest=manifest,
