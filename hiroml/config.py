@@ -199,6 +199,9 @@ class SplitsConfig:
     stratify: Any = None
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     test_list: Optional[str] = None  # text file of patient ids always put in test
+    # The test split written apart, in <output>/sequestered/ (hiroml.pipeline.sequester): the
+    # main folder then holds no test sample, label or patient id.
+    sequester: bool = False
     # Radiographs of two patient groups whose signatures' rank correlation reaches this are
     # near duplicates (hiroml.exams.neardup; measured in benchmarks/neardup_threshold.py): reported,
     # and joined into one group when link_near_duplicates. null: no near-duplicate search.

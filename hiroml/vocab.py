@@ -106,3 +106,8 @@ SHARDS_DIR = "shards"
 VERSIONS_DIR = "versions"
 #: A build's own state (lock, index cache, task records, scratch, run logs).
 STATE_DIR = ".hiroml"
+#: With ``splits.sequester``: the test split's own output folder (shards, tables, versions).
+SEQUESTERED_DIR = "sequestered"
+#: With ``splits.sequester``: where conversion tasks write their shards, under STATE_DIR,
+#: before the samples are parted between the main and the sequestered folder.
+HELD_SHARDS_DIR = ".hiroml/held"

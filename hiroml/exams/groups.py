@@ -17,13 +17,25 @@ from hiroml.pipeline.tasks import TaskResult
 from hiroml.pipeline.worker import ExamReader
 from hiroml.records import Exam, Instance
 from hiroml.store.reader import read_manifest
-from hiroml.vocab import MANIFEST, SplitStrategy, StratumKey
+from hiroml.vocab import MANIFEST, SEQUESTERED_DIR, SplitStrategy, StratumKey
 
 log = logging.getLogger(__name__)
 
 
 def previous_splits(out: Path) -> dict[str, str]:
-    """patient id -> split in the latest version (so that no patient changes split)."""
+    """patient id -> split in the latest version (so that no patient changes split): of the
+    output's own tables and, where the test split is sequestered, of the latest version of
+    ``<out>/sequestered`` (:mod:`hiroml.pipeline.sequester`)."""
+    prev = _latest_splits(out)
+    held = out / SEQUESTERED_DIR
+    if held.is_dir():
+        for pid, split in _latest_splits(held).items():
+            prev.setdefault(pid, split)
+    return prev
+
+
+def _latest_splits(out: Path) -> dict[str, str]:
+    """patient id -> split in the latest version of the output folder ``out``."""
     from hiroml.versions.listing import VersionError, tables_dir
 
     try:
@@ -239,5 +251,6 @@ def assign_splits(
         "test_after": cutoff.isoformat() if cutoff is not None else None,
         "groups_kept_from_previous": len(previous),
         "previous_strategy": before,
+        "sequester": sc.sequester,
     }
     return split_of, members, rule

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from hiroml.config import SplitsConfig
-from hiroml.vocab import SPLITS, Modality, Split, SplitStrategy
+from hiroml.vocab import SEQUESTERED_DIR, SPLITS, Modality, Split, SplitStrategy
 
 
 def group_unit(group: str, salt: str) -> float:
@@ -103,7 +103,19 @@ def temporal_cutoff(first_seen: Collection[dt.date], cfg: SplitsConfig) -> dt.da
 
 
 def describe_rule(cfg: SplitsConfig, cutoff: dt.date | None = None) -> str:
-    """The split rule in one line, for the summary, the report and the card."""
+    """The split rule in one line, for the summary, the report and the card; with
+    ``splits.sequester`` it says where the test split is."""
+    rule = _strategy_rule(cfg, cutoff)
+    if cfg.sequester:
+        rule += (
+            "; the test split is sequestered: its samples, labels and patient ids are written "
+            f"apart, in the {SEQUESTERED_DIR}/ folder of the output, and the main folder holds "
+            "none"
+        )
+    return rule
+
+
+def _strategy_rule(cfg: SplitsConfig, cutoff: dt.date | None) -> str:
     fractions = f"train {cfg.train:g}, val {cfg.val:g}, test {cfg.test:g}"
     if cfg.strategy == SplitStrategy.STRATIFIED:
         return (

@@ -21,7 +21,7 @@ import pandas as pd
 from hiroml.config import BuildConfig
 from hiroml.errors import BuildError
 from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
-from hiroml.pipeline import failures, faults, scratch, systematic, unchanged
+from hiroml.pipeline import failures, faults, scratch, sequester, systematic, unchanged
 from hiroml.pipeline.audit import (
     CODE_INTERNAL,
     problem_to_audit,
@@ -35,7 +35,7 @@ from hiroml.pipeline.summary import BuildSummary, now, timed
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, config_hash, load_task_record, plan_tasks
 from hiroml.pipeline.worker import died_task, join_tasks, run_task, split_task
 from hiroml.records import AuditRow
-from hiroml.vocab import SPLITS, STATE_DIR, Action, Modality
+from hiroml.vocab import MANIFEST, SEQUESTERED_DIR, SPLITS, STATE_DIR, Action, Modality
 
 if TYPE_CHECKING:
     from hiroml.exams.linking import LinkResult
@@ -181,6 +181,7 @@ def _build(
     """The build itself, under the output's lock (see :func:`run`)."""
     from hiroml import vocab as synth_truth
 
+    sequester.check_output(cfg, out)  # before anything is read or built
     summary.datamart, summary.output = str(root), str(out)
     summary.synthetic = (root / synth_truth.TRUTH_NAME).is_file()  # hiroml-synth's datamart
     summary.batches_read = sum(b.status == "COMPLETE" for b in found.batches)
@@ -210,6 +211,8 @@ def _build(
     timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
     shards = set(tables.manifest["shard"].astype(str)) if len(tables.manifest) else set()
+    if cfg.splits.sequester:  # the fast path answers only while the sequestered folder stands
+        shards.add(f"{SEQUESTERED_DIR}/{MANIFEST}")
     unchanged.remember(cfg, root, out, found, summary, shards)
     return summary
 
@@ -371,7 +374,8 @@ def _publish(
     )
     summary.seconds = time.perf_counter() - t_start
     try:
-        published = publish(
+        publisher = sequester.publish if cfg.splits.sequester else publish
+        published = publisher(
             cfg,
             out,
             tables.manifest,

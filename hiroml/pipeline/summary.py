@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hiroml._version import __version__
-from hiroml.vocab import SplitStrategy
+from hiroml.vocab import SEQUESTERED_DIR, SplitStrategy
 
 
 @dataclass
@@ -178,7 +178,8 @@ class BuildSummary:
         """The split rule, unless it is the default hash split throughout."""
         r = self.split_rule
         strategy, before = r.get("strategy"), r.get("previous_strategy")
-        if not r or (strategy == SplitStrategy.HASH and before in (None, SplitStrategy.HASH)):
+        plain = strategy == SplitStrategy.HASH and before in (None, SplitStrategy.HASH)
+        if not r or (plain and not r.get("sequester")):
             return []
         lines = [f"  {r.get('rule', strategy)}"]
         if before is not None and before != strategy:
@@ -186,6 +187,12 @@ class BuildSummary:
                 f"  the previous version's split was {before}: its "
                 f"{r.get('groups_kept_from_previous', 0)} patient group(s) keep their split; "
                 f"new patient groups are dealt by {strategy}"
+            )
+        if "sequestered_samples" in r:
+            lines.append(
+                f"  test split sequestered: {r['sequestered_patients']} patient group(s), "
+                f"{r['sequestered_samples']} sample(s), {r['sequestered_audit_rows']} audit "
+                f"row(s) in {SEQUESTERED_DIR}/ (version {r['sequestered_version']})"
             )
         return lines
 

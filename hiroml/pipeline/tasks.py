@@ -22,7 +22,7 @@ from typing import Any
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
 from hiroml.records import Exam, Problem, SampleRecord
 from hiroml.store.atomic import write_text_atomic
-from hiroml.vocab import STATE_DIR, Action, Modality
+from hiroml.vocab import HELD_SHARDS_DIR, SHARDS_DIR, STATE_DIR, Action, Modality
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class TaskSpec:
     shards: ShardsConfig
     limits: IndexConfig
     config_hash: str
+    # where its shards go, relative to out_dir: HELD_SHARDS_DIR with splits.sequester
+    shard_dir: str = SHARDS_DIR
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +106,12 @@ def plan_tasks(
             else cfg.executor.ct_exams_per_task
         )
         chash = config_hash(modality, cfg)
+        # held shards are another task's output: the folder joins the fingerprint
+        shard_dir = HELD_SHARDS_DIR if cfg.splits.sequester else SHARDS_DIR
+        where = [shard_dir] if cfg.splits.sequester else []
         for i in range(0, len(group), per):
             chunk = tuple(group[i : i + per])
-            fp = json.dumps([chash, [_exam_fingerprint(e) for e in chunk]], sort_keys=True)
+            fp = json.dumps([chash, *where, [_exam_fingerprint(e) for e in chunk]], sort_keys=True)
             task_id = f"{modality}-{hashlib.sha1(fp.encode()).hexdigest()[:20]}"
             specs.append(
                 TaskSpec(
@@ -120,6 +125,7 @@ def plan_tasks(
                     shards=cfg.shards,
                     limits=cfg.index,
                     config_hash=chash,
+                    shard_dir=shard_dir,
                 )
             )
     return specs

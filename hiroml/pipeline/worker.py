@@ -26,7 +26,7 @@ from hiroml.pipeline import faults
 from hiroml.pipeline.scratch import ScratchReader, scratch_dir
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, save_task_record
 from hiroml.records import CtVolume, CxrImage, Exam, Instance, Problem, SampleRecord
-from hiroml.vocab import SHARDS_DIR, Modality, View
+from hiroml.vocab import Modality, View
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     t0 = time.perf_counter()
     samples: list[SampleRecord] = []
     problems: list[tuple[str, Problem]] = []
-    shard_dir = Path(spec.out_dir) / SHARDS_DIR
+    shard_dir = Path(spec.out_dir) / spec.shard_dir
     reader = ExamReader(spec.root, spec.limits)
     store = ScratchReader(scratch_dir(spec.out_dir), spec.root, spec.cxr)
     bytes_read = 0
@@ -197,13 +197,15 @@ def run_task(spec: TaskSpec) -> TaskResult:
     for record in pending:
         info = shard_of[record.sample_key]
         samples.append(
-            dataclasses.replace(record, shard=f"shards/{info.name}", shard_sha256=info.sha256)
+            dataclasses.replace(
+                record, shard=f"{spec.shard_dir}/{info.name}", shard_sha256=info.sha256
+            )
         )
     result = TaskResult(
         task_id=spec.task_id,
         samples=tuple(samples),
         problems=tuple(problems),
-        shards=tuple(f"shards/{info.name}" for info in writer.shards),
+        shards=tuple(f"{spec.shard_dir}/{info.name}" for info in writer.shards),
         seconds=time.perf_counter() - t0,
         bytes_read=bytes_read,
     )
