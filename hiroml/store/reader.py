@@ -16,7 +16,9 @@ CSV: :func:`escape_frame` for a CSV written from input-derived text (what ``read
 undoes), from :mod:`hiroml.store.csvcells`.
 
 Arrays: the shard readers of :mod:`hiroml.store.shards`, the float16/float32 casts of
-:mod:`hiroml.store.halfcast` and :func:`array_to_sitk`.
+:mod:`hiroml.store.halfcast` and :func:`array_to_sitk`; :func:`check_shard_file` and
+:func:`check_ref`, a reader's checks that a shard is the one the manifest names and that a
+sample's place in it lies within the file.
 ``hiroml.data`` imports nothing else of hiroml but this module (and ``vocab``, ``errors``).
 """
 
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from hiroml.errors import ShardError
 from hiroml.store.csvcells import escape_frame, unescape_frame
 from hiroml.store.halfcast import to_float16, to_float32
 from hiroml.store.shards import (
@@ -39,6 +42,8 @@ from hiroml.store.shards import (
     read_sample,
     region_of,
     sample_refs,
+    shard_sha256,
+    stored_offset,
 )
 from hiroml.store.tables import OWN_COLUMNS
 from hiroml.vocab import AUDIT, MANIFEST, PATIENTS
@@ -54,6 +59,8 @@ __all__ = [
     "cell_plain",
     "cell_str",
     "cell_strings",
+    "check_ref",
+    "check_shard_file",
     "escape_frame",
     "is_missing",
     "locate",
@@ -186,3 +193,47 @@ def array_to_sitk(
     from hiroml.ct.volume import array_to_sitk as to_image
 
     return to_image(array, spacing_xyz=spacing_xyz, origin_xyz=origin_xyz, direction=direction)
+
+
+def check_shard_file(path: Path | str, expected: str) -> None:
+    """Raise :class:`~hiroml.errors.ShardError` naming the shard when the SHA-256 of its
+    bytes is not ``expected`` (the manifest's ``shard_sha256``): a flipped byte anywhere in
+    it, pixels or index. Reads the whole file: about 500 MiB/s measured on a busy 2-core
+    machine with SHA instructions (``hashlib.file_digest``)."""
+    found = shard_sha256(path)
+    if found != expected:
+        raise ShardError(
+            f"{path}: the shard's SHA-256 is {found[:16]}..., the manifest's shard_sha256 "
+            f"{expected[:16]}...: the file was altered or damaged since it was written "
+            "(hiroml-verify checks every shard)"
+        )
+
+
+def check_ref(f: Any, ref: SampleRef, key: str, shape: tuple[int, ...]) -> None:
+    """Raise :class:`~hiroml.errors.ShardError` naming the shard and ``key`` when the sample's
+    place in the open shard ``f`` does not hold: its row beyond its dataset, its byte run
+    (``/offsets``) beyond the file or other than where HDF5 puts it, or a stored shape other
+    than ``shape`` (the manifest's)."""
+    where = f"{f.filename}: sample {key!r}"
+    try:
+        ds = f[ref.array]
+    except KeyError:
+        raise ShardError(f"{where}: no dataset {ref.array}") from None
+    stored = tuple(ds.shape) if ref.row is None else tuple(ds.shape[1:])
+    if ref.row is not None and not 0 <= ref.row < ds.shape[0]:
+        raise ShardError(f"{where}: row {ref.row} of {ref.array}, which holds {ds.shape[0]}")
+    if shape and stored != tuple(shape):
+        raise ShardError(f"{where}: stored shape {stored}, the manifest's {tuple(shape)}")
+    if ref.offset < 0:
+        return
+    nbytes = int(np.prod(stored)) * ref.dtype.itemsize
+    file_size = int(f.id.get_filesize())
+    if ref.offset + nbytes > file_size:
+        raise ShardError(
+            f"{where}: /offsets puts its {nbytes} bytes at {ref.offset}, past the end of the "
+            f"file ({file_size} bytes)"
+        )
+    if stored_offset(f, ref) != ref.offset:
+        raise ShardError(
+            f"{where}: /offsets says byte {ref.offset}, HDF5 keeps it at {stored_offset(f, ref)}"
+        )
