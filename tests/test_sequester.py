@@ -86,7 +86,8 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     root, truth = tiny_datamart
     dm, last = _week1(root, truth, tmp_path)
     out = tmp_path / "out"
-    first = build.run(make_cfg(dm, out, ON))
+    clinical = pd.read_csv(root / truth["clinical"], dtype=str)
+    first = build.run(make_cfg(dm, out, ON, f"paths.clinical={root / truth['clinical']}"))
     week1 = _check_apart(out)
     was = {**dict(zip(read_manifest(out)["patient_id"], read_manifest(out)["split"], strict=True)),
            **dict.fromkeys(week1["patient_id"], "test")}  # fmt: skip
@@ -105,9 +106,20 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     # a week later: a new batch; earlier patients keep their split, new test patients are
     # those the recorded rule (the salted hash) puts in test, and they go apart
     shutil.copytree(root / last, dm / last)
-    second = build.run(make_cfg(dm, out, ON))
-    assert second.published and second.split_moves == 0
+    # and a broken zip of a test patient: its error row names the patient, so it goes apart
+    pid = sorted(week1["patient_id"])[0]
+    batch = sorted(p for p in dm.iterdir() if p.name.startswith("CXR-UPDATE-"))[0]
+    broken = f"{pid}_20200401-120000_Z999_XR-CHEST-PA.zip"
+    (batch / broken).write_bytes(b"not a zip")
+    # and a clinical table without the test patient's row: an orphan the main folder never names
+    table = tmp_path / "clinical.csv"
+    clinical[clinical["patient_id"] != pid].to_csv(table, index=False)
+    second = build.run(make_cfg(dm, out, ON, f"paths.clinical={table}"))
+    held_info = json.loads((find_version(out / SEQUESTERED_DIR).path / BUILD_JSON).read_text())  # type: ignore[union-attr]
+    assert pid in held_info["summary"]["orphan_ids"]
+    assert second.published and second.split_moves == 0 and second.new_failed_zips >= 1
     week2 = _check_apart(out)
+    assert broken in set(pd.read_csv(out / SEQUESTERED_DIR / AUDIT)["zip"])
     main = read_manifest(out)
     now = {**dict(zip(main["patient_id"], main["split"], strict=True)),
            **dict.fromkeys(week2["patient_id"], "test")}  # fmt: skip
@@ -121,8 +133,9 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     assert len(list_versions(out / SEQUESTERED_DIR)) == 2
 
     # nothing new: no version on either side, every task reused
-    again = build.run(make_cfg(dm, out, ON, "skip_unchanged=false"))
+    again = build.run(make_cfg(dm, out, ON, f"paths.clinical={table}", "skip_unchanged=false"))
     assert not again.published and again.tasks_reused == again.tasks
+    assert again.new_failed_zips == 0  # the zips that failed before, test patients' included
     assert len(list_versions(out / SEQUESTERED_DIR)) == 2
     _check_apart(out)
 

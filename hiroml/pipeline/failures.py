@@ -19,7 +19,7 @@ import pandas as pd
 from hiroml.store.atomic import write_atomic
 from hiroml.store.csvcells import escape_frame
 from hiroml.store.reader import read_audit
-from hiroml.vocab import AUDIT, STATE_DIR, Action
+from hiroml.vocab import AUDIT, SEQUESTERED_DIR, STATE_DIR, Action
 
 #: the audit of the output's latest build, under ``<output>/.hiroml/``
 LATEST_BUILD_AUDIT = "audit-latest-build.csv"
@@ -34,10 +34,13 @@ def failed_zips(audit: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def previous_failed_zips(out: Path) -> set[tuple[str, str]]:
-    """The failed zips of the latest version's root ``audit.csv`` (none without one)."""
-    if not (Path(out) / AUDIT).is_file():
-        return set()
-    return failed_zips(read_audit(out))
+    """The failed zips of the latest version's root ``audit.csv`` (none without one), and of
+    the sequestered folder's where the test split is sequestered (``splits.sequester``)."""
+    failed: set[tuple[str, str]] = set()
+    for folder in (Path(out), Path(out) / SEQUESTERED_DIR):
+        if (folder / AUDIT).is_file():
+            failed |= failed_zips(read_audit(folder))
+    return failed
 
 
 def record(out: Path, audit: pd.DataFrame, before: set[tuple[str, str]]) -> tuple[int, str]:

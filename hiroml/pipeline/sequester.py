@@ -389,6 +389,15 @@ def part_shards(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest.assign(shard=shard, shard_sha256=sha)
 
 
+def _scrub_summary(summary: BuildSummary, tokens: Tokens) -> None:
+    """Drop from the summary's lists of names (``orphan_ids``) those of test patients: the
+    main folder's report and ``build.json`` show the summary."""
+    for f in dataclasses.fields(summary):
+        value = getattr(summary, f.name)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            setattr(summary, f.name, [v for v in value if not tokens.named_in(v)])
+
+
 def sweep_held(out: Path, results: Sequence[TaskResult]) -> int:
     """Remove the held shards no task of this build names; how many."""
     live = {s for r in results for s in r.shards}
@@ -439,6 +448,7 @@ def publish(
         orphan_advice,
         links=held_links,
     )
+    _scrub_summary(summary, parted.tokens)
     summary.split_rule = {
         **rule,
         "sequestered_samples": len(parted.held_manifest),
