@@ -89,6 +89,10 @@ REPORT_NAME = "report.html"
 FLOW_NAME = "flow.svg"
 #: The dataset card, beside the report.
 CARD_NAME = "DATASET.md"
+#: The version described in Croissant 1.1 with its Responsible-AI fields, beside the report.
+CROISSANT_NAME = "croissant.json"
+#: The CLAIM 2024 checklist's data items filled from the build, beside the report.
+CLAIM_NAME = "CLAIM.md"
 #: What a version records of its build (config, inputs, timings, dataset hash).
 BUILD_JSON = "build.json"
 #: Present in a version folder that is pinned (protected from pruning).

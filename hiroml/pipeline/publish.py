@@ -145,3 +145,9 @@ def _write_report(
         dataset_hash=dataset_hash,
         environment=environment,
     )
+    if folder is not None:  # a version's folder: the files a study cites, beside its report
+        from hiroml.report.citable import write_citable
+
+        write_citable(
+            folder, out, manifest, audit, summary=info, settings=settings, dataset_hash=dataset_hash
+        )

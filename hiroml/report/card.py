@@ -23,6 +23,7 @@ import pandas as pd
 
 from hiroml._version import __version__
 from hiroml.exams.splits import describe_rule
+from hiroml.report import representativeness
 from hiroml.report.flow import Flow, text_column
 from hiroml.store import tables as manifest_columns
 from hiroml.vocab import SPLITS, Action
@@ -331,6 +332,7 @@ def render_card(
         "",
         *_section("Flow in numbers", _table(["step", "count"], _flow_rows(flow))),
         *_section("Composition per split", _table(_DEMOGRAPHIC_HEADERS, _demographics(manifest))),
+        *_section("Representativeness over time", representativeness.markdown_section(manifest)),
         *_section("Label prevalence per split (per patient: positives / known)", prevalence),
         *_section("Conversion settings", conversion),
         *_section("Environment (the libraries that decided the stored values)", env),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml.report.flow import Flow, compute_flow, flow_svg
+from hiroml.report import representativeness
 from hiroml.report.html import ReadArray, _col, _keys, _note, _table
 from hiroml.report.neardup import _near_duplicates
 from hiroml.report.sections import (
@@ -127,6 +128,7 @@ def render_report(
             ("flow", "Flow"),
             ("counts", "Counts"),
             ("splits", "Splits"),
+            ("over-time", "Over time"),
             ("errors", f"Errors ({n_errors})"),
             ("decisions", "Decisions"),
             ("orphans", "Orphans"),
@@ -145,6 +147,7 @@ def render_report(
             _flow_section(flow),
             _counts(manifest, patients, audit, counts),
             _balance(manifest, patients, _split_rule_text(summary)),
+            representativeness.html_section(manifest),
             _errors(audit),
             _decisions(audit),
             _orphans(manifest, summary),

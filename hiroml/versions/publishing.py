@@ -31,7 +31,7 @@ from hiroml.versions.listing import (
     versions_dir,
 )
 from hiroml.versions.pruning import Pruned, prune
-from hiroml.vocab import BUILD_JSON, MANIFEST
+from hiroml.vocab import BUILD_JSON, CROISSANT_NAME, MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,11 @@ def update_root(out: Path, version: Version) -> bool:
     files = sorted(p for p in version.path.iterdir() if p.is_file() and p.name not in _NOT_AT_ROOT)
     for src in [*files, version.path / MANIFEST]:
         dst = out / src.name
-        if not _same_file(src, dst):
+        if src.name == CROISSANT_NAME:  # its shard paths are relative to the root there
+            from hiroml.report.croissant import root_copy
+
+            changed |= root_copy(src, dst)
+        elif not _same_file(src, dst):
             copy_atomic(src, dst)
             changed = True
     return changed

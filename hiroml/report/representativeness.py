@@ -1,0 +1,357 @@
+"""Representativeness over time: who each delivery week and each split holds, and how far
+each lies from the whole dataset.
+
+The unit is the patient group (the unit splits deal). A group's attributes are those of its
+first exam (by exam time): ``age_band`` (:func:`hiroml.exams.splits.age_band` of
+(0010,1010) Patient's Age, the manifest's ``age_years``), ``sex`` ((0010,0040) Patient's Sex:
+``F``, ``M``, ``O``) and, where the clinical table has them, its race and ethnicity columns
+(any joined column whose name contains ``race`` or ``ethnic``). A group's delivery week is
+the ISO week (Monday to Sunday) of the earliest batch date (``{CXR|CT}-UPDATE-YYYYMMDD``)
+among its samples; a sample's is that of its own batch.
+
+The distance of a subset (a split, a week's new groups) from the whole is the Jensen-Shannon
+distance, base 2: ``sqrt(JSD(p, q))`` with ``JSD = (KL(p||m) + KL(q||m)) / 2``,
+``m = (p + q) / 2`` and logarithms base 2, so it lies in [0, 1] (0: the same distribution,
+1: no category in common). It is computed per attribute and over their joint combination,
+as MIDRC's diversity calculator tracks its open data commons (github MIDRC/
+MIDRC_Diversity_Calculator). A missing value is a category of its own (``<missing>``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hiroml.exams.splits import AGE_BANDS, MISSING, age_band
+from hiroml.report.flow import text_column
+from hiroml.store.tables import OWN_COLUMNS
+from hiroml.vocab import SPLITS
+
+_BATCH_DATE = re.compile(r"-UPDATE-(\d{8})-", re.IGNORECASE)
+_DEMOGRAPHIC_COLUMN = re.compile(r"race|ethnic", re.IGNORECASE)
+#: The name of the distance over the combination of every attribute.
+JOINT = "joint"
+
+
+def jensen_shannon(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> float:
+    """The Jensen-Shannon distance (base 2, in [0, 1]) of two distributions over the same
+    categories; ``p`` and ``q`` are counts or probabilities (each normalised to sum 1).
+    ValueError for different lengths, negative values or an all-zero vector."""
+    a = np.asarray(p, dtype=np.float64)
+    b = np.asarray(q, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"distributions of different shapes: {a.shape} and {b.shape}")
+    if (a < 0).any() or (b < 0).any() or a.sum() <= 0 or b.sum() <= 0:
+        raise ValueError("a distribution needs non-negative values with a positive sum")
+    a, b = a / a.sum(), b / b.sum()
+    m = (a + b) / 2
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
+
+    return math.sqrt(max(0.0, min(1.0, (kl(a) + kl(b)) / 2)))
+
+
+def delivery_week(batch: str) -> str:
+    """The ISO week (``2020-W19``) of a batch folder's date, ``<missing>`` when the name
+    carries none."""
+    m = _BATCH_DATE.search(batch)
+    if m is None:
+        return MISSING
+    try:
+        day = dt.datetime.strptime(m[1], "%Y%m%d").date()
+    except ValueError:
+        return MISSING
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def demographic_columns(manifest: pd.DataFrame) -> list[str]:
+    """The clinical table's race and ethnicity columns joined to ``manifest``, by name."""
+    return sorted(
+        str(c)
+        for c in manifest.columns
+        if c not in OWN_COLUMNS and _DEMOGRAPHIC_COLUMN.search(str(c))
+    )
+
+
+def group_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient group: ``group``, ``split``, ``week`` and the attributes (see the
+    module docstring), in group order."""
+    attrs = demographic_columns(manifest)
+    group = text_column(manifest, "patient_group")
+    if not group.ne("").any():
+        group = text_column(manifest, "patient_id")
+    frame = pd.DataFrame(
+        {
+            "group": group,
+            "split": text_column(manifest, "split"),
+            "week": text_column(manifest, "batch").map(delivery_week),
+            "time": pd.to_datetime(manifest.get("exam_time"), errors="coerce")
+            if "exam_time" in manifest.columns
+            else pd.NaT,
+            "key": text_column(manifest, "sample_key"),
+            "age_band": pd.to_numeric(manifest.get("age_years"), errors="coerce")
+            .astype(float)
+            .map(age_band)
+            if "age_years" in manifest.columns
+            else MISSING,
+            "sex": text_column(manifest, "sex").str.strip().str.upper().replace("", MISSING),
+            **{c: text_column(manifest, c).replace("", MISSING) for c in attrs},
+        }
+    )
+    frame = frame[frame["group"] != ""]
+    first = frame.sort_values(["group", "time", "key"], na_position="last").drop_duplicates("group")
+    weeks = frame[frame["week"] != MISSING].groupby("group")["week"].min()
+    first = first.assign(week=first["group"].map(weeks).fillna(MISSING))
+    return first[["group", "split", "week", "age_band", "sex", *attrs]].reset_index(drop=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Representativeness:
+    """The tables of :func:`representativeness`.
+
+    ``weekly``: one row per (week, split) with ``patients`` (groups first delivered that
+    week), ``samples`` (delivered that week) and one column per attribute holding its counts
+    ``{value: patients}``. ``split_distance`` and ``week_distance``: ``{split or week:
+    {attribute or "joint": distance}}`` (None for a subset with no patient).
+    """
+
+    attributes: tuple[str, ...]
+    weekly: pd.DataFrame
+    split_distance: dict[str, dict[str, float | None]]
+    week_distance: dict[str, dict[str, float | None]]
+    patients: int
+
+
+_AGE_ORDER = [name for _, name in AGE_BANDS] + ["80+"]
+
+
+def _ordered(counts: dict[str, int]) -> dict[str, int]:
+    """Counts in age-band order, other values by name, ``<missing>`` last."""
+
+    def rank(value: str) -> tuple[int, int, str]:
+        if value == MISSING:
+            return (2, 0, value)
+        if value in _AGE_ORDER:
+            return (0, _AGE_ORDER.index(value), value)
+        return (1, 0, value)
+
+    return {k: counts[k] for k in sorted(counts, key=rank)}
+
+
+def _distances(
+    groups: pd.DataFrame, subset: pd.Series, attributes: Sequence[str]
+) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for attr in [*attributes, JOINT]:
+        values = (
+            groups[list(attributes)].astype(str).agg(" / ".join, axis=1)
+            if attr == JOINT
+            else groups[attr].astype(str)
+        )
+        whole = values.value_counts()
+        part = values[subset].value_counts().reindex(whole.index, fill_value=0)
+        out[attr] = jensen_shannon(part.to_numpy(), whole.to_numpy()) if part.sum() else None
+    return out
+
+
+def representativeness(manifest: pd.DataFrame) -> Representativeness:
+    """Patients and samples per delivery week and split, with their attributes, and the
+    Jensen-Shannon distance of each split's and each week's groups from all groups."""
+    groups = group_table(manifest)
+    attributes = tuple(c for c in groups.columns if c not in ("group", "split", "week"))
+    sample_week = text_column(manifest, "batch").map(delivery_week)
+    sample_split = text_column(manifest, "split")
+    weeks = sorted(set(groups["week"]) | set(sample_week))
+    splits = [s for s in SPLITS if (groups["split"] == s).any()] + sorted(
+        set(groups["split"]) - set(SPLITS)
+    )
+    rows = []
+    for week in weeks:
+        for split in splits:
+            g = groups[(groups["week"] == week) & (groups["split"] == split)]
+            n_samples = int(((sample_week == week) & (sample_split == split)).sum())
+            if g.empty and not n_samples:
+                continue
+            counts = {a: _ordered(g[a].value_counts().to_dict()) for a in attributes}
+            rows.append(
+                {"week": week, "split": split, "patients": len(g), "samples": n_samples, **counts}
+            )
+    weekly = pd.DataFrame(rows, columns=["week", "split", "patients", "samples", *attributes])
+    return Representativeness(
+        attributes=attributes,
+        weekly=weekly,
+        split_distance={s: _distances(groups, groups["split"] == s, attributes) for s in splits},
+        week_distance={
+            w: _distances(groups, groups["week"] == w, attributes)
+            for w in weeks
+            if (groups["week"] == w).any()
+        },
+        patients=len(groups),
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _counts_text(counts: object) -> str:
+    if not isinstance(counts, Mapping) or not counts:
+        return "—"
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _distance_text(d: float | None) -> str:
+    return "—" if d is None else f"{d:.3f}"
+
+
+def weekly_rows(rep: Representativeness) -> list[list[str]]:
+    """The week-by-split table as text cells: week, split, patients, samples, attributes."""
+    return [
+        [
+            str(r["week"]),
+            str(r["split"]),
+            str(r["patients"]),
+            str(r["samples"]),
+            *(_counts_text(r[a]) for a in rep.attributes),
+        ]
+        for r in rep.weekly.to_dict("records")
+    ]
+
+
+def distance_rows(rep: Representativeness) -> list[list[str]]:
+    """The distance table as text cells: ``split <name>`` and ``week <name>`` rows, one
+    column per attribute and the joint one."""
+    rows = []
+    for kind, table in (("split", rep.split_distance), ("week", rep.week_distance)):
+        for name, d in table.items():
+            rows.append(
+                [f"{kind} {name}", *(_distance_text(d[a]) for a in [*rep.attributes, JOINT])]
+            )
+    return rows
+
+
+_COLOURS = ("#2f6fdb", "#d0679d", "#2e7d32", "#8a5a00", "#6a3d9a", "#1d2433")
+
+
+def distance_svg(rep: Representativeness, *, width: int = 640, height: int = 240) -> str:
+    """A line plot of each week's Jensen-Shannon distance from the whole (y: 0 to 1), one
+    line per attribute and the joint one; plain SVG with ``<title>`` tooltips, no script."""
+    weeks = list(rep.week_distance)
+    names = [*rep.attributes, JOINT]
+    left, right, top, bottom = 44, 120, 12, 40
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(i: int) -> float:
+        return left + (pw / 2 if len(weeks) < 2 else pw * i / (len(weeks) - 1))
+
+    def y(d: float) -> float:
+        return top + ph * (1 - d)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img" '
+        'aria-label="Jensen-Shannon distance of each delivery week from the whole">',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#dde2ea"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+            'stroke="#eef1f6"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>'
+        )
+    for i, w in enumerate(weeks):
+        parts.append(
+            f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle">{html.escape(w)}</text>'
+        )
+    parts.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">'
+        "delivery week (patients first delivered)</text>"
+    )
+    for n, name in enumerate(names):
+        colour = _COLOURS[n % len(_COLOURS)]
+        pts = [
+            (x(i), y(d), w, d)
+            for i, w in enumerate(weeks)
+            if (d := rep.week_distance[w][name]) is not None
+        ]
+        if len(pts) > 1:
+            line = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)
+            parts.append(
+                f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
+            )
+        for px, py, w, d in pts:
+            parts.append(
+                f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"><title>'
+                f"{html.escape(w)} {html.escape(name)}: {d:.3f}</title></circle>"
+            )
+        ly = top + 14 * n + 8
+        parts.append(
+            f'<line x1="{left + pw + 10}" x2="{left + pw + 26}" y1="{ly}" y2="{ly}" '
+            f'stroke="{colour}" stroke-width="2"/><text x="{left + pw + 30}" '
+            f'y="{ly + 4}">{html.escape(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+#: The note under the tables, in the report and the card.
+NOTE = (
+    "Patients are patient groups, counted in the week their first sample was delivered, with "
+    "the age band and sex of their first exam; samples are counted in the week of their own "
+    "batch. Distance: the Jensen-Shannon distance (base 2; 0 = the same distribution as all "
+    "patients, 1 = nothing in common) of the split's or the week's patients from all patients, "
+    "per attribute and over their combination (joint)."
+)
+
+
+def html_section(manifest: pd.DataFrame) -> str:
+    """The report's "Representativeness over time" section (``id="over-time"``)."""
+    from hiroml.report.html import _note, _table
+
+    rep = representativeness(manifest)
+    title = "<h2>Representativeness over time</h2>"
+    if not rep.patients:
+        return f'<section id="over-time">{title}{_note("No patient.")}</section>'
+    inline = distance_svg(rep).replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
+    heads = ["week", "split", "patients", "samples", *(a.replace("_", " ") for a in rep.attributes)]
+    distances = distance_rows(rep)
+    body = (
+        f'<div class="scroll">{_table(heads, weekly_rows(rep))}</div>'
+        "<h4>Jensen-Shannon distance from all patients</h4>"
+        f'<div class="scroll">{_table(["subset", *rep.attributes, JOINT], distances)}</div>'
+        f'<div class="flow">{inline}</div>{_note(html.escape(NOTE))}'
+    )
+    return f'<section id="over-time">{title}{body}</section>'
+
+
+def markdown_section(manifest: pd.DataFrame) -> str:
+    """The card's representativeness tables (Markdown): weeks by split, then distances."""
+    rep = representativeness(manifest)
+    if not rep.patients:
+        return "No patient."
+
+    def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+        cells = [[c.replace("|", "\\|") for c in r] for r in rows]
+        out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in cells])
+
+    heads = ["week", "split", "patients", "samples", *(a.replace("_", " ") for a in rep.attributes)]
+    return "\n\n".join(
+        [
+            table(heads, weekly_rows(rep)),
+            "Jensen-Shannon distance from all patients:",
+            table(["subset", *rep.attributes, JOINT], distance_rows(rep)),
+            NOTE,
+        ]
+    )
