@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml.report.flow import Flow, compute_flow, flow_svg
 from hiroml.report import representativeness
+from hiroml.report.flow import Flow, compute_flow, flow_svg
 from hiroml.report.html import ReadArray, _col, _keys, _note, _table
 from hiroml.report.neardup import _near_duplicates
 from hiroml.report.sections import (
