@@ -23,6 +23,7 @@ import datetime as dt
 import html
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,12 @@ def delivery_week(batch: str) -> str:
     return f"{year}-W{week:02d}"
 
 
+def _weeks(manifest: pd.DataFrame) -> pd.Series:
+    """:func:`delivery_week` of each sample's batch, computed once per batch folder."""
+    batches = text_column(manifest, "batch")
+    return batches.map({b: delivery_week(b) for b in batches.unique()})
+
+
 def demographic_columns(manifest: pd.DataFrame) -> list[str]:
     """The clinical table's race and ethnicity columns joined to ``manifest``, by name."""
     return sorted(
@@ -94,7 +101,7 @@ def group_table(manifest: pd.DataFrame) -> pd.DataFrame:
         {
             "group": group,
             "split": text_column(manifest, "split"),
-            "week": text_column(manifest, "batch").map(delivery_week),
+            "week": _weeks(manifest),
             "time": pd.to_datetime(manifest.get("exam_time"), errors="coerce")
             if "exam_time" in manifest.columns
             else pd.NaT,
@@ -149,18 +156,24 @@ def _ordered(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _distances(
-    groups: pd.DataFrame, subset: pd.Series, attributes: Sequence[str]
-) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
+    groups: pd.DataFrame, by: pd.Series, names: Sequence[str], attributes: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """``{name: {attribute or JOINT: distance}}`` of the groups whose ``by`` is ``name`` from
+    all groups, for each of ``names``: each attribute's values and counts computed once, the
+    subsets' counts in one cross-tabulation (the cost grows with the groups, not with groups
+    times subsets)."""
+    out: dict[str, dict[str, float | None]] = {name: {} for name in names}
+    texts = {a: groups[a].astype(str) for a in attributes}
+    joint = pd.Series("", index=groups.index, dtype=object)
+    for i, a in enumerate(attributes):
+        joint = texts[a] if i == 0 else joint + " / " + texts[a]
     for attr in [*attributes, JOINT]:
-        values = (
-            groups[list(attributes)].astype(str).agg(" / ".join, axis=1)
-            if attr == JOINT
-            else groups[attr].astype(str)
-        )
+        values = joint if attr == JOINT else texts[attr]
         whole = values.value_counts()
-        part = values[subset].value_counts().reindex(whole.index, fill_value=0)
-        out[attr] = jensen_shannon(part.to_numpy(), whole.to_numpy()) if part.sum() else None
+        per = pd.crosstab(by.astype(str), values).reindex(columns=whole.index, fill_value=0)
+        for name in names:
+            part = per.loc[name].to_numpy() if name in per.index else np.zeros(len(whole))
+            out[name][attr] = jensen_shannon(part, whole.to_numpy()) if part.sum() else None
     return out
 
 
@@ -169,17 +182,19 @@ def representativeness(manifest: pd.DataFrame) -> Representativeness:
     Jensen-Shannon distance of each split's and each week's groups from all groups."""
     groups = group_table(manifest)
     attributes = tuple(c for c in groups.columns if c not in ("group", "split", "week"))
-    sample_week = text_column(manifest, "batch").map(delivery_week)
+    sample_week = _weeks(manifest)
     sample_split = text_column(manifest, "split")
     weeks = sorted(set(groups["week"]) | set(sample_week))
     splits = [s for s in SPLITS if (groups["split"] == s).any()] + sorted(
         set(groups["split"]) - set(SPLITS)
     )
+    cells = dict(tuple(groups.groupby(["week", "split"], sort=False)))
+    delivered = Counter(zip(sample_week, sample_split, strict=True))
     rows = []
     for week in weeks:
         for split in splits:
-            g = groups[(groups["week"] == week) & (groups["split"] == split)]
-            n_samples = int(((sample_week == week) & (sample_split == split)).sum())
+            g = cells.get((week, split), groups.iloc[:0])
+            n_samples = delivered.get((week, split), 0)
             if g.empty and not n_samples:
                 continue
             counts = {a: _ordered(g[a].value_counts().to_dict()) for a in attributes}
@@ -190,12 +205,10 @@ def representativeness(manifest: pd.DataFrame) -> Representativeness:
     return Representativeness(
         attributes=attributes,
         weekly=weekly,
-        split_distance={s: _distances(groups, groups["split"] == s, attributes) for s in splits},
-        week_distance={
-            w: _distances(groups, groups["week"] == w, attributes)
-            for w in weeks
-            if (groups["week"] == w).any()
-        },
+        split_distance=_distances(groups, groups["split"], splits, attributes),
+        week_distance=_distances(
+            groups, groups["week"], [w for w in weeks if (groups["week"] == w).any()], attributes
+        ),
         patients=len(groups),
     )
 
