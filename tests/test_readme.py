@@ -1,4 +1,5 @@
-"""Every fenced block of README.md, in the README's order, as a new user runs it: ``bash`` lines
+"""Every fenced block of README.md and then of the user pages in docs/ (:data:`PAGES`), in
+their order, as a new user runs it: ``bash`` lines
 (the ``hiroml-*`` commands and ``python scripts/...``), ``python`` snippets (one namespace, as
 in one session), the Lightning ``yaml``. They run in one folder where the first ``hiroml-build``
 makes ``hiroml-out`` from the demo datamart (the tiny size: ``demo_size=tiny``, the only
@@ -30,6 +31,19 @@ pytestmark = pytest.mark.slow  # about two minutes on 2 shared cores: some 30 co
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 BIN = Path(sys.executable).parent
+#: docs/ pages whose blocks are not instructions to a user, with the reason.
+NOT_USER_PAGES: dict[str, str] = {
+    "design.md": "the design notes the code cites: contracts and layouts, not steps to run",
+    "style.md": "the house style for contributors",
+}
+#: docs/ pages in the order the README's contents link them, then any other, by name.
+LINKED = [REPO / m for m in re.findall(r"\]\((docs/[\w.-]+\.md)", README.read_text("utf-8"))]
+DOC_PAGES = sorted(
+    (REPO / "docs").glob("*.md"),
+    key=lambda p: (p not in LINKED, LINKED.index(p) if p in LINKED else 0, p.name),
+)
+#: README first (its first build makes hiroml-out), then every user page of docs/.
+PAGES: list[Path] = [README, *(p for p in DOC_PAGES if p.name not in NOT_USER_PAGES)]
 
 #: Lines of bash blocks that do not run here (prefix match), with the reason.
 EXCLUDED: dict[str, str] = {
@@ -71,20 +85,22 @@ class Block:
     lang: str
     line: int  # 1-based line of the opening fence
     text: str
+    page: str = "README.md"  # README.md or docs/<page>.md
 
 
-def readme_blocks() -> list[Block]:
+def readme_blocks(path: Path = README) -> list[Block]:
+    page = str(path.relative_to(REPO))
     blocks, lang, start, body = [], None, 0, []
-    for n, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.startswith("```"):
             if lang is None:
                 lang, start, body = line[3:].strip(), n, []
             else:
-                blocks.append(Block(lang, start, "\n".join(body)))
+                blocks.append(Block(lang, start, "\n".join(body), page))
                 lang = None
         elif lang is not None:
             body.append(line)
-    assert lang is None, "README.md: an unclosed fence"
+    assert lang is None, f"{page}: an unclosed fence"
     return blocks
 
 
@@ -103,6 +119,7 @@ def _versions(out: Path) -> list[str]:
 
 
 def _substitute(text: str, work: Path) -> str:
+    text = re.sub(r"(?<= )OUT(?= |$)", "hiroml-out", text, flags=re.MULTILINE)  # docs' OUT
     for old, new in PLACEHOLDERS.items():
         text = text.replace(old, new)
     if "{cxr_shard}" in text:
@@ -187,7 +204,7 @@ def _python(block: Block, work: Path) -> None:
     text = _substitute(block.text, work)
     if "sample_key" in text and "sample_key =" not in text:  # the h5py snippet's own variable
         _NS["sample_key"] = json.loads((work / ".readme-shard.json").read_text())["sample_key"]
-    exec(compile(text, f"README.md:{block.line}", "exec"), _NS)
+    exec(compile(text, f"{block.page}:{block.line}", "exec"), _NS)
 
 
 def _yaml(block: Block, work: Path) -> None:
@@ -203,18 +220,28 @@ def _yaml(block: Block, work: Path) -> None:
     dm.teardown("fit")
 
 
-BLOCKS = readme_blocks()
+BLOCKS = [b for page in PAGES for b in readme_blocks(page)]
 
 
 def test_every_block_is_run_or_listed() -> None:
     langs = {b.lang for b in BLOCKS}
     assert langs <= {"bash", "python", "yaml", "", "text"}, langs
-    pictures = [b.text.strip().splitlines()[0].strip() for b in BLOCKS if b.lang in ("", "text")]
-    assert all(any(p.startswith(k) for k in NOT_CODE) for p in pictures), pictures
+    pictures = [b for b in BLOCKS if b.lang in ("", "text")]
+    for b in pictures:  # README's are listed; a docs page's picture must not be a command
+        first = b.text.strip().splitlines()[0].strip()
+        if b.page == "README.md":
+            assert any(first.startswith(k) for k in NOT_CODE), (b.page, b.line, first)
+        else:
+            assert not first.startswith(("hiroml-", "python ", "pip ")), (b.page, b.line, first)
+    assert {p.name for p in PAGES} >= {"README.md", "configuration.md", "loading.md"}
     for b in BLOCKS:
         if b.lang == "bash":
             for cmd in commands(b.text):
                 assert _excluded(cmd) or cmd.startswith(("hiroml-", "python scripts/")), cmd
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    assert [p.name for p in DOC_PAGES if p not in LINKED] == []
 
 
 def test_the_demo_build_has_the_demo_clinical_labels(work: Path) -> None:
@@ -242,10 +269,10 @@ def test_readme_in_order(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                         _remember_a_shard(work)
         elif b.lang == "python":
             _python(b, work)
-            ran.append(f"python README.md:{b.line}")
+            ran.append(f"python {b.page}:{b.line}")
         elif b.lang == "yaml":
             _yaml(b, work)
-            ran.append(f"yaml README.md:{b.line}")
+            ran.append(f"yaml {b.page}:{b.line}")
     assert any(c.startswith("hiroml-build") for c in ran) and len(ran) > 20, ran
 
 

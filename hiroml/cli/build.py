@@ -53,8 +53,9 @@ runlog = logging.getLogger("hiroml_build")
 
 HELP = """hiroml-build: zipped DICOM exams -> a deduplicated, leakage-free HDF5 dataset.
 
-Composes configs/build.yaml with the overrides given as key=value (README, "Configuration
-reference"), builds the output folder paths.output and publishes a new version of it.
+Composes configs/build.yaml with the overrides given as key=value (the keys are listed
+below and in docs/configuration.md), builds the output folder paths.output and publishes a
+new version of it.
 
 Examples:
   hiroml-build                                   # the demo: a synthetic datamart, hiroml-out/
@@ -66,7 +67,7 @@ Examples:
 
 ConfigStore.instance().store(name="build_schema", node=BuildConfig)
 
-#: Exit codes of ``hiroml-build`` (README, "Exit codes"): 0 built; 1 the build failed.
+#: Exit codes of ``hiroml-build`` (docs/troubleshooting.md, "Exit codes"): 0 built; 1 failed.
 
 
 def exit_code(err: HiromlError) -> int:
@@ -256,7 +257,11 @@ def main() -> None:
         print(version_line("hiroml-build"))
         raise SystemExit(0)
     if "--help" in argv or "-h" in argv:
+        from hiroml.cli.keys import help_lines
+
         print(HELP)
+        print("Configuration keys (key = default: meaning; docs/configuration.md):")
+        print("\n".join(help_lines()), end="\n\n")
     bad = unknown_key(argv)
     if bad is not None:
         print(f"hiroml-build: {bad}", file=sys.stderr)

@@ -20,7 +20,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hiroml-doctor",
         description="Check that this environment gives hiroml's golden values on reference "
-        "images (every decode and cast path of a build), and show the library versions.",
+        "images (every decode and cast path of a build), and show the library versions. "
+        "Exit 0 when every check passes, 2 otherwise.",
+        epilog="examples:\n  hiroml-doctor\n  hiroml-doctor --json > environment.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--values", action="store_true", help="print the values found (golden)")

@@ -1,4 +1,4 @@
-"""``hiroml-export OUT DEST --format nifti|png``: the command."""
+"""hiroml-export OUT DEST --format nifti|png: write a built dataset as files."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="hiroml-export",
         description="Write a built hiroml dataset as NIfTI volumes (CT) or 16-bit PNGs "
         "(radiographs), each with a JSON provenance sidecar, plus index.csv.",
+        epilog="examples:\n"
+        "  hiroml-export hiroml-out ct-nifti --format nifti --split train\n"
+        "  hiroml-export hiroml-out cxr-png --format png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", type=Path, help="the hiroml output folder (paths.output)")
     p.add_argument("dest", type=Path, help="the folder to write the files into")

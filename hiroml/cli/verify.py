@@ -1,4 +1,4 @@
-"""``hiroml-verify OUT``: the command."""
+"""hiroml-verify OUT: check a built output for leakage and damage."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from hiroml.cli.common import add_version, console
 from hiroml.exams.neardup import DEFAULT_THRESHOLD
 from hiroml.store.verify import examine, examine_all
 
+DESCRIPTION = """Check a built hiroml output: no patient, SOP Instance UID or identical image in
+two splits, every shard matching its checksum, every version's tables matching its
+build.json. Exit 0 when sound, 1 naming the offenders."""
+EPILOG = """examples:
+  hiroml-verify hiroml-out
+  hiroml-verify hiroml-out --quick            # trust the stored data hashes
+  hiroml-verify hiroml-out --all              # every kept version"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hiroml-verify OUT [--quick] [--dataset-version V | --all]``: print the offenders and
@@ -17,7 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hiroml.errors import HiromlError
     from hiroml.versions.listing import locate
 
-    parser = argparse.ArgumentParser(prog="hiroml-verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="hiroml-verify",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out", type=Path, help="a hiroml output folder (or its manifest.parquet)")
     parser.add_argument(
         "--quick", action="store_true", help="trust stored data hashes (skip re-hashing pixels)"

@@ -8,7 +8,7 @@ build finds the lock free but the holder file still there, the previous holder d
 releasing it, and the lock is taken over with a warning that names it.
 
 Where the file system has no ``flock`` (some network mounts), ``filelock`` falls back to its
-``SoftFileLock`` (the lock is the file's existence); see the README's "Troubleshooting".
+``SoftFileLock`` (the lock is the file's existence); see docs/troubleshooting.md.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _take_over_message(out: Path, dead: Holder) -> str:
     if state is None:
         why = (
             "it ran on another host; if that build still runs there, this file system's "
-            "locks do not reach across machines (see the README on NFS)"
+            "locks do not reach across machines (see docs/troubleshooting.md on NFS)"
         )
     elif state:
         why = "its pid is in use again by another process"
