@@ -452,7 +452,8 @@ def update_pair_arrays(
     size = int(max(prev.max(initial=-1), pi.max(initial=-1), pj.max(initial=-1))) + 1
     here = np.full(size, -1, dtype=np.int64)  # earlier row -> row here
     here[prev[kept]] = kept
-    if len(np.unique(prev[kept])) != len(kept):
+    named = np.sort(prev[kept])
+    if np.any(named[1:] == named[:-1]):
         raise ValueError("previous_row names an earlier row more than once")
     a, b = here[pi], here[pj]
     live = (a >= 0) & (b >= 0)
