@@ -112,19 +112,20 @@ def test_dataset_hash_ignores_row_and_column_order(
 
 
 def test_dataset_hash_is_the_one_the_first_versions_published(tmp_path: Path) -> None:
-    """The column-wise hash gives the values the row-by-row code of hiroml 0.x gave (pinned
-    below), so an upgrade publishes no spurious new version: nulls in lists, NaN inside a
-    list, timestamps, quotes and non-ASCII text, list columns with and without nulls."""
+    """Scheme 1 (versions whose build.json records no ``dataset_hash_scheme``) gives the
+    values the row-by-row code of hiroml 0.x gave (pinned below), so hiroml-verify checks
+    those versions as published: nulls in lists, NaN inside a list, timestamps, quotes and
+    non-ASCII text, list columns with and without nulls."""
     m = pd.read_parquet(make_output(tmp_path, n_patients=3, n_ct=1) / "manifest.parquet")
     m["signature"] = [[(i * 37 + j) % 256 for j in range(16)] for i in range(len(m))]
-    assert versions_hashing.dataset_hash(m) == (
+    assert versions_hashing.dataset_hash(m, scheme=1) == (
         "b554c751d841aee37fb60ca18810b462cb3f0f5f0afd10ad11dbf5f2630e131b"
     )
     m.loc[2, "signature"] = None
     m["near_duplicates"] = [["cxr-1000-1", "cxr-1001-0"] if i == 0 else [] for i in range(len(m))]
     m.at[len(m) - 1, "spacing_xyz"] = [0.7, float("nan"), 2.5]
     m.at[1, "description"] = 'caf\u00e9 "q" \\'
-    assert versions_hashing.dataset_hash(m) == (
+    assert versions_hashing.dataset_hash(m, scheme=1) == (
         "078a3a6d441f910495f8bdb51a6036bf6240455785e8687a07cba3cd99d282d9"
     )
 
@@ -643,33 +644,6 @@ def test_a_pin_beside_a_prune_is_never_lost_nor_reported_falsely(
             assert v1.name not in kept and "Traceback" not in pin_err
             outcomes.append("pruned first")
     assert outcomes[2:] == ["pruned first", "pinned"], outcomes
-
-
-def test_dataset_hash_is_remembered_for_the_same_frame_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A re-run with nothing new reuses the hash of the very same manifest frame; any other
-    frame is hashed anew (the memo never answers for a frame it was not computed from)."""
-    out = make_output(tmp_path, n_patients=3, n_ct=1)
-    (out / ".hiroml").mkdir(exist_ok=True)  # a build's state folder
-    parquet = out / "manifest.parquet"
-    frame = pd.read_parquet(parquet)
-    first = versions_hashing.remembered_dataset_hash(out, frame)
-    assert first == versions_hashing.dataset_hash(frame)
-
-    def no_hashing(_: object) -> str:
-        raise AssertionError("hashed again")
-
-    monkeypatch.setattr(versions_hashing, "dataset_hash", no_hashing)
-    assert versions_hashing.remembered_dataset_hash(out, pd.read_parquet(parquet)) == first
-    other = frame.assign(split=["val"] * len(frame))
-    with pytest.raises(AssertionError, match="hashed again"):
-        versions_hashing.remembered_dataset_hash(out, other)
-    monkeypatch.undo()
-    assert versions_hashing.remembered_dataset_hash(out, other) == versions_hashing.dataset_hash(
-        other
-    )
-    assert versions_hashing.remembered_dataset_hash(out, other) != first
 
 
 def _text(v: Any) -> str:

@@ -101,12 +101,12 @@ def manifest_frame(
 def with_signatures(
     manifest: pd.DataFrame, signatures: Mapping[str, tuple[int, ...]], linked: LinkResult
 ) -> pd.DataFrame:
-    """The manifest with ``signature`` (uint8 list, radiographs; null for CT) and
+    """The manifest with ``signature`` (a tuple of uint8 values, radiographs; null for CT) and
     ``near_duplicates`` (the other sample keys of its near-duplicate pairs across groups; the
     first :data:`hiroml.exams.linking.NEAR_DUPLICATES_LISTED` by key, the build warns when cut)."""
     near = linked.near_duplicates
     m = manifest.copy()
     keys = m["sample_key"].astype(str).tolist()
-    m["signature"] = [list(signatures[k]) if signatures.get(k) else None for k in keys]
+    m["signature"] = [signatures.get(k) or None for k in keys]  # the tuples, not copies
     m["near_duplicates"] = [sorted(near.get(k, ())) for k in keys]
     return m

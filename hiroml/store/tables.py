@@ -128,13 +128,19 @@ def _as_list(v: Any) -> list[Any] | None:
 
 def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
     """A list column: numbers in lists of one length (the radiographs' 1,024-value
-    ``signature``) through numpy in one step, the same array as :func:`_as_list` per cell
-    gives; anything else (text, missing cells, ragged lengths) per cell."""
+    ``signature``) through numpy in one step; cells that are all lists, tuples or None in
+    one pyarrow call; anything else (numpy arrays read back, NaN cells, a bare text) per
+    cell. Each gives the same array as :func:`_as_list` per cell."""
     kind = typ.value_type
     if values and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         fast = _uniform_numbers(values, kind)
         if fast is not None:
             return fast
+    if all(v is None or type(v) is list or type(v) is tuple for v in values):
+        try:  # the cells the driver builds: pyarrow converts them as they are, in one call
+            return pa.array(values, type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # e.g. text in a number column: per cell, which raises as it always has
     return pa.array([_as_list(v) for v in values], type=typ)
 
 
@@ -282,13 +288,24 @@ def patients_frame(
     return pd.DataFrame(rows, columns=PATIENT_COLUMNS)
 
 
+def manifest_table(manifest: pd.DataFrame) -> pa.Table:
+    """The manifest as ``manifest.parquet`` holds it: validated (:func:`validate_manifest`,
+    which raises :class:`ManifestError`), optional columns filled in, each column typed as
+    the module docstring says."""
+    return _to_table(validate_manifest(manifest).reset_index(drop=True))
+
+
 def write_outputs(
-    out_dir: Path, manifest: pd.DataFrame, patients: pd.DataFrame, audit: pd.DataFrame
+    out_dir: Path,
+    manifest: pd.DataFrame | pa.Table,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
 ) -> None:
     """Write patients.parquet, audit.csv and, last, manifest.parquet into ``out_dir``, each
-    to a temporary name first and then renamed, after validating the columns."""
+    to a temporary name first and then renamed, after validating the columns. A manifest
+    given as a pyarrow table is one :func:`manifest_table` made (validated already)."""
     out_dir = Path(out_dir)
-    m = validate_manifest(manifest)
+    manifest_arrow = manifest if isinstance(manifest, pa.Table) else manifest_table(manifest)
     missing = [c for c in PATIENT_COLUMNS if c not in patients.columns]
     missing += [f"audit.{c}" for c in AUDIT_COLUMNS if c not in audit.columns]
     if missing:
@@ -302,5 +319,4 @@ def write_outputs(
     write_atomic(out_dir / PATIENTS, lambda tmp: pq.write_table(patients_table, tmp))
     safe = escape_frame(audit)  # no cell a spreadsheet would run as a formula
     write_atomic(out_dir / AUDIT, lambda tmp: safe.to_csv(tmp, index=False))
-    manifest_table = _to_table(m.reset_index(drop=True))
-    write_atomic(out_dir / MANIFEST, lambda tmp: pq.write_table(manifest_table, tmp))
+    write_atomic(out_dir / MANIFEST, lambda tmp: pq.write_table(manifest_arrow, tmp))

@@ -9,13 +9,16 @@ Layout::
 
 ``<version>`` is ``NNNN-<first 8 hex digits of the dataset hash>``: a sequence number (so
 names sort in publishing order) and the content. The dataset hash is the SHA-256 of the
-manifest in a canonical form (rows sorted by ``sample_key``, columns by name, each value as
-the canonical JSON of its parquet value), so the same inputs and config give the same hash
-on any machine: it holds no absolute path and no timing. The ``shard_sha256`` column is left
-out of it: a shard file's bytes depend on how the HDF5 library laid it out (another library
-version, or a Dask worker, may lay out identical datasets differently), while what the shard
-holds is in ``data_hash``. Nor does it hold the environment (library versions, decoders)
-that ``build.json`` records beside it: :func:`diff` names an environment change.
+manifest in a canonical form (rows sorted by ``sample_key``, columns by name; each column's
+values in canonical little-endian bytes: :func:`hash_table`, scheme 2, recorded in
+``build.json`` as ``dataset_hash_scheme``; versions without it were hashed by scheme 1, each
+row as the canonical JSON of its parquet values), so the same inputs and config give the same
+hash on any machine and after any build history: it holds no absolute path and no timing.
+The ``shard_sha256`` column is left out of it: a shard file's bytes depend on how the HDF5
+library laid it out (another library version, or a Dask worker, may lay out identical
+datasets differently), while what the shard holds is in ``data_hash``. Nor does it hold the
+environment (library versions, decoders) that ``build.json`` records beside it: :func:`diff`
+names an environment change.
 
 Publishing (:func:`publish`) is crash-safe at every point:
 
@@ -47,10 +50,10 @@ from hiroml.versions.changes import (
     diff_tables,
 )
 from hiroml.versions.hashing import (
+    DATASET_HASH_SCHEME,
     UNHASHED_COLUMNS,
     dataset_hash,
     hash_table,
-    remembered_dataset_hash,
 )
 from hiroml.versions.listing import (
     SPLIT_MOVED,
@@ -69,6 +72,7 @@ from hiroml.vocab import SPLITS as SPLIT_ORDER
 
 __all__ = [
     "BUILD_JSON",
+    "DATASET_HASH_SCHEME",
     "EXIT_LOCKED",
     "MANIFEST",
     "PIN_FILE",
@@ -94,7 +98,6 @@ __all__ = [
     "pin",
     "prune",
     "publish",
-    "remembered_dataset_hash",
     "tables_dir",
     "unpin",
     "update_root",

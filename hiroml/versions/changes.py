@@ -12,9 +12,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hiroml.doctor.libraries import environment_changes
-from hiroml.store.reader import cell_plain, read_audit, read_manifest
+from hiroml.store.reader import cell_plain, read_audit
+from hiroml.versions import columns as versions_columns
 from hiroml.versions.hashing import _canonical
 from hiroml.versions.listing import SPLIT_MOVED, Version, VersionError, find_version
 from hiroml.vocab import AUDIT, BUILD_JSON, MANIFEST, SPLITS
@@ -118,11 +121,20 @@ class VersionDiff:
         return out
 
 
-def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cols = ["sample_key", "patient_id", "source_patient_id", "patient_group", "split", "data_hash"]
+#: the manifest columns the diff reads as a frame (the rest it compares as Arrow columns)
+_FRAME_COLUMNS = [
+    "sample_key", "patient_id", "source_patient_id", "patient_group", "split", "data_hash"
+]  # fmt: skip
+
+
+def _read_tables(folder: Path | None) -> tuple[pa.Table | None, pd.DataFrame, pd.DataFrame]:
+    """The manifest of ``folder`` as an Arrow table (None: no manifest), its
+    :data:`_FRAME_COLUMNS` as a frame, and its audit."""
+    cols = _FRAME_COLUMNS
     if folder is None or not (folder / MANIFEST).is_file():
-        return pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
-    m = read_manifest(folder)
+        return None, pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
+    table = pq.read_table(folder / MANIFEST)
+    m = table.select([c for c in cols if c in table.column_names]).to_pandas()
     for c in cols:
         if c not in m.columns:
             m[c] = None
@@ -132,18 +144,22 @@ def _read_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
         if audit_path.is_file()
         else pd.DataFrame(columns=["zip", "batch", "action"])
     )
-    return m, a
+    return table, m, a
 
 
 def _decisions_of(audit: pd.DataFrame) -> dict[tuple[str, str], str]:
+    def col(c: str) -> list[Any]:  # plain lists: no per-row frame access
+        return audit[c].tolist() if c in audit.columns else [""] * len(audit)
+
     out: dict[tuple[str, str], set[str]] = {}
-    for r in audit.to_dict("records"):
-        if r.get("reason") == SPLIT_MOVED:
+    rows = zip(*(col(c) for c in ("batch", "zip", "action", "reason", "kept_as")), strict=True)
+    for batch, zip_name, action, reason, kept_as in rows:
+        if reason == SPLIT_MOVED:
             continue
-        what = f"{r.get('action', '')}: {r.get('reason', '')}"
-        if r.get("kept_as"):
-            what += f" (kept as {r['kept_as']})"
-        out.setdefault((str(r.get("batch", "")), str(r.get("zip", ""))), set()).add(what)
+        what = f"{action}: {reason}"
+        if kept_as:
+            what += f" (kept as {kept_as})"
+        out.setdefault((str(batch), str(zip_name)), set()).add(what)
     return {k: "; ".join(sorted(v)) for k, v in out.items()}
 
 
@@ -170,6 +186,28 @@ def _columns_changed(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
         if n:
             out[col] = n
     return out
+
+
+def _values_changed(ta: pa.Table | None, tb: pa.Table | None) -> dict[str, int]:
+    """:func:`_columns_changed` of two manifests as Arrow tables: the columns of one type on
+    both sides compared column-wise (:mod:`hiroml.versions.columns`), the rest cell by cell."""
+    if ta is None or tb is None or not ta.num_rows or not tb.num_rows:
+        return {}
+    rows = versions_columns.common_rows(ta.column("sample_key"), tb.column("sample_key"))
+    common = len(rows[1])
+    if not common:
+        return {}
+    names = sorted((set(ta.column_names) | set(tb.column_names)) - _NOT_COMPARED)
+    both = set(ta.column_names) & set(tb.column_names)
+    out = {c: common for c in names if c not in both}
+    counts, rest = versions_columns.changed_counts(ta, tb, [c for c in names if c in both], rows)
+    out.update(counts)
+    if rest:  # other types, or a type that changed: cell by cell
+        key = ["sample_key"]
+        out.update(
+            _columns_changed(ta.select(key + rest).to_pandas(), tb.select(key + rest).to_pandas())
+        )
+    return dict(sorted(out.items()))
 
 
 def _differs(x: Any, y: Any) -> bool:
@@ -203,8 +241,8 @@ def diff_tables(
     a_dir: Path | None, b_dir: Path, *, a_name: str = "", b_name: str = ""
 ) -> VersionDiff:
     """What changed from the tables in ``a_dir`` (``None``: nothing) to those in ``b_dir``."""
-    ma, aa = _read_tables(a_dir)
-    mb, ab = _read_tables(b_dir)
+    ta, ma, aa = _read_tables(a_dir)
+    tb, mb, ab = _read_tables(b_dir)
     ka, kb = set(ma["sample_key"].astype(str)), set(mb["sample_key"].astype(str))
     pa_, pb = set(ma["patient_id"].astype(str)), set(mb["patient_id"].astype(str))
     new_p = pb - pa_
@@ -224,11 +262,9 @@ def diff_tables(
     before: dict[str, str] = {}
     for col in ("source_patient_id", "patient_id"):
         before.update(zip(ma[col].astype(str), ma["split"].astype(str), strict=True))
-    reasons = {
-        str(r["kept_as"]): str(r.get("detail", ""))
-        for r in ab.to_dict("records")
-        if r.get("reason") == SPLIT_MOVED
-    }
+    moved = ab[ab["reason"] == SPLIT_MOVED] if "reason" in ab.columns else ab.iloc[:0]
+    details = moved["detail"].tolist() if "detail" in moved.columns else [""] * len(moved)
+    reasons = {str(k): str(d) for k, d in zip(moved["kept_as"].tolist(), details, strict=True)}
     moves: dict[str, SplitMove] = {}
     cols = ("source_patient_id", "patient_id", "split")
     rows = zip(*(mb[c].astype(str) for c in cols), strict=True)
@@ -252,7 +288,7 @@ def diff_tables(
         if da.get(k, "") != db.get(k, "")
     )
     return VersionDiff(
-        columns_changed=_columns_changed(ma, mb),
+        columns_changed=_values_changed(ta, tb),
         a=a_name,
         b=b_name,
         samples_added=tuple(sorted(kb - ka)),

@@ -36,6 +36,9 @@ class Version:
     samples: int
     patients: int
     pinned: bool
+    #: the definition ``dataset_hash`` was computed by (:func:`hiroml.versions.hash_table`);
+    #: 1 where ``build.json`` records none
+    dataset_hash_scheme: int = 1
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +47,7 @@ class Version:
             "samples": self.samples,
             "patients": self.patients,
             "dataset_hash": self.dataset_hash,
+            "dataset_hash_scheme": self.dataset_hash_scheme,
             "pinned": self.pinned,
             "path": str(self.path),
         }
@@ -93,6 +97,7 @@ def _read_version(path: Path, *, strict: bool = False) -> Version | None:
         samples=int(info.get("samples", 0)),
         patients=int(info.get("patients", 0)),
         pinned=(path / PIN_FILE).is_file(),
+        dataset_hash_scheme=int(info.get("dataset_hash_scheme", 1)),
     )
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from hiroml._version import __version__
 from hiroml.pipeline import faults
-from hiroml.store.atomic import temp_path
+from hiroml.store.atomic import copy_atomic
 from hiroml.store.reader import read_manifest
 from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
-from hiroml.versions.hashing import remembered_dataset_hash, table_checksums
+from hiroml.versions.hashing import DATASET_HASH_SCHEME, hash_table, table_checksums
 from hiroml.versions.listing import (
     _NOT_AT_ROOT,
     Version,
@@ -47,65 +48,20 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def update_root(out: Path, version: Version) -> bool:
-    """Make the root tables copies of ``version``'s, the manifest last; True when anything
-    had to be copied. All or nothing: every copy is written to a temporary file first, and
-    only once all are there are they renamed into place (a full disk changes nothing)."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        changed = _stage_root(out, version, staged)
-    except BaseException:
-        _discard(staged)
-        raise
-    _commit(staged)
-    return changed
-
-
-def _stage_root(out: Path, version: Version, staged: list[tuple[Path, Path]]) -> bool:
-    """Copy each root file of ``version`` that differs into a temporary file beside its
-    target, appending (temporary, target) to ``staged``, the manifest last."""
+    """Make the root tables copies of ``version``'s, each replaced atomically, the manifest
+    last; True when anything had to be copied."""
     changed = False
     files = sorted(p for p in version.path.iterdir() if p.is_file() and p.name not in _NOT_AT_ROOT)
     for src in [*files, version.path / MANIFEST]:
         dst = out / src.name
         if src.name == CROISSANT_NAME:  # its shard paths are relative to the root there
-            from hiroml.report.croissant import for_root
+            from hiroml.report.croissant import root_copy
 
-            text = for_root(src.read_text(encoding="utf-8"))
-            if dst.is_file() and dst.read_text(encoding="utf-8") == text:
-                continue
-            staged.append((temp_path(dst), dst))
-            faults.write("root_files")
-            staged[-1][0].write_text(text, encoding="utf-8")
-            changed = True
+            changed |= root_copy(src, dst)
         elif not _same_file(src, dst):
-            staged.append((temp_path(dst), dst))
-            faults.write("root_files")
-            shutil.copyfile(src, staged[-1][0])
+            copy_atomic(src, dst)
             changed = True
     return changed
-
-
-def _discard(staged: list[tuple[Path, Path]]) -> None:
-    for tmp, _ in staged:
-        tmp.unlink(missing_ok=True)
-
-
-def _commit(staged: list[tuple[Path, Path]]) -> None:
-    """Flush the staged copies to disk, then rename each over its target, in order."""
-    for tmp, _ in staged:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    for tmp, dst in staged:
-        os.replace(tmp, dst)
-
-
-def _withdraw(version: Version) -> None:
-    """Take back a version just published whose root files could not be staged: hidden
-    first (no longer listed), then deleted; the version before it is the latest again."""
-    hidden = version.path.with_name(f".{version.name}.tmp")
-    os.replace(version.path, hidden)
-    shutil.rmtree(hidden, ignore_errors=True)
-    log.warning("version %s withdrawn: its root files could not be written", version.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +83,7 @@ def _write_version(
     out: Path,
     latest: Version | None,
     name: str,
-    manifest: pd.DataFrame,
+    manifest: pa.Table,
     patients: pd.DataFrame,
     audit: pd.DataFrame,
     write_report: WriteReport,
@@ -180,9 +136,12 @@ def publish(
     ``hiroml_version``, ``samples``, ``patients``, ``previous``, ``changes`` and ``tables`` (the
     SHA-256 of each table file of the version, checked by ``hiroml-verify``) added.
     """
+    from hiroml.store.tables import manifest_table
+
     out = Path(out)
     _check_shards_present(out, manifest)
-    digest = remembered_dataset_hash(out, manifest)
+    table = manifest_table(manifest)  # once: hashed, then written
+    digest = hash_table(table)
     latest = find_version(out)
 
     def pruned() -> Pruned:
@@ -190,25 +149,32 @@ def publish(
             out, keep, sweep=True, live_shards=live_shards, live_tasks=live_tasks, task_dir=task_dir
         )
 
-    if latest is not None and latest.dataset_hash == digest and _same_checksums(latest, manifest):
+    if latest is not None and _same_dataset(latest, table, digest, manifest):
         if update_root(out, latest):
             log.warning(
                 "root tables were behind version %s (interrupted publish): repaired", latest.name
             )
         return Published(latest, False, None, pruned())
-    tables = (manifest, patients, audit)
+    tables = (table, patients, audit)
     version, change = _publish_new(out, digest, latest, tables, write_report, build_info)
     log.info("published version %s (%d samples)", version.name, len(manifest))
     faults.point("before_root_tables")
-    staged: list[tuple[Path, Path]] = []
-    try:
-        _stage_root(out, version, staged)
-    except BaseException:
-        _discard(staged)
-        _withdraw(version)  # all or nothing: the previous version stays the latest
-        raise
-    _commit(staged)
+    update_root(out, version)
     return Published(version, True, change, pruned())
+
+
+def _same_dataset(latest: Version, table: pa.Table, digest: str, manifest: pd.DataFrame) -> bool:
+    """Whether ``latest`` holds the dataset of ``table`` (hash ``digest``) with the same shard
+    checksums. A version hashed by an older scheme is compared by that scheme's hash of
+    ``table`` (once, on the first build after an upgrade), so an upgrade alone publishes no
+    new version."""
+    theirs = digest
+    if latest.dataset_hash_scheme != DATASET_HASH_SCHEME:
+        try:
+            theirs = hash_table(table, scheme=latest.dataset_hash_scheme)
+        except ValueError:  # a scheme this hiroml does not know: not the same
+            return False
+    return latest.dataset_hash == theirs and _same_checksums(latest, manifest)
 
 
 def _check_shards_present(out: Path, manifest: pd.DataFrame) -> None:
@@ -226,11 +192,12 @@ def _publish_new(
     out: Path,
     digest: str,
     latest: Version | None,
-    tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    tables: tuple[pa.Table, pd.DataFrame, pd.DataFrame],
     write_report: WriteReport,
     build_info: Mapping[str, Any],
 ) -> tuple[Version, VersionDiff]:
-    """Write the version of ``tables`` (manifest, patients, audit) into a hidden folder, with
+    """Write the version of ``tables`` (manifest as :func:`hiroml.store.tables.manifest_table`
+    made it, patients, audit) into a hidden folder, with
     its report and ``build.json``, then rename it into ``versions/`` (atomic: a failure
     leaves no half version behind)."""
     manifest, patients, audit = tables
@@ -249,9 +216,10 @@ def _publish_new(
             **build_info,
             "version": name,
             "dataset_hash": digest,
+            "dataset_hash_scheme": DATASET_HASH_SCHEME,
             "created": _now(),
             "hiroml_version": __version__,
-            "samples": len(manifest),
+            "samples": manifest.num_rows,
             "patients": len(patients),
             "previous": latest.name if latest is not None else None,
             "changes": _change_counts(change),

@@ -1,0 +1,233 @@
+"""A new week on datamarts of growing size: what the week costs, beside what it brings.
+
+Builds datamarts of 1,000 and 6,000 (and, with ``--full``, 30,000) already-built
+single-image zips (256 x 256 uncompressed CR, :mod:`bench_cxr`'s seeded radiographs with a
+texture of their own, :func:`image`, so that no two are near duplicates; one patient per zip, 1,000 zips per weekly batch folder), then adds the same week of 300 new
+zips to each and prints, side by side:
+
+- ``first ms/zip``: the first build of the base datamart, per zip (``hiroml-build``, 1 worker,
+  ``cxr.size=[256,256]``, a new process, start-up to report);
+- ``week ms/zip``: the build once the week's batch folder has arrived, per new zip;
+- ``decode ms/zip``: a zip read + ``pydicom.dcmread(...).pixel_array`` loop over the same new
+  zips (the peer: what the week brings);
+- ``first MB`` and ``week MB``: the driver's peak resident memory (``ru_maxrss`` of the build
+  process itself, which with 1 worker also runs the conversion) in each build;
+
+Times are CPU seconds (user + system) of the process doing the work, which with one
+worker is the whole build: on a machine shared with others the wall clock also counts the
+time spent waiting for a core (each build's wall time is printed as it ends). Beside them
+the growth from the smallest base to each larger one, and a projection to 100,000 and
+1,000,000 samples from the growth between the two largest bases measured (a straight line
+through them: cost per new zip and driver peak).
+
+The zips are generated on the fly under a temporary folder (``--keep DIR`` keeps and reuses
+them), never committed. Goals: the week on 6,000 <= 1.25x the week on 1,000; the driver
+peak of the first build on 6,000 <= 1.25x that on 1,000, under 2 GB projected at 100,000.
+
+    python benchmarks/bench_scale.py            # bases 1,000 and 6,000, a week of 300
+    python benchmarks/bench_scale.py --quick    # bases 200 and 1,200, a week of 60 (smoke run)
+    python benchmarks/bench_scale.py --full     # also a base of 30,000
+
+``--build-with CHECKOUT`` runs the builds on another checkout's hiroml (``git archive <commit>
+| tar -x -C /tmp/old``) for a before/after on the same zips (``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from bench_build_xr import _patient, build_with, decode_loop
+from bench_cxr import SYNTAXES, dicom_bytes, radiograph
+
+PER_BATCH = 1000  # zips per weekly batch folder of a base datamart
+SIZE = 256  # rows = columns of every image, and cxr.size: the bytes stored match those decoded
+_RUSAGE_HOOK = (
+    "import atexit, os, resource\n"
+    "def _usage():\n"
+    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "    cpu = r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime\n"
+    "    with open(os.environ['HIROML_BENCH_RUSAGE'], 'w') as f:\n"
+    "        f.write(f'{r.ru_maxrss} {cpu}')\n"
+    "atexit.register(_usage)\n"
+    "from hiroml.cli.build import main\n"
+    "main()\n"
+)
+
+
+def image(seed: int) -> np.ndarray:
+    """:func:`bench_cxr.radiograph` with a texture of its own: seeded 16 x 16 blocks
+    (+-150 of 4,095), which the near-duplicate signature's high-pass keeps. Without it
+    every image would be a near duplicate of every other (one patient group, 100 listed
+    near duplicates per sample), which no datamart is."""
+    rng = np.random.default_rng(10_000_019 + seed)
+    blocks = np.kron(rng.normal(0, 150, (16, 16)), np.ones((SIZE // 16, SIZE // 16)))
+    return np.clip(radiograph(seed, SIZE, SIZE) + blocks, 0, 4095).astype(np.uint16)
+
+
+def _zip(path: Path, seed: int, pid: int, when: dt.datetime) -> None:
+    data = dicom_bytes(image(seed), SYNTAXES["explicit-le"])
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+        z.writestr("1/1.dcm", _patient(data, pid, when))
+
+
+def batch_folders(root: Path, n: int, *, start: dt.datetime, first: int, per: int) -> list[Path]:
+    """``n`` single-image zips in weekly COMPLETE batch folders of ``per`` zips under ``root``,
+    patients ``first``, ``first + 1``, ...; folders already complete are reused."""
+    folders = []
+    for b in range(-(-n // per)):
+        day = start + dt.timedelta(weeks=b)
+        folder = root / f"CXR-UPDATE-{day:%Y%m%d}-COMPLETE"
+        count = min(per, n - b * per)
+        if not (folder.is_dir() and len(list(folder.glob("*.zip"))) == count):
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(count):
+                i = first + b * per + j
+                when = day - dt.timedelta(days=3, minutes=j)
+                _zip(folder / f"{i}_{when:%Y%m%d-%H%M%S}_A{i:07d}_XR-CHEST-PA.zip", i, i, when)
+        folders.append(folder)
+    return folders
+
+
+@dataclass
+class Build:
+    wall: float
+    seconds: float  # CPU seconds of the build process and its children (user + system)
+    peak_mb: float
+    line: str
+
+
+def build(datamart: Path, out: Path) -> Build:
+    """``hiroml-build`` (1 worker, ``cxr.size=[256,256]``) as a new process: its wall and
+    CPU seconds, its own peak resident memory (MB) and its "written:" line."""
+    usage = out.parent / f"{out.name}.rusage"
+    cmd = [sys.executable, "-c", _RUSAGE_HOOK]
+    cmd += [f"paths.datamart={datamart}", f"paths.output={out}", "executor.workers=1"]
+    cmd += [f"cxr.size=[{SIZE},{SIZE}]", "progress=false"]
+    env = {**os.environ, "HIROML_BENCH_RUSAGE": str(usage)}
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env=env)
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        raise SystemExit(f"build of {datamart} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    lines = [x.strip() for x in (done.stdout + done.stderr).splitlines() if "written:" in x]
+    rss, cpu = usage.read_text().split()
+    return Build(wall, float(cpu), int(rss) / 1024, lines[-1] if lines else "")
+
+
+def decode_cpu(zips: list[Path]) -> float:
+    """CPU seconds of :func:`bench_build_xr.decode_loop` over ``zips`` (the best of two)."""
+    best = float("inf")
+    for _ in range(2):
+        t = time.process_time()
+        decode_loop(zips)
+        best = min(best, time.process_time() - t)
+    return best
+
+
+@dataclass
+class Row:
+    base: int
+    first: Build
+    week: Build
+    decode: float  # CPU seconds of the decode loop over the week's zips
+    base_decode: float  # CPU seconds of the decode loop over the base's zips
+
+
+def measure(work: Path, base: list[Path], week: Path, n_base: int, n_week: int) -> Row:
+    """The first build of the base folders, then the build with ``week`` added."""
+    dm = work / f"datamart-{n_base}"
+    dm.mkdir()
+    for folder in base:
+        (dm / folder.name).symlink_to(folder.resolve())
+    out = work / f"out-{n_base}"
+    first = build(dm, out)
+    print(f"  base {n_base}: {first.wall:.1f} s ({first.seconds:.1f} s CPU), {first.line}")
+    (dm / week.name).symlink_to(week.resolve())
+    again = build(dm, out)
+    print(f"  + week {n_week}: {again.wall:.1f} s ({again.seconds:.1f} s CPU), {again.line}")
+    zips = sorted(week.glob("*.zip"))
+    decode_loop(zips[:1])
+    decode = decode_cpu(zips)
+    base_decode = decode_cpu(sorted(z for f in base for z in f.glob("*.zip")))
+    print(f"  decode: week {decode:.2f} s, base {base_decode:.1f} s CPU", flush=True)
+    return Row(n_base, first, again, decode, base_decode)
+
+
+def table(rows: list[Row], n_week: int) -> None:
+    """The side-by-side table, growth against the smallest base, and the projection."""
+    head = f"{'base':>8}{'first ms/zip':>14}{'first/decode':>14}{'week ms/zip':>13}"
+    head += f"{'decode ms/zip':>15}{'week/decode':>13}{'first MB':>10}{'week MB':>9}"
+    print(head)
+    for r in rows:
+        print(
+            f"{r.base:8d}{1000 * r.first.seconds / r.base:14.2f}"
+            f"{r.first.seconds / r.base_decode:14.2f}{1000 * r.week.seconds / n_week:13.2f}"
+            f"{1000 * r.decode / n_week:15.2f}{r.week.seconds / r.decode:13.2f}"
+            f"{r.first.peak_mb:10.0f}{r.week.peak_mb:9.0f}"
+        )
+    lo = rows[0]
+    for r in rows[1:]:
+        print(
+            f"growth {lo.base} -> {r.base}: week x{r.week.seconds / lo.week.seconds:.2f}, "
+            f"decode x{r.decode / lo.decode:.2f}, first-build peak "
+            f"x{r.first.peak_mb / lo.first.peak_mb:.2f}, week peak "
+            f"x{r.week.peak_mb / lo.week.peak_mb:.2f}"
+        )
+    a, b = rows[-2], rows[-1]
+    for n in (100_000, 1_000_000):
+        week_ms = _line(a.base, b.base, a.week.seconds, b.week.seconds, n) * 1000 / n_week
+        peak = _line(a.base, b.base, a.first.peak_mb, b.first.peak_mb, n)
+        print(
+            f"projected at {n:,} samples (line through {a.base:,} and {b.base:,}): a week of "
+            f"{n_week} zips {week_ms:.1f} ms/zip ({week_ms * n_week / 1000:.0f} s), first-build "
+            f"driver peak {peak:,.0f} MB"
+        )
+
+
+def _line(x0: float, x1: float, y0: float, y1: float, x: float) -> float:
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="bases 200 and 1,200, a week of 60")
+    ap.add_argument("--full", action="store_true", help="also a base of 30,000")
+    ap.add_argument("--keep", type=Path, help="generate the zips here and reuse them")
+    ap.add_argument(
+        "--build-with", type=Path, help="run the builds on this checkout's hiroml (a before)"
+    )
+    args = ap.parse_args()
+    if args.build_with:
+        build_with(args.build_with.resolve())
+    bases = [200, 1200] if args.quick else [1000, 6000] + ([30_000] if args.full else [])
+    n_week = 60 if args.quick else 300
+    per = 200 if args.quick else PER_BATCH
+    with tempfile.TemporaryDirectory(prefix="hiroml-scale-") as tmp:
+        zips = args.keep or Path(tmp) / "zips"
+        t = time.perf_counter()
+        start = dt.datetime(2020, 1, 4)
+        folders = batch_folders(zips / "base", max(bases), start=start, first=100_000, per=per)
+        week_day = start + dt.timedelta(weeks=len(folders) + 1)
+        (week,) = batch_folders(zips / "week", n_week, start=week_day, first=10_000_000, per=n_week)
+        print(f"zips ready under {zips} in {time.perf_counter() - t:.0f} s", flush=True)
+        rows = []
+        for n in bases:
+            work = Path(tmp) / f"work-{n}"
+            work.mkdir()
+            rows.append(measure(work, folders[: n // per], week, n, n_week))
+        table(rows, n_week)
+
+
+if __name__ == "__main__":
+    main()
