@@ -11,6 +11,7 @@ EXIT_CONFIG = 2  # configuration or datamart error: nothing was written
 EXIT_LOCKED = 3  # another build holds the output's lock
 EXIT_SHRINK = 4  # the shrink guard refused to publish
 EXIT_SYSTEMATIC = 5  # one error hit most images of a modality: nothing published
+EXIT_NO_SPACE = 6  # the output's disk is full: the previous version is intact
 
 
 class HiromlError(Exception):
@@ -79,6 +80,11 @@ class SystematicFailureError(HiromlError):
 class BuildError(HiromlError):
     """The build could not complete (strict mode with errors, patient leakage, a full disk,
     a demo folder holding something else...); the previous output is left as it was."""
+
+
+class DiskFullError(BuildError):
+    """The disk of the output (or its quota) is full: ``hiroml-build`` exits 6 and the
+    previous version stays the latest, whole (:mod:`hiroml.pipeline.diskfull`)."""
 
 
 class WorkerDiedError(BuildError):

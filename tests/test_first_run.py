@@ -162,7 +162,7 @@ def _report_counts(page: str) -> dict[str, int]:
         "zips_skipped": first(sub["zips found"], r"(\d+) skipped"),
         "zips_error": num["zips with nothing usable"],
         "zips_duplicate": num["duplicate zips"],
-        "zips_merged": first(sub["duplicate zips"], r"(\d+) merged"),
+        "zips_merged": num["merged zips"],
         "exams": num["exams"],
         "dropped": num["dropped inside exams"],
         "errors_in_exams": num["errors inside exams"],

@@ -138,7 +138,7 @@ CASES = {
     "j2k": (j2k_huge, "JPEG 2000 SIZ says 60000 x 60000 x 1 components, the header 64 x 48"),
     "jpeg": (jpeg_huge, "JPEG SOF0 says 65000 x 65000 x 1 components, the header 64 x 48"),
     "deflate": (deflate_bomb, "inflates to more than 1073741824 bytes"),
-    "jxl": (jxl_huge, "JPEG XL SizeHeader says 65535 x 65535 x 1 components, the header 64 x 48"),
+    "jxl": (jxl_huge, "JPEG XL SizeHeader says 65535 x 65535, the header 64 x 48"),
 }
 
 
@@ -232,17 +232,22 @@ def test_rle_segment_count_must_match_the_header() -> None:
         dicom.decode(ds)
 
 
-#: ``python -m hiroml`` reporting the peak resident memory of itself and its waited-for
-#: children (the pool's workers) on stderr.
+#: ``python -m hiroml`` reporting on stderr the peak resident memory of the build: its own
+#: (VmHWM: the high-water mark of the memory it mapped since its exec) and that of its
+#: waited-for children (the pool's workers). Not ``ru_maxrss`` of RUSAGE_SELF: Linux folds
+#: into it the high-water mark of the memory the process had before its exec, a copy of (or,
+#: with vfork, the very) memory of the process that started it, so inside the whole suite it
+#: reported the pytest process's size (up to 1.2 GB) rather than the build's.
 _MEASURED = (
     "import resource, runpy, sys\n"
     "sys.argv = ['hiroml', *sys.argv[1:]]\n"
     "try:\n"
     "    runpy.run_module('hiroml', run_name='__main__')\n"
     "finally:\n"
-    "    kib = max(resource.getrusage(w).ru_maxrss\n"
-    "              for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
-    "    print(f'peak-rss-kib={kib}', file=sys.stderr)\n"
+    "    own = next(int(x.split()[1]) for x in open('/proc/self/status')\n"
+    "               if x.startswith('VmHWM:'))\n"
+    "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "    print(f'peak-rss-kib={max(own, kids)}', file=sys.stderr)\n"
 )
 
 
@@ -264,8 +269,9 @@ def test_build_with_the_hostile_members_keeps_every_good_sample_in_bounded_memor
     assert "Traceback" not in done.stderr
     line = next(x for x in done.stderr.splitlines() if x.startswith("peak-rss-kib="))
     peak = int(line.partition("=")[2]) * 1024
-    # the issue's bound; alone this build peaks near 0.5 GB, within the whole suite at up to 1.2
-    assert peak < 1.5e9, peak
+    # measured 0.49 GiB, alone or started from a process holding 1 GiB (the whole suite's
+    # pytest); the issue asks for under 1.5 GB
+    assert peak < 1.0e9, peak
     audit = pd.read_csv(out / "audit.csv", dtype=str).fillna("")
     for name, reason in names.items():
         rows = audit[audit["zip"] == name]

@@ -228,8 +228,9 @@ def test_new_against_all_week_after_week_equals_every_pair(
 
 
 def test_update_from_pairs_that_do_not_fit_is_refused_and_a_bad_file_searched_again(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    full = neardup.pair_arrays
     sig = _pool(np.random.default_rng(3), 300)
     pairs = neardup.pair_arrays(sig, threshold=0.9)
     with pytest.raises(ValueError, match="shape"):
@@ -248,15 +249,31 @@ def test_update_from_pairs_that_do_not_fit_is_refused_and_a_bad_file_searched_ag
         sig, neardup.pair_arrays(before, threshold=0.9), row, threshold=0.9
     )
     assert _same(got, pairs)
-    # pairs that name a row beyond the stored digests: the whole set is searched again
+    # a stored file that does not hold together: every pair is searched again
     paircache.cached_pair_arrays(tmp_path, sig, threshold=0.9)
     path = paircache.cache_dir(tmp_path) / paircache.CACHE_FILE
     with np.load(path) as z:
-        stored = dict(z)
-    stored["j"] = stored["j"] + 1000
-    np.savez(path, **stored)
-    assert _same(paircache.cached_pair_arrays(tmp_path, sig[::-1], threshold=0.9),
-                 neardup.pair_arrays(sig[::-1], threshold=0.9))  # fmt: skip
+        good = dict(z)
+    assert len(good["i"]) > 2
+    bad = {
+        "a row beyond the digests": {"j": good["j"] + 1000},
+        "pairs out of order": {"i": good["i"][::-1].copy(), "j": good["j"][::-1].copy()},
+        "text similarities": {"similarity": good["similarity"].astype(str)},
+        "one digest for all": {"digests": good["digests"][0]},
+    }
+    searched: list[int] = []
+
+    def spy(x: np.ndarray, **kw: Any) -> neardup.PairArrays:
+        searched.append(len(x))
+        return full(x, **kw)
+
+    monkeypatch.setattr(neardup, "pair_arrays", spy)
+    for what, change in bad.items():
+        np.savez(path, **{**good, **change})
+        searched.clear()
+        assert _same(paircache.cached_pair_arrays(tmp_path, sig[::-1], threshold=0.9),
+                     full(sig[::-1], threshold=0.9)), what  # fmt: skip
+        assert searched == [len(sig)], what
 
 
 def test_match_rows_pairs_each_occurrence_once() -> None:

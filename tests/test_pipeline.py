@@ -17,6 +17,8 @@ from conftest import MakeCfg
 from hiroml import pipeline as build
 from hiroml.store.contract import check_contract
 from hiroml.store.verify import verify
+from hiroml.versions.listing import find_version
+from hiroml.vocab import CARD_NAME, CLAIM_NAME, CROISSANT_NAME, FLOW_NAME, REPORT_NAME
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,11 @@ def test_output_contract_and_verify(built: tuple[Path, build.BuildSummary]) -> N
     assert summary.cxr_images == (m["modality"] == "cxr").sum() > 0
     assert summary.ct_volumes == (m["modality"] == "ct").sum() > 0
     assert (out / "report.html").stat().st_size > 10_000
+    # the files beside the report, in the latest version and at the root
+    version = find_version(out)
+    assert version is not None
+    for name in (REPORT_NAME, FLOW_NAME, CARD_NAME, CROISSANT_NAME, CLAIM_NAME):
+        assert (version.path / name).is_file() and (out / name).is_file(), name
 
 
 def test_every_zip_decision_matches_the_truth(

@@ -209,7 +209,7 @@ def test_report_full(tmp_path: Path) -> None:
     for reason in ("JPEG 2000 decode failed", "zip CRC mismatch"):
         assert reason in errors
     assert "Errors (2)" in errors and "bad1.zip" in errors and "member x/1.dcm" in errors
-    assert '<span class="badge bad">2 errors</span>' in text
+    assert '<span class="badge bad">2 error rows</span>' in text
 
     # decisions: duplicates and merges with what they were kept as; skipped batches
     decisions = text[text.index('id="decisions"') : text.index('id="orphans"')]

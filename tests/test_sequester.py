@@ -225,6 +225,7 @@ def test_tables_are_parted_by_whole_tokens() -> None:
     assert list(parted.patients["links"].iloc[0]) == []
     assert list(parted.audit["zip"]) == ["1100_20200101-000000_A2_XR.zip", "y.zip"]
     assert list(parted.held_audit["zip"]) == ["110_20200101-000000_A1_XR.zip", "x.zip"]
-    tokens = Tokens.of(["110", "OLD-7"])
+    tokens = Tokens.of(["110", "OLD-7", "MRN-001"])
     assert tokens.named_in("patient 110, joined") and tokens.named_in("was OLD-7.")
-    assert not tokens.named_in("1100 OLD-77 g110 XOLD-7")
+    assert tokens.named_in("MRN-001_20200101-000000_A1_XR.zip")
+    assert not tokens.named_in("1100 OLD-77 g110 XOLD-7 MRN-0011 MRN 001")

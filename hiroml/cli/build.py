@@ -32,10 +32,12 @@ from hiroml.config import BuildConfig
 from hiroml.errors import (
     EXIT_CONFIG,
     EXIT_LOCKED,
+    EXIT_NO_SPACE,
     EXIT_SHRINK,
     EXIT_SYSTEMATIC,
     ConfigError,
     DatamartError,
+    DiskFullError,
     HiromlError,
     OutputLockedError,
     ShrinkRefusedError,
@@ -80,6 +82,8 @@ def exit_code(err: HiromlError) -> int:
         return EXIT_SHRINK
     if isinstance(err, SystematicFailureError):
         return EXIT_SYSTEMATIC
+    if isinstance(err, DiskFullError):
+        return EXIT_NO_SPACE
     return 1
 
 

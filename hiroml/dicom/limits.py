@@ -246,11 +246,10 @@ def check_pixels(
     if found is None:
         return
     r, c, comps, precision, what = found
-    comps = comps or max(samples, 1)  # 0: not read from the codestream
-    if (r, c) != (rows, cols) or comps != max(samples, 1):
+    if (r, c) != (rows, cols) or comps not in (0, max(samples, 1)):  # 0: not read
+        says = f"{r} x {c} x {comps} components" if comps else f"{r} x {c}"
         raise BadInputError(
-            f"{label}: {what} says {r} x {c} x {comps} components, the header {rows} x {cols} "
-            f"x {samples} samples"
+            f"{label}: {what} says {says}, the header {rows} x {cols} x {samples} samples"
         )
     if bits_allocated and precision > bits_allocated:
         raise BadInputError(

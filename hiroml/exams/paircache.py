@@ -94,18 +94,24 @@ def _load(path: Path, threshold: float) -> tuple[np.ndarray, neardup.PairArrays]
     if rule != neardup.PAIR_RULE or stored != repr(float(threshold)):
         log.info("near-duplicate pairs %s were found under another rule or threshold", path)
         return None
-    m = len(digests)
-    holds = (
-        digests.dtype == np.uint8
-        and digests.shape == (m, DIGEST_SIZE)
-        and len(i) == len(j) == len(sim)
-        and i.dtype.kind == j.dtype.kind == "i"
-        and bool(np.all((i >= 0) & (i < j) & (j < m)))
-    )
-    if not holds:
+    if not _holds(digests, i, j, sim):
         log.warning("near-duplicate pairs %s do not hold together: searching every pair", path)
         return None
     return digests, (i.astype(np.int64), j.astype(np.int64), sim.astype(np.float64))
+
+
+def _holds(digests: np.ndarray, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> bool:
+    """Whether stored arrays are what :func:`_save` writes: (m, 16) uint8 digests and pairs
+    ``0 <= i < j < m`` of integers, sorted by (i, j) without repeats, with float similarities."""
+    if digests.dtype != np.uint8 or digests.ndim != 2 or digests.shape[1] != DIGEST_SIZE:
+        return False
+    if not (i.ndim == j.ndim == sim.ndim == 1 and len(i) == len(j) == len(sim)):
+        return False
+    if i.dtype.kind != "i" or j.dtype.kind != "i" or sim.dtype.kind != "f":
+        return False
+    m = len(digests)
+    order = i.astype(np.int64) * m + j
+    return bool(np.all((i >= 0) & (i < j) & (j < m)) and np.all(np.diff(order) > 0))
 
 
 def _save(path: Path, digests: np.ndarray, pairs: neardup.PairArrays, threshold: float) -> None:

@@ -9,7 +9,8 @@ is done.
 
 from __future__ import annotations
 
-import errno
+import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from hiroml.config import BuildConfig
-from hiroml.errors import BuildError
+from hiroml.errors import BuildError, DiskFullError
 from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
 from hiroml.pipeline import failures, faults, scratch, sequester, systematic, unchanged
 from hiroml.pipeline.audit import (
@@ -29,6 +30,7 @@ from hiroml.pipeline.audit import (
     with_link_notes,
 )
 from hiroml.pipeline.demo import with_demo
+from hiroml.pipeline.diskfull import disk_full_error
 from hiroml.pipeline.publish import batches_read, publish
 from hiroml.pipeline.samples import manifest_frame, with_signatures
 from hiroml.pipeline.summary import BuildSummary, now, timed
@@ -44,20 +46,34 @@ if TYPE_CHECKING:
     from hiroml.ingest.identity import ClinicalJoin, ClinicalTable
     from hiroml.ingest.index import IndexResult
 
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+log = logging.getLogger(__name__)
 
 
-def _disk_full(err: OSError, out: Path, doing: str) -> BuildError | None:
-    """A clear :class:`BuildError` when ``err`` is a full disk or an exceeded quota met while
-    writing into ``out``; None for any other OS error."""
-    text = str(err)
-    if err.errno not in _DISK_FULL and "No space left on device" not in text:
-        return None
-    return BuildError(
-        f"no space left on the device of {out} while {doing}: free some space (or set "
-        "paths.output elsewhere) and run again; the previous output is left as it was, and "
-        "the tasks already finished are reused"
-    )
+def _latest(out: Path) -> str | None:
+    """The name of the latest version of ``out``, None when there is none."""
+    from hiroml.versions.listing import find_version
+
+    version = find_version(out)
+    return version.name if version is not None else None
+
+
+def _disk_full(
+    err: BaseException,
+    out: Path,
+    doing: str,
+    *,
+    need: int | None = None,
+    before: tuple[str | None] | None = None,
+) -> DiskFullError | None:
+    """The :class:`DiskFullError` (:mod:`hiroml.pipeline.diskfull`) of ``err`` met while
+    ``doing`` something in ``out``; None when ``err`` is not a full disk. ``before``: the
+    latest version when the build started, when known."""
+    latest = _latest(out)
+    published = before is not None and latest is not None and latest != before[0]
+    full = disk_full_error(err, out, version=latest, need=need, published=published)
+    if full is not None:
+        log.info("disk full while %s: %s", doing, err)
+    return full
 
 
 def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
@@ -145,7 +161,14 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
         summary.stage_seconds["discover"] = t_discover
         if demo:
             summary.stage_seconds["demo datamart"] = t_demo
-        return _build(cfg, root, out, found, summary, t_start)
+        before = (_latest(out),)
+        try:
+            return _build(cfg, root, out, found, summary, t_start)
+        except (OSError, sqlite3.OperationalError) as err:  # the index, or after publishing
+            full = _disk_full(err, out, "building", before=before)
+            if full is None:
+                raise
+            raise full from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +217,8 @@ def _build(
     try:
         results = execute(specs, cfg)
     except OSError as err:
-        full = _disk_full(err, out, "writing shards")
+        need = sum(i.member_size for s in specs for e in s.exams for i in e.instances)
+        full = _disk_full(err, out, "writing shards", need=need)
         if full is None:
             raise
         raise full from err

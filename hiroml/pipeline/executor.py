@@ -195,7 +195,7 @@ def _pool_round(
                     yield item, fut.result()
             if lost and not flying:
                 break
-    except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, SIGTERM: stop now, not after the queue
+    except BaseException:  # Ctrl-C, SIGTERM, an item's error (a full disk): stop now
         _stop(pool)
         raise
     pool.shutdown()

@@ -17,10 +17,7 @@ Two more kinds, for the tests of a dying worker and of a full disk:
   itself with SIGKILL (as the kernel's out-of-memory killer does), each time it starts it;
 - ``enospc:<write point>``: the first write at that point raises ``OSError(ENOSPC)``, as a
   full disk does. The write points (:data:`WRITE_POINTS`): ``shards`` (a worker adding a
-  sample to its shard), ``tables`` (a version's manifest, patients and audit), ``report``,
-  ``build_json``, ``version`` (the version folder renamed into ``versions/``),
-  ``root_files`` (the root copies of the latest version's files) and ``index`` (the
-  index's database).
+  sample to its shard) and ``root_files`` (a root copy of the new version's files).
 
 A build arms the point of its config (:func:`arm`); unarmed (the normal case) a point costs
 one comparison. Forked workers inherit what the build armed.
@@ -36,7 +33,7 @@ ENV = "HIROML_FAULT"  # the environment variable configs/build.yaml reads into r
 POINTS = ("after_shards", "before_root_tables", "during_prune")
 KILL_EXAM = "kill_exam"
 ENOSPC = "enospc"
-WRITE_POINTS = ("shards", "tables", "report", "build_json", "version", "root_files", "index")
+WRITE_POINTS = ("shards", "root_files")
 EXIT_CODE = 137
 
 _armed: list[tuple[str, int]] = []  # the point and count armed for this process, if any

@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ from hiroml.vocab import (
     SHARDS_DIR,
     SPLITS,
     Split,
+    SplitStrategy,
 )
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def rule_of(splits: dict[str, Any]) -> dict[str, Any]:
     given = rule["stratify"]
     names = given.split(",") if isinstance(given, str) else list(given or ())
     rule["stratify"] = [str(c).strip() for c in names if str(c).strip()]
-    rule["strategy"] = str(rule["strategy"] or "hash")
+    rule["strategy"] = str(rule["strategy"] or SplitStrategy.HASH)
     temporal = splits.get("temporal") or {}
     for k in _TEMPORAL_KEYS:
         rule[f"temporal.{k}"] = None if temporal.get(k) is None else str(temporal.get(k))
@@ -160,35 +161,48 @@ def _check_same_rule(cfg: BuildConfig, latest: Path) -> None:
 @dataclass(frozen=True, slots=True)
 class Tokens:
     """What names a test patient: ids and group names that are one run of letters and
-    digits, and the others (matched as whole substrings)."""
+    digits (``runs``), and the others by their first such run (``others``: matched as whole
+    substrings where that run is a word of the text). Letters and digits are ASCII ones."""
 
     runs: frozenset[str]
-    others: tuple[str, ...]
+    others: Mapping[str, tuple[str, ...]]
 
     @classmethod
     def of(cls, names: Iterable[str]) -> Tokens:
         runs: set[str] = set()
-        others: set[str] = set()
-        for n in {str(n) for n in names if str(n)}:
-            (others if _RUNS.search(n) else runs).add(n)
-        return cls(frozenset(runs), tuple(sorted(others)))
+        others: dict[str, set[str]] = {}
+        for n in {str(n) for n in names}:
+            parts = [p for p in _RUNS.split(n) if p]
+            if not parts:  # no letter or digit: it names nothing
+                continue
+            if parts == [n]:
+                runs.add(n)
+            else:
+                others.setdefault(parts[0], set()).add(n)
+        return cls(frozenset(runs), {k: tuple(sorted(v)) for k, v in others.items()})
 
     def named_in(self, text: str) -> bool:
         """Whether ``text`` names one of the tokens as a whole word."""
         if not text:
             return False
-        if not self.runs.isdisjoint(_RUNS.split(text)):
+        words = set(_RUNS.split(text))
+        if not self.runs.isdisjoint(words):
             return True
-        return any(_bounded(text, t) for t in self.others if t in text)
+        return any(_bounded(text, t) for w in words & self.others.keys() for t in self.others[w])
+
+
+def _word_char(c: str) -> bool:
+    return c.isascii() and c.isalnum()
 
 
 def _bounded(text: str, token: str) -> bool:
+    """Whether ``token`` occurs in ``text`` with no letter or digit run on at either end."""
     start = text.find(token)
     while start >= 0:
         end = start + len(token)
         before = text[start - 1] if start else " "
         after = text[end] if end < len(text) else " "
-        if not (before.isalnum() or after.isalnum()):
+        if not (_word_char(before) or _word_char(after)):
             return True
         start = text.find(token, start + 1)
     return False

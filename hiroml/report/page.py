@@ -82,7 +82,7 @@ details{margin:8px 0}summary{cursor:pointer;font-size:15px;padding:4px 0}
 figure{margin:0;text-align:center}
 figure img{background:#000;max-width:100%;display:block;margin:0 auto}
 figcaption{font-size:11px;color:var(--mut);overflow-wrap:anywhere}
-.ct-sheet{display:flex;flex-direction:column;gap:12px}
+.ct-sheet{display:grid;grid-template-columns:repeat(auto-fill,minmax(500px,1fr));gap:12px}
 .ct-item{border:1px solid var(--line);border-radius:6px;padding:8px}
 .ct-item p{margin:4px 0 0;font-size:12px;color:var(--mut);overflow-wrap:anywhere}
 .planes{display:flex;gap:10px;align-items:flex-end;flex-wrap:wrap}

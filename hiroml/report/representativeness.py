@@ -264,7 +264,8 @@ def distance_svg(rep: Representativeness, *, width: int = 640, height: int = 240
     pw, ph = width - left - right, height - top - bottom
 
     def x(i: int) -> float:
-        return left + (pw / 2 if len(weeks) < 2 else pw * i / (len(weeks) - 1))
+        pad = 32  # the first and last week's labels clear the y axis and the legend
+        return left + (pw / 2 if len(weeks) < 2 else pad + (pw - 2 * pad) * i / (len(weeks) - 1))
 
     def y(d: float) -> float:
         return top + ph * (1 - d)
@@ -342,7 +343,7 @@ def html_section(manifest: pd.DataFrame) -> str:
     body = (
         f'<div class="scroll">{_table(heads, weekly_rows(rep))}</div>'
         "<h4>Jensen-Shannon distance from all patients</h4>"
-        f'<div class="scroll">{_table(["subset", *rep.attributes, JOINT], distances)}</div>'
+        f'<div class="scroll">{_table(["subset", *heads[4:], JOINT], distances)}</div>'
         f'<div class="flow">{inline}</div>{_note(html.escape(NOTE))}'
     )
     return f'<section id="over-time">{title}{body}</section>'
@@ -364,7 +365,7 @@ def markdown_section(manifest: pd.DataFrame) -> str:
         [
             table(heads, weekly_rows(rep)),
             "Jensen-Shannon distance from all patients:",
-            table(["subset", *rep.attributes, JOINT], distance_rows(rep)),
+            table(["subset", *heads[4:], JOINT], distance_rows(rep)),
             NOTE,
         ]
     )

@@ -45,7 +45,7 @@ def _header(summary: Mapping[str, Any], n_errors: int, flow: Flow) -> str:
     """What, when, how many, how long: the title and a line of facts, a banner when the data
     are synthetic, the flow's counts at a glance, every summary field folded away."""
     badge = (
-        f'<span class="badge bad">{n_errors} error{"s" if n_errors != 1 else ""}</span>'
+        f'<span class="badge bad">{n_errors} error row{"s" if n_errors != 1 else ""}</span>'
         if n_errors
         else '<span class="badge ok">no errors</span>'
     )
@@ -86,7 +86,8 @@ def _glance(flow: Flow) -> str:
         ("exams", flow.exams, f"{flow.exams_without_sample} with no sample"),
         ("zips found", flow.zips_found, f"{flow.zips_skipped} skipped (upload in progress)"),
         ("zips with nothing usable", flow.zips_error, "errors"),
-        ("duplicate zips", flow.zips_duplicate, f"{flow.zips_merged} merged into a CT exam"),
+        ("duplicate zips", flow.zips_duplicate, "the same exam delivered again"),
+        ("merged zips", flow.zips_merged, "parts of a CT exam split over zips"),
         ("dropped inside exams", sum(flow.dropped.values()), "audit rows"),
         ("errors inside exams", flow.errors_in_exams, "audit rows"),
     ]

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from hiroml._version import __version__
 from hiroml.pipeline import faults
-from hiroml.store.atomic import copy_atomic
+from hiroml.store.atomic import temp_path
 from hiroml.store.reader import read_manifest
 from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
 from hiroml.versions.hashing import DATASET_HASH_SCHEME, hash_table, table_checksums
@@ -48,20 +48,65 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def update_root(out: Path, version: Version) -> bool:
-    """Make the root tables copies of ``version``'s, each replaced atomically, the manifest
-    last; True when anything had to be copied."""
+    """Make the root tables copies of ``version``'s, the manifest last; True when anything
+    had to be copied. All or nothing: every copy is written to a temporary file first, and
+    only once all are there are they renamed into place (a full disk changes nothing)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        changed = _stage_root(out, version, staged)
+    except BaseException:
+        _discard(staged)
+        raise
+    _commit(staged)
+    return changed
+
+
+def _stage_root(out: Path, version: Version, staged: list[tuple[Path, Path]]) -> bool:
+    """Copy each root file of ``version`` that differs into a temporary file beside its
+    target, appending (temporary, target) to ``staged``, the manifest last."""
     changed = False
     files = sorted(p for p in version.path.iterdir() if p.is_file() and p.name not in _NOT_AT_ROOT)
     for src in [*files, version.path / MANIFEST]:
         dst = out / src.name
         if src.name == CROISSANT_NAME:  # its shard paths are relative to the root there
-            from hiroml.report.croissant import root_copy
+            from hiroml.report.croissant import for_root
 
-            changed |= root_copy(src, dst)
+            text = for_root(src.read_text(encoding="utf-8"))
+            if dst.is_file() and dst.read_text(encoding="utf-8") == text:
+                continue
+            staged.append((temp_path(dst), dst))
+            faults.write("root_files")
+            staged[-1][0].write_text(text, encoding="utf-8")
+            changed = True
         elif not _same_file(src, dst):
-            copy_atomic(src, dst)
+            staged.append((temp_path(dst), dst))
+            faults.write("root_files")
+            shutil.copyfile(src, staged[-1][0])
             changed = True
     return changed
+
+
+def _discard(staged: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in staged:
+        tmp.unlink(missing_ok=True)
+
+
+def _commit(staged: list[tuple[Path, Path]]) -> None:
+    """Flush the staged copies to disk, then rename each over its target, in order."""
+    for tmp, _ in staged:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    for tmp, dst in staged:
+        os.replace(tmp, dst)
+
+
+def _withdraw(version: Version) -> None:
+    """Take back a version just published whose root files could not be staged: hidden
+    first (no longer listed), then deleted; the version before it is the latest again."""
+    hidden = version.path.with_name(f".{version.name}.tmp")
+    os.replace(version.path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+    log.warning("version %s withdrawn: its root files could not be written", version.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +204,14 @@ def publish(
     version, change = _publish_new(out, digest, latest, tables, write_report, build_info)
     log.info("published version %s (%d samples)", version.name, len(manifest))
     faults.point("before_root_tables")
-    update_root(out, version)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        _stage_root(out, version, staged)
+    except BaseException:
+        _discard(staged)
+        _withdraw(version)  # all or nothing: the previous version stays the latest
+        raise
+    _commit(staged)
     return Published(version, True, change, pruned())
 
 
