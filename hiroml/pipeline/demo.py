@@ -52,9 +52,13 @@ def demo_datamart(cfg: BuildConfig) -> Path:
     log.info("generating the %s synthetic datamart in %s", cfg.demo_size, root)
     bar = tqdm(desc="demo datamart", unit="step", disable=not cfg.progress, leave=False)
 
-    def step(done: int, total: int) -> None:
+    def step(done: int, total: int, zips: int) -> None:
         bar.total = total
-        bar.update(done - bar.n)
+        bar.set_postfix_str(f"{zips} zips", refresh=False)
+        if done != bar.n:
+            bar.update(done - bar.n)
+        else:
+            bar.refresh()
 
     with bar:
         synth.generate(root, seed=cfg.seed, size=cfg.demo_size, on_step=step)

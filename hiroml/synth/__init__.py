@@ -231,7 +231,7 @@ def generate(
     *,
     seed: int = 0,
     size: str = "tiny",
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic datamart into ``root`` and return its ground truth.
 
@@ -239,8 +239,9 @@ def generate(
     tests), ``"demo"`` (tens of seconds) or ``"bench"`` (minutes; hundreds of full-size
     radiographs and 300-slice CTs). The truth is also written to
     ``root / "hiroml-synth-truth.json"``; its format is described in the module docstring.
-    The same ``seed`` and ``size`` give byte-identical files. ``on_step(done, total)`` is
-    called after each of the ``total`` planting steps (for a progress bar).
+    The same ``seed`` and ``size`` give byte-identical files. ``on_step(done, total, zips)``
+    reports progress (a bar's update): ``done`` of ``total`` planting steps finished, ``zips``
+    zips planned; it is called as each zip is planned and after each step.
     """
     if size not in SIZES:
         raise ValueError(f"size={size!r}: choose one of {', '.join(SIZES)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ class Datamart:
         self._hiro = 0
         self._exam = 0
         self._syntax = 0
+        self.on_zip: Callable[[], None] | None = None  # called as each zip is planned (progress)
 
     # ------------------------------------------------------------ ids, times, patients
 
@@ -224,6 +226,8 @@ class Datamart:
             "bad_members": [],
         }
         self.zips[rel] = z
+        if self.on_zip is not None:
+            self.on_zip()
         return z
 
     def add_copy(self, batch: str, orig: PlannedZip) -> PlannedZip:

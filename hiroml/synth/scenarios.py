@@ -379,10 +379,12 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
-def plan(dm: Datamart, on_step: Callable[[int, int], None] | None = None) -> None:
+def plan(dm: Datamart, on_step: Callable[[int, int, int], None] | None = None) -> None:
     """Create the batch folders and the remap, then run :data:`SCENARIOS` in order,
     collecting their pairs and writing their zips as soon as each is done.
-    ``on_step(done, total)`` is called after each scenario (a progress bar's update)."""
+    ``on_step(done, total, zips)`` (a progress bar's update) is called before the first
+    scenario, as each zip is planned and after each scenario: ``done`` of the ``total``
+    scenarios are finished and ``zips`` zips planned."""
     b = Batches(
         cxr1=dm.batch("CXR-UPDATE-20200509-COMPLETE"),
         cxr2=dm.batch("CXR-UPDATE-20200516-COMPLETE"),
@@ -393,8 +395,14 @@ def plan(dm: Datamart, on_step: Callable[[int, int], None] | None = None) -> Non
         ct_in_progress=dm.batch("CT-UPDATE-20200602-IN-PROGRESS"),
     )
     dm.remap = dict(REMAP)
-    if on_step is not None:
-        on_step(0, len(SCENARIOS))
+    done = [0]
+
+    def tick() -> None:
+        if on_step is not None:
+            on_step(done[0], len(SCENARIOS), len(dm.zips))
+
+    dm.on_zip = tick
+    tick()
     for scenario in SCENARIOS:
         planted = scenario(dm, b)
         dm.not_duplicates.extend([list(pair) for pair in planted.not_duplicates])
@@ -402,5 +410,6 @@ def plan(dm: Datamart, on_step: Callable[[int, int], None] | None = None) -> Non
         dm.missed.extend(planted.missed_remaps)
         for z in planted.zips:
             dm.flush(z)
-        if on_step is not None:
-            on_step(SCENARIOS.index(scenario) + 1, len(SCENARIOS))
+        done[0] += 1
+        tick()
+    dm.on_zip = None
