@@ -314,15 +314,3 @@ def write_croissant(
     path = Path(folder) / CROISSANT_NAME
     write_text_atomic(path, dumps(render_croissant(folder, out, manifest, info=info)))
     return path
-
-
-def root_copy(src: Path, dst: Path) -> bool:
-    """Make ``dst`` (at the output root) the root copy of the version's ``src``
-    (:func:`for_root`), atomically; True when it had to be written."""
-    from hiroml.store.atomic import write_text_atomic
-
-    text = for_root(src.read_text(encoding="utf-8"))
-    if dst.is_file() and dst.read_text(encoding="utf-8") == text:
-        return False
-    write_text_atomic(dst, text)
-    return True
