@@ -30,6 +30,7 @@ from conftest import MakeCfg
 
 from hiroml import pipeline as build
 from hiroml.config import IndexConfig
+from hiroml.errors import EXIT_NO_SPACE, DiskFullError
 from hiroml.ingest.discover import discover
 from hiroml.ingest.index import index_zip
 from hiroml.store.shards import read_sample
@@ -347,7 +348,9 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_output(
         monkeypatch.setattr(hiroml.store.tables.pq, "write_table", _enospc)
     # cxr.dtype changes what is stored: every radiograph task is redone
     cfg = make_cfg(root, out, "cxr.dtype=uint8", f"index.max_members={MAX_MEMBERS}")
-    with pytest.raises(build.BuildError, match=f"no space left on the device of {out}"):
+    with pytest.raises(
+        DiskFullError, match=r"no space left on .*; the previous version \S+ is intact"
+    ):
         build.run(cfg)
     assert (out / "manifest.parquet").read_bytes() == before
     assert verify(out) == []
@@ -389,8 +392,9 @@ def test_full_tmpfs_gives_a_clear_error_and_keeps_the_previous_output(
             text=True,
             timeout=300,
         )
-        assert second.returncode == 1
-        assert f"hiroml-build: no space left on the device of {out}" in second.stderr
+        assert second.returncode == EXIT_NO_SPACE, second.stderr
+        assert f"hiroml-build: no space left on tmpfs at {disk} (" in second.stderr
+        assert "Traceback" not in second.stderr
         assert (out / "manifest.parquet").read_bytes() == before
         assert verify(out) == []
     finally:
