@@ -158,9 +158,9 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, wait=cfg.wait_for_lock):
         summary = BuildSummary(started=started)
-        summary.stage_seconds["discover"] = t_discover
         if demo:
             summary.stage_seconds["demo datamart"] = t_demo
+        summary.stage_seconds["discover"] = t_discover
         before = (_latest(out),)
         try:
             return _build(cfg, root, out, found, summary, t_start)
@@ -343,14 +343,14 @@ def _count(
 ) -> None:
     """The summary's counts of samples, audit actions, links and patients per split."""
     from hiroml.exams import linking
+    from hiroml.report.flow import compute_flow
 
     manifest, audit_df, patients = tables.manifest, tables.audit, tables.patients
+    summary.flow = compute_flow(audit_df, manifest).as_dict()  # the counts every output shows
     links = tables.linked.links
     summary.pixel_links = sum(k.kind == linking.SAME_PIXELS for k in links)
-    from hiroml.report.flow import compute_flow
     summary.near_duplicates = tables.linked.near_pairs
     summary.cxr_images = int((manifest["modality"] == "cxr").sum()) if len(manifest) else 0
-    summary.flow = compute_flow(audit_df, manifest).as_dict()  # the counts every output shows
     summary.ct_volumes = int((manifest["modality"] == "ct").sum()) if len(manifest) else 0
     summary.errors = int((audit_df["action"] == Action.ERROR).sum())
     summary.internal_errors = tables.internal_errors
@@ -389,13 +389,19 @@ def _publish(
     summary: BuildSummary,
     t_start: float,
 ) -> None:
-    """Check the shrink guard, then publish the version; the summary records which."""
+    """Check the shrink guard, then publish the version; the summary records which. A refused
+    build removes its new shards (and their task records) first: it leaves none behind."""
+    from hiroml.errors import ShrinkRefusedError
     from hiroml.store import guard
 
     failed_before = failures.previous_failed_zips(out)  # the latest version's, before publishing
-    summary.shrink = guard.check_shrink(
-        out, tables.manifest, tables.audit, batches_read(found), cfg
-    )
+    try:
+        summary.shrink = guard.check_shrink(
+            out, tables.manifest, tables.audit, batches_read(found), cfg
+        )
+    except ShrinkRefusedError:
+        systematic.forget(out, [r for r in results if not r.reused])
+        raise
     summary.seconds = time.perf_counter() - t_start
     try:
         publisher = sequester.publish if cfg.splits.sequester else publish

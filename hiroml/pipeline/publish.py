@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from hiroml.vocab import STATE_DIR
 if TYPE_CHECKING:
     from hiroml.ingest.discover import Discovery
     from hiroml.versions.publishing import Published
+
+log = logging.getLogger(__name__)
 
 
 def publish(
@@ -66,7 +69,27 @@ def publish(
             environment=environment,
         )
 
-    build_info = {
+    published = versions_publishing.publish(
+        out,
+        manifest,
+        patients,
+        audit,
+        write_report=write_report,
+        build_info=_build_info(cfg, summary, found, environment),
+        keep=cfg.versions.keep,
+        live_shards=set(manifest["shard"]) | {s for r in results for s in r.shards},
+        live_tasks={r.task_id for r in results},
+        task_dir=out / STATE_DIR / "tasks",
+    )
+    _say_what_changed(published, summary)
+    return published
+
+
+def _build_info(
+    cfg: BuildConfig, summary: BuildSummary, found: Discovery, environment: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What ``build.json`` records of the build (the publisher adds the version's own)."""
+    return {
         "config": dataclasses.asdict(cfg),
         "inputs": {
             "batches": sorted(b.name for b in found.batches if b.status == "COMPLETE"),
@@ -83,18 +106,26 @@ def publish(
             if k not in ("version", "published", "versions_pruned")
         },
     }
-    return versions_publishing.publish(
-        out,
-        manifest,
-        patients,
-        audit,
-        write_report=write_report,
-        build_info=build_info,
-        keep=cfg.versions.keep,
-        live_shards=set(manifest["shard"]) | {s for r in results for s in r.shards},
-        live_tasks={r.task_id for r in results},
-        task_dir=out / STATE_DIR / "tasks",
-    )
+
+
+def _say_what_changed(published: Published, summary: BuildSummary) -> None:
+    """Record in the summary (the console's closing lines) a new version identical in content
+    to an earlier one, and warn of label columns the previous version had and this one lacks."""
+    change = published.diff
+    if change is None:
+        return
+    summary.identical_to = change.identical_to
+    summary.labels_dropped = list(change.labels_dropped)
+    if change.labels_dropped:
+        log.warning(
+            "version %s lacks the label column(s) %s of version %s: the clinical table "
+            "(paths.clinical) was not given, or lacks them; version %s still has them "
+            "(hiroml-versions --pin keeps it from pruning)",
+            published.version.name,
+            ", ".join(change.labels_dropped),
+            change.a,
+            change.a,
+        )
 
 
 def batches_read(found: Discovery) -> list[str]:

@@ -61,6 +61,10 @@ class BuildSummary:
     # where this build's whole audit is recorded (hiroml.pipeline.failures).
     new_failed_zips: int = 0
     failures_record: str = ""
+    # The version published holds what an earlier one holds (the same dataset hash): its name.
+    identical_to: str = ""
+    # Label columns (the clinical table's) that the previous version had and this one lacks.
+    labels_dropped: list[str] = field(default_factory=list)
     # The flow's counts (hiroml.report.flow.Flow.as_dict, from the published audit and
     # manifest): the numbers the console, report.html, flow.svg and DATASET.md all show.
     flow: dict[str, Any] = field(default_factory=dict)
@@ -167,12 +171,25 @@ class BuildSummary:
             else f"  nothing changed since version {self.version}: no new version published"
         )
         tail = f"; {self.versions_pruned} old version(s) pruned" if self.versions_pruned else ""
+        if self.published and self.identical_to:
+            head += f", identical in content to version {self.identical_to} (same dataset hash)"
         moves = (
             f"; {self.split_moves} patient(s) changed split (see the audit)"
             if self.split_moves
             else ""
         )
-        return [head + moves + tail, *self._failure_lines(), *self._split_rule_lines()]
+        labels = ", ".join(self.labels_dropped)
+        dropped = (
+            [f"  label columns dropped since the previous version: {labels}"]
+            if self.published and self.labels_dropped
+            else []
+        )
+        return [
+            head + moves + tail,
+            *dropped,
+            *self._failure_lines(),
+            *self._split_rule_lines(),
+        ]
 
     def _split_rule_lines(self) -> list[str]:
         """The split rule, unless it is the default hash split throughout."""

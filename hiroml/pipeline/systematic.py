@@ -15,8 +15,9 @@ group of one modality holds at least ``publish.max_error_fraction`` of its attem
 and at least ``publish.min_errors`` images; on a first build too. Nothing is then published:
 the previous version stays the latest (a first build leaves no version). The refused build's
 audit is written to ``<out>/.hiroml/audit-refused.csv``, and the task records and the shards
-no version names of that modality's new tasks are removed, so that the next build converts
-those images again instead of reusing their failures. Scattered bad files stay audit rows.
+no version names of this build's new tasks (of every modality: a refused build leaves no new
+shard) are removed, so that the next build converts those images again instead of reusing
+their failures. Scattered bad files stay audit rows.
 
 :func:`tally` is pure; :func:`check_systematic` decides and cleans up.
 """
@@ -157,9 +158,9 @@ def _named_shards(out: Path) -> set[str]:
     return named
 
 
-def _forget(out: Path, results: Sequence[TaskResult]) -> None:
-    """Remove the task records of ``results`` and their shards that no version names: the
-    next build converts their exams again."""
+def forget(out: Path, results: Sequence[TaskResult]) -> None:
+    """Remove the task records of ``results`` and their shards that no version names (a
+    refused build leaves no new shard behind): the next build converts their exams again."""
     named = _named_shards(out)
     for r in results:
         forget_task_record(str(out), r.task_id)
@@ -181,7 +182,7 @@ def check_systematic(
     are left out here); ``audit`` the rows of the stages before conversion. Raises
     :class:`SystematicFailureError` naming the modality, the error, how many images it hit
     out of how many, and where the refused build's audit is; the task records and new shards
-    of the refused modalities' tasks are removed first. Returns None when the build may go on.
+    of this build's tasks are removed first. Returns None when the build may go on.
     """
     from hiroml.store.csvcells import escape_frame
     from hiroml.store.tables import audit_frame
@@ -195,8 +196,7 @@ def check_systematic(
     path.parent.mkdir(parents=True, exist_ok=True)
     safe = escape_frame(audit_frame(rows))  # no cell a spreadsheet would run as a formula
     write_atomic(path, lambda tmp: safe.to_csv(tmp, index=False))
-    gone = {t.modality for t in refused}
-    _forget(out, [r for m, r in new if m in gone])
+    forget(out, [r for _, r in new])
     raise SystematicFailureError(
         f"refusing to publish into {out}: {'; and '.join(t.describe() for t in refused)}. "
         "This looks like an environment problem (a library that fails on every image), not "

@@ -13,7 +13,8 @@ in the new manifest is *removed*; it is *explained* when
 
 The build is refused (:class:`~hiroml.errors.ShrinkRefusedError`, exit 4) when the
 unexplained removals exceed ``publish.max_removed_fraction`` of the previous samples or of
-the previous patients; nothing is then published and nothing deleted. ``allow_shrink=true``
+the previous patients; nothing is then published and nothing of the previous output deleted
+(the driver deletes the refused build's own new shards). ``allow_shrink=true``
 publishes anyway, and the build summary (so the report) says what was allowed. Batch folders
 read last time (the previous manifest's ``batch``/``batches`` columns) that are gone now are
 named in every case.
@@ -220,7 +221,8 @@ def check_shrink(
             raise ShrinkRefusedError(
                 f"refusing to publish into {out}: {check.describe()}. That is more than "
                 f"publish.max_removed_fraction={limit:g}. Nothing was published: the previous "
-                "manifest, tables, report and shards are left as they were. Check "
+                "manifest, tables, report and shards are left as they were (this build's new "
+                "shards are deleted). Check "
                 "paths.datamart (a wrong folder, or a share not fully mounted); if the removal "
                 "is intended, run again with allow_shrink=true (or raise "
                 "publish.max_removed_fraction)"

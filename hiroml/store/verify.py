@@ -12,7 +12,8 @@ afresh from the manifest's ``signature`` column (rank correlation >= ``--near-th
 default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.exams.neardup`).
 
 Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
-from an interrupted or superseded build; samples in a shard that the manifest does not name.
+from an interrupted build (one line each kind, with a count); samples in a shard that the
+manifest does not name.
 
 Each version against its ``build.json`` (errors): the SHA-256 of each table file recorded
 under ``tables`` at publish (a version published before they were recorded: a warning, "not
@@ -32,7 +33,6 @@ a warning.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +58,6 @@ from hiroml.store.shards import (
 )
 from hiroml.versions.hashing import dataset_hash, table_checksums
 from hiroml.vocab import BUILD_JSON, MANIFEST, PATIENTS, SHARDS_DIR
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -265,8 +263,6 @@ def examine(
         # values a damaged manifest holds that its checksums may not cover (shard_sha256
         # is not hashed): one line naming the file, never a traceback
         found.errors.append(f"{where / MANIFEST} cannot be checked ({_one_line(e)})")
-    for w in found.warnings:
-        log.warning("%s", w)
     return found
 
 
@@ -320,13 +316,49 @@ def _examine_tables(
                 )
                 continue
             named |= {(out / str(s)).resolve() for s in kept_m["shard"].unique()}
+    found.warnings += stray_shard_lines(out, named)
+
+
+#: how many stray files a warning names before it gives only their count
+STRAY_SHOWN = 3
+
+
+def stray_shard_lines(out: Path, named: set[Path]) -> list[str]:
+    """One warning for the shard files under ``shards/`` that no kept version names (by
+    resolved path, ``named``), one for the leftover ``*.tmp`` files: each names up to
+    :data:`STRAY_SHOWN` of them and gives the count. An interrupted build leaves them; the
+    next build that converts reuses them (or deletes those it does not need), and
+    ``hiroml-versions OUT --prune`` deletes them at once."""
     shard_dir = out / SHARDS_DIR
-    if shard_dir.is_dir():
-        for p in sorted(shard_dir.rglob("*")):
-            if p.suffix == ".h5" and p.resolve() not in named:
-                found.warnings.append(f"shard {p.relative_to(out)} is not named in the manifest")
-            elif p.suffix == ".tmp":
-                found.warnings.append(f"{p.relative_to(out)}: leftover of an interrupted write")
+    if not shard_dir.is_dir():
+        return []
+    files = sorted(shard_dir.rglob("*"))
+    stray = [
+        str(p.relative_to(out)) for p in files if p.suffix == ".h5" and p.resolve() not in named
+    ]
+    tmp = [str(p.relative_to(out)) for p in files if p.suffix == ".tmp"]
+    fix = (
+        "left by an interrupted build: the next build reuses or deletes {it}, "
+        f"hiroml-versions {out} --prune deletes {{it}} now"
+    )
+    lines = []
+    if len(stray) == 1:
+        lines.append(f"shard {stray[0]} is not named in the manifest ({fix.format(it='it')})")
+    elif stray:
+        lines.append(
+            f"{len(stray)} shards are not named in the manifest ({_some(stray)}; "
+            f"{fix.format(it='them')})"
+        )
+    if len(tmp) == 1:
+        lines.append(f"{tmp[0]}: leftover of an interrupted write")
+    elif tmp:
+        lines.append(f"{len(tmp)} leftovers of an interrupted write ({_some(tmp)})")
+    return lines
+
+
+def _some(names: list[str]) -> str:
+    more = f" and {len(names) - STRAY_SHOWN} more" if len(names) > STRAY_SHOWN else ""
+    return ", ".join(names[:STRAY_SHOWN]) + more
 
 
 def verify(

@@ -16,10 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiroml.doctor.libraries import environment_changes
-from hiroml.store.reader import cell_plain, read_audit
+from hiroml.store.reader import OWN_COLUMNS, cell_plain, read_audit
 from hiroml.versions import columns as versions_columns
 from hiroml.versions.hashing import _canonical
-from hiroml.versions.listing import SPLIT_MOVED, Version, VersionError, find_version
+from hiroml.versions.listing import (
+    SPLIT_MOVED,
+    Version,
+    VersionError,
+    find_version,
+    list_versions,
+)
 from hiroml.vocab import AUDIT, BUILD_JSON, MANIFEST, SPLITS
 
 
@@ -62,8 +68,22 @@ class VersionDiff:
     decisions: tuple[DecisionChange, ...]
     moves: tuple[SplitMove, ...]
     #: the environment lines (:func:`hiroml.doctor.libraries.environment_changes`) of the two
-    #: versions' ``build.json``; empty where not compared (the report's changes section)
+    #: versions' ``build.json``; empty where not compared
     environment: tuple[str, ...] = ()
+    #: the settings (``build.json``'s ``config``, dotted keys) whose value changed, as
+    #: ``"cxr.size: [512, 512] -> [256, 256]"``; empty where not compared
+    settings: tuple[str, ...] = ()
+    #: label columns (manifest columns hiroml does not write itself: the clinical table's)
+    #: that ``a`` has and ``b`` lacks, and the reverse
+    labels_dropped: tuple[str, ...] = ()
+    labels_added: tuple[str, ...] = ()
+    #: an earlier version with ``b``'s dataset hash: the same content ("" when none)
+    identical_to: str = ""
+
+    @property
+    def environment_changed(self) -> tuple[str, ...]:
+        """The environment lines that say something changed (not "environment: unchanged")."""
+        return tuple(line for line in self.environment if not line.endswith(": unchanged"))
 
     @property
     def empty(self) -> bool:
@@ -76,7 +96,35 @@ class VersionDiff:
             or self.patients_removed
             or self.decisions
             or self.moves
+            or self.settings
+            or self.environment_changed
+            or self.identical_to
         )
+
+    @property
+    def values_changed(self) -> dict[str, int]:
+        """:attr:`columns_changed` without the label columns named as dropped or added."""
+        named = set(self.labels_dropped) | set(self.labels_added)
+        return {c: n for c, n in self.columns_changed.items() if c not in named}
+
+    def notes(self) -> list[str]:
+        """What changed besides the samples, one sentence each: an identical earlier version,
+        label columns dropped or added, settings and environment."""
+        out = []
+        if self.identical_to:
+            out.append(
+                f"identical in content to version {self.identical_to} (the same dataset hash)"
+            )
+        if self.labels_dropped:
+            out.append(
+                f"label columns dropped: {', '.join(self.labels_dropped)} (a build without "
+                "the clinical table, paths.clinical, that the previous one had?)"
+            )
+        if self.labels_added:
+            out.append(f"label columns added: {', '.join(self.labels_added)}")
+        if self.settings:
+            out.append(f"settings changed: {'; '.join(self.settings)}")
+        return out
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,14 +134,15 @@ class VersionDiff:
         head = f"{self.a or '(nothing)'} -> {self.b}"
         out = [
             head,
+            *(f"  {line}" for line in self.notes()),
             f"  samples: +{len(self.samples_added)} -{len(self.samples_removed)} "
             f"~{len(self.samples_changed)} (other pixels); "
             f"patients: +{len(self.patients_added)} -{len(self.patients_removed)}",
         ]
         for split, n in self.added_per_split.items():
             out.append(f"  new in {split}: {n['patients']} patient(s), {n['samples']} sample(s)")
-        if self.columns_changed:
-            cols = ", ".join(f"{c} ({n})" for c, n in self.columns_changed.items())
+        if self.values_changed:
+            cols = ", ".join(f"{c} ({n})" for c, n in self.values_changed.items())
             out.append(f"  values changed (column, samples): {cols}")
         for title, items in (
             ("samples added", self.samples_added),
@@ -281,6 +330,9 @@ def diff_tables(
                 to_split=new,
                 reason=reasons.get(group, "no split move is recorded in the audit"),
             )
+    had = a_dir is not None and (a_dir / MANIFEST).is_file()  # else no label is "added"
+    labels_a = _labels(ta) if had else set()
+    labels_b = _labels(tb) if had else set()
     da, db = _decisions_of(aa), _decisions_of(ab)
     decisions = tuple(
         DecisionChange(batch=k[0], zip=k[1], before=da.get(k, ""), after=db.get(k, ""))
@@ -299,26 +351,82 @@ def diff_tables(
         added_per_split=per_split,
         decisions=decisions,
         moves=tuple(moves[k] for k in sorted(moves)),
+        labels_dropped=tuple(sorted(labels_a - labels_b)),
+        labels_added=tuple(sorted(labels_b - labels_a)),
     )
 
 
+def _labels(table: pa.Table | None) -> set[str]:
+    return {
+        str(c) for c in (table.column_names if table is not None else ()) if c not in OWN_COLUMNS
+    }
+
+
 def diff(out: Path | str, a: str | int, b: str | int) -> VersionDiff:
-    """What changed from version ``a`` to version ``b`` of an output folder."""
+    """What changed from version ``a`` to version ``b`` of an output folder: the tables, and
+    from the two ``build.json`` files the settings and the environment."""
     va, vb = find_version(out, a), find_version(out, b)
     if va is None or vb is None:
         raise VersionError(f"{out} has no versions to compare")
     found = diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
-    env = environment_changes(_environment_of(va), _environment_of(vb))
-    return dataclasses.replace(found, environment=tuple(env))
+    info_a, info_b = build_info_of(va), build_info_of(vb)
+    env = environment_changes(info_a.get("environment"), info_b.get("environment"))
+    return dataclasses.replace(
+        found,
+        environment=tuple(env),
+        settings=tuple(settings_changes(info_a.get("config"), info_b.get("config"))),
+        identical_to=identical_earlier(list_versions(out), vb.dataset_hash, vb.seq),
+    )
 
 
-def _environment_of(v: Version) -> Any:
-    """The ``environment`` of a version's ``build.json`` (None in versions built before it
-    was recorded, or where the file cannot be read)."""
+def build_info_of(v: Version) -> dict[str, Any]:
+    """A version's ``build.json`` (empty where the file cannot be read, or is not an object;
+    versions built before the environment was recorded have none)."""
     try:
-        return json.loads((v.path / BUILD_JSON).read_text(encoding="utf-8")).get("environment")
-    except (OSError, ValueError, AttributeError):
-        return None
+        info = json.loads((v.path / BUILD_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"cxr.size": [512, 512], ...}`` (lists are values)."""
+    if not isinstance(record, dict):
+        return {prefix: record} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def settings_changes(a: Any, b: Any) -> list[str]:
+    """The settings whose value differs between two ``build.json`` ``config`` records, as
+    ``"cxr.size: [512, 512] -> [256, 256]"`` (dotted keys, sorted; a key only one side has
+    shows ``(absent)`` on the other). Empty when either record is missing."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
+    fa, fb = _flat(a), _flat(b)
+    gone = "(absent)"
+    return [
+        f"{k}: {_shown(fa[k]) if k in fa else gone} -> {_shown(fb[k]) if k in fb else gone}"
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, gone) != fb.get(k, gone) or (k in fa) != (k in fb)
+    ]
+
+
+def identical_earlier(versions: Sequence[Version], digest: str, seq: int) -> str:
+    """The newest of ``versions`` before sequence number ``seq`` whose dataset hash is
+    ``digest`` ("" when none): a version with the same content."""
+    same = [v.name for v in versions if v.seq < seq and digest and v.dataset_hash == digest]
+    return same[-1] if same else ""
+
+
+def _sentence(line: str) -> str:
+    return line[:1].upper() + line[1:]
 
 
 def changes_html(d: VersionDiff, *, limit: int = 200) -> str:
@@ -339,11 +447,13 @@ def changes_html(d: VersionDiff, *, limit: int = 200) -> str:
         f"{len(d.samples_removed)} removed, {len(d.samples_changed)} with other stored pixels "
         f"(e.g. a conversion setting changed); {len(d.patients_added)} patient(s) added, "
         f"{len(d.patients_removed)} removed.</p>",
+        "".join(f"<p>{e(_sentence(line))}</p>" for line in d.notes()),
+        "".join(f"<p>{e(_sentence(line))}</p>" for line in d.environment_changed),
         (
             "<p>Values changed (column: samples): "
-            + e(", ".join(f"{c}: {n}" for c, n in d.columns_changed.items()))
+            + e(", ".join(f"{c}: {n}" for c, n in d.values_changed.items()))
             + "</p>"
-            if d.columns_changed
+            if d.values_changed
             else ""
         ),
         table(

@@ -36,6 +36,7 @@ class Version:
     samples: int
     patients: int
     pinned: bool
+    note: str = ""  # the pin's note (hiroml-versions --pin V --note TEXT)
     #: the definition ``dataset_hash`` was computed by (:func:`hiroml.versions.hash_table`);
     #: 1 where ``build.json`` records none
     dataset_hash_scheme: int = 1
@@ -49,6 +50,7 @@ class Version:
             "dataset_hash": self.dataset_hash,
             "dataset_hash_scheme": self.dataset_hash_scheme,
             "pinned": self.pinned,
+            "note": self.note,
             "path": str(self.path),
         }
 
@@ -97,8 +99,18 @@ def _read_version(path: Path, *, strict: bool = False) -> Version | None:
         samples=int(info.get("samples", 0)),
         patients=int(info.get("patients", 0)),
         pinned=(path / PIN_FILE).is_file(),
+        note=_pin_note(path / PIN_FILE),
         dataset_hash_scheme=int(info.get("dataset_hash_scheme", 1)),
     )
+
+
+def _pin_note(path: Path) -> str:
+    """The note a pin file holds (``{"pinned": time, "note": text}``); "" without one."""
+    try:
+        note = json.loads(path.read_text(encoding="utf-8")).get("note", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return note if isinstance(note, str) else str(note)
 
 
 def list_versions(out: Path | str, *, strict: bool = False) -> list[Version]:

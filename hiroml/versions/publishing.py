@@ -17,10 +17,18 @@ import pandas as pd
 import pyarrow as pa
 
 from hiroml._version import __version__
+from hiroml.doctor.libraries import environment_changes
 from hiroml.pipeline import faults
 from hiroml.store.atomic import temp_path
 from hiroml.store.reader import read_manifest
-from hiroml.versions.changes import VersionDiff, changes_html, diff_tables
+from hiroml.versions.changes import (
+    VersionDiff,
+    build_info_of,
+    changes_html,
+    diff_tables,
+    identical_earlier,
+    settings_changes,
+)
 from hiroml.versions.hashing import DATASET_HASH_SCHEME, hash_table, table_checksums
 from hiroml.versions.listing import (
     _NOT_AT_ROOT,
@@ -133,15 +141,27 @@ def _write_version(
     audit: pd.DataFrame,
     write_report: WriteReport,
     digest: str,
+    build_info: Mapping[str, Any],
 ) -> VersionDiff:
     """The tables and report of a new version, into the hidden folder ``tmp``; the diff
-    against the latest version (or the root tables of an output without versions)."""
+    against the latest version (or the root tables of an output without versions), with the
+    settings and environment of ``build_info`` against the latest version's ``build.json``."""
     from hiroml.store.tables import write_outputs
 
     write_outputs(tmp, manifest, patients, audit)
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
     change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
+    if latest is not None:  # the settings and environment against the latest's build.json
+        before = build_info_of(latest)
+        now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
+        env = environment_changes(before.get("environment"), now.get("environment"))
+        change = dataclasses.replace(
+            change,
+            settings=tuple(settings_changes(before.get("config"), now.get("config"))),
+            environment=tuple(env),
+            identical_to=identical_earlier(list_versions(out), digest, latest.seq + 1),
+        )
     write_report(tmp, name, changes_html(change), digest)
     return change
 
@@ -262,7 +282,7 @@ def _publish_new(
         shutil.rmtree(tmp)
     try:
         change = _write_version(
-            tmp, out, latest, name, manifest, patients, audit, write_report, digest
+            tmp, out, latest, name, manifest, patients, audit, write_report, digest, build_info
         )
         info = {
             **build_info,
@@ -299,4 +319,8 @@ def _change_counts(change: VersionDiff) -> dict[str, Any]:
         "patients_removed": len(change.patients_removed),
         "split_moves": [dataclasses.asdict(m) for m in change.moves],
         "decisions_changed": len(change.decisions),
+        "settings": list(change.settings),
+        "labels_dropped": list(change.labels_dropped),
+        "labels_added": list(change.labels_added),
+        "identical_to": change.identical_to or None,
     }
