@@ -41,9 +41,10 @@ JPEG q90/q75, half or quarter resolution, both, lossy JPEG 2000, 12 vs 8 bits) s
 pydicom's real images) <= 0.871. Crops and shifts of a few percent are *not* reliably
 caught (-0.14 to 0.97): the signature compares aligned images.
 
-The search of every pair is quadratic (100,000 signatures: 47 s, 1,000,000: about 80 minutes
+The search of every pair is quadratic (100,000 signatures: 47-56 s, 1,000,000: 80-90 minutes
 projected, on two busy cores); new x all is linear in the dataset: 300 new signatures against
-1,000,000 take 25 s, digests and the stored pairs included (``bench_neardup.py --week 300``).
+1,000,000 take 25-37 s, digests and the stored pairs included (``bench_neardup.py --week
+300``).
 So the search stays exact, without an approximate index: an index's candidates would still
 be confirmed on the exact integers, and the linear pass it would replace is already short.
 """
