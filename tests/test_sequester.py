@@ -5,6 +5,7 @@ on or off on an existing output refused."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import sys
@@ -48,7 +49,7 @@ def _main_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.is_file() and not skip & set(p.relative_to(out).parts)]
 
 
-def _check_apart(out: Path) -> pd.DataFrame:
+def _check_apart(out: Path, caplog: pytest.LogCaptureFixture) -> pd.DataFrame:
     """Assert that the main folder names no test patient, group or sample, in any file (tables,
     report, card, build.json, shards), and that the sequestered folder is sound and holds the
     test split; the sequestered manifest."""
@@ -73,7 +74,9 @@ def _check_apart(out: Path) -> pd.DataFrame:
         assert not found, (p, found[:3])
     main = read_manifest(out)
     assert "test" not in set(main["split"]) and len(main)
-    assert len(HiromlDataset(out, split="test")) == 0
+    with caplog.at_level(logging.WARNING, logger="hiroml.data.dataset"):
+        assert len(HiromlDataset(out, split="test")) == 0
+    assert f"the evaluator opens HiromlDataset('{held}', split='test')" in caplog.text
     for modality in ("cxr", "ct"):
         n = int((test_m["modality"] == modality).sum())
         assert len(HiromlDataset(held, split="test", modality=modality)) == n
@@ -81,14 +84,17 @@ def _check_apart(out: Path) -> pd.DataFrame:
 
 
 def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
-    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     root, truth = tiny_datamart
     dm, last = _week1(root, truth, tmp_path)
     out = tmp_path / "out"
     clinical = pd.read_csv(root / truth["clinical"], dtype=str)
     first = build.run(make_cfg(dm, out, ON, f"paths.clinical={root / truth['clinical']}"))
-    week1 = _check_apart(out)
+    week1 = _check_apart(out, caplog)
     was = {**dict(zip(read_manifest(out)["patient_id"], read_manifest(out)["split"], strict=True)),
            **dict.fromkeys(week1["patient_id"], "test")}  # fmt: skip
     info = json.loads((find_version(out).path / BUILD_JSON).read_text(encoding="utf-8"))  # type: ignore[union-attr]
@@ -118,7 +124,7 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     held_info = json.loads((find_version(out / SEQUESTERED_DIR).path / BUILD_JSON).read_text())  # type: ignore[union-attr]
     assert pid in held_info["summary"]["orphan_ids"]
     assert second.published and second.split_moves == 0 and second.new_failed_zips >= 1
-    week2 = _check_apart(out)
+    week2 = _check_apart(out, caplog)
     assert broken in set(pd.read_csv(out / SEQUESTERED_DIR / AUDIT)["zip"])
     main = read_manifest(out)
     now = {**dict(zip(main["patient_id"], main["split"], strict=True)),
@@ -137,7 +143,7 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     assert not again.published and again.tasks_reused == again.tasks
     assert again.new_failed_zips == 0  # the zips that failed before, test patients' included
     assert len(list_versions(out / SEQUESTERED_DIR)) == 2
-    _check_apart(out)
+    _check_apart(out, caplog)
 
 
 def _run_build(

@@ -41,7 +41,7 @@ from hiroml.store.reader import (
     to_float16,
     to_float32,
 )
-from hiroml.vocab import Split
+from hiroml.vocab import MANIFEST, SEQUESTERED_DIR, Split
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,19 @@ def _chain(
     first: Callable[[Sample], Sample], then: Callable[[Sample], Sample] | None
 ) -> Callable[[Sample], Sample]:
     return first if then is None else _Chain(first, then)
+
+
+def _say_if_sequestered(out_dir: Path, split: str | None, n: int) -> None:
+    """Warn, naming the folder to open, when the ``n`` samples found of ``split`` are none
+    because the test split of ``out_dir`` is sequestered."""
+    held = out_dir / SEQUESTERED_DIR
+    if split == Split.TEST and not n and (held / MANIFEST).is_file():
+        log.warning(
+            "%s: the test split is sequestered and this folder holds none of it: the "
+            "evaluator opens HiromlDataset(%r, split='test')",
+            out_dir,
+            str(held),
+        )
 
 
 class HiromlDataset(Dataset[Sample]):
@@ -183,6 +196,7 @@ class HiromlDataset(Dataset[Sample]):
         rows = m[m["modality"] == modality]
         if split is not None:
             rows = rows[rows["split"] == split]
+        _say_if_sequestered(self.out_dir, split, len(rows))
         rows = rows.sort_values("sample_key", kind="stable").reset_index(drop=True)
         self.keys: list[str] = rows["sample_key"].astype(str).tolist()
         self.shards: list[str] = [str(self.out_dir / s) for s in rows["shard"]]
