@@ -117,4 +117,6 @@ def test_claim_fills_the_data_items_with_the_builds_numbers(tiny_build_clinical:
     assert "| icu |" in items[14]  # the label column, with its prevalence per split
     assert "orphan" not in items[12] and "1 patient(s) have no row" in items[12]
     assert version.dataset_hash in items[43]
+    groups = manifest.groupby("split")["patient_group"].nunique()
+    assert f"| all weeks | train | {groups['train']} | " in items[36]
     assert "**authors to state.**" in items[11]

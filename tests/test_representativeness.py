@@ -79,6 +79,10 @@ def test_week_by_split_counts_and_distances_of_a_planted_manifest() -> None:
         rp.jensen_shannon([1, 1, 0, 0], [1, 1, 1, 1])
     )
     assert "2020-W21" not in rep.week_distance  # no patient first delivered that week
+    totals = rep.totals.set_index("split")
+    assert totals.loc["train", ["patients", "samples"]].tolist() == [2, 3]
+    assert totals.loc["train", "Race"] == {"Black": 1, "White": 1}
+    assert totals.loc["test", "age_band"] == {"18-39": 1, "<missing>": 1}
     assert rep.split_distance.keys() == {"train", "test"}
 
 
@@ -89,6 +93,25 @@ def test_the_plot_is_plain_svg_with_a_point_per_week_and_attribute() -> None:
     assert "<script" not in svg and "href" not in svg and " on" not in svg
     assert len(re.findall(r"<circle ", svg)) == 2 * 4  # 2 weeks x (3 attributes + joint)
     assert "2020-W19 sex: 0.558" in svg
+
+
+def test_a_long_feed_folds_its_weekly_table_and_thins_the_plots_labels() -> None:
+    weeks = [pd.Timestamp(2020, 1, 6) + pd.Timedelta(weeks=i) for i in range(30)]
+    manifest = pd.DataFrame(
+        {
+            "sample_key": [f"s{i}" for i in range(30)],
+            "patient_group": [f"g{i}" for i in range(30)],
+            "split": ["train" if i % 3 else "test" for i in range(30)],
+            "batch": [f"CXR-UPDATE-{d:%Y%m%d}-COMPLETE" for d in weeks],
+            "age_years": [20.0 + i for i in range(30)],
+            "sex": ["F" if i % 2 else "M" for i in range(30)],
+        }
+    )
+    section = rp.html_section(manifest)
+    assert "<details><summary>30 week-by-split rows</summary>" in section
+    svg = section[section.index("<svg") : section.index("</svg>")]
+    assert len(re.findall(r">2020-W\d\d</text>", svg)) == 10  # every third of 30 weeks
+    assert len(re.findall(r"<circle ", svg)) == 30 * 3
 
 
 def test_the_report_and_the_card_show_it_for_the_tiny_build(tiny_build_clinical: Path) -> None:
@@ -111,3 +134,4 @@ def test_the_report_and_the_card_show_it_for_the_tiny_build(tiny_build_clinical:
     train = rep.split_distance["train"][rp.JOINT]
     assert train is not None and "| split train | " in part and f"{train:.3f} |" in part
     assert part.count("\n| 2020-W") == len(rep.weekly)
+    assert part.count("\n| all weeks | ") == len(rep.totals) == len(rep.split_distance)

@@ -27,7 +27,12 @@ from hiroml._version import __version__
 from hiroml.report import card
 from hiroml.report.croissant import missing_text
 from hiroml.report.flow import Flow, compute_flow, text_column
-from hiroml.report.representativeness import JOINT, representativeness
+from hiroml.report.representativeness import (
+    JOINT,
+    markdown_table,
+    representativeness,
+    weekly_rows,
+)
 from hiroml.vocab import SPLITS, Modality
 
 #: The source of the item numbering (see the module docstring).
@@ -195,8 +200,18 @@ def _partition_items(
         f"{info.get('split_rule') or 'not recorded'}. A patient keeps its split across weekly "
         f"versions.\n\n{card._table(heads, _split_counts(manifest))}"
     )
+    by_attribute = [
+        "week",
+        "split",
+        "patients",
+        "samples",
+        *(a.replace("_", " ") for a in rep.attributes),
+    ]
     demographics = (
         card._table(card._DEMOGRAPHIC_HEADERS, card._demographics(manifest))
+        + "\n\nPatient groups per split by the attributes of their first exam (and the "
+        "clinical table's race/ethnicity columns, when it has them):\n\n"
+        + markdown_table(by_attribute, weekly_rows(rep, totals=True))
         + "\n\nJensen-Shannon distance (base 2) of each split's patients from all patients "
         f"(joint over {', '.join(rep.attributes) or 'nothing'}): {distances or '—'}; per "
         "delivery week in DATASET.md and report.html."

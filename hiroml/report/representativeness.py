@@ -128,12 +128,14 @@ class Representativeness:
 
     ``weekly``: one row per (week, split) with ``patients`` (groups first delivered that
     week), ``samples`` (delivered that week) and one column per attribute holding its counts
-    ``{value: patients}``. ``split_distance`` and ``week_distance``: ``{split or week:
-    {attribute or "joint": distance}}`` (None for a subset with no patient).
+    ``{value: patients}``. ``totals``: the same per split over all weeks. ``split_distance``
+    and ``week_distance``: ``{split or week: {attribute or "joint": distance}}`` (None for a
+    subset with no patient).
     """
 
     attributes: tuple[str, ...]
     weekly: pd.DataFrame
+    totals: pd.DataFrame
     split_distance: dict[str, dict[str, float | None]]
     week_distance: dict[str, dict[str, float | None]]
     patients: int
@@ -201,10 +203,25 @@ def representativeness(manifest: pd.DataFrame) -> Representativeness:
             rows.append(
                 {"week": week, "split": split, "patients": len(g), "samples": n_samples, **counts}
             )
-    weekly = pd.DataFrame(rows, columns=["week", "split", "patients", "samples", *attributes])
+    columns = ["week", "split", "patients", "samples", *attributes]
+    weekly = pd.DataFrame(rows, columns=columns)
+    totals = [
+        {
+            "week": "all weeks",
+            "split": split,
+            "patients": int((groups["split"] == split).sum()),
+            "samples": int((sample_split == split).sum()),
+            **{
+                a: _ordered(groups.loc[groups["split"] == split, a].value_counts().to_dict())
+                for a in attributes
+            },
+        }
+        for split in splits
+    ]
     return Representativeness(
         attributes=attributes,
         weekly=weekly,
+        totals=pd.DataFrame(totals, columns=columns),
         split_distance=_distances(groups, groups["split"], splits, attributes),
         week_distance=_distances(
             groups, groups["week"], [w for w in weeks if (groups["week"] == w).any()], attributes
@@ -226,8 +243,10 @@ def _distance_text(d: float | None) -> str:
     return "—" if d is None else f"{d:.3f}"
 
 
-def weekly_rows(rep: Representativeness) -> list[list[str]]:
-    """The week-by-split table as text cells: week, split, patients, samples, attributes."""
+def weekly_rows(rep: Representativeness, *, totals: bool = False) -> list[list[str]]:
+    """The week-by-split table (``totals``: the per-split one) as text cells: week, split,
+    patients, samples, attributes."""
+    table = rep.totals if totals else rep.weekly
     return [
         [
             str(r["week"]),
@@ -236,7 +255,7 @@ def weekly_rows(rep: Representativeness) -> list[list[str]]:
             str(r["samples"]),
             *(_counts_text(r[a]) for a in rep.attributes),
         ]
-        for r in rep.weekly.to_dict("records")
+        for r in table.to_dict("records")
     ]
 
 
@@ -284,9 +303,11 @@ def distance_svg(rep: Representativeness, *, width: int = 640, height: int = 240
         parts.append(
             f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>'
         )
-    for i, w in enumerate(weeks):
+    step = max(1, -(-len(weeks) // 12))  # at most 12 week labels
+    for i in range(0, len(weeks), step):
         parts.append(
-            f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle">{html.escape(w)}</text>'
+            f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle">'
+            f"{html.escape(weeks[i])}</text>"
         )
     parts.append(
         f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">'
@@ -329,8 +350,14 @@ NOTE = (
 )
 
 
+#: The week-by-split table is folded away in the report beyond this many rows.
+FOLD_ROWS = 24
+
+
 def html_section(manifest: pd.DataFrame) -> str:
-    """The report's "Representativeness over time" section (``id="over-time"``)."""
+    """The report's "Representativeness over time" section (``id="over-time"``): the plot,
+    the distances, the splits over all weeks, then the week-by-split table (folded away
+    beyond :data:`FOLD_ROWS` rows)."""
     from hiroml.report.html import _note, _table
 
     rep = representativeness(manifest)
@@ -339,33 +366,40 @@ def html_section(manifest: pd.DataFrame) -> str:
         return f'<section id="over-time">{title}{_note("No patient.")}</section>'
     inline = distance_svg(rep).replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
     heads = ["week", "split", "patients", "samples", *(a.replace("_", " ") for a in rep.attributes)]
-    distances = distance_rows(rep)
+    weekly = f'<div class="scroll">{_table(heads, weekly_rows(rep))}</div>'
+    if len(rep.weekly) > FOLD_ROWS:
+        weekly = (
+            f"<details><summary>{len(rep.weekly)} week-by-split rows</summary>{weekly}</details>"
+        )
     body = (
-        f'<div class="scroll">{_table(heads, weekly_rows(rep))}</div>'
+        f'<div class="flow">{inline}</div>'
         "<h4>Jensen-Shannon distance from all patients</h4>"
-        f'<div class="scroll">{_table(["subset", *heads[4:], JOINT], distances)}</div>'
-        f'<div class="flow">{inline}</div>{_note(html.escape(NOTE))}'
+        f'<div class="scroll">{_table(["subset", *heads[4:], JOINT], distance_rows(rep))}</div>'
+        f'<h4>Patients and samples per split and week</h4><div class="scroll">'
+        f"{_table(heads, weekly_rows(rep, totals=True))}</div>{weekly}{_note(html.escape(NOTE))}"
     )
     return f'<section id="over-time">{title}{body}</section>'
 
 
 def markdown_section(manifest: pd.DataFrame) -> str:
-    """The card's representativeness tables (Markdown): weeks by split, then distances."""
+    """The card's representativeness tables (Markdown): the splits over all weeks and week by
+    week, then the distances."""
     rep = representativeness(manifest)
     if not rep.patients:
         return "No patient."
-
-    def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-        cells = [[c.replace("|", "\\|") for c in r] for r in rows]
-        out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in cells])
-
     heads = ["week", "split", "patients", "samples", *(a.replace("_", " ") for a in rep.attributes)]
     return "\n\n".join(
         [
-            table(heads, weekly_rows(rep)),
+            markdown_table(heads, [*weekly_rows(rep, totals=True), *weekly_rows(rep)]),
             "Jensen-Shannon distance from all patients:",
-            table(["subset", *heads[4:], JOINT], distance_rows(rep)),
+            markdown_table(["subset", *heads[4:], JOINT], distance_rows(rep)),
             NOTE,
         ]
     )
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of text cells (``|`` escaped)."""
+    cells = [[c.replace("|", "\\|") for c in r] for r in rows]
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in cells])
