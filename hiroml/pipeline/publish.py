@@ -112,11 +112,9 @@ def _say_what_changed(published: Published, summary: BuildSummary) -> None:
     """Record in the summary (the console's closing lines) a new version identical in content
     to an earlier one, and warn of label columns the previous version had and this one lacks."""
     change = published.diff
-    if change is None:
-        return
-    summary.identical_to = change.identical_to
-    summary.labels_dropped = list(change.labels_dropped)
-    if change.labels_dropped:
+    summary.identical_to = change.identical_to if change is not None else ""
+    summary.labels_dropped = list(change.labels_dropped) if change is not None else []
+    if change is not None and change.labels_dropped:
         log.warning(
             "version %s lacks the label column(s) %s of version %s: the clinical table "
             "(paths.clinical) was not given, or lacks them; version %s still has them "
