@@ -21,34 +21,73 @@ from hiroml.pipeline import executor, faults
 DIED = "the worker process died (signal 9 — out of memory?)"
 
 
+@pytest.fixture(scope="module")
+def clean(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> pd.DataFrame:
+    """The manifest of the tiny datamart built with no fault."""
+    root, _ = tiny_datamart
+    out = tmp_path_factory.mktemp("clean") / "out"
+    build.run(make_cfg(root, out))
+    return pd.read_parquet(out / "manifest.parquet")
+
+
+COLS = ["sample_key", "exam_key", "data_hash", "shape", "view"]
+
+
+def _samples(df: pd.DataFrame) -> pd.DataFrame:
+    return df[COLS].astype(str).sort_values("sample_key").reset_index(drop=True)
+
+
+def _build(root: Path, out: Path, fault: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "hiroml", f"paths.datamart={root}", f"paths.output={out}",
+           "progress=false", "executor.workers=2", f"runtime.fault={fault}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenProcessPool" not in done.stderr
+    return done
+
+
 def test_an_exam_that_kills_its_worker_is_an_error_row_and_the_others_convert(
-    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+    tiny_datamart: tuple[Path, dict[str, Any]], clean: pd.DataFrame, tmp_path: Path
 ) -> None:
     root, _ = tiny_datamart
-    clean = tmp_path / "clean"
-    build.run(make_cfg(root, clean))
-    ref = pd.read_parquet(clean / "manifest.parquet")
+    ref = clean
     # a radiograph exam whose task holds other exams (the tiny datamart's first batch)
     cxr = ref[ref["modality"] == "cxr"].sort_values("sample_key")
     victim = str(cxr["exam_key"].iloc[len(cxr) // 2])
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "hiroml", f"paths.datamart={root}", f"paths.output={out}",
-           "progress=false", "executor.workers=2", f"runtime.fault=kill_exam:{victim}"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr and "BrokenProcessPool" not in done.stderr
+    _build(root, out, f"kill_exam:{victim}")
     got = pd.read_parquet(out / "manifest.parquet")
     assert victim not in set(got["exam_key"])
-    others = ref[ref["exam_key"] != victim]
-    cols = ["sample_key", "exam_key", "data_hash", "shape", "view"]
-    key = lambda df: df[cols].astype(str).sort_values("sample_key").reset_index(drop=True)  # noqa: E731
-    pd.testing.assert_frame_equal(key(got), key(others))
+    pd.testing.assert_frame_equal(_samples(got), _samples(ref[ref["exam_key"] != victim]))
     audit = pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False)
     rows = audit[audit["reason"].str.contains(DIED, regex=False)]
     assert len(rows) >= 1 and set(rows["action"]) == {"error"}
     assert all(r.startswith(f"exam {victim}: ") for r in rows["reason"])
     zips = {Path(z).name for zs in ref.loc[ref["exam_key"] == victim, "source_zips"] for z in zs}
     assert set(rows["zip"]) == zips
+
+
+def test_a_zip_that_kills_its_index_worker_is_an_error_row_and_the_others_convert(
+    tiny_datamart: tuple[Path, dict[str, Any]], clean: pd.DataFrame, tmp_path: Path
+) -> None:
+    root, _ = tiny_datamart
+    # a radiograph exam of one zip: the zip's loss takes that exam only
+    cxr = clean[clean["modality"] == "cxr"].sort_values("sample_key")
+    one = cxr[cxr["source_zips"].map(len) == 1]
+    victim = str(one["exam_key"].iloc[0])
+    name = Path(str(one["source_zips"].iloc[0][0])).name
+    out = tmp_path / "out"
+    _build(root, out, f"kill_zip:{name}")
+    audit = pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False)
+    rows = audit[audit["zip"] == name]
+    assert list(rows["action"]) == ["error"]
+    assert rows["reason"].iloc[0] == f"{name}: {DIED} while it was indexed"
+    got = pd.read_parquet(out / "manifest.parquet")
+    pd.testing.assert_frame_equal(_samples(got), _samples(clean[clean["exam_key"] != victim]))
 
 
 def _kill_on(items: tuple[int, ...]) -> int:

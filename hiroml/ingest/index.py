@@ -30,7 +30,8 @@ from hiroml.dicom.limits import DEFAULT as DEFAULT_LIMITS
 from hiroml.dicom.limits import check_pixels
 from hiroml.errors import BadInputError, ZipSafetyError, internal_trace
 from hiroml.ingest.cache import IndexCache
-from hiroml.pipeline.executor import map_items
+from hiroml.pipeline import faults
+from hiroml.pipeline.executor import Retry, map_items
 from hiroml.records import ExamZip, Instance, Problem, ZipIndex
 from hiroml.vocab import Action
 
@@ -366,6 +367,7 @@ def index_zip(
     from hiroml.ingest.zipio import SafeZip
 
     batch, name = ezip.batch.name, ezip.file_name
+    faults.zip_read(name)
     instances: list[Instance] = []
     problems: list[Problem] = []
 
@@ -437,9 +439,10 @@ class IndexResult:
     bytes_read: int
 
 
-def _index_job(
-    args: tuple[str, ExamZip, IndexConfig, MemberHook | None, LimitsConfig],
-) -> ZipIndex:
+_IndexJob = tuple[str, ExamZip, IndexConfig, "MemberHook | None", LimitsConfig]
+
+
+def _index_job(args: _IndexJob) -> ZipIndex:
     return index_zip(*args)
 
 
@@ -500,6 +503,7 @@ def build_index(
             unit_scale=True,
             progress=progress,
             status=status,
+            retry=Retry(lambda job: [job], _index_died, lambda _job, parts: parts[0]),
         )
         _collect(((job[1], zi) for job, zi in stream), cache, results, on_zip)
         cache.commit()
@@ -514,6 +518,15 @@ def build_index(
         removed=len(gone),
         seconds=time.perf_counter() - t0,
         bytes_read=nbytes,
+    )
+
+
+def _index_died(job: _IndexJob, reason: str) -> ZipIndex:
+    """The index of a zip whose worker process died reading it, alone: an error row."""
+    ezip = job[1]
+    reason = f"{ezip.file_name}: {reason} while it was indexed"
+    return ZipIndex(
+        ezip.rel_path, (), (Problem(ezip.file_name, ezip.batch.name, "", "index", reason),)
     )
 
 

@@ -15,6 +15,7 @@ Two more kinds, for the tests of a dying worker and of a full disk:
 
 - ``kill_exam:<exam_key>``: the worker process that starts converting that exam kills
   itself with SIGKILL (as the kernel's out-of-memory killer does), each time it starts it;
+  ``kill_zip:<zip file name>`` the same for the worker that starts indexing that zip;
 - ``enospc:<write point>``: the first write at that point raises ``OSError(ENOSPC)``, as a
   full disk does. The write points (:data:`WRITE_POINTS`): ``shards`` (a worker adding a
   sample to its shard) and ``root_files`` (a root copy of the new version's files).
@@ -32,13 +33,14 @@ import signal
 ENV = "HIROML_FAULT"  # the environment variable configs/build.yaml reads into runtime.fault
 POINTS = ("after_shards", "before_root_tables", "during_prune")
 KILL_EXAM = "kill_exam"
+KILL_ZIP = "kill_zip"
 ENOSPC = "enospc"
 WRITE_POINTS = ("shards", "root_files")
 EXIT_CODE = 137
 
 _armed: list[tuple[str, int]] = []  # the point and count armed for this process, if any
 _seen: dict[str, int] = {}
-_keyed: dict[str, str] = {}  # KILL_EXAM -> exam key, ENOSPC -> write point
+_keyed: dict[str, str] = {}  # KILL_EXAM -> exam key, KILL_ZIP -> zip name, ENOSPC -> point
 
 
 def parse(spec: str) -> tuple[str, int]:
@@ -58,9 +60,9 @@ def parse(spec: str) -> tuple[str, int]:
 def check(spec: str) -> None:
     """ValueError when ``spec`` is not a fault this module knows (see the module docstring)."""
     kind, _, arg = spec.partition(":")
-    if kind == KILL_EXAM:
+    if kind in (KILL_EXAM, KILL_ZIP):
         if not arg:
-            raise ValueError(f"{ENV}={spec!r}: give the exam key after '{KILL_EXAM}:'")
+            raise ValueError(f"{ENV}={spec!r}: give the exam key or zip name after '{kind}:'")
     elif kind == ENOSPC:
         if arg not in WRITE_POINTS:
             raise ValueError(f"{ENV}={spec!r}: the write point must be one of {WRITE_POINTS}")
@@ -77,7 +79,7 @@ def arm(spec: str | None) -> None:
         return
     check(spec)
     kind, _, arg = spec.partition(":")
-    if kind in (KILL_EXAM, ENOSPC):
+    if kind in (KILL_EXAM, KILL_ZIP, ENOSPC):
         _keyed[kind] = arg
     else:
         _armed.append(parse(spec))
@@ -86,6 +88,12 @@ def arm(spec: str | None) -> None:
 def exam(key: str) -> None:
     """Kill this process with SIGKILL if ``kill_exam:<key>`` is armed."""
     if _keyed and _keyed.get(KILL_EXAM) == key:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def zip_read(name: str) -> None:
+    """Kill this process with SIGKILL if ``kill_zip:<name>`` is armed."""
+    if _keyed and _keyed.get(KILL_ZIP) == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
