@@ -205,14 +205,18 @@ def _main(cfg: DictConfig) -> None:
     print(f"  open {summary.output}/report.html; check with: hiroml-verify {summary.output}")
 
 
+#: how long each size of the demo datamart takes to generate (hiroml-synth --help)
+_DEMO_TIME = {"tiny": "; a few seconds", "demo": "; about 30 s", "bench": "; about 10 minutes"}
+
+
 def _announce_demo(cfg: BuildConfig) -> None:
     """The first line of a first demo build: where the demo datamart goes and what it is."""
     root = demo_pending(cfg)
     if root is not None:
+        takes = _DEMO_TIME.get(cfg.demo_size, "")
         print(
             f"hiroml-build: no paths.datamart given: generating the {cfg.demo_size} synthetic "
-            f"datamart (made-up patients, not real data) in {root}/ first (once; the demo "
-            "size takes about 30 s)",
+            f"datamart (made-up patients, not real data) in {root}/ first (once{takes})",
             flush=True,
         )
 
