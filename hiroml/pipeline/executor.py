@@ -179,22 +179,25 @@ def _pool_round(
     pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)))
     procs: dict[int, Any] = {}
     flying: dict[Future[R], tuple[int, T]] = {}
+
+    def fill() -> None:
+        while queue and len(flying) < workers and not lost:
+            i, item = queue.popleft()
+            flying[pool.submit(fn, item)] = (i, item)
+            procs.update(getattr(pool, "_processes", None) or {})
+
     try:
-        while queue or flying:
-            while queue and len(flying) < workers and not lost:
-                i, item = queue.popleft()
-                flying[pool.submit(fn, item)] = (i, item)
-                procs.update(getattr(pool, "_processes", None) or {})
+        fill()
+        while flying:
             done, _ = wait(flying, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i, item = flying.pop(fut)
+            finished = [(fut, *flying.pop(fut)) for fut in done]
+            lost += [(i, x) for f, i, x in finished if isinstance(f.exception(), BrokenProcessPool)]
+            fill()  # before the caller handles the results: no worker waits on it
+            for fut, _i, item in finished:
                 if isinstance(fut.exception(), BrokenProcessPool):
-                    lost.append((i, item))
                     yield item, _Died(_dead_reason(list(procs.values())))
                 else:
                     yield item, fut.result()
-            if lost and not flying:
-                break
     except BaseException:  # Ctrl-C, SIGTERM, an item's error (a full disk): stop now
         _stop(pool)
         raise
