@@ -130,7 +130,10 @@ def text_column(df: pd.DataFrame, col: str) -> pd.Series:
     ``""``: the form the flow and the dataset card count by."""
     if col not in df.columns:
         return pd.Series([""] * len(df), index=df.index, dtype=object)
-    return df[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
+    values = df[col]
+    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        return values.fillna("").astype(object)  # text already: missing is NaN, nothing else
+    return values.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
 
 
 def _zip_status(actions: set[str]) -> str:

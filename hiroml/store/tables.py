@@ -144,25 +144,43 @@ def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
     return pa.array([_as_list(v) for v in values], type=typ)
 
 
+#: rows of a list column converted through numpy at a time: the int64 grid numpy makes of
+#: Python ints stays small (4 MB for 1,024-value signatures) however many rows there are
+_GRID_ROWS = 512
+
+
 def _uniform_numbers(values: list[Any], kind: pa.DataType) -> pa.Array | None:
     if not all(isinstance(v, tuple | list | np.ndarray) for v in values):
         return None
+    want = np.dtype(kind.to_pandas_dtype())
+    parts: list[np.ndarray] = []
+    for start in range(0, len(values), _GRID_ROWS):
+        part = _grid(values[start : start + _GRID_ROWS], want)
+        if part is None or (parts and part.shape[1] != parts[0].shape[1]):
+            return None
+        parts.append(part)
+    grid = np.concatenate(parts)
+    flat = pa.array(grid.reshape(-1), type=kind)
+    offsets = pa.array(np.arange(0, grid.size + 1, grid.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def _grid(values: list[Any], want: np.dtype) -> np.ndarray | None:
+    """``values`` (lists of numbers of one length) as a 2-D array of ``want``; None where
+    pyarrow's per-value rules must decide (ragged, floats into integers, out of range)."""
     try:
         grid = np.asarray(values)
     except ValueError:  # ragged
         return None
     if grid.ndim != 2 or grid.shape[1] < 2 or grid.dtype.kind not in "iuf":
         return None
-    want = kind.to_pandas_dtype()
-    if grid.dtype.kind == "f" and np.dtype(want).kind != "f":
+    if grid.dtype.kind == "f" and want.kind != "f":
         return None  # floats into an integer column: pyarrow's per-value rules
-    if np.dtype(want).kind in "iu" and grid.size:
+    if want.kind in "iu" and grid.size:
         info = np.iinfo(want)
         if grid.min() < info.min or grid.max() > info.max:
             return None  # out of range: the per-cell path raises as it always has
-    flat = pa.array(grid.reshape(-1).astype(want, copy=False), type=kind)
-    offsets = pa.array(np.arange(0, grid.size + 1, grid.shape[1], dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, flat)
+    return grid.astype(want, copy=False)
 
 
 def _text(v: Any) -> str | None:
