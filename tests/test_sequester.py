@@ -4,6 +4,7 @@ on or off on an existing output refused."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -83,28 +84,41 @@ def _check_apart(out: Path, caplog: pytest.LogCaptureFixture) -> pd.DataFrame:
     return test_m
 
 
+#: temporal: the groups first seen after this day are test (in the tiny datamart, those of the
+#: CT batches; the last CT batch brings one more)
+CUTOFF = dt.date(2020, 3, 30)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [(), ("splits.strategy=temporal", f"splits.temporal.test_after={CUTOFF}")],
+    ids=["hash", "temporal"],
+)
 def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    rule: tuple[str, ...],
 ) -> None:
     root, truth = tiny_datamart
     dm, last = _week1(root, truth, tmp_path)
     out = tmp_path / "out"
     clinical = pd.read_csv(root / truth["clinical"], dtype=str)
-    first = build.run(make_cfg(dm, out, ON, f"paths.clinical={root / truth['clinical']}"))
+    first = build.run(make_cfg(dm, out, ON, *rule, f"paths.clinical={root / truth['clinical']}"))
     week1 = _check_apart(out, caplog)
     was = {**dict(zip(read_manifest(out)["patient_id"], read_manifest(out)["split"], strict=True)),
            **dict.fromkeys(week1["patient_id"], "test")}  # fmt: skip
     info = json.loads((find_version(out).path / BUILD_JSON).read_text(encoding="utf-8"))  # type: ignore[union-attr]
-    rule = info["splits"]
-    assert rule["sequester"] is True and rule["strategy"] == "hash"
-    assert rule["sequestered_samples"] == len(week1)
-    assert rule["sequestered_version"] == find_version(out / SEQUESTERED_DIR).name  # type: ignore[union-attr]
-    assert "the test split is sequestered" in rule["rule"]
+    recorded = info["splits"]
+    assert recorded["sequester"] is True and recorded["strategy"] == (
+        "temporal" if rule else "hash"
+    )
+    assert recorded["sequestered_samples"] == len(week1)
+    assert recorded["sequestered_version"] == find_version(out / SEQUESTERED_DIR).name  # type: ignore[union-attr]
+    assert "the test split is sequestered" in recorded["rule"]
     text = "\n".join(first.lines())
-    assert f"test split sequestered: {rule['sequestered_patients']} patient group(s)" in text
+    assert f"test split sequestered: {recorded['sequestered_patients']} patient group(s)" in text
     for name in ("report.html", "DATASET.md"):
         assert f"in the {SEQUESTERED_DIR}/ folder of the output" in (out / name).read_text("utf-8")
         assert (out / SEQUESTERED_DIR / name).is_file()
@@ -120,7 +134,7 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
     # and a clinical table without the test patient's row: an orphan the main folder never names
     table = tmp_path / "clinical.csv"
     clinical[clinical["patient_id"] != pid].to_csv(table, index=False)
-    second = build.run(make_cfg(dm, out, ON, f"paths.clinical={table}"))
+    second = build.run(make_cfg(dm, out, ON, *rule, f"paths.clinical={table}"))
     held_info = json.loads((find_version(out / SEQUESTERED_DIR).path / BUILD_JSON).read_text())  # type: ignore[union-attr]
     assert pid in held_info["summary"]["orphan_ids"]
     assert second.published and second.split_moves == 0 and second.new_failed_zips >= 1
@@ -131,15 +145,24 @@ def test_the_main_folder_holds_no_test_patient_across_weekly_builds(
            **dict.fromkeys(week2["patient_id"], "test")}  # fmt: skip
     assert len(now) > len(was) and all(now[p] == s for p, s in was.items())
     assert len(week2) > len(week1)  # the new batch brought test samples: they went apart
-    cfg = make_cfg(dm, out, ON).splits
-    groups = pd.concat([main, week2])[["patient_group", "split"]].drop_duplicates()
-    assert all(
-        split_of(g, cfg) == s for g, s in zip(groups["patient_group"], groups["split"], strict=True)
+    # every group (new ones included) has the split the recorded rule gives it
+    groups = (
+        pd.concat([main, week2])
+        .groupby("patient_group")
+        .agg(split=("split", "first"), first=("exam_time", "min"))
     )
+    if rule:
+        assert ((groups["first"].dt.date > CUTOFF) == (groups["split"] == "test")).all()
+        assert set(week2["patient_group"]) - set(week1["patient_group"])  # a new test patient
+    else:
+        cfg = make_cfg(dm, out, ON).splits
+        assert all(split_of(g, cfg) == s for g, s in groups["split"].items())
     assert len(list_versions(out / SEQUESTERED_DIR)) == 2
 
     # nothing new: no version on either side, every task reused
-    again = build.run(make_cfg(dm, out, ON, f"paths.clinical={table}", "skip_unchanged=false"))
+    again = build.run(
+        make_cfg(dm, out, ON, *rule, f"paths.clinical={table}", "skip_unchanged=false")
+    )
     assert not again.published and again.tasks_reused == again.tasks
     assert again.new_failed_zips == 0  # the zips that failed before, test patients' included
     assert len(list_versions(out / SEQUESTERED_DIR)) == 2
