@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -138,7 +139,7 @@ def test_a_full_disk_at_each_write_point_leaves_the_previous_version_whole_and_l
         faults.arm(None)
         monkeypatch.undo()
     assert [v.name for v in list_versions(out)] == [v1.name]
-    assert not [p for p in (out / VERSIONS_DIR).iterdir() if not p.name.startswith(".")][1:]
+    assert sorted(p.name for p in (out / VERSIONS_DIR).iterdir()) == [v1.name]  # nothing hidden
     assert _root_files(out) == before
     assert not list(out.glob(".*.tmp"))  # no staged root copy left behind
     ds = HiromlDataset(out, split=None)
@@ -204,3 +205,19 @@ def test_the_line_names_the_mount_the_free_space_and_the_need(tmp_path: Path) ->
     assert diskfull.disk_full_error(OSError(errno.EACCES, "denied"), tmp_path, version=None) is None
     assert diskfull.is_disk_full(sqlite3.OperationalError("database or disk is full"))
     assert diskfull.human(1536) == "1.5 KiB"
+
+
+def test_a_worker_that_dies_on_a_full_disk_is_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libhdf5 may crash rather than raise on a full disk: a death with under 64 MiB free is
+    taken for one (the build stops with the line), not for the exam's fault."""
+    from hiroml.pipeline import worker
+
+    spec = SimpleNamespace(out_dir=str(tmp_path), exams=(), task_id="t")
+    monkeypatch.setattr(worker.shutil, "disk_usage", lambda _p: SimpleNamespace(free=1 << 20))
+    with pytest.raises(OSError, match="signal 11") as caught:
+        worker.died_task(spec, "the worker process died (signal 11)")  # type: ignore[arg-type]
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.setattr(worker.shutil, "disk_usage", lambda _p: SimpleNamespace(free=1 << 30))
+    assert worker.died_task(spec, "x").problems == ()  # type: ignore[arg-type]

@@ -298,10 +298,10 @@ def _publish_new(
             "tables": table_checksums(tmp),
         }
         (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
+        os.replace(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half version behind
         raise
-    os.replace(tmp, root / name)
     version = _read_version(root / name)
     if version is None:  # pragma: no cover - written just above
         raise VersionError(f"{root / name} could not be read back after publishing")
