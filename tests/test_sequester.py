@@ -4,6 +4,7 @@ on or off on an existing output refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -21,8 +22,9 @@ from hiroml import HiromlDataset
 from hiroml import pipeline as build
 from hiroml.cli import build as cli_build
 from hiroml.errors import ConfigError
+from hiroml.exams.linking import GroupLink
 from hiroml.exams.splits import split_of
-from hiroml.pipeline.sequester import Tokens, part_tables
+from hiroml.pipeline.sequester import Tokens, part_links, part_tables
 from hiroml.store.reader import read_manifest, read_patients
 from hiroml.store.verify import verify
 from hiroml.versions.listing import find_version, list_versions
@@ -254,6 +256,11 @@ def test_tables_are_parted_by_whole_tokens() -> None:
     assert list(parted.patients["links"].iloc[0]) == []
     assert list(parted.audit["zip"]) == ["1100_20200101-000000_A2_XR.zip", "y.zip"]
     assert list(parted.held_audit["zip"]) == ["110_20200101-000000_A1_XR.zip", "x.zip"]
+    link = GroupLink(
+        "near", "1100_x:1", "9_y:1", "1100_x", "9_y", "1100", "9", "g1100", "g9", 0.97, False
+    )
+    to_test = dataclasses.replace(link, other_key="110_z:2", other_patient_id="110")
+    assert part_links([link, to_test], parted.tokens) == ([link], [to_test])
     tokens = Tokens.of(["110", "OLD-7", "MRN-001"])
     assert tokens.named_in("patient 110, joined") and tokens.named_in("was OLD-7.")
     assert tokens.named_in("MRN-001_20200101-000000_A1_XR.zip")

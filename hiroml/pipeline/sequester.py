@@ -23,9 +23,11 @@ file, once written, never changes.
 The tables: a manifest or patients row goes with its split. An audit row goes to the
 sequestered audit when one of its cells names a test patient id or patient group (as a
 whole token: letters and digits not run on; exam keys, sample keys and zip names begin with
-the patient id); the main audit keeps the count. The main tables' cross references
-(``near_duplicates`` of the manifest, ``links`` of the patients table) drop the entries that
-name a test patient.
+the patient id). The main tables' cross references (``near_duplicates`` of the manifest,
+``links`` of the patients table) and the summary's lists of ids (``orphan_ids``) drop the
+entries that name a test patient. The main folder keeps counts: ``build.json``'s ``splits``
+has ``sequestered_samples``, ``sequestered_patients``, ``sequestered_audit_rows`` and the
+``sequestered_version`` published with it.
 
 The rule: ``build.json``'s ``splits`` records ``sequester``, the strategy and the rule in
 words. Every version of a sequestered output must be: :func:`check_output` refuses (exit 2)
@@ -288,8 +290,15 @@ def part_links(
     main: list[GroupLink] = []
     held: list[GroupLink] = []
     for k in links:
-        names = (k.sample_key, k.other_key, k.patient_id, k.other_patient_id, k.group)
-        (held if any(tokens.named_in(str(n)) for n in (*names, k.other_group)) else main).append(k)
+        names = (
+            k.sample_key,
+            k.other_key,
+            k.patient_id,
+            k.other_patient_id,
+            k.group,
+            k.other_group,
+        )
+        (held if any(tokens.named_in(str(n)) for n in names) else main).append(k)
     return main, held
 
 
