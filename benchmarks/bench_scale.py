@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -156,12 +157,22 @@ def measure(work: Path, base: list[Path], week: Path, n_base: int, n_week: int) 
     (dm / week.name).symlink_to(week.resolve())
     again = build(dm, out)
     print(f"  + week {n_week}: {again.wall:.1f} s ({again.seconds:.1f} s CPU), {again.line}")
+    print(f"    its stages (wall s, build.json timings): {_timings(out)}", flush=True)
     zips = sorted(week.glob("*.zip"))
     decode_loop(zips[:1])
     decode = decode_cpu(zips)
     base_decode = decode_cpu(sorted(z for f in base for z in f.glob("*.zip")))
     print(f"  decode: week {decode:.2f} s, base {base_decode:.1f} s CPU", flush=True)
     return Row(n_base, first, again, decode, base_decode)
+
+
+def _timings(out: Path) -> str:
+    """The stage timings the latest version's ``build.json`` records."""
+    infos = sorted((out / "versions").glob("*/build.json"))
+    if not infos:
+        return "(no version)"
+    timings = json.loads(infos[-1].read_text()).get("timings", {})
+    return ", ".join(f"{k} {v}" for k, v in timings.items())
 
 
 def table(rows: list[Row], n_week: int) -> None:

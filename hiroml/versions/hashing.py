@@ -99,12 +99,14 @@ def hash_table(table: Any, *, scheme: int = DATASET_HASH_SCHEME) -> str:
     if scheme != DATASET_HASH_SCHEME:
         raise ValueError(f"dataset hash scheme {scheme!r} is unknown (1 or 2)")
     columns = sorted(c for c in table.column_names if c not in UNHASHED_COLUMNS)
+    order = None
     if "sample_key" in columns and table.num_rows:
-        table = table.take(pc.sort_indices(table.column("sample_key").cast(pa.string())))
+        order = pc.sort_indices(table.column("sample_key").cast(pa.string()))
     h = hashlib.sha256(_SCHEME_2_HEAD + json.dumps(columns).encode())
-    for name in columns:
+    for name in columns:  # one sorted column at a time: no copy of the whole table
+        values = table.column(name)
         col = hashlib.sha256()
-        _feed_values(col, table.column(name).combine_chunks())
+        _feed_values(col, (values if order is None else values.take(order)).combine_chunks())
         h.update(b"\n" + json.dumps(name).encode() + b"\x00" + col.digest())
     return h.hexdigest()
 

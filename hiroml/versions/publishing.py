@@ -152,6 +152,7 @@ def _write_version(
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
     change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
+    release_arrow_memory()  # the tables written and the two manifests the diff read
     if latest is not None:  # the settings and environment against the latest's build.json
         before = build_info_of(latest)
         now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
@@ -164,6 +165,14 @@ def _write_version(
         )
     write_report(tmp, name, changes_html(change), digest)
     return change
+
+
+def release_arrow_memory() -> None:
+    """Hand the memory pyarrow's pool keeps after freeing back to the system. The pool
+    (mimalloc) keeps freed pages for reuse; after the manifest was converted, hashed,
+    written and read back for the diff it kept about 130 MB at 6,300 samples, which the
+    driver then carried as resident memory into the report."""
+    pa.default_memory_pool().release_unused()
 
 
 def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
@@ -207,6 +216,7 @@ def publish(
     _check_shards_present(out, manifest)
     table = manifest_table(manifest)  # once: hashed, then written
     digest = hash_table(table)
+    release_arrow_memory()
     latest = find_version(out)
 
     def pruned() -> Pruned:
