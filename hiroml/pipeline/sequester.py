@@ -234,7 +234,9 @@ def _cell_text(value: Any) -> str:
 
 
 def _names(row: Sequence[Any], tokens: Tokens) -> bool:
-    return any(tokens.named_in(_cell_text(v)) for v in row)
+    """Whether a cell of ``row`` names a test patient (the cells read as one text, a space
+    between two)."""
+    return tokens.named_in(" ".join(_cell_text(v) for v in row))
 
 
 def _drop_named(value: Any, tokens: Tokens) -> Any:
@@ -264,7 +266,8 @@ def part_tables(manifest: pd.DataFrame, patients: pd.DataFrame, audit: pd.DataFr
     tokens = test_tokens(manifest, patients)
     is_test = (manifest["split"] == Split.TEST).to_numpy()
     p_test = (patients["split"] == Split.TEST).to_numpy()
-    a_test = [_names(row, tokens) for row in audit.itertuples(index=False)]
+    columns = [audit[c].tolist() for c in audit.columns]  # plain lists: fast to walk
+    a_test = [_names(row, tokens) for row in zip(*columns, strict=True)] if columns else []
     a_mask = pd.Series(a_test, index=audit.index, dtype=bool)
     main_m = manifest[~is_test].reset_index(drop=True)
     main_p = patients[~p_test].reset_index(drop=True)
