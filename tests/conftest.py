@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from absl import logging as absl_logging
 
 from hiroml.config import BuildConfig
+
+# absl (mlcroissant logs through it) binds its handler to the sys.stderr of its import, pytest's
+# capture, and closes that stream when logging is configured again (Hydra does, in every
+# in-process build): every later test would fail on a closed file. The real stderr it never closes.
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 #: make_cfg(datamart, out, *overrides) -> the typed config composed by Hydra.
 MakeCfg = Callable[..., BuildConfig]
