@@ -15,7 +15,7 @@ two splits, every shard matching its checksum, every version's tables matching i
 build.json. Exit 0 when sound, 1 naming the offenders."""
 EPILOG = """examples:
   hiroml-verify hiroml-out
-  hiroml-verify hiroml-out --quick            # trust the stored data hashes
+  hiroml-verify hiroml-out --quick            # trust stored data hashes and recorded pairs
   hiroml-verify hiroml-out --all              # every kept version"""
 
 
@@ -33,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("out", type=Path, help="a hiroml output folder (or its manifest.parquet)")
     parser.add_argument(
-        "--quick", action="store_true", help="trust stored data hashes (skip re-hashing pixels)"
+        "--quick",
+        action="store_true",
+        help="trust stored data hashes (skip re-hashing pixels) and the near-duplicate pairs "
+        "a build recorded (only new signatures searched)",
     )
     parser.add_argument(
         "--strict",

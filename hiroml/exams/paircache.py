@@ -12,7 +12,9 @@ new ones, are searched against all (:func:`hiroml.exams.neardup.update_pair_arra
 all). A signature no longer present (a batch removed, a zip changed) drops its pairs. The
 result is the same, bit for bit, as a search of every pair. Another threshold or rule, or
 a file that cannot be read or does not hold together, means a search of every pair; the
-file is then replaced (one file is kept).
+file is then replaced (one file is kept). The version a build publishes records the file's
+SHA-256 in its ``build.json`` (:func:`file_record`), so that ``hiroml-verify --quick`` reads
+back only a file no one changed since (:mod:`hiroml.store.nearsplit`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "neardup"
 CACHE_FILE = "pairs.npz"
 DIGEST_SIZE = 16
+#: the key of ``build.json`` under which a build records its pairs file (:func:`file_record`)
+RECORD_KEY = "near_duplicate_pairs"
 
 
 def cache_dir(out: Path) -> Path:
@@ -79,6 +83,27 @@ def match_rows(digests: np.ndarray, previous: np.ndarray) -> np.ndarray:
     out = np.full(len(digests), -1, dtype=np.int64)
     out[order[1:][same] - m] = order[:-1][same]
     return out
+
+
+def file_record(out: Path) -> dict[str, str] | None:
+    """What a version's ``build.json`` records (under :data:`RECORD_KEY`) of the pairs file
+    its build left: the file's SHA-256; None when there is no file. ``hiroml-verify --quick``
+    reads back only a file whose SHA-256 a kept version recorded."""
+    path = cache_dir(out) / CACHE_FILE
+    if not path.is_file():
+        return None
+    return {"sha256": file_sha256(path)}
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def stored_pairs(path: Path, threshold: float) -> tuple[np.ndarray, neardup.PairArrays] | None:
+    """The digests and pairs stored in ``path`` when they were found at ``threshold`` under
+    today's rule and hold together (as :func:`_save` writes them); None (logged) otherwise."""
+    return _load(path, threshold)
 
 
 def _load(path: Path, threshold: float) -> tuple[np.ndarray, neardup.PairArrays] | None:

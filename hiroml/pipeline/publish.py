@@ -75,7 +75,7 @@ def publish(
         patients,
         audit,
         write_report=write_report,
-        build_info=_build_info(cfg, summary, found, environment),
+        build_info={**_build_info(cfg, summary, found, environment), **_pairs_record(cfg, out)},
         keep=cfg.versions.keep,
         live_shards=set(manifest["shard"]) | {s for r in results for s in r.shards},
         live_tasks={r.task_id for r in results},
@@ -106,6 +106,15 @@ def _build_info(
             if k not in ("version", "published", "versions_pruned")
         },
     }
+
+
+def _pairs_record(cfg: BuildConfig, out: Path) -> dict[str, Any]:
+    """The SHA-256 of the near-duplicate pairs file the build searched with, under
+    ``near_duplicate_pairs`` (``hiroml-verify --quick`` reads back only a recorded file)."""
+    from hiroml.exams import paircache
+
+    record = paircache.file_record(out) if cfg.splits.near_duplicate_threshold else None
+    return {paircache.RECORD_KEY: record} if record else {}
 
 
 def _say_what_changed(published: Published, summary: BuildSummary) -> None:

@@ -8,8 +8,10 @@ missing from its shard, or whose stored shape or ``data_hash`` differs from the 
 (``deep``: the hash is also recomputed from the stored pixels).
 
 Warnings (exit 0; errors with ``--strict``): near-duplicate radiographs in two splits, found
-afresh from the manifest's ``signature`` column (rank correlation >= ``--near-threshold``,
-default that of ``splits.near_duplicate_threshold``, :mod:`hiroml.exams.neardup`).
+from the manifest's ``signature`` column (rank correlation >= ``--near-threshold``, default
+that of ``splits.near_duplicate_threshold``, :mod:`hiroml.exams.neardup`) by an exact search
+of the pairs across splits; with ``--quick``, from the pairs the build recorded and a search
+of the signatures they do not cover (:mod:`hiroml.store.nearsplit`).
 
 Warnings (exit 0): shard files the manifest does not name and leftover ``*.tmp`` files,
 from an interrupted build (one line each kind, with a count); samples in a shard that the
@@ -41,8 +43,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hiroml.exams.neardup import DEFAULT_THRESHOLD, SIGNATURE_SIZE, pair_arrays
+from hiroml.exams.neardup import DEFAULT_THRESHOLD
 from hiroml.exams.splits import find_leaks
+from hiroml.store import nearsplit
 from hiroml.store.contract import check_tables
 from hiroml.store.reader import read_manifest
 from hiroml.store.shards import (
@@ -204,26 +207,21 @@ def check_build_json(where: Path, name: str, found: Findings, *, rehash: bool = 
     return True
 
 
-def near_duplicates_across_splits(m: pd.DataFrame, *, threshold: float) -> list[str]:
+def near_duplicates_across_splits(
+    m: pd.DataFrame, *, threshold: float, out: Path | None = None
+) -> list[str]:
     """One message per pair of radiographs in two splits whose signatures' rank correlation
-    reaches ``threshold`` (identical pixels aside: those are ``data_hash`` leaks)."""
-    if "signature" not in m.columns or m.empty:
+    reaches ``threshold`` (identical pixels aside: those are ``data_hash`` leaks). ``out``:
+    the output folder whose recorded pairs may be read back (``--quick``); None: the exact
+    search across splits (:mod:`hiroml.store.nearsplit`)."""
+    (i, j, sim), _ = nearsplit.pairs_across_splits(m, threshold=threshold, out=out)
+    if not len(i):
         return []
-    keep = [
-        i for i, v in enumerate(m["signature"].tolist())
-        if v is not None and len(v) == SIGNATURE_SIZE
-    ]  # fmt: skip
-    if len(keep) < 2:
-        return []
-    rows = m.iloc[keep]
-    sigs = np.stack([np.asarray(v, dtype=np.uint8) for v in rows["signature"]])
-    keys = rows["sample_key"].astype(str).tolist()
-    splits = rows["split"].astype(str).tolist()
-    hashes = rows["data_hash"].astype(str).tolist() if "data_hash" in rows else [""] * len(keys)
-    i, j, sim = pair_arrays(sigs, threshold=threshold)  # arrays: millions of pairs fit
-    split_of, hash_of = np.asarray(splits, dtype=object), np.asarray(hashes, dtype=object)
+    keys = m["sample_key"].astype(str).to_numpy()
+    splits = m["split"].astype(str).to_numpy()
+    hash_of = m["data_hash"].astype(str).to_numpy() if "data_hash" in m else np.full(len(m), "")
     same_pixels = (hash_of[i] == hash_of[j]) & (hash_of[i] != "")
-    cross = np.flatnonzero((split_of[i] != split_of[j]) & ~same_pixels)
+    cross = np.flatnonzero(~same_pixels)
     return [
         f"near duplicate across splits: {keys[a]} ({splits[a]}) ~ {keys[b]} "
         f"({splits[b]}), rank correlation {z:.3f}"
@@ -294,7 +292,7 @@ def _examine_tables(
     m = read_manifest(where)
     found.n_samples = len(m)
     found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
-    pairs = near_duplicates_across_splits(m, threshold=near)
+    pairs = near_duplicates_across_splits(m, threshold=near, out=None if deep else out)
     (found.errors if strict else found.warnings).extend(pairs)
     missing = [c for c in ("shard", "shard_sha256", "data_hash", "shape") if c not in m.columns]
     if missing:
