@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hiroml.doctor.libraries import environment_changes
 from hiroml.store.reader import OWN_COLUMNS, cell_plain, read_audit
@@ -176,14 +174,17 @@ _FRAME_COLUMNS = [
 ]  # fmt: skip
 
 
-def _read_tables(folder: Path | None) -> tuple[pa.Table | None, pd.DataFrame, pd.DataFrame]:
-    """The manifest of ``folder`` as an Arrow table (None: no manifest), its
+def _read_tables(
+    folder: Path | None,
+) -> tuple[versions_columns.ParquetColumns | None, pd.DataFrame, pd.DataFrame]:
+    """The manifest of ``folder`` to be read column by column (None: no manifest), its
     :data:`_FRAME_COLUMNS` as a frame, and its audit."""
     cols = _FRAME_COLUMNS
     if folder is None or not (folder / MANIFEST).is_file():
         return None, pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
-    table = pq.read_table(folder / MANIFEST)
-    m = table.select([c for c in cols if c in table.column_names]).to_pandas()
+    manifest = versions_columns.ParquetColumns.open(folder / MANIFEST)
+    names = [c for c in cols if c in manifest.column_names]
+    m = versions_columns.select(manifest, names).to_pandas()
     for c in cols:
         if c not in m.columns:
             m[c] = None
@@ -193,7 +194,7 @@ def _read_tables(folder: Path | None) -> tuple[pa.Table | None, pd.DataFrame, pd
         if audit_path.is_file()
         else pd.DataFrame(columns=["zip", "batch", "action"])
     )
-    return table, m, a
+    return manifest, m, a
 
 
 def _decisions_of(audit: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -237,12 +238,17 @@ def _columns_changed(ma: pd.DataFrame, mb: pd.DataFrame) -> dict[str, int]:
     return out
 
 
-def _values_changed(ta: pa.Table | None, tb: pa.Table | None) -> dict[str, int]:
-    """:func:`_columns_changed` of two manifests as Arrow tables: the columns of one type on
-    both sides compared column-wise (:mod:`hiroml.versions.columns`), the rest cell by cell."""
+def _values_changed(
+    ta: versions_columns.Columns | None, tb: versions_columns.Columns | None
+) -> dict[str, int]:
+    """:func:`_columns_changed` of two manifests (tables, or parquet files read a column at
+    a time): the columns of one type on both sides compared column-wise
+    (:mod:`hiroml.versions.columns`), the rest cell by cell."""
     if ta is None or tb is None or not ta.num_rows or not tb.num_rows:
         return {}
-    rows = versions_columns.common_rows(ta.column("sample_key"), tb.column("sample_key"))
+    rows = versions_columns.common_rows(
+        ta.column("sample_key").combine_chunks(), tb.column("sample_key").combine_chunks()
+    )
     common = len(rows[1])
     if not common:
         return {}
@@ -252,10 +258,9 @@ def _values_changed(ta: pa.Table | None, tb: pa.Table | None) -> dict[str, int]:
     counts, rest = versions_columns.changed_counts(ta, tb, [c for c in names if c in both], rows)
     out.update(counts)
     if rest:  # other types, or a type that changed: cell by cell
-        key = ["sample_key"]
-        out.update(
-            _columns_changed(ta.select(key + rest).to_pandas(), tb.select(key + rest).to_pandas())
-        )
+        key = ["sample_key", *rest]
+        before = versions_columns.select(ta, key).to_pandas()
+        out.update(_columns_changed(before, versions_columns.select(tb, key).to_pandas()))
     return dict(sorted(out.items()))
 
 
@@ -356,7 +361,7 @@ def diff_tables(
     )
 
 
-def _labels(table: pa.Table | None) -> set[str]:
+def _labels(table: versions_columns.Columns | None) -> set[str]:
     return {
         str(c) for c in (table.column_names if table is not None else ()) if c not in OWN_COLUMNS
     }
