@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hiroml.report import claim, croissant
+from hiroml.store.verify import verify
 from hiroml.versions.listing import find_version
 from hiroml.vocab import AUDIT, CLAIM_NAME, CROISSANT_NAME, MANIFEST, PATIENTS, SPLITS
 
@@ -87,6 +88,31 @@ def test_croissant_refuses_a_manifest_altered_after_publishing(
     with pytest.raises(mlc.GenerationError, match=r"Download\(manifest.parquet\)") as caught:
         list(ds.records("samples"))
     assert "Hash of downloaded file" in str(caught.value.__cause__)
+
+
+def test_verify_checks_croissant_json_against_the_version(
+    tiny_build_clinical: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(tiny_build_clinical, out, symlinks=True)
+    assert verify(out) == []
+    version = find_version(out)
+    assert version is not None
+    path = version.path / CROISSANT_NAME
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    shard = next(f for f in doc["distribution"] if f["encodingFormat"] == "application/x-hdf5")
+    shard["sha256"] = "0" * 64
+    doc["distribution"] = [f for f in doc["distribution"] if f["@id"] != PATIENTS]
+    doc["recordSet"][0]["field"].append({**doc["recordSet"][0]["field"][0], "name": "bogus"})
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    errors = verify(out)
+    assert f"version {version.name}: {CROISSANT_NAME} lists {shard['@id']} with sha256 " in (
+        "\n".join(errors)
+    )
+    assert any(f"{CROISSANT_NAME} has a field bogus that {MANIFEST} lacks" in e for e in errors)
+    assert len(errors) == 2, errors  # a table it does not list is not an error
+    path.write_text("{", encoding="utf-8")
+    assert any(f"{CROISSANT_NAME} unreadable" in e for e in verify(out))
 
 
 def _items(text: str) -> dict[int, str]:

@@ -314,3 +314,48 @@ def write_croissant(
     path = Path(folder) / CROISSANT_NAME
     write_text_atomic(path, dumps(render_croissant(folder, out, manifest, info=info)))
     return path
+
+
+def croissant_problems(folder: Path, manifest: pd.DataFrame) -> list[str]:
+    """Where ``folder/croissant.json`` disagrees with the version it describes (``manifest``
+    read from ``folder``): unreadable, a table whose SHA-256 is not the file's, a shard the
+    manifest names that it lacks or lists with another SHA-256 than the manifest's
+    ``shard_sha256``, a record field that is no manifest column. Empty when it agrees, and
+    for a version without one (published before hiroml wrote it)."""
+    from hiroml.vocab import CROISSANT_NAME
+
+    path = Path(folder) / CROISSANT_NAME
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        files = {str(f["@id"]): str(f.get("sha256", "")) for f in doc["distribution"]}
+        fields = [str(f["name"]) for f in doc["recordSet"][0]["field"]]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        return [f"{CROISSANT_NAME} unreadable ({type(e).__name__}: {e})"]
+    bad = []
+    for table in (MANIFEST, PATIENTS, AUDIT):
+        if table in files and (folder / table).is_file():
+            got = shard_sha256(folder / table)
+            if got != files[table]:
+                bad.append(
+                    f"{CROISSANT_NAME} lists {table} with sha256 {files[table][:16]}..., "
+                    f"the file has {got[:16]}..."
+                )
+    shards = pd.DataFrame(
+        {"shard": text_column(manifest, "shard"), "sha": text_column(manifest, "shard_sha256")}
+    ).drop_duplicates("shard")
+    for shard, sha in zip(shards["shard"], shards["sha"], strict=True):
+        if shard not in files:
+            bad.append(f"{CROISSANT_NAME} does not list the shard {shard}")
+        elif sha and files[shard] != sha:
+            bad.append(
+                f"{CROISSANT_NAME} lists {shard} with sha256 {files[shard][:16]}..., "
+                f"the manifest has {sha[:16]}..."
+            )
+    bad += [
+        f"{CROISSANT_NAME} has a field {c} that {MANIFEST} lacks"
+        for c in fields
+        if c not in manifest.columns
+    ]
+    return bad

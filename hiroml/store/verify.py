@@ -23,7 +23,9 @@ recorded"), the ``dataset_hash`` recomputed from its ``manifest.parquet``
 (:func:`hiroml.versions.hashing.dataset_hash`, by the ``dataset_hash_scheme`` the version
 recorded, 1 where none; with ``--quick``
 only where the manifest's checksum is not the recorded one), and the sample and patient
-counts. A manifest or shard that cannot be read is an error naming the file.
+counts. A manifest or shard that cannot be read is an error naming the file. Its
+``croissant.json`` against its files (errors): the tables' and shards' SHA-256 and the
+manifest's columns (:func:`hiroml.report.croissant.croissant_problems`).
 
 Versions (docs/design.md section 4b): the tables checked are those of one published version,
 ``--version V`` (default: the latest); ``--all`` checks every kept version, each shard it
@@ -45,6 +47,7 @@ import pyarrow.parquet as pq
 
 from hiroml.exams.neardup import DEFAULT_THRESHOLD
 from hiroml.exams.splits import find_leaks
+from hiroml.report.croissant import croissant_problems
 from hiroml.store import nearsplit
 from hiroml.store.contract import check_tables
 from hiroml.store.reader import read_manifest
@@ -291,6 +294,7 @@ def _examine_tables(
             )
     m = read_manifest(where)
     found.n_samples = len(m)
+    found.errors += [f"version {name}: {p}" if name else p for p in croissant_problems(where, m)]
     found.errors += [f"leak: {msg}" for msg in find_leaks(m)]
     pairs = near_duplicates_across_splits(m, threshold=near, out=None if deep else out)
     (found.errors if strict else found.warnings).extend(pairs)
