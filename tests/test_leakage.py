@@ -44,6 +44,7 @@ from hiroml.exams import linking, neardup, paircache
 from hiroml.exams import rules as exams_rules
 from hiroml.store import verify as store_verify
 from hiroml.versions import hashing as versions_hashing
+from hiroml.vocab import CROISSANT_NAME
 
 BATCH = "CXR-UPDATE-20200601-COMPLETE"
 SHAPE = (400, 330)  # rows, columns of the generated radiographs
@@ -436,6 +437,13 @@ def _planted(out: Path, tmp_path: Path, plant: Callable[[pd.DataFrame, int, int]
             info["dataset_hash"] = versions_hashing.dataset_hash(path)
             info["tables"] = versions_hashing.table_checksums(path.parent)
             info_path.write_text(json.dumps(info))
+        doc_path = path.with_name(CROISSANT_NAME)
+        if doc_path.is_file():  # and so does croissant.json
+            doc = json.loads(doc_path.read_text())
+            tables = versions_hashing.table_checksums(path.parent)
+            for f in doc["distribution"]:
+                f["sha256"] = tables.get(f["@id"], f["sha256"])
+            doc_path.write_text(json.dumps(doc))
     return planted
 
 
