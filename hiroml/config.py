@@ -314,9 +314,12 @@ class PublishConfig:
 class DoctorConfig:
     """The self-check of the numeric paths (:mod:`hiroml.doctor`, ``hiroml-doctor``) that
     ``hiroml-build`` runs before it writes anything: a library that gives other values than
-    the golden ones stops the build (exit 2). ``enabled=false`` builds anyway."""
+    the golden ones stops the build (exit 2). ``enabled=false`` builds anyway. ``cache``: a
+    pass is recorded per environment in the user's cache folder (:mod:`hiroml.doctor.cache`)
+    and later builds in the same environment skip the check."""
 
     enabled: bool = True
+    cache: bool = True
 
 
 @dataclass

@@ -17,6 +17,7 @@ from conftest import MakeCfg
 from hiroml import errors as cli_errors
 from hiroml.cli import build as cli
 from hiroml.cli import doctor as cli_doctor
+from hiroml.doctor import cache as doctor_cache
 from hiroml.doctor import checks as doctor_checks
 from hiroml.doctor import libraries as doctor_libraries
 from hiroml.errors import SelfCheckError
@@ -162,6 +163,7 @@ def test_hiroml_build_refuses_before_writing_anything(
         f"paths.output={out}",
         "progress=false",
         "executor.workers=1",
+        "doctor.cache=false",  # a pass recorded by an earlier build would be trusted
         f"hydra.run.dir={tmp_path / 'runs'}",  # Hydra's own run log, kept apart here
     ]
     monkeypatch.setattr(sys, "argv", argv)
@@ -175,6 +177,40 @@ def test_hiroml_build_refuses_before_writing_anything(
     (line,) = [x for x in err.splitlines() if x.startswith("hiroml-build: ")]
     assert line.startswith("hiroml-build: the self-check of the numeric paths failed: OpenCV ")
     assert "the float16 cast fails" in line
+
+
+def _no_run() -> doctor_checks.Report:
+    raise AssertionError("the self-check ran although its pass was recorded")
+
+
+def test_a_pass_is_recorded_per_environment_and_trusted_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    key = doctor_cache.fingerprint(doctor_checks.GOLDEN)
+    assert not doctor_cache.recorded(key)
+    assert len(doctor_checks.require(cache=True).checks) == len(doctor_checks.GOLDEN)
+    assert (tmp_path / "cache" / "hiroml" / "selfcheck" / key).is_file()
+    doctor_checks.checked.cache_clear()
+    monkeypatch.setattr(doctor_checks, "run", _no_run)
+    assert doctor_checks.require(cache=True).checks == ()  # trusted: nothing ran
+    with pytest.raises(AssertionError, match="ran although"):
+        doctor_checks.require()  # without the cache it runs
+    upgraded = {**doctor_libraries.environment(), "numpy": "0.0.1"}
+    monkeypatch.setattr(doctor_cache, "environment", lambda: upgraded)
+    assert doctor_cache.fingerprint(doctor_checks.GOLDEN) != key
+    with pytest.raises(AssertionError, match="ran although"):
+        doctor_checks.require(cache=True)  # another environment: it runs again
+
+
+def test_a_failing_self_check_is_not_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(halfcast, "to_float16", _wrong_float16)
+    with pytest.raises(SelfCheckError, match="float16 cast"):
+        doctor_checks.require(cache=True)
+    assert not (tmp_path / "cache" / "hiroml" / "selfcheck").exists()
 
 
 def test_doctor_enabled_is_a_config_key(

@@ -224,7 +224,8 @@ def _announce_demo(cfg: BuildConfig) -> None:
 def _full_build(cfg: BuildConfig) -> BuildSummary:
     """:func:`hiroml.pipeline.run`, imported only now: a re-run with nothing new answers
     (:mod:`hiroml.pipeline.unchanged`) without pandas, pydicom or OpenCV. First the self-check
-    (:func:`hiroml.doctor.checks.require`, once per process; ``doctor.enabled``): a library that
+    (:func:`hiroml.doctor.checks.require`, once per process and, with ``doctor.cache``, once
+    per environment; ``doctor.enabled``): a library that
     gives other values than the golden ones raises a
     :class:`~hiroml.errors.SelfCheckError` (exit 2)."""
     # pydicom resets its logger to WARNING when imported. Its messages, and those of every
@@ -238,7 +239,7 @@ def _full_build(cfg: BuildConfig) -> BuildSummary:
 
     logging.getLogger("pydicom").setLevel(logging.WARNING)
     if cfg.doctor.enabled:  # before anything is written: other stored values stop the build
-        require()
+        require(cache=cfg.doctor.cache)
     return run(cfg, check_unchanged=False)
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from hiroml.config import CxrConfig
+from hiroml.doctor import cache as passes
 from hiroml.doctor.libraries import environment, halfcast_backend, library_label, tested_range
 
 OK = "ok"
@@ -551,10 +552,19 @@ def checked() -> Report:
     return run()
 
 
-def require() -> Report:
+def require(*, cache: bool = False) -> Report:
     """:func:`checked`; raises :class:`SelfCheckError` (``hiroml-build`` exits 2) with one
-    line naming the library, its version and the path, when any check disagrees."""
+    line naming the library, its version and the path, when any check disagrees. With
+    ``cache``, a pass recorded for this environment (:mod:`hiroml.doctor.cache`) is trusted
+    and the report holds no checks; a new pass is recorded."""
+    key = ""
+    if cache:
+        key = passes.fingerprint(GOLDEN)
+        if passes.recorded(key):
+            return Report(environment(), (), 0.0)
     report = checked()
     if not report.ok:
         raise SelfCheckError(report.problem())
+    if key:
+        passes.record(key)
     return report
