@@ -32,7 +32,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from hiroml.config import SplitsConfig
 from hiroml.vocab import SEQUESTERED_DIR, SPLITS, Modality, Split, SplitStrategy
@@ -309,17 +312,54 @@ LEAK_COLUMNS = (
 def find_leaks(manifest: pd.DataFrame) -> list[str]:
     """One message per patient group, patient id, SOP Instance UID, source pixel hash or
     stored-array ``data_hash`` (identical decoded pixels) found in more than one split,
-    e.g. ``"patient_id '1234' in splits test, train"``."""
-    seen: dict[tuple[str, str], set[str]] = defaultdict(set)
-    splits = manifest["split"].astype(str).tolist()
+    e.g. ``"patient_id '1234' in splits test, train"``. Column-wise: only the values found
+    in more than one split are looked at one by one."""
+    splits = np.asarray(manifest["split"].astype(str).tolist(), dtype=object)
+    parts = []
     for col, label in LEAK_COLUMNS:
-        if col not in manifest.columns:
-            continue
-        for value, split in zip(manifest[col].tolist(), splits, strict=True):
-            for v in _as_values(value):
-                seen[(label, v)].add(split)
+        if col in manifest.columns:
+            values, rows = _leak_values(manifest[col])
+            parts.append(pd.DataFrame({"label": label, "value": values, "split": splits[rows]}))
+    if not parts:
+        return []
+    found = pd.concat(parts, ignore_index=True).drop_duplicates()
+    found = found[found.duplicated(["label", "value"], keep=False)]
+    seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for label, value, split in found.itertuples(index=False):
+        seen[(label, value)].add(split)
     return [
         f"{label} {value!r} in splits {', '.join(sorted(s))}"
         for (label, value), s in sorted(seen.items())
-        if len(s) > 1
     ]
+
+
+def _leak_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The texts of a manifest column as :func:`_as_values` gives them, flattened, and the
+    row of each: through Arrow for a text or list-of-text column, cell by cell otherwise."""
+    try:
+        arr = pa.array(column, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        arr = None
+    if arr is not None and pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    texts = (pa.types.is_string, pa.types.is_large_string)
+    if arr is not None and any(t(arr.type) for t in texts):
+        rows, values = pa.array(np.arange(len(arr))), arr
+    elif (
+        arr is not None
+        and (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type))
+        and any(t(arr.type.value_type) for t in texts)
+    ):
+        rows, values = pc.list_parent_indices(arr), pc.list_flatten(arr)
+    else:
+        out = [(v, k) for k, cell in enumerate(column.tolist()) for v in _as_values(cell)]
+        return (
+            np.asarray([v for v, _ in out], dtype=object),
+            np.asarray([k for _, k in out], dtype=np.int64),
+        )
+    keep = pc.and_(pc.is_valid(values), pc.not_equal(values, ""))
+    keep = keep.fill_null(False)
+    return (
+        np.asarray(values.filter(keep).to_pylist(), dtype=object),
+        np.asarray(rows.filter(keep).to_numpy(zero_copy_only=False), dtype=np.int64),
+    )

@@ -136,11 +136,17 @@ def text_column(df: pd.DataFrame, col: str) -> pd.Series:
     return values.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
 
 
-def _zip_status(actions: set[str]) -> str:
-    for a in (Action.SKIPPED, Action.DUPLICATE, Action.MERGED, Action.KEPT):
-        if a in actions:
-            return a
-    return Action.ERROR if Action.ERROR in actions else "other"
+#: A zip's status is the first of these actions among its rows ("other": none of them).
+_STATUS_ORDER = (Action.SKIPPED, Action.DUPLICATE, Action.MERGED, Action.KEPT, Action.ERROR)
+
+
+def _zip_status(key: pd.Series, action: pd.Series) -> pd.Series:
+    """Each zip's status (indexed by ``key``, sorted): the first action of
+    :data:`_STATUS_ORDER` among its rows, ``"other"`` when it has none of them."""
+    names = [str(a) for a in _STATUS_ORDER]
+    rank = action.map({a: k for k, a in enumerate(names)}).fillna(len(names)).astype(int)
+    best = rank.groupby(key, sort=True).min()
+    return best.map(dict(enumerate([*names, "other"]))).astype(object)
 
 
 def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
@@ -160,15 +166,15 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
         }
     )
     a = a[a["zip"].str.lower().str.endswith(".zip")]
-    status = {k: _zip_status(set(g)) for k, g in a.groupby("key", sort=True)["action"]}
-    n = pd.Series(list(status.values()), dtype=object).value_counts()
+    status = _zip_status(a["key"], a["action"])
+    n = status.value_counts()
     count = {
         s: int(n.get(s, 0))
         for s in (Action.SKIPPED, Action.DUPLICATE, Action.MERGED, Action.KEPT, Action.ERROR)
     }
     count[Action.ERROR] += int(n.get("other", 0))
     # rows about an exam's content: its primary zip's and its merged parts'
-    in_exam = a["key"].isin({k for k, s in status.items() if s in (Action.KEPT, Action.MERGED)})
+    in_exam = a["key"].isin(status.index[status.isin([str(Action.KEPT), str(Action.MERGED)])])
     exams = count[Action.KEPT]  # a kept zip is the primary zip of one exam
 
     dropped_reasons = a.loc[in_exam & (a["action"] == Action.DROPPED), "reason"].map(reason_class)

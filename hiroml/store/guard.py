@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from hiroml.config import BuildConfig
 from hiroml.errors import ShrinkRefusedError
@@ -43,6 +44,20 @@ log = logging.getLogger(__name__)
 EXPLAINING_ACTIONS = frozenset({Action.DUPLICATE, Action.MERGED, Action.DROPPED})
 #: How many unexplained sample keys a refusal names.
 SHOWN = 3
+#: The previous manifest's columns :func:`compare` reads (a missing one is taken as empty):
+#: the guard reads these, not the whole table (signatures, geometry, labels).
+PREVIOUS_COLUMNS = (
+    "sample_key",
+    "modality",
+    "patient_id",
+    "sop_uid",
+    "sop_uids",
+    "series_uid",
+    "data_hash",
+    "source_zips",
+    "batch",
+    "batches",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +192,15 @@ def _is_ct(df: pd.DataFrame) -> pd.Series:
 
 
 def read_previous(out: Path) -> pd.DataFrame | None:
-    """The previous build's manifest (the root ``manifest.parquet``); None when there is none
-    or it cannot be read (then there is nothing the guard could protect)."""
+    """The previous build's manifest (the root ``manifest.parquet``), its
+    :data:`PREVIOUS_COLUMNS` only; None when there is none or it cannot be read (then there is
+    nothing the guard could protect)."""
     path = Path(out) / MANIFEST
     if not path.is_file():
         return None
     try:
-        return read_manifest(path.parent)
+        names = set(pq.read_schema(path).names)
+        return read_manifest(path.parent, columns=[c for c in PREVIOUS_COLUMNS if c in names])
     except Exception as e:  # pyarrow raises several types for a damaged file
         log.warning("could not read the previous manifest %s (%s): no shrink check", path, e)
         return None

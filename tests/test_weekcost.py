@@ -1,0 +1,98 @@
+"""What a weekly build does over the whole dataset, done column-wise: the shrink guard's read
+of the previous manifest (hiroml.store.guard), the flow's zip statuses (hiroml.report.flow) and
+the leakage check (hiroml.exams.splits.find_leaks), with the same results as cell by cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hiroml.exams.splits import find_leaks
+from hiroml.report.flow import compute_flow
+from hiroml.store import guard
+from hiroml.vocab import MANIFEST
+
+
+def test_guard_reads_only_the_previous_columns_it_compares(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "sample_key": ["a", "b"],
+            "patient_id": ["p1", "p2"],
+            "data_hash": ["h1", "h2"],
+            "signature": [[1, 2, 3], [4, 5, 6]],
+            "label_covid": [1, 0],
+        }
+    )
+    pq.write_table(table, tmp_path / MANIFEST)
+    previous = guard.read_previous(tmp_path)
+    assert previous is not None
+    assert list(previous.columns) == ["sample_key", "patient_id", "data_hash"]
+    assert set(guard.PREVIOUS_COLUMNS) >= set(previous.columns)
+    check = guard.compare(previous, previous.iloc[:1], pd.DataFrame(columns=["zip", "action"]), [])
+    assert (check.removed_samples, check.unexplained_samples, check.unexplained_patients) == (
+        1,
+        1,
+        1,
+    )
+
+
+def test_guard_unreadable_previous_manifest_gives_no_check(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST).write_bytes(b"PAR1 not a parquet file")
+    assert guard.read_previous(tmp_path) is None
+
+
+def _audit(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"batch": b, "zip": z, "action": a, "reason": "r", "exam_key": "", "detail": ""}
+            for b, z, a in rows
+        ]
+    )
+
+
+def test_flow_zip_status_is_the_first_action_in_order() -> None:
+    audit = _audit(
+        [
+            ("B1", "a.zip", "kept"),
+            ("B1", "a.zip", "dropped"),
+            ("B1", "b.zip", "error"),
+            ("B1", "b.zip", "duplicate"),  # duplicate wins over error
+            ("B1", "c.zip", "dropped"),  # no zip-level action: counted with the errors
+            ("B1", "d.zip", "merged"),
+            ("B1", "d.zip", "kept"),  # merged wins over kept
+            ("B2", "a.zip", "skipped"),  # another batch: another zip
+            ("B2", "e.zip", "error"),
+            ("", "clinical.csv", "error"),  # not a zip: not counted
+        ]
+    )
+    manifest = pd.DataFrame(columns=["exam_key", "patient_id", "split", "modality"])
+    flow = compute_flow(audit, manifest)
+    assert flow.zips_found == 6
+    assert flow.zips_read == 5  # one skipped
+    assert flow.zips_usable == 3  # a (kept), b (duplicate), d (merged); c and e are errors
+    assert flow.exams == 1
+    assert compute_flow(audit.iloc[:0], manifest).zips_found == 0
+
+
+def test_find_leaks_column_wise_as_cell_by_cell() -> None:
+    m = pd.DataFrame(
+        {
+            "split": ["train", "test", "val", "train", "test"],
+            "patient_group": ["g1", "g1", "g2", "g3", None],
+            "patient_id": ["p1", "p2", "", "p3", np.nan],
+            "sop_uids": [["u1", ""], ["u1"], None, [], ["u2", None]],
+            "data_hash": [7, 7, 8, 9, 8],  # not text: taken cell by cell
+        }
+    )
+    assert find_leaks(m) == [
+        "SOP Instance UID 'u1' in splits test, train",
+        "decoded pixels (data_hash) '7' in splits test, train",
+        "decoded pixels (data_hash) '8' in splits test, val",
+        "patient_group 'g1' in splits test, train",
+    ]
+    assert find_leaks(m.iloc[:0]) == []
+    assert find_leaks(m.assign(split="train")) == []
