@@ -179,6 +179,19 @@ def test_codestream_that_disagrees_with_the_header_is_refused_before_decoding() 
         fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True)
 
 
+def test_uncompressed_pixels_are_left_to_the_full_decode_unchecked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No reduced decode for native pixels: the full decode checks the limits, once."""
+    ds = make_ds(radiograph(5, (300, 280), bits=12))
+
+    def twice(*_: Any, **__: Any) -> None:
+        raise AssertionError("limits checked by the reduced decode of native pixels")
+
+    monkeypatch.setattr(fastdecode.dicom, "check_limits", twice)
+    assert fastdecode.decode_reduced(ds, frame=0, size=(256, 256), keep_aspect=True) is None
+
+
 def test_signed_codestream_falls_back(caplog: pytest.LogCaptureFixture) -> None:
     img = (radiograph(6, (1100, 1030), bits=12).astype(np.int16) - 2048).astype(np.int16)
     frame = bytes(imagecodecs.jpeg2k_encode(img, codecformat="J2K", bitspersample=12))

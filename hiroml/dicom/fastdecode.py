@@ -252,11 +252,12 @@ def decode_reduced(
     ts = dicom.transfer_syntax(ds)
     if "PixelData" not in ds or frame != 0:
         return None
-    dicom.check_limits(ds, limits=limits)
     if jpeg and ts in JPEG_SYNTAXES:
+        dicom.check_limits(ds, limits=limits)
         return _jpeg_reduced(ds, size, keep_aspect, normalization)
     if not jpeg2000 or ts not in J2K_SYNTAXES:
-        return None
+        return None  # the full decode checks the limits itself
+    dicom.check_limits(ds, limits=limits)
     try:
         data = get_frame(ds.PixelData, 0, number_of_frames=1)
         cs = read_codestream(data)
