@@ -4,12 +4,14 @@ the leakage check (hiroml.exams.splits.find_leaks), with the same results as cel
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from hiroml.exams.splits import find_leaks
 from hiroml.report.flow import compute_flow
@@ -96,3 +98,62 @@ def test_find_leaks_column_wise_as_cell_by_cell() -> None:
     ]
     assert find_leaks(m.iloc[:0]) == []
     assert find_leaks(m.assign(split="train")) == []
+
+
+def test_representativeness_is_computed_once_per_manifest() -> None:
+    from hiroml.report import representativeness as rep
+
+    m = pd.DataFrame(
+        {
+            "sample_key": ["a", "b", "c"],
+            "patient_group": ["g1", "g2", "g3"],
+            "patient_id": ["p1", "p2", "p3"],
+            "split": ["train", "train", "test"],
+            "modality": ["cxr", "cxr", "cxr"],
+            "batch": ["CXR-UPDATE-20200104-COMPLETE"] * 3,
+            "sex": ["F", "M", "F"],
+            "age_years": [30.0, 40.0, 50.0],
+        }
+    )
+    first = rep.representativeness(m)
+    assert rep.representativeness(m) is first  # the report, card, claim, croissant: once
+    again = rep.representativeness(m.copy())  # another table: computed, and equal
+    assert again is not first and again.weekly.equals(first.weekly)
+    m["split"] = "train"
+    m["extra"] = 1  # a changed table (another column): computed again
+    assert rep.representativeness(m).totals["samples"].sum() == 3
+    assert set(rep.representativeness(m).totals["split"]) == {"train"}
+
+
+def test_changed_counts_compare_a_whole_previous_table_as_it_is() -> None:
+    from hiroml.versions.columns import changed_counts, common_rows
+
+    old = pa.table({"sample_key": ["a", "b", "c"], "v": [1, 2, 3], "l": [[1], [2, 2], []]})
+    new = pa.table(
+        {"sample_key": ["a", "b", "b2", "c"], "v": [1, 5, 9, 3], "l": [[1], [2, 2], [], [7]]}
+    )
+    rows = common_rows(old.column("sample_key").combine_chunks(), new["sample_key"].chunks[0])
+    assert rows[0].tolist() == [0, 1, 2] and rows[1].tolist() == [0, 1, 3]
+    assert changed_counts(old, new, ["v", "l"], rows) == ({"v": 1, "l": 1}, [])
+    assert changed_counts(new, new, ["v", "l"], (np.arange(4), np.arange(4))) == ({}, [])
+
+
+def test_dataset_hash_of_a_sorted_manifest_as_of_a_shuffled_one() -> None:
+    from hiroml.versions.hashing import hash_table
+
+    t = pa.table({"sample_key": ["a", "b", "c"], "v": [1, 2, 3], "s": [[1, 2], [3], None]})
+    shuffled = t.take(pa.array([2, 0, 1]))
+    assert hash_table(t) == hash_table(shuffled)
+    assert hash_table(t) != hash_table(t.set_column(1, "v", pa.array([1, 2, 4])))
+
+
+def test_zip_name_timestamp_as_strptime_reads_it() -> None:
+    from hiroml.ingest.discover import parse_zip_name
+
+    name = parse_zip_name("P1_20200229-235959_H1_XR-CHEST.zip")
+    assert name.time == dt.datetime(2020, 2, 29, 23, 59, 59)
+    for bad in ("20200230-120000", "20201301-120000", "20200100-120000", "20200101-240000"):
+        with pytest.raises(ValueError, match="is not a valid timestamp"):
+            parse_zip_name(f"P1_{bad}_H1_XR-CHEST.zip")
+    with pytest.raises(ValueError, match="is not a valid timestamp"):
+        parse_zip_name("P1_20200101-125960_H1_XR-CHEST.zip")
