@@ -139,14 +139,21 @@ def changed_counts(
     number of the aligned ``rows`` (:func:`common_rows`) whose values differ (columns with
     none left out), and the columns left for a cell-by-cell comparison."""
     ia, ib = pa.array(rows[0]), pa.array(rows[1])
+    whole = (_every_row(ta, rows[0]), _every_row(tb, rows[1]))
     counts: dict[str, int] = {}
     rest = []
     for col in columns:
-        ca, cb = ta.column(col), tb.column(col)
+        ca, cb = ta.column(col).combine_chunks(), tb.column(col).combine_chunks()
         if not comparable(ca.type, cb.type):
             rest.append(col)
             continue
-        n = count_changed(ca.combine_chunks().take(ia), cb.combine_chunks().take(ib))
+        n = count_changed(ca if whole[0] else ca.take(ia), cb if whole[1] else cb.take(ib))
         if n:
             counts[col] = n
     return counts, rest
+
+
+def _every_row(table: Columns, rows: np.ndarray) -> bool:
+    """True when ``rows`` are all of ``table``'s rows in order (the previous manifest, when
+    the new one keeps every sample): its columns are compared as they are, not copied."""
+    return len(rows) == table.num_rows and bool(np.array_equal(rows, np.arange(len(rows))))
