@@ -157,3 +157,14 @@ def test_zip_name_timestamp_as_strptime_reads_it() -> None:
             parse_zip_name(f"P1_{bad}_H1_XR-CHEST.zip")
     with pytest.raises(ValueError, match="is not a valid timestamp"):
         parse_zip_name("P1_20200101-125960_H1_XR-CHEST.zip")
+
+
+def test_csv_cells_escaped_column_wise_only_where_they_begin_like_a_formula() -> None:
+    from hiroml.store.csvcells import escape_frame, unescape_frame
+
+    cells = ["=1+1", "'x", "-3", "plain", None, "", "\tz", "-x", 7]
+    frame = pd.DataFrame({"mixed": pd.Series(cells, dtype=object), "n": [None] * 9})
+    safe = escape_frame(frame)
+    assert safe["mixed"].tolist() == ["'=1+1", "''x", "-3", "plain", None, "", "'\tz", "'-x", 7]
+    assert safe["n"].tolist() == [None] * 9
+    assert unescape_frame(safe)["mixed"].tolist() == cells

@@ -35,11 +35,23 @@ def unescape_cell(v: Any) -> Any:
     return v[1:] if isinstance(v, str) and v.startswith("'") else v
 
 
-def _map(frame: pd.DataFrame, f: Any) -> pd.DataFrame:
+def _map(frame: pd.DataFrame, f: Any, starts: tuple[str, ...]) -> pd.DataFrame:
+    """``f`` on each text cell and column name; ``f`` leaves a text that begins with none of
+    ``starts`` as it is, so a text column is mapped on those cells only (found column-wise)."""
     out = frame.copy()
     for c in out.columns:
-        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c].dtype):
-            out[c] = out[c].map(f)
+        col = out[c]
+        if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+            continue
+        try:
+            hit = col.str.startswith(starts, na=False).to_numpy(dtype=bool)
+        except (AttributeError, TypeError):  # no text at all (only None, numbers): per cell
+            out[c] = col.map(f)
+            continue
+        if hit.all():
+            out[c] = col.map(f)
+        elif hit.any():
+            out[c] = col.where(~hit, col[hit].map(f))
     out.columns = [f(c) for c in out.columns]
     return out
 
@@ -47,9 +59,9 @@ def _map(frame: pd.DataFrame, f: Any) -> pd.DataFrame:
 def escape_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` with every text cell and column name escaped (:func:`escape_cell`),
     for ``to_csv``."""
-    return _map(frame, escape_cell)
+    return _map(frame, escape_cell, ("'", *FORMULA_STARTS))
 
 
 def unescape_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """A frame read from a CSV hiroml wrote, with its original texts (:func:`unescape_cell`)."""
-    return _map(frame, unescape_cell)
+    return _map(frame, unescape_cell, ("'",))
