@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +461,33 @@ def test_audit_rows_fold_per_reason_with_their_count() -> None:
     )
     assert "a.zip" in errors and "b.zip" in errors  # the rows, inside the fold
     assert "<details open" not in text
+
+
+def test_a_build_report_opens_each_shard_once_and_closes_it(
+    tiny_build_clinical: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thumbnails of a build's report read several samples of a shard from one open
+    file, closed once the report is written."""
+    from hiroml.pipeline import publish
+    from hiroml.pipeline.summary import BuildSummary
+    from hiroml.store import shards
+
+    out = tmp_path / "out"  # a copy: the session's build is read-only
+    shutil.copytree(tiny_build_clinical, out, symlinks=True)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    patients = pd.read_parquet(out / "patients.parquet")
+    audit = pd.read_csv(out / "audit.csv", keep_default_na=False)
+    opened: list[Any] = []
+    names: list[str] = []
+
+    def counted(path: Path | str) -> Any:
+        names.append(Path(path).name)
+        opened.append(shards.h5py.File(path, "r", locking=False))
+        return opened[-1]
+
+    monkeypatch.setattr(shards, "open_shard", counted)
+    publish._write_report(out, manifest, patients, audit, BuildSummary(), "")
+    assert len(names) == len(set(names)) and len(names) < manifest["shard"].map(str).size
+    assert not any(f.id.valid for f in opened)  # all closed
+    text = (out / "report.html").read_text()
+    assert len(_data_uris(text)) > len(names) and "could not read" not in text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml.config import BuildConfig
+from hiroml.errors import ShardError
 from hiroml.exams.linking import GroupLink
 from hiroml.pipeline.summary import BuildSummary, jsonable_summary
 from hiroml.pipeline.tasks import TaskResult
@@ -157,15 +158,53 @@ def _write_report(
 ) -> None:
     """The report of a build, written into ``folder`` (default ``out``); thumbnails are
     read from the shards under ``out``."""
-    from hiroml.report import neardup as report_neardup
-    from hiroml.report import page as report_page
-    from hiroml.store.shards import read_sample
+    from hiroml.store.shards import open_shard, read_ref, sample_refs
 
     shard_of = dict(zip(manifest["sample_key"], manifest["shard"], strict=True))
+    opened: dict[str, tuple[Any, dict[str, Any]]] = {}  # shard -> (open file, its refs)
 
     def read_array(key: str) -> np.ndarray:
-        arr, _ = read_sample(out / shard_of[key], key)
-        return arr
+        """A sample's stored array; each shard opened and its index read once per report."""
+        shard = shard_of[key]
+        if shard not in opened:
+            f = open_shard(out / shard)
+            opened[shard] = (f, sample_refs(f))
+        f, refs = opened[shard]
+        if key not in refs:
+            raise ShardError(f"{out / shard}: no sample {key!r}")
+        return read_ref(f, refs[key])
+
+    try:
+        _report_files(
+            out, manifest, patients, audit, summary, orphan_advice, read_array,
+            folder=folder, changes=changes, links=links, settings=settings,
+            dataset_hash=dataset_hash, environment=environment,
+        )  # fmt: skip
+    finally:
+        for f, _ in opened.values():
+            f.close()
+
+
+def _report_files(
+    out: Path,
+    manifest: pd.DataFrame,
+    patients: pd.DataFrame,
+    audit: pd.DataFrame,
+    summary: BuildSummary,
+    orphan_advice: str,
+    read_array: Callable[[str], np.ndarray],
+    *,
+    folder: Path | None,
+    changes: str,
+    links: Sequence[GroupLink],
+    settings: Mapping[str, Any] | None,
+    dataset_hash: str,
+    environment: Mapping[str, Any] | None,
+) -> None:
+    """The report page (thumbnails through ``read_array``) and, in a version's folder, the
+    files a study cites."""
+    from hiroml.report import neardup as report_neardup
+    from hiroml.report import page as report_page
 
     info = jsonable_summary(summary)
     if orphan_advice:
