@@ -27,6 +27,10 @@ peak of the first build on 6,000 <= 1.25x that on 1,000, under 2 GB projected at
     python benchmarks/bench_scale.py            # bases 1,000 and 6,000, a week of 300
     python benchmarks/bench_scale.py --quick    # bases 200 and 1,200, a week of 60 (smoke run)
     python benchmarks/bench_scale.py --full     # also a base of 30,000
+    python benchmarks/bench_scale.py --first 2000  # only the first build of 2,000 zips
+
+``--first N`` prints the first build's fixed cost per zip alone: one build of N zips (CPU
+ms per zip) beside the decode loop over the same zips, and their ratio (goal: <= 2x).
 
 ``--build-with CHECKOUT`` runs the builds on another checkout's hiroml (``git archive <commit>
 | tar -x -C /tmp/old``) for a before/after on the same zips (``--keep``).
@@ -210,6 +214,26 @@ def _line(x0: float, x1: float, y0: float, y1: float, x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
+def first_only(zips: Path, work: Path, n: int) -> None:
+    """The first build of ``n`` zips beside the decode loop over them, and the ratio."""
+    start = dt.datetime(2020, 1, 4)
+    folders = batch_folders(zips / "base", n, start=start, first=100_000, per=PER_BATCH)
+    dm = work / f"datamart-{n}"
+    dm.mkdir()
+    for folder in folders:
+        (dm / folder.name).symlink_to(folder.resolve())
+    paths = sorted(z for f in folders for z in f.glob("*.zip"))
+    decode_loop(paths[:1])
+    decode = decode_cpu(paths)
+    first = build(dm, work / f"out-{n}")
+    print(f"  {first.line} ({first.wall:.1f} s wall)")
+    print(f"{'zips':>6}{'first ms/zip':>14}{'decode ms/zip':>15}{'first/decode':>14}{'MB':>6}")
+    print(
+        f"{n:6d}{1000 * first.seconds / n:14.2f}{1000 * decode / n:15.2f}"
+        f"{first.seconds / decode:14.2f}{first.peak_mb:6.0f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="bases 200 and 1,200, a week of 60")
@@ -218,9 +242,14 @@ def main() -> None:
     ap.add_argument(
         "--build-with", type=Path, help="run the builds on this checkout's hiroml (a before)"
     )
+    ap.add_argument("--first", type=int, metavar="N", help="only the first build of N zips")
     args = ap.parse_args()
     if args.build_with:
         build_with(args.build_with.resolve())
+    if args.first:
+        with tempfile.TemporaryDirectory(prefix="hiroml-first-") as tmp:
+            first_only(args.keep or Path(tmp) / "zips", Path(tmp), args.first)
+        return
     bases = [200, 1200] if args.quick else [1000, 6000] + ([30_000] if args.full else [])
     n_week = 60 if args.quick else 300
     per = 200 if args.quick else PER_BATCH

@@ -26,7 +26,9 @@ cast path a build uses, and compares what they give with the golden values in
 Each check names the library that owns its path; a mismatch or an exception is reported
 with that library's version and the range hiroml is tested with (its requirement in the
 package metadata). ``hiroml-build`` runs :func:`require` once per process before the build
-writes anything (``doctor.enabled=false`` skips it) and stops with exit 2 on any mismatch.
+writes anything (``doctor.enabled=false`` skips it) and stops with exit 2 on any mismatch;
+with ``doctor.cache`` (the default) a pass is recorded per environment (cache.py) and the
+builds after it in the same environment trust it.
 
 :func:`environment` gives the versions of those libraries (from the package metadata, no
 import; the build's skip record compares them too). :func:`environment_record` is the
@@ -35,8 +37,9 @@ float16 casts, and the decoders of the version's samples with their counts;
 :func:`environment_rows` shows it in the report and the card, :func:`environment_changes`
 in ``hiroml-versions --diff``. The ``dataset_hash`` holds none of it.
 
-The modules: libraries.py (the environment: versions, record, rows, changes) and
-checks.py (the checks and their golden values); the command is :mod:`hiroml.cli.doctor`.
+The modules: libraries.py (the environment: versions, record, rows, changes),
+checks.py (the checks and their golden values) and cache.py (the recorded passes); the
+command is :mod:`hiroml.cli.doctor`.
 Their public names are re-exported here.
 """
 
