@@ -396,5 +396,5 @@ def test_report_lists_series_kept_apart_and_counts_only_zips_as_kept() -> None:
         ]
     )  # fmt: skip
     page = report_sections._decisions(audit)
-    assert "1 zip was kept as they are" in page
-    assert "kept, not stitched</b> (1)" in page and "series 1.2.3 not stitched" in page
+    assert "1 zip was kept as it is" in page
+    assert "kept, not stitched (1 row)</h3>" in page and "series 1.2.3 not stitched" in page

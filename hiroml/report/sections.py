@@ -324,6 +324,10 @@ _ACTION_HELP = {
 }
 
 
+def _n_rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n} rows"
+
+
 def _decisions(audit: pd.DataFrame) -> str:
     action = _keys(_col(audit, "action"))
     others = sorted(set(action) - {Action.KEPT, *ACTION_ORDER})
@@ -336,18 +340,21 @@ def _decisions(audit: pd.DataFrame) -> str:
         if rows.empty or a == Action.ERROR:
             continue
         parts.append(
-            f"<h3>{html.escape(a or '(none)')} ({len(rows)} rows)</h3>{_by_reason(rows, a, cols)}"
+            f"<h3>{html.escape(a or '(none)')} ({_n_rows(len(rows))})</h3>"
+            + _by_reason(rows, a, cols)
         )
     body = _table(["action", "rows", "meaning"], summary_rows, cls="narrow", raw=True)
     zip_level = _keys(_col(audit, "member")) == ""
     n_kept = int(((action == Action.KEPT) & zip_level).sum())  # not a CT series kept unstitched
-    kept = f"{n_kept} zip was" if n_kept == 1 else f"{n_kept} zips were"
-    body += _note(f"{kept} kept as they are. Each line below is one reason: click it for its rows.")
+    kept = (
+        f"{n_kept} zip was kept as it is" if n_kept == 1 else f"{n_kept} zips were kept as they are"
+    )
+    body += _note(f"{kept}. Each line below is one reason: click it for its rows.")
     apart = audit[(action == Action.KEPT) & ~zip_level]
     if not apart.empty:  # CT series kept as their own volume though a stitch candidate
         parts.insert(
             0,
-            f"<h3>kept, not stitched ({len(apart)} rows)</h3>"
+            f"<h3>kept, not stitched ({_n_rows(len(apart))})</h3>"
             + _by_reason(apart, Action.KEPT, _audit_columns(audit, ["zip", "batch", "reason"])),
         )
     body += "".join(parts) if parts else _note("No duplicate, merged, dropped or skipped input.")
