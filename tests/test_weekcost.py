@@ -168,3 +168,15 @@ def test_csv_cells_escaped_column_wise_only_where_they_begin_like_a_formula() ->
     assert safe["mixed"].tolist() == ["'=1+1", "''x", "-3", "plain", None, "", "'\tz", "'-x", 7]
     assert safe["n"].tolist() == [None] * 9
     assert unescape_frame(safe)["mixed"].tolist() == cells
+
+
+def test_signature_tuples_to_arrow_as_pyarrow_converts_them() -> None:
+    from hiroml.store.tables import _list_array
+
+    rng = np.random.default_rng(0)
+    sigs = [tuple(int(v) for v in rng.integers(0, 256, 16)) for _ in range(600)]
+    typ = pa.list_(pa.uint8())
+    assert _list_array(sigs, typ).equals(pa.array(sigs, type=typ))
+    assert _list_array([(1, 2), (3,)], typ).equals(pa.array([[1, 2], [3]], type=typ))
+    with pytest.raises((pa.ArrowInvalid, OverflowError)):
+        _list_array([(1, 256), (0, 0)], typ)  # out of range: refused as before
