@@ -90,6 +90,7 @@ MEANINGS: dict[str, str] = {
     "runtime.malloc": "keep_freed, or default: glibc's malloc thresholds",
     "runtime.fault": "die at a named point, for the kill tests",
     "doctor.enabled": "check the numeric paths against golden values before building",
+    "doctor.cache": "trust a pass recorded for this environment (~/.cache/hiroml/selfcheck)",
     "strict": "any input error fails the build",
     "progress": "progress bars on the console",
     "allow_shrink": "publish even when the shrink guard refuses",
