@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -204,15 +205,25 @@ def _pool_round(
     pool.shutdown()
 
 
+def _exit_code(proc: object, wait_s: float = 5.0) -> int | None:
+    """``proc``'s exit code, waiting up to ``wait_s`` for it. The pool's own thread reaps its
+    processes at the same time: a ``join`` here that loses that race returns with no code,
+    which the pool's thread sets a moment later on the same process object."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        join = getattr(proc, "join", None)
+        if join is not None:
+            join(0.05)
+        code = getattr(proc, "exitcode", None)
+        if code is not None or time.monotonic() > deadline:
+            return code
+        time.sleep(0.01)
+
+
 def _dead_reason(procs: list[object]) -> str:
     """How the first process of a broken pool that ended on its own ended (the pool
     terminates the others with SIGTERM)."""
-    codes = []
-    for proc in procs:
-        join = getattr(proc, "join", None)
-        if join is not None:
-            join(5)
-        codes.append(getattr(proc, "exitcode", None))
+    codes = [_exit_code(proc) for proc in procs]
     dead = [c for c in codes if c not in (None, 0, -signal.SIGTERM)]
     return death_reason(dead[0] if dead else None)
 
