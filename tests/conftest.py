@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,11 @@ from hiroml.config import BuildConfig
 # capture, and closes that stream when logging is configured again (Hydra does, in every
 # in-process build): every later test would fail on a closed file. The real stderr it never closes.
 absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+# The self-check's records (doctor.cache) go to a folder of this test session, inherited by the
+# builds it starts as processes, not to the user's ~/.cache: the suite leaves nothing there and
+# no record of an earlier run spares a check.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="hiroml-tests-cache-")
 
 #: make_cfg(datamart, out, *overrides) -> the typed config composed by Hydra.
 MakeCfg = Callable[..., BuildConfig]
