@@ -20,6 +20,7 @@ from hiroml import pipeline
 from hiroml.exams import neardup, paircache
 from hiroml.store import nearsplit
 from hiroml.store import verify as store_verify
+from hiroml.store.shards import shard_sha256
 from hiroml.versions import hashing as versions_hashing
 from hiroml.vocab import BUILD_JSON, MANIFEST, Split
 
@@ -83,7 +84,7 @@ def test_recorded_pairs_are_read_back_only_from_the_recorded_file(tmp_path: Path
     split = np.asarray(["train", "train", "val", "test"])[rng.integers(0, 4, len(pool))]
     paircache.cached_pair_arrays(tmp_path, old, threshold=0.95)  # the build's file
     path = paircache.cache_dir(tmp_path) / paircache.CACHE_FILE
-    sha = paircache.file_sha256(path)
+    sha = shard_sha256(path)
     want = _cross(neardup.pair_arrays(new, threshold=0.95), split)
     assert len(want[0]) > 5 and np.any(want[1] >= 420) and np.any(want[1] < 420)
 
@@ -101,7 +102,7 @@ def test_recorded_pairs_are_read_back_only_from_the_recorded_file(tmp_path: Path
     _tamper(path, lambda i, j: i == want[0][0])  # a pair hidden, the file still whole
     assert paircache.stored_pairs(path, 0.95) is not None
     assert recorded() is None
-    assert recorded(trusted={paircache.file_sha256(path)}) is not None  # were it recorded
+    assert recorded(trusted={shard_sha256(path)}) is not None  # were it recorded
 
 
 # ------------------------------------------------------------- a build, a leak planted
@@ -157,7 +158,7 @@ def test_a_leak_across_splits_is_found_in_every_mode_and_behind_a_tampered_file(
 ) -> None:
     out, (a, b) = built
     info = json.loads(next((out / "versions").glob(f"*/{BUILD_JSON}")).read_text())
-    assert info[paircache.RECORD_KEY]["sha256"] == paircache.file_sha256(
+    assert info[paircache.RECORD_KEY]["sha256"] == shard_sha256(
         paircache.cache_dir(out) / paircache.CACHE_FILE
     )
 

@@ -207,8 +207,8 @@ def link_groups(
     if near_threshold is not None:
         signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
         if len(signed) > 1:
-            joined = b"".join(bytes(s.signature) for s in signed)  # 3x np.asarray of tuples
-            sigs = np.frombuffer(joined, dtype=np.uint8).reshape(len(signed), -1).copy()
+            grid = b"".join(bytes(s.signature) for s in signed)  # 3x np.asarray of tuples
+            sigs = np.frombuffer(grid, dtype=np.uint8).reshape(len(signed), -1).copy()
             pairs = find_pairs(sigs, threshold=near_threshold)
             links += _near_links(signed, pairs, group, uf, near, link_near=link_near)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from hiroml.exams import neardup
 from hiroml.store.atomic import write_atomic
+from hiroml.store.shards import shard_sha256
 from hiroml.vocab import STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,7 @@ def file_record(out: Path) -> dict[str, str] | None:
     path = cache_dir(out) / CACHE_FILE
     if not path.is_file():
         return None
-    return {"sha256": file_sha256(path)}
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"sha256": shard_sha256(path)}
 
 
 def stored_pairs(path: Path, threshold: float) -> tuple[np.ndarray, neardup.PairArrays] | None:

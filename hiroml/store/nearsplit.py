@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from hiroml.exams import neardup, paircache
+from hiroml.store.shards import shard_sha256
 from hiroml.vocab import BUILD_JSON
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def recorded_pairs(
     hold together, one of its pairs fails its decision, or more than ``max_unknown``
     signatures are unknown to it."""
     path = paircache.cache_dir(out) / paircache.CACHE_FILE
-    if not path.is_file() or paircache.file_sha256(path) not in trusted:
+    if not path.is_file() or shard_sha256(path) not in trusted:
         log.debug("near-duplicate pairs %s: missing or not recorded by a kept version", path)
         return None
     stored = paircache.stored_pairs(path, threshold)
