@@ -128,3 +128,30 @@ def test_the_cli_answers_without_importing_the_build(
     assert f"nothing changed since version {first.version}" in done.stdout
     assert "is up to date with" in done.stdout
     assert "loaded: []" in done.stdout
+
+
+def test_a_build_after_the_check_lists_the_datamart_once(
+    once: tuple[Path, Path, build.BuildSummary],
+    make_cfg: MakeCfg,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check's listing of the datamart is the build's: a touched zip is listed once."""
+    from hiroml.ingest import discover as datamart
+
+    dm, out, _first = once
+    _touch(next(dm.rglob("*.zip")))
+    calls: list[str] = []
+    real = datamart.discover
+
+    def counted(root: Any) -> Any:
+        calls.append(str(root))
+        return real(root)
+
+    monkeypatch.setattr(datamart, "discover", counted)
+    again = build.run(make_cfg(dm, out))
+    assert not again.unchanged and again.zips_indexed_now == 1
+    assert len(calls) == 1
+    assert again.stage_seconds["discover"] > 0
+    seen = unchanged.look(make_cfg(dm, out))  # recorded again: answers, with its listing
+    assert seen.summary is not None and seen.summary.unchanged
+    assert seen.found is not None and len(seen.found.zips) == again.zips

@@ -194,9 +194,10 @@ def _main(cfg: DictConfig) -> None:
         if build_cfg.runtime.malloc == "keep_freed":
             allocator.keep_freed_buffers()
         _announce_demo(build_cfg)
-        summary = unchanged.answer(build_cfg) if build_cfg.skip_unchanged else None
+        seen = unchanged.look(build_cfg) if build_cfg.skip_unchanged else None
+        summary = seen.summary if seen is not None else None
         if summary is None:
-            summary = _full_build(build_cfg)
+            summary = _full_build(build_cfg, seen)
     except HiromlError as e:
         runlog.error("%s", e)
         print(f"hiroml-build: {e}", file=sys.stderr)
@@ -221,9 +222,10 @@ def _announce_demo(cfg: BuildConfig) -> None:
         )
 
 
-def _full_build(cfg: BuildConfig) -> BuildSummary:
+def _full_build(cfg: BuildConfig, seen: unchanged.Look | None = None) -> BuildSummary:
     """:func:`hiroml.pipeline.run`, imported only now: a re-run with nothing new answers
-    (:mod:`hiroml.pipeline.unchanged`) without pandas, pydicom or OpenCV. First the self-check
+    (:mod:`hiroml.pipeline.unchanged`) without pandas, pydicom or OpenCV; ``seen``, what that
+    check found, passes its datamart listing on. First the self-check
     (:func:`hiroml.doctor.checks.require`, once per process and, with ``doctor.cache``, once
     per environment; ``doctor.enabled``): a library that
     gives other values than the golden ones raises a
@@ -240,7 +242,7 @@ def _full_build(cfg: BuildConfig) -> BuildSummary:
     logging.getLogger("pydicom").setLevel(logging.WARNING)
     if cfg.doctor.enabled:  # before anything is written: other stored values stop the build
         require(cache=cfg.doctor.cache)
-    return run(cfg, check_unchanged=False)
+    return run(cfg, check_unchanged=False, seen=seen)
 
 
 def _interrupted() -> str:

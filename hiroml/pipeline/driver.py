@@ -115,12 +115,16 @@ def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
     return [done[s.task_id] for s in specs]
 
 
-def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
+def run(
+    cfg: BuildConfig, *, check_unchanged: bool = True, seen: unchanged.Look | None = None
+) -> BuildSummary:
     """Build (or bring up to date) the dataset described by ``cfg``.
 
     With ``cfg.skip_unchanged`` (and ``check_unchanged``, which ``hiroml-build`` turns off
     once it has checked before importing this module), a run whose inputs are those of the
-    latest version's build answers at once (:mod:`hiroml.pipeline.unchanged`).
+    latest version's build answers at once (:mod:`hiroml.pipeline.unchanged`). ``seen``: what
+    :func:`hiroml.pipeline.unchanged.look` found before, whose datamart listing (of the same
+    datamart) the build takes instead of listing it again.
 
     The datamart is listed first: a missing one, or one without any batch folder, raises
     :class:`~hiroml.errors.DatamartError` before anything is written. The build then holds
@@ -142,18 +146,21 @@ def run(cfg: BuildConfig, *, check_unchanged: bool = True) -> BuildSummary:
     cfg, root = with_demo(cfg)  # generates the demo datamart the first time
     t_demo = time.perf_counter() - t_start
     if check_unchanged and cfg.skip_unchanged:
-        same = unchanged.answer(cfg)
-        if same is not None:
-            return same
+        seen = unchanged.look(cfg)
+        if seen.summary is not None:
+            return seen.summary
     faults.arm(cfg.runtime.fault)
     # The driver decodes a few members itself (the pediatric check) and then forks the
     # conversion workers: OpenCV's thread pool must not exist in it when it forks, or a child
     # inherits the pool's locks without its threads and hangs in cv2.setNumThreads.
     cv2.setNumThreads(1)
     started = now()
-    t = time.perf_counter()
-    found = datamart.discover(root)  # a missing or empty datamart stops here
-    t_discover = time.perf_counter() - t
+    if seen is not None and seen.found is not None and seen.found.root == str(root):
+        found, t_discover = seen.found, seen.seconds
+    else:
+        t = time.perf_counter()
+        found = datamart.discover(root)  # a missing or empty datamart stops here
+        t_discover = time.perf_counter() - t
     out = Path(cfg.paths.output)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, wait=cfg.wait_for_lock):

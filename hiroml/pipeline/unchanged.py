@@ -139,30 +139,48 @@ def remember(
     write_text_atomic(record_path(out), json.dumps(record, indent=1, sort_keys=True))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Look:
+    """What :func:`look` found: the summary of the unchanged build (None when the build has
+    to run) and the datamart's listing it made (None when it listed nothing), which the
+    build takes instead of listing the datamart again (:func:`hiroml.pipeline.run`)."""
+
+    summary: BuildSummary | None
+    found: Discovery | None = None
+    seconds: float = 0.0  # how long the listing took
+
+
 def answer(cfg: BuildConfig) -> BuildSummary | None:
     """The summary of a run that finds its inputs those of the build that made the latest
     version, and the output as that build left it (checked under the output's lock); None
     when the build has to run. Imports neither pandas nor pydicom nor OpenCV."""
+    return look(cfg).summary
+
+
+def look(cfg: BuildConfig) -> Look:
+    """:func:`answer`, with the datamart's listing made on the way (when the output has a
+    record of its last build, else none is made)."""
     from hiroml.ingest import discover as datamart
     from hiroml.store.lock import build_lock
 
     t_start = time.perf_counter()
     out = Path(cfg.paths.output)
     if not record_path(out).is_file():
-        return None
+        return Look(None)
     from hiroml.pipeline.demo import with_demo
 
     cfg, root = with_demo(cfg)
     summary = BuildSummary(started=now(), datamart=str(root), output=str(out))
     found = datamart.discover(root)  # a missing or empty datamart: the build's own error
-    summary.stage_seconds["discover"] = time.perf_counter() - t_start
+    listed = time.perf_counter() - t_start
+    summary.stage_seconds["discover"] = listed
     with build_lock(out, wait=cfg.wait_for_lock):
         t = time.perf_counter()
         same = previous_build(cfg, root, out, found, summary)
     if same is not None:
         same.stage_seconds["check"] = time.perf_counter() - t
         same.seconds = time.perf_counter() - t_start
-    return same
+    return Look(same, found, listed)
 
 
 def previous_build(
