@@ -31,12 +31,18 @@ def _to_row(obj: Instance | Problem) -> list[Any]:
     return [getattr(obj, f.name) for f in fields(obj)]
 
 
+#: positions of the tuple fields in a stored row (JSON gives lists)
+_TUPLE_AT = tuple(k for k, name in enumerate(_INSTANCE_FIELDS) if name in _TUPLE_FIELDS)
+
+
 def _instance_from_row(row: list[Any]) -> Instance:
-    kw = dict(zip(_INSTANCE_FIELDS, row, strict=True))
-    for k in _TUPLE_FIELDS:
-        if kw[k] is not None:
-            kw[k] = tuple(kw[k])
-    return Instance(**kw)
+    """An Instance from its stored row: its fields in order (the schema fixes their number)."""
+    if len(row) != len(_INSTANCE_FIELDS):
+        raise ValueError(f"an index row of {len(row)} fields, not {len(_INSTANCE_FIELDS)}")
+    for k in _TUPLE_AT:
+        if row[k] is not None:
+            row[k] = tuple(row[k])
+    return Instance(*row)
 
 
 def _problem_from_row(row: list[Any]) -> Problem:
@@ -87,8 +93,10 @@ class IndexCache:
             if rel in wanted:
                 yield ZipIndex(
                     rel,
-                    tuple(_instance_from_row(r) for r in json.loads(inst_json)),
-                    tuple(_problem_from_row(r) for r in json.loads(prob_json)),
+                    tuple(map(_instance_from_row, json.loads(inst_json))),
+                    ()
+                    if prob_json == "[]"
+                    else tuple(map(_problem_from_row, json.loads(prob_json))),
                 )
 
     def store(self, ezip: ExamZip, zi: ZipIndex) -> None:
