@@ -378,7 +378,11 @@ def convert_exam(
 def _with_view(ready: Prepared, exam_description: str) -> list[CxrImage]:
     """The prepared frames with the view their full header and the exam description give."""
     view, source = classify_evidence(ready.evidence, exam_description=exam_description)
-    return [dataclasses.replace(f, view=view, view_source=source) for f in ready.frames]
+    return [
+        f if (f.view, f.view_source) == (view, source)
+        else dataclasses.replace(f, view=view, view_source=source)
+        for f in ready.frames
+    ]  # fmt: skip
 
 
 def _read_frames(

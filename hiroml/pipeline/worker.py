@@ -159,7 +159,7 @@ def run_task(spec: TaskSpec) -> TaskResult:
     reader = ExamReader(spec.root, spec.limits)
     store = ScratchReader(scratch_dir(spec.out_dir), spec.root, spec.cxr)
     bytes_read = 0
-    pending: list[SampleRecord] = []
+    pending: list[tuple[dict[str, Any], str]] = []  # a sample's record fields, its data_hash
     with ShardWriter(
         shard_dir,
         spec.task_id,
@@ -191,15 +191,14 @@ def run_task(spec: TaskSpec) -> TaskResult:
             problems.extend((exam.exam_key, p) for p in probs)
             for c in converted:
                 faults.write("shards")
-                data_hash = writer.add(c.record.sample_key, c.array, c.meta)
-                pending.append(dataclasses.replace(c.record, data_hash=data_hash))
+                data_hash = writer.add(c.fields["sample_key"], c.array, c.meta)
+                pending.append((c.fields, data_hash))
     shard_of = {k: info for info in writer.shards for k in info.keys}
-    for record in pending:
-        info = shard_of[record.sample_key]
+    for fields, data_hash in pending:
+        info = shard_of[fields["sample_key"]]
+        shard = f"{spec.shard_dir}/{info.name}"
         samples.append(
-            dataclasses.replace(
-                record, shard=f"{spec.shard_dir}/{info.name}", shard_sha256=info.sha256
-            )
+            SampleRecord(**fields, data_hash=data_hash, shard=shard, shard_sha256=info.sha256)
         )
     result = TaskResult(
         task_id=spec.task_id,
@@ -251,29 +250,26 @@ def join_tasks(spec: TaskSpec, parts: list[TaskResult]) -> TaskResult:
 
 @dataclass(frozen=True, slots=True)
 class _Converted:
-    """A converted sample before it is stored: its array, its shard metadata and its record
-    (``shard``, ``shard_sha256`` and ``data_hash`` are filled once the shard writer has it)."""
+    """A converted sample before it is stored: its array, its shard metadata and the fields of
+    its :class:`SampleRecord` but ``shard``, ``shard_sha256`` and ``data_hash``, which the
+    shard writer gives (the record is made once, with all of them)."""
 
     array: np.ndarray
     meta: dict[str, Any]
-    record: SampleRecord
+    fields: dict[str, Any]
 
 
 def _converted(
     key: str, exam: Exam, modality: str, array: np.ndarray, meta: dict[str, Any], **fields: Any
 ) -> _Converted:
     """A converted sample: its key, array, shard metadata and the other SampleRecord fields."""
-    record = SampleRecord(
+    fields.update(
         sample_key=key,
         exam_key=exam.exam_key,
         modality=modality,
-        shard="",
-        shard_sha256="",
-        data_hash="",
         shape=tuple(int(s) for s in array.shape),
-        **fields,
     )
-    return _Converted(array, meta, record)
+    return _Converted(array, meta, fields)
 
 
 def _cxr_key(exam: Exam, img: CxrImage) -> str:
