@@ -3,7 +3,9 @@ from the scratch store (hiroml.pipeline.scratch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -208,3 +210,68 @@ def test_packs_a_cut_record_a_damaged_payload_and_two_readers(
         assert sum(reader.take(i) is not None for i in insts) == n - 1
     assert caplog.text.count("scratch entry unreadable") == 1
     assert scratch.sweep(out) == 0  # the damaged one counts as taken: never tried again
+
+
+def _frame(array: np.ndarray, frame: int, n_frames: int) -> Any:
+    from hiroml.records import CxrImage
+    from hiroml.vocab import View
+
+    return CxrImage(
+        sop_uid="1.2.3", series_uid="1.2", rel_zip="b/x.zip", member="m.dcm", array=array,
+        view=View.LATERAL, view_source="ViewPosition=LL", original_shape=(40, 30),
+        pixel_spacing=(0.5, 0.25), spacing_after=None, photometric="MONOCHROME1",
+        bits_stored=12, transfer_syntax="1.2.840.10008.1.2.1", lut="minmax", inverted=True,
+        scale=1 / 255, decoder="numpy", frame=frame, n_frames=n_frames, padding="p",
+    )  # fmt: skip
+
+
+def test_a_payload_holds_the_arrays_as_bytes_and_gives_back_the_same_frames() -> None:
+    """A stored entry is a small header and the arrays' bytes (no array pickled): read back,
+    every field, dtype, shape and value is the written one, and the arrays can be written."""
+    from hiroml.cxr.view import ViewEvidence
+
+    rng = np.random.default_rng(0)
+    frames = (
+        _frame(rng.random((40, 30)).astype(np.float16), 0, 2),
+        _frame(rng.integers(0, 255, (7, 5), dtype=np.uint8)[:, ::2], 1, 2),  # not contiguous
+    )
+    ready = cxr_convert.Prepared(frames, ViewEvidence("LL", ("lateral",), "CHEST", "L"))
+    parts = scratch._payload(ready)
+    assert sum(memoryview(p).nbytes for p in parts) < 40 * 30 * 2 + 7 * 3 + 1024
+    back = scratch._prepared(bytearray(b"".join(parts)))
+    assert back.evidence == ready.evidence
+    for f, g in zip(frames, back.frames, strict=True):
+        assert (g.array.dtype, g.array.shape) == (f.array.dtype, f.array.shape)
+        np.testing.assert_array_equal(g.array, f.array)
+        assert g.array.flags.writeable
+        assert g == dataclasses.replace(f, array=g.array)  # the other fields, the View too
+    with pytest.raises(ValueError, match="after the arrays"):
+        scratch._prepared(bytearray(b"".join(parts) + b"x"))
+
+
+def test_an_entry_an_earlier_release_pickled_is_still_taken(
+    tiny_datamart: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A pack left by an earlier release (a crashed build) holds records marked ``HRS1``
+    whose payload is the pickled Prepared: they are taken as they were."""
+    root, ezip = _one_cxr_zip(tiny_datamart[0], tmp_path)
+    cfg = CxrConfig(views=["frontal", "lateral", "unknown"])
+    folder = scratch.scratch_dir(tmp_path / "out")
+    zi = index_zip(root / ezip.rel_path, ezip, IndexConfig(), scratch.Preparer(str(folder), cfg))
+    inst = zi.instances[0]
+    ready = scratch.ScratchReader(folder, str(root), cfg).take(inst)
+    assert ready is not None
+    scratch.sweep(tmp_path / "out")
+    settings = scratch.Preparer(str(folder), cfg).settings
+    key = scratch.entry_key(inst.rel_zip, ezip.size, ezip.mtime_ns, inst.member, settings)
+    payload = pickle.dumps(ready, protocol=pickle.HIGHEST_PROTOCOL)
+    folder.mkdir(parents=True)
+    (folder / "pack-1-00000000.bin").write_bytes(
+        scratch._HEAD.pack(b"HRS1", key, len(payload)) + payload
+    )
+    assert scratch.count(tmp_path / "out") == 1
+    reader = scratch.ScratchReader(folder, str(root), cfg)
+    old = reader.take(inst)
+    assert old is not None and reader.taken == 1
+    np.testing.assert_array_equal(old.frames[0].array, ready.frames[0].array)
+    assert scratch.sweep(tmp_path / "out") == 0

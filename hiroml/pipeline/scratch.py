@@ -6,10 +6,15 @@ member again.
 The store is append-only packs, one per worker process,
 ``<output>/.hiroml/scratch/pack-<pid>-<token>.bin``, not a file per member (a file creation
 and a deletion per member cost 0.3 ms here, far more on a cluster file system). A pack
-is a run of records: a 4-byte mark (``HRS1`` live, ``HRSX`` taken), the 16-byte key, the
-payload's length (8 bytes, little endian) and the payload, a pickled
-:class:`hiroml.cxr.convert.Prepared`. Each record is flushed when written, so a pack is readable as
-soon as its worker has indexed the zip; a record cut short (a crash) ends its pack's scan.
+is a run of records: a 4-byte mark (``HRS2`` live, ``HRSX`` taken), the 16-byte key, the
+payload's length (8 bytes, little endian) and the payload, a
+:class:`hiroml.cxr.convert.Prepared`: the length of a small header (4 bytes, little endian),
+the header (a pickle of plain values: each frame's fields, its array's dtype and shape, and the
+view evidence), then each frame's array as its C-order bytes, so that no array is pickled and
+the conversion reads it back without a copy. Records marked ``HRS1`` (an earlier release's: the
+whole :class:`~hiroml.cxr.convert.Prepared` pickled) are still taken. Each record is flushed
+when written, so a pack is readable as soon as its worker has indexed the zip; a record cut
+short (a crash) ends its pack's scan.
 
 The key hashes the zip's path, size and modification time, the member, the ``cxr``
 configuration and the hiroml version: an entry is only ever taken for the very bytes and
@@ -21,8 +26,9 @@ build that crashed in between leaves live entries that the next build takes when
 match, or sweeps. Memory stays bounded by one member per worker; the disk the store holds at
 its peak is about the size of the new radiographs' arrays.
 
-Entries are pickles written by this module under the output folder the build owns (as its
-SQLite index is); they are never read from anywhere else.
+The headers (an earlier release's entries: whole) are pickles written by this module under
+the output folder the build owns (as its SQLite index is); they are never read from anywhere
+else.
 
 Only radiographs: a CT series needs all its slices at once, so keeping what the index read
 until the conversion would cost disk equal to the source slices.
@@ -31,22 +37,26 @@ until the conversion would cost disk equal to the source slices.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
+
 from hiroml._version import __version__
 from hiroml.config import CxrConfig
-from hiroml.records import ExamZip, Instance
-from hiroml.vocab import STATE_DIR, Modality
+from hiroml.records import CxrImage, ExamZip, Instance
+from hiroml.vocab import STATE_DIR, Modality, View
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -57,8 +67,13 @@ log = logging.getLogger(__name__)
 
 SCRATCH_DIR = "scratch"
 _SUFFIX = ".bin"
-_LIVE, _TAKEN = b"HRS1", b"HRSX"
+_LIVE, _TAKEN = b"HRS2", b"HRSX"
+_PICKLED = b"HRS1"  # a live record of an earlier release: the Prepared pickled whole
 _HEAD = struct.Struct("<4s16sQ")  # mark, key, payload length
+_HEADER_LEN = struct.Struct("<I")  # of a payload's header, before the arrays
+_FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(CxrImage) if f.name != "array")
+# the fields a header's values stand for: a header of other fields is not read
+_LAYOUT = hashlib.blake2b(repr(_FRAME_FIELDS).encode(), digest_size=8).digest()
 
 
 def scratch_dir(out_dir: str | os.PathLike[str]) -> Path:
@@ -87,9 +102,11 @@ class _Pack:
         self.path = folder / f"pack-{self.pid}-{secrets.token_hex(4)}{_SUFFIX}"
         self.file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - lives across members
 
-    def append(self, key: bytes, payload: bytes) -> None:
-        self.file.write(_HEAD.pack(_LIVE, key, len(payload)))
-        self.file.write(payload)
+    def append(self, key: bytes, parts: Sequence[bytes | memoryview]) -> None:
+        """One live record whose payload is ``parts`` one after the other."""
+        self.file.write(_HEAD.pack(_LIVE, key, sum(memoryview(p).nbytes for p in parts)))
+        for part in parts:
+            self.file.write(part)
         self.file.flush()  # readable now: a pool's worker ends without flushing
 
     def close(self) -> None:
@@ -158,7 +175,49 @@ class Preparer:
         if ready is None:
             return
         key = entry_key(ezip.rel_path, ezip.size, ezip.mtime_ns, inst.member, self.settings)
-        _pack(self.folder).append(key, pickle.dumps(ready, protocol=pickle.HIGHEST_PROTOCOL))
+        _pack(self.folder).append(key, _payload(ready))
+
+
+def _payload(ready: Prepared) -> list[bytes | memoryview]:
+    """A record's payload: the header's length, the header, each frame's array bytes."""
+    arrays = [np.ascontiguousarray(f.array) for f in ready.frames]
+    frames = [
+        (tuple(str(v) if n == "view" else v for n, v in _fields(f)), a.dtype.str, a.shape)
+        for f, a in zip(ready.frames, arrays, strict=True)
+    ]
+    evidence = tuple(getattr(ready.evidence, f.name) for f in dataclasses.fields(ready.evidence))
+    header = pickle.dumps((_LAYOUT, frames, evidence), protocol=pickle.HIGHEST_PROTOCOL)
+    return [_HEADER_LEN.pack(len(header)), header, *(a.reshape(-1).data for a in arrays)]
+
+
+def _fields(frame: CxrImage) -> Iterator[tuple[str, Any]]:
+    return ((n, getattr(frame, n)) for n in _FRAME_FIELDS)
+
+
+def _prepared(buf: bytearray) -> Prepared:
+    """The :class:`~hiroml.cxr.convert.Prepared` of a payload (:func:`_payload`); its arrays
+    are views of ``buf``. ValueError when the payload does not hold what its header says."""
+    from hiroml.cxr.convert import Prepared
+    from hiroml.cxr.view import ViewEvidence
+
+    (size,) = _HEADER_LEN.unpack_from(buf, 0)
+    start = _HEADER_LEN.size + size
+    if start > len(buf):
+        raise ValueError(f"a header of {size} bytes in a payload of {len(buf)}")
+    layout, frames, evidence = pickle.loads(memoryview(buf)[_HEADER_LEN.size : start])
+    if layout != _LAYOUT:
+        raise ValueError("written for other CxrImage fields")
+    images = []
+    for values, dtype, shape in frames:
+        count = math.prod(shape)
+        array = np.frombuffer(buf, dtype=np.dtype(dtype), count=count, offset=start)
+        start += array.nbytes
+        fields = dict(zip(_FRAME_FIELDS, values, strict=True))
+        fields["view"] = View(fields["view"])
+        images.append(CxrImage(array=array.reshape(shape), **fields))
+    if start != len(buf):
+        raise ValueError(f"{len(buf) - start} bytes after the arrays")
+    return Prepared(tuple(images), ViewEvidence(*evidence))
 
 
 def _records(path: Path) -> Iterator[tuple[bytes, bytes, int, int]]:
@@ -170,13 +229,13 @@ def _records(path: Path) -> Iterator[tuple[bytes, bytes, int, int]]:
             f.seek(pos)
             mark, key, length = _HEAD.unpack(f.read(_HEAD.size))
             start = pos + _HEAD.size
-            if mark not in (_LIVE, _TAKEN) or start + length > size:
+            if mark not in (_LIVE, _PICKLED, _TAKEN) or start + length > size:
                 return  # a record cut short, or not a pack: the scan ends here
             yield mark, key, start, length
             pos = start + length
 
 
-Entries = dict[bytes, tuple[Path, int, int]]  # key -> (pack, payload offset, length)
+Entries = dict[bytes, tuple[Path, int, int, bytes]]  # key -> (pack, payload offset, length, mark)
 _SCANNED: dict[str, tuple[object, Entries]] = {}  # folder -> (its packs' sizes, entries)
 
 
@@ -193,8 +252,8 @@ def _live(folder: Path, *, fresh: bool = False) -> Entries:
     found: Entries = {}
     for path in packs:
         for mark, key, start, length in _records(path):
-            if mark == _LIVE:
-                found[key] = (path, start, length)
+            if mark in (_LIVE, _PICKLED):
+                found[key] = (path, start, length, mark)
     _SCANNED[str(folder)] = (state, found)
     return dict(found)
 
@@ -209,7 +268,7 @@ class ScratchReader:
         self.settings = _settings_hash(cfg)
         self.taken = 0
         self._stat: dict[str, tuple[int, int]] = {}
-        self._entries: dict[bytes, tuple[Path, int, int]] | None = None
+        self._entries: Entries | None = None
 
     def take(self, inst: Instance) -> Prepared | None:
         """The stored :class:`hiroml.cxr.convert.Prepared` of ``inst`` (the entry is marked taken),
@@ -226,21 +285,24 @@ class ScratchReader:
         where = self._entries.pop(entry_key(inst.rel_zip, *key, inst.member, self.settings), None)
         if where is None:
             return None
-        path, start, length = where
+        path, start, length, mark = where
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             return None
+        payload = bytearray(length)
         try:
-            if os.pread(fd, len(_LIVE), start - _HEAD.size) != _LIVE:
+            if os.pread(fd, len(mark), start - _HEAD.size) != mark:
                 return None  # taken since the scan
-            payload = os.pread(fd, length, start)
+            got = os.preadv(fd, [payload], start)
             os.pwrite(fd, _TAKEN, start - _HEAD.size)  # taken once, also by another reader
             _release(fd, start, length)
         finally:
             os.close(fd)
         try:
-            ready: Prepared = pickle.loads(payload)
+            if got != length:
+                raise ValueError(f"{got} of {length} bytes read")
+            ready: Prepared = _prepared(payload) if mark == _LIVE else pickle.loads(payload)
         except Exception as e:  # a damaged entry: the conversion reads the zip instead
             log.warning("%s: scratch entry unreadable (%s), reading the zip", inst.member, e)
             return None
