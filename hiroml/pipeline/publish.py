@@ -160,12 +160,12 @@ def _write_report(
     read from the shards under ``out``."""
     from hiroml.store.shards import open_shard, read_ref, sample_refs
 
-    shard_of = dict(zip(manifest["sample_key"], manifest["shard"], strict=True))
+    shard_of = pd.Series(manifest["shard"].to_numpy(), index=manifest["sample_key"].to_numpy())
     opened: dict[str, tuple[Any, dict[str, Any]]] = {}  # shard -> (open file, its refs)
 
     def read_array(key: str) -> np.ndarray:
         """A sample's stored array; each shard opened and its index read once per report."""
-        shard = shard_of[key]
+        shard = str(shard_of[key])
         if shard not in opened:
             f = open_shard(out / shard)
             opened[shard] = (f, sample_refs(f))
@@ -205,7 +205,9 @@ def _report_files(
     files a study cites."""
     from hiroml.report import neardup as report_neardup
     from hiroml.report import page as report_page
+    from hiroml.report.flow import compute_flow
 
+    flow = compute_flow(audit, manifest)  # once, for the page, the card and the cited files
     info = jsonable_summary(summary)
     if orphan_advice:
         info["orphans"] = orphan_advice
@@ -221,10 +223,18 @@ def _report_files(
         settings=settings,
         dataset_hash=dataset_hash,
         environment=environment,
+        flow=flow,
     )
     if folder is not None:  # a version's folder: the files a study cites, beside its report
         from hiroml.report.citable import write_citable
 
         write_citable(
-            folder, out, manifest, audit, summary=info, settings=settings, dataset_hash=dataset_hash
+            folder,
+            out,
+            manifest,
+            audit,
+            summary=info,
+            settings=settings,
+            dataset_hash=dataset_hash,
+            flow=flow,
         )

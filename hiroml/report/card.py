@@ -80,7 +80,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _batches(audit: pd.DataFrame, manifest: pd.DataFrame) -> list[list[str]]:
-    names = set(text_column(audit, "batch")) | set(text_column(manifest, "batch"))
+    names = set(text_column(audit, "batch").unique()) | set(text_column(manifest, "batch").unique())
     used = manifest.groupby(text_column(manifest, "batch")).size() if len(manifest) else pd.Series()
     rows = []
     for name in sorted(n for n in names if n):

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from hiroml.report import card, claim, croissant
-from hiroml.report.flow import compute_flow
+from hiroml.report.flow import Flow, compute_flow
 from hiroml.vocab import BatchStatus
 
 
@@ -24,12 +24,14 @@ def write_citable(
     summary: Mapping[str, Any],
     settings: Mapping[str, Any] | None,
     dataset_hash: str,
+    flow: Flow | None = None,
 ) -> None:
     """Write ``croissant.json`` and ``CLAIM.md`` into the version folder ``folder`` (which
     holds its tables; shards under ``out``). ``summary``: the build summary as the report
     gets it (``version``, ``split_rule``); ``settings``:
-    :func:`hiroml.report.card.settings_of`."""
-    flow = compute_flow(audit, manifest)
+    :func:`hiroml.report.card.settings_of`; ``flow``: :func:`hiroml.report.flow.compute_flow`
+    of ``audit`` and ``manifest`` (computed here when None)."""
+    flow = compute_flow(audit, manifest) if flow is None else flow
     rule = summary.get("split_rule")
     batches = card._batches(audit, manifest)
     info = {
@@ -42,4 +44,4 @@ def write_citable(
         "limitations": card._limitations(manifest, audit, flow, card._label_columns(manifest)),
     }
     croissant.write_croissant(folder, out, manifest, info=info)
-    claim.write_claim(folder, manifest, audit, info=info)
+    claim.write_claim(folder, manifest, audit, info=info, flow=flow)

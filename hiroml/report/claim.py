@@ -232,17 +232,26 @@ def _partition_items(
     ]
 
 
-def _rows(manifest: pd.DataFrame, audit: pd.DataFrame, info: Mapping[str, Any]) -> list[str]:
+def _rows(
+    manifest: pd.DataFrame, audit: pd.DataFrame, info: Mapping[str, Any], f: Flow | None
+) -> list[str]:
     """The items the build answers, each a ``### n. name`` heading and its text."""
-    f = compute_flow(audit, manifest)
+    f = compute_flow(audit, manifest) if f is None else f
     info = {**info, "batch_rows": card._batches(audit, manifest)}
     items = [*_data_items(manifest, f, info), *_partition_items(manifest, audit, f, info)]
     return [f"### {n}. {name}\n\n{text}\n" for n, name, text in items]
 
 
-def render_claim(manifest: pd.DataFrame, audit: pd.DataFrame, *, info: Mapping[str, Any]) -> str:
+def render_claim(
+    manifest: pd.DataFrame,
+    audit: pd.DataFrame,
+    *,
+    info: Mapping[str, Any],
+    flow: Flow | None = None,
+) -> str:
     """The CLAIM 2024 data items as Markdown. ``info``: ``version``, ``dataset_hash``,
-    ``settings`` (config key -> value) and ``split_rule`` (the rule in words), each optional."""
+    ``settings`` (config key -> value) and ``split_rule`` (the rule in words), each optional;
+    ``flow``: :func:`hiroml.report.flow.compute_flow` of the tables (computed when None)."""
     version = info.get("version")
     head = [
         f"# CLAIM 2024 data items: hiroml dataset{f' version {version}' if version else ''}",
@@ -262,16 +271,21 @@ def render_claim(manifest: pd.DataFrame, audit: pd.DataFrame, *, info: Mapping[s
         *[f"| {n} | {name} | {what} |" for n, name, what in FOR_AUTHORS],
         "",
     ]
-    return "\n".join([*head, *_rows(manifest, audit, info), *rest])
+    return "\n".join([*head, *_rows(manifest, audit, info, flow), *rest])
 
 
 def write_claim(
-    folder: Path, manifest: pd.DataFrame, audit: pd.DataFrame, *, info: Mapping[str, Any]
+    folder: Path,
+    manifest: pd.DataFrame,
+    audit: pd.DataFrame,
+    *,
+    info: Mapping[str, Any],
+    flow: Flow | None = None,
 ) -> Path:
     """Write ``folder/CLAIM.md`` (atomically); return its path."""
     from hiroml.store.atomic import write_text_atomic
     from hiroml.vocab import CLAIM_NAME
 
     path = Path(folder) / CLAIM_NAME
-    write_text_atomic(path, render_claim(manifest, audit, info=info))
+    write_text_atomic(path, render_claim(manifest, audit, info=info, flow=flow))
     return path

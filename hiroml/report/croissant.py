@@ -155,7 +155,7 @@ def _distribution(folder: Path, out: Path, manifest: pd.DataFrame) -> list[dict[
 
 
 def _batches(manifest: pd.DataFrame, batches: Sequence[str]) -> list[str]:
-    return sorted(set(batches) | {b for b in text_column(manifest, "batch") if b})
+    return sorted((set(batches) | set(text_column(manifest, "batch").unique())) - {""})
 
 
 def _batch_dates(batches: Sequence[str]) -> list[str]:

@@ -33,11 +33,13 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import pandas as pd
 
+from hiroml.report.html import text_only
 from hiroml.vocab import SPLITS, Action
 
 #: Dropped reasons grouped into the classes a paper reports, first match wins (the audit's
@@ -131,22 +133,32 @@ def text_column(df: pd.DataFrame, col: str) -> pd.Series:
     if col not in df.columns:
         return pd.Series([""] * len(df), index=df.index, dtype=object)
     values = df[col]
-    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
-        return values.fillna("").astype(object)  # text already: missing is NaN, nothing else
+    if len(values) and text_only(values):  # column-wise, to pandas' str dtype
+        return values.fillna("").astype("str")
     return values.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
+
+
+def per_value(values: pd.Series, fn: Callable[[str], str]) -> pd.Series:
+    """``fn`` of each value of ``values``, called once per distinct value."""
+    return values.map({v: fn(v) for v in values.unique()}).astype(object)
 
 
 #: A zip's status is the first of these actions among its rows ("other": none of them).
 _STATUS_ORDER = (Action.SKIPPED, Action.DUPLICATE, Action.MERGED, Action.KEPT, Action.ERROR)
 
 
-def _zip_status(key: pd.Series, action: pd.Series) -> pd.Series:
+def _zip_status(key: pd.Series, action: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """Each zip's status (indexed by ``key``, sorted): the first action of
-    :data:`_STATUS_ORDER` among its rows, ``"other"`` when it has none of them."""
-    names = [str(a) for a in _STATUS_ORDER]
-    rank = action.map({a: k for k, a in enumerate(names)}).fillna(len(names)).astype(int)
-    best = rank.groupby(key, sort=True).min()
-    return best.map(dict(enumerate([*names, "other"]))).astype(object)
+    :data:`_STATUS_ORDER` among its rows, ``"other"`` when it has none of them; and each
+    row's zip status, as an array of the same names (one factorisation, no per-row work)."""
+    names = [*(str(a) for a in _STATUS_ORDER), "other"]
+    rank = action.map({a: k for k, a in enumerate(names[:-1])}).fillna(len(names) - 1)
+    codes, zips = pd.factorize(key, sort=True)
+    best = np.full(len(zips), len(names) - 1, dtype=np.int64)
+    np.minimum.at(best, codes, rank.to_numpy(dtype=np.int64))
+    labels = np.array(names, dtype=object)
+    status = pd.Series(labels[best], index=pd.Index(zips, name=key.name), dtype=object)
+    return status, labels[best[codes]]
 
 
 def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
@@ -166,7 +178,7 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
         }
     )
     a = a[a["zip"].str.lower().str.endswith(".zip")]
-    status = _zip_status(a["key"], a["action"])
+    status, row_status = _zip_status(a["key"], a["action"])
     n = status.value_counts()
     count = {
         s: int(n.get(s, 0))
@@ -174,10 +186,12 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
     }
     count[Action.ERROR] += int(n.get("other", 0))
     # rows about an exam's content: its primary zip's and its merged parts'
-    in_exam = a["key"].isin(status.index[status.isin([str(Action.KEPT), str(Action.MERGED)])])
+    in_exam = (row_status == str(Action.KEPT)) | (row_status == str(Action.MERGED))
     exams = count[Action.KEPT]  # a kept zip is the primary zip of one exam
 
-    dropped_reasons = a.loc[in_exam & (a["action"] == Action.DROPPED), "reason"].map(reason_class)
+    dropped_reasons = per_value(
+        a.loc[in_exam & (a["action"] == Action.DROPPED), "reason"], reason_class
+    )
     by_class = dropped_reasons.value_counts()
     order = [name for name, _ in REASON_CLASSES] + [OTHER]
     dropped = {c: int(by_class[c]) for c in order if c in by_class}
@@ -192,7 +206,7 @@ def compute_flow(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
         }
     )
     exams_with = int(m.loc[m["exam_key"] != "", "exam_key"].nunique())
-    names = [*SPLITS, *sorted(set(m["split"]) - set(SPLITS))]
+    names = [*SPLITS, *sorted(set(m["split"].unique()) - set(SPLITS))]
     splits = tuple(
         SplitCounts(
             split=s or "(none)",

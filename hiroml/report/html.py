@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from hiroml.store.reader import cell_list, is_missing
@@ -20,7 +22,9 @@ ACTION_ORDER = (Action.ERROR, Action.DUPLICATE, Action.MERGED, Action.DROPPED, A
 THUMB_PX = 176  # longest side of a radiograph thumbnail, pixels
 CT_THUMB_PX = 150  # longest side of one CT plane, pixels
 CT_WINDOW = (1500.0, -600.0)  # lung window: width, level (HU)
-MAX_DECISION_ROWS = 20_000  # per action; the rest are in audit.csv
+MAX_REASONS = 50  # reason lines shown per action; the others are counted in one line
+MAX_REASON_ROWS = 20  # audit rows shown per reason line; every row is in audit.csv
+MAX_TABLE_ROWS = 200  # rows of the orphans and linked ids tables; all are in the tables
 MISSING = "—"
 
 ReadArray = Callable[[str], np.ndarray]
@@ -56,13 +60,37 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _keys(s: pd.Series) -> pd.Series:
-    """A column as plain strings, missing values as ``""`` (for grouping and counting)."""
+    """A column as plain strings, missing values as ``""`` (for grouping and counting). A
+    text column (or an object column of strings and missing values) is converted column-wise
+    to pandas' ``str`` dtype; any other column cell by cell (:func:`_text`)."""
+    if len(s) and text_only(s):
+        return s.fillna("").astype("str")
     keys = [v if type(v) is str else _text(v) if not is_missing(v) else "" for v in s]
     return pd.Series(keys, index=s.index, dtype=object)
 
 
+def text_only(s: pd.Series) -> bool:
+    """Whether ``s`` holds only text and missing values (a ``str`` dtype, or an object
+    column whose non-missing values are all strings), found without a Python loop."""
+    if s.dtype == object:
+        return bool(pd.api.types.infer_dtype(s, skipna=True) == "string")
+    return pd.api.types.is_string_dtype(s.dtype)
+
+
+def list_lengths(s: pd.Series) -> np.ndarray:
+    """The number of values in each list cell of ``s`` (:func:`cell_list`: a missing cell
+    has none, a lone string one), through Arrow when every cell is a list or missing."""
+    try:
+        arr = pa.array(s, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        arr = None
+    if arr is not None and pa.types.is_list(arr.type):
+        return np.asarray(pc.list_value_length(arr).fill_null(0), dtype=np.int64)
+    return np.fromiter((len(cell_list(v)) for v in s), dtype=np.int64, count=len(s))
+
+
 def _splits_in(values: Iterable[str]) -> list[str]:
-    present = set(values)
+    present = set(values.unique() if isinstance(values, pd.Series) else values)
     rest = sorted(v for v in present if v not in SPLITS)
     return [s for s in SPLITS if s in present] + rest
 

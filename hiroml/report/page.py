@@ -181,12 +181,12 @@ def shard_reader(out_dir: Path | str, manifest: pd.DataFrame) -> ReadArray:
     from hiroml.store.shards import read_sample
 
     root = Path(out_dir)
-    shard_of = dict(
-        zip(_keys(_col(manifest, "sample_key")), _keys(_col(manifest, "shard")), strict=True)
+    shard_of = pd.Series(
+        _keys(_col(manifest, "shard")).to_numpy(), index=_keys(_col(manifest, "sample_key"))
     )
 
     def read_array(key: str) -> np.ndarray:
-        return read_sample(root / shard_of[key], key)[0]
+        return read_sample(root / str(shard_of[key]), key)[0]
 
     return read_array
 
@@ -205,6 +205,7 @@ def write_report(
     settings: Mapping[str, Any] | None = None,
     dataset_hash: str = "",
     environment: Mapping[str, Any] | None = None,
+    flow: Flow | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, one self-contained page, with ``flow.svg`` (the
     inclusion/exclusion flow, :mod:`hiroml.report.flow`, also drawn at the top of the page) and
@@ -227,6 +228,8 @@ def write_report(
     computed it already: the card then does not hash the manifest again).
     ``environment`` (:func:`hiroml.doctor.libraries.environment_record`, as ``build.json``
     records it) is shown as a table on the page and in the card.
+    ``flow`` (:func:`hiroml.report.flow.compute_flow` of ``audit`` and ``manifest``) when the
+    caller has it; else it is computed here.
     Each file is written to a temporary name then moved into place (``os.replace``).
     """
     from hiroml.report.card import render_card
@@ -234,7 +237,7 @@ def write_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    flow = compute_flow(audit, manifest)
+    flow = compute_flow(audit, manifest) if flow is None else flow
     for problem in flow.problems():
         log.warning("flow diagram: the counts do not add up: %s", problem)
     svg = flow_svg(flow)

@@ -24,7 +24,6 @@ import html
 import math
 import re
 import weakref
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hiroml.exams.splits import AGE_BANDS, MISSING, age_band
+from hiroml.exams.splits import AGE_BANDS, MISSING
 from hiroml.report.flow import text_column
 from hiroml.store.tables import OWN_COLUMNS
 from hiroml.vocab import SPLITS
 
-_BATCH_DATE = re.compile(r"-UPDATE-(\d{8})-", re.IGNORECASE)
+#: A batch folder's date (``{CXR|CT}-UPDATE-YYYYMMDD-...``).
+BATCH_DATE = re.compile(r"-UPDATE-(\d{8})-", re.IGNORECASE)
 _DEMOGRAPHIC_COLUMN = re.compile(r"race|ethnic", re.IGNORECASE)
 #: The name of the distance over the combination of every attribute.
 JOINT = "joint"
@@ -66,7 +66,7 @@ def jensen_shannon(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndar
 def delivery_week(batch: str) -> str:
     """The ISO week (``2020-W19``) of a batch folder's date, ``<missing>`` when the name
     carries none."""
-    m = _BATCH_DATE.search(batch)
+    m = BATCH_DATE.search(batch)
     if m is None:
         return MISSING
     try:
@@ -92,6 +92,17 @@ def demographic_columns(manifest: pd.DataFrame) -> list[str]:
     )
 
 
+def _age_bands(years: pd.Series) -> pd.Series:
+    """:func:`hiroml.exams.splits.age_band` of each age (years), column-wise: the first band
+    whose top exceeds the age, ``80+`` past the last, ``<missing>`` for none."""
+    ages = pd.to_numeric(years, errors="coerce").astype(float).to_numpy()
+    tops = np.array([top for top, _ in AGE_BANDS])
+    names = np.array([*(name for _, name in AGE_BANDS), "80+", MISSING], dtype=object)
+    band = np.searchsorted(tops, ages, side="right")
+    band[np.isnan(ages)] = len(names) - 1
+    return pd.Series(names[band], index=years.index, dtype=object)
+
+
 def group_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per patient group: ``group``, ``split``, ``week`` and the attributes (see the
     module docstring), in group order."""
@@ -108,9 +119,7 @@ def group_table(manifest: pd.DataFrame) -> pd.DataFrame:
             if "exam_time" in manifest.columns
             else pd.NaT,
             "key": text_column(manifest, "sample_key"),
-            "age_band": pd.to_numeric(manifest.get("age_years"), errors="coerce")
-            .astype(float)
-            .map(age_band)
+            "age_band": _age_bands(manifest["age_years"])
             if "age_years" in manifest.columns
             else MISSING,
             "sex": text_column(manifest, "sex").str.strip().str.upper().replace("", MISSING),
@@ -206,12 +215,12 @@ def _representativeness(manifest: pd.DataFrame) -> Representativeness:
     attributes = tuple(c for c in groups.columns if c not in ("group", "split", "week"))
     sample_week = _weeks(manifest)
     sample_split = text_column(manifest, "split")
-    weeks = sorted(set(groups["week"]) | set(sample_week))
+    weeks = sorted(set(groups["week"].unique()) | set(sample_week.unique()))
     splits = [s for s in SPLITS if (groups["split"] == s).any()] + sorted(
-        set(groups["split"]) - set(SPLITS)
+        set(groups["split"].unique()) - set(SPLITS)
     )
     cells = dict(tuple(groups.groupby(["week", "split"], sort=False)))
-    delivered = Counter(zip(sample_week, sample_split, strict=True))
+    delivered = pd.DataFrame({"week": sample_week, "split": sample_split}).value_counts().to_dict()
     rows = []
     for week in weeks:
         for split in splits:

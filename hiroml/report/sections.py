@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ import pandas as pd
 
 from hiroml._version import __version__
 from hiroml.ingest.discover import REMAP_SHEET_NAME as REMAP_SHEET
-from hiroml.report.flow import Flow, reason_class
+from hiroml.report.flow import Flow, per_value, reason_class
 from hiroml.report.html import (
     ACTION_ORDER,
     CT_WINDOW,
-    MAX_DECISION_ROWS,
+    MAX_REASON_ROWS,
+    MAX_REASONS,
+    MAX_TABLE_ROWS,
     MISSING,
     ReadArray,
     _bar,
@@ -30,9 +33,11 @@ from hiroml.report.html import (
     _splits_in,
     _table,
     _text,
+    list_lengths,
 )
+from hiroml.report.representativeness import BATCH_DATE
 from hiroml.report.thumbnails import _ct_sheet, _cxr_sheet
-from hiroml.store.reader import cell_list, is_missing
+from hiroml.store.reader import is_missing
 from hiroml.vocab import SPLITS, Action
 
 
@@ -163,7 +168,8 @@ def split_balance(manifest: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFram
     )
     psplit = _keys(_col(patients, "split"))
     # train, val and test always (a missing split shows as zeros), then any other value
-    names = [*SPLITS, *(s for s in _splits_in([*split, *psplit]) if s not in SPLITS)]
+    present = [*split.unique(), *psplit.unique()]
+    names = [*SPLITS, *(s for s in _splits_in(present) if s not in SPLITS)]
     out = []
     for s in names:
         r = m[m["split"] == s]
@@ -255,11 +261,15 @@ def _balance(manifest: pd.DataFrame, patients: pd.DataFrame, rule: str = "") -> 
     return _section("splits", "Split balance", body)
 
 
-def _audit_rows(rows: pd.DataFrame, cols: Sequence[str]) -> str:
-    shown = rows.head(MAX_DECISION_ROWS)
-    body = _table(cols, ([r.get(c) for c in cols] for r in shown.to_dict("records")))
-    if len(rows) > len(shown):
-        body += _note(f"{len(rows) - len(shown)} more rows: see audit.csv.", cls="warn")
+def _audit_rows(rows: pd.DataFrame, cols: Sequence[str], more: int = 0) -> str:
+    """``rows`` as a table, with a line naming the ``more`` rows not shown."""
+    body = _table(cols, ([r.get(c) for c in cols] for r in rows.to_dict("records")))
+    if more:
+        body += _note(
+            f"{_n_rows(more)} more, not shown (the newest batches' rows come first): every "
+            "row is in audit.csv.",
+            cls="warn",
+        )
     return f'<div class="scroll">{body}</div>'
 
 
@@ -283,17 +293,39 @@ def reason_group(action: str, reason: str) -> str:
     return re.sub(r"\b\d+(\.\d+){2,}\b", "…", text).strip()
 
 
+def _newest_first(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the newest batch's first (by the batch folder's date, ``YYYYMMDD``),
+    in audit order within a batch."""
+    batch = _keys(_col(rows, "batch"))
+    date = batch.str.extract(BATCH_DATE.pattern, flags=BATCH_DATE.flags, expand=False)
+    order = np.argsort(-pd.to_numeric(date, errors="coerce").fillna(0).to_numpy(), kind="stable")
+    return rows.iloc[order]
+
+
 def _by_reason(rows: pd.DataFrame, action: str, cols: Sequence[str]) -> str:
-    """One folded line per reason with its count, most frequent first; its rows inside."""
-    groups = pd.Series(
-        [reason_group(action, r) for r in _keys(_col(rows, "reason"))], index=rows.index
-    )
+    """One folded line per reason with its count, most frequent first, its rows inside (up
+    to :data:`MAX_REASON_ROWS`, the newest batches first); at most :data:`MAX_REASONS`
+    lines, then one line counting the other reasons and their rows. The counts are exact."""
+    rows = _newest_first(rows)
+    groups = per_value(_keys(_col(rows, "reason")), partial(reason_group, action))
+    counts = groups.value_counts(sort=True)
+    where = groups.groupby(groups.to_numpy(), sort=False).indices  # reason -> row positions
     parts = []
-    for reason, n in groups.value_counts(sort=True).items():
-        sub = rows[groups == reason]
+    for reason, n in counts.head(MAX_REASONS).items():
+        sub = rows.iloc[where[reason][:MAX_REASON_ROWS]]
         parts.append(
             f'<details class="reason"><summary><span class="n">{n}</span> '
-            f"{html.escape(str(reason) or MISSING)}</summary>{_audit_rows(sub, cols)}</details>"
+            f"{html.escape(str(reason) or MISSING)}</summary>"
+            f"{_audit_rows(sub, cols, int(n) - len(sub))}</details>"
+        )
+    if len(counts) > MAX_REASONS:
+        rest = counts.iloc[MAX_REASONS:]
+        parts.append(
+            _note(
+                f"{len(rest)} more reasons ({_n_rows(int(rest.sum()))}), not shown: every row "
+                "is in audit.csv.",
+                cls="warn",
+            )
         )
     return "".join(parts)
 
@@ -314,7 +346,7 @@ def _errors(audit: pd.DataFrame) -> str:
 
 
 _ACTION_HELP = {
-    Action.ERROR: "could not be converted (listed in full under Errors above)",
+    Action.ERROR: "could not be converted (listed under Errors above)",
     Action.DUPLICATE: "the same exam arrived again (a re-upload or a later weekly batch); the copy "
     "named in <i>kept as</i> is in the dataset",
     Action.MERGED: "one exam split over several zips; the parts were merged into <i>kept as</i> "
@@ -330,7 +362,7 @@ def _n_rows(n: int) -> str:
 
 def _decisions(audit: pd.DataFrame) -> str:
     action = _keys(_col(audit, "action"))
-    others = sorted(set(action) - {Action.KEPT, *ACTION_ORDER})
+    others = sorted(set(action.unique()) - {Action.KEPT, *ACTION_ORDER})
     parts = []
     summary_rows = []
     cols = _audit_columns(audit, ["zip", "batch", "reason", "kept_as", "detail"])
@@ -372,9 +404,14 @@ def _orphans(manifest: pd.DataFrame, summary: Mapping[str, Any] | None = None) -
             "checked against one, and the manifest has no label columns."
         )
         return _section("orphans", "Orphans: no clinical table given", body)
-    flag = manifest["orphan"].map(lambda v: bool(v) if not is_missing(v) else False).astype(bool)
+    orphan = manifest["orphan"]
+    flag = (
+        orphan.fillna(False).to_numpy(dtype=bool)
+        if pd.api.types.is_bool_dtype(orphan.dtype)
+        else orphan.map(lambda v: bool(v) if not is_missing(v) else False).astype(bool)
+    )
     rows = manifest[flag]
-    in_manifest = set(_keys(_col(manifest, "patient_id")))
+    in_manifest = set(_keys(_col(manifest, "patient_id")).unique())
     unsampled = sorted(str(i) for i in summary.get("orphan_ids") or () if i not in in_manifest)
     aside = (
         _note(
@@ -416,16 +453,27 @@ def _orphans(manifest: pd.DataFrame, summary: Mapping[str, Any] | None = None) -
     )
     body += _table(
         ["patient id", "id in zip name", "split", "exams", "samples"],
-        t[["patient_id", "source", "split", "exams", "samples"]].itertuples(index=False),
+        t[["patient_id", "source", "split", "exams", "samples"]]
+        .head(MAX_TABLE_ROWS)
+        .itertuples(index=False),
     )
+    body += _more(len(t), "patients", "manifest.parquet (column orphan)")
     return _section("orphans", f"Orphans ({len(t)})", body + aside)
+
+
+def _more(n: int, what: str, where: str) -> str:
+    """The line under a table cut at :data:`MAX_TABLE_ROWS` rows of ``n`` (none when not)."""
+    if n <= MAX_TABLE_ROWS:
+        return ""
+    return _note(
+        f"The first {MAX_TABLE_ROWS} of {n} {what} are shown: all are in {where}.", cls="warn"
+    )
 
 
 def _groups(patients: pd.DataFrame) -> str:
     if patients.empty or "patient_ids" not in patients.columns:
         return _section("groups", "Linked patient ids", _note("No patients table."))
-    ids = patients["patient_ids"].map(cell_list)
-    multi = patients[ids.map(len) > 1]
+    multi = patients[list_lengths(patients["patient_ids"]) > 1]
     if multi.empty:
         body = _note("No patient group links several ids.")
         return _section("groups", "Linked patient ids (0)", body)
@@ -438,7 +486,9 @@ def _groups(patients: pd.DataFrame) -> str:
         "transfer syntax) or a near-duplicate radiograph (see links). All their samples are "
         "in the same split.",
     )
-    body += _table(cols, ([r.get(c) for c in cols] for r in multi.to_dict("records")))
+    shown = multi.head(MAX_TABLE_ROWS)
+    body += _table(cols, ([r.get(c) for c in cols] for r in shown.to_dict("records")))
+    body += _more(len(multi), "patient groups", "patients.parquet (column patient_ids)")
     return _section("groups", f"Linked patient ids ({len(multi)})", body)
 
 
