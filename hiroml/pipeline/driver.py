@@ -9,10 +9,12 @@ is done.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,6 +78,30 @@ def _disk_full(
     return full
 
 
+@contextmanager
+def _long_lived() -> Iterator[None]:
+    """Keep what a build holds to its end out of the cyclic garbage collector's walks.
+
+    A full collection walks every object the collector tracks; the modules imported, the
+    index's records, the exams and the task results stay alive until the build ends, so each
+    walk over them is wasted, and their number grows with the dataset (a week on 6,000 zips
+    spent about 0.7 s of CPU there). :func:`_keep` moves the objects alive at a stage's end
+    to the collector's permanent generation (``gc.freeze``); they are still freed when their
+    last reference goes. Leaving the block hands them back (``gc.unfreeze``), so that a
+    process that builds many times (a test session) collects them as before.
+    """
+    _keep()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _keep() -> None:
+    """Move the objects alive now out of the collector's walks (see :func:`_long_lived`)."""
+    gc.freeze()
+
+
 def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
     """Run the tasks not finished by an earlier run; results in the order of ``specs``."""
     from hiroml.pipeline.executor import Retry, map_items
@@ -112,6 +138,7 @@ def execute(specs: Sequence[TaskSpec], cfg: BuildConfig) -> list[TaskResult]:
     for _spec, result in results:
         done[result.task_id] = result
         faults.point("after_shards")
+    _keep()  # the task results live to the build's end
     return [done[s.task_id] for s in specs]
 
 
@@ -163,7 +190,7 @@ def run(
         t_discover = time.perf_counter() - t
     out = Path(cfg.paths.output)
     out.mkdir(parents=True, exist_ok=True)
-    with build_lock(out, wait=cfg.wait_for_lock):
+    with build_lock(out, wait=cfg.wait_for_lock), _long_lived():
         summary = BuildSummary(started=started)
         if demo:
             summary.stage_seconds["demo datamart"] = t_demo
@@ -269,6 +296,7 @@ def _read_inputs(
         on_member=prepare,
         pixel_limits=cfg.limits,
     )
+    _keep()  # the index's records live to the build's end
     summary.read_once = scratch.count(out)
     summary.zips_indexed_now = indexed.read
     summary.instances = len(indexed.instances)
@@ -301,6 +329,7 @@ def _read_inputs(
         if not (r.code == exams_rules.CODE_NO_INSTANCES and (r.batch, r.zip) in reported)
     ]
     audit += list(joined.audit)
+    _keep()  # so do the exams
     return _Inputs(indexed, result, joined, clinical, tuple(audit))
 
 

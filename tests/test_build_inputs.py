@@ -1,0 +1,36 @@
+"""What a build's stages before conversion cost: objects kept out of the cyclic garbage
+collector's walks while the build runs, handed back when it ends."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MakeCfg
+
+from hiroml import pipeline as build
+from hiroml.pipeline import driver
+
+
+def test_a_build_keeps_its_records_out_of_the_collectors_walks_until_it_ends(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frozen: list[int] = []
+    real = driver.plan_tasks
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # after the index and the exams
+        frozen.append(gc.get_freeze_count())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "plan_tasks", spy)
+    assert gc.get_freeze_count() == 0
+    summary = build.run(make_cfg(tiny_datamart[0], tmp_path / "out"))
+    assert summary.published
+    # the modules, the index's records and the exams: thousands of objects
+    assert frozen and frozen[0] > 10_000
+    assert gc.get_freeze_count() == 0, "a build left objects out of the collector's walks"
