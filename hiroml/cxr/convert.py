@@ -39,7 +39,7 @@ from hiroml.cxr.view import (
     view_evidence,
 )
 from hiroml.dicom import decode as dicom
-from hiroml.dicom import fastdecode
+from hiroml.dicom import fastdecode, rawheader
 from hiroml.dicom import uids as dicom_uids
 from hiroml.errors import BadInputError, DecodeError, internal_trace
 from hiroml.records import CxrImage, Exam, Instance, Problem
@@ -57,7 +57,9 @@ def check_rescale(ds: Dataset, inst: Instance) -> None:
     Slope is 0 or not finite, or (0028,1052) Rescale Intercept is not finite: such a modality
     transform maps every pixel to one value (or NaN), an image with no content. A (0028,3000)
     Modality LUT Sequence without a rescale is not concerned."""
-    if ds.get("RescaleSlope") in (None, "") and ds.get("RescaleIntercept") in (None, ""):
+    if rawheader.get(ds, "RescaleSlope") in (None, "") and rawheader.get(
+        ds, "RescaleIntercept"
+    ) in (None, ""):
         return
     try:
         slope, intercept = dicom.rescale(ds)
@@ -84,7 +86,7 @@ def _intensities(
     transform is. Pixels in the ``padding`` mask take no part in any statistic."""
     lo, hi = float(cfg.percentiles[0]), float(cfg.percentiles[1])
     slope, intercept = dicom.rescale(ds)
-    has_lut = bool(ds.get("ModalityLUTSequence"))
+    has_lut = bool(rawheader.get(ds, "ModalityLUTSequence"))
     if cfg.normalization == "voi":
         if not has_lut and slope > 0:  # fold the rescale into the window: one pass
             out, desc = apply_voi(
@@ -119,8 +121,8 @@ def _intensities(
 
 def _padding_note(mask: np.ndarray, ds: Dataset) -> str:
     """The provenance of the padding: which attributes, how many pixels."""
-    value = ds.get("PixelPaddingValue", "")
-    limit = ds.get("PixelPaddingRangeLimit", None)
+    value = rawheader.get(ds, "PixelPaddingValue", "")
+    limit = rawheader.get(ds, "PixelPaddingRangeLimit", None)
     attrs = f"PixelPaddingValue={value}" + ("" if limit is None else f",RangeLimit={limit}")
     n = int(np.count_nonzero(mask))
     return f"{attrs}: {n} px ({100.0 * n / mask.size:.1f}%) left out of the statistics, set to 0"
@@ -130,7 +132,7 @@ def read_image(data: bytes, inst: Instance) -> Dataset:
     """A member's bytes as a dataset with (0028,0010) Rows and (0028,0011) Columns; raises
     :class:`BadInputError` naming the zip and member for an unreadable DICOM."""
     ds = dicom.parse(data, label=_where(inst)).dataset
-    if "Rows" not in ds or "Columns" not in ds:
+    if not rawheader.has(ds, "Rows") or not rawheader.has(ds, "Columns"):
         raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
     return ds
 
@@ -214,11 +216,11 @@ def _convert_frame(
     after = None
     if spacing is not None:
         after = (k[0] * spacing[0] / scale[0], k[1] * spacing[1] / scale[1])
-    sop_class = str(ds.get("SOPClassUID", "") or inst.sop_class_uid)
-    intent = str(ds.get("PresentationIntentType", "") or inst.presentation_intent)
+    sop_class = str(rawheader.get(ds, "SOPClassUID", "") or inst.sop_class_uid)
+    intent = str(rawheader.get(ds, "PresentationIntentType", "") or inst.presentation_intent)
     return CxrImage(
-        sop_uid=inst.sop_uid or str(ds.get("SOPInstanceUID", "")),
-        series_uid=inst.series_uid or str(ds.get("SeriesInstanceUID", "")),
+        sop_uid=inst.sop_uid or str(rawheader.get(ds, "SOPInstanceUID", "")),
+        series_uid=inst.series_uid or str(rawheader.get(ds, "SeriesInstanceUID", "")),
         rel_zip=inst.rel_zip,
         member=inst.member,
         array=stored,
@@ -227,8 +229,8 @@ def _convert_frame(
         original_shape=original_shape,
         pixel_spacing=spacing,
         spacing_after=after,
-        photometric=str(ds.get("PhotometricInterpretation", "")).strip(),
-        bits_stored=int(ds.get("BitsStored", 0) or 0),
+        photometric=str(rawheader.get(ds, "PhotometricInterpretation", "")).strip(),
+        bits_stored=int(rawheader.get(ds, "BitsStored", 0) or 0),
         transfer_syntax=ts,
         lut=lut,
         inverted=inverted,
@@ -313,7 +315,7 @@ def _with_pixels(header: Dataset, pixels: memoryview | None, inst: Instance) -> 
     if pixels is None or "Rows" not in header or "Columns" not in header:
         raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
     encapsulated = dicom_uids.is_encapsulated(dicom.transfer_syntax(header))
-    alloc = int(header.get("BitsAllocated", 16))
+    alloc = int(rawheader.get(header, "BitsAllocated", 16))
     vr = "OB" if encapsulated or alloc <= 8 else "OW"
     # Native 8/16/32-bit pixels are read by hiroml.dicom.decode straight from the view (no copy of
     # megabytes); anything that may reach another decoder gets bytes, as a parse gives.

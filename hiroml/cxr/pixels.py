@@ -15,6 +15,7 @@ from pydicom.pixels.processing import apply_voi as _pydicom_voi
 
 from hiroml.cxr.select import _uid_label
 from hiroml.dicom import decode as dicom
+from hiroml.dicom import rawheader
 from hiroml.errors import DecodeError
 from hiroml.store import halfcast
 
@@ -26,14 +27,14 @@ _fix_bits = dicom.fix_bits
 def number_of_frames(ds: Dataset) -> int:
     """(0028,0008) Number of Frames; 1 when absent, empty or not a positive number."""
     try:
-        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        return max(1, int(rawheader.get(ds, "NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
 
 
 def decode_frame(ds: Dataset, *, frame: int = 0) -> dicom.Decoded:
     """:func:`decode`, with the name of the decoder that produced the values."""
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    photometric = str(rawheader.get(ds, "PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         ts = _transfer_syntax(ds)
         raise DecodeError(f"PALETTE COLOR pixels are not a radiograph ({_uid_label(ts)})")
@@ -73,7 +74,7 @@ def apply_modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     ``apply_modality_lut``), else (0028,1053) Rescale Slope and (0028,1052) Rescale
     Intercept (identity when absent), computed in float32 in place.
     """
-    if ds.get("ModalityLUTSequence"):
+    if rawheader.get(ds, "ModalityLUTSequence"):
         return np.asarray(_pydicom_modality_lut(arr, ds), dtype=np.float32)
     slope, intercept = dicom.rescale(ds)
     out = arr.astype(np.float32)
@@ -169,7 +170,7 @@ def apply_voi(
     padded pixels out of everything derived from the data: the fallback percentiles and the
     top of a VOI LUT's output range.
     """
-    seq = ds.get("VOILUTSequence", None)
+    seq = rawheader.get(ds, "VOILUTSequence", None)
     if seq:
         i = min(index, len(seq) - 1)
         item = seq[i]
@@ -184,10 +185,10 @@ def apply_voi(
         np.multiply(out, np.float32(1.0 / top), out=out)
         explanation = str(item.get("LUTExplanation", "") or "").strip()
         return out, f"voi_lut({i + 1}/{len(seq)}{', ' + explanation if explanation else ''})"
-    if "WindowCenter" in ds and "WindowWidth" in ds:
+    if rawheader.has(ds, "WindowCenter") and rawheader.has(ds, "WindowWidth"):
         center, count = _window_value(ds, "WindowCenter", index)
         width, _ = _window_value(ds, "WindowWidth", index)
-        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        func = str(rawheader.get(ds, "VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         minimum = 1.0 if func == "LINEAR" else 0.0
         if width > minimum and math.isfinite(center):
             tag = "" if func == "LINEAR" else f",{func.lower()}"
@@ -292,7 +293,7 @@ def padding_mask(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
     of ``arr``'s shape, or ``None`` when the header declares no padding or no pixel is padded.
     Raises :class:`DecodeError` when every pixel is padding: there is no image to keep.
     """
-    if arr.ndim != 2 or arr.dtype.kind not in "iu" or "PixelPaddingValue" not in ds:
+    if arr.ndim != 2 or arr.dtype.kind not in "iu" or not rawheader.has(ds, "PixelPaddingValue"):
         return None
     value = _padding_value(ds, "PixelPaddingValue", arr)
     if value is None:
@@ -317,8 +318,8 @@ def invert_if_monochrome1(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, boo
     MONOCHROME1 (lowest value white), and MONOCHROME2 with (2050,0020) Presentation LUT Shape
     INVERSE. (MONOCHROME1 with INVERSE is the DX way of saying MONOCHROME1: inverted once.)
     Returns the array and whether it was inverted."""
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    photometric = str(rawheader.get(ds, "PhotometricInterpretation", "")).strip().upper()
+    shape = str(rawheader.get(ds, "PresentationLUTShape", "") or "").strip().upper()
     if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
         return np.subtract(np.float32(1.0), arr, dtype=np.float32), True
     return arr, False

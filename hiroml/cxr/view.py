@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from hiroml.dicom import rawheader
 from hiroml.records import Instance
 from hiroml.vocab import View
 
@@ -53,13 +54,13 @@ class ViewEvidence:
 def view_evidence(ds: Dataset) -> ViewEvidence:
     """The :class:`ViewEvidence` of a dataset."""
     return ViewEvidence(
-        view_position=str(ds.get("ViewPosition", "") or ""),
+        view_position=str(rawheader.get(ds, "ViewPosition", "") or ""),
         code_meanings=tuple(
             str(item.get("CodeMeaning", "") or "")
-            for item in ds.get("ViewCodeSequence", None) or []
+            for item in rawheader.get(ds, "ViewCodeSequence", None) or []
         ),
-        series_description=str(ds.get("SeriesDescription", "") or ""),
-        laterality=str(ds.get("ImageLaterality", "") or ""),
+        series_description=str(rawheader.get(ds, "SeriesDescription", "") or ""),
+        laterality=str(rawheader.get(ds, "ImageLaterality", "") or ""),
     )
 
 

@@ -28,6 +28,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -38,6 +39,7 @@ from pydicom.uid import UID
 
 from hiroml.config import LimitsConfig
 from hiroml.dicom import limits as _limits
+from hiroml.dicom import rawheader
 from hiroml.dicom.uids import (
     CHARLS,
     EXPLICIT_VR_BE,
@@ -153,7 +155,7 @@ def parse(
     ts = ds.file_meta.get("TransferSyntaxUID")
     if ts is None:
         inferred = _inferred_syntax(ds)
-        if not inferred or "SOPInstanceUID" not in ds:
+        if not inferred or not rawheader.has(ds, "SOPInstanceUID"):
             raise BadInputError(
                 f"{label}: not a DICOM file (no preamble, no File Meta Information, and no "
                 "readable dataset)"
@@ -199,6 +201,15 @@ def fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     return u & np.asarray((1 << bits_stored) - 1, udt)
 
 
+_ABSENT = object()
+
+
+def _required(ds: Dataset, keyword: str) -> Any:
+    """The value of an element; AttributeError, as ``ds.<keyword>`` raises, when absent."""
+    value = rawheader.get(ds, keyword, _ABSENT)
+    return getattr(ds, keyword) if value is _ABSENT else value
+
+
 @dataclass(frozen=True, slots=True)
 class _Layout:
     rows: int
@@ -212,13 +223,13 @@ class _Layout:
     @classmethod
     def of(cls, ds: Dataset) -> _Layout:
         return cls(
-            rows=int(ds.Rows),
-            cols=int(ds.Columns),
-            samples=int(ds.get("SamplesPerPixel", 1) or 1),
-            alloc=int(ds.get("BitsAllocated", 0) or 0),
-            frames=int(ds.get("NumberOfFrames", 1) or 1),
-            planar=int(ds.get("PlanarConfiguration", 0) or 0),
-            photometric=str(ds.get("PhotometricInterpretation", "")).strip().upper(),
+            rows=int(_required(ds, "Rows")),
+            cols=int(_required(ds, "Columns")),
+            samples=int(rawheader.get(ds, "SamplesPerPixel", 1) or 1),
+            alloc=int(rawheader.get(ds, "BitsAllocated", 0) or 0),
+            frames=int(rawheader.get(ds, "NumberOfFrames", 1) or 1),
+            planar=int(rawheader.get(ds, "PlanarConfiguration", 0) or 0),
+            photometric=str(rawheader.get(ds, "PhotometricInterpretation", "")).strip().upper(),
         )
 
     @property
@@ -272,8 +283,8 @@ def native_grey(
 def rescale(ds: Dataset) -> tuple[float, float]:
     """(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept as numbers; 1.0 and 0.0
     where absent or empty (no rescale). A (0028,3000) Modality LUT Sequence is the caller's."""
-    slope = ds.get("RescaleSlope", None)
-    intercept = ds.get("RescaleIntercept", None)
+    slope = rawheader.get(ds, "RescaleSlope", None)
+    intercept = rawheader.get(ds, "RescaleIntercept", None)
     return (1.0 if slope in (None, "") else float(slope)), (
         0.0 if intercept in (None, "") else float(intercept)
     )
@@ -389,7 +400,7 @@ def check_limits(ds: Dataset, *, limits: LimitsConfig | None = None) -> None:
         lay = _Layout.of(ds)
     except (AttributeError, TypeError, ValueError) as e:
         raise DecodeError(f"no usable (0028,0010) Rows / (0028,0011) Columns: {e}") from e
-    raw = ds.get("PixelData", None)
+    raw = rawheader.get(ds, "PixelData", None)
     try:
         _limits.check_pixels(
             tsyntax=ts, rows=lay.rows, cols=lay.cols, samples=lay.samples,
@@ -417,7 +428,7 @@ def decode(ds: Dataset, *, frame: int = 0, limits: LimitsConfig | None = None) -
     ``limits``.
     """
     ts = transfer_syntax(ds)
-    if "PixelData" not in ds:
+    if not rawheader.has(ds, "PixelData"):
         raise DecodeError(f"no (7FE0,0010) Pixel Data ({uid_label(ts)})")
     check_limits(ds, limits=limits)
     try:
@@ -426,8 +437,8 @@ def decode(ds: Dataset, *, frame: int = 0, limits: LimitsConfig | None = None) -
         raise DecodeError(f"no usable (0028,0010) Rows / (0028,0011) Columns: {e}") from e
     if not 0 <= frame < lay.frames:
         raise ValueError(f"frame {frame} is outside the {lay.frames} frame(s) of the image")
-    bits = int(ds.get("BitsStored", 0) or 0)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    bits = int(rawheader.get(ds, "BitsStored", 0) or 0)
+    signed = int(rawheader.get(ds, "PixelRepresentation", 0) or 0) == 1
     syntax = SYNTAXES.get(ts)
     try:
         arr: np.ndarray | None = None

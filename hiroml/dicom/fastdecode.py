@@ -35,6 +35,7 @@ from pydicom.encaps import get_frame
 
 from hiroml.config import LimitsConfig
 from hiroml.dicom import decode as dicom
+from hiroml.dicom import rawheader
 from hiroml.dicom import uids as dicom_uids
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,9 @@ def choose_reduction(
 
 def _window_in_header(ds: Dataset) -> bool:
     """(0028,1050)/(0028,1051) Window Center and Width, or a (0028,3010) VOI LUT Sequence."""
-    return ("WindowCenter" in ds and "WindowWidth" in ds) or bool(ds.get("VOILUTSequence"))
+    return (rawheader.has(ds, "WindowCenter") and rawheader.has(ds, "WindowWidth")) or bool(
+        rawheader.get(ds, "VOILUTSequence")
+    )
 
 
 def _why_not_dataset(ds: Dataset, normalization: str) -> str:
@@ -170,18 +173,21 @@ def _why_not_dataset(ds: Dataset, normalization: str) -> str:
     Percentile and min-max statistics (``cxr.normalization``, or ``voi`` without a window in
     the header, which falls back to percentiles) change with resolution, since averaging
     removes the noise in the tails: only a window or VOI LUT from the header qualifies."""
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    photometric = str(rawheader.get(ds, "PhotometricInterpretation", "")).strip().upper()
     checks = (
         (normalization != "voi", f"cxr.normalization={normalization} uses image statistics"),
         (not _window_in_header(ds), "no window or VOI LUT in the header (percentile fallback)"),
-        (int(ds.get("SamplesPerPixel", 1) or 1) != 1, "(0028,0002) Samples per Pixel is not 1"),
+        (
+            int(rawheader.get(ds, "SamplesPerPixel", 1) or 1) != 1,
+            "(0028,0002) Samples per Pixel is not 1",
+        ),
         (photometric not in ("MONOCHROME1", "MONOCHROME2"), f"photometric {photometric!r}"),
         (
-            int(ds.get("PixelRepresentation", 0) or 0) != 0,
+            int(rawheader.get(ds, "PixelRepresentation", 0) or 0) != 0,
             "signed (0028,0103) Pixel Representation",
         ),
         (_frames(ds) != 1, "multi-frame"),
-        ("PixelPaddingValue" in ds, "(0028,0120) Pixel Padding Value"),
+        (rawheader.has(ds, "PixelPaddingValue"), "(0028,0120) Pixel Padding Value"),
     )
     for failed, reason in checks:
         if failed:
@@ -213,7 +219,7 @@ def _why_not(ds: Dataset, cs: Codestream | None, bits_stored: int, normalization
 def _frames(ds: Dataset) -> int:
     """(0028,0008) Number of Frames; 1 when absent or unusable."""
     try:
-        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        return max(1, int(rawheader.get(ds, "NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
 
@@ -250,7 +256,7 @@ def decode_reduced(
     cover (the reason logged at debug level). :class:`~hiroml.errors.DecodeError` from
     :func:`hiroml.dicom.decode.check_limits` (with ``limits``) before any decoder runs."""
     ts = dicom.transfer_syntax(ds)
-    if "PixelData" not in ds or frame != 0:
+    if not rawheader.has(ds, "PixelData") or frame != 0:
         return None
     if jpeg and ts in JPEG_SYNTAXES:
         dicom.check_limits(ds, limits=limits)
@@ -261,7 +267,7 @@ def decode_reduced(
     try:
         data = get_frame(ds.PixelData, 0, number_of_frames=1)
         cs = read_codestream(data)
-        why = _why_not(ds, cs, int(ds.get("BitsStored", 0) or 0), normalization)
+        why = _why_not(ds, cs, int(rawheader.get(ds, "BitsStored", 0) or 0), normalization)
     except (AttributeError, TypeError, ValueError, struct.error) as e:
         why, cs = f"unreadable header: {e}", None
     if why or cs is None:
@@ -290,7 +296,10 @@ def _jpeg_reduced(
     """A one-component 8-bit JPEG decoded by libjpeg-turbo at 1/2, 1/4 or 1/8 scale (its DCT
     scaling, through Pillow's ``Image.draft``), or ``None`` (reason at debug level)."""
     why = _why_not_dataset(ds, normalization)
-    bits = (int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0))
+    bits = (
+        int(rawheader.get(ds, "BitsAllocated", 0) or 0),
+        int(rawheader.get(ds, "BitsStored", 0) or 0),
+    )
     if not why and bits != (8, 8):
         why = f"(0028,0100)/(0028,0101) Bits Allocated/Stored {bits}, not 8/8"
     if why:
