@@ -306,7 +306,7 @@ class SampleRecord:
     # CT: the geometry decisions (tilt resampled, gap filled...): CtVolume.decisions, the
     # manifest's ct_decisions column and the shard's "decisions" attribute
     ct_decisions: tuple[str, ...] = ()
-    signature: tuple[int, ...] = ()  # radiographs: hiroml.exams.neardup.signature (uint8 values)
+    signature: bytes = b""  # radiographs: hiroml.exams.neardup.signature, its 1,024 uint8 bytes
     stitched_series: tuple[str, ...] = ()  # CT: series a stitched scan was joined from
     seams_mm: tuple[float, ...] = ()  # CT: seam positions along the slice normal, mm
     seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume

@@ -111,23 +111,25 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
 
 
 def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
-    """The record is written field by field (no ``dataclasses.asdict`` deep copy of the
-    1,024-value signature) in the same JSON as ``asdict`` gave but for the signature, one hex
-    text (read back ten times as fast as 1,024 numbers); a record of an earlier release, its
-    signature a list of numbers, loads the same sample."""
+    """The record is written field by field (no ``dataclasses.asdict`` deep copy) in the same
+    JSON as ``asdict`` gave but for the signature, one hex text (read back ten times as fast
+    as 1,024 numbers); it reads back as the sample, its signature as bytes. A record of an
+    earlier release, its signature a list of numbers, loads the same sample; one with a
+    number out of 0..255 is unreadable (the task is redone)."""
     sample = SampleRecord(
         sample_key="e1:1.2:0", exam_key="e1", modality="cxr", shard="shards/t-0.h5",
         shard_sha256="ab", data_hash="cd", shape=(8, 9), series_uid="1.2", sop_uid="1.2.1",
         sop_uids=("1.2.1",), pixel_hashes=("x",), view="PA", scale=0.5,
-        signature=tuple(range(256)) * 4, frame=0,
+        signature=bytes(range(256)) * 4, frame=0,
     )  # fmt: skip
     problem = Problem(zip="a.zip", batch="b1", member="m", stage="cxr", reason="r")
     result = TaskResult("t", (sample,), (("e1", problem),), ("shards/t-0.h5",), 1.5, 10)
     save_task_record(str(tmp_path), result)
     path = tmp_path / STATE_DIR / "tasks" / "t.json"
     written = json.loads(path.read_text())
-    as_before = json.loads(json.dumps(dataclasses.asdict(sample)))
-    assert written["samples"] == [{**as_before, "signature": bytes(sample.signature).hex()}]
+    fields = dataclasses.asdict(dataclasses.replace(sample, signature=b""))
+    as_before = json.loads(json.dumps({**fields, "signature": list(sample.signature)}))
+    assert written["samples"] == [{**as_before, "signature": sample.signature.hex()}]
     assert written["problems"] == [["e1", json.loads(json.dumps(dataclasses.asdict(problem)))]]
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "t-0.h5").write_bytes(b"")
@@ -140,6 +142,10 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
         path.write_text(json.dumps(record))
         again = load_task_record(Spec)  # type: ignore[arg-type]
         assert again is not None and again.samples == (sample,)
+        assert type(again.samples[0].signature) is bytes
+    bad = {**written, "samples": [{**as_before, "signature": [256, *as_before["signature"][1:]]}]}
+    path.write_text(json.dumps(bad))
+    assert load_task_record(Spec) is None  # type: ignore[arg-type]
 
 
 def test_verify_imports_no_torch(tmp_path: Path) -> None:

@@ -93,9 +93,9 @@ def link_by_pixels(
     exams: Mapping[str, Exam],
     group_of: Mapping[str, str],
     out: Path,
-) -> tuple[LinkResult, dict[str, tuple[int, ...]]]:
+) -> tuple[LinkResult, dict[str, bytes]]:
     """Join patient groups whose samples show the same image (:mod:`hiroml.exams.linking`); also
-    gives each sample's near-duplicate signature (empty for CT).
+    gives each sample's near-duplicate signature (its 1,024 bytes; empty for CT).
 
     A radiograph converted by an older hiroml (a reused task record without a signature)
     gets its signature from its shard here."""
@@ -108,7 +108,7 @@ def link_by_pixels(
             sig = s.signature
             if s.modality == "cxr" and not sig and cfg.splits.near_duplicate_threshold:
                 arr, _ = read_sample(out / s.shard, s.sample_key)
-                sig = tuple(int(v) for v in neardup.signature(arr))
+                sig = neardup.signature(arr).tobytes()
             e = exams[s.exam_key]
             samples.append(
                 linking.SampleIdentity(

@@ -47,14 +47,14 @@ NEAR_DUPLICATE = "near duplicate"
 
 @dataclass(frozen=True, slots=True)
 class SampleIdentity:
-    """What linking needs of one stored sample. ``signature``: radiographs only (uint8
-    values of :func:`hiroml.exams.neardup.signature`), empty for CT."""
+    """What linking needs of one stored sample. ``signature``: radiographs only (the 1,024
+    uint8 values of :func:`hiroml.exams.neardup.signature` as bytes), empty for CT."""
 
     sample_key: str
     exam_key: str
     patient_id: str  # current id
     data_hash: str
-    signature: tuple[int, ...] = ()
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ def link_groups(
     if near_threshold is not None:
         signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
         if len(signed) > 1:
-            grid = b"".join(bytes(s.signature) for s in signed)  # 3x np.asarray of tuples
+            grid = b"".join(bytes(s.signature) for s in signed)  # no copy of bytes
             sigs = np.frombuffer(grid, dtype=np.uint8).reshape(len(signed), -1).copy()
             pairs = find_pairs(sigs, threshold=near_threshold)
             links += _near_links(signed, pairs, group, uf, near, link_near=link_near)

@@ -24,7 +24,15 @@ import pandas as pd
 from hiroml.config import BuildConfig
 from hiroml.errors import BuildError, DiskFullError
 from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
-from hiroml.pipeline import failures, faults, scratch, sequester, systematic, unchanged
+from hiroml.pipeline import (
+    allocator,
+    failures,
+    faults,
+    scratch,
+    sequester,
+    systematic,
+    unchanged,
+)
 from hiroml.pipeline.audit import (
     CODE_INTERNAL,
     problem_to_audit,
@@ -349,6 +357,7 @@ def _tables(
         audit += [problem_to_audit(p, exam_key=k) for k, p in r.problems]
     exam_by_key = {e.exam_key: e for e in joined.exams}
     linked, signatures = link_by_pixels(cfg, results, exam_by_key, inputs.exams.group_of, out)
+    allocator.release_freed()  # the near-duplicate search's blocks, before the tables' peak
     audit = with_link_notes(audit, linked)
     split_of, members, rule = assign_splits(
         cfg, joined.exams, linked.group_of, inputs.clinical, out

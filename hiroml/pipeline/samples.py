@@ -102,14 +102,15 @@ def manifest_frame(
 
 
 def with_signatures(
-    manifest: pd.DataFrame, signatures: Mapping[str, tuple[int, ...]], linked: LinkResult
+    manifest: pd.DataFrame, signatures: Mapping[str, bytes], linked: LinkResult
 ) -> pd.DataFrame:
-    """The manifest with ``signature`` (a tuple of uint8 values, radiographs; null for CT) and
+    """The manifest with ``signature`` (radiographs: the 1,024 uint8 values as bytes, which
+    the table writer stores as a list of uint8; null for CT) and
     ``near_duplicates`` (the other sample keys of its near-duplicate pairs across groups; the
     first :data:`hiroml.exams.linking.NEAR_DUPLICATES_LISTED` by key, the build warns when cut)."""
     near = linked.near_duplicates
     m = manifest.copy()
     keys = m["sample_key"].astype(str).tolist()
-    m["signature"] = [signatures.get(k) or None for k in keys]  # the tuples, not copies
+    m["signature"] = [signatures.get(k) or None for k in keys]  # the bytes, not copies
     m["near_duplicates"] = [sorted(near.get(k, ())) for k in keys]
     return m

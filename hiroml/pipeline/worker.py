@@ -301,7 +301,7 @@ def _convert_exam(
                 pixel_hashes=(hashes.get(img.sop_uid, ""),),
                 view=str(img.view),
                 scale=float(img.scale),
-                signature=tuple(neardup.signature(img.array).tolist()),
+                signature=neardup.signature(img.array).tobytes(),
                 frame=img.frame,
                 for_processing=img.for_processing,
                 decoder=img.decoder,

