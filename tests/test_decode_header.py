@@ -11,6 +11,8 @@ import pytest
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from test_rawheader import _EDGES, _REAL, _read, _written
 
@@ -24,7 +26,8 @@ _CHAIN = (
     "ImageLaterality", "SeriesDescription", "ViewCodeSequence", "PresentationLUTShape",
     "PresentationIntentType", "VOILUTFunction", "VOILUTSequence", "ModalityLUTSequence",
     "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "SOPClassUID", "PixelData",
-    "WindowCenter", "WindowWidth", "filename", "NotAKeyword",
+    "WindowCenter", "WindowWidth", "PixelSpacing", "ImagerPixelSpacing", "filename",
+    "NotAKeyword",
 )  # fmt: skip
 
 
@@ -43,6 +46,10 @@ def _compare(data: bytes) -> int:
                 with pytest.raises(type(e)):
                     rawheader.get(fast, kw, _ABSENT)
                 continue
+            numbers = rawheader.decimals(fast, kw)
+            if numbers is not None:  # a clean DS or IS: what float() makes of pydicom's values
+                many = want if isinstance(want, MultiValue) else [want]
+                assert repr(numbers) == repr([float(v) for v in many]), kw
             got = rawheader.get(fast, kw, _ABSENT)
             assert (type(got), repr(got), str(got)) == (type(want), repr(want), str(want)), kw
             assert rawheader.has(fast, kw) == (kw in slow), kw
@@ -54,6 +61,9 @@ def _compare(data: bytes) -> int:
 def test_real_files_give_what_ds_get_gives() -> None:
     assert len(_REAL) > 60
     assert sum(_compare(p.read_bytes()) for p in _REAL) > 100
+    ds = _read(next(p for p in _REAL if p.name == "CT_small.dcm").read_bytes())
+    assert rawheader.decimals(ds, "RescaleIntercept") == [-1024.0]
+    assert isinstance(ds._dict[BaseTag(0x00281052)], RawDataElement)  # left raw
 
 
 @pytest.mark.parametrize(

@@ -57,9 +57,7 @@ def check_rescale(ds: Dataset, inst: Instance) -> None:
     Slope is 0 or not finite, or (0028,1052) Rescale Intercept is not finite: such a modality
     transform maps every pixel to one value (or NaN), an image with no content. A (0028,3000)
     Modality LUT Sequence without a rescale is not concerned."""
-    if rawheader.get(ds, "RescaleSlope") in (None, "") and rawheader.get(
-        ds, "RescaleIntercept"
-    ) in (None, ""):
+    if _no_value(ds, "RescaleSlope") and _no_value(ds, "RescaleIntercept"):
         return
     try:
         slope, intercept = dicom.rescale(ds)
@@ -75,6 +73,11 @@ def check_rescale(ds: Dataset, inst: Instance) -> None:
             f"{_where(inst)}: (0028,1052) Rescale Intercept is {intercept!r}: not a finite "
             "number; the image is not stored"
         )
+
+
+def _no_value(ds: Dataset, keyword: str) -> bool:
+    """Whether an element is absent or empty (its raw decimal string read as is)."""
+    return not rawheader.decimals(ds, keyword) and rawheader.get(ds, keyword) in (None, "")
 
 
 def _intensities(

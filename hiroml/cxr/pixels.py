@@ -103,6 +103,9 @@ def _affine01(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def _window_value(ds: Dataset, keyword: str, index: int) -> tuple[float, int]:
     """The ``index``-th value of a multi-valued DS attribute and how many there are; NaN
     (an unusable window) when the value is empty or not a number."""
+    fast = rawheader.decimals(ds, keyword)
+    if fast is not None:
+        return fast[min(index, len(fast) - 1)], len(fast)
     elem = ds[keyword]
     values = list(elem.value) if elem.VM > 1 else [elem.value]
     try:
@@ -394,7 +397,7 @@ def _spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm: (0028,0030) Pixel Spacing (calibrated) when present, else
     (0018,1164) Imager Pixel Spacing (at the detector)."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword, None)
+        value = rawheader.decimals(ds, keyword) or ds.get(keyword, None)
         try:
             if value is not None and len(value) == 2 and min(float(v) for v in value) > 0:
                 return float(value[0]), float(value[1])

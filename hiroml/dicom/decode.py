@@ -283,11 +283,15 @@ def native_grey(
 def rescale(ds: Dataset) -> tuple[float, float]:
     """(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept as numbers; 1.0 and 0.0
     where absent or empty (no rescale). A (0028,3000) Modality LUT Sequence is the caller's."""
-    slope = rawheader.get(ds, "RescaleSlope", None)
-    intercept = rawheader.get(ds, "RescaleIntercept", None)
-    return (1.0 if slope in (None, "") else float(slope)), (
-        0.0 if intercept in (None, "") else float(intercept)
-    )
+    return _rescale_value(ds, "RescaleSlope", 1.0), _rescale_value(ds, "RescaleIntercept", 0.0)
+
+
+def _rescale_value(ds: Dataset, keyword: str, absent: float) -> float:
+    fast = rawheader.decimals(ds, keyword)
+    if fast is not None and len(fast) == 1:
+        return fast[0]
+    value = rawheader.get(ds, keyword, None)
+    return absent if value in (None, "") else float(value)
 
 
 def _native(ds: Dataset, ts: str, lay: _Layout, frame: int) -> np.ndarray | None:

@@ -25,6 +25,8 @@ pixel chain, which reads some 50 header values per image: a value pydicom has co
 already is taken from its element (``ds.get`` costs 3-4 us of attribute dispatch, this
 0.5 us); a binary integer (US SS UL SL) or a CS of one value is converted here, exactly as
 pydicom converts it (an ``int``, a ``str``), and left raw; anything else is pydicom's.
+:func:`decimals` gives the numbers of a DS or IS still raw, for code that reads them as
+``float`` (the rescale, the window, the pixel spacing).
 """
 
 from __future__ import annotations
@@ -214,4 +216,23 @@ def has(ds: Dataset, keyword: str) -> bool:
     return known[0] in ds._dict if known is not None else keyword in ds
 
 
-__all__ = ["get", "has", "values", "vr_table"]
+def decimals(ds: Dataset, keyword: str) -> list[float] | None:
+    """The values of a DS or IS element as ``float``, each ``float()`` of what pydicom gives,
+    when the element is still raw and clean (its element left raw); None when it is absent,
+    converted already, empty or not clean: the caller then reads pydicom's value."""
+    known = _tag(keyword)
+    if known is None or known[1] not in ("DS", "IS"):
+        return None
+    elem = ds._dict.get(known[0])
+    if not isinstance(elem, RawDataElement) or not _settings_default():
+        return None
+    try:
+        value = _convert(elem, known[1], None)
+    except _Pydicom:
+        return None
+    if value is None:
+        return None
+    return [float(v) for v in (value if isinstance(value, list) else [value])]
+
+
+__all__ = ["decimals", "get", "has", "values", "vr_table"]
