@@ -3,6 +3,7 @@ collector's walks while the build runs, handed back when it ends."""
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from conftest import MakeCfg
 
 from hiroml import pipeline as build
+from hiroml.exams import rules
 from hiroml.pipeline import driver
 
 
@@ -34,3 +36,17 @@ def test_a_build_keeps_its_records_out_of_the_collectors_walks_until_it_ends(
     # the modules, the index's records and the exams: thousands of objects
     assert frozen and frozen[0] > 10_000
     assert gc.get_freeze_count() == 0, "a build left objects out of the collector's walks"
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        dt.datetime(2020, 1, 2, 3, 4, 5),
+        dt.datetime(999, 12, 31, 23, 59, 59),
+        dt.datetime(1, 1, 1),
+        dt.datetime(1000, 10, 10, 10, 10, 10),
+        dt.datetime(9999, 12, 31, 23, 59, 59),
+    ],
+)
+def test_an_exam_keys_timestamp_is_strftimes(when: dt.datetime) -> None:
+    assert rules._stamp(when) == when.strftime("%Y%m%d-%H%M%S")

@@ -158,6 +158,10 @@ def _read_notes(insts: Sequence[Instance]) -> list[str]:
     ]
 
 
+def _instance_order(i: Instance) -> tuple[str, str, str, str]:
+    return (i.member, i.sop_uid, i.pixel_hash, i.series_uid)
+
+
 def _make_unit(
     z: ExamZip,
     insts: Iterable[Instance],
@@ -165,18 +169,20 @@ def _make_unit(
     decoded: Mapping[tuple[str, str], str] | None = None,
 ) -> _Unit:
     rel = z.rel_path
-    ordered = tuple(sorted(insts, key=lambda i: (i.member, i.sop_uid, i.pixel_hash, i.series_uid)))
-    keys = tuple(_sop_key(rel, i) for i in ordered)
-    dec = decoded or {}
-    use_decoded = bool(ordered) and all((rel, i.member) in dec for i in ordered)
-    hashes = [dec[(rel, i.member)] if use_decoded else i.pixel_hash for i in ordered]
-    hashes_ok = all(hashes)
-    pixsig = (
-        frozenset((i.member, h) for i, h in zip(ordered, hashes, strict=True))
-        if hashes_ok
-        else None
-    )
-    patient = remap.get(z.name.patient_id, z.name.patient_id)
+    ordered = tuple(insts)
+    if len(ordered) > 1:
+        ordered = tuple(sorted(ordered, key=_instance_order))
+    keys = tuple([i.sop_uid or _sop_key(rel, i) for i in ordered])
+    members = [i.member for i in ordered]
+    use_decoded = False
+    if decoded and ordered and all((rel, m) in decoded for m in members):
+        use_decoded = True
+        hashes = [decoded[(rel, m)] for m in members]
+    else:
+        hashes = [i.pixel_hash for i in ordered]
+    pixsig = frozenset(zip(members, hashes, strict=True)) if all(hashes) else None
+    source = z.name.patient_id
+    patient = remap.get(source, source)
     unit = _Unit(
         zip=z,
         rel=rel,
@@ -282,10 +288,18 @@ def _chains(kept: Sequence[_Unit], window: dt.timedelta) -> list[list[_Unit]]:
     return exams
 
 
+def _stamp(t: dt.datetime) -> str:
+    """``t`` as ``yyyymmdd-hhmmss`` (``strftime("%Y%m%d-%H%M%S")``, spelled out for the
+    years of four digits: strftime costs a few microseconds a call)."""
+    if t.year < 1000:
+        return f"{t:%Y%m%d-%H%M%S}"
+    return f"{t.year}{t.month:02d}{t.day:02d}-{t.hour:02d}{t.minute:02d}{t.second:02d}"
+
+
 def _assign_keys(chains: list[list[_Unit]]) -> list[str]:
     """``{patient}_{yyyymmdd-hhmmss}_{hiro}`` of the primary zip, ``-2``, ``-3``... on a clash
     (in zip order of the primaries). Returns the keys in the order of ``chains``."""
-    base = [f"{c[0].patient}_{c[0].time:%Y%m%d-%H%M%S}_{c[0].hiro}" for c in chains]
+    base = [f"{c[0].patient}_{_stamp(c[0].time)}_{c[0].hiro}" for c in chains]
     order = sorted(range(len(chains)), key=lambda k: (base[k], chains[k][0].order))
     used: set[str] = set()
     keys = [""] * len(chains)

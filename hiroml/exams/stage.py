@@ -140,9 +140,10 @@ def _units(
                 )
             )
             continue
-        usable = [i for i in insts_of[rel] if not is_unusable(i)]
-        for i in sorted(insts_of[rel], key=lambda i: i.member):
-            if is_unusable(i):
+        insts = insts_of[rel]
+        usable = [i for i in insts if not is_unusable(i)]
+        if len(usable) < len(insts):
+            for i in sorted((i for i in insts if is_unusable(i)), key=lambda i: i.member):
                 detail = (
                     f"{rel}: {i.member} (SOP Class {i.sop_class_uid or '?'}) has no "
                     "Pixel Data (7FE0,0010)"
@@ -161,7 +162,7 @@ def _exam(chain: list[_Unit], key: str, audit: list[AuditRow]) -> Exam | None:
     partial overlap) for the primary, ``merged`` for the other parts of a CT split scan.
     None, with a ``dropped`` row per zip, when every instance is already kept elsewhere."""
     primary = chain[0]
-    held = tuple(i for u in chain for i in u.kept)
+    held = primary.kept if len(chain) == 1 else tuple(i for u in chain for i in u.kept)
     if not held:
         for u in chain:
             kept_as = ", ".join(u.overlaps)
