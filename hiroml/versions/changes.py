@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from hiroml.doctor.libraries import environment_changes
 from hiroml.store.reader import OWN_COLUMNS, cell_plain, read_audit
@@ -168,49 +170,61 @@ class VersionDiff:
         return out
 
 
-#: the manifest columns the diff reads as a frame (the rest it compares as Arrow columns)
-_FRAME_COLUMNS = [
-    "sample_key", "patient_id", "source_patient_id", "patient_group", "split", "data_hash"
-]  # fmt: skip
-
-
-def _read_tables(
-    folder: Path | None,
-) -> tuple[versions_columns.ParquetColumns | None, pd.DataFrame, pd.DataFrame]:
-    """The manifest of ``folder`` to be read column by column (None: no manifest), its
-    :data:`_FRAME_COLUMNS` as a frame, and its audit."""
-    cols = _FRAME_COLUMNS
+def _open_manifest(folder: Path | None) -> versions_columns.ParquetColumns | None:
+    """The manifest of ``folder``, to be read column by column (None: no manifest)."""
     if folder is None or not (folder / MANIFEST).is_file():
-        return None, pd.DataFrame(columns=cols), pd.DataFrame(columns=["zip", "batch", "action"])
-    manifest = versions_columns.ParquetColumns.open(folder / MANIFEST)
-    names = [c for c in cols if c in manifest.column_names]
-    m = versions_columns.select(manifest, names).to_pandas()
-    for c in cols:
-        if c not in m.columns:
-            m[c] = None
-    audit_path = folder / AUDIT
-    a = (
-        read_audit(folder)
-        if audit_path.is_file()
-        else pd.DataFrame(columns=["zip", "batch", "action"])
+        return None
+    return versions_columns.ParquetColumns.open(folder / MANIFEST)
+
+
+def _audit_of(folder: Path | None) -> pd.DataFrame:
+    """The audit of ``folder`` (no rows where there is none)."""
+    if folder is None or not (folder / AUDIT).is_file():
+        return pd.DataFrame(columns=["zip", "batch", "action"])
+    return read_audit(folder)
+
+
+def _decision_rows(audit: pd.DataFrame) -> pd.DataFrame:
+    """The audit's decisions, one row per zip and decision: ``batch``, ``zip`` and ``what``
+    (``"action: reason"``, with ``" (kept as ...)"`` where a row names what it was kept as);
+    split moves left out (they are the diff's own section)."""
+
+    def col(c: str) -> pd.Series:
+        return audit[c].astype(str) if c in audit.columns else pd.Series("", index=audit.index)
+
+    reason, kept_as = col("reason"), col("kept_as")
+    what = col("action") + ": " + reason
+    kept = kept_as != ""
+    what = what.where(~kept, what + " (kept as " + kept_as + ")")
+    rows = pd.DataFrame({"batch": col("batch"), "zip": col("zip"), "what": what})
+    return rows[(reason != SPLIT_MOVED).to_numpy()].drop_duplicates()
+
+
+def _decisions(aa: pd.DataFrame, ab: pd.DataFrame) -> tuple[DecisionChange, ...]:
+    """The zips whose decisions differ between the audits ``aa`` and ``ab``: the decisions of
+    a zip are its rows' distinct texts, sorted and joined with ``"; "`` (``""``: absent). Only
+    zips with a decision one audit has and the other lacks are joined and compared."""
+    ra, rb = _decision_rows(aa), _decision_rows(ab)
+    both = pd.concat([ra, rb], ignore_index=True)
+    one_sided = both[~both.duplicated(keep=False).to_numpy()]
+    if one_sided.empty:
+        return ()
+    keys = set(zip(one_sided["batch"].tolist(), one_sided["zip"].tolist(), strict=True))
+
+    def joined(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+        found: dict[tuple[str, str], set[str]] = {}
+        cols = (rows[c].tolist() for c in ("batch", "zip", "what"))
+        for batch, zip_name, what in zip(*cols, strict=True):
+            if (batch, zip_name) in keys:
+                found.setdefault((batch, zip_name), set()).add(what)
+        return {k: "; ".join(sorted(v)) for k, v in found.items()}
+
+    da, db = joined(ra), joined(rb)
+    return tuple(
+        DecisionChange(batch=k[0], zip=k[1], before=da.get(k, ""), after=db.get(k, ""))
+        for k in sorted(keys)
+        if da.get(k, "") != db.get(k, "")
     )
-    return manifest, m, a
-
-
-def _decisions_of(audit: pd.DataFrame) -> dict[tuple[str, str], str]:
-    def col(c: str) -> list[Any]:  # plain lists: no per-row frame access
-        return audit[c].tolist() if c in audit.columns else [""] * len(audit)
-
-    out: dict[tuple[str, str], set[str]] = {}
-    rows = zip(*(col(c) for c in ("batch", "zip", "action", "reason", "kept_as")), strict=True)
-    for batch, zip_name, action, reason, kept_as in rows:
-        if reason == SPLIT_MOVED:
-            continue
-        what = f"{action}: {reason}"
-        if kept_as:
-            what += f" (kept as {kept_as})"
-        out.setdefault((str(batch), str(zip_name)), set()).add(what)
-    return {k: "; ".join(sorted(v)) for k, v in out.items()}
 
 
 #: columns whose change is reported otherwise (pixels: samples_changed) or is bookkeeping
@@ -292,73 +306,126 @@ def _cell_text(v: Any) -> str:
 
 
 def diff_tables(
-    a_dir: Path | None, b_dir: Path, *, a_name: str = "", b_name: str = ""
+    a_dir: Path | None,
+    b_dir: Path,
+    *,
+    a_name: str = "",
+    b_name: str = "",
+    b_manifest: pa.Table | None = None,
 ) -> VersionDiff:
-    """What changed from the tables in ``a_dir`` (``None``: nothing) to those in ``b_dir``."""
-    ta, ma, aa = _read_tables(a_dir)
-    tb, mb, ab = _read_tables(b_dir)
-    ka, kb = set(ma["sample_key"].astype(str)), set(mb["sample_key"].astype(str))
-    pa_, pb = set(ma["patient_id"].astype(str)), set(mb["patient_id"].astype(str))
-    new_p = pb - pa_
-    hash_a = dict(zip(ma["sample_key"].astype(str), ma["data_hash"].astype(str), strict=True))
-    changed = sorted(
-        k
-        for k, h in zip(mb["sample_key"].astype(str), mb["data_hash"].astype(str), strict=True)
-        if k in hash_a and hash_a[k] != h
-    )
-    per_split: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        rows = mb[mb["split"] == split]
-        per_split[split] = {
-            "patients": len(set(rows["patient_id"].astype(str)) & new_p),
-            "samples": len(set(rows["sample_key"].astype(str)) - ka),
-        }
-    before: dict[str, str] = {}
-    for col in ("source_patient_id", "patient_id"):
-        before.update(zip(ma[col].astype(str), ma["split"].astype(str), strict=True))
-    moved = ab[ab["reason"] == SPLIT_MOVED] if "reason" in ab.columns else ab.iloc[:0]
-    details = moved["detail"].tolist() if "detail" in moved.columns else [""] * len(moved)
-    reasons = {str(k): str(d) for k, d in zip(moved["kept_as"].tolist(), details, strict=True)}
-    moves: dict[str, SplitMove] = {}
-    cols = ("source_patient_id", "patient_id", "split")
-    rows = zip(*(mb[c].astype(str) for c in cols), strict=True)
-    groups = mb["patient_group"].astype(str)
-    for (source, patient, new), group in zip(rows, groups, strict=True):
-        for pid in dict.fromkeys((source, patient)):
-            old = before.get(pid)
-            if old is None or old == new or pid in moves:
-                continue
-            moves[pid] = SplitMove(
-                patient_id=pid,
-                patient_group=group,
-                from_split=old,
-                to_split=new,
-                reason=reasons.get(group, "no split move is recorded in the audit"),
-            )
-    had = a_dir is not None and (a_dir / MANIFEST).is_file()  # else no label is "added"
+    """What changed from the tables in ``a_dir`` (``None``: nothing) to those in ``b_dir``.
+    ``b_manifest``: the manifest ``b_dir`` holds, where the caller has it in memory (it was
+    just written there): compared as it is instead of read back. Everything is computed on
+    the two manifests' Arrow columns; a missing cell (null) counts as no sample, patient or
+    split."""
+    ta = _open_manifest(a_dir)
+    tb: versions_columns.Columns | None = b_manifest
+    if tb is None:
+        tb = _open_manifest(b_dir)
+    text = versions_columns.texts
+    ka, kb = text(ta, "sample_key"), text(tb, "sample_key")
+    pid_a, pid_b = text(ta, "patient_id"), text(tb, "patient_id")
+    new_p = versions_columns.not_in(versions_columns.present(pid_b), pid_a)
+    rows = versions_columns.common_rows(ka, kb)
+    hash_a = text(ta, "data_hash").take(pa.array(rows[0]))
+    hash_b = text(tb, "data_hash").take(pa.array(rows[1]))
+    other = pc.fill_null(pc.not_equal(hash_a, hash_b), True)
+    other = pc.and_not(other, pc.and_(pc.is_null(hash_a), pc.is_null(hash_b)))
+    changed = kb.take(pa.array(rows[1])).filter(other)
+    had = ta is not None  # else no label is "added"
     labels_a = _labels(ta) if had else set()
     labels_b = _labels(tb) if had else set()
-    da, db = _decisions_of(aa), _decisions_of(ab)
-    decisions = tuple(
-        DecisionChange(batch=k[0], zip=k[1], before=da.get(k, ""), after=db.get(k, ""))
-        for k in sorted(set(da) | set(db))
-        if da.get(k, "") != db.get(k, "")
-    )
+    audit_b = _audit_of(b_dir)
     return VersionDiff(
         columns_changed=_values_changed(ta, tb),
         a=a_name,
         b=b_name,
-        samples_added=tuple(sorted(kb - ka)),
-        samples_removed=tuple(sorted(ka - kb)),
-        samples_changed=tuple(changed),
-        patients_added=tuple(sorted(new_p)),
-        patients_removed=tuple(sorted(pa_ - pb)),
-        added_per_split=per_split,
-        decisions=decisions,
-        moves=tuple(moves[k] for k in sorted(moves)),
+        samples_added=versions_columns.sorted_texts(versions_columns.not_in(kb, ka)),
+        samples_removed=versions_columns.sorted_texts(versions_columns.not_in(ka, kb)),
+        samples_changed=tuple(sorted(changed.to_pylist())),
+        patients_added=versions_columns.sorted_texts(new_p),
+        patients_removed=versions_columns.sorted_texts(versions_columns.not_in(pid_a, pid_b)),
+        added_per_split=_added_per_split(tb, ka, new_p),
+        decisions=_decisions(_audit_of(a_dir), audit_b),
+        moves=_moves(ta, tb, audit_b),
         labels_dropped=tuple(sorted(labels_a - labels_b)),
         labels_added=tuple(sorted(labels_b - labels_a)),
     )
+
+
+def _added_per_split(
+    tb: versions_columns.Columns | None, ka: pa.Array, new_p: pa.Array
+) -> dict[str, dict[str, int]]:
+    """Per split, the new patients (``new_p``) and the samples not in ``ka`` that ``tb``
+    holds in it."""
+    text = versions_columns.texts
+    kb, pid_b, split_b = text(tb, "sample_key"), text(tb, "patient_id"), text(tb, "split")
+    new_key = pc.invert(pc.is_in(kb, value_set=ka.drop_null()))
+    new_pid = pc.is_in(pid_b, value_set=new_p)
+    out: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        at = pc.fill_null(pc.equal(split_b, str(split)), False)
+        out[split] = {
+            "patients": len(versions_columns.present(pid_b.filter(pc.and_(at, new_pid)))),
+            "samples": len(versions_columns.present(kb.filter(pc.and_(at, new_key)))),
+        }
+    return out
+
+
+def _moves(
+    ta: versions_columns.Columns | None,
+    tb: versions_columns.Columns | None,
+    audit_b: pd.DataFrame,
+) -> tuple[SplitMove, ...]:
+    """The patient ids (source and current) of ``tb`` whose split differs from the one ``ta``
+    gave them (its last row naming the id), sorted by id: each at the first row of ``tb``
+    where it moved, with that row's patient group and the audit's reason for the group."""
+    text = versions_columns.texts
+    n = len(text(tb, "sample_key"))
+    pids = pa.concat_arrays([text(ta, "source_patient_id"), text(ta, "patient_id")])
+    splits = pa.concat_arrays([text(ta, "split")] * 2)
+    last_first = pa.array(np.arange(len(pids) - 1, -1, -1))  # index_in finds the first
+    pids, splits = pids.take(last_first), splits.take(last_first)
+    # the ids of each row of tb in turn, its source id first
+    order = pa.array(np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1).reshape(-1))
+    ids = pa.concat_arrays([text(tb, "source_patient_id"), text(tb, "patient_id")]).take(order)
+    row = np.repeat(np.arange(n), 2)
+    new = text(tb, "split").take(pa.array(row))
+    found = pc.index_in(ids, value_set=pids, skip_nulls=True)
+    old = splits.take(found)
+    moved = np.flatnonzero(pc.fill_null(pc.not_equal(old, new), False).to_numpy(False))
+    if not moved.size:
+        return ()
+    reasons = _move_reasons(audit_b)
+    groups = text(tb, "patient_group").take(pa.array(row[moved])).to_pylist()
+    picked = pa.array(moved)
+    cells = zip(
+        ids.take(picked).to_pylist(),
+        old.take(picked).to_pylist(),
+        new.take(picked).to_pylist(),
+        groups,
+        strict=True,
+    )
+    moves: dict[str, SplitMove] = {}
+    for pid, before, after, group in cells:
+        if pid not in moves:
+            moves[pid] = SplitMove(
+                patient_id=pid,
+                patient_group=str(group),
+                from_split=before,
+                to_split=after,
+                reason=reasons.get(str(group), "no split move is recorded in the audit"),
+            )
+    return tuple(moves[k] for k in sorted(moves))
+
+
+def _move_reasons(audit: pd.DataFrame) -> dict[str, str]:
+    """Patient group -> the detail of the audit's split-move row that names it."""
+    if "reason" not in audit.columns or "kept_as" not in audit.columns:
+        return {}
+    rows = audit[audit["reason"] == SPLIT_MOVED]
+    details = rows["detail"].tolist() if "detail" in rows.columns else [""] * len(rows)
+    return {str(k): str(d) for k, d in zip(rows["kept_as"].tolist(), details, strict=True)}
 
 
 def _labels(table: versions_columns.Columns | None) -> set[str]:

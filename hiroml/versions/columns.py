@@ -14,7 +14,7 @@ another type (structs, dictionaries), is left to the caller's cell-by-cell compa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
@@ -35,18 +35,19 @@ class ParquetColumns:
     path: Path
     column_names: tuple[str, ...]
     num_rows: int
+    file: pq.ParquetFile = field(compare=False, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> ParquetColumns:
-        meta = pq.read_metadata(path)
-        return cls(Path(path), tuple(pq.read_schema(path).names), meta.num_rows)
+        file = pq.ParquetFile(path)  # its footer read once, for every column
+        return cls(Path(path), tuple(file.schema_arrow.names), file.metadata.num_rows, file)
 
     def column(self, name: str) -> pa.ChunkedArray:
         """Column ``name``, decoded :data:`BATCH_ROWS` rows at a time: read whole, the
         1,024-value signatures of 6,300 samples (6.5 MB) took 150 MB of decoding buffers."""
-        file = pq.ParquetFile(self.path)
-        chunks = [b.column(0) for b in file.iter_batches(batch_size=BATCH_ROWS, columns=[name])]
-        return pa.chunked_array(chunks, type=file.schema_arrow.field(name).type)
+        batches = self.file.iter_batches(batch_size=BATCH_ROWS, columns=[name])
+        chunks = [b.column(0) for b in batches]
+        return pa.chunked_array(chunks, type=self.file.schema_arrow.field(name).type)
 
 
 #: a manifest to compare: a table, or a parquet file read column by column
@@ -57,6 +58,32 @@ def select(source: Columns, names: Iterable[str]) -> pa.Table:
     """The columns ``names`` of ``source`` as a table."""
     names = list(names)
     return pa.table({n: source.column(n) for n in names}) if names else pa.table({})
+
+
+def texts(source: Columns | None, name: str) -> pa.Array:
+    """Column ``name`` of ``source`` as one string array (null where a cell is missing, and
+    every row null where ``source`` lacks the column); empty when ``source`` is None."""
+    if source is None:
+        return pa.array([], pa.string())
+    if name not in source.column_names:
+        return pa.nulls(source.num_rows, pa.string())
+    return source.column(name).combine_chunks().cast(pa.string())
+
+
+def present(values: pa.Array) -> pa.Array:
+    """The distinct non-null values of ``values``."""
+    return pc.unique(values.drop_null())
+
+
+def not_in(values: pa.Array, others: pa.Array) -> pa.Array:
+    """The non-null values of ``values`` that ``others`` does not hold, in order."""
+    values = values.drop_null()
+    return values.filter(pc.invert(pc.is_in(values, value_set=others.drop_null())))
+
+
+def sorted_texts(values: pa.Array) -> tuple[str, ...]:
+    """The distinct non-null texts of ``values``, sorted."""
+    return tuple(sorted(present(values).to_pylist()))
 
 
 def common_rows(ka: pa.Array, kb: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +174,11 @@ def changed_counts(
         if not comparable(ca.type, cb.type):
             rest.append(col)
             continue
-        n = count_changed(ca if whole[0] else ca.take(ia), cb if whole[1] else cb.take(ib))
+        lists = _integer_lists_differing(ca, cb, rows)
+        if lists is not None:
+            n = int(lists.sum())
+        else:
+            n = count_changed(ca if whole[0] else ca.take(ia), cb if whole[1] else cb.take(ib))
         if n:
             counts[col] = n
     return counts, rest
@@ -157,3 +188,32 @@ def _every_row(table: Columns, rows: np.ndarray) -> bool:
     """True when ``rows`` are all of ``table``'s rows in order (the previous manifest, when
     the new one keeps every sample): its columns are compared as they are, not copied."""
     return len(rows) == table.num_rows and bool(np.array_equal(rows, np.arange(len(rows))))
+
+
+def _integer_lists_differing(
+    a: pa.Array, b: pa.Array, rows: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray | None:
+    """:func:`_differing` of the ``rows`` of two list columns of integers with no missing
+    element (the signatures): each row's elements compared in place, through its list
+    offsets, in a numpy window over the values, instead of copying the rows out of each
+    column first. None for other columns."""
+    if not (pa.types.is_list(a.type) or pa.types.is_large_list(a.type)):
+        return None
+    if not pa.types.is_integer(a.type.value_type) or a.values.null_count or b.values.null_count:
+        return None
+    ia, ib = rows
+    va = np.asarray(a.is_valid().to_numpy(zero_copy_only=False), dtype=bool)[ia]
+    vb = np.asarray(b.is_valid().to_numpy(zero_copy_only=False), dtype=bool)[ib]
+    off_a, off_b = a.offsets.to_numpy(), b.offsets.to_numpy()
+    la, lb = np.diff(off_a)[ia], np.diff(off_b)[ib]
+    out = (va != vb) | (va & vb & (la != lb))
+    same = va & vb & (la == lb)
+    xa, xb = a.values.to_numpy(), b.values.to_numpy()
+    for length in np.unique(la[same]):
+        if length == 0:
+            continue
+        at = np.flatnonzero(same & (la == length))
+        wa = np.lib.stride_tricks.sliding_window_view(xa, int(length))  # no copy
+        wb = np.lib.stride_tricks.sliding_window_view(xb, int(length))
+        out[at] = (wa[off_a[ia[at]]] != wb[off_b[ib[at]]]).any(axis=1)
+    return out

@@ -151,8 +151,8 @@ def _write_version(
     write_outputs(tmp, manifest, patients, audit)
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
-    change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name)
-    release_arrow_memory()  # the tables written and the two manifests the diff read
+    change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest)
+    release_arrow_memory()  # the tables written and the previous manifest the diff read
     if latest is not None:  # the settings and environment against the latest's build.json
         before = build_info_of(latest)
         now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
@@ -182,8 +182,10 @@ def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
         old = read_manifest(version.path, columns=cols)
     except (OSError, ValueError, KeyError):
         return False
-    key = lambda df: sorted(zip(*(df[c].astype(str) for c in cols), strict=True))  # noqa: E731
-    return key(old) == key(manifest)
+    if len(old) != len(manifest):
+        return False
+    rows = [df[cols].astype(str).sort_values(cols, ignore_index=True) for df in (old, manifest)]
+    return bool(rows[0].equals(rows[1]))  # the same rows, in any order
 
 
 def publish(
@@ -261,7 +263,8 @@ def _same_dataset(latest: Version, table: pa.Table, digest: str, manifest: pd.Da
 
 def _check_shards_present(out: Path, manifest: pd.DataFrame) -> None:
     """Raise :class:`VersionError` when a shard the manifest names is not under ``out``."""
-    missing = sorted(s for s in set(manifest["shard"].astype(str)) if not (out / s).is_file())
+    shards = manifest["shard"].astype(str).unique().tolist()
+    missing = sorted(s for s in shards if not (out / s).is_file())
     if missing:
         raise VersionError(
             f"{len(missing)} shard(s) this build needs vanished while it ran, e.g. {missing[0]} "
