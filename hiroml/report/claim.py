@@ -21,7 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from hiroml._version import __version__
 from hiroml.report import card
@@ -101,12 +104,8 @@ def _acquisition(manifest: pd.DataFrame) -> str:
     views = text_column(manifest, "view")[mod == Modality.CXR].value_counts()
     parts = [f"radiograph views: {', '.join(f'{k} {v}' for k, v in views.items()) or 'none'}"]
     if "spacing_xyz" in manifest.columns and (mod == Modality.CT).any():
-        z = [
-            float(v[2])
-            for v in manifest.loc[mod == Modality.CT, "spacing_xyz"]
-            if v is not None and len(v) == 3
-        ]
-        if z:
+        z = _third_values(manifest.loc[mod == Modality.CT, "spacing_xyz"])
+        if len(z):
             s = pd.Series(z)
             parts.append(
                 f"CT slice spacing {s.median():.2f} mm median ({s.min():.2f}-{s.max():.2f})"
@@ -115,6 +114,20 @@ def _acquisition(manifest: pd.DataFrame) -> str:
         "; ".join(parts) + ". Manufacturer, protocol and dose are not recorded by hiroml: "
         "**authors to state.**"
     )
+
+
+def _third_values(cells: pd.Series) -> np.ndarray:
+    """The third value (float) of each cell of three values, through Arrow when the cells
+    are lists (or missing); the others are passed over."""
+    try:
+        arr = pa.array(cells, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        arr = None
+    if arr is not None and pa.types.is_list(arr.type):
+        three = arr.filter(pc.equal(pc.list_value_length(arr), 3))
+        flat = pc.list_flatten(three).cast(pa.float64())
+        return np.asarray(flat, dtype=np.float64)[2::3]
+    return np.array([float(v[2]) for v in cells if v is not None and len(v) == 3], dtype=np.float64)
 
 
 def _labels(manifest: pd.DataFrame) -> str:
