@@ -49,7 +49,7 @@ def publish(
     from hiroml.doctor.libraries import environment_record
     from hiroml.versions import publishing as versions_publishing
 
-    kept = set(manifest["sample_key"])
+    kept = set(manifest["sample_key"].tolist())
     decoders = [s.decoder for r in results for s in r.samples if s.sample_key in kept]
     environment = environment_record(decoders)
 
@@ -78,7 +78,8 @@ def publish(
         write_report=write_report,
         build_info={**_build_info(cfg, summary, found, environment), **_pairs_record(cfg, out)},
         keep=cfg.versions.keep,
-        live_shards=set(manifest["shard"]) | {s for r in results for s in r.shards},
+        live_shards=set(manifest["shard"].unique().tolist())
+        | {s for r in results for s in r.shards},
         live_tasks={r.task_id for r in results},
         task_dir=out / STATE_DIR / "tasks",
     )

@@ -23,9 +23,9 @@ both samples.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -235,22 +235,48 @@ def _scalar(v: Any) -> Any:
 def _to_table(df: pd.DataFrame) -> pa.Table:
     arrays, names = [], []
     for col in df.columns:
-        values = df[col].tolist()
         if col in _LIST_TYPES:
-            arr = _list_array(values, _LIST_TYPES[col])
+            arr = _list_array(df[col].tolist(), _LIST_TYPES[col])
         elif col in _SCALAR_TYPES:
-            arr = pa.array([_scalar(v) for v in values], type=_SCALAR_TYPES[col])
+            arr = _scalar_array(df[col], _SCALAR_TYPES[col])
         elif col == "exam_time":
             arr = pa.array(
                 pd.to_datetime(df[col]).astype("datetime64[us]"), type=pa.timestamp("us")
             )
         elif col in _STRING_COLUMNS:
-            arr = pa.array([_text(v) for v in values], type=pa.string())
+            arr = _text_array(df[col])
         else:  # labels and other extras: let arrow infer
             arr = pa.array(df[col], from_pandas=True)
         arrays.append(arr)
         names.append(str(col))
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _text_array(values: pd.Series) -> pa.Array:
+    """A text column: a pandas text column as the Arrow array it holds (missing cells null),
+    anything else cell by cell (:func:`_text`)."""
+    if isinstance(values.dtype, pd.StringDtype):
+        arr = pa.array(values.array, from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        return arr.cast(pa.string())
+    return pa.array([_text(v) for v in values.tolist()], type=pa.string())
+
+
+#: numpy kinds whose columns convert to each scalar type as they are (NaN: null)
+_SCALAR_KINDS = {pa.float64(): "f", pa.int64(): "i", pa.bool_(): "b"}
+
+
+def _scalar_array(values: pd.Series, typ: pa.DataType) -> pa.Array:
+    """A number or flag column: a numpy column of the type's own kind (float64, int64, bool)
+    as it is, NaN as null; a column with no value at all as nulls; anything else cell by
+    cell (:func:`_scalar`)."""
+    dtype, kind = values.dtype, _SCALAR_KINDS.get(typ)
+    if isinstance(dtype, np.dtype) and dtype.kind == kind and (kind == "b" or dtype.itemsize == 8):
+        return pa.array(values.to_numpy(), type=typ, from_pandas=True)
+    if isinstance(dtype, np.dtype) and dtype.kind == "O" and bool(values.isna().all()):
+        return pa.nulls(len(values), typ)
+    return pa.array([_scalar(v) for v in values.tolist()], type=typ)
 
 
 def value_problems(m: pd.DataFrame) -> list[str]:
@@ -265,10 +291,10 @@ def value_problems(m: pd.DataFrame) -> list[str]:
         dupes = sorted(set(m.loc[m["sample_key"].duplicated(), "sample_key"]))[:5]
         bad.append(f"sample_key not unique: {dupes}")
     for col, allowed in (("split", SPLIT_VALUES), ("modality", {"cxr", "ct"})):
-        extra = set(m[col].astype(str)) - allowed
+        extra = set(m[col].astype(str).unique()) - allowed
         if extra:
             bad.append(f"{col} has values {sorted(extra)}")
-    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str))
+    views = set(m.loc[m["modality"] == "cxr", "view"].astype(str).unique())
     if views - VIEWS:
         bad.append(f"view has values {sorted(views - VIEWS)}")
     ct = m[m["modality"] == "ct"]
@@ -309,33 +335,75 @@ def audit_frame(rows: Iterable[AuditRow]) -> pd.DataFrame:
 def patients_frame(
     manifest: pd.DataFrame, group_members: Mapping[str, Sequence[str]] | None = None
 ) -> pd.DataFrame:
-    """One row per patient group of the manifest: its patient ids (current, source and those
-    of ``group_members``), split and sample counts."""
+    """One row per patient group of the manifest (a row without a group is in none), sorted by
+    group: its patient ids (current, source and those of ``group_members``) sorted, its
+    splits sorted and joined with ``","``, and its sample counts; groups, ids and splits as
+    text. Column-wise: one factorization of the groups, then counts and sorted pairs."""
     if manifest.empty:
         return pd.DataFrame([], columns=PATIENT_COLUMNS)
-    members = group_members or {}
-    ids: dict[Any, set[str]] = defaultdict(set)
-    split: dict[Any, set[str]] = defaultdict(set)
-    counts: dict[Any, Counter[str]] = defaultdict(Counter)
-    columns = ("patient_group", "patient_id", "source_patient_id", "split", "modality")
-    for group, pid, source, s, modality in zip(*(manifest[c] for c in columns), strict=True):
-        if _is_missing(group):  # as groupby: a row without a group is in none
-            continue
-        ids[group].update((str(pid), str(source)))
-        split[group].add(str(s))
-        counts[group][modality] += 1
-    rows = [
+    keep = ~manifest["patient_group"].isna().to_numpy()
+    group = _cell_texts(manifest["patient_group"])[keep]
+    codes, groups = pd.factorize(group, sort=True)
+    n = len(groups)
+    if not n:
+        return pd.DataFrame([], columns=PATIENT_COLUMNS)
+    modality = manifest["modality"].to_numpy()[keep]
+    member_codes, member_ids = _member_pairs(groups, group_members or {})
+    ids = _sorted_pairs(
+        np.concatenate([codes, codes, member_codes]),
+        np.concatenate(
+            [
+                _cell_texts(manifest["patient_id"])[keep],
+                _cell_texts(manifest["source_patient_id"])[keep],
+                member_ids,
+            ]
+        ),
+        n,
+    )
+    splits = _sorted_pairs(codes, _cell_texts(manifest["split"])[keep], n)
+    return pd.DataFrame(
         {
-            "patient_group": str(group),
-            "patient_ids": sorted(ids[group] | {str(p) for p in members.get(str(group), ())}),
-            "split": ",".join(sorted(split[group])),
-            "n_samples": counts[group].total(),
-            "n_cxr": counts[group]["cxr"],
-            "n_ct": counts[group]["ct"],
-        }
-        for group in sorted(ids)
-    ]
-    return pd.DataFrame(rows, columns=PATIENT_COLUMNS)
+            "patient_group": [str(g) for g in groups],
+            "patient_ids": ids,
+            "split": [s[0] if len(s) == 1 else ",".join(s) for s in splits],
+            "n_samples": np.bincount(codes, minlength=n).astype(np.int64),
+            "n_cxr": np.bincount(codes[modality == "cxr"], minlength=n).astype(np.int64),
+            "n_ct": np.bincount(codes[modality == "ct"], minlength=n).astype(np.int64),
+        },
+        columns=PATIENT_COLUMNS,
+    )
+
+
+def _member_pairs(
+    groups: np.ndarray, members: Mapping[str, Sequence[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (group code, patient id as text) pairs of ``members`` whose group is one of
+    ``groups`` (a code is the group's index there)."""
+    keys = list(members)
+    sizes = np.fromiter((len(members[k]) for k in keys), np.int64, len(keys))
+    ids = pd.Series(list(chain.from_iterable(members[k] for k in keys)), dtype=object)
+    codes = pd.Index(groups).get_indexer(np.repeat(np.array(keys, dtype=object), sizes))
+    found = codes >= 0
+    return codes[found].astype(np.int64), _cell_texts(ids)[found]
+
+
+def _cell_texts(values: pd.Series) -> np.ndarray:
+    """``str(v)`` of each cell, as an object array (a text column as it is)."""
+    out = values.to_numpy(dtype=object)
+    if isinstance(values.dtype, pd.StringDtype) and not values.hasnans:
+        return out
+    return np.array([v if type(v) is str else str(v) for v in values.tolist()], dtype=object)
+
+
+def _sorted_pairs(codes: np.ndarray, texts: np.ndarray, n: int) -> list[list[str]]:
+    """For each code 0..n-1, the distinct ``texts`` paired with it, sorted: each pair as one
+    integer (the code, then the text's rank), so that numpy sorts and dedupes them."""
+    ranks, uniques = pd.factorize(texts, sort=True)
+    width = max(len(uniques), 1)
+    pairs = np.unique(codes.astype(np.int64) * width + ranks)
+    flat = np.asarray(uniques, dtype=object)[pairs % width].tolist()
+    ends = np.cumsum(np.bincount(pairs // width, minlength=n)).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def manifest_table(manifest: pd.DataFrame) -> pa.Table:
@@ -360,7 +428,7 @@ def write_outputs(
     missing += [f"audit.{c}" for c in AUDIT_COLUMNS if c not in audit.columns]
     if missing:
         raise ManifestError(f"patients/audit lack columns: {', '.join(missing)}")
-    bad_actions = set(audit["action"].astype(str)) - ACTIONS
+    bad_actions = set(audit["action"].astype(str).unique()) - ACTIONS
     if bad_actions:
         raise ManifestError(f"audit has actions {sorted(bad_actions)}; allowed {sorted(ACTIONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
