@@ -301,3 +301,34 @@ def test_the_same_samples_written_a_second_later_give_the_same_bytes(
         (info,) = w.shards
         digests.append(info.sha256)
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_extents_grown_many_rows_at_a_time_give_the_bytes_of_one_row_at_a_time(
+    tmp_path: Path, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset's extent grows GROW_ROWS rows at once and is cut at close: every shard
+    (rolled over mid-way, radiographs of two shapes, CT volumes, an empty array) has the bytes,
+    offsets and shape of one grown a row per sample."""
+    from hiroml.store import shards
+
+    rng = np.random.default_rng(3)
+    samples = [rng.random((32, 24)).astype(np.float16) for _ in range(9)]
+    samples += [rng.random((16, 16)).astype(np.float16) for _ in range(3)]
+    samples += [rng.integers(-1000, 1000, (4, 8, 8), dtype=np.int16) for _ in range(2)]
+    samples.append(np.zeros((0, 5), np.float16))
+
+    def write(folder: Path, grow: int) -> list[tuple[str, str]]:
+        monkeypatch.setattr(shards, "GROW_ROWS", grow)
+        with _writer(folder, compression=compression, max_samples=11) as w:
+            for i, arr in enumerate(samples):
+                w.add(f"k{i}", arr, {"i": i})
+        return [(info.name, info.sha256) for info in w.shards]
+
+    grown = write(tmp_path / "a", 4)
+    assert len(grown) == 2
+    assert grown == write(tmp_path / "b", 1)
+    with open_shard(tmp_path / "a" / grown[0][0]) as f:
+        assert f["arrays/f2_32x24"].shape == (9, 32, 24)
+    for key, arr, _meta in iter_samples(tmp_path / "a" / grown[1][0]):
+        np.testing.assert_array_equal(arr, samples[int(key[1:])])
