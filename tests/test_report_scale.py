@@ -21,6 +21,7 @@ from hiroml.report.html import (
     list_lengths,
 )
 from hiroml.report.representativeness import _age_bands
+from hiroml.report.sections import reason_group, reason_groups
 from hiroml.store.reader import cell_list, is_missing
 
 N_REASONS = MAX_REASONS + 30  # duplicate reasons, more than the page shows
@@ -149,3 +150,24 @@ def test_column_helpers_match_the_cell_by_cell_ones() -> None:
     ages = pd.Series([None, 0, 17.9, 18, 39.99, 40, 79.9, 80, 120, np.inf, -1, "x"], dtype=object)
     expected = [age_band(a) for a in pd.to_numeric(ages, errors="coerce").astype(float)]
     assert _age_bands(ages).tolist() == expected
+
+
+def test_reason_groups_column_wise_match_reason_group_one_by_one() -> None:
+    rng = np.random.default_rng(1)
+    pieces = [
+        "a.zip: ", "b c.zip: ", "1_PA/1.dcm: ", "dir\x0bx: ", "x\x1cy: ", "it's: ", ": ",
+        "series 1.2.840.10008.5.1: ", "1.2.3", "v1.2.3", "1.2.3_x", "12.34", " 1.2.3.4 ",
+        "not a DICOM file", "é.zip: ", "ü/1.dcm: ", "١.٢.٣", "\u2003x: ", "\t", "\x1f", " ",
+    ]  # fmt: skip
+    chars = [chr(c) for c in range(128)]
+    reasons = [
+        "".join(rng.choice(pieces, size=rng.integers(1, 5)))
+        + "".join(rng.choice(chars, size=rng.integers(0, 4)))
+        for _ in range(3000)
+    ]
+    reasons += ["", "x.zip: y.dcm: z", " 1.2.3 ", "\x1c1.2.3\x1f", "café 1.2.3 au lait"]
+    for action in ("error", "duplicate", "dropped"):
+        got = reason_groups(action, pd.Series(reasons, dtype=object)).tolist()
+        assert got == [reason_group(action, r) for r in reasons]
+    same = reason_groups("error", pd.Series(reasons, dtype="str"))
+    assert same.tolist() == [reason_group("error", r) for r in reasons]

@@ -210,6 +210,15 @@ def representativeness(manifest: pd.DataFrame) -> Representativeness:
     return rep
 
 
+def _cell_counts(groups: pd.DataFrame, attribute: str) -> dict[tuple[str, str], dict[str, int]]:
+    """``{(week, split): {value: patients}}`` of one attribute, from one grouping."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    sizes = groups.groupby(["week", "split", attribute], sort=False).size()
+    for (week, split, value), n in sizes.items():
+        out.setdefault((week, split), {})[value] = int(n)
+    return out
+
+
 def _representativeness(manifest: pd.DataFrame) -> Representativeness:
     groups = group_table(manifest)
     attributes = tuple(c for c in groups.columns if c not in ("group", "split", "week"))
@@ -219,18 +228,20 @@ def _representativeness(manifest: pd.DataFrame) -> Representativeness:
     splits = [s for s in SPLITS if (groups["split"] == s).any()] + sorted(
         set(groups["split"].unique()) - set(SPLITS)
     )
-    cells = dict(tuple(groups.groupby(["week", "split"], sort=False)))
+    patients = groups.groupby(["week", "split"], sort=False).size().to_dict()
     delivered = pd.DataFrame({"week": sample_week, "split": sample_split}).value_counts().to_dict()
+    per_cell = {a: _cell_counts(groups, a) for a in attributes}
     rows = []
     for week in weeks:
         for split in splits:
-            g = cells.get((week, split), groups.iloc[:0])
-            n_samples = delivered.get((week, split), 0)
-            if g.empty and not n_samples:
+            n_patients = int(patients.get((week, split), 0))
+            n_samples = int(delivered.get((week, split), 0))
+            if not n_patients and not n_samples:
                 continue
-            counts = {a: _ordered(g[a].value_counts().to_dict()) for a in attributes}
+            counts = {a: _ordered(per_cell[a].get((week, split), {})) for a in attributes}
             rows.append(
-                {"week": week, "split": split, "patients": len(g), "samples": n_samples, **counts}
+                {"week": week, "split": split, "patients": n_patients, "samples": n_samples}
+                | counts
             )
     columns = ["week", "split", "patients", "samples", *attributes]
     weekly = pd.DataFrame(rows, columns=columns)

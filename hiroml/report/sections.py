@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from hiroml._version import __version__
 from hiroml.ingest.discover import REMAP_SHEET_NAME as REMAP_SHEET
@@ -293,6 +295,34 @@ def reason_group(action: str, reason: str) -> str:
     return re.sub(r"\b\d+(\.\d+){2,}\b", "…", text).strip()
 
 
+#: :func:`reason_group`'s substitutions as RE2 patterns (Arrow) that match ASCII text as
+#: Python's do; Python's ``\s`` and ``str.strip`` also take ``\v`` and ``\x1c``-``\x1f``.
+_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+_ARROW_SUBS = (
+    (r"^[^:]*\.zip: ", ""),
+    (r"^[^" + _SPACE + ":']+: ", ""),
+    (r"\b[0-9]+(\.[0-9]+){2,}\b", "…"),
+)
+
+
+def reason_groups(action: str, reasons: pd.Series) -> pd.Series:
+    """:func:`reason_group` of each reason (text), column-wise: ``dropped`` reasons once per
+    distinct value; the others through Arrow's regular expressions where the text is ASCII
+    (the same result), one by one where it is not."""
+    texts = _keys(reasons)
+    if action == Action.DROPPED or not len(texts):
+        return per_value(texts, partial(reason_group, action))
+    arr = pa.array(texts.to_numpy(dtype=object), type=pa.string())
+    for pattern, replacement in _ARROW_SUBS:
+        arr = pc.replace_substring_regex(arr, pattern=pattern, replacement=replacement)
+    arr = pc.utf8_trim(arr, characters=_SPACE)
+    out = pd.Series(arr.to_numpy(zero_copy_only=False), index=texts.index, dtype=object)
+    other = ~np.asarray(pc.string_is_ascii(pa.array(texts.to_numpy(dtype=object))), dtype=bool)
+    if other.any():
+        out[other] = per_value(texts[other], partial(reason_group, action)).to_numpy()
+    return out
+
+
 def _newest_first(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with the newest batch's first (by the batch folder's date, ``YYYYMMDD``),
     in audit order within a batch."""
@@ -307,7 +337,7 @@ def _by_reason(rows: pd.DataFrame, action: str, cols: Sequence[str]) -> str:
     to :data:`MAX_REASON_ROWS`, the newest batches first); at most :data:`MAX_REASONS`
     lines, then one line counting the other reasons and their rows. The counts are exact."""
     rows = _newest_first(rows)
-    groups = per_value(_keys(_col(rows, "reason")), partial(reason_group, action))
+    groups = reason_groups(action, _col(rows, "reason"))
     counts = groups.value_counts(sort=True)
     where = groups.groupby(groups.to_numpy(), sort=False).indices  # reason -> row positions
     parts = []
@@ -433,6 +463,10 @@ def _orphans(manifest: pd.DataFrame, summary: Mapping[str, Any] | None = None) -
             "exam_key": _keys(_col(rows, "exam_key")),
         }
     )
+    ids = np.sort(g["patient_id"].unique().astype(object))
+    n = len(ids)
+    if n > MAX_TABLE_ROWS:  # the table's rows only: the first ids in order
+        g = g[(g["patient_id"] <= ids[MAX_TABLE_ROWS - 1]).to_numpy()]
     t = (
         g.groupby("patient_id", sort=True)
         .agg(
@@ -444,7 +478,7 @@ def _orphans(manifest: pd.DataFrame, summary: Mapping[str, Any] | None = None) -
         .reset_index()
     )
     body = _note(
-        f"{'<b>1 patient</b> has' if len(t) == 1 else f'<b>{len(t)} patients</b> have'} "
+        f"{'<b>1 patient</b> has' if n == 1 else f'<b>{n} patients</b> have'} "
         "images but no rows in the clinical table. Most often the id was remapped: "
         "check the remap sheet "
         f"<code>{html.escape(REMAP_SHEET)}</code> at the datamart root (old C19 id → current "
@@ -453,12 +487,10 @@ def _orphans(manifest: pd.DataFrame, summary: Mapping[str, Any] | None = None) -
     )
     body += _table(
         ["patient id", "id in zip name", "split", "exams", "samples"],
-        t[["patient_id", "source", "split", "exams", "samples"]]
-        .head(MAX_TABLE_ROWS)
-        .itertuples(index=False),
+        t[["patient_id", "source", "split", "exams", "samples"]].itertuples(index=False),
     )
-    body += _more(len(t), "patients", "manifest.parquet (column orphan)")
-    return _section("orphans", f"Orphans ({len(t)})", body + aside)
+    body += _more(n, "patients", "manifest.parquet (column orphan)")
+    return _section("orphans", f"Orphans ({n})", body + aside)
 
 
 def _more(n: int, what: str, where: str) -> str:
