@@ -131,7 +131,11 @@ class _Word(StrEnum):
 
 def test_column_helpers_match_the_cell_by_cell_ones() -> None:
     cells = ["x", None, np.nan, "", _Word.A, pd.NA, "é"]
-    for s in (pd.Series(cells, dtype=object), pd.Series(["x", None, "y"], dtype="str")):
+    for s in (
+        pd.Series(cells, dtype=object),
+        pd.Series(["x", None, "y"], dtype="str"),
+        pd.Series([None, np.nan], dtype=object),  # every value missing
+    ):
         by_cell = [v if type(v) is str else _text(v) if not is_missing(v) else "" for v in s]
         assert _keys(s).tolist() == by_cell
         assert all(type(v) is str for v in _keys(s))

@@ -72,8 +72,8 @@ def _keys(s: pd.Series) -> pd.Series:
 def text_only(s: pd.Series) -> bool:
     """Whether ``s`` holds only text and missing values (a ``str`` dtype, or an object
     column whose non-missing values are all strings), found without a Python loop."""
-    if s.dtype == object:
-        return bool(pd.api.types.infer_dtype(s, skipna=True) == "string")
+    if s.dtype == object:  # "empty": every value missing
+        return pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")
     return pd.api.types.is_string_dtype(s.dtype)
 
 

@@ -323,11 +323,16 @@ def reason_groups(action: str, reasons: pd.Series) -> pd.Series:
     return out
 
 
+def _batch_date(batch: str) -> str:
+    """A batch folder's date, ``YYYYMMDD`` (``""`` when its name has none)."""
+    m = BATCH_DATE.search(batch)
+    return m[1] if m else ""
+
+
 def _newest_first(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with the newest batch's first (by the batch folder's date, ``YYYYMMDD``),
     in audit order within a batch."""
-    batch = _keys(_col(rows, "batch"))
-    date = batch.str.extract(BATCH_DATE.pattern, flags=BATCH_DATE.flags, expand=False)
+    date = per_value(_keys(_col(rows, "batch")), _batch_date)
     order = np.argsort(-pd.to_numeric(date, errors="coerce").fillna(0).to_numpy(), kind="stable")
     return rows.iloc[order]
 
