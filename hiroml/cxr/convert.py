@@ -185,10 +185,18 @@ def convert_frames(
 
 
 def _convert_frame(
-    ds: Dataset, inst: Instance, *, exam_description: str, cfg: CxrConfig, frame: int
+    ds: Dataset,
+    inst: Instance,
+    *,
+    exam_description: str,
+    cfg: CxrConfig,
+    frame: int,
+    evidence: ViewEvidence | None = None,
 ) -> CxrImage:
+    """One frame of a parsed instance; ``evidence``: its :func:`view_evidence`, when read."""
     ts = _transfer_syntax(ds)
-    view, view_source = classify_view(ds, exam_description=exam_description)
+    ev = view_evidence(ds) if evidence is None else evidence
+    view, view_source = classify_evidence(ev, exam_description=exam_description)
     try:
         reduced = _reduced(ds, frame, cfg)
         decoded = reduced.decoded if reduced else decode_frame(ds, frame=frame)
@@ -305,7 +313,9 @@ def prepare_instance(
     images: list[CxrImage] = []
     for k in range(number_of_frames(head)):
         try:
-            images.append(_convert_frame(head, inst, exam_description="", cfg=cfg, frame=k))
+            images.append(
+                _convert_frame(head, inst, exam_description="", cfg=cfg, frame=k, evidence=evidence)
+            )
         except DecodeError:
             return None
     return Prepared(tuple(images), evidence)
@@ -315,7 +325,7 @@ def _with_pixels(header: Dataset, pixels: memoryview | None, inst: Instance) -> 
     """The index's header with its (7FE0,0010) Pixel Data value put back: what
     :func:`read_image` gives for a little-endian file (encapsulated: OB; native: OW above 8
     bits allocated, else OB, as such files are written)."""
-    if pixels is None or "Rows" not in header or "Columns" not in header:
+    if pixels is None or not rawheader.has(header, "Rows") or not rawheader.has(header, "Columns"):
         raise BadInputError(f"{_where(inst)}: not a readable DICOM image (no Rows/Columns)")
     encapsulated = dicom_uids.is_encapsulated(dicom.transfer_syntax(header))
     alloc = int(rawheader.get(header, "BitsAllocated", 16))

@@ -179,7 +179,7 @@ class Decoded:
 def transfer_syntax(ds: Dataset) -> str:
     """(0002,0010) Transfer Syntax UID; implicit VR little endian when absent (PS3.5 10.1)."""
     meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID", "") if meta is not None else ""
+    ts = rawheader.get(meta, "TransferSyntaxUID", "") if meta is not None else ""
     return str(ts) if ts else IMPLICIT_VR_LE
 
 
@@ -399,7 +399,11 @@ def check_limits(ds: Dataset, *, limits: LimitsConfig | None = None) -> None:
     (0028,0011) Columns, (0028,0002) Samples per Pixel or (0028,0100) Bits Allocated, or, with
     ``limits``, when its pixels would decode beyond them. The build checks the configured
     ``limits`` where it reads each member (:mod:`hiroml.ingest.index`), before any decode."""
-    ts = transfer_syntax(ds)
+    _checked_layout(ds, transfer_syntax(ds), limits)
+
+
+def _checked_layout(ds: Dataset, ts: str, limits: LimitsConfig | None) -> _Layout:
+    """:func:`check_limits` of a dataset of transfer syntax ``ts``; its layout."""
     try:
         lay = _Layout.of(ds)
     except (AttributeError, TypeError, ValueError) as e:
@@ -416,6 +420,7 @@ def check_limits(ds: Dataset, *, limits: LimitsConfig | None = None) -> None:
         raise
     except BadInputError as e:
         raise DecodeError(str(e)) from None
+    return lay
 
 
 def decode(ds: Dataset, *, frame: int = 0, limits: LimitsConfig | None = None) -> Decoded:
@@ -434,11 +439,7 @@ def decode(ds: Dataset, *, frame: int = 0, limits: LimitsConfig | None = None) -
     ts = transfer_syntax(ds)
     if not rawheader.has(ds, "PixelData"):
         raise DecodeError(f"no (7FE0,0010) Pixel Data ({uid_label(ts)})")
-    check_limits(ds, limits=limits)
-    try:
-        lay = _Layout.of(ds)
-    except (AttributeError, TypeError, ValueError) as e:
-        raise DecodeError(f"no usable (0028,0010) Rows / (0028,0011) Columns: {e}") from e
+    lay = _checked_layout(ds, ts, limits)
     if not 0 <= frame < lay.frames:
         raise ValueError(f"frame {frame} is outside the {lay.frames} frame(s) of the image")
     bits = int(rawheader.get(ds, "BitsStored", 0) or 0)
