@@ -332,3 +332,19 @@ def test_extents_grown_many_rows_at_a_time_give_the_bytes_of_one_row_at_a_time(
         assert f["arrays/f2_32x24"].shape == (9, 32, 24)
     for key, arr, _meta in iter_samples(tmp_path / "a" / grown[1][0]):
         np.testing.assert_array_equal(arr, samples[int(key[1:])])
+
+
+def test_meta_values_become_json_values() -> None:
+    from hiroml.store.shards import _jsonable
+    from hiroml.vocab import View
+
+    values = [
+        "a", 3, True, None, 1.5, float("nan"), float("-inf"), np.float32("nan"), np.int64(7),
+        np.bool_(True), (1, 2.5, float("inf")), [np.float16(0.5), "b"], View.FRONTAL,
+    ]  # fmt: skip
+    want = ["a", 3, True, None, 1.5, None, None, None, 7, True, [1, 2.5, None], [0.5, "b"]]
+    got = [_jsonable(v, "k") for v in values]
+    assert got[:-1] == want and got[-1] == "frontal"
+    assert [type(v) for v in got[:5]] == [str, int, bool, type(None), float]
+    with pytest.raises(ShardError, match="meta 'k': dict"):
+        _jsonable({}, "k")

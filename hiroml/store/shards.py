@@ -65,6 +65,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -286,6 +287,11 @@ def _array_name(shape: tuple[int, ...], dtype: np.dtype[Any]) -> str:
 
 def _jsonable(value: Any, key: str) -> Any:
     """A JSON-safe copy of one meta value (NaN and infinities become None)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # most values: no isinstance chain
+    if kind is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
