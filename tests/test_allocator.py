@@ -30,6 +30,28 @@ def test_freed_buffers_are_reused_unless_opted_out() -> None:
     assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
 
 
+_TRIM = """
+from hiroml.pipeline import allocator
+import numpy as np
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+allocator.keep_freed_buffers()
+bufs = [np.ones(1024 * 1024 // 8) for _ in range(64)]  # 64 MB from the heap
+keep = np.ones(1024)  # allocated last: the heap's top stays in use
+before = rss(); del bufs
+kept = rss()
+print(allocator.release_freed(), before - kept < 8 * 1024, kept - rss() > 48 * 1024)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
+def test_freed_heap_pages_go_back_when_released() -> None:
+    """Freed buffers stay resident (kept for reuse) until :func:`release_freed` hands the
+    heap's free pages back."""
+    out = subprocess.run([sys.executable, "-c", _TRIM], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True"], out.stdout + out.stderr
+
+
 def test_the_environment_sets_the_runtime_switches_through_the_config(
     make_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,8 +51,9 @@ def _latest_splits(out: Path) -> dict[str, str]:
         log.warning("could not read the previous manifest %s (%s): splits start afresh", path, e)
         return {}
     prev: dict[str, str] = {}
+    split = old["split"].astype(str).tolist()  # lists: no Python iteration of Arrow cells
     for col in ("source_patient_id", "patient_id"):
-        prev.update(zip(old[col].astype(str), old["split"].astype(str), strict=True))
+        prev.update(zip(old[col].astype(str).tolist(), split, strict=True))
     return prev
 
 
@@ -203,10 +204,13 @@ def assign_splits(
     group_of: Mapping[str, str],
     clinical: Any,
     out: Path,
+    *,
+    prev_by_id: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
     """The split of every patient group, each group's patient ids (current and source), and
     the split rule as ``build.json`` records it (strategy, its parameters, the temporal
-    cut-off, the previous version's strategy, the rule in words).
+    cut-off, the previous version's strategy, the rule in words). ``prev_by_id``: the
+    latest version's splits (:func:`previous_splits` of ``out``, read here when not given).
 
     Groups keep the split their patients had in the latest version, whatever strategy gave
     it; a group that joins patients of different splits takes the split nearest train
@@ -224,7 +228,8 @@ def assign_splits(
         members.setdefault(g, []).append(pid)
     for e in exams:
         members.setdefault(group_of.get(e.patient_id, e.patient_id), []).append(e.source_patient_id)
-    prev_by_id = previous_splits(out)
+    if prev_by_id is None:
+        prev_by_id = previous_splits(out)
     previous = splits.inherited_splits(groups, members, prev_by_id)
     test_ids = splits.load_test_ids(sc.test_list) if sc.test_list else set()
     strata = first_seen = cutoff = None

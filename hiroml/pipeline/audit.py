@@ -54,18 +54,26 @@ def with_link_notes(audit: Sequence[AuditRow], linked: LinkResult) -> list[Audit
 
 
 def split_move_rows(
-    out: Path, exams: Sequence[Exam], split_of: Mapping[str, str], members: Mapping[str, list[str]]
+    out: Path,
+    exams: Sequence[Exam],
+    split_of: Mapping[str, str],
+    members: Mapping[str, list[str]],
+    *,
+    prev_by_id: Mapping[str, str] | None = None,
 ) -> list[AuditRow]:
     """One audit row (``kept``, reason ``split moved``) per patient whose split differs from
-    the latest version's: its group was joined to patients of another split."""
+    the latest version's (``prev_by_id``; :func:`~hiroml.exams.groups.previous_splits` of
+    ``out`` when not given): its group was joined to patients of another split."""
     from hiroml.exams import splits
     from hiroml.versions.listing import SPLIT_MOVED
 
     remapped = {
         e.source_patient_id: e.patient_id for e in exams if e.source_patient_id != e.patient_id
     }
+    if prev_by_id is None:
+        prev_by_id = previous_splits(out)
     rows = []
-    for m in splits.split_moves(split_of, members, previous_splits(out)):
+    for m in splits.split_moves(split_of, members, prev_by_id):
         ids = [m.patient_id, *m.joined_with]
         remaps = [f"{p} -> {remapped[p]}" for p in ids if p in remapped]
         cause = (

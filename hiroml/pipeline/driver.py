@@ -23,7 +23,12 @@ import pandas as pd
 
 from hiroml.config import BuildConfig
 from hiroml.errors import BuildError, DiskFullError
-from hiroml.exams.groups import assign_splits, decode_pediatric_candidates, link_by_pixels
+from hiroml.exams.groups import (
+    assign_splits,
+    decode_pediatric_candidates,
+    link_by_pixels,
+    previous_splits,
+)
 from hiroml.pipeline import (
     allocator,
     failures,
@@ -359,11 +364,12 @@ def _tables(
     linked, signatures = link_by_pixels(cfg, results, exam_by_key, inputs.exams.group_of, out)
     allocator.release_freed()  # the near-duplicate search's blocks, before the tables' peak
     audit = with_link_notes(audit, linked)
+    before = previous_splits(out)
     split_of, members, rule = assign_splits(
-        cfg, joined.exams, linked.group_of, inputs.clinical, out
+        cfg, joined.exams, linked.group_of, inputs.clinical, out, prev_by_id=before
     )
     summary.split_rule = rule
-    moves = split_move_rows(out, joined.exams, split_of, members)
+    moves = split_move_rows(out, joined.exams, split_of, members, prev_by_id=before)
     audit += moves
     summary.split_moves = len(moves)
     manifest = manifest_frame(
@@ -378,7 +384,8 @@ def _tables(
     manifest = with_signatures(manifest, signatures, linked)
     patients = patients_frame(manifest, members)
     by_group = linked.texts_by_group()
-    patients["links"] = [by_group.get(str(g), []) for g in patients["patient_group"]]
+    groups = patients["patient_group"].astype(str).tolist()
+    patients["links"] = [by_group.get(g, []) for g in groups]
     internal = sum(r.code == CODE_INTERNAL for r in audit)
     return _Tables(manifest, patients, audit_frame(audit), linked, internal)
 

@@ -4,8 +4,8 @@ patient groups and splits, as the manifest table (``docs/design.md`` §4)."""
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -24,6 +24,20 @@ def age_years(age: str) -> float | None:
     return None if per_year is None else round(n / per_year, 4)
 
 
+#: manifest columns that are a sample record's field of the same name, as it is
+_SAMPLE_VALUES = (
+    "sample_key", "shard", "modality", "series_uid", "sop_uid", "view", "shard_sha256",
+    "data_hash", "scale", "frame", "for_processing",
+)  # fmt: skip
+#: ... as a list (every row has one)
+_SAMPLE_LISTS = (
+    "shape", "sop_uids", "pixel_hashes", "ct_decisions", "stitched_series", "seams_mm",
+    "seam_slices",
+)  # fmt: skip
+#: ... as a list, null where the record has none (CT geometry)
+_SAMPLE_GEOMETRY = ("size_xyz", "spacing_xyz", "origin_xyz", "direction")
+
+
 def manifest_frame(
     results: Sequence[TaskResult],
     exams: Mapping[str, Exam],
@@ -33,72 +47,83 @@ def manifest_frame(
     orphans: set[str],
     labels: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    """The manifest: one :class:`~hiroml.records.ManifestRow` per stored sample, sorted by
-    ``sample_key``, with the clinical ``labels`` joined on ``patient_id`` (a label named like
-    a manifest column becomes ``label_<name>``)."""
-    rows: list[ManifestRow] = []
-    for r in results:
-        for s in r.samples:
-            e = exams[s.exam_key]
-            first = e.instances[0] if e.instances else None
-            group = group_of.get(e.patient_id, e.patient_id)
-            rows.append(
-                ManifestRow(
-                    sample_key=s.sample_key,
-                    shard=s.shard,
-                    modality=s.modality,
-                    patient_id=e.patient_id,
-                    source_patient_id=e.source_patient_id,
-                    patient_group=group,
-                    split=split_of[group],
-                    exam_key=e.exam_key,
-                    hiro_id=e.hiro_id,
-                    exam_time=pd.Timestamp(e.time),
-                    description=e.description,
-                    batch=e.batch,
-                    source_zips=[z.partition("/")[2] for z in e.zips],
-                    series_uid=s.series_uid,
-                    sop_uid=s.sop_uid,
-                    view=s.view,
-                    age_years=age_years(first.patient_age) if first else None,
-                    sex=first.sex if first else "",
-                    shape=list(s.shape),
-                    size_xyz=list(s.size_xyz) if s.size_xyz else None,
-                    spacing_xyz=list(s.spacing_xyz) if s.spacing_xyz else None,
-                    origin_xyz=list(s.origin_xyz) if s.origin_xyz else None,
-                    direction=list(s.direction) if s.direction else None,
-                    shard_sha256=s.shard_sha256,
-                    data_hash=s.data_hash,
-                    sop_uids=list(s.sop_uids),
-                    pixel_hashes=list(s.pixel_hashes),
-                    batches=sorted({z.partition("/")[0] for z in e.zips}),
-                    scale=s.scale,
-                    ct_decisions=list(s.ct_decisions),
-                    stitched_series=list(s.stitched_series),
-                    seams_mm=list(s.seams_mm),
-                    seam_slices=list(s.seam_slices),
-                    frame=s.frame,
-                    for_processing=s.for_processing,
-                    days_from_encounter=days.get(e.exam_key),
-                    orphan=e.patient_id in orphans,
-                )
-            )
-    # each row's fields as one tuple (its lists are its own already: no dataclasses.astuple
-    # deep copy); the same columns and dtypes as from one dict per row, in half the time
-    names = [f.name for f in dataclasses.fields(ManifestRow)]
-    values = operator.attrgetter(*names)
-    df = pd.DataFrame([values(r) for r in rows], columns=names) if rows else pd.DataFrame()
-    if df.empty:
+    """The manifest: one row (the columns of :class:`~hiroml.records.ManifestRow`) per stored
+    sample, sorted by ``sample_key``, with the clinical ``labels`` joined on ``patient_id`` (a
+    label named like a manifest column becomes ``label_<name>``).
+
+    Made column by column: the samples sorted by key first (no sorted copy of the frame),
+    each record field's column in one pass over them, each exam's values once per exam (no
+    row object per sample)."""
+    samples = sorted((s for r in results for s in r.samples), key=lambda s: s.sample_key)
+    if not samples:
         from hiroml.store.tables import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
 
-        df = pd.DataFrame(columns=[*MANIFEST_COLUMNS, *CT_COLUMNS, *EXTRA_COLUMNS])
-    elif labels is not None and not labels.empty:
+        empty = pd.DataFrame(columns=[*MANIFEST_COLUMNS, *CT_COLUMNS, *EXTRA_COLUMNS])
+        return empty.sort_values("sample_key", kind="stable").reset_index(drop=True)
+    columns: dict[str, list[Any]] = {}
+    for name in _SAMPLE_VALUES:
+        columns[name] = [getattr(s, name) for s in samples]
+    for name in _SAMPLE_LISTS:
+        columns[name] = [list(getattr(s, name)) for s in samples]
+    for name in _SAMPLE_GEOMETRY:
+        columns[name] = [list(v) if (v := getattr(s, name)) else None for s in samples]
+    per_exam = _exam_values(exams, {s.exam_key for s in samples}, group_of, split_of, days, orphans)
+    rows = [per_exam[s.exam_key] for s in samples]
+    for k, name in enumerate(_EXAM_VALUES):
+        copy = name in _EXAM_LISTS  # a list cell of its own in each row
+        columns[name] = [list(r[k]) for r in rows] if copy else [r[k] for r in rows]
+    names = [f.name for f in dataclasses.fields(ManifestRow)]
+    df = pd.DataFrame({n: columns[n] for n in names})
+    if labels is not None and not labels.empty:
         lab = labels.copy()
         lab.index = lab.index.astype(str)
         clash = [c for c in lab.columns if c in df.columns]
         lab = lab.rename(columns={c: f"label_{c}" for c in clash})
-        df = df.join(lab, on="patient_id")
-    return df.sort_values("sample_key", kind="stable").reset_index(drop=True)
+        df = df.join(lab, on="patient_id").reset_index(drop=True)
+    return df  # in sample_key order already: the samples were sorted (stable) first
+
+
+#: manifest columns that come from a sample's exam, its patient group and split
+_EXAM_VALUES = (
+    "patient_id", "source_patient_id", "patient_group", "split", "exam_key", "hiro_id",
+    "exam_time", "description", "batch", "source_zips", "age_years", "sex", "batches",
+    "days_from_encounter", "orphan",
+)  # fmt: skip
+_EXAM_LISTS = frozenset({"source_zips", "batches"})
+
+
+def _exam_values(
+    exams: Mapping[str, Exam],
+    keys: set[str],
+    group_of: Mapping[str, str],
+    split_of: Mapping[str, str],
+    days: Mapping[str, int | None],
+    orphans: set[str],
+) -> dict[str, tuple[Any, ...]]:
+    """exam key -> the values of :data:`_EXAM_VALUES` of each exam of ``keys``."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for key in keys:
+        e = exams[key]
+        first = e.instances[0] if e.instances else None
+        group = group_of.get(e.patient_id, e.patient_id)
+        out[key] = (
+            e.patient_id,
+            e.source_patient_id,
+            group,
+            split_of[group],
+            e.exam_key,
+            e.hiro_id,
+            pd.Timestamp(e.time),
+            e.description,
+            e.batch,
+            [z.partition("/")[2] for z in e.zips],
+            age_years(first.patient_age) if first else None,
+            first.sex if first else "",
+            sorted({z.partition("/")[0] for z in e.zips}),
+            days.get(e.exam_key),
+            e.patient_id in orphans,
+        )
+    return out
 
 
 def with_signatures(
