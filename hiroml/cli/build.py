@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib.resources import files
 from types import FrameType
 
@@ -245,6 +246,58 @@ def _full_build(cfg: BuildConfig, seen: unchanged.Look | None = None) -> BuildSu
     return run(cfg, check_unchanged=False, seen=seen)
 
 
+#: arguments that can make Hydra's answer to "run or multirun?" other than "run": ``-m``, a
+#: ``hydra.mode`` override, configs of the user's own (``--config-dir`` and the like)
+_MODE_ARGS = (
+    "-m",
+    "--multirun",
+    "hydra.mode",
+    "+hydra.mode",
+    "++hydra.mode",
+    "~hydra.mode",
+    "-c",
+    "--config",
+)
+
+
+def _local_sets_mode() -> bool:
+    """Whether the machine's own ``local/default.yaml`` mentions ``mode`` (then Hydra reads
+    ``hydra.mode`` as it always does)."""
+    try:
+        text = files("hiroml.conf").joinpath("local", "default.yaml").read_text()
+    except OSError:
+        return False
+    return "mode" in text
+
+
+@contextmanager
+def _one_composition(argv: Sequence[str]) -> Iterator[None]:
+    """Hydra composes the whole config twice per run: once only to read ``hydra.mode`` (its
+    ``get_mode``), then for the job. None of the shipped configs sets ``hydra.mode``, so
+    without ``-m``, a ``hydra.mode`` override, a config folder of the user's (``-cd``, ``-cp``,
+    ``-cn``) or a ``local/default.yaml`` that mentions ``mode``, that first composition
+    answers ``None`` (run once) and Hydra is told so without composing; otherwise Hydra
+    composes twice as it always does."""
+    try:
+        from hydra._internal.hydra import Hydra
+    except ImportError:  # another Hydra layout: compose twice as before
+        yield
+        return
+    if (
+        any(a.startswith(_MODE_ARGS) for a in argv)
+        or not hasattr(Hydra, "get_mode")
+        or _local_sets_mode()
+    ):
+        yield
+        return
+    saved = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.get_mode = saved  # type: ignore[method-assign]
+
+
 def _interrupted() -> str:
     """The line an interrupted build ends with: which version is still the latest."""
     if not _output:
@@ -282,7 +335,8 @@ def main() -> None:
     _MAIN_PID[:] = [os.getpid()]
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        _main()
+        with _one_composition(argv):
+            _main()
     except SystemExit as e:
         if e.code == 1 and not _composed:  # Hydra could not compose the config
             raise SystemExit(EXIT_CONFIG) from None

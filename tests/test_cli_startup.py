@@ -1,0 +1,56 @@
+"""What ``hiroml-build`` does before the build starts: how often Hydra composes the config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra._internal.hydra import Hydra
+
+from hiroml.cli import build as cli_build
+
+
+def _compositions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *argv: str) -> int:
+    """How many times Hydra composes the config for ``hiroml-build ARGV`` (a build that stops
+    at once: its datamart does not exist)."""
+    calls: list[int] = []
+    compose = Hydra.compose_config
+
+    def counted(self: Hydra, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return compose(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hydra, "compose_config", counted)
+    monkeypatch.setattr(cli_build, "_composed", [])
+    monkeypatch.setattr(cli_build, "_output", [])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "hiroml-build",
+            f"paths.output={tmp_path / 'out'}",
+            f"paths.datamart={tmp_path / 'nowhere'}",
+            "doctor.enabled=false",
+            *argv,
+        ],
+    )
+    with pytest.raises(SystemExit) as done:
+        cli_build.main()
+    assert done.value.code == 2  # the datamart is missing: the job ran
+    return len(calls)
+
+
+def test_a_build_composes_its_config_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    get_mode = Hydra.get_mode
+    assert _compositions(monkeypatch, tmp_path) == 1
+    assert Hydra.get_mode is get_mode  # Hydra is left as it was
+
+
+def test_hydra_mode_given_is_read_as_hydra_reads_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert _compositions(monkeypatch, tmp_path, "hydra.mode=RUN") == 2
