@@ -322,3 +322,25 @@ def test_the_radiograph_intensity_step_is_ieee_float32_arithmetic() -> None:
         got = cxr_pixels._affine01(a, lo, hi)
         assert got.dtype == np.float32
         assert np.array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32)), dtype
+
+
+def test_the_environment_is_read_from_the_metadata_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    doctor_libraries._versions.cache_clear()
+    reads: list[str] = []
+    version = importlib.metadata.version
+
+    def counted(dist: str) -> str:
+        reads.append(dist)
+        return version(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", counted)
+    first = doctor_libraries.environment()
+    n = len(reads)
+    assert n >= len(doctor_libraries.LIBRARIES)
+    first["numpy"] = "changed by a caller"
+    second = doctor_libraries.environment()
+    assert len(reads) == n  # not read again
+    assert second["numpy"] == version("numpy")  # each call gets its own dict
+    doctor_libraries._versions.cache_clear()

@@ -4,6 +4,7 @@ as rows for the report and as changes for a diff."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import re
@@ -57,12 +58,19 @@ def _installed(dists: Sequence[str]) -> str:
     return NOT_INSTALLED
 
 
-def environment() -> dict[str, str]:
-    """Python's, hiroml's and each of :data:`LIBRARIES`' version (``"not installed"`` where
-    absent), read from the package metadata: nothing is imported."""
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
     env = {"python": platform.python_version(), "hiroml": __version__}
     env.update({name: _installed(dists) for name, dists in LIBRARIES})
-    return env
+    return tuple(env.items())
+
+
+def environment() -> dict[str, str]:
+    """Python's, hiroml's and each of :data:`LIBRARIES`' version (``"not installed"`` where
+    absent), read from the package metadata (nothing is imported) once per process, as the
+    self-check (:func:`hiroml.doctor.checks.checked`) runs once per process; a new dict each
+    call."""
+    return dict(_versions())
 
 
 def _normalized(name: str) -> str:
