@@ -54,3 +54,22 @@ def test_hydra_mode_given_is_read_as_hydra_reads_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     assert _compositions(monkeypatch, tmp_path, "hydra.mode=RUN") == 2
+
+
+def test_the_schema_keys_are_those_of_the_structured_config() -> None:
+    from omegaconf import DictConfig, OmegaConf
+
+    from hiroml.config import BuildConfig
+
+    keys: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for k in map(str, node):
+            keys.append(f"{prefix}{k}")
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                walk(child, f"{prefix}{k}.")
+
+    walk(OmegaConf.structured(BuildConfig), "")
+    assert cli_build._schema_keys() == keys
+    assert "cxr.size" in keys and "cxr" in keys

@@ -7,11 +7,13 @@ and hands it to :func:`hiroml.pipeline.run`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
 import signal
 import sys
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
@@ -125,17 +127,20 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _schema_keys() -> list[str]:
-    """Every key of the config schema, dotted (``cxr.size``), sections included."""
+    """Every key of the config schema, dotted (``cxr.size``), sections included: the fields
+    of :class:`BuildConfig` and of its nested dataclasses (read from the classes, without
+    building OmegaConf's structured config)."""
     keys: list[str] = []
 
-    def walk(node: DictConfig, prefix: str) -> None:
-        for k in map(str, node):
-            keys.append(f"{prefix}{k}")
-            child = node._get_node(k)
-            if isinstance(child, DictConfig):
-                walk(child, f"{prefix}{k}.")
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            keys.append(f"{prefix}{field.name}")
+            kind = hints[field.name]
+            if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+                walk(kind, f"{prefix}{field.name}.")
 
-    walk(OmegaConf.structured(BuildConfig), "")
+    walk(BuildConfig, "")
     return keys
 
 
