@@ -281,7 +281,8 @@ def _build(
     _publish(cfg, out, found, inputs, results, tables, summary, t_start)
     timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
-    shards = set(tables.manifest["shard"].astype(str)) if len(tables.manifest) else set()
+    m = tables.manifest
+    shards = set(m["shard"].astype(str).unique().tolist()) if len(m) else set()
     if cfg.splits.sequester:  # the fast path answers only while the sequestered folder stands
         shards.add(f"{SEQUESTERED_DIR}/{MANIFEST}")
     unchanged.remember(cfg, root, out, found, summary, shards)
