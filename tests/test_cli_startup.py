@@ -73,3 +73,23 @@ def test_the_schema_keys_are_those_of_the_structured_config() -> None:
     walk(OmegaConf.structured(BuildConfig), "")
     assert cli_build._schema_keys() == keys
     assert "cxr.size" in keys and "cxr" in keys
+
+
+def test_the_c_library_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes.util
+
+    from hiroml.pipeline import allocator
+
+    found: list[str] = []
+    find = ctypes.util.find_library
+
+    def counted(name: str) -> str | None:
+        found.append(name)
+        return find(name)
+
+    allocator._libc.cache_clear()
+    monkeypatch.setattr(ctypes.util, "find_library", counted)
+    first = allocator.release_freed()
+    assert allocator.release_freed() == first
+    assert found == (["c"] if sys.platform.startswith("linux") else [])
+    allocator._libc.cache_clear()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
@@ -34,7 +35,9 @@ MMAP_THRESHOLD = 64 * 1024**2
 TRIM_THRESHOLD = 256 * 1024**2
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once per process (``find_library`` runs ``ldconfig -p``)."""
     name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
         return ctypes.CDLL(name) if name is not None else None
