@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
+from hiroml.frozen import maker
 from hiroml.records import Exam, Problem, SampleRecord
 from hiroml.store.atomic import write_text_atomic
 from hiroml.vocab import HELD_SHARDS_DIR, SHARDS_DIR, STATE_DIR, Action, Modality
@@ -203,19 +204,29 @@ def _tuple_or_none(v: Any) -> tuple[Any, ...] | None:
     return None if v is None else tuple(v)
 
 
+#: ``SampleRecord(**fields)`` without the frozen ``__init__`` (a build reads back every
+#: task's samples, each time it runs)
+_make_sample = maker(SampleRecord)
+_SAMPLE_FIELD_SET = frozenset(_SAMPLE_FIELDS)
+
+
+def _sample_from_json(s: dict[str, Any]) -> SampleRecord:
+    if "notes" in s:  # the name of ct_decisions in older task records
+        s["ct_decisions"] = s.pop("notes")
+    for k in ("shape", "sop_uids", "pixel_hashes", "ct_decisions"):
+        s[k] = tuple(s[k])
+    s["signature"] = _signature(s.get("signature"))
+    for k in ("stitched_series", "seams_mm", "seam_slices"):
+        s[k] = tuple(s.get(k, ()))
+    for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
+        s[k] = _tuple_or_none(s[k])
+    if s.keys() == _SAMPLE_FIELD_SET:
+        return _make_sample(*[s[n] for n in _SAMPLE_FIELDS])
+    return SampleRecord(**s)  # a field missing (older records: its default) or unknown
+
+
 def _result_from_json(d: dict[str, Any]) -> TaskResult:
-    samples = []
-    for s in d["samples"]:
-        if "notes" in s:  # the name of ct_decisions in older task records
-            s["ct_decisions"] = s.pop("notes")
-        for k in ("shape", "sop_uids", "pixel_hashes", "ct_decisions"):
-            s[k] = tuple(s[k])
-        s["signature"] = _signature(s.get("signature"))
-        for k in ("stitched_series", "seams_mm", "seam_slices"):
-            s[k] = tuple(s.get(k, ()))
-        for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
-            s[k] = _tuple_or_none(s[k])
-        samples.append(SampleRecord(**s))
+    samples = [_sample_from_json(s) for s in d["samples"]]
     problems = []
     for key, p in d["problems"]:
         p["action"] = Action(p["action"])

@@ -1,0 +1,108 @@
+"""hiroml.frozen.maker: the records a build reads back from its caches (index instances,
+task records' samples) made without the frozen ``__init__``, equal to the ordinary ones."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from hiroml.frozen import maker
+from hiroml.ingest.cache import IndexCache
+from hiroml.pipeline.tasks import TaskResult, load_task_record, save_task_record
+from hiroml.records import Batch, ExamZip, Instance, SampleRecord, ZipIndex, ZipName
+from hiroml.vocab import STATE_DIR, BatchStatus, Modality
+
+INSTANCE = Instance(
+    batch="CXR-UPDATE-20200104-COMPLETE", zip="1_20200101-000000_A1_X.zip", member="1/1.dcm",
+    member_size=123, sop_uid="1.2.3", series_uid="1.2", study_uid="1", sop_class_uid="1.2.840",
+    modality="CR", patient_id="1", patient_age="057Y", sex="F", image_type=("ORIGINAL",),
+    position=(1.0, 2.0, 3.0), pixel_spacing=(0.1, 0.1), rows=8, columns=9,
+    rescale_slope=None, series_number=4, pixel_hash="abc", frame=None,
+)  # fmt: skip
+SAMPLE = SampleRecord(
+    sample_key="e1:1.2.3:0", exam_key="e1", modality="cxr", shard="shards/t-0.h5",
+    shard_sha256="ab", data_hash="cd", shape=(8, 9), series_uid="1.2", sop_uid="1.2.3",
+    sop_uids=("1.2.3",), pixel_hashes=("abc",), view="PA", scale=0.5,
+    signature=bytes(range(256)) * 4, frame=0, decoder="pydicom",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("record", [INSTANCE, SAMPLE])
+def test_maker_makes_the_record(record: object) -> None:
+    cls = type(record)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    made = maker(cls)(*[getattr(record, n) for n in names])
+    assert type(made) is cls and made == record and hash(made) == hash(record)
+    assert [getattr(made, n) for n in names] == [getattr(record, n) for n in names]
+    assert pickle.loads(pickle.dumps(made)) == record and copy.copy(made) == record
+    assert dataclasses.replace(made, modality="x") == dataclasses.replace(record, modality="x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.modality = "CT"  # type: ignore[misc]
+    with pytest.raises(TypeError):  # every field, no more, no fewer
+        maker(cls)(*[getattr(record, n) for n in names[:-1]])
+
+
+def test_maker_refuses_other_classes() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            assert self.a > 0
+
+    for cls in (NoSlots, Checked):
+        with pytest.raises(TypeError):
+            maker(cls)
+
+
+def test_index_cache_reads_back_instances(tmp_path: Path) -> None:
+    batch = Batch(INSTANCE.batch, Modality.CXR, dt.date(2020, 1, 4), BatchStatus.COMPLETE)
+    name = ZipName("1", dt.datetime(2020, 1, 1), "A1", "X", False)
+    ezip = ExamZip(batch, INSTANCE.zip, name, 10, 20)
+    other = dataclasses.replace(INSTANCE, member="1/2.dcm", orientation=(1.0, 0, 0, 0, 1.0, 0))
+    cache = IndexCache(tmp_path / "index.sqlite", root=str(tmp_path))
+    cache.store(ezip, ZipIndex(ezip.rel_path, (INSTANCE, other), ()))
+    cache.commit()
+    (back,) = cache.load([ezip.rel_path])
+    cache.close()
+    assert back.instances == (INSTANCE, other)
+    assert all(type(i) is Instance for i in back.instances)
+    assert type(back.instances[1].orientation) is tuple
+
+
+def test_task_record_of_fewer_or_unknown_fields(tmp_path: Path) -> None:
+    """A record of an earlier release without a later field loads with its default; one
+    with a field no SampleRecord has is unreadable (its task is redone)."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "t-0.h5").write_bytes(b"")
+    save_task_record(str(tmp_path), TaskResult("t", (SAMPLE,), (), ("shards/t-0.h5",), 1.0, 2))
+
+    class Spec:  # what load_task_record reads of a TaskSpec
+        out_dir = str(tmp_path)
+        task_id = "t"
+
+    path = tmp_path / STATE_DIR / "tasks" / "t.json"
+    again = load_task_record(Spec)  # type: ignore[arg-type]
+    assert again is not None and again.samples == (SAMPLE,)
+    assert type(again.samples[0]) is SampleRecord
+    written = json.loads(path.read_text())
+    (sample,) = written["samples"]
+    older = {k: v for k, v in sample.items() if k not in ("decoder", "seam_slices")}
+    path.write_text(json.dumps({**written, "samples": [older]}))
+    again = load_task_record(Spec)  # type: ignore[arg-type]
+    want = dataclasses.replace(SAMPLE, decoder="")
+    assert again is not None and again.samples == (want,)
+    unknown = {**older, "decoder": "x", "colour": "red"}  # as many fields, one unknown
+    assert len(unknown) == len(sample)
+    path.write_text(json.dumps({**written, "samples": [unknown]}))
+    assert load_task_record(Spec) is None  # type: ignore[arg-type]
