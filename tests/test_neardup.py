@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,6 +150,38 @@ def test_similarity_of_constant_and_bad_signatures() -> None:
         neardup.similarity(a + 0.5, a)
     with pytest.raises(ValueError, match="shape"):
         neardup.similarity(a[:10], a[:10])
+
+
+def _ranked_bytes_by_the_definition(values: np.ndarray) -> np.ndarray:
+    """The signature's last step as defined: every cell's average rank (ties share their mean,
+    from a stable sort), scaled to 0..255, rounded, uint8 (the code before the fast path)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+    return np.rint(ranks * (255.0 / (N - 1))).astype(np.uint8)
+
+
+def test_signature_ranks_are_those_of_the_definition_with_and_without_ties() -> None:
+    rng = np.random.default_rng(5)
+    cases = [rng.random(N), rng.integers(0, 40, N).astype(float), np.zeros(N)]
+    cases += [np.r_[rng.random(N - 2), 0.5, 0.5], np.arange(N, 0, -1.0)]
+    for values in cases:
+        got = neardup._rank_bytes(values)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, _ranked_bytes_by_the_definition(values))
+    for seed in range(30):  # whole signatures: float16 images, uint16 images, flat regions
+        img = np.random.default_rng(seed).random((96, 80))
+        img[:20, :30] = 0.25 if seed % 2 else img[:20, :30]
+        for arr in (img.astype(np.float16), (img * 4095).astype(np.uint16)):
+            f = neardup._trim(neardup._as_float32(arr))
+            work = cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA)
+            work = work - cv2.GaussianBlur(work, (0, 0), 2.0)
+            small = cv2.resize(work, (32, 32), interpolation=cv2.INTER_AREA)
+            want = _ranked_bytes_by_the_definition(small.reshape(-1).astype(np.float64))
+            np.testing.assert_array_equal(neardup.signature(arr), want)
 
 
 def test_unit_vectors_are_the_exact_ones_rounded() -> None:

@@ -134,9 +134,28 @@ def signature(arr: np.ndarray) -> np.ndarray:
     work = cv2.resize(f, (_WORK_SIDE, _WORK_SIDE), interpolation=cv2.INTER_AREA)
     work = work - cv2.GaussianBlur(work, (0, 0), _HIGHPASS_SIGMA)
     small = cv2.resize(work, (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA)
-    r = _ranks(small.reshape(-1).astype(np.float64))
-    scaled = np.rint(r * (255.0 / (SIGNATURE_SIZE - 1)))
-    return scaled.astype(np.uint8)
+    return _rank_bytes(small.reshape(-1).astype(np.float64))
+
+
+#: the uint8 value of each rank 0..1023 (``rint(rank * 255 / 1023)``): a signature of distinct
+#: cells is this table put in the cells' order
+_RANK_U8 = np.rint(np.arange(SIGNATURE_SIZE) * (255.0 / (SIGNATURE_SIZE - 1))).astype(np.uint8)
+
+
+def _rank_bytes(values: np.ndarray) -> np.ndarray:
+    """The cells' ranks (:func:`_ranks`, ties their mean) scaled to 0..255 and rounded, as
+    uint8. Cells of distinct values (the usual case) take :data:`_RANK_U8` in their sorted
+    order: any sort gives it (only tied cells depend on the sort's stability), and a rank
+    ``s`` alone in its run is ``(s + s) / 2 = s`` exactly, so the bytes are those of the
+    general path, which runs when two cells tie."""
+    order = np.argsort(values)
+    ordered = values[order]
+    if len(values) == SIGNATURE_SIZE and (ordered[1:] != ordered[:-1]).all():
+        out = np.empty(SIGNATURE_SIZE, dtype=np.uint8)
+        out[order] = _RANK_U8
+        return out
+    r = _ranks(values)
+    return np.rint(r * (255.0 / (SIGNATURE_SIZE - 1))).astype(np.uint8)
 
 
 def as_signatures(signatures: Sequence[int] | np.ndarray, *, ndim: int = 2) -> np.ndarray:
