@@ -31,23 +31,22 @@ from hiroml.exams.rules import (
     _Unit,
     is_unusable,
 )
+from hiroml.frozen import maker
 from hiroml.records import AuditRow, Exam, ExamZip, Instance
 from hiroml.vocab import Action, BatchStatus
 
 log = logging.getLogger(__name__)
+#: ``AuditRow(...)`` and ``Exam(...)`` without the frozen ``__init__`` (one of each per zip,
+#: every build: :func:`hiroml.frozen.maker`)
+_make_row = maker(AuditRow)
+_make_exam = maker(Exam)
 
 
 def _row(u: _Unit, action: Action, reason: str, kept_as: str = "", extra: str = "") -> AuditRow:
     detail = "; ".join([*([extra] if extra else []), *u.notes])
-    return AuditRow(
-        zip=u.zip.file_name,
-        batch=u.zip.batch.name,
-        action=action,
-        reason=reason,
-        kept_as=kept_as,
-        detail=detail,
-        exam_key=u.exam_key,
-    )
+    # AuditRow(zip, batch, action, reason, kept_as, detail, exam_key, member, code)
+    return _make_row(u.zip.file_name, u.zip.batch.name, action, reason, kept_as, detail,
+                     u.exam_key, "", "")  # fmt: skip
 
 
 def _zip_row(
@@ -170,19 +169,12 @@ def _exam(chain: list[_Unit], key: str, audit: list[AuditRow]) -> Exam | None:
             u.exam_key = ""
         log.info("exam %s dropped: every instance already kept elsewhere", key)
         return None
-    exam = Exam(
-        exam_key=key,
-        modality=primary.zip.batch.modality,
-        patient_id=primary.patient,
-        source_patient_id=primary.zip.name.patient_id,
-        hiro_id=primary.hiro,
-        time=primary.time,
-        description=primary.zip.name.description,
-        pediatric=primary.zip.name.pediatric,
-        batch=primary.zip.batch.name,
-        zips=tuple(u.rel for u in chain),
-        instances=held,
-    )
+    z = primary.zip
+    # Exam(exam_key, modality, patient_id, source_patient_id, hiro_id, time, description,
+    #      pediatric, batch, zips, instances)
+    exam = _make_exam(key, z.batch.modality, primary.patient, z.name.patient_id, z.name.hiro_id,
+                      z.name.time, z.name.description, z.name.pediatric, z.batch.name,
+                      tuple(u.rel for u in chain), held)  # fmt: skip
     reason = REASON_PARTIAL if primary.overlaps else REASON_KEPT
     audit.append(_row(primary, Action.KEPT, reason))
     if len(chain) > 1:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiroml.errors import DatamartError, ShrinkRefusedError
+from hiroml.frozen import maker
 from hiroml.records import Batch, ExamZip, Problem, ZipName
 from hiroml.vocab import Action, BatchStatus, Modality
 
@@ -37,6 +38,10 @@ _ZIP_RE = re.compile(
 _TOKEN_SPLIT = re.compile(r"[-_\s]+")
 # Modality codes that open an EPIC procedure description ("XR-P-PORT-CHEST-1-VIEW").
 _MODALITY_CODES = frozenset({"XR", "CR", "DX", "CT", "CTA"})
+#: ``ZipName(...)`` and ``ExamZip(...)`` without the frozen ``__init__`` (one of each per
+#: zip, every build: :func:`hiroml.frozen.maker`)
+_make_zip_name = maker(ZipName)
+_make_exam_zip = maker(ExamZip)
 
 
 def parse_batch_name(name: str) -> Batch:
@@ -83,13 +88,8 @@ def parse_zip_name(file_name: str) -> ZipName:
             f"zip name {file_name!r}: {m['date']}-{m['time']} is not a valid timestamp"
         ) from e
     desc = m["desc"]
-    return ZipName(
-        patient_id=m["patient"],
-        time=time,
-        hiro_id=m["hiro"],
-        description=desc,
-        pediatric=is_pediatric(desc),
-    )
+    # ZipName(patient_id, time, hiro_id, description, pediatric)
+    return _make_zip_name(m["patient"], time, m["hiro"], desc, is_pediatric(desc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,13 +281,6 @@ def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem
             if not stat.S_ISREG(st.st_mode):
                 report(e.name, f"not a regular file ({_file_kind(st.st_mode)}); not read")
                 continue
-            zips.append(
-                ExamZip(
-                    batch=batch,
-                    file_name=e.name,
-                    name=parsed,
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                )
-            )
+            # ExamZip(batch, file_name, name, size, mtime_ns)
+            zips.append(_make_exam_zip(batch, e.name, parsed, st.st_size, st.st_mtime_ns))
     return zips, problems
