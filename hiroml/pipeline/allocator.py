@@ -59,6 +59,17 @@ def release_freed() -> bool:
     return True
 
 
+def release_all() -> bool:
+    """:func:`release_freed`, and the memory pyarrow's pool (mimalloc) keeps after freeing
+    (when pyarrow is loaded); what :func:`release_freed` returns. After the manifest frame's
+    checks (the flow counts, the leak check's Arrow columns) the driver kept about 25 MB of
+    freed Arrow pages at 6,000 samples, which it carried into the publish step's peak."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+    return release_freed()
+
+
 def keep_freed_buffers() -> bool:
     """Set glibc's mmap and trim thresholds for this process and the workers it forks; True
     when they were set."""

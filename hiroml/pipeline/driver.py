@@ -277,6 +277,7 @@ def _build(
     tables = _tables(cfg, out, inputs, results, summary)
     _count(cfg, summary, tables, results)
     _refuse_to_publish(cfg, summary, tables)
+    allocator.release_all()  # the tables' and the leak check's temporaries, before publishing
     t = timed(summary, "manifest", t)
     _publish(cfg, out, found, inputs, results, tables, summary, t_start)
     timed(summary, "report", t)
