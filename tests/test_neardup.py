@@ -184,6 +184,44 @@ def test_signature_ranks_are_those_of_the_definition_with_and_without_ties() -> 
             np.testing.assert_array_equal(neardup.signature(arr), want)
 
 
+@pytest.mark.parametrize("threshold", [0.95, 0.9499999, 0.5, -0.02])
+def test_new_against_all_is_decided_exactly(
+    engineered: tuple[np.ndarray, dict[tuple[int, int], str]], threshold: float
+) -> None:
+    """pairs_between (a week's new rows against all, through the finer 16 x 16 filter) finds
+    exactly the pairs across the two sets that the brute force finds, the planted pairs
+    within 1e-7 of 0.95 and rows present in both sets included, with the float64 similarity
+    of :func:`neardup.similarity`."""
+    sig = engineered[0]
+    a, b = sig[:120], sig[100:]  # rows 100..119 in both
+    both = exact_pairs(np.concatenate([a, b]), threshold)
+    want = {(i, j - len(a)) for i, j in both if i < len(a) <= j}
+    for block in (64, 4096):
+        i, j, sim = neardup.pairs_between(a, b, threshold=threshold, block=block)
+        assert list(zip(i.tolist(), j.tolist(), strict=True)) == sorted(want), block
+        for p, q, z in list(zip(i.tolist(), j.tolist(), sim.tolist(), strict=True))[:50]:
+            assert neardup.similarity(a[p], b[q]) == z
+    if threshold == 0.95:  # the planted pairs above it, across the sets; those below not
+        assert {(5, 150), (40, 199)} <= want and not {(77, 23), (12, 50)} & want
+
+
+def test_fine_projection_is_the_exact_one_rounded() -> None:
+    """The 16 x 16 block projection of :func:`pairs_between`'s filter: within float32
+    rounding of the exact projection of the unit vector, and never longer than it."""
+    sig = np.random.default_rng(4).integers(0, 256, (30, N)).astype(np.uint8)
+    sig[3] = 7
+    s, v = neardup._moments(sig)
+    c = neardup._coarse(sig, s, v, neardup._FINE)
+    x = sig.astype(np.float64)
+    d = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    u = np.divide(d, norm, out=np.zeros_like(d), where=norm > 0).reshape(-1, 16, 2, 16, 2)
+    exact = u.sum(axis=(2, 4)).reshape(len(sig), -1) / 2.0  # block sum / sqrt(4)
+    assert c.dtype == np.float32 and c.shape == (30, 256) and not c[3].any()
+    assert np.all(np.abs(c - exact) <= 1e-6 * np.abs(exact).max())
+    assert np.all(np.linalg.norm(c, axis=1) <= 1.0 + 1e-6)
+
+
 def test_unit_vectors_are_the_exact_ones_rounded() -> None:
     sig = np.random.default_rng(2).integers(0, 256, (20, N)).astype(np.uint8)
     sig[3] = 4

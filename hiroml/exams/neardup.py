@@ -32,7 +32,9 @@ its stored array differ. Its *signature* barely moves:
 * :func:`pairs_between` (rows of one set against another) and :func:`update_pair_arrays`
   (the pairs of an earlier search renumbered, the new rows searched against all): a week's
   build searches new x all, not all x all (:mod:`hiroml.exams.paircache` keeps the pairs
-  between builds), with the same exact decision, so the same pairs.
+  between builds), with the same exact decision, so the same pairs; its candidates come
+  from 16 x 16 block means (:data:`_FINE`), which let through about none of the scale
+  bench's pairs of different images where 8 x 8 let through 4% (its cost is linear here).
 
 The threshold (``splits.near_duplicate_threshold``, default :data:`DEFAULT_THRESHOLD` 0.95)
 was measured with ``benchmarks/neardup_threshold.py``: the same image re-exported (8-bit
@@ -76,6 +78,11 @@ _HIGHPASS_SIGMA = 2.0  # cells of the 64 x 64 thumbnail
 #: and 30,000 signatures)
 BLOCK = 2048
 _COARSE = 8  # side of the block-mean projection used for candidates
+#: ... when a week's new signatures are searched against all (:func:`pairs_between`): 16 x 16
+#: blocks of 2 x 2 cells keep about 95% of a bench radiograph's unit vector where 8 x 8 keep
+#: 40%, so about no pair of different images passes (8 x 8 passed 4%: the full product then
+#: ran on every block); 4 times the coarse product's cost, a quarter of the full product's
+_FINE = 16
 _DENSE = 64  # more than 1 candidate in this many pairs of a block: filter on the full product
 
 
@@ -300,13 +307,24 @@ def _block_matrix() -> np.ndarray:
 _BLOCKS = _block_matrix()
 
 
-def _coarse(x: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """The orthogonal projection of the rows' unit vectors onto 8 x 8 block-constant images,
-    in an orthonormal basis (block sum / sqrt(block size)): 64-d, never longer than the unit
-    vector. From the exact block sums of :func:`_centred` (``n * sum x - 16 S``, < 2^23; the
-    block sums of ``x``, <= 16 * 255, are exact in a float32 product), rounded twice."""
-    k = SIGNATURE_SIDE // _COARSE
-    d = (x.astype(np.float32) @ _BLOCKS) * np.float32(SIGNATURE_SIZE)
+def _block_sums(x: np.ndarray) -> np.ndarray:
+    """The exact sums of the :data:`_FINE` x :data:`_FINE` blocks of 2 x 2 cells of each row
+    (<= 4 * 255, as uint16; row-major blocks), by two pairwise additions."""
+    n, half = len(x), SIGNATURE_SIDE // 2
+    y = x.reshape(n, SIGNATURE_SIDE, half, 2).astype(np.uint16)
+    y = (y[..., 0] + y[..., 1]).reshape(n, half, 2, half)  # pairs of columns, then of rows
+    return (y[:, :, 0] + y[:, :, 1]).reshape(n, half * half)
+
+
+def _coarse(x: np.ndarray, s: np.ndarray, v: np.ndarray, side: int = _COARSE) -> np.ndarray:
+    """The orthogonal projection of the rows' unit vectors onto ``side`` x ``side``
+    block-constant images (8 or :data:`_FINE`), in an orthonormal basis (block sum /
+    sqrt(block size)): never longer than the unit vector. From the exact block sums of
+    :func:`_centred` (``n * sum x - k^2 S``, < 2^23; the block sums of ``x``, <= 16 * 255,
+    are exact in a float32 product or as integers), rounded twice."""
+    k = SIGNATURE_SIDE // side
+    sums = x.astype(np.float32) @ _BLOCKS if side == _COARSE else _block_sums(x)
+    d = sums.astype(np.float32) * np.float32(SIGNATURE_SIZE)
     d -= np.float32(k * k) * s[:, None].astype(np.float32)
     c = d / (_norms(v)[:, None] * np.float32(k))
     c[v == 0] = 0.0
@@ -327,7 +345,8 @@ PairArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 #: float32 slack of the candidate filters. Both compare float32 products of vectors rounded
 #: from exact integers (each value within 2.4e-7 relative): the coarse one a 66-term
-#: product of terms of total size <= 4 (error <= 66 * 6e-8 * 4 + 1e-6 < 3e-5), the full one
+#: product of terms of total size <= 4 (error <= 66 * 6e-8 * 4 + 1e-6 < 3e-5; the fine one
+#: of :func:`pairs_between` 258 terms: <= 258 * 6e-8 * 4 + 1e-6 < 7e-5), the full one
 #: a 1024-term dot product of unit vectors (error <= 1024 * 6e-8 + 5e-7 < 7e-5), whatever
 #: the order of summation. Neither can drop a pair at the threshold: a true pair passes both.
 _SLACK = 1e-4
@@ -347,14 +366,14 @@ class _Rows:
     right: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray, block: int) -> _Rows:
-        """Computed ``block`` rows at a time (66 floats a row are kept)."""
+    def of(cls, x: np.ndarray, block: int, side: int = _COARSE) -> _Rows:
+        """Computed ``block`` rows at a time (``side^2 + 2`` floats a row are kept)."""
         n = x.shape[0]
         s, v = np.empty(n, np.int64), np.empty(n, np.int64)
-        c = np.empty((n, _COARSE * _COARSE), dtype=np.float32)
+        c = np.empty((n, side * side), dtype=np.float32)
         for b in range(0, n, block):
             s[b : b + block], v[b : b + block] = _moments(x[b : b + block])
-            c[b : b + block] = _coarse(x[b : b + block], s[b : b + block], v[b : b + block])
+            c[b : b + block] = _coarse(x[b : b + block], s[b : b + block], v[b : b + block], side)
         cn = np.einsum("ij,ij->i", c, c)[:, None]
         ones = np.ones_like(cn)
         return cls(x, s, v, np.hstack([c, cn, ones]), np.hstack([-2.0 * c, ones, cn]))
@@ -453,10 +472,10 @@ def pairs_between(
     if xa.ndim != 2 or xb.ndim != 2 or not len(xa) or not len(xb):
         return _EMPTY
     xa = as_signatures(xa)
-    ra = _Rows.of(xa, block)
+    ra = _Rows.of(xa, block, _FINE)  # the finer filter: its cost is linear here
     found: list[PairArrays] = []
     for t in range(0, len(xb), block):
-        rb = _Rows.of(as_signatures(xb[t : t + block]), block)
+        rb = _Rows.of(as_signatures(xb[t : t + block]), block, _FINE)
         for s in range(0, len(xa), block):
             for i, j, sim in _block_pairs(
                 ra[s : s + block], rb, threshold=threshold, t_exact=t_exact, upper=False
