@@ -34,6 +34,12 @@ ms per zip) beside the decode loop over the same zips, and their ratio (goal: <=
 
 ``--build-with CHECKOUT`` runs the builds on another checkout's hiroml (``git archive <commit>
 | tar -x -C /tmp/old``) for a before/after on the same zips (``--keep``).
+
+The builds run hiroml as an installed package does: its modules' bytecode is compiled first
+(:mod:`compileall`, as pip does when it installs a package). Where ``PYTHONDONTWRITEBYTECODE``
+is set (this machine) an editable checkout's modules are otherwise compiled again in every
+build: about 0.16 s of CPU here, 0.08 ms per zip at 2,000. ``--no-compile`` leaves them as
+they are (the numbers measured before this option existed).
 """
 
 from __future__ import annotations
@@ -128,6 +134,17 @@ def build(datamart: Path, out: Path) -> Build:
     lines = [x.strip() for x in (done.stdout + done.stderr).splitlines() if "written:" in x]
     rss, cpu = usage.read_text().split()
     return Build(wall, float(cpu), int(rss) / 1024, lines[-1] if lines else "")
+
+
+def compile_hiroml() -> None:
+    """Compile the bytecode of the hiroml the builds import (``--build-with``'s, or this
+    environment's), as an installation does; it goes into the package's ``__pycache__``."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import hiroml, os; print(os.path.dirname(hiroml.__file__))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    subprocess.run([sys.executable, "-m", "compileall", "-q", where], check=True)
+    print(f"hiroml's bytecode compiled under {where}", flush=True)
 
 
 def decode_cpu(zips: list[Path]) -> float:
@@ -243,9 +260,14 @@ def main() -> None:
         "--build-with", type=Path, help="run the builds on this checkout's hiroml (a before)"
     )
     ap.add_argument("--first", type=int, metavar="N", help="only the first build of N zips")
+    ap.add_argument(
+        "--no-compile", action="store_true", help="do not compile hiroml's bytecode first"
+    )
     args = ap.parse_args()
     if args.build_with:
         build_with(args.build_with.resolve())
+    if not args.no_compile:
+        compile_hiroml()
     if args.first:
         with tempfile.TemporaryDirectory(prefix="hiroml-first-") as tmp:
             first_only(args.keep or Path(tmp) / "zips", Path(tmp), args.first)
