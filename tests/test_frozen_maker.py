@@ -106,3 +106,17 @@ def test_task_record_of_fewer_or_unknown_fields(tmp_path: Path) -> None:
     assert len(unknown) == len(sample)
     path.write_text(json.dumps({**written, "samples": [unknown]}))
     assert load_task_record(Spec) is None  # type: ignore[arg-type]
+
+
+def test_listing_and_linking_records() -> None:
+    """A zip name's record (its pediatric flag from a description met before included) and
+    a sample's identity for linking are the records the classes make."""
+    from hiroml.exams.linking import SampleIdentity, make_identity
+    from hiroml.ingest.discover import is_pediatric, parse_zip_name
+
+    for desc in ("XR-P-PORT-CHEST-1-VIEW", "XR-PA-CHEST", "XR P PORT", "XR-P-PORT-CHEST-1-VIEW"):
+        name = parse_zip_name(f"12_20200101-083000_A7_{desc}.zip")
+        want = ZipName("12", dt.datetime(2020, 1, 1, 8, 30), "A7", desc, is_pediatric(desc))
+        assert type(name) is ZipName and name == want
+    made = make_identity("k", "e", "p", "h", b"\x01" * 4)
+    assert type(made) is SampleIdentity and made == SampleIdentity("k", "e", "p", "h", b"\x01" * 4)

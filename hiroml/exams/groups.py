@@ -112,13 +112,7 @@ def link_by_pixels(
                 sig = neardup.signature(arr).tobytes()
             e = exams[s.exam_key]
             samples.append(
-                linking.SampleIdentity(
-                    sample_key=s.sample_key,
-                    exam_key=s.exam_key,
-                    patient_id=e.patient_id,
-                    data_hash=s.data_hash,
-                    signature=sig,
-                )
+                linking.make_identity(s.sample_key, s.exam_key, e.patient_id, s.data_hash, sig)
             )
     patients = {e.patient_id: group_of.get(e.patient_id, e.patient_id) for e in exams.values()}
     linked = linking.link_groups(

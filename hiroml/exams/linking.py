@@ -33,6 +33,7 @@ import numpy as np
 
 from hiroml.exams import neardup
 from hiroml.exams.patients import UnionFind
+from hiroml.frozen import maker
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class SampleIdentity:
     patient_id: str  # current id
     data_hash: str
     signature: bytes = b""
+
+
+#: ``SampleIdentity(sample_key, exam_key, patient_id, data_hash, signature)`` without the
+#: frozen ``__init__`` (one per sample, every build: :func:`hiroml.frozen.maker`)
+make_identity = maker(SampleIdentity)
 
 
 @dataclass(frozen=True, slots=True)

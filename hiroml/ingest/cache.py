@@ -37,6 +37,7 @@ _TUPLE_AT = tuple(k for k, name in enumerate(_INSTANCE_FIELDS) if name in _TUPLE
 #: ``Instance(*row)`` without the frozen ``__init__`` (a sixth of the time: every build
 #: makes one per cached zip's instance)
 _make_instance = maker(Instance)
+_make_zip_index = maker(ZipIndex)
 
 
 def _instance_from_row(row: list[Any]) -> Instance:
@@ -95,7 +96,7 @@ class IndexCache:
             "SELECT rel_path, instances, problems FROM zips ORDER BY rel_path"
         ):
             if rel in wanted:
-                yield ZipIndex(
+                yield _make_zip_index(
                     rel,
                     tuple(map(_instance_from_row, json.loads(inst_json))),
                     ()

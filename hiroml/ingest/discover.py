@@ -13,6 +13,7 @@ Layout (the data provider's tip sheet)::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -71,6 +72,10 @@ def is_pediatric(description: str) -> bool:
     return len(tokens) >= 2 and tokens[0].upper() in _MODALITY_CODES and tokens[1].upper() == "P"
 
 
+#: :func:`is_pediatric` of a description seen before (a datamart's zips share a few)
+_pediatric = functools.lru_cache(maxsize=4096)(is_pediatric)
+
+
 def parse_zip_name(file_name: str) -> ZipName:
     """Parse ``PATIENT_yyyymmdd-hhmmss_HIROID_Description.zip``.
 
@@ -89,7 +94,7 @@ def parse_zip_name(file_name: str) -> ZipName:
         ) from e
     desc = m["desc"]
     # ZipName(patient_id, time, hiro_id, description, pediatric)
-    return _make_zip_name(m["patient"], time, m["hiro"], desc, is_pediatric(desc))
+    return _make_zip_name(m["patient"], time, m["hiro"], desc, _pediatric(desc))
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,10 +102,16 @@ def _exam_values(
 ) -> dict[str, tuple[Any, ...]]:
     """exam key -> the values of :data:`_EXAM_VALUES` of each exam of ``keys``."""
     out: dict[str, tuple[Any, ...]] = {}
+    ages: dict[str, float | None] = {}  # age_years of each Patient's Age text met
     for key in keys:
         e = exams[key]
         first = e.instances[0] if e.instances else None
         group = group_of.get(e.patient_id, e.patient_id)
+        age = None
+        if first is not None:
+            if first.patient_age not in ages:
+                ages[first.patient_age] = age_years(first.patient_age)
+            age = ages[first.patient_age]
         out[key] = (
             e.patient_id,
             e.source_patient_id,
@@ -117,7 +123,7 @@ def _exam_values(
             e.description,
             e.batch,
             [z.partition("/")[2] for z in e.zips],
-            age_years(first.patient_age) if first else None,
+            age,
             first.sex if first else "",
             sorted({z.partition("/")[0] for z in e.zips}),
             days.get(e.exam_key),
