@@ -210,3 +210,20 @@ def test_column_wise_diff_counts_as_the_texts_do() -> None:
         versions_columns.common_rows(before.column("sample_key"), after.column("sample_key")),
     )
     assert counts == {"text": 2} and rest == ["frame"]
+
+
+def test_values_are_fed_as_their_little_endian_bytes_without_a_copy() -> None:
+    """``_little_endian`` gives the bytes ``tobytes`` of the little-endian array gave (what the
+    pinned hash was made of), for big-endian, strided and empty arrays too; an array that is
+    little-endian and contiguous already is handed to SHA-256 in place, not copied."""
+    for values in (
+        np.arange(5, dtype="<i8"),
+        np.arange(5, dtype=">i8"),
+        np.arange(10, dtype="<f8")[::2],
+        np.array([0, 255, 7], dtype=np.uint8),
+        np.array([], dtype=np.int64),
+    ):
+        want = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+        assert bytes(versions_hashing._little_endian(values)) == want
+    big = np.zeros(1 << 20, dtype=np.uint8)
+    assert np.shares_memory(np.frombuffer(versions_hashing._little_endian(big), np.uint8), big)
