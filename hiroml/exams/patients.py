@@ -7,9 +7,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from hiroml.exams.rules import _Unit
+from hiroml.frozen import maker
 from hiroml.records import PatientGroup
 
 log = logging.getLogger(__name__)
+#: ``PatientGroup(group, patient_ids, links, aliases)`` without the frozen ``__init__`` (one
+#: per patient, every build: :func:`hiroml.frozen.maker`)
+_make_group = maker(PatientGroup)
 
 
 class UnionFind:
@@ -90,9 +94,7 @@ def _groups(
             group_of[p] = name
         links = tuple(pair_text.get(root, ()))
         aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
-        groups.append(
-            PatientGroup(group=name, patient_ids=tuple(ids), links=links, aliases=tuple(aliases))
-        )
+        groups.append(_make_group(name, tuple(ids), links, tuple(aliases)))
         if links:
             log.info("patient group %s joins ids %s", name, ", ".join(ids))
     groups.sort(key=lambda g: g.group)
