@@ -186,7 +186,7 @@ def _little_endian(values: np.ndarray) -> memoryview:
     """The bytes of ``values`` (int64, float64 or uint8), little-endian on any machine, for
     ``update`` without a copy where they are so already (the 6 million signature values of
     6,000 radiographs were copied twice: as bytes, then after their tag)."""
-    return memoryview(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))).cast("B")
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).data.cast("B")
 
 
 def dataset_hash(manifest: pd.DataFrame | Path | str, *, scheme: int = DATASET_HASH_SCHEME) -> str:
