@@ -5,6 +5,9 @@ them into the next step's peak (about 10, 20 and 20 MB at 6,000 samples)."""
 
 from __future__ import annotations
 
+import gc
+import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +49,39 @@ def test_publish_releases_freed_memory_after_the_hash_the_writing_and_the_diff(
     )
     assert published.new
     assert steps == ["hash", "release", "write", "release", "diff", "release"]
+
+
+def test_the_arrow_manifest_is_let_go_before_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report reads the frame: the manifest's Arrow table (hashed, written, diffed) is no
+    longer held while it is written, and ``build.json`` still counts its samples."""
+    out = make_output(tmp_path)
+    made: list[weakref.ref[Any]] = []
+
+    def manifest_table(frame: pd.DataFrame) -> Any:
+        table = make_table(frame)
+        made.append(weakref.ref(table))
+        return table
+
+    make_table = tables.manifest_table
+    monkeypatch.setattr(tables, "manifest_table", manifest_table)
+    alive_at_report: list[bool] = []
+
+    def write_report(*args: Any) -> None:
+        gc.collect()
+        alive_at_report.append(made[0]() is not None)
+
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    published = publishing.publish(
+        out,
+        manifest,
+        pd.read_parquet(out / "patients.parquet"),
+        pd.read_csv(out / "audit.csv", dtype=str, keep_default_na=False),
+        write_report=write_report,
+        build_info={},
+        keep=10,
+    )
+    assert len(made) == 1 and alive_at_report == [False]
+    info = json.loads((published.version.path / "build.json").read_text())
+    assert info["samples"] == len(manifest)
