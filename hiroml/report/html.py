@@ -64,7 +64,11 @@ def _keys(s: pd.Series) -> pd.Series:
     text column (or an object column of strings and missing values) is converted column-wise
     to pandas' ``str`` dtype; any other column cell by cell (:func:`_text`)."""
     if len(s) and text_only(s):
-        return s.fillna("").astype("str")
+        out = s.fillna("").astype("str")
+        if out.dtype == object:  # pandas 2 keeps a str subclass's cells (an enum member) as they are
+            plain = pa.array(out.to_numpy(dtype=object), type=pa.string()).to_pandas()
+            out = pd.Series(plain.to_numpy(dtype=object), index=s.index, dtype=object)
+        return out
     keys = [v if type(v) is str else _text(v) if not is_missing(v) else "" for v in s]
     return pd.Series(keys, index=s.index, dtype=object)
 
