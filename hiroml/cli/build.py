@@ -285,7 +285,7 @@ def _one_composition(argv: Sequence[str]) -> Iterator[None]:
     composes twice as it always does."""
     try:
         from hydra._internal.hydra import Hydra
-    except ImportError:  # another Hydra layout: compose twice as before
+    except ImportError:  # another Hydra layout: Hydra composes twice, its own way
         yield
         return
     if (

@@ -74,14 +74,14 @@ SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE
 _WORK_SIDE = 64  # the thumbnail that is high-passed
 _HIGHPASS_SIGMA = 2.0  # cells of the 64 x 64 thumbnail
 #: rows of signatures compared at a time: each step's temporaries take about ``5 * BLOCK**2``
-#: bytes (21 MB; 4,096 rows made 130 MB for the same CPU time within 6%, measured at 6,000
-#: and 30,000 signatures)
+#: bytes (21 MB); larger blocks take memory as the square and save no CPU time (within 6%
+#: at 4,096 rows, 130 MB, measured at 6,000 and 30,000 signatures)
 BLOCK = 2048
 _COARSE = 8  # side of the block-mean projection used for candidates
 #: ... when a week's new signatures are searched against all (:func:`pairs_between`): 16 x 16
 #: blocks of 2 x 2 cells keep about 95% of a bench radiograph's unit vector where 8 x 8 keep
-#: 40%, so about no pair of different images passes (8 x 8 passed 4%: the full product then
-#: ran on every block); 4 times the coarse product's cost, a quarter of the full product's
+#: 40%, so about no pair of different images passes (8 x 8 lets 4% through: the full product
+#: then runs on every block); 4 times the coarse product's cost, a quarter of the full product's
 _FINE = 16
 _DENSE = 64  # more than 1 candidate in this many pairs of a block: filter on the full product
 

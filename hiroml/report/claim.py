@@ -30,6 +30,7 @@ from hiroml._version import __version__
 from hiroml.report import card
 from hiroml.report.croissant import missing_text
 from hiroml.report.flow import Flow, compute_flow, text_column
+from hiroml.report.html import arrow_lists
 from hiroml.report.representativeness import (
     JOINT,
     markdown_table,
@@ -119,11 +120,8 @@ def _acquisition(manifest: pd.DataFrame) -> str:
 def _third_values(cells: pd.Series) -> np.ndarray:
     """The third value (float) of each cell of three values, through Arrow when the cells
     are lists (or missing); the others are passed over."""
-    try:
-        arr = pa.array(cells, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        arr = None
-    if arr is not None and pa.types.is_list(arr.type):
+    arr = arrow_lists(cells)
+    if arr is not None:
         three = arr.filter(pc.equal(pc.list_value_length(arr), 3))
         flat = pc.list_flatten(three).cast(pa.float64())
         return np.asarray(flat, dtype=np.float64)[2::3]

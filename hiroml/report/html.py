@@ -65,7 +65,7 @@ def _keys(s: pd.Series) -> pd.Series:
     to pandas' ``str`` dtype; any other column cell by cell (:func:`_text`)."""
     if len(s) and text_only(s):
         out = s.fillna("").astype("str")
-        if out.dtype == object:  # pandas 2 keeps a str subclass's cells (an enum member) as they are
+        if out.dtype == object:  # pandas 2 keeps a str subclass's cells (an enum member)
             plain = pa.array(out.to_numpy(dtype=object), type=pa.string()).to_pandas()
             out = pd.Series(plain.to_numpy(dtype=object), index=s.index, dtype=object)
         return out
@@ -81,14 +81,20 @@ def text_only(s: pd.Series) -> bool:
     return pd.api.types.is_string_dtype(s.dtype)
 
 
+def arrow_lists(cells: pd.Series) -> pa.ListArray | None:
+    """``cells`` as one Arrow list array when every cell is a list or missing, else None."""
+    try:
+        arr = pa.array(cells, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return arr if pa.types.is_list(arr.type) else None
+
+
 def list_lengths(s: pd.Series) -> np.ndarray:
     """The number of values in each list cell of ``s`` (:func:`cell_list`: a missing cell
     has none, a lone string one), through Arrow when every cell is a list or missing."""
-    try:
-        arr = pa.array(s, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        arr = None
-    if arr is not None and pa.types.is_list(arr.type):
+    arr = arrow_lists(s)
+    if arr is not None:
         return np.asarray(pc.list_value_length(arr).fill_null(0), dtype=np.int64)
     return np.fromiter((len(cell_list(v)) for v in s), dtype=np.int64, count=len(s))
 

@@ -312,12 +312,13 @@ def reason_groups(action: str, reasons: pd.Series) -> pd.Series:
     texts = _keys(reasons)
     if action == Action.DROPPED or not len(texts):
         return per_value(texts, partial(reason_group, action))
-    arr = pa.array(texts.to_numpy(dtype=object), type=pa.string())
+    source = pa.array(texts.to_numpy(dtype=object), type=pa.string())
+    arr = source
     for pattern, replacement in _ARROW_SUBS:
         arr = pc.replace_substring_regex(arr, pattern=pattern, replacement=replacement)
     arr = pc.utf8_trim(arr, characters=_SPACE)
     out = pd.Series(arr.to_numpy(zero_copy_only=False), index=texts.index, dtype=object)
-    other = ~np.asarray(pc.string_is_ascii(pa.array(texts.to_numpy(dtype=object))), dtype=bool)
+    other = ~np.asarray(pc.string_is_ascii(source), dtype=bool)
     if other.any():
         out[other] = per_value(texts[other], partial(reason_group, action)).to_numpy()
     return out
