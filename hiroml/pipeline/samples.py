@@ -58,8 +58,7 @@ def manifest_frame(
     if not samples:
         from hiroml.store.tables import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
 
-        empty = pd.DataFrame(columns=[*MANIFEST_COLUMNS, *CT_COLUMNS, *EXTRA_COLUMNS])
-        return empty.sort_values("sample_key", kind="stable").reset_index(drop=True)
+        return pd.DataFrame(columns=[*MANIFEST_COLUMNS, *CT_COLUMNS, *EXTRA_COLUMNS])
     columns: dict[str, list[Any]] = {}
     for name in _SAMPLE_VALUES:
         columns[name] = [getattr(s, name) for s in samples]

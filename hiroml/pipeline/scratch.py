@@ -26,9 +26,8 @@ build that crashed in between leaves live entries that the next build takes when
 match, or sweeps. Memory stays bounded by one member per worker; the disk the store holds at
 its peak is about the size of the new radiographs' arrays.
 
-The headers (an earlier release's entries: whole) are pickles written by this module under
-the output folder the build owns (as its SQLite index is); they are never read from anywhere
-else.
+The headers (and ``HRS1`` payloads) are pickles written by this module under the output
+folder the build owns (as its SQLite index is); they are never read from anywhere else.
 
 Only radiographs: a CT series needs all its slices at once, so keeping what the index read
 until the conversion would cost disk equal to the source slices.

@@ -65,7 +65,7 @@ VIEWS = frozenset(View)
 #: rows of a ``manifest.parquet`` row group: the writer encodes one row group at a time, and
 #: the ``signature`` column's list of 1,024 uint8 per radiograph costs it about 16 bytes of
 #: temporaries per value (6,000 rows in one group: +80 MB; 256 rows a group: +15 MB at any
-#: size). A manifest of fewer rows is one row group, as before.
+#: size). A manifest of fewer rows is one row group.
 MANIFEST_ROW_GROUP_ROWS = 256
 
 _LIST_TYPES: dict[str, pa.DataType] = {
@@ -394,9 +394,8 @@ def _member_pairs(
 
 def _cell_texts(values: pd.Series) -> np.ndarray:
     """``str(v)`` of each cell, as an object array (a text column as it is)."""
-    out = values.to_numpy(dtype=object)
     if isinstance(values.dtype, pd.StringDtype) and not values.hasnans:
-        return out
+        return values.to_numpy(dtype=object)
     return np.array([v if type(v) is str else str(v) for v in values.tolist()], dtype=object)
 
 

@@ -198,15 +198,14 @@ def _integer_lists_differing(
 ) -> np.ndarray | None:
     """:func:`_differing` of the ``rows`` of two list columns of integers with no missing
     element (the signatures): each row's elements compared in place, through its list
-    offsets, in a numpy window over the values, instead of copying the rows out of each
-    column first. None for other columns."""
+    offsets, in a numpy window over the values, with no copy of the rows out of either
+    column. None for other columns."""
     if not (pa.types.is_list(a.type) or pa.types.is_large_list(a.type)):
         return None
     if not pa.types.is_integer(a.type.value_type) or a.values.null_count or b.values.null_count:
         return None
     ia, ib = rows
-    va = np.asarray(a.is_valid().to_numpy(zero_copy_only=False), dtype=bool)[ia]
-    vb = np.asarray(b.is_valid().to_numpy(zero_copy_only=False), dtype=bool)[ib]
+    va, vb = _valid(a)[ia], _valid(b)[ib]
     off_a, off_b = a.offsets.to_numpy(), b.offsets.to_numpy()
     la, lb = np.diff(off_a)[ia], np.diff(off_b)[ib]
     out = (va != vb) | (va & vb & (la != lb))

@@ -185,7 +185,7 @@ def _is_text(t: pa.DataType) -> bool:
 def _little_endian(values: np.ndarray) -> memoryview:
     """The bytes of ``values`` (int64, float64 or uint8), little-endian on any machine, for
     ``update`` without a copy where they are so already (the 6 million signature values of
-    6,000 radiographs were copied twice: as bytes, then after their tag)."""
+    6,000 radiographs are hashed in place, not copied as bytes)."""
     return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).data.cast("B")
 
 

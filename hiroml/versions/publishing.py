@@ -151,12 +151,12 @@ def _write_version(
 
     manifest, patients, audit = tables
     write_outputs(tmp, manifest, patients, audit)
-    release_arrow_memory()  # the writer's temporaries, before the diff reads the previous one
+    allocator.release_all()  # the writer's temporaries, before the diff reads the previous one
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
     change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest)
     tables[0] = manifest = None
-    release_arrow_memory()  # the tables written and the previous manifest the diff read
+    allocator.release_all()  # the tables written and the previous manifest the diff read
     if latest is not None:  # the settings and environment against the latest's build.json
         before = build_info_of(latest)
         now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
@@ -169,17 +169,6 @@ def _write_version(
         )
     write_report(tmp, name, changes_html(change), digest)
     return change
-
-
-def release_arrow_memory() -> None:
-    """Hand the memory pyarrow's pool keeps after freeing back to the system, and the
-    heap's free pages (:func:`hiroml.pipeline.allocator.release_all`). The pool (mimalloc)
-    keeps freed pages for reuse; after the manifest was converted, hashed, written and read
-    back for the diff it kept about 130 MB at 6,300 samples, which the driver then carried
-    as resident memory into the report. The heap keeps the hash's and the parquet writer's
-    freed buffers (the build's trim threshold), about 10 and 20 MB at 6,000 samples, which
-    the driver carried into the next step's peak."""
-    allocator.release_all()
 
 
 def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
@@ -225,7 +214,11 @@ def publish(
     _check_shards_present(out, manifest)
     table = manifest_table(manifest)  # once: hashed, then written
     digest = hash_table(table)
-    release_arrow_memory()
+    # freed pages back to the system after each step here (allocator.release_all): pyarrow's
+    # pool (mimalloc) keeps about 130 MB at 6,300 samples once the manifest is converted,
+    # hashed, written and read back for the diff, and the heap the hash's and the parquet
+    # writer's buffers (about 10 and 20 MB at 6,000 samples): the report's peak otherwise
+    allocator.release_all()
     latest = find_version(out)
 
     def pruned() -> Pruned:
