@@ -42,9 +42,7 @@ def _compositions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *argv: str) -
     return len(calls)
 
 
-def test_a_build_composes_its_config_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_build_composes_its_config_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     get_mode = Hydra.get_mode
     assert _compositions(monkeypatch, tmp_path) == 1
     assert Hydra.get_mode is get_mode  # Hydra is left as it was

@@ -97,10 +97,11 @@ def _long_lived() -> Iterator[None]:
 
     A full collection walks every object the collector tracks; the modules imported, the
     index's records, the exams and the task results stay alive until the build ends, so each
-    walk over them is wasted, and their number grows with the dataset. :func:`_keep` moves the objects alive at a stage's end
-    to the collector's permanent generation (``gc.freeze``); they are still freed when their
-    last reference goes. Leaving the block hands them back (``gc.unfreeze``), so that a
-    process that builds many times (a test session) collects them as before.
+    walk over them is wasted, and their number grows with the dataset. :func:`_keep` moves
+    the objects alive at a stage's end to the collector's permanent generation
+    (``gc.freeze``); they are still freed when their last reference goes. Leaving the block
+    hands them back (``gc.unfreeze``), so that a process that builds many times (a test
+    session) collects them between builds.
     """
     _keep()
     try:
