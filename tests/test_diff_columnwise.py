@@ -202,6 +202,40 @@ def test_integer_lists_compared_in_place_as_row_by_row() -> None:
     assert versions_columns._integer_lists_differing(floats, floats, rows) is None
 
 
+def test_parquet_columns_reads_large_columns_in_batches_and_the_rest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column of more leaf values than BULK_VALUES comes in batches of BATCH_ROWS rows; the
+    others come from one read of them all, kept for the next call; every column holds what
+    the file holds."""
+    rng = np.random.default_rng(3)
+    n = 700
+    table = pa.table(
+        {
+            "sample_key": [f"k{i}" for i in range(n)],
+            "signature": pa.array([rng.integers(0, 256, 64).tolist() for _ in range(n)], SIG),
+            "shape": pa.array([[256, 256]] * n, pa.list_(pa.int64())),
+            "scale": rng.random(n),
+        }
+    )
+    pq.write_table(table, tmp_path / "m.parquet", row_group_size=256)
+    monkeypatch.setattr(versions_columns, "BULK_VALUES", 40 * n)  # 64 values a row: large
+    cols = versions_columns.ParquetColumns.open(tmp_path / "m.parquet")
+    assert cols._large() == {"signature"}
+    reads: list[list[str]] = []
+    real_read = cols.file.read
+
+    def read(*args: Any, **kwargs: Any) -> pa.Table:
+        reads.append(list(kwargs["columns"]))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(cols.file, "read", read)
+    for name in ("shape", "sample_key", "signature", "scale", "shape"):
+        assert cols.column(name).combine_chunks().equals(table.column(name).combine_chunks())
+    assert reads == [["sample_key", "shape", "scale"]]
+    assert cols.column("signature").num_chunks == -(-n // versions_columns.BATCH_ROWS)
+
+
 def _patients_by_rows(manifest: pd.DataFrame, members: dict[str, list[str]]) -> pd.DataFrame:
     ids: dict[Any, set[str]] = defaultdict(set)
     split: dict[Any, set[str]] = defaultdict(set)

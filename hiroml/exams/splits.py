@@ -312,30 +312,42 @@ LEAK_COLUMNS = (
 def find_leaks(manifest: pd.DataFrame) -> list[str]:
     """One message per patient group, patient id, SOP Instance UID, source pixel hash or
     stored-array ``data_hash`` (identical decoded pixels) found in more than one split,
-    e.g. ``"patient_id '1234' in splits test, train"``. Column-wise: only the values found
-    in more than one split are looked at one by one."""
-    splits = np.asarray(manifest["split"].astype(str).tolist(), dtype=object)
+    e.g. ``"patient_id '1234' in splits test, train"``. Column-wise, in Arrow: the distinct
+    (value, split) pairs are counted per value, and only the values found in more than one
+    split become Python texts."""
+    labels = [label for col, label in LEAK_COLUMNS if col in manifest.columns]
+    if not labels or not len(manifest):
+        return []
+    names = sorted(set(labels))
+    splits = pc.dictionary_encode(pa.array(manifest["split"].astype(str).tolist(), pa.string()))
     parts = []
     for col, label in LEAK_COLUMNS:
         if col in manifest.columns:
             values, rows = _leak_values(manifest[col])
-            parts.append(pd.DataFrame({"label": label, "value": values, "split": splits[rows]}))
-    if not parts:
+            code = np.full(len(values), names.index(label), dtype=np.int32)
+            split = splits.indices.take(pa.array(rows, pa.int64()))
+            parts.append(pa.table({"label": code, "value": values, "split": split}))
+    pairs = pa.concat_tables(parts).group_by(["label", "value", "split"]).aggregate([])
+    per_value = pairs.group_by(["label", "value"]).aggregate([("split", "count")])
+    leaking = per_value.filter(pc.greater(per_value["split_count"], 1))
+    if not leaking.num_rows:
         return []
-    found = pd.concat(parts, ignore_index=True).drop_duplicates()
-    found = found[found.duplicated(["label", "value"], keep=False)]
+    found = pairs.join(leaking.select(["label", "value"]), ["label", "value"], join_type="inner")
+    split_names = splits.dictionary.to_pylist()
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for label, value, split in found.itertuples(index=False):
-        seen[(label, value)].add(split)
+    cols = (found.column(c).to_pylist() for c in ("label", "value", "split"))
+    for code, value, split in zip(*cols, strict=True):
+        seen[(names[code], value)].add(split_names[split])
     return [
         f"{label} {value!r} in splits {', '.join(sorted(s))}"
         for (label, value), s in sorted(seen.items())
     ]
 
 
-def _leak_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """The texts of a manifest column as :func:`_as_values` gives them, flattened, and the
-    row of each: through Arrow for a text or list-of-text column, cell by cell otherwise."""
+def _leak_values(column: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    """The texts of a manifest column as :func:`_as_values` gives them, flattened (an Arrow
+    text array), and the row of each: through Arrow for a text or list-of-text column, cell
+    by cell otherwise."""
     try:
         arr = pa.array(column, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -354,12 +366,12 @@ def _leak_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     else:
         out = [(v, k) for k, cell in enumerate(column.tolist()) for v in _as_values(cell)]
         return (
-            np.asarray([v for v, _ in out], dtype=object),
+            pa.array([v for v, _ in out], pa.string()),
             np.asarray([k for _, k in out], dtype=np.int64),
         )
     keep = pc.and_(pc.is_valid(values), pc.not_equal(values, ""))
     keep = keep.fill_null(False)
     return (
-        np.asarray(values.filter(keep).to_pylist(), dtype=object),
+        values.filter(keep).cast(pa.string()),
         np.asarray(rows.filter(keep).to_numpy(zero_copy_only=False), dtype=np.int64),
     )
