@@ -175,9 +175,14 @@ def test_diff_tables_as_the_per_row_rules(tmp_path: Path, seed: int) -> None:
     assert not (same.patients_added or same.decisions)
 
 
-def test_integer_lists_compared_in_place_as_row_by_row() -> None:
+@pytest.mark.parametrize("block", [7, 256])
+def test_integer_lists_compared_in_place_as_row_by_row(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Lists of integers (the signatures) compared through their offsets count what the
-    copied rows count: nulls, other lengths, empty lists, sliced columns, rows out of order."""
+    copied rows count: nulls, other lengths, empty lists, sliced columns, rows out of order,
+    compared a block of rows at a time."""
+    monkeypatch.setattr(versions_columns, "COMPARE_ROWS", block)
     rng = np.random.default_rng(7)
     n = 300
 
