@@ -102,8 +102,10 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
     # a record written when ct_decisions was named notes loads the same
     path = tmp_path / STATE_DIR / "tasks" / "t.json"
     d = json.loads(path.read_text())
-    d["samples"][0]["notes"] = d["samples"][0].pop("ct_decisions")
-    path.write_text(json.dumps(d))
+    (row,) = d.pop("sample_rows")
+    fields = dict(zip(d.pop("sample_fields"), row, strict=True))
+    fields["notes"] = fields.pop("ct_decisions")
+    path.write_text(json.dumps({**d, "samples": [fields]}))  # one object per sample, as then
     older = load_task_record(Spec)  # type: ignore[arg-type]
     assert older is not None and older.samples == (sample,)
     (tmp_path / "shards" / "t-0.h5").unlink()
@@ -129,7 +131,10 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
     written = json.loads(path.read_text())
     fields = dataclasses.asdict(dataclasses.replace(sample, signature=b""))
     as_before = json.loads(json.dumps({**fields, "signature": list(sample.signature)}))
-    assert written["samples"] == [{**as_before, "signature": sample.signature.hex()}]
+    assert written["sample_fields"] == [f.name for f in dataclasses.fields(SampleRecord)]
+    (row,) = written["sample_rows"]
+    as_hex = {**as_before, "signature": sample.signature.hex()}
+    assert dict(zip(written["sample_fields"], row, strict=True)) == as_hex
     assert written["problems"] == [["e1", json.loads(json.dumps(dataclasses.asdict(problem)))]]
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "t-0.h5").write_bytes(b"")
@@ -138,12 +143,24 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
         out_dir = str(tmp_path)
         task_id = "t"
 
-    for record in (written, {**written, "samples": [as_before]}):  # hex, then numbers
+    objects = {k: v for k, v in written.items() if k not in ("sample_fields", "sample_rows")}
+    reordered = {
+        **written,
+        "sample_fields": [*written["sample_fields"]][::-1],
+        "sample_rows": [row[::-1]],
+    }
+    records = (  # rows; rows of another field order; one object per sample, hex or numbers
+        written,
+        reordered,
+        {**objects, "samples": [as_hex]},
+        {**objects, "samples": [as_before]},
+    )
+    for record in records:
         path.write_text(json.dumps(record))
         again = load_task_record(Spec)  # type: ignore[arg-type]
         assert again is not None and again.samples == (sample,)
         assert type(again.samples[0].signature) is bytes
-    bad = {**written, "samples": [{**as_before, "signature": [256, *as_before["signature"][1:]]}]}
+    bad = {**objects, "samples": [{**as_before, "signature": [256, *as_before["signature"][1:]]}]}
     path.write_text(json.dumps(bad))
     assert load_task_record(Spec) is None  # type: ignore[arg-type]
 

@@ -95,8 +95,13 @@ def test_task_record_of_fewer_or_unknown_fields(tmp_path: Path) -> None:
     again = load_task_record(Spec)  # type: ignore[arg-type]
     assert again is not None and again.samples == (SAMPLE,)
     assert type(again.samples[0]) is SampleRecord
-    written = json.loads(path.read_text())
-    (sample,) = written["samples"]
+    rows = json.loads(path.read_text())
+    fields, (row,) = rows["sample_fields"], rows["sample_rows"]
+    unknown_rows = {**rows, "sample_fields": [*fields, "colour"], "sample_rows": [[*row, "red"]]}
+    path.write_text(json.dumps(unknown_rows))
+    assert load_task_record(Spec) is None  # type: ignore[arg-type]
+    written = {k: v for k, v in rows.items() if k not in ("sample_fields", "sample_rows")}
+    sample = dict(zip(fields, row, strict=True))  # one object per sample, as in older records
     older = {k: v for k, v in sample.items() if k not in ("decoder", "seam_slices")}
     path.write_text(json.dumps({**written, "samples": [older]}))
     again = load_task_record(Spec)  # type: ignore[arg-type]

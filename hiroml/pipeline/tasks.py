@@ -168,6 +168,17 @@ def save_task_record(out_dir: str, result: TaskResult) -> None:
 #: of scalars, which ``json.dumps`` writes as lists: no ``dataclasses.asdict`` deep copy)
 _SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
 _PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
+#: positions in a sample's row of the fields stored as JSON lists: tuples in the record
+#: (every sample has one), tuples or None (CT geometry), and of the signature's hex text
+_TUPLES_AT = tuple(
+    _SAMPLE_FIELDS.index(n)
+    for n in ("shape", "sop_uids", "pixel_hashes", "ct_decisions", "stitched_series",
+              "seams_mm", "seam_slices")
+)  # fmt: skip
+_TUPLES_OR_NONE_AT = tuple(
+    _SAMPLE_FIELDS.index(n) for n in ("size_xyz", "spacing_xyz", "origin_xyz", "direction")
+)
+_SIGNATURE_AT = _SAMPLE_FIELDS.index("signature")
 
 
 def _flat(record: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -177,7 +188,8 @@ def _flat(record: Any, names: Sequence[str]) -> dict[str, Any]:
 def _result_to_json(r: TaskResult) -> dict[str, Any]:
     return {
         "task_id": r.task_id,
-        "samples": [_sample_json(s) for s in r.samples],
+        "sample_fields": list(_SAMPLE_FIELDS),
+        "sample_rows": [_sample_row(s) for s in r.samples],
         "problems": [[k, _flat(p, _PROBLEM_FIELDS)] for k, p in r.problems],
         "shards": list(r.shards),
         "seconds": r.seconds,
@@ -185,12 +197,13 @@ def _result_to_json(r: TaskResult) -> dict[str, Any]:
     }
 
 
-def _sample_json(s: SampleRecord) -> dict[str, Any]:
-    """A sample's record as JSON values; its signature (uint8 bytes) as one hex text, which
-    every later build reads back about ten times as fast as a list of 1,024 numbers."""
-    d = _flat(s, _SAMPLE_FIELDS)
-    d["signature"] = bytes(s.signature).hex()
-    return d
+def _sample_row(s: SampleRecord) -> list[Any]:
+    """A sample's record as one JSON list, its fields in the order of ``sample_fields``;
+    its signature (uint8 bytes) as one hex text, which every later build reads back about
+    ten times as fast as a list of 1,024 numbers."""
+    row = [getattr(s, n) for n in _SAMPLE_FIELDS]
+    row[_SIGNATURE_AT] = bytes(s.signature).hex()
+    return row
 
 
 def _signature(v: Any) -> bytes:
@@ -225,8 +238,31 @@ def _sample_from_json(s: dict[str, Any]) -> SampleRecord:
     return SampleRecord(**s)  # a field missing (older records: its default) or unknown
 
 
+def _sample_from_row(row: list[Any]) -> SampleRecord:
+    """A sample from a row of ``sample_fields`` in this release's order: its lists as
+    tuples, its signature's hex as bytes."""
+    for k in _TUPLES_AT:
+        row[k] = tuple(row[k])
+    for k in _TUPLES_OR_NONE_AT:
+        if row[k] is not None:
+            row[k] = tuple(row[k])
+    row[_SIGNATURE_AT] = _signature(row[_SIGNATURE_AT])
+    return _make_sample(*row)
+
+
+def _samples_from_json(d: dict[str, Any]) -> list[SampleRecord]:
+    """The samples of a task record: rows of ``sample_fields`` (one JSON list per sample),
+    or one object per sample (records of earlier releases)."""
+    if "sample_rows" not in d:
+        return [_sample_from_json(s) for s in d["samples"]]
+    fields = d["sample_fields"]
+    if fields == list(_SAMPLE_FIELDS):
+        return [_sample_from_row(row) for row in d["sample_rows"]]
+    return [_sample_from_json(dict(zip(fields, row, strict=True))) for row in d["sample_rows"]]
+
+
 def _result_from_json(d: dict[str, Any]) -> TaskResult:
-    samples = [_sample_from_json(s) for s in d["samples"]]
+    samples = _samples_from_json(d)
     problems = []
     for key, p in d["problems"]:
         p["action"] = Action(p["action"])
