@@ -312,31 +312,38 @@ LEAK_COLUMNS = (
 def find_leaks(manifest: pd.DataFrame) -> list[str]:
     """One message per patient group, patient id, SOP Instance UID, source pixel hash or
     stored-array ``data_hash`` (identical decoded pixels) found in more than one split,
-    e.g. ``"patient_id '1234' in splits test, train"``. Column-wise, in Arrow: the distinct
-    (value, split) pairs are counted per value, and only the values found in more than one
+    e.g. ``"patient_id '1234' in splits test, train"``. Column-wise: every value becomes an
+    integer code (Arrow's dictionary encoding), the distinct (label, value, split) triples
+    are counted per (label, value) in numpy, and only the values found in more than one
     split become Python texts."""
     labels = [label for col, label in LEAK_COLUMNS if col in manifest.columns]
     if not labels or not len(manifest):
         return []
     names = sorted(set(labels))
     splits = pc.dictionary_encode(pa.array(manifest["split"].astype(str).tolist(), pa.string()))
-    parts = []
+    split_of_row = splits.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    values, label_codes, split_codes = [], [], []
     for col, label in LEAK_COLUMNS:
         if col in manifest.columns:
-            values, rows = _leak_values(manifest[col])
-            code = np.full(len(values), names.index(label), dtype=np.int32)
-            split = splits.indices.take(pa.array(rows, pa.int64()))
-            parts.append(pa.table({"label": code, "value": values, "split": split}))
-    pairs = pa.concat_tables(parts).group_by(["label", "value", "split"]).aggregate([])
-    per_value = pairs.group_by(["label", "value"]).aggregate([("split", "count")])
-    leaking = per_value.filter(pc.greater(per_value["split_count"], 1))
-    if not leaking.num_rows:
+            texts, rows = _leak_values(manifest[col])
+            values.append(texts)
+            label_codes.append(np.full(len(texts), names.index(label), dtype=np.int64))
+            split_codes.append(split_of_row[rows])
+    encoded = pc.dictionary_encode(pa.concat_arrays(values))
+    n_values, n_splits = max(len(encoded.dictionary), 1), max(len(splits.dictionary), 1)
+    key = np.concatenate(label_codes) * n_values + encoded.indices.to_numpy(zero_copy_only=False)
+    triples = np.unique(key * n_splits + np.concatenate(split_codes))
+    keys, counts = np.unique(triples // n_splits, return_counts=True)
+    leaking = triples[np.isin(triples // n_splits, keys[counts > 1])]
+    if not leaking.size:
         return []
-    found = pairs.join(leaking.select(["label", "value"]), ["label", "value"], join_type="inner")
+    found = leaking // n_splits
+    texts = encoded.dictionary.take(pa.array(found % n_values)).to_pylist()
     split_names = splits.dictionary.to_pylist()
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
-    cols = (found.column(c).to_pylist() for c in ("label", "value", "split"))
-    for code, value, split in zip(*cols, strict=True):
+    for code, value, split in zip(
+        (found // n_values).tolist(), texts, (leaking % n_splits).tolist(), strict=True
+    ):
         seen[(names[code], value)].add(split_names[split])
     return [
         f"{label} {value!r} in splits {', '.join(sorted(s))}"
@@ -352,6 +359,8 @@ def _leak_values(column: pd.Series) -> tuple[pa.Array, np.ndarray]:
         arr = pa.array(column, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         arr = None
+    if isinstance(arr, pa.ChunkedArray):  # a pandas column backed by Arrow
+        arr = arr.combine_chunks()
     if arr is not None and pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     texts = (pa.types.is_string, pa.types.is_large_string)
