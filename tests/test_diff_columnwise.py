@@ -210,21 +210,23 @@ def test_integer_lists_compared_in_place_as_row_by_row(
 def test_parquet_columns_reads_large_columns_in_batches_and_the_rest_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A column of more leaf values than BULK_VALUES comes in batches of BATCH_ROWS rows; the
-    others come from one read of them all, kept for the next call; every column holds what
-    the file holds."""
+    """A column of more leaf values than BULK_VALUES comes in batches of BATCH_ROWS rows,
+    counted over every row group (the first holds only null signatures, as CT rows have);
+    the others come from one read of them all, kept for the next call; every column holds
+    what the file holds."""
     rng = np.random.default_rng(3)
     n = 700
+    signatures = [None if i < 256 else rng.integers(0, 256, 64).tolist() for i in range(n)]
     table = pa.table(
         {
             "sample_key": [f"k{i}" for i in range(n)],
-            "signature": pa.array([rng.integers(0, 256, 64).tolist() for _ in range(n)], SIG),
+            "signature": pa.array(signatures, SIG),
             "shape": pa.array([[256, 256]] * n, pa.list_(pa.int64())),
             "scale": rng.random(n),
         }
     )
     pq.write_table(table, tmp_path / "m.parquet", row_group_size=256)
-    monkeypatch.setattr(versions_columns, "BULK_VALUES", 40 * n)  # 64 values a row: large
+    monkeypatch.setattr(versions_columns, "BULK_VALUES", 40 * n)  # 444 rows of 64: large
     cols = versions_columns.ParquetColumns.open(tmp_path / "m.parquet")
     assert cols._large() == {"signature"}
     reads: list[list[str]] = []

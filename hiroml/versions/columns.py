@@ -68,19 +68,17 @@ class ParquetColumns:
         return self._small[name]
 
     def _large(self) -> set[str]:
-        """The columns of more than :data:`BULK_VALUES` leaf values, estimated from the
-        first row group's count per row."""
+        """The columns of more than :data:`BULK_VALUES` leaf values, counted in the footer
+        over every row group (the first alone could hold only CT rows, whose signatures are
+        null)."""
         meta = self.file.metadata
-        if meta.num_row_groups == 0 or self.num_rows == 0:
-            return set()
-        first = meta.row_group(0)
-        per_row: dict[str, int] = {}
-        for j in range(first.num_columns):
-            leaf = first.column(j)
-            top = leaf.path_in_schema.split(".")[0]
-            per_row[top] = per_row.get(top, 0) + leaf.num_values
-        scale = self.num_rows / max(first.num_rows, 1)
-        return {n for n, v in per_row.items() if v * scale > BULK_VALUES}
+        leaves = [meta.schema.column(j).path.split(".")[0] for j in range(meta.num_columns)]
+        values = dict.fromkeys(leaves, 0)
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            for j, top in enumerate(leaves):
+                values[top] += group.column(j).num_values
+        return {n for n, v in values.items() if v > BULK_VALUES}
 
 
 #: a manifest to compare: a table, or a parquet file read column by column
