@@ -338,11 +338,11 @@ def find_leaks(manifest: pd.DataFrame) -> list[str]:
     if not leaking.size:
         return []
     found = leaking // n_splits
-    texts = encoded.dictionary.take(pa.array(found % n_values)).to_pylist()
+    leaked = encoded.dictionary.take(pa.array(found % n_values)).to_pylist()
     split_names = splits.dictionary.to_pylist()
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
     for code, value, split in zip(
-        (found // n_values).tolist(), texts, (leaking % n_splits).tolist(), strict=True
+        (found // n_values).tolist(), leaked, (leaking % n_splits).tolist(), strict=True
     ):
         seen[(names[code], value)].add(split_names[split])
     return [

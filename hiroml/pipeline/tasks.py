@@ -168,16 +168,14 @@ def save_task_record(out_dir: str, result: TaskResult) -> None:
 #: of scalars, which ``json.dumps`` writes as lists: no ``dataclasses.asdict`` deep copy)
 _SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
 _PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
-#: positions in a sample's row of the fields stored as JSON lists: tuples in the record
-#: (every sample has one), tuples or None (CT geometry), and of the signature's hex text
-_TUPLES_AT = tuple(
-    _SAMPLE_FIELDS.index(n)
-    for n in ("shape", "sop_uids", "pixel_hashes", "ct_decisions", "stitched_series",
-              "seams_mm", "seam_slices")
-)  # fmt: skip
-_TUPLES_OR_NONE_AT = tuple(
-    _SAMPLE_FIELDS.index(n) for n in ("size_xyz", "spacing_xyz", "origin_xyz", "direction")
-)
+#: sample fields stored as JSON lists that are tuples in the record: in every record, those
+#: a record may lack (then empty), and tuples or None (CT geometry)
+_TUPLES = ("shape", "sop_uids", "pixel_hashes", "ct_decisions")
+_STITCH_TUPLES = ("stitched_series", "seams_mm", "seam_slices")
+_GEOMETRY = ("size_xyz", "spacing_xyz", "origin_xyz", "direction")
+#: their positions in a sample's row, and the signature's (its hex text)
+_TUPLES_AT = tuple(_SAMPLE_FIELDS.index(n) for n in (*_TUPLES, *_STITCH_TUPLES))
+_TUPLES_OR_NONE_AT = tuple(_SAMPLE_FIELDS.index(n) for n in _GEOMETRY)
 _SIGNATURE_AT = _SAMPLE_FIELDS.index("signature")
 
 
@@ -224,18 +222,18 @@ _SAMPLE_FIELD_SET = frozenset(_SAMPLE_FIELDS)
 
 
 def _sample_from_json(s: dict[str, Any]) -> SampleRecord:
-    if "notes" in s:  # the name of ct_decisions in older task records
+    if "notes" in s:  # ct_decisions under its other name
         s["ct_decisions"] = s.pop("notes")
-    for k in ("shape", "sop_uids", "pixel_hashes", "ct_decisions"):
+    for k in _TUPLES:
         s[k] = tuple(s[k])
     s["signature"] = _signature(s.get("signature"))
-    for k in ("stitched_series", "seams_mm", "seam_slices"):
+    for k in _STITCH_TUPLES:
         s[k] = tuple(s.get(k, ()))
-    for k in ("size_xyz", "spacing_xyz", "origin_xyz", "direction"):
+    for k in _GEOMETRY:
         s[k] = _tuple_or_none(s[k])
     if s.keys() == _SAMPLE_FIELD_SET:
         return _make_sample(*[s[n] for n in _SAMPLE_FIELDS])
-    return SampleRecord(**s)  # a field missing (older records: its default) or unknown
+    return SampleRecord(**s)  # a field missing (then its default) or unknown
 
 
 def _sample_from_row(row: list[Any]) -> SampleRecord:
@@ -244,15 +242,14 @@ def _sample_from_row(row: list[Any]) -> SampleRecord:
     for k in _TUPLES_AT:
         row[k] = tuple(row[k])
     for k in _TUPLES_OR_NONE_AT:
-        if row[k] is not None:
-            row[k] = tuple(row[k])
+        row[k] = _tuple_or_none(row[k])
     row[_SIGNATURE_AT] = _signature(row[_SIGNATURE_AT])
     return _make_sample(*row)
 
 
 def _samples_from_json(d: dict[str, Any]) -> list[SampleRecord]:
     """The samples of a task record: rows of ``sample_fields`` (one JSON list per sample),
-    or one object per sample (records of earlier releases)."""
+    or ``samples``, one object per sample (the other form this module reads)."""
     if "sample_rows" not in d:
         return [_sample_from_json(s) for s in d["samples"]]
     fields = d["sample_fields"]

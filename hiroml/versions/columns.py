@@ -29,7 +29,7 @@ BATCH_ROWS = 512
 BULK_VALUES = 1_000_000
 #: rows of two integer list columns compared at a time (:func:`_integer_lists_differing`):
 #: the copies of 256 signatures (256 KB a side) reuse the heap's pages; copies of every
-#: row (6.5 MB a side at 6,300 samples) took fresh pages from the kernel, twice the time
+#: row (6.5 MB a side at 6,300 samples) take fresh pages from the kernel, twice the time
 COMPARE_ROWS = 256
 
 
@@ -44,6 +44,7 @@ class ParquetColumns:
     num_rows: int
     file: pq.ParquetFile = field(compare=False, repr=False)
     _small: dict[str, pa.ChunkedArray] = field(default_factory=dict, compare=False, repr=False)
+    _values: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> ParquetColumns:
@@ -53,7 +54,7 @@ class ParquetColumns:
     def column(self, name: str) -> pa.ChunkedArray:
         """Column ``name``. A large one (over :data:`BULK_VALUES` leaf values) is decoded
         :data:`BATCH_ROWS` rows at a time: read whole, the 1,024-value signatures of 6,300
-        samples (6.5 MB) took 150 MB of decoding buffers. The others are read together
+        samples (6.5 MB) take 150 MB of decoding buffers. The others are read together
         once, and kept: one read of 38 columns takes a third of the time of 38 reads."""
         if name in self._small:
             return self._small[name]
@@ -68,17 +69,18 @@ class ParquetColumns:
         return self._small[name]
 
     def _large(self) -> set[str]:
-        """The columns of more than :data:`BULK_VALUES` leaf values, counted in the footer
-        over every row group (the first alone could hold only CT rows, whose signatures are
-        null)."""
-        meta = self.file.metadata
-        leaves = [meta.schema.column(j).path.split(".")[0] for j in range(meta.num_columns)]
-        values = dict.fromkeys(leaves, 0)
-        for i in range(meta.num_row_groups):
-            group = meta.row_group(i)
-            for j, top in enumerate(leaves):
-                values[top] += group.column(j).num_values
-        return {n for n, v in values.items() if v > BULK_VALUES}
+        """The columns of more than :data:`BULK_VALUES` leaf values, counted once in the
+        footer over every row group (the first alone could hold only CT rows, whose
+        signatures are null)."""
+        if not self._values:
+            meta = self.file.metadata
+            tops = [meta.schema.column(j).path.split(".")[0] for j in range(meta.num_columns)]
+            self._values.update(dict.fromkeys(tops, 0))
+            for i in range(meta.num_row_groups):
+                group = meta.row_group(i)
+                for j, top in enumerate(tops):
+                    self._values[top] += group.column(j).num_values
+        return {n for n, v in self._values.items() if v > BULK_VALUES}
 
 
 #: a manifest to compare: a table, or a parquet file read column by column
