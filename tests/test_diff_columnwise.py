@@ -318,7 +318,8 @@ def test_text_and_number_columns_convert_as_cell_by_cell() -> None:
 
 def test_guard_column_wise_as_per_cell() -> None:
     """The shrink guard's texts of text columns and of list columns (counts of previous
-    patients, batch folders gone, samples removed) are those of object cells."""
+    patients, batch folders gone, samples removed) are those of object cells, and those of
+    the previous manifest as the Arrow table the guard reads."""
     prev = pd.DataFrame(
         {
             "sample_key": [f"k{i}" for i in range(30)],
@@ -337,10 +338,12 @@ def test_guard_column_wise_as_per_cell() -> None:
         c: prev[c].astype("str") for c in prev.columns if c not in ("batches", "source_zips")
     }
     typed = prev.assign(**as_text)
-    checks = [
-        guard.compare(p, n, audit, ["B0"]) for p, n in ((prev, new), (typed, new.astype(object)))
-    ]
-    assert dataclasses.asdict(checks[0]) == dataclasses.asdict(checks[1])
+    arrow = pa.Table.from_pandas(prev, preserve_index=False)
+    string_keys = new.astype({"sample_key": "string"})
+    pairs = ((prev, new), (typed, new.astype(object)), (arrow, new), (arrow, string_keys))
+    checks = [guard.compare(p, n, audit, ["B0"]) for p, n in pairs]
+    for other in checks[1:]:
+        assert dataclasses.asdict(other) == dataclasses.asdict(checks[0])
     check = checks[0]
     assert (check.previous_samples, check.previous_patients) == (30, 12)
     assert (check.removed_samples, check.unexplained_samples) == (8, 4)

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from hiroml.config import BuildConfig
 from hiroml.errors import ShrinkRefusedError
-from hiroml.store.reader import cell_strings, read_manifest
+from hiroml.store.reader import cell_strings
 from hiroml.vocab import MANIFEST, Action
 
 log = logging.getLogger(__name__)
@@ -150,30 +150,66 @@ def _texts(values: pd.Series) -> set[str]:
 
 
 def compare(
-    previous: pd.DataFrame,
+    previous: pd.DataFrame | pa.Table,
     manifest: pd.DataFrame,
     audit: pd.DataFrame,
     batches_read: Iterable[str],
 ) -> ShrinkCheck:
     """Compare the previous manifest with the new one, this build's audit and the batch
     folders it read (pure). See the module docstring for what counts as explained. The
-    samples gone are found column-wise; only they are looked at one by one."""
+    samples gone are found column-wise; only they are looked at one by one. ``previous``
+    is a frame, or the Arrow table :func:`read_previous` reads: then only the rows gone
+    become pandas rows (its list columns would otherwise be a Python object per cell)."""
     new_keys = manifest["sample_key"] if "sample_key" in manifest.columns else pd.Series([])
-    if "sample_key" in previous.columns:
-        gone = previous.loc[~_is_in(previous["sample_key"], new_keys)]
+    if isinstance(previous, pa.Table):
+        gone = _gone_rows(previous, new_keys)
+        before_batches = _flat_arrow(previous, "batch", "batches")
+        patients = _flat_arrow(previous, "patient_id")
     else:
-        gone = previous  # no key: nothing of it is known to be kept
+        if "sample_key" in previous.columns:
+            gone = previous.loc[~_is_in(previous["sample_key"], new_keys)]
+        else:
+            gone = previous  # no key: nothing of it is known to be kept
+        before_batches = _flat(previous, "batch", "batches")
+        patients = _flat(previous, "patient_id")
     unexplained, lost_patients = _unexplained(gone, manifest, audit) if len(gone) else ([], set())
-    before_batches = _flat(previous, "batch", "batches")
     return ShrinkCheck(
         previous_samples=len(previous),
-        previous_patients=len(_flat(previous, "patient_id")),
+        previous_patients=len(patients),
         removed_samples=len(gone),
         unexplained_samples=len(unexplained),
         unexplained_patients=len(lost_patients),
         missing_batches=tuple(sorted(before_batches - set(batches_read))),
         examples=tuple(sorted(unexplained)[:SHOWN]),
     )
+
+
+def _gone_rows(previous: pa.Table, new_keys: pd.Series) -> pd.DataFrame:
+    """The rows of ``previous`` whose ``sample_key`` is not one of ``new_keys``, as pandas
+    rows (every row where it has no key: nothing of it is known to be kept)."""
+    if "sample_key" not in previous.column_names:
+        return previous.to_pandas()
+    if isinstance(new_keys.dtype, pd.StringDtype):
+        keys = _arrow(new_keys)
+    else:
+        keys = pa.array(new_keys.astype("string").array)
+    kept = pc.is_in(previous.column("sample_key").cast(pa.string()), value_set=keys)
+    return previous.filter(pc.invert(pc.fill_null(kept, False))).to_pandas()
+
+
+def _flat_arrow(table: pa.Table, *names: str) -> set[str]:
+    """:func:`_flat` of an Arrow table: the non-empty texts of the columns ``names``, and
+    of the elements of their lists."""
+    found: set[str] = set()
+    for name in names:
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        while pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            col = pc.list_flatten(col)
+        found.update(pc.unique(col.cast(pa.string())).drop_null().to_pylist())
+    found.discard("")
+    return found
 
 
 def _is_in(values: pd.Series, others: pd.Series) -> np.ndarray:
@@ -236,16 +272,17 @@ def _is_ct(df: pd.DataFrame) -> pd.Series:
     return df["modality"].astype(str) == "ct"
 
 
-def read_previous(out: Path) -> pd.DataFrame | None:
+def read_previous(out: Path) -> pa.Table | None:
     """The previous build's manifest (the root ``manifest.parquet``), its
-    :data:`PREVIOUS_COLUMNS` only; None when there is none or it cannot be read (then there is
-    nothing the guard could protect)."""
+    :data:`PREVIOUS_COLUMNS` only, as an Arrow table; None when there is none or it cannot
+    be read (then there is nothing the guard could protect)."""
     path = Path(out) / MANIFEST
     if not path.is_file():
         return None
     try:
         names = set(pq.read_schema(path).names)
-        return read_manifest(path.parent, columns=[c for c in PREVIOUS_COLUMNS if c in names])
+        columns = [c for c in PREVIOUS_COLUMNS if c in names]
+        return pq.read_table(path, columns=columns, use_threads=False)
     except Exception as e:  # pyarrow raises several types for a damaged file
         log.warning("could not read the previous manifest %s (%s): no shrink check", path, e)
         return None
@@ -267,7 +304,7 @@ def check_shrink(
     override when the fraction is exceeded and ``allow_shrink`` is false.
     """
     previous = read_previous(out)
-    if previous is None or previous.empty:
+    if previous is None or not previous.num_rows:
         return {}
     check = compare(previous, manifest, audit, batches_read)
     limit = cfg.publish.max_removed_fraction
