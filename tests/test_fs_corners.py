@@ -138,6 +138,9 @@ def test_new_zips_that_fail_are_recorded_when_nothing_new_is_published(
     out = tmp_path / "out"
     first = build.run(make_cfg(dm, out))
     assert first.published and first.new_failed_zips == len(failed_zips(read_audit(out)))
+    record = out / STATE_DIR / LATEST_BUILD_AUDIT
+    # published: the version's audit.csv is the record, byte for byte (copied, not rewritten)
+    assert record.read_bytes() == (out / VERSIONS_DIR / first.version / "audit.csv").read_bytes()
     week = dm / "CXR-UPDATE-20200606-COMPLETE"
     week.mkdir()
     good = sorted((dm / BATCH).glob("*.zip"))[0].read_bytes()
@@ -147,7 +150,6 @@ def test_new_zips_that_fail_are_recorded_when_nothing_new_is_published(
 
     second = build.run(make_cfg(dm, out))
     assert not second.published and second.version == first.version
-    record = out / STATE_DIR / LATEST_BUILD_AUDIT
     assert second.new_failed_zips == 3 and second.failures_record == str(record)
     assert f"  3 new zips failed (see {record})" in second.lines()
     recorded = pd.read_csv(record, dtype=str, keep_default_na=False)

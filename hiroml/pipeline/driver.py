@@ -52,7 +52,7 @@ from hiroml.pipeline.summary import BuildSummary, now, timed
 from hiroml.pipeline.tasks import TaskResult, TaskSpec, config_hash, load_task_record, plan_tasks
 from hiroml.pipeline.worker import died_task, join_tasks, run_task, split_task
 from hiroml.records import AuditRow
-from hiroml.vocab import MANIFEST, SEQUESTERED_DIR, SPLITS, STATE_DIR, Action, Modality
+from hiroml.vocab import AUDIT, MANIFEST, SEQUESTERED_DIR, SPLITS, STATE_DIR, Action, Modality
 
 if TYPE_CHECKING:
     from hiroml.exams.linking import LinkResult
@@ -478,7 +478,9 @@ def _publish(
         raise full from err
     summary.version = published.version.name
     summary.published = published.new
+    # a version published from this audit holds it as audit.csv (sequestered: split apart)
+    same = published.new and not cfg.splits.sequester
     summary.new_failed_zips, summary.failures_record = failures.record(
-        out, tables.audit, failed_before
+        out, tables.audit, failed_before, published.version.path / AUDIT if same else None
     )
     summary.versions_pruned = len(published.pruned.versions)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hiroml.store.atomic import write_atomic
+from hiroml.store.atomic import copy_atomic, write_atomic
 from hiroml.store.csvcells import escape_frame
 from hiroml.store.reader import read_audit
 from hiroml.vocab import AUDIT, SEQUESTERED_DIR, STATE_DIR, Action
@@ -43,11 +43,18 @@ def previous_failed_zips(out: Path) -> set[tuple[str, str]]:
     return failed
 
 
-def record(out: Path, audit: pd.DataFrame, before: set[tuple[str, str]]) -> tuple[int, str]:
+def record(
+    out: Path, audit: pd.DataFrame, before: set[tuple[str, str]], written: Path | None = None
+) -> tuple[int, str]:
     """Write ``audit`` as the latest build's audit record; return how many zips failed that
-    had not failed in ``before``, and the record's path."""
+    had not failed in ``before``, and the record's path. ``written``: an ``audit.csv`` this
+    build wrote from the same ``audit`` (the version it published), copied byte for byte
+    instead of written again."""
     path = Path(out) / STATE_DIR / LATEST_BUILD_AUDIT
     path.parent.mkdir(parents=True, exist_ok=True)
-    safe = escape_frame(audit)  # no cell a spreadsheet would run as a formula
-    write_atomic(path, lambda tmp: safe.to_csv(tmp, index=False))
+    if written is not None:
+        copy_atomic(written, path)
+    else:
+        safe = escape_frame(audit)  # no cell a spreadsheet would run as a formula
+        write_atomic(path, lambda tmp: safe.to_csv(tmp, index=False))
     return len(failed_zips(audit) - before), str(path)
