@@ -6,6 +6,7 @@ added, removed and moved rows, compared with the per-row definitions written out
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from hiroml.store import guard
+from hiroml.store.shards import shard_sha256
 from hiroml.store.tables import _scalar, _text, _to_table, patients_frame
 from hiroml.versions import changes as versions_changes
 from hiroml.versions import columns as versions_columns
+from hiroml.versions import keptcolumns
 from hiroml.versions.listing import SPLIT_MOVED
 from hiroml.vocab import AUDIT, MANIFEST, SPLITS
 
@@ -391,3 +394,88 @@ def test_whole_table_steps_iterate_no_text_column_in_python(
         assert walked[0] < 100, f"{name}: {walked[0]} values walked"
     list(frame["sample_key"])
     assert walked[0] >= n  # the count sees a walk
+
+
+def _diff_fields(d: versions_changes.VersionDiff) -> dict[str, Any]:
+    return d.as_json()
+
+
+def test_the_diff_maps_kept_columns_and_counts_what_the_parquet_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kept for the previous manifest's bytes, its large columns are mapped from the kept
+    file, not decoded, with the same diff; kept for other bytes, damaged, or of another row
+    count or type, they are not used and the parquet is decoded, with the same diff."""
+    rng = np.random.default_rng(5)
+    old = _manifest(rng, [f"k{i:03d}" for i in range(150)])
+    a_table = _table(old)
+    a_dir = _write(tmp_path / "a", a_table, _audit(rng, 40, []))
+    b_table = _table(_changed(rng, old))
+    b_dir = _write(tmp_path / "b", b_table, _audit(rng, 45, []))
+    monkeypatch.setattr(versions_columns, "BULK_VALUES", 500)  # the signatures are large
+    assert keptcolumns.large_columns(a_table) == ["signature"]
+    want = _diff_fields(versions_changes.diff_tables(a_dir, b_dir, b_manifest=b_table))
+    assert want["columns_changed"]["signature"] > 0
+    kept = tmp_path / "kept"
+    sha = shard_sha256(a_dir / MANIFEST)
+    path = keptcolumns.keep(kept, sha, a_table)
+    assert path == kept / f"{sha}.arrow"
+    decoded: list[str] = []
+    real = pq.ParquetFile.iter_batches
+
+    def iter_batches(self: pq.ParquetFile, *args: Any, **kwargs: Any) -> Any:
+        decoded.extend(kwargs["columns"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
+
+    def diff() -> dict[str, Any]:
+        got = versions_changes.diff_tables(a_dir, b_dir, b_manifest=b_table, kept=kept)
+        return _diff_fields(got)
+
+    assert diff() == want and decoded == []  # mapped, not decoded
+    cols = versions_columns.ParquetColumns.open(
+        a_dir / MANIFEST, lambda file: keptcolumns.find(kept, a_dir / MANIFEST, file)
+    )
+    assert cols.column("signature").equals(pq.read_table(a_dir / MANIFEST).column("signature"))
+    # another row count under the right name: not used
+    keptcolumns.keep(kept, sha, a_table.slice(1))
+    assert diff() == want and decoded == ["signature"]
+    # damaged: not used, and said
+    path.write_bytes(path.read_bytes()[:100])
+    assert diff() == want and decoded == ["signature"] * 2
+    assert "unreadable" in caplog.text
+    # kept for the bytes before the manifest changed: not found
+    keptcolumns.keep(kept, sha, a_table)
+    pq.write_table(a_table.slice(0, 149), a_dir / MANIFEST)
+    assert keptcolumns.find(kept, a_dir / MANIFEST, pq.ParquetFile(a_dir / MANIFEST)) == {}
+    # another type under the right name: not used
+    other = a_table.set_column(
+        a_table.column_names.index("signature"),
+        "signature",
+        a_table.column("signature").cast(pa.list_(pa.int64())),
+    )
+    keptcolumns.keep(kept, shard_sha256(a_dir / MANIFEST), other.slice(0, 149))
+    assert keptcolumns.find(kept, a_dir / MANIFEST, pq.ParquetFile(a_dir / MANIFEST)) == {}
+
+
+def test_keep_keeps_the_two_newest_files_and_a_failed_write_costs_only_the_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(versions_columns, "BULK_VALUES", 10)
+    table = _table(_manifest(np.random.default_rng(1), [f"k{i}" for i in range(40)]))
+    kept = tmp_path / "kept"
+    for k, name in enumerate(("a", "b", "c")):
+        path = keptcolumns.keep(kept, name, table)
+        assert path is not None
+        os.utime(path, ns=(k * 10**9, k * 10**9))  # in the order written, whatever the clock
+    keptcolumns.keep(kept, "d", table)
+    assert sorted(p.name for p in kept.iterdir()) == ["c.arrow", "d.arrow"]
+    assert set(keptcolumns.large_columns(table)) == {"signature", "shape", "spacing_xyz"}
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    assert keptcolumns.keep(blocked / "kept", "e", table) is None
+    assert "not kept" in caplog.text
+    monkeypatch.setattr(versions_columns, "BULK_VALUES", 10**9)
+    assert keptcolumns.large_columns(table) == []
+    assert keptcolumns.keep(kept, "f", table) is None and not (kept / "f.arrow").exists()

@@ -894,3 +894,42 @@ def test_verify_catches_a_flipped_byte_an_old_build_json_and_a_damaged_shard_hea
     text = capsys.readouterr().out
     line = next(x for x in text.splitlines() if x.startswith(f"error: shard {shard}: unreadable"))
     assert "(" in line and "Traceback" not in text
+
+
+def test_a_build_keeps_its_manifests_large_columns_and_the_next_diff_maps_them(
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each published version's large manifest columns go into the output's kept folder,
+    named by the manifest's SHA-256 that build.json records; the next build's diff maps
+    them instead of decoding, and says what a diff that decodes says."""
+    from hiroml.versions import columns as versions_columns
+    from hiroml.versions import keptcolumns
+
+    monkeypatch.setattr(versions_columns, "BULK_VALUES", 0)  # every list column is large
+    found: list[set[str]] = []
+    real_find = keptcolumns.find
+
+    def find(*args: Any) -> dict[str, Any]:
+        got = real_find(*args)
+        found.append(set(got))
+        return got
+
+    monkeypatch.setattr(keptcolumns, "find", find)
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    build.run(make_cfg(root, out))
+    build.run(make_cfg(root, out, *OTHER))
+    old, new = versions_listing.list_versions(out)
+    shas = [json.loads((v.path / "build.json").read_text())["tables"] for v in (old, new)]
+    names = {f"{s['manifest.parquet']}.arrow" for s in shas}
+    assert {p.name for p in keptcolumns.kept_dir(out).iterdir()} == names
+    assert {"signature", "shape"} <= found[-1]  # the second build's diff mapped them
+    decoded = versions_changes.diff_tables(old.path, new.path)
+    info = json.loads((new.path / "build.json").read_text())
+    assert info["changes"]["columns_changed"] == decoded.columns_changed
+    assert info["changes"]["samples_changed"] == len(decoded.samples_changed) > 0
+    mapped = versions_changes.diff(out, old.name, new.name)  # hiroml-versions --diff
+    assert mapped.columns_changed == decoded.columns_changed and len(found) >= 2

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from hiroml.doctor.libraries import environment_changes
 from hiroml.store.reader import OWN_COLUMNS, cell_plain, read_audit
 from hiroml.versions import columns as versions_columns
+from hiroml.versions import keptcolumns
 from hiroml.versions.hashing import _canonical
 from hiroml.versions.listing import (
     SPLIT_MOVED,
@@ -170,11 +171,19 @@ class VersionDiff:
         return out
 
 
-def _open_manifest(folder: Path | None) -> versions_columns.ParquetColumns | None:
-    """The manifest of ``folder``, to be read column by column (None: no manifest)."""
+def _open_manifest(
+    folder: Path | None, kept: Path | None = None
+) -> versions_columns.ParquetColumns | None:
+    """The manifest of ``folder``, to be read column by column (None: no manifest), with
+    the large columns kept for it in ``kept`` (:mod:`hiroml.versions.keptcolumns`)."""
     if folder is None or not (folder / MANIFEST).is_file():
         return None
-    return versions_columns.ParquetColumns.open(folder / MANIFEST)
+    path = folder / MANIFEST
+    if kept is None:
+        return versions_columns.ParquetColumns.open(path)
+    return versions_columns.ParquetColumns.open(
+        path, lambda file: keptcolumns.find(kept, path, file)
+    )
 
 
 def _audit_of(folder: Path | None) -> pd.DataFrame:
@@ -312,16 +321,19 @@ def diff_tables(
     a_name: str = "",
     b_name: str = "",
     b_manifest: pa.Table | None = None,
+    kept: Path | None = None,
 ) -> VersionDiff:
     """What changed from the tables in ``a_dir`` (``None``: nothing) to those in ``b_dir``.
     ``b_manifest``: the manifest ``b_dir`` holds, where the caller has it in memory (it was
-    just written there): compared as it is instead of read back. Everything is computed on
-    the two manifests' Arrow columns; a missing cell (null) counts as no sample, patient or
-    split."""
-    ta = _open_manifest(a_dir)
+    just written there): compared as it is instead of read back. ``kept``: the folder where
+    builds keep their manifests' large columns (:mod:`hiroml.versions.keptcolumns`), read
+    there instead of decoded when they are kept for these manifests. Everything is computed
+    on the two manifests' Arrow columns; a missing cell (null) counts as no sample, patient
+    or split."""
+    ta = _open_manifest(a_dir, kept)
     tb: versions_columns.Columns | None = b_manifest
     if tb is None:
-        tb = _open_manifest(b_dir)
+        tb = _open_manifest(b_dir, kept)
     text = versions_columns.texts
     ka, kb = text(ta, "sample_key"), text(tb, "sample_key")
     pid_a, pid_b = text(ta, "patient_id"), text(tb, "patient_id")
@@ -440,7 +452,8 @@ def diff(out: Path | str, a: str | int, b: str | int) -> VersionDiff:
     va, vb = find_version(out, a), find_version(out, b)
     if va is None or vb is None:
         raise VersionError(f"{out} has no versions to compare")
-    found = diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name)
+    kept = keptcolumns.kept_dir(Path(out))
+    found = diff_tables(va.path, vb.path, a_name=va.name, b_name=vb.name, kept=kept)
     info_a, info_b = build_info_of(va), build_info_of(vb)
     env = environment_changes(info_a.get("environment"), info_b.get("environment"))
     return dataclasses.replace(

@@ -13,7 +13,7 @@ another type (structs, dictionaries), is left to the caller's cell-by-cell compa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
@@ -43,22 +43,32 @@ class ParquetColumns:
     column_names: tuple[str, ...]
     num_rows: int
     file: pq.ParquetFile = field(compare=False, repr=False)
+    #: large columns kept beside the manifest (:mod:`hiroml.versions.keptcolumns`)
+    kept: dict[str, pa.ChunkedArray] = field(default_factory=dict, compare=False, repr=False)
     _small: dict[str, pa.ChunkedArray] = field(default_factory=dict, compare=False, repr=False)
     _values: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def open(cls, path: Path) -> ParquetColumns:
+    def open(
+        cls, path: Path, kept: Callable[[pq.ParquetFile], dict[str, pa.ChunkedArray]] | None = None
+    ) -> ParquetColumns:
+        """The manifest file ``path``; ``kept(file)``: the large columns kept for it
+        (:func:`hiroml.versions.keptcolumns.find`), used instead of decoding them."""
         file = pq.ParquetFile(path)  # its footer read once, for every column
-        return cls(Path(path), tuple(file.schema_arrow.names), file.metadata.num_rows, file)
+        found = kept(file) if kept is not None else {}
+        return cls(Path(path), tuple(file.schema_arrow.names), file.metadata.num_rows, file, found)
 
     def column(self, name: str) -> pa.ChunkedArray:
-        """Column ``name``. A large one (over :data:`BULK_VALUES` leaf values) is decoded
-        :data:`BATCH_ROWS` rows at a time: read whole, the 1,024-value signatures of 6,300
-        samples (6.5 MB) take 150 MB of decoding buffers. The others are read together
-        once, and kept: one read of 38 columns takes a third of the time of 38 reads."""
+        """Column ``name``. A large one (over :data:`BULK_VALUES` leaf values) is the kept
+        copy where there is one, mapped as it is; else decoded :data:`BATCH_ROWS` rows at a
+        time: read whole, the 1,024-value signatures of 6,300 samples (6.5 MB) take 150 MB
+        of decoding buffers. The others are read together once, and kept: one read of 38
+        columns takes a third of the time of 38 reads."""
         if name in self._small:
             return self._small[name]
         large = self._large()
+        if name in large and name in self.kept:
+            return self.kept[name]
         if name in large:
             typ = self.file.schema_arrow.field(name).type
             batches = self.file.iter_batches(batch_size=BATCH_ROWS, columns=[name])
@@ -203,7 +213,7 @@ def changed_counts(
     counts: dict[str, int] = {}
     rest = []
     for col in columns:
-        ca, cb = ta.column(col).combine_chunks(), tb.column(col).combine_chunks()
+        ca, cb = one_array(ta.column(col)), one_array(tb.column(col))
         if not comparable(ca.type, cb.type):
             rest.append(col)
             continue
@@ -215,6 +225,12 @@ def changed_counts(
         if n:
             counts[col] = n
     return counts, rest
+
+
+def one_array(col: pa.ChunkedArray) -> pa.Array:
+    """``col`` as one array: its only chunk as it is (``combine_chunks`` copies even that:
+    6.5 MB of signatures at 6,300 samples), or its chunks joined."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _every_row(table: Columns, rows: np.ndarray) -> bool:

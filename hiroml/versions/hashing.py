@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hiroml.versions.columns import one_array
 from hiroml.vocab import AUDIT, MANIFEST, PATIENTS
 
 
@@ -108,7 +109,7 @@ def hash_table(table: Any, *, scheme: int = DATASET_HASH_SCHEME) -> str:
     for name in columns:  # one sorted column at a time: no copy of the whole table
         values = table.column(name)
         col = hashlib.sha256()
-        _feed_values(col, (values if order is None else values.take(order)).combine_chunks())
+        _feed_values(col, one_array(values if order is None else values.take(order)))
         h.update(b"\n" + json.dumps(name).encode() + b"\x00" + col.digest())
     return h.hexdigest()
 

@@ -21,6 +21,7 @@ from hiroml.doctor.libraries import environment_changes
 from hiroml.pipeline import allocator, faults
 from hiroml.store.atomic import temp_path
 from hiroml.store.reader import read_manifest
+from hiroml.versions import keptcolumns
 from hiroml.versions.changes import (
     VersionDiff,
     build_info_of,
@@ -140,13 +141,15 @@ def _write_version(
     write_report: WriteReport,
     digest: str,
     build_info: Mapping[str, Any],
-) -> VersionDiff:
+) -> tuple[VersionDiff, dict[str, str]]:
     """The tables (``[manifest as an Arrow table, patients, audit]``) and report of a new
     version, into the hidden folder ``tmp``; the diff against the latest version (or the root
     tables of an output without versions), with the settings and environment of
-    ``build_info`` against the latest version's ``build.json``. The Arrow manifest is let go
-    (``tables[0] = None``) once written and diffed: the report reads the frame, and holding
-    both cost the report's peak about 12 MB at 6,000 samples."""
+    ``build_info`` against the latest version's ``build.json``, and the tables' SHA-256
+    (:func:`~hiroml.versions.hashing.table_checksums`). The manifest's large columns are
+    kept for the next build's diff (:mod:`hiroml.versions.keptcolumns`). The Arrow manifest
+    is let go (``tables[0] = None``) once written and diffed: the report reads the frame, and
+    holding both cost the report's peak about 12 MB at 6,000 samples."""
     from hiroml.store.tables import write_outputs
 
     manifest, patients, audit = tables
@@ -154,7 +157,12 @@ def _write_version(
     allocator.release_all()  # the writer's temporaries, before the diff reads the previous one
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
-    change = diff_tables(prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest)
+    checksums = table_checksums(tmp)
+    kept = keptcolumns.kept_dir(out)
+    change = diff_tables(
+        prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, kept=kept
+    )
+    keptcolumns.keep(kept, checksums[MANIFEST], manifest)  # for the next build's diff
     tables[0] = manifest = None
     allocator.release_all()  # the tables written and the previous manifest the diff read
     if latest is not None:  # the settings and environment against the latest's build.json
@@ -168,7 +176,7 @@ def _write_version(
             identical_to=identical_earlier(list_versions(out), digest, latest.seq + 1),
         )
     write_report(tmp, name, changes_html(change), digest)
-    return change
+    return change, checksums
 
 
 def _same_checksums(version: Version, manifest: pd.DataFrame) -> bool:
@@ -296,7 +304,9 @@ def _publish_new(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        change = _write_version(tmp, out, latest, name, tables, write_report, digest, build_info)
+        change, checksums = _write_version(
+            tmp, out, latest, name, tables, write_report, digest, build_info
+        )
         info = {
             **build_info,
             "version": name,
@@ -308,7 +318,7 @@ def _publish_new(
             "patients": len(patients),
             "previous": latest.name if latest is not None else None,
             "changes": _change_counts(change),
-            "tables": table_checksums(tmp),
+            "tables": checksums,
         }
         (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n", "utf-8")
         os.replace(tmp, root / name)
