@@ -37,7 +37,11 @@ ms per zip) beside the decode loop over the same zips, and their ratio (goal: <=
 
 ``--repeat N`` builds each week N times, each on a fresh copy of the first build's output,
 and keeps the least CPU (and that build's peak): on a shared machine one build's CPU time
-varies by 10-20%, as much as the growth goal's margin.
+varies by 10-20%, as much as the growth goal's margin. The weeks are built in rounds, one
+per base in turn (the first builds of every base come first), so that a slow spell of the
+machine slows the bases of a round alike, not one base's builds. With ``--first`` it builds the N
+zips that many times, each into a new output folder and each after a decode loop over the
+same zips, and keeps the least CPU of each.
 
 ``--compile`` runs the builds on hiroml as an installed package is: the bytecode of the
 hiroml they import (``--build-with``'s, or this environment's) is compiled first
@@ -182,38 +186,60 @@ class Row:
     base_decode: float  # CPU seconds of the decode loop over the base's zips
 
 
-def measure(
-    work: Path, base: list[Path], week: Path, n_base: int, n_week: int, repeat: int = 1
-) -> Row:
-    """The first build of the base folders, then the build with ``week`` added: ``repeat``
-    times, each on a fresh copy of the first build's output, keeping the least CPU."""
-    dm = work / f"datamart-{n_base}"
+@dataclass
+class Base:
+    """A base datamart, its first build, and where that build's output lies."""
+
+    n: int
+    folders: list[Path]
+    datamart: Path
+    out: Path
+    first: Build
+    copy: Path | None  # a copy of the first build's output, to build each week on afresh
+
+
+def first_build(work: Path, folders: list[Path], week: Path, n: int, repeat: int) -> Base:
+    """The first build of the base ``folders``; then ``week`` joins the datamart."""
+    dm = work / f"datamart-{n}"
     dm.mkdir()
-    for folder in base:
+    for folder in folders:
         (dm / folder.name).symlink_to(folder.resolve())
-    out = work / f"out-{n_base}"
+    out = work / f"out-{n}"
     first = build(dm, out)
-    print(f"  base {n_base}: {first.wall:.1f} s ({first.seconds:.1f} s CPU), {first.line}")
+    print(f"  base {n}: {first.wall:.1f} s ({first.seconds:.1f} s CPU), {first.line}", flush=True)
     (dm / week.name).symlink_to(week.resolve())
-    first_out = work / f"first-{n_base}"
+    copy = None
     if repeat > 1:
-        shutil.copytree(out, first_out, symlinks=True)
-    weeks = []
+        copy = work / f"first-{n}"
+        shutil.copytree(out, copy, symlinks=True)
+    return Base(n, folders, dm, out, first, copy)
+
+
+def measure(bases: list[Base], week: Path, n_week: int, repeat: int = 1) -> list[Row]:
+    """The build with ``week`` added to each base, ``repeat`` rounds of every base in turn
+    (a slow spell of the machine slows the bases of one round alike), each on a fresh copy
+    of the base's first build output; the least CPU of each base, beside the decode loops."""
+    weeks: dict[int, list[tuple[Build, str]]] = {b.n: [] for b in bases}
     for k in range(repeat):
-        if k:
-            shutil.rmtree(out)
-            shutil.copytree(first_out, out, symlinks=True)
-        weeks.append(build(dm, out))
-        print(f"  + week {n_week}: {weeks[-1].wall:.1f} s ({weeks[-1].seconds:.2f} s CPU)")
-    again = min(weeks, key=lambda b: b.seconds)
-    print(f"  + week {n_week}, the least CPU of {repeat}: {again.seconds:.2f} s, {again.line}")
-    print(f"    its stages (wall s, build.json timings): {_timings(out)}", flush=True)
+        for b in bases:
+            if k and b.copy is not None:
+                shutil.rmtree(b.out)
+                shutil.copytree(b.copy, b.out, symlinks=True)
+            done = build(b.datamart, b.out)
+            weeks[b.n].append((done, _timings(b.out)))
+            print(f"  base {b.n} + week {n_week}: {done.wall:.1f} s ({done.seconds:.2f} s CPU)")
     zips = sorted(week.glob("*.zip"))
     decode_loop(zips[:1])
     decode = decode_cpu(zips)
-    base_decode = decode_cpu(sorted(z for f in base for z in f.glob("*.zip")))
-    print(f"  decode: week {decode:.2f} s, base {base_decode:.1f} s CPU", flush=True)
-    return Row(n_base, first, again, decode, base_decode)
+    rows = []
+    for b in bases:
+        least, stages = min(weeks[b.n], key=lambda w: w[0].seconds)
+        print(f"  base {b.n} + week {n_week}, the least CPU of {repeat}: {least.seconds:.2f} s")
+        print(f"    its stages (wall s, build.json timings): {stages}")
+        base_decode = decode_cpu(sorted(z for f in b.folders for z in f.glob("*.zip")))
+        print(f"  decode: week {decode:.2f} s, base {base_decode:.1f} s CPU", flush=True)
+        rows.append(Row(b.n, b.first, least, decode, base_decode))
+    return rows
 
 
 def _timings(out: Path) -> str:
@@ -260,8 +286,10 @@ def _line(x0: float, x1: float, y0: float, y1: float, x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def first_only(zips: Path, work: Path, n: int) -> None:
-    """The first build of ``n`` zips beside the decode loop over them, and the ratio."""
+def first_only(zips: Path, work: Path, n: int, repeat: int = 1) -> None:
+    """The first build of ``n`` zips beside the decode loop over them, and the ratio:
+    ``repeat`` builds, each into a new output folder, each after a decode loop, keeping the
+    least CPU of each."""
     start = dt.datetime(2020, 1, 4)
     folders = batch_folders(zips / "base", n, start=start, first=100_000, per=PER_BATCH)
     dm = work / f"datamart-{n}"
@@ -270,9 +298,17 @@ def first_only(zips: Path, work: Path, n: int) -> None:
         (dm / folder.name).symlink_to(folder.resolve())
     paths = sorted(z for f in folders for z in f.glob("*.zip"))
     decode_loop(paths[:1])
-    decode = decode_cpu(paths)
-    first = build(dm, work / f"out-{n}")
-    print(f"  {first.line} ({first.wall:.1f} s wall)")
+    builds, decodes = [], []
+    for k in range(repeat):  # interleaved: a slow spell of the machine slows both
+        decodes.append(decode_cpu(paths))
+        out = work / f"out-{n}-{k}"
+        builds.append(build(dm, out))
+        shutil.rmtree(out)
+        print(
+            f"  {builds[-1].line} ({builds[-1].wall:.1f} s wall, {builds[-1].seconds:.2f} s CPU;"
+            f" decode loop {decodes[-1]:.2f} s CPU)"
+        )
+    first, decode = min(builds, key=lambda b: b.seconds), min(decodes)
     print(f"{'zips':>6}{'first ms/zip':>14}{'decode ms/zip':>15}{'first/decode':>14}{'MB':>6}")
     print(
         f"{n:6d}{1000 * first.seconds / n:14.2f}{1000 * decode / n:15.2f}"
@@ -293,7 +329,7 @@ def main() -> None:
         "--compile", action="store_true", help="compile the built hiroml's bytecode first"
     )
     ap.add_argument(
-        "--repeat", type=int, default=1, help="build each week N times (fresh copies): least CPU"
+        "--repeat", type=int, default=1, help="build each week (or --first) N times: least CPU"
     )
     args = ap.parse_args()
     if args.build_with:
@@ -303,7 +339,7 @@ def main() -> None:
     record_self_check()
     if args.first:
         with tempfile.TemporaryDirectory(prefix="hiroml-first-") as tmp:
-            first_only(args.keep or Path(tmp) / "zips", Path(tmp), args.first)
+            first_only(args.keep or Path(tmp) / "zips", Path(tmp), args.first, args.repeat)
         return
     bases = [200, 1200] if args.quick else [1000, 6000] + ([30_000] if args.full else [])
     n_week = 60 if args.quick else 300
@@ -316,12 +352,12 @@ def main() -> None:
         week_day = start + dt.timedelta(weeks=len(folders) + 1)
         (week,) = batch_folders(zips / "week", n_week, start=week_day, first=10_000_000, per=n_week)
         print(f"zips ready under {zips} in {time.perf_counter() - t:.0f} s", flush=True)
-        rows = []
+        firsts = []
         for n in bases:
             work = Path(tmp) / f"work-{n}"
             work.mkdir()
-            rows.append(measure(work, folders[: n // per], week, n, n_week, args.repeat))
-        table(rows, n_week)
+            firsts.append(first_build(work, folders[: n // per], week, n, args.repeat))
+        table(measure(firsts, week, n_week, args.repeat), n_week)
 
 
 if __name__ == "__main__":
