@@ -179,11 +179,8 @@ def _open_manifest(
     if folder is None or not (folder / MANIFEST).is_file():
         return None
     path = folder / MANIFEST
-    if kept is None:
-        return versions_columns.ParquetColumns.open(path)
-    return versions_columns.ParquetColumns.open(
-        path, lambda file: keptcolumns.find(kept, path, file)
-    )
+    found = None if kept is None else (lambda file: keptcolumns.find(kept, path, file))
+    return versions_columns.ParquetColumns.open(path, found)
 
 
 def _audit_of(folder: Path | None) -> pd.DataFrame:

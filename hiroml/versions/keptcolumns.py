@@ -66,14 +66,14 @@ def keep(folder: Path, manifest_sha256: str, table: pa.Table) -> Path | None:
     if not names:
         return None
     path = Path(folder) / f"{manifest_sha256}{_SUFFIX}"
-    batch = table.select(names).combine_chunks().to_batches()
+    # one batch of the columns as they are (a column of one chunk is not copied)
+    batch = pa.record_batch([versions_columns.one_array(table.column(n)) for n in names], names)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def write(tmp: Path) -> None:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch[0].schema) as w:
-                for b in batch:
-                    w.write_batch(b)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+                w.write_batch(batch)
 
         write_atomic(path, write)
         _prune(path.parent)
