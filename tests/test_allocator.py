@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from conftest import MakeCfg
 
 from hiroml.errors import ConfigError
+from hiroml.pipeline import allocator
 
 _CHECK = """
 import ctypes, ctypes.util, sys, time
@@ -86,3 +88,33 @@ def test_release_all_hands_back_the_heap_and_arrows_pool() -> None:
     """:func:`release_all` hands back the heap's free pages and what pyarrow's pool kept."""
     out = subprocess.run([sys.executable, "-c", _ARROW], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
+
+
+_POOL = """
+import sys
+if sys.argv[1] == "loaded":
+    import pyarrow
+from hiroml.pipeline import allocator
+set_ = allocator.keep_freed_buffers()
+import pyarrow as pa
+print(set_, pa.default_memory_pool().backend_name)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.parametrize(
+    ("when", "preset", "want"),
+    [("later", None, "system"), ("loaded", None, "system"), ("later", "mimalloc", "mimalloc")],
+)
+def test_arrow_allocates_from_the_same_heap_unless_the_user_chose_a_pool(
+    when: str, preset: str | None, want: str
+) -> None:
+    """keep_freed_buffers makes pyarrow's system pool (glibc's heap) the default, whether
+    pyarrow is loaded yet or not; a pool named in ARROW_DEFAULT_MEMORY_POOL stays."""
+    env = {k: v for k, v in os.environ.items() if k != allocator.ARROW_POOL_VARIABLE}
+    if preset is not None:
+        env[allocator.ARROW_POOL_VARIABLE] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", _POOL, when], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["True", want], out.stdout + out.stderr
