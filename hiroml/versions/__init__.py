@@ -34,8 +34,10 @@ prunes. (Shards rewritten with other bytes but the same content publish a new ve
 that every version's checksums match its files.)
 
 The modules: listing.py (versions, find, tables_dir), hashing.py (the dataset hash),
-changes.py (diffs, as text and HTML), pins.py, pruning.py and publishing.py; their public
-names are re-exported here (``hiroml.versions.list_versions``).
+changes.py (diffs, as text and HTML), columns.py (the diff's column-wise counts),
+keptcolumns.py (the latest manifests' signatures kept under ``<out>/.hiroml/columns`` for
+the next diff), pins.py, pruning.py and publishing.py; their public names are re-exported
+here (``hiroml.versions.list_versions``).
 """
 
 from __future__ import annotations
