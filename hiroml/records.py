@@ -312,7 +312,7 @@ class SampleRecord:
     seam_slices: tuple[int, ...] = ()  # CT: seam slice indices (z) in the volume
     frame: int | None = None  # radiographs: 0-based frame (0 for single-frame); None for CT
     for_processing: bool = False  # radiographs kept by cxr.keep_for_processing=true
-    decoder: str = ""  # the decoder(s) of its pixels, as in its shard meta ("" in older records)
+    decoder: str = ""  # the decoder(s) of its pixels, as in its shard meta ("" where not recorded)
 
 
 #: ``ManifestRow`` field metadata: the part of the output contract a column belongs to

@@ -98,8 +98,8 @@ def link_by_pixels(
     """Join patient groups whose samples show the same image (:mod:`hiroml.exams.linking`); also
     gives each sample's near-duplicate signature (its 1,024 bytes; empty for CT).
 
-    A radiograph converted by an older hiroml (a reused task record without a signature)
-    gets its signature from its shard here."""
+    A radiograph whose reused task record holds no signature gets its signature from its
+    shard here."""
     from hiroml.exams import linking, neardup, paircache
     from hiroml.store.shards import read_sample
 

@@ -16,11 +16,11 @@ the next stage's peak.
 
 pyarrow's buffers come from the same heap: :func:`keep_freed_buffers` makes its system pool
 the default (``ARROW_DEFAULT_MEMORY_POOL=system``, unless that is set already) in place of
-its own mimalloc pool, which kept freed pages apart from the heap's and handed them back only
-when asked, so that each step's Arrow buffers touched fresh pages again. Measured on the
-bench's zips (``benchmarks/bench_scale.py``), the driver's peak fell from 323 to 279 MB in a
-week on 6,000 zips, from 251 to 223 MB on 1,000, and from 257 to 238 MB in a first build of
-2,000, at the same CPU time.
+its own mimalloc pool, which keeps freed pages apart from the heap's and hands them back only
+when asked, so that each step's Arrow buffers touch fresh pages again. On the bench's zips
+(``benchmarks/bench_scale.py``) the driver peaks at 279 MB in a week on 6,000 zips with the
+system pool against 323 MB with mimalloc, 223 against 251 MB on 1,000, and 238 against 257 MB
+in a first build of 2,000, at the same CPU time.
 
 Only on Linux with glibc; elsewhere, or when ``mallopt`` is missing, nothing changes.
 ``runtime.malloc=default`` (or ``HIROML_MALLOC=default``) makes ``hiroml-build`` leave glibc's
@@ -73,8 +73,8 @@ def release_all() -> bool:
     """:func:`release_freed`, and the memory pyarrow's pool keeps after freeing (when
     pyarrow is loaded and its pool is its own: mimalloc or jemalloc); what
     :func:`release_freed` returns. With mimalloc, after the manifest frame's checks (the flow
-    counts, the leak check's Arrow columns) the driver kept about 25 MB of freed Arrow pages
-    at 6,000 samples, which it carried into the publish step's peak."""
+    counts, the leak check's Arrow columns) the driver keeps about 25 MB of freed Arrow pages
+    at 6,000 samples, which it would carry into the publish step's peak."""
     arrow = sys.modules.get("pyarrow")
     if arrow is not None:
         arrow.default_memory_pool().release_unused()

@@ -11,8 +11,8 @@ payload's length (8 bytes, little endian) and the payload, a
 :class:`hiroml.cxr.convert.Prepared`: the length of a small header (4 bytes, little endian),
 the header (a pickle of plain values: each frame's fields, its array's dtype and shape, and the
 view evidence), then each frame's array as its C-order bytes, so that no array is pickled and
-the conversion reads it back without a copy. Records marked ``HRS1`` (an earlier release's: the
-whole :class:`~hiroml.cxr.convert.Prepared` pickled) are still taken. Each record is flushed
+the conversion reads it back without a copy. Records marked ``HRS1`` (the
+whole :class:`~hiroml.cxr.convert.Prepared` pickled) are taken too. Each record is flushed
 when written, so a pack is readable as soon as its worker has indexed the zip; a record cut
 short (a crash) ends its pack's scan.
 
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 SCRATCH_DIR = "scratch"
 _SUFFIX = ".bin"
 _LIVE, _TAKEN = b"HRS2", b"HRSX"
-_PICKLED = b"HRS1"  # a live record of an earlier release: the Prepared pickled whole
+_PICKLED = b"HRS1"  # a live record holding the Prepared pickled whole
 _HEAD = struct.Struct("<4s16sQ")  # mark, key, payload length
 _HEADER_LEN = struct.Struct("<I")  # of a payload's header, before the arrays
 _FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(CxrImage) if f.name != "array")

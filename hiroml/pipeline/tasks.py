@@ -205,9 +205,9 @@ def _sample_row(s: SampleRecord) -> list[Any]:
 
 
 def _signature(v: Any) -> bytes:
-    """A stored signature as its bytes: hex text, or a list of numbers (records of earlier
-    releases; none in older ones still). A number outside 0..255 raises ValueError (the
-    record is then unreadable and its task redone)."""
+    """A stored signature as its bytes: hex text, a list of numbers, or none (empty). A
+    number outside 0..255 raises ValueError (the record is then unreadable and its task
+    redone)."""
     return bytes.fromhex(v) if isinstance(v, str) else bytes(v or ())
 
 

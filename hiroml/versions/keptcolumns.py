@@ -102,11 +102,11 @@ def find(folder: Path, manifest: Path, file: pq.ParquetFile) -> dict[str, pa.Chu
     except (OSError, pa.ArrowInvalid) as e:
         log.warning("kept columns %s unreadable (%s): the diff decodes the manifest", path, e)
         return {}
+    if kept.num_rows != file.metadata.num_rows:
+        return {}
     schema = file.schema_arrow
     return {
         name: col
         for name, col in zip(kept.column_names, kept.columns, strict=True)
-        if kept.num_rows == file.metadata.num_rows
-        and name in schema.names
-        and col.type == schema.field(name).type
+        if name in schema.names and col.type == schema.field(name).type
     }
