@@ -222,6 +222,32 @@ def test_fine_projection_is_the_exact_one_rounded() -> None:
     assert np.all(np.linalg.norm(c, axis=1) <= 1.0 + 1e-6)
 
 
+def test_look_alike_signatures_take_the_full_product_row_by_row_and_the_exact_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Noisy copies of one image (one phantom, one protocol) pass the coarse filter in bulk,
+    so each block is filtered on the full product of unit vectors, :data:`neardup._ROWS`
+    rows at a time: any number of rows at a time gives the exact rule's pairs, and the same
+    unit vectors bit for bit."""
+    rng = np.random.default_rng(31)
+    base = rng.integers(0, 256, N)
+    sig = np.clip(base + rng.integers(-70, 71, (120, N)), 0, 255).astype(np.uint8)
+    want = exact_pairs(sig, 0.77)
+    assert 100 < len(want) < 120 * 119 // 2 - 100  # pairs on both sides of the threshold
+    computed: list[int] = []
+    units = neardup._Rows.units
+    monkeypatch.setattr(neardup._Rows, "units", lambda rows: computed.append(1) or units(rows))
+    whole = neardup.unit_vectors(sig)
+    for at_a_time in (neardup._ROWS, 7):
+        monkeypatch.setattr(neardup, "_ROWS", at_a_time)
+        assert np.array_equal(neardup.unit_vectors(sig), whole)
+        for block in (120, 50):
+            computed.clear()
+            i, j, _ = neardup.pair_arrays(sig, threshold=0.77, block=block)
+            assert set(zip(i.tolist(), j.tolist(), strict=True)) == want, (at_a_time, block)
+            assert computed  # the blocks took the full product
+
+
 def test_unit_vectors_are_the_exact_ones_rounded() -> None:
     sig = np.random.default_rng(2).integers(0, 256, (20, N)).astype(np.uint8)
     sig[3] = 4

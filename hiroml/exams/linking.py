@@ -214,7 +214,7 @@ def link_groups(
         signed = [s for s in items if len(s.signature) == neardup.SIGNATURE_SIZE]
         if len(signed) > 1:
             grid = b"".join(bytes(s.signature) for s in signed)  # no copy of bytes
-            sigs = np.frombuffer(grid, dtype=np.uint8).reshape(len(signed), -1).copy()
+            sigs = np.frombuffer(grid, dtype=np.uint8).reshape(len(signed), -1)
             pairs = find_pairs(sigs, threshold=near_threshold)
             links += _near_links(signed, pairs, group, uf, near, link_near=link_near)
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -73,9 +73,10 @@ SIGNATURE_SIDE = 32
 SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE
 _WORK_SIDE = 64  # the thumbnail that is high-passed
 _HIGHPASS_SIGMA = 2.0  # cells of the 64 x 64 thumbnail
-#: rows of signatures compared at a time: each step's temporaries take about ``5 * BLOCK**2``
-#: bytes (21 MB); larger blocks take memory as the square and save no CPU time (within 6%
-#: at 4,096 rows, 130 MB, measured at 6,000 and 30,000 signatures)
+#: rows of signatures compared at a time: a step holds a ``BLOCK`` x ``BLOCK`` boolean matrix
+#: (4 MB), a float product of :data:`_ROWS` rows (2 MB) and, where the full product filters,
+#: the two blocks' unit vectors (8 MB each); larger blocks take memory as the square and
+#: save no CPU time (within 6% at 4,096 rows, measured at 6,000 and 30,000 signatures)
 BLOCK = 2048
 _COARSE = 8  # side of the block-mean projection used for candidates
 #: ... when a week's new signatures are searched against all (:func:`pairs_between`): 16 x 16
@@ -84,6 +85,9 @@ _COARSE = 8  # side of the block-mean projection used for candidates
 #: then runs on every block); 4 times the coarse product's cost, a quarter of the full product's
 _FINE = 16
 _DENSE = 64  # more than 1 candidate in this many pairs of a block: filter on the full product
+#: rows computed at a time within a block (unit vectors, filter products): each step's float
+#: temporary stays at ``_ROWS * BLOCK * 4`` bytes (2 MB) instead of the whole block's 16 MB
+_ROWS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +264,11 @@ def unit_vectors(signatures: np.ndarray) -> np.ndarray:
     within 2.4e-7 (relative) of the exact unit vector's."""
     x = as_signatures(signatures)
     s, v = _moments(x)
-    u = _centred(x, s) / _norms(v)[:, None]
+    norms = _norms(v)
+    u = np.empty(x.shape, dtype=np.float32)
+    for r in range(0, len(x), _ROWS):  # the int32 and float32 temporaries of _ROWS rows
+        rows = slice(r, r + _ROWS)
+        np.divide(_centred(x[rows], s[rows]), norms[rows, None], out=u[rows])
     u[v == 0] = 0.0
     return u
 
@@ -335,7 +343,8 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = BLOCK) 
     """Every pair ``i < j`` whose :func:`similarity` is >= ``threshold`` (exact search).
 
     ``signatures``: (n, 1024) uint8, one row per image. ``block`` bounds the memory:
-    about ``block * block * 4`` bytes per step. Pairs come sorted by (i, j)."""
+    a step holds about ``block * block`` bytes and
+    4 KB per row of its two blocks. Pairs come sorted by (i, j)."""
     i, j, sim = pair_arrays(signatures, threshold=threshold, block=block)
     return [NearPair(*p) for p in zip(i.tolist(), j.tolist(), sim.tolist(), strict=True)]
 
@@ -364,6 +373,7 @@ class _Rows:
     v: np.ndarray
     left: np.ndarray
     right: np.ndarray
+    cache: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, x: np.ndarray, block: int, side: int = _COARSE) -> _Rows:
@@ -381,6 +391,25 @@ class _Rows:
     def __getitem__(self, rows: slice) -> _Rows:
         return _Rows(self.x[rows], self.s[rows], self.v[rows], self.left[rows], self.right[rows])
 
+    def units(self) -> np.ndarray:
+        """:func:`unit_vectors` of the rows, computed once for this object."""
+        if "units" not in self.cache:
+            self.cache["units"] = unit_vectors(self.x)
+        return self.cache["units"]
+
+
+def _within(
+    left: np.ndarray, right: np.ndarray, bound: float, *, at_least: bool, out: np.ndarray
+) -> np.ndarray:
+    """``left @ right.T >= bound`` (``at_least``) or ``<= bound``, into ``out`` (bool):
+    :data:`_ROWS` rows of ``left`` at a time, so the float product of the whole block is
+    never held. Each row's products are those of the whole product, up to the order of
+    summation, which the filters' slack covers (:data:`_SLACK`)."""
+    compare = np.greater_equal if at_least else np.less_equal
+    for r in range(0, len(left), _ROWS):
+        compare(left[r : r + _ROWS] @ right.T, bound, out=out[r : r + _ROWS])
+    return out
+
 
 def _block_pairs(
     a: _Rows, b: _Rows, *, threshold: float, t_exact: Fraction, upper: bool
@@ -388,16 +417,16 @@ def _block_pairs(
     """The pairs (row of ``a``, row of ``b``) with correlation >= ``threshold``, decided
     exactly; ``upper``: ``a`` and ``b`` are the same rows, only pairs ``i < j`` are kept."""
     # a true pair has |ui - uj|^2 = 2 - 2 r <= 2 - 2 t, and the projection is no longer
-    close = (a.left @ b.right.T) <= 2.0 - 2.0 * threshold + _SLACK
+    close = np.empty((len(a.x), len(b.x)), dtype=bool)
+    _within(a.left, b.right, 2.0 - 2.0 * threshold + _SLACK, at_least=False, out=close)
     n_close = np.count_nonzero(close)
     if not n_close:
         return []
     if n_close > close.size // _DENSE:
         # look-alike images (one phantom, one protocol) pass the coarse bound in bulk:
         # one full matrix product is then cheaper than listing the candidates
-        ua = unit_vectors(a.x)
-        ub = ua if upper else unit_vectors(b.x)
-        close = (ua @ ub.T) >= threshold - _SLACK
+        ub = a.units() if upper else b.units()
+        _within(a.units(), ub, threshold - _SLACK, at_least=True, out=close)
     ii, jj = np.nonzero(close)
     keep = (a.v[ii] > 0) & (b.v[jj] > 0)
     if upper:
@@ -446,10 +475,11 @@ def pair_arrays(signatures: np.ndarray, *, threshold: float, block: int = BLOCK)
     rows = _Rows.of(as_signatures(sig), block)
     found: list[PairArrays] = []
     for s in range(0, n, block):
+        ra = rows[s : s + block]  # its unit vectors, where a block needs them, computed once
         for t in range(s, n, block):
             for i, j, sim in _block_pairs(
-                rows[s : s + block],
-                rows[t : t + block],
+                ra,
+                ra if t == s else rows[t : t + block],
                 threshold=threshold,
                 t_exact=t_exact,
                 upper=t == s,
