@@ -343,8 +343,8 @@ def find_pairs(signatures: np.ndarray, *, threshold: float, block: int = BLOCK) 
     """Every pair ``i < j`` whose :func:`similarity` is >= ``threshold`` (exact search).
 
     ``signatures``: (n, 1024) uint8, one row per image. ``block`` bounds the memory:
-    a step holds about ``block * block`` bytes and
-    4 KB per row of its two blocks. Pairs come sorted by (i, j)."""
+    a step holds about ``block * block`` bytes and 4 KB per row of its two blocks. Pairs
+    come sorted by (i, j)."""
     i, j, sim = pair_arrays(signatures, threshold=threshold, block=block)
     return [NearPair(*p) for p in zip(i.tolist(), j.tolist(), sim.tolist(), strict=True)]
 
