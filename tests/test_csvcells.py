@@ -66,23 +66,3 @@ def test_a_member_named_like_a_formula_is_escaped_in_audit_csv_and_read_back(
     assert audit.loc[audit["zip"] == bad, "member"].tolist() == [FORMULA]
     assert FORMULA + ".zip" in audit["zip"].tolist()
     assert not any(str(v).startswith("'") for v in audit.to_numpy().ravel())
-
-
-def test_an_audit_longer_than_one_part_is_read_whole_as_text(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """audit.csv is parsed a few rows at a time: every row comes back, in order, every
-    cell text (an empty field ``""``, a number as written), escaped cells as they were."""
-    from hiroml.store import reader
-
-    monkeypatch.setattr(reader, "_AUDIT_ROWS", 4)
-    rows = [
-        (f"{k:03d}.zip", "" if k % 3 else "007", FORMULA if k % 5 == 0 else "") for k in range(11)
-    ]
-    lines = ["zip,batch,detail"] + [",".join((z, b, escape_cell(d))) for z, b, d in rows]
-    (tmp_path / "audit.csv").write_text("\n".join(lines) + "\n")
-    audit = read_audit(tmp_path)
-    assert list(audit.index) == list(range(11))
-    assert [tuple(r) for r in audit.itertuples(index=False)] == rows
-    (tmp_path / "audit.csv").write_text("zip,batch,detail\n")  # no row: the columns alone
-    assert read_audit(tmp_path).shape == (0, 3)

@@ -111,17 +111,10 @@ def read_patients(folder: Path | str) -> pd.DataFrame:
     return pd.read_parquet(Path(folder) / PATIENTS)
 
 
-#: rows of audit.csv parsed at a time: the parser's buffers for a whole file take about ten
-#: times its size (7.8 MB for 6,300 rows), held at a build's peak, in its diff
-_AUDIT_ROWS = 1024
-
-
 def read_audit(folder: Path | str) -> pd.DataFrame:
     """``audit.csv`` of a version folder (or an output folder without versions): every
     column text, an empty field ``""``."""
-    path = Path(folder) / AUDIT
-    with pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=_AUDIT_ROWS) as parts:
-        audit = pd.concat(list(parts), ignore_index=True)  # a header alone: one empty part
+    audit = pd.read_csv(Path(folder) / AUDIT, dtype=str, keep_default_na=False)
     return unescape_frame(audit)  # the texts as they were before escaping for spreadsheets
 
 
