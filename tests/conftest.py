@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,26 @@ absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 # builds it starts as processes, not to the user's ~/.cache: the suite leaves nothing there and
 # no record of an earlier run spares a check.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="hiroml-tests-cache-")
+
+
+@pytest.fixture(autouse=True)
+def _command_logging_undone() -> Iterator[None]:
+    """A command's ``main`` run in-process configures logging for its process: Hydra's
+    commands put their console and run-log handlers on the root logger, ``hiroml-export``
+    calls ``basicConfig``. Their streams are this test's capture, closed when it ends: a later
+    test's records would hit a closed file ("--- Logging error ---" on its stderr). The
+    handlers a test adds to the root logger (pytest's own aside) go when it ends, with the
+    root's level as it was."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        pytests = type(handler).__module__.startswith("_pytest")
+        if handler not in before and not pytests and isinstance(handler, logging.StreamHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
 
 #: make_cfg(datamart, out, *overrides) -> the typed config composed by Hydra.
 MakeCfg = Callable[..., BuildConfig]
