@@ -86,7 +86,7 @@ _COARSE = 8  # side of the block-mean projection used for candidates
 _FINE = 16
 _DENSE = 64  # more than 1 candidate in this many pairs of a block: filter on the full product
 #: rows computed at a time within a block (unit vectors, filter products): each step's float
-#: temporary stays at ``_ROWS * BLOCK * 4`` bytes (2 MB) instead of the whole block's 16 MB
+#: temporary takes ``_ROWS * BLOCK * 4`` bytes (2 MB), where a whole block's would take 16 MB
 _ROWS = 256
 
 
@@ -400,15 +400,14 @@ class _Rows:
 
 def _within(
     left: np.ndarray, right: np.ndarray, bound: float, *, at_least: bool, out: np.ndarray
-) -> np.ndarray:
-    """``left @ right.T >= bound`` (``at_least``) or ``<= bound``, into ``out`` (bool):
+) -> None:
+    """``left @ right.T >= bound`` (``at_least``) or ``<= bound``, written into ``out`` (bool):
     :data:`_ROWS` rows of ``left`` at a time, so the float product of the whole block is
     never held. Each row's products are those of the whole product, up to the order of
     summation, which the filters' slack covers (:data:`_SLACK`)."""
     compare = np.greater_equal if at_least else np.less_equal
     for r in range(0, len(left), _ROWS):
         compare(left[r : r + _ROWS] @ right.T, bound, out=out[r : r + _ROWS])
-    return out
 
 
 def _block_pairs(

@@ -189,10 +189,8 @@ def _gone_rows(previous: pa.Table, new_keys: pd.Series) -> pd.DataFrame:
     rows (every row where it has no key: nothing of it is known to be kept)."""
     if "sample_key" not in previous.column_names:
         return previous.to_pandas()
-    if isinstance(new_keys.dtype, pd.StringDtype):
-        keys = _arrow(new_keys)
-    else:
-        keys = pa.array(new_keys.astype("string").array)
+    texts = new_keys if isinstance(new_keys.dtype, pd.StringDtype) else new_keys.astype("string")
+    keys = _arrow(texts)
     kept = pc.is_in(previous.column("sample_key").cast(pa.string()), value_set=keys)
     return previous.filter(pc.invert(pc.fill_null(kept, False))).to_pandas()
 
