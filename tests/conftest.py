@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,8 +24,9 @@ absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 # The self-check's records (doctor.cache) go to a folder of this test session, inherited by the
 # builds it starts as processes, not to the user's ~/.cache: the suite leaves nothing there and
-# no record of an earlier run spares a check.
+# no record of an earlier run spares a check. The folder goes when the session ends.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="hiroml-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
