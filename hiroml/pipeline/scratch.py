@@ -11,15 +11,15 @@ payload's length (8 bytes, little endian) and the payload, a
 :class:`hiroml.cxr.convert.Prepared`: the length of a small header (4 bytes, little endian),
 the header (a pickle of plain values: each frame's fields, its array's dtype and shape, and the
 view evidence), then each frame's array as its C-order bytes, so that no array is pickled and
-the conversion reads it back without a copy. Records marked ``HRS1`` (the
-whole :class:`~hiroml.cxr.convert.Prepared` pickled) are taken too. Each record is flushed
-when written, so a pack is readable as soon as its worker has indexed the zip; a record cut
+the conversion reads it back without a copy. Records marked ``HRS1`` (the whole
+:class:`~hiroml.cxr.convert.Prepared` pickled) are taken too. Each record is flushed when
+written, so a pack is readable as soon as its worker has indexed the zip; a record cut
 short (a crash) ends its pack's scan.
 
 The key hashes the zip's path, size and modification time, the member, the ``cxr``
 configuration and the hiroml version: an entry is only ever taken for the very bytes and
 settings it was made from. Taking an entry marks it taken (a 4-byte write in place) and
-frees its payload's pages and blocks (a hole punched in the pack, as deleting a file did);
+frees its payload's pages and blocks (a hole punched in the pack, as deleting a file would);
 what no conversion took (duplicate copies, exams dropped later, tasks reused from an earlier
 build) is counted and the packs deleted when the conversion stage ends (:func:`sweep`). A
 build that crashed in between leaves live entries that the next build takes when they still
@@ -314,8 +314,8 @@ _fallocate: Any = None
 
 
 def _release(fd: int, start: int, length: int) -> bool:
-    """Free a taken payload's pages and blocks (Linux ``fallocate`` punching a hole), as the
-    deletion of a file per member did: the memory goes back to the build at once. Where the
+    """Free a taken payload's pages and blocks (Linux ``fallocate`` punching a hole), as
+    deleting a file per member would: the memory goes back to the build at once. Where the
     call or the file system lacks it, the payload stays until :func:`sweep`. Whether it did."""
     global _fallocate
     if _fallocate is None:
