@@ -80,6 +80,57 @@ def test_index_cache_reads_back_instances(tmp_path: Path) -> None:
     assert type(back.instances[1].orientation) is tuple
 
 
+def test_index_cache_reads_shared_texts_back_as_one_object(tmp_path: Path) -> None:
+    """The texts instances share (a batch, a study, a series, the image type) are one object
+    across the zips read back, not one per instance; each instance's own UID stays its own.
+    The values are those stored."""
+    batch = Batch(INSTANCE.batch, Modality.CXR, dt.date(2020, 1, 4), BatchStatus.COMPLETE)
+    cache = IndexCache(tmp_path / "index.sqlite", root=str(tmp_path))
+    stored = []
+    for k in range(3):
+        name = ZipName(str(k), dt.datetime(2020, 1, 1), f"A{k}", "X", False)
+        ezip = ExamZip(batch, f"{k}_20200101-000000_A{k}_X.zip", name, 10, 20)
+        slices = tuple(
+            dataclasses.replace(
+                INSTANCE, zip=ezip.file_name, member=f"{k}/{m}.dcm", sop_uid=f"1.{k}.{m}"
+            )
+            for m in range(2)
+        )
+        cache.store(ezip, ZipIndex(ezip.rel_path, slices, ()))
+        stored.append((ezip.rel_path, slices))
+    cache.commit()
+    back = list(cache.load([rel for rel, _ in stored]))
+    cache.close()
+    assert [(z.rel_path, z.instances) for z in back] == stored
+    got = [i for z in back for i in z.instances]
+    for name in ("batch", "study_uid", "series_uid", "modality", "patient_age", "image_type"):
+        assert len({id(getattr(i, name)) for i in got}) == 1, name
+    assert len({id(i.zip) for i in got}) == 3  # one per zip, shared by its two instances
+    assert len({id(i.sop_uid) for i in got}) == len({i.sop_uid for i in got}) == 6
+
+
+def test_task_record_reads_a_tasks_shard_back_as_one_object(tmp_path: Path) -> None:
+    """The samples of a task record share one object for its shard, the shard's checksum,
+    the modality, view and decoder; each sample's own values stay its own."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "t-0.h5").write_bytes(b"")
+    samples = tuple(
+        dataclasses.replace(SAMPLE, sample_key=f"e1:1.2.{k}:0", sop_uid=f"1.2.{k}")
+        for k in range(3)
+    )
+    save_task_record(str(tmp_path), TaskResult("t", samples, (), ("shards/t-0.h5",), 1.0, 2))
+
+    class Spec:  # what load_task_record reads of a TaskSpec
+        out_dir = str(tmp_path)
+        task_id = "t"
+
+    again = load_task_record(Spec)  # type: ignore[arg-type]
+    assert again is not None and again.samples == samples
+    for name in ("shard", "shard_sha256", "modality", "view", "decoder"):
+        assert len({id(getattr(s, name)) for s in again.samples}) == 1, name
+    assert len({id(s.sample_key) for s in again.samples}) == 3
+
+
 def test_task_record_of_fewer_or_unknown_fields(tmp_path: Path) -> None:
     """A record of an earlier release without a later field loads with its default; one
     with a field no SampleRecord has is unreadable (its task is redone)."""

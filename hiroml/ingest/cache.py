@@ -37,16 +37,31 @@ _TUPLE_AT = tuple(k for k, name in enumerate(_INSTANCE_FIELDS) if name in _TUPLE
 #: ``Instance(*row)`` without the frozen ``__init__`` (a sixth of the time: every build
 #: makes one per cached zip's instance)
 _make_instance = maker(Instance)
+#: the text fields instances share (a batch, a study, a series, the modality, the
+#: transfer syntax...): read back as one object per distinct value (:func:`_instance_from_row`'s
+#: ``shared``), not one per instance; the SOP instance UID and the pixel hash are each
+#: instance's own
+_SHARED_AT = tuple(
+    k
+    for k, f in enumerate(fields(Instance))
+    if f.type in ("str", "str | None", "tuple[str, ...]")
+    and f.name not in ("sop_uid", "pixel_hash")
+)
 _make_zip_index = maker(ZipIndex)
 
 
-def _instance_from_row(row: list[Any]) -> Instance:
-    """An Instance from its stored row: its fields in order (the schema fixes their number)."""
+def _instance_from_row(row: list[Any], shared: dict[Any, Any]) -> Instance:
+    """An Instance from its stored row: its fields in order (the schema fixes their number).
+    ``shared`` maps each text of the :data:`_SHARED_AT` fields read so far to itself: a
+    value seen before is taken from it (a zip's 300 CT slices hold one study UID)."""
     if len(row) != len(_INSTANCE_FIELDS):
         raise ValueError(f"an index row of {len(row)} fields, not {len(_INSTANCE_FIELDS)}")
     for k in _TUPLE_AT:
         if row[k] is not None:
             row[k] = tuple(row[k])
+    for k in _SHARED_AT:
+        if row[k] is not None:
+            row[k] = shared.setdefault(row[k], row[k])
     return _make_instance(*row)
 
 
@@ -92,13 +107,14 @@ class IndexCache:
 
     def load(self, rel_paths: Iterable[str]) -> Iterator[ZipIndex]:
         wanted = set(rel_paths)
+        shared: dict[Any, Any] = {}  # the texts instances share, one object each
         for rel, inst_json, prob_json in self.db.execute(
             "SELECT rel_path, instances, problems FROM zips ORDER BY rel_path"
         ):
             if rel in wanted:
                 yield _make_zip_index(
                     rel,
-                    tuple(map(_instance_from_row, json.loads(inst_json))),
+                    tuple(_instance_from_row(row, shared) for row in json.loads(inst_json)),
                     ()
                     if prob_json == "[]"
                     else tuple(map(_problem_from_row, json.loads(prob_json))),

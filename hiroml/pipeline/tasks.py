@@ -177,6 +177,11 @@ _GEOMETRY = ("size_xyz", "spacing_xyz", "origin_xyz", "direction")
 _TUPLES_AT = tuple(_SAMPLE_FIELDS.index(n) for n in (*_TUPLES, *_STITCH_TUPLES))
 _TUPLES_OR_NONE_AT = tuple(_SAMPLE_FIELDS.index(n) for n in _GEOMETRY)
 _SIGNATURE_AT = _SAMPLE_FIELDS.index("signature")
+#: the texts the samples of a task share (their shard and its checksum, the modality, view
+#: and decoder): read back as one object per distinct value, not one per sample
+_SHARED_AT = tuple(
+    _SAMPLE_FIELDS.index(n) for n in ("modality", "shard", "shard_sha256", "view", "decoder")
+)
 
 
 def _flat(record: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -236,14 +241,18 @@ def _sample_from_json(s: dict[str, Any]) -> SampleRecord:
     return SampleRecord(**s)  # a field missing (then its default) or unknown
 
 
-def _sample_from_row(row: list[Any]) -> SampleRecord:
+def _sample_from_row(row: list[Any], shared: dict[str, str]) -> SampleRecord:
     """A sample from a row of ``sample_fields`` in this release's order: its lists as
-    tuples, its signature's hex as bytes."""
+    tuples, its signature's hex as bytes, the texts of :data:`_SHARED_AT` taken from
+    ``shared`` where an earlier sample had them (``shared`` maps each to itself)."""
     for k in _TUPLES_AT:
         row[k] = tuple(row[k])
     for k in _TUPLES_OR_NONE_AT:
         row[k] = _tuple_or_none(row[k])
     row[_SIGNATURE_AT] = _signature(row[_SIGNATURE_AT])
+    for k in _SHARED_AT:
+        if type(row[k]) is str:
+            row[k] = shared.setdefault(row[k], row[k])
     return _make_sample(*row)
 
 
@@ -254,7 +263,8 @@ def _samples_from_json(d: dict[str, Any]) -> list[SampleRecord]:
         return [_sample_from_json(s) for s in d["samples"]]
     fields = d["sample_fields"]
     if fields == list(_SAMPLE_FIELDS):
-        return [_sample_from_row(row) for row in d["sample_rows"]]
+        shared: dict[str, str] = {}
+        return [_sample_from_row(row, shared) for row in d["sample_rows"]]
     return [_sample_from_json(dict(zip(fields, row, strict=True))) for row in d["sample_rows"]]
 
 
