@@ -45,6 +45,13 @@ def _sample(key: str, exam: str, modality: str, **kw: object) -> SampleRecord:
     return SampleRecord(**fields)  # type: ignore[arg-type]
 
 
+#: the manifest columns that hold a sample record's tuple
+SAMPLE_TUPLES = (
+    "shape", "sop_uids", "pixel_hashes", "ct_decisions", "stitched_series", "seams_mm",
+    "seam_slices",
+)  # fmt: skip
+
+
 def _reference(results, exams, group_of, split_of, days, orphans, labels) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     """One ManifestRow per sample, as the manifest was first assembled."""
     rows = []
@@ -127,9 +134,18 @@ def test_manifest_columns_are_those_of_one_row_per_sample() -> None:
     labels = pd.DataFrame({"icu": [1.0, 0.0], "sex": ["F", "M"]}, index=["P1", "P2"])
     got = manifest_frame(*args, labels)
     want = _reference(*args, labels)
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
-    for col in want.columns:  # list cells stay lists (not tuples), nulls stay None
-        assert [type(v) for v in got[col]] == [type(v) for v in want[col]], col
+    # a sample's list cells are its record's own tuples (no list object per cell); the
+    # exams' list cells are lists, each row its own; nulls stay None
+    by_key = {s.sample_key: s for r in results for s in r.samples}
+    for col in SAMPLE_TUPLES:
+        for key, cell in zip(got["sample_key"], got[col], strict=True):
+            assert cell is getattr(by_key[key], col), col
+    as_lists = got.assign(**{c: [list(v) for v in got[c]] for c in SAMPLE_TUPLES})
+    pd.testing.assert_frame_equal(as_lists, want, check_exact=True)
+    for col in want.columns:
+        assert [type(v) for v in as_lists[col]] == [type(v) for v in want[col]], col
+    # the table written and hashed is the same as of list cells
+    assert manifest_table(got).equals(manifest_table(want))
     assert got["sample_key"].tolist() == ["e1:1", "e1:2", "e2:1"]
     assert got["patient_group"].tolist() == ["P1", "P1", "P1"]
     cells = got["source_zips"].tolist()

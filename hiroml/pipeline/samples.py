@@ -29,7 +29,8 @@ _SAMPLE_VALUES = (
     "sample_key", "shard", "modality", "series_uid", "sop_uid", "view", "shard_sha256",
     "data_hash", "scale", "frame", "for_processing",
 )  # fmt: skip
-#: ... as a list (every row has one)
+#: ... as a list (every row has one): the record's own tuple, which the table writer stores
+#: as the same list (no list object per cell: a sample's tuples are never changed)
 _SAMPLE_LISTS = (
     "shape", "sop_uids", "pixel_hashes", "ct_decisions", "stitched_series", "seams_mm",
     "seam_slices",
@@ -63,7 +64,7 @@ def manifest_frame(
     for name in _SAMPLE_VALUES:
         columns[name] = [getattr(s, name) for s in samples]
     for name in _SAMPLE_LISTS:
-        columns[name] = [list(getattr(s, name)) for s in samples]
+        columns[name] = [getattr(s, name) for s in samples]
     for name in _SAMPLE_GEOMETRY:
         columns[name] = [list(v) if (v := getattr(s, name)) else None for s in samples]
     per_exam = _exam_values(exams, {s.exam_key for s in samples}, group_of, split_of, days, orphans)
