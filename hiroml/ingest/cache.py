@@ -60,8 +60,9 @@ def _instance_from_row(row: list[Any], shared: dict[Any, Any]) -> Instance:
         if row[k] is not None:
             row[k] = tuple(row[k])
     for k in _SHARED_AT:
-        if row[k] is not None:
-            row[k] = shared.setdefault(row[k], row[k])
+        v = row[k]
+        if type(v) is str or (type(v) is tuple and all(type(x) is str for x in v)):
+            row[k] = shared.setdefault(v, v)
     return _make_instance(*row)
 
 
