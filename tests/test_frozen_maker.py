@@ -109,6 +109,29 @@ def test_index_cache_reads_shared_texts_back_as_one_object(tmp_path: Path) -> No
     assert len({id(i.sop_uid) for i in got}) == len({i.sop_uid for i in got}) == 6
 
 
+def test_index_cache_reads_a_damaged_rows_other_values_as_they_are(tmp_path: Path) -> None:
+    """A text field that holds a list, or an image type of numbers (a row the cache did not
+    write), is read back as it is: only texts are shared, nothing else is hashed."""
+    batch = Batch(INSTANCE.batch, Modality.CXR, dt.date(2020, 1, 4), BatchStatus.COMPLETE)
+    name = ZipName("1", dt.datetime(2020, 1, 1), "A1", "X", False)
+    ezip = ExamZip(batch, INSTANCE.zip, name, 10, 20)
+    cache = IndexCache(tmp_path / "index.sqlite", root=str(tmp_path))
+    cache.store(ezip, ZipIndex(ezip.rel_path, (INSTANCE,), ()))
+    cache.commit()
+    (text,) = cache.db.execute("SELECT instances FROM zips").fetchone()
+    (row,) = json.loads(text)
+    names = [f.name for f in dataclasses.fields(Instance)]
+    row[names.index("modality")] = ["CR", "DX"]
+    row[names.index("image_type")] = [1, [2]]
+    cache.db.execute("UPDATE zips SET instances = ?", (json.dumps([row]),))
+    cache.commit()
+    (back,) = cache.load([ezip.rel_path])
+    cache.close()
+    (got,) = back.instances
+    assert got.modality == ["CR", "DX"] and got.image_type == (1, [2])
+    assert got.study_uid == INSTANCE.study_uid
+
+
 def test_task_record_reads_a_tasks_shard_back_as_one_object(tmp_path: Path) -> None:
     """The samples of a task record share one object for its shard, the shard's checksum,
     the modality, view and decoder; each sample's own values stay its own."""
