@@ -10,12 +10,15 @@ the same slots, filled by ordinary attribute stores, whose class is then set to 
 class (CPython allows it between classes of the same slots and layout; the check is made
 once, when the maker is made). The object is the record, equal to ``cls(*values)`` field by
 field: no ``__post_init__`` runs, so a class with one is refused.
+
+:func:`share_texts` makes the texts many records hold (a batch, a series, a task's shard)
+one object each, before the records are made from their rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -49,3 +52,14 @@ def maker(cls: type[T]) -> Callable[..., T]:
     if type(probe) is not cls or [getattr(probe, n) for n in names] != list(range(len(names))):
         raise TypeError(f"{cls.__name__}: its slots are not filled in field order")
     return make
+
+
+def share_texts(row: list[Any], at: Sequence[int], shared: dict[Any, Any]) -> None:
+    """Replace each text of ``row`` at the positions ``at`` with the equal text ``shared``
+    holds, or add it there (``shared`` maps each text to itself): rows read back with one
+    ``shared`` hold one object per distinct text. Values other than texts stay as they are."""
+    share = shared.setdefault
+    for k in at:
+        v = row[k]
+        if v.__class__ is str:
+            row[k] = share(v, v)

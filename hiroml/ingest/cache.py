@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from hiroml.frozen import maker
+from hiroml.frozen import maker, share_texts
 from hiroml.records import ExamZip, Instance, Problem, ZipIndex
 from hiroml.vocab import Action
 
@@ -46,9 +46,7 @@ _SHARED_TEXT_AT = tuple(
     for k, f in enumerate(fields(Instance))
     if f.type in ("str", "str | None") and f.name not in ("sop_uid", "pixel_hash")
 )
-_SHARED_TUPLE_AT = tuple(
-    k for k, f in enumerate(fields(Instance)) if f.type == "tuple[str, ...]" and k in _TUPLE_AT
-)
+_SHARED_TUPLE_AT = tuple(k for k, f in enumerate(fields(Instance)) if f.type == "tuple[str, ...]")
 _make_zip_index = maker(ZipIndex)
 
 
@@ -63,15 +61,11 @@ def _instance_from_row(row: list[Any], shared: dict[Any, Any]) -> Instance:
     for k in _TUPLE_AT:
         if row[k] is not None:
             row[k] = tuple(row[k])
-    share = shared.setdefault
-    for k in _SHARED_TEXT_AT:
-        v = row[k]
-        if v.__class__ is str:
-            row[k] = share(v, v)
+    share_texts(row, _SHARED_TEXT_AT, shared)
     for k in _SHARED_TUPLE_AT:
         v = row[k]
         if v.__class__ is tuple and all(x.__class__ is str for x in v):
-            row[k] = share(v, v)
+            row[k] = shared.setdefault(v, v)
     return _make_instance(*row)
 
 

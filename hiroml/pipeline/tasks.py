@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hiroml.config import BuildConfig, CtConfig, CxrConfig, IndexConfig, ShardsConfig
-from hiroml.frozen import maker
+from hiroml.frozen import maker, share_texts
 from hiroml.records import Exam, Problem, SampleRecord
 from hiroml.store.atomic import write_text_atomic
 from hiroml.vocab import HELD_SHARDS_DIR, SHARDS_DIR, STATE_DIR, Action, Modality
@@ -250,9 +250,7 @@ def _sample_from_row(row: list[Any], shared: dict[str, str]) -> SampleRecord:
     for k in _TUPLES_OR_NONE_AT:
         row[k] = _tuple_or_none(row[k])
     row[_SIGNATURE_AT] = _signature(row[_SIGNATURE_AT])
-    for k in _SHARED_AT:
-        if type(row[k]) is str:
-            row[k] = shared.setdefault(row[k], row[k])
+    share_texts(row, _SHARED_AT, shared)
     return _make_sample(*row)
 
 
