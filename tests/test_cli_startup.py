@@ -91,3 +91,40 @@ def test_the_c_library_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> Non
     assert allocator.release_freed() == first
     assert found == (["c"] if sys.platform.startswith("linux") else [])
     allocator._libc.cache_clear()
+
+
+def _threads_after_loading(env: dict[str, str], entry: str) -> tuple[str, int]:
+    """``OPENBLAS_NUM_THREADS`` (``-`` when unset) and the number of threads
+    (``/proc/self/task``) of a fresh process that runs ``entry`` and then loads numpy and
+    OpenCV, with ``env``."""
+    import subprocess
+
+    code = (
+        f"{entry}\nimport os, numpy, cv2\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS', '-'), len(os.listdir('/proc/self/task')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    value, threads = done.stdout.split()
+    return value, int(threads)
+
+
+def test_a_command_does_its_products_on_one_blas_thread() -> None:
+    """A command's process loads numpy's and OpenCV's OpenBLAS with one thread: no helper
+    thread spins on another core. The user's own setting is kept; the library leaves the
+    environment as it is."""
+    import os
+
+    from hiroml.cli import BLAS_THREADS_VARIABLE
+
+    env = {k: v for k, v in os.environ.items() if k != BLAS_THREADS_VARIABLE}
+    assert _threads_after_loading(env, "import hiroml.cli") == ("1", 1)
+    # hiroml-build's entry point, which python -m hiroml imports too
+    assert _threads_after_loading(env, "from hiroml.cli.build import main")[1] == 1
+    value, threads = _threads_after_loading(env, "import hiroml")
+    assert value == "-"  # the library: no variable set
+    if (os.cpu_count() or 1) > 1:  # OpenBLAS starts a helper thread per extra core
+        assert threads > 1
+    mine = {**env, BLAS_THREADS_VARIABLE: "2"}
+    assert _threads_after_loading(mine, "import hiroml.cli")[0] == "2"

@@ -1,1 +1,20 @@
-"""The command-line entry points, one module per command."""
+"""The command-line entry points, one module per command.
+
+A command's process does its matrix products with one BLAS thread. numpy's and OpenCV's
+OpenBLAS each start a helper thread per extra core as they load, and a helper spins on its
+core for a while after loading and after every product. A build's products are small and
+few (the near-duplicate filters), so the helpers burned 0.3-0.4 s of CPU per build for
+nothing (per-thread CPU from ``/proc/<pid>/task``), and 2.2 s of 7.8 in a search over 30,000
+signatures that took the same 1.3 s on one thread; and they held a core that the conversion
+workers or a training job could use. Importing this package, before numpy or OpenCV is
+loaded, sets ``OPENBLAS_NUM_THREADS=1`` for the process and the workers it starts, unless the
+environment names a number already (the user's choice is kept). The library (``import
+hiroml``, the PyTorch dataset) leaves the environment as it is.
+"""
+
+import os
+
+#: the variable OpenBLAS reads as it loads (numpy's and OpenCV's copies alike)
+BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
+
+os.environ.setdefault(BLAS_THREADS_VARIABLE, "1")
