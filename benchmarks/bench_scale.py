@@ -28,6 +28,7 @@ peak of the first build on 6,000 <= 1.25x that on 1,000, under 2 GB projected at
     python benchmarks/bench_scale.py --quick    # bases 200 and 1,200, a week of 60 (smoke run)
     python benchmarks/bench_scale.py --full     # also a base of 30,000
     python benchmarks/bench_scale.py --first 2000  # only the first build of 2,000 zips
+    python benchmarks/bench_scale.py --repeat 3 --instructions  # and instructions counted
 
 ``--first N`` prints the first build's fixed cost per zip alone: one build of N zips (CPU
 ms per zip) beside the decode loop over the same zips, and their ratio (goal: <= 2x).
@@ -42,6 +43,12 @@ per base in turn (the first builds of every base come first), so that a slow spe
 machine slows the bases of a round alike, not one base's builds. With ``--first`` it builds the N
 zips that many times, each into a new output folder and each after a decode loop over the
 same zips, and keeps the least CPU of each.
+
+``--instructions`` then builds each week once more under valgrind's callgrind and prints
+the instructions each executes, and their growth: a count that no other load on the machine
+moves (the CPU seconds of the same code spread 1.18-1.36x between runs here), for a
+before/after of a change smaller than that spread. It needs ``valgrind`` (Debian: ``apt-get
+install valgrind``) and takes about 50 times a build's CPU (4-5 minutes a week here).
 
 ``--compile`` runs the builds on hiroml as an installed package is: the bytecode of the
 hiroml they import (``--build-with``'s, or this environment's) is compiled first
@@ -58,6 +65,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -198,7 +206,9 @@ class Base:
     copy: Path | None  # a copy of the first build's output, to build each week on afresh
 
 
-def first_build(work: Path, folders: list[Path], week: Path, n: int, repeat: int) -> Base:
+def first_build(
+    work: Path, folders: list[Path], week: Path, n: int, repeat: int, *, copy: bool = False
+) -> Base:
     """The first build of the base ``folders``; then ``week`` joins the datamart."""
     dm = work / f"datamart-{n}"
     dm.mkdir()
@@ -208,11 +218,11 @@ def first_build(work: Path, folders: list[Path], week: Path, n: int, repeat: int
     first = build(dm, out)
     print(f"  base {n}: {first.wall:.1f} s ({first.seconds:.1f} s CPU), {first.line}", flush=True)
     (dm / week.name).symlink_to(week.resolve())
-    copy = None
-    if repeat > 1:
-        copy = work / f"first-{n}"
-        shutil.copytree(out, copy, symlinks=True)
-    return Base(n, folders, dm, out, first, copy)
+    kept = None
+    if repeat > 1 or copy:
+        kept = work / f"first-{n}"
+        shutil.copytree(out, kept, symlinks=True)
+    return Base(n, folders, dm, out, first, kept)
 
 
 def measure(bases: list[Base], week: Path, n_week: int, repeat: int = 1) -> list[Row]:
@@ -240,6 +250,36 @@ def measure(bases: list[Base], week: Path, n_week: int, repeat: int = 1) -> list
         print(f"  decode: week {decode:.2f} s, base {base_decode:.1f} s CPU", flush=True)
         rows.append(Row(b.n, b.first, least, decode, base_decode))
     return rows
+
+
+def instructions(datamart: Path, out: Path) -> int:
+    """The instructions ``hiroml-build`` (as :func:`build` runs it) executes on ``datamart``
+    into ``out``, counted by valgrind's callgrind (its ``Collected`` line)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    cmd += [sys.executable, "-m", "hiroml", f"paths.datamart={datamart}", f"paths.output={out}"]
+    cmd += ["executor.workers=1", f"cxr.size=[{SIZE},{SIZE}]", "progress=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"counted build of {datamart} failed:\n{done.stderr[-3000:]}")
+    return int(found.group(1))
+
+
+def count_weeks(bases: list[Base], n_week: int) -> None:
+    """Each base's week built once more under callgrind, on a fresh copy of its first build's
+    output: the instructions of each, and their growth from the smallest base."""
+    counts = []
+    for b in bases:
+        assert b.copy is not None  # first_build keeps one when instructions are counted
+        shutil.rmtree(b.out)
+        shutil.copytree(b.copy, b.out, symlinks=True)
+        counts.append(instructions(b.datamart, b.out))
+        print(f"  base {b.n} + week {n_week}: {counts[-1] / 1e9:.2f} G instructions", flush=True)
+    for b, n in zip(bases[1:], counts[1:], strict=True):
+        print(f"instructions growth {bases[0].n} -> {b.n}: week x{n / counts[0]:.3f}")
 
 
 def _timings(out: Path) -> str:
@@ -331,6 +371,11 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="build each week (or --first) N times: least CPU"
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="then count each week's instructions under valgrind's callgrind",
+    )
     args = ap.parse_args()
     if args.build_with:
         build_with(args.build_with.resolve())
@@ -356,8 +401,13 @@ def main() -> None:
         for n in bases:
             work = Path(tmp) / f"work-{n}"
             work.mkdir()
-            firsts.append(first_build(work, folders[: n // per], week, n, args.repeat))
+            base = first_build(
+                work, folders[: n // per], week, n, args.repeat, copy=args.instructions
+            )
+            firsts.append(base)
         table(measure(firsts, week, n_week, args.repeat), n_week)
+        if args.instructions:
+            count_weeks(firsts, n_week)
 
 
 if __name__ == "__main__":
