@@ -46,7 +46,7 @@ same zips, and keeps the least CPU of each.
 
 ``--instructions`` then builds each week once more under valgrind's callgrind and prints
 the instructions each executes, and their growth: a count that no other load on the machine
-moves (the CPU seconds of the same code spread 1.18-1.36x between runs here), for a
+moves (the week's growth in CPU seconds read 1.18-1.36x over three runs here), for a
 before/after of a change smaller than that spread. It needs ``valgrind`` (Debian: ``apt-get
 install valgrind``) and takes about 50 times a build's CPU (4-5 minutes a week here).
 
