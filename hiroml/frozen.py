@@ -11,8 +11,8 @@ class (CPython allows it between classes of the same slots and layout; the check
 once, when the maker is made). The object is the record, equal to ``cls(*values)`` field by
 field: no ``__post_init__`` runs, so a class with one is refused.
 
-:func:`share_texts` makes the texts many records hold (a batch, a series, a task's shard)
-one object each, before the records are made from their rows.
+:func:`share_texts` makes the texts many records hold (a batch, a series, a task's shard,
+an image type) one object each, before the records are made from their rows.
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def maker(cls: type[T]) -> Callable[..., T]:
 
 
 def share_texts(row: list[Any], at: Sequence[int], shared: dict[Any, Any]) -> None:
-    """Replace each text of ``row`` at the positions ``at`` with the equal text ``shared``
-    holds, or add it there (``shared`` maps each text to itself): rows read back with one
-    ``shared`` hold one object per distinct text. Values other than texts stay as they are."""
+    """Replace each text or tuple of texts of ``row`` at the positions ``at`` with the equal
+    value ``shared`` holds, or add it there (``shared`` maps each value to itself): rows read
+    back with one ``shared`` hold one object per distinct value. Other values (a damaged
+    row's list or numbers) stay as they are."""
     share = shared.setdefault
     for k in at:
         v = row[k]
-        if v.__class__ is str:
+        kind = v.__class__
+        if kind is str or (kind is tuple and all(x.__class__ is str for x in v)):
             row[k] = share(v, v)

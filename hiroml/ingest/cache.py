@@ -41,31 +41,27 @@ _make_instance = maker(Instance)
 #: transfer syntax...) and the image type: read back as one object per distinct value
 #: (:func:`_instance_from_row`'s ``shared``), not one per instance; the SOP instance UID and
 #: the pixel hash are each instance's own
-_SHARED_TEXT_AT = tuple(
+_SHARED_AT = tuple(
     k
     for k, f in enumerate(fields(Instance))
-    if f.type in ("str", "str | None") and f.name not in ("sop_uid", "pixel_hash")
+    if f.type in ("str", "str | None", "tuple[str, ...]")
+    and f.name not in ("sop_uid", "pixel_hash")
 )
-_SHARED_TUPLE_AT = tuple(k for k, f in enumerate(fields(Instance)) if f.type == "tuple[str, ...]")
 _make_zip_index = maker(ZipIndex)
 
 
 def _instance_from_row(row: list[Any], shared: dict[Any, Any]) -> Instance:
     """An Instance from its stored row: its fields in order (the schema fixes their number).
-    ``shared`` maps each value of the :data:`_SHARED_TEXT_AT` and :data:`_SHARED_TUPLE_AT`
-    fields read so far to itself: a value seen before is taken from it (a zip's 300 CT
-    slices hold one study UID). Only texts and tuples of texts are shared: a damaged row's
+    ``shared`` maps each value of the :data:`_SHARED_AT` fields read so far to itself: a
+    value seen before is taken from it (a zip's 300 CT slices hold one study UID). Only texts
+    and tuples of texts are shared (:func:`hiroml.frozen.share_texts`): a damaged row's
     other values are read as they are."""
     if len(row) != len(_INSTANCE_FIELDS):
         raise ValueError(f"an index row of {len(row)} fields, not {len(_INSTANCE_FIELDS)}")
     for k in _TUPLE_AT:
         if row[k] is not None:
             row[k] = tuple(row[k])
-    share_texts(row, _SHARED_TEXT_AT, shared)
-    for k in _SHARED_TUPLE_AT:
-        v = row[k]
-        if v.__class__ is tuple and all(x.__class__ is str for x in v):
-            row[k] = shared.setdefault(v, v)
+    share_texts(row, _SHARED_AT, shared)
     return _make_instance(*row)
 
 
