@@ -187,8 +187,8 @@ def ct_hu_at(
 ) -> np.ndarray:
     """HU of the analytic chest phantom at patient coordinates (LPS, mm), broadcast.
 
-    Air -1000 outside the body; subcutaneous fat -100; soft tissue 40; lungs -850; heart 40
-    (blood 300 with ``contrast``); spine and ribs 700. The chest spans z in about
+    In HU: air -1000 outside the body, subcutaneous fat -100, soft tissue and heart 40
+    (blood 300 with ``contrast``), lungs -850, spine and ribs 700. The chest spans z in about
     [-140, 140] mm; anterior is -y.
     """
     s = scale
