@@ -155,6 +155,17 @@ def build(datamart: Path, out: Path) -> Build:
     return Build(wall, float(cpu), int(rss) / 1024, lines[-1] if lines else "")
 
 
+def fresh_copy(src: Path, dst: Path) -> None:
+    """``src`` copied to ``dst``, then written to disk (``os.sync``) before anything is
+    measured. A week is built on an output written a week before, whose pages the kernel
+    has long written back; a copy made a moment before leaves its pages dirty (800 MB for
+    the base of 6,000), and a build that writes then waits in the kernel while they are
+    flushed: system CPU charged to the week, growing with the base, that no user's week
+    pays."""
+    shutil.copytree(src, dst, symlinks=True)
+    os.sync()
+
+
 def compile_hiroml() -> None:
     """Compile the bytecode of the hiroml the builds import (``--build-with``'s, or this
     environment's), as an installation does; it goes into the package's ``__pycache__``."""
@@ -218,10 +229,11 @@ def first_build(
     first = build(dm, out)
     print(f"  base {n}: {first.wall:.1f} s ({first.seconds:.1f} s CPU), {first.line}", flush=True)
     (dm / week.name).symlink_to(week.resolve())
+    os.sync()  # its pages written back, as a week later (see fresh_copy)
     kept = None
     if repeat > 1 or copy:
         kept = work / f"first-{n}"
-        shutil.copytree(out, kept, symlinks=True)
+        fresh_copy(out, kept)
     return Base(n, folders, dm, out, first, kept)
 
 
@@ -234,7 +246,7 @@ def measure(bases: list[Base], week: Path, n_week: int, repeat: int = 1) -> list
         for b in bases:
             if k and b.copy is not None:
                 shutil.rmtree(b.out)
-                shutil.copytree(b.copy, b.out, symlinks=True)
+                fresh_copy(b.copy, b.out)
             done = build(b.datamart, b.out)
             weeks[b.n].append((done, _timings(b.out)))
             print(f"  base {b.n} + week {n_week}: {done.wall:.1f} s ({done.seconds:.2f} s CPU)")
@@ -275,7 +287,7 @@ def count_weeks(bases: list[Base], n_week: int) -> None:
     for b in bases:
         assert b.copy is not None  # first_build keeps one when instructions are counted
         shutil.rmtree(b.out)
-        shutil.copytree(b.copy, b.out, symlinks=True)
+        fresh_copy(b.copy, b.out)
         counts.append(instructions(b.datamart, b.out))
         print(f"  base {b.n} + week {n_week}: {counts[-1] / 1e9:.2f} G instructions", flush=True)
     for b, n in zip(bases[1:], counts[1:], strict=True):
