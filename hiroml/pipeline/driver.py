@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from hiroml.ingest.discover import Discovery
     from hiroml.ingest.identity import ClinicalJoin, ClinicalTable
     from hiroml.ingest.index import IndexResult
+    from hiroml.report.flow import Flow
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +277,11 @@ def _build(
     t = timed(summary, "convert", t)
     systematic.check_systematic(out, specs, results, inputs.audit, cfg.publish)
     tables = _tables(cfg, out, inputs, results, summary)
-    _count(cfg, summary, tables, results)
+    flow = _count(cfg, summary, tables, results)
     _refuse_to_publish(cfg, summary, tables)
     allocator.release_all()  # the tables' and the leak check's temporaries, before publishing
     t = timed(summary, "manifest", t)
-    _publish(cfg, out, found, inputs, results, tables, summary, t_start)
+    _publish(cfg, out, found, inputs, results, tables, summary, t_start, flow)
     timed(summary, "report", t)
     summary.seconds = time.perf_counter() - t_start
     m = tables.manifest
@@ -394,13 +396,15 @@ def _tables(
 
 def _count(
     cfg: BuildConfig, summary: BuildSummary, tables: _Tables, results: Sequence[TaskResult]
-) -> None:
-    """The summary's counts of samples, audit actions, links and patients per split."""
+) -> Flow:
+    """The summary's counts of samples, audit actions, links and patients per split; the
+    flow of the tables, which the report of a version holding these tables shows."""
     from hiroml.exams import linking
     from hiroml.report.flow import compute_flow
 
     manifest, audit_df, patients = tables.manifest, tables.audit, tables.patients
-    summary.flow = compute_flow(audit_df, manifest).as_dict()  # the counts every output shows
+    flow = compute_flow(audit_df, manifest)
+    summary.flow = flow.as_dict()  # the counts every output shows
     links = tables.linked.links
     summary.pixel_links = sum(k.kind == linking.SAME_PIXELS for k in links)
     summary.near_duplicates = tables.linked.near_pairs
@@ -414,6 +418,7 @@ def _count(
     summary.exams = len({s.exam_key for r in results for s in r.samples})
     summary.patients_per_split = {s: int((patients["split"] == s).sum()) for s in SPLITS}
     summary.config_hash = {m.value: config_hash(m, cfg) for m in Modality}
+    return flow
 
 
 def _refuse_to_publish(cfg: BuildConfig, summary: BuildSummary, tables: _Tables) -> None:
@@ -442,9 +447,12 @@ def _publish(
     tables: _Tables,
     summary: BuildSummary,
     t_start: float,
+    flow: Flow,
 ) -> None:
     """Check the shrink guard, then publish the version; the summary records which. A refused
-    build removes its new shards (and their task records) first: it leaves none behind."""
+    build removes its new shards (and their task records) first: it leaves none behind.
+    ``flow``: the tables' (:func:`_count`), which a version holding them shows; a sequestered
+    build publishes parts of them, each with its own."""
     from hiroml.errors import ShrinkRefusedError
     from hiroml.store import guard
 
@@ -458,7 +466,7 @@ def _publish(
         raise
     summary.seconds = time.perf_counter() - t_start
     try:
-        publisher = sequester.publish if cfg.splits.sequester else publish
+        publisher = sequester.publish if cfg.splits.sequester else partial(publish, flow=flow)
         published = publisher(
             cfg,
             out,

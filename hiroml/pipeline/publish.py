@@ -23,6 +23,7 @@ from hiroml.vocab import STATE_DIR
 
 if TYPE_CHECKING:
     from hiroml.ingest.discover import Discovery
+    from hiroml.report.flow import Flow
     from hiroml.versions.publishing import Published
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ def publish(
     orphan_advice: str,
     *,
     links: Sequence[GroupLink] = (),
+    flow: Flow | None = None,
 ) -> Published:
     """Publish the build as a version (:func:`hiroml.versions.publishing.publish`): its folder
     with the report and ``build.json``, then the root tables, then pruning to ``versions.keep``.
+    ``flow``: :func:`hiroml.report.flow.compute_flow` of ``audit`` and ``manifest`` where the
+    caller has it (the driver's counts), else computed for the report.
     ``build.json`` records the environment that decided the stored values
     (:func:`hiroml.doctor.libraries.environment_record`: library versions, the float16 casts'
     path, the decoders of the manifest's samples); the report and the card show it."""
@@ -68,6 +72,7 @@ def publish(
             settings=settings_of(cfg),
             dataset_hash=digest,
             environment=environment,
+            flow=flow,
         )
 
     published = versions_publishing.publish(
@@ -156,9 +161,11 @@ def _write_report(
     settings: Mapping[str, Any] | None = None,
     dataset_hash: str = "",
     environment: Mapping[str, Any] | None = None,
+    flow: Flow | None = None,
 ) -> None:
     """The report of a build, written into ``folder`` (default ``out``); thumbnails are
-    read from the shards under ``out``."""
+    read from the shards under ``out``. ``flow``: that of ``audit`` and ``manifest``, where
+    the caller has it."""
     from hiroml.store.shards import open_shard, read_ref, sample_refs
 
     shard_of = pd.Series(manifest["shard"].to_numpy(), index=manifest["sample_key"].to_numpy())
@@ -179,7 +186,7 @@ def _write_report(
         _report_files(
             out, manifest, patients, audit, summary, orphan_advice, read_array,
             folder=folder, changes=changes, links=links, settings=settings,
-            dataset_hash=dataset_hash, environment=environment,
+            dataset_hash=dataset_hash, environment=environment, flow=flow,
         )  # fmt: skip
     finally:
         for f, _ in opened.values():
@@ -201,6 +208,7 @@ def _report_files(
     settings: Mapping[str, Any] | None,
     dataset_hash: str,
     environment: Mapping[str, Any] | None,
+    flow: Flow | None = None,
 ) -> None:
     """The report page (thumbnails through ``read_array``) and, in a version's folder, the
     files a study cites."""
@@ -208,7 +216,8 @@ def _report_files(
     from hiroml.report import page as report_page
     from hiroml.report.flow import compute_flow
 
-    flow = compute_flow(audit, manifest)  # once, for the page, the card and the cited files
+    if flow is None:  # once, for the page, the card and the cited files
+        flow = compute_flow(audit, manifest)
     info = jsonable_summary(summary)
     if orphan_advice:
         info["orphans"] = orphan_advice
