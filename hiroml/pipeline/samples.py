@@ -4,6 +4,7 @@ patient groups and splits, as the manifest table (``docs/design.md`` §4)."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,18 +61,16 @@ def manifest_frame(
         from hiroml.store.tables import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
 
         return pd.DataFrame(columns=[*MANIFEST_COLUMNS, *CT_COLUMNS, *EXTRA_COLUMNS])
-    columns: dict[str, list[Any]] = {}
-    for name in _SAMPLE_VALUES:
-        columns[name] = [getattr(s, name) for s in samples]
-    for name in _SAMPLE_LISTS:
-        columns[name] = [getattr(s, name) for s in samples]
+    # every record field the manifest takes, per sample in one call, then turned into columns
+    own = zip(*map(_SAMPLE_FIELDS, samples), strict=True)
+    columns: dict[str, list[Any]] = dict(zip(_SAMPLE_NAMES, map(list, own), strict=True))
     for name in _SAMPLE_GEOMETRY:
-        columns[name] = [list(v) if (v := getattr(s, name)) else None for s in samples]
-    per_exam = _exam_values(exams, {s.exam_key for s in samples}, group_of, split_of, days, orphans)
-    rows = [per_exam[s.exam_key] for s in samples]
-    for k, name in enumerate(_EXAM_VALUES):
+        columns[name] = [list(v) if v else None for v in columns[name]]
+    per_exam = _exam_values(exams, set(columns["exam_key"]), group_of, split_of, days, orphans)
+    rows = list(map(per_exam.__getitem__, columns.pop("exam_key")))
+    for name, values in zip(_EXAM_VALUES, zip(*rows, strict=True), strict=True):
         copy = name in _EXAM_LISTS  # a list cell of its own in each row
-        columns[name] = [list(r[k]) for r in rows] if copy else [r[k] for r in rows]
+        columns[name] = list(map(list, values)) if copy else list(values)
     names = [f.name for f in dataclasses.fields(ManifestRow)]
     df = pd.DataFrame({n: columns[n] for n in names})
     if labels is not None and not labels.empty:
@@ -85,11 +84,19 @@ def manifest_frame(
 
 #: manifest columns that come from a sample's exam, its patient group and split
 _EXAM_VALUES = (
-    "patient_id", "source_patient_id", "patient_group", "split", "exam_key", "hiro_id",
-    "exam_time", "description", "batch", "source_zips", "age_years", "sex", "batches",
+    "patient_id", "source_patient_id", "exam_key", "hiro_id", "exam_time", "description",
+    "batch", "patient_group", "split", "source_zips", "age_years", "sex", "batches",
     "days_from_encounter", "orphan",
 )  # fmt: skip
+#: the first of them, an exam's own fields (``exam_time``: its ``time``)
+_EXAM_FIELDS = operator.attrgetter(
+    "patient_id", "source_patient_id", "exam_key", "hiro_id", "time", "description", "batch"
+)
 _EXAM_LISTS = frozenset({"source_zips", "batches"})
+#: the record fields :func:`manifest_frame` reads, and a getter of all of them at once (its
+#: sample's exam key last: it finds the exam's values, and is an exam value itself)
+_SAMPLE_NAMES = (*_SAMPLE_VALUES, *_SAMPLE_LISTS, *_SAMPLE_GEOMETRY, "exam_key")
+_SAMPLE_FIELDS = operator.attrgetter(*_SAMPLE_NAMES)
 
 
 def _exam_values(
@@ -100,7 +107,8 @@ def _exam_values(
     days: Mapping[str, int | None],
     orphans: set[str],
 ) -> dict[str, tuple[Any, ...]]:
-    """exam key -> the values of :data:`_EXAM_VALUES` of each exam of ``keys``."""
+    """exam key -> the values of :data:`_EXAM_VALUES` of each exam of ``keys``. The exam
+    time as its datetime, which the frame holds as datetime64 (as it would a Timestamp)."""
     out: dict[str, tuple[Any, ...]] = {}
     ages: dict[str, float | None] = {}  # age_years of each Patient's Age text met
     for key in keys:
@@ -112,20 +120,22 @@ def _exam_values(
             if first.patient_age not in ages:
                 ages[first.patient_age] = age_years(first.patient_age)
             age = ages[first.patient_age]
+        zips: tuple[str, ...]
+        batches: tuple[str, ...]
+        if len(e.zips) == 1:  # the usual exam: one zip, one batch
+            batch, _, name = e.zips[0].partition("/")
+            zips, batches = (name,), (batch,)
+        else:
+            zips = tuple(z.partition("/")[2] for z in e.zips)
+            batches = tuple(sorted({z.partition("/")[0] for z in e.zips}))
         out[key] = (
-            e.patient_id,
-            e.source_patient_id,
+            *_EXAM_FIELDS(e),
             group,
             split_of[group],
-            e.exam_key,
-            e.hiro_id,
-            pd.Timestamp(e.time),
-            e.description,
-            e.batch,
-            [z.partition("/")[2] for z in e.zips],
+            zips,
             age,
             first.sex if first else "",
-            sorted({z.partition("/")[0] for z in e.zips}),
+            batches,
             days.get(e.exam_key),
             e.patient_id in orphans,
         )
