@@ -233,3 +233,32 @@ def test_card_never_takes_hiroml_own_columns_for_clinical_labels() -> None:
     assert label_columns(m) == []
     m["icu"] = [0, 1]
     assert label_columns(m) == ["icu"]
+
+
+def test_a_build_counts_its_flow_once_and_shows_those_counts(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The build's counts, the report, the card and the cited files all take one flow of the
+    published tables: compute_flow runs once per build, and what it gave is what the
+    tables read back give."""
+    from hiroml.pipeline import driver
+    from hiroml.report import citable, claim, page
+    from hiroml.report import flow as flow_module
+
+    real = flow_module.compute_flow
+    calls: list[int] = []
+
+    def counted(audit: pd.DataFrame, manifest: pd.DataFrame) -> Flow:
+        calls.append(len(manifest))
+        return real(audit, manifest)
+
+    for module in (flow_module, page, claim, citable):
+        monkeypatch.setattr(module, "compute_flow", counted)
+    root, _ = tiny_datamart
+    out = tmp_path / "out"
+    summary = driver.run(make_cfg(root, out))
+    assert len(calls) == 1 and calls[0] > 0
+    audit, manifest = _tables(out)
+    assert summary.flow == real(audit, manifest).as_dict()
+    shown = _box_texts((out / "flow.svg").read_text(encoding="utf-8"))
+    assert shown == _box_texts(flow_svg(real(audit, manifest)))
