@@ -157,11 +157,11 @@ def build(datamart: Path, out: Path) -> Build:
 
 def fresh_copy(src: Path, dst: Path) -> None:
     """``src`` copied to ``dst``, then written to disk (``os.sync``) before anything is
-    measured. A week is built on an output written a week before, whose pages the kernel
-    has long written back; a copy made a moment before leaves its pages dirty (800 MB for
-    the base of 6,000), and a build that writes then waits in the kernel while they are
-    flushed: system CPU charged to the week, growing with the base, that no user's week
-    pays."""
+    measured. A real week is built on an output written days before, whose pages the kernel
+    has long written back; a copy made a moment before leaves them dirty (800 MB for the
+    base of 6,000, 140 MB for 1,000), and a build's own writes may then wait while the
+    kernel flushes them, in system CPU that grows with the base. The flush takes that
+    question out of the measurement (docs/scale.md: "The week, step by step")."""
     shutil.copytree(src, dst, symlinks=True)
     os.sync()
 
