@@ -86,6 +86,35 @@ def test_week_by_split_counts_and_distances_of_a_planted_manifest() -> None:
     assert rep.split_distance.keys() == {"train", "test"}
 
 
+def test_distances_count_each_subset_as_a_cross_tabulation_does() -> None:
+    """Each subset's counts of each attribute's values (and of their joint values), in the
+    order of the whole's value counts, are those of ``pandas.crosstab``: missing values and
+    a group without a subset are not counted, a subset without groups has no distance."""
+    groups = pd.DataFrame(
+        {
+            "split": ["train", "train", "val", "test", None, "val", "train"],
+            "sex": ["F", "M", None, "F", "M", "F", "F"],
+            "age_band": ["18-39", "40-59", "40-59", None, "60-79", "60-79", "18-39"],
+        }
+    )
+    names = ["train", "val", "test", "never"]
+    attributes = ("sex", "age_band")
+    got = rp._distances(groups, groups["split"], names, attributes)
+    texts = {a: groups[a].astype(str) for a in attributes}
+    joint = texts["sex"] + " / " + texts["age_band"]
+    for attr, values in [*texts.items(), (rp.JOINT, joint)]:
+        whole = values.value_counts()
+        per = pd.crosstab(groups["split"].astype(str), values)
+        per = per.reindex(columns=whole.index, fill_value=0)
+        for name in names:
+            if name not in per.index or not per.loc[name].sum():
+                assert got[name][attr] is None, (name, attr)
+                continue
+            want = rp.jensen_shannon(per.loc[name].to_numpy(), whole.to_numpy())
+            assert got[name][attr] == want, (name, attr)
+    assert got["train"]["sex"] is not None and got["never"] == dict.fromkeys(got["never"])
+
+
 def test_the_plot_is_plain_svg_with_a_point_per_week_and_attribute() -> None:
     rep = rp.representativeness(_planted())
     svg = rp.distance_svg(rep)
