@@ -37,19 +37,32 @@ def test_representativeness_reads_each_batch_date_once_and_each_subset_in_one_pa
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A year of weekly deliveries: each batch folder's date is parsed once (not once per
-    sample), and the distances of all weeks come from one cross-tabulation per attribute
-    (the joint attribute's texts built once, not once per week)."""
+    sample), and the distances of all weeks count each group once per attribute: each
+    subset's counts come from its own groups' rows only (the joint attribute's texts built
+    once, not once per week)."""
     m = _weekly_manifest(4000, 52)
     parsed: list[str] = []
     week_of = rp.delivery_week
     monkeypatch.setattr(rp, "delivery_week", lambda b: parsed.append(b) or week_of(b))
-    crosstabs = []
-    crosstab = pd.crosstab
-    monkeypatch.setattr(pd, "crosstab", lambda *a, **k: crosstabs.append(1) or crosstab(*a, **k))
+    counted: list[int] = []  # the rows each subset's count reads
+
+    class Numpy:  # numpy as the module sees it, its bincount counted
+        def __getattr__(self, name: str) -> object:
+            return getattr(np, name)
+
+        def bincount(self, x: np.ndarray, **k: int) -> np.ndarray:
+            counted.append(len(x))
+            return np.bincount(x, **k)
+
+    monkeypatch.setattr(rp, "np", Numpy())
     rep = rp.representativeness(m)
     assert len(parsed) == 2 * m["batch"].nunique()  # groups' weeks, samples' weeks
     assert len(rep.week_distance) > 40 and rep.patients == 2000
-    assert len(crosstabs) == 2 * (len(rep.attributes) + 1)  # splits, weeks; attributes + joint
+    per_attribute = len(rep.attributes) + 1  # the attributes and the joint one
+    subsets = len(rep.split_distance) + len(rep.week_distance)
+    assert len(counted) == subsets * per_attribute
+    # splits and weeks each part the groups: every group read once per attribute and parting
+    assert sum(counted) <= 2 * per_attribute * rep.patients
     # the same values as a subset counted on its own
     week = sorted(rep.week_distance)[7]
     groups = rp.group_table(m)
