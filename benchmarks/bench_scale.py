@@ -141,9 +141,7 @@ def build(datamart: Path, out: Path) -> Build:
     """``hiroml-build`` (1 worker, ``cxr.size=[256,256]``) as a new process: its wall and
     CPU seconds, its own peak resident memory (MB) and its "written:" line."""
     usage = out.parent / f"{out.name}.rusage"
-    cmd = [sys.executable, "-c", _RUSAGE_HOOK]
-    cmd += [f"paths.datamart={datamart}", f"paths.output={out}", "executor.workers=1"]
-    cmd += [f"cxr.size=[{SIZE},{SIZE}]", "progress=false"]
+    cmd = [sys.executable, "-c", _RUSAGE_HOOK, *_build_args(datamart, out)]
     env = {**os.environ, "HIROML_BENCH_RUSAGE": str(usage)}
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env=env)
@@ -155,13 +153,22 @@ def build(datamart: Path, out: Path) -> Build:
     return Build(wall, float(cpu), int(rss) / 1024, lines[-1] if lines else "")
 
 
+def _build_args(datamart: Path, out: Path) -> list[str]:
+    """The overrides every measured build runs with: 1 worker, ``cxr.size`` the input's."""
+    return [
+        f"paths.datamart={datamart}", f"paths.output={out}", "executor.workers=1",
+        f"cxr.size=[{SIZE},{SIZE}]", "progress=false",
+    ]  # fmt: skip
+
+
 def fresh_copy(src: Path, dst: Path) -> None:
-    """``src`` copied to ``dst``, then written to disk (``os.sync``) before anything is
-    measured. A real week is built on an output written days before, whose pages the kernel
+    """``src`` copied to ``dst`` (replacing what ``dst`` holds), then written to disk
+    (``os.sync``) before anything is measured. A real week is built on an output written days before, whose pages the kernel
     has long written back; a copy made a moment before leaves them dirty (800 MB for the
     base of 6,000, 140 MB for 1,000), and a build's own writes may then wait while the
     kernel flushes them, in system CPU that grows with the base. The flush takes that
     question out of the measurement (docs/scale.md: "The week, step by step")."""
+    shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst, symlinks=True)
     os.sync()
 
@@ -229,11 +236,11 @@ def first_build(
     first = build(dm, out)
     print(f"  base {n}: {first.wall:.1f} s ({first.seconds:.1f} s CPU), {first.line}", flush=True)
     (dm / week.name).symlink_to(week.resolve())
-    os.sync()  # its pages written back, as a week later (see fresh_copy)
-    kept = None
-    if repeat > 1 or copy:
-        kept = work / f"first-{n}"
-        fresh_copy(out, kept)
+    kept = work / f"first-{n}" if repeat > 1 or copy else None
+    if kept is not None:
+        fresh_copy(out, kept)  # which writes the build's pages back too
+    else:
+        os.sync()  # its pages written back, as a week later (see fresh_copy)
     return Base(n, folders, dm, out, first, kept)
 
 
@@ -245,7 +252,6 @@ def measure(bases: list[Base], week: Path, n_week: int, repeat: int = 1) -> list
     for k in range(repeat):
         for b in bases:
             if k and b.copy is not None:
-                shutil.rmtree(b.out)
                 fresh_copy(b.copy, b.out)
             done = build(b.datamart, b.out)
             weeks[b.n].append((done, _timings(b.out)))
@@ -271,8 +277,7 @@ def instructions(datamart: Path, out: Path) -> int:
     if valgrind is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
     cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    cmd += [sys.executable, "-m", "hiroml", f"paths.datamart={datamart}", f"paths.output={out}"]
-    cmd += ["executor.workers=1", f"cxr.size=[{SIZE},{SIZE}]", "progress=false"]
+    cmd += [sys.executable, "-m", "hiroml", *_build_args(datamart, out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
@@ -286,7 +291,6 @@ def count_weeks(bases: list[Base], n_week: int) -> None:
     counts = []
     for b in bases:
         assert b.copy is not None  # first_build keeps one when instructions are counted
-        shutil.rmtree(b.out)
         fresh_copy(b.copy, b.out)
         counts.append(instructions(b.datamart, b.out))
         print(f"  base {b.n} + week {n_week}: {counts[-1] / 1e9:.2f} G instructions", flush=True)
