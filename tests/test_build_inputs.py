@@ -38,6 +38,35 @@ def test_a_build_keeps_its_records_out_of_the_collectors_walks_until_it_ends(
     assert gc.get_freeze_count() == 0, "a build left objects out of the collector's walks"
 
 
+@pytest.mark.parametrize("young", [700, 2_000, 0, 500_000])
+def test_a_build_collects_its_young_objects_less_often_and_restores_the_threshold(
+    young: int,
+    tiny_datamart: tuple[Path, dict[str, Any]],
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    during: list[tuple[int, int, int]] = []
+    real = driver.plan_tasks
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        during.append(gc.get_threshold())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "plan_tasks", spy)
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(young, 9, 11)
+        assert build.run(make_cfg(tiny_datamart[0], tmp_path / "out")).published
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*before)
+    # raised while the build runs; a higher threshold, or 0 (the collector off), left alone
+    expected = young if young == 0 or young >= driver.YOUNG_THRESHOLD else driver.YOUNG_THRESHOLD
+    assert during == [(expected, 9, 11)]
+    assert after == (young, 9, 11), "a build left the collector's thresholds changed"
+
+
 @pytest.mark.parametrize(
     "when",
     [
