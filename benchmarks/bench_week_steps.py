@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,20 +66,20 @@ def main() -> None:
     before, latest = versions[-2].path, versions[-1].path
     table = pq.read_table(latest / MANIFEST)
     frame = read_manifest(latest)
-    stored = [p.read_text() for p in sorted((args.out / STATE_DIR / "tasks").glob("*.json"))]
-    records = [tasks._result_from_json(json.loads(t)) for t in stored]
-    texts = [json.dumps(tasks._result_to_json(r)) for r in records]  # as this hiroml writes
+    stored = sorted((args.out / STATE_DIR / "tasks").glob("*.json"))
+    records = [tasks._result_from_json(*tasks.read_record(p)) for p in stored]
     samples = sum(len(r.samples) for r in records)
-    print(f"{args.out}: {table.num_rows} samples; {len(texts)} task records of {samples} samples")
+    print(f"{args.out}: {table.num_rows} samples; {len(records)} task records of {samples} samples")
     with tempfile.TemporaryDirectory() as tmp:
         written = Path(tmp) / MANIFEST
+        for r in records:  # as this hiroml writes them
+            tasks.save_task_record(tmp, r)
+        saved = sorted((Path(tmp) / STATE_DIR / "tasks").glob("*.json"))
         steps: dict[str, Callable[[], Any]] = {
             "task records read back": lambda: [
-                tasks._result_from_json(json.loads(t)) for t in texts
+                tasks._result_from_json(*tasks.read_record(p)) for p in saved
             ],
-            "task records written (JSON)": lambda: [
-                json.dumps(tasks._result_to_json(r)) for r in records
-            ],
+            "task records written": lambda: [tasks.save_task_record(tmp, r) for r in records],
             "manifest written": lambda: pq.write_table(
                 table, written, row_group_size=MANIFEST_ROW_GROUP_ROWS
             ),

@@ -15,7 +15,7 @@ from test_manifest import make_output
 
 from hiroml.config import ExecutorConfig
 from hiroml.pipeline.executor import map_items
-from hiroml.pipeline.tasks import TaskResult, load_task_record, save_task_record
+from hiroml.pipeline.tasks import TaskResult, load_task_record, read_record, save_task_record
 from hiroml.records import Problem, SampleRecord
 from hiroml.store.atomic import temp_path, write_atomic, write_text_atomic
 from hiroml.vocab import STATE_DIR, Action
@@ -101,10 +101,11 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
     assert again.samples == (sample,) and again.problems == result.problems
     # a record written when ct_decisions was named notes loads the same
     path = tmp_path / STATE_DIR / "tasks" / "t.json"
-    d = json.loads(path.read_text())
+    d, _ = read_record(path)
     (row,) = d.pop("sample_rows")
     fields = dict(zip(d.pop("sample_fields"), row, strict=True))
     fields["notes"] = fields.pop("ct_decisions")
+    fields["signature"] = sample.signature.hex()  # a record of JSON alone holds it as hex
     path.write_text(json.dumps({**d, "samples": [fields]}))  # one object per sample, as then
     older = load_task_record(Spec)  # type: ignore[arg-type]
     assert older is not None and older.samples == (sample,)
@@ -114,10 +115,11 @@ def test_task_record_round_trip(tmp_path: Path) -> None:
 
 def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
     """The record is written field by field (no ``dataclasses.asdict`` deep copy) in the same
-    JSON as ``asdict`` gave but for the signature, one hex text (read back ten times as fast
-    as 1,024 numbers); it reads back as the sample, its signature as bytes. A record of an
-    earlier release, its signature a list of numbers, loads the same sample; one with a
-    number out of 0..255 is unreadable (the task is redone)."""
+    JSON as ``asdict`` gave but for the signature: its length, its bytes after the JSON's
+    line; it reads back as the sample, its signature as bytes. Records of earlier releases,
+    JSON alone, the signature as hex text or as a list of numbers, load the same sample;
+    one with a number out of 0..255, or with a length but no bytes after it, is unreadable
+    (the task is redone)."""
     sample = SampleRecord(
         sample_key="e1:1.2:0", exam_key="e1", modality="cxr", shard="shards/t-0.h5",
         shard_sha256="ab", data_hash="cd", shape=(8, 9), series_uid="1.2", sop_uid="1.2.1",
@@ -128,13 +130,18 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
     result = TaskResult("t", (sample,), (("e1", problem),), ("shards/t-0.h5",), 1.5, 10)
     save_task_record(str(tmp_path), result)
     path = tmp_path / STATE_DIR / "tasks" / "t.json"
-    written = json.loads(path.read_text())
+    written, tail = read_record(path)
+    assert path.read_bytes() == json.dumps(written).encode() + b"\n" + sample.signature
+    assert tail is not None and tail.tobytes() == sample.signature
     fields = dataclasses.asdict(dataclasses.replace(sample, signature=b""))
     as_before = json.loads(json.dumps({**fields, "signature": list(sample.signature)}))
     assert written["sample_fields"] == [f.name for f in dataclasses.fields(SampleRecord)]
     (row,) = written["sample_rows"]
+    as_length = {**as_before, "signature": len(sample.signature)}
+    assert dict(zip(written["sample_fields"], row, strict=True)) == as_length
     as_hex = {**as_before, "signature": sample.signature.hex()}
-    assert dict(zip(written["sample_fields"], row, strict=True)) == as_hex
+    at = written["sample_fields"].index("signature")
+    row = [*row[:at], as_hex["signature"], *row[at + 1 :]]  # a record of JSON alone: hex
     assert written["problems"] == [["e1", json.loads(json.dumps(dataclasses.asdict(problem)))]]
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "t-0.h5").write_bytes(b"")
@@ -150,7 +157,7 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
         "sample_rows": [row[::-1]],
     }
     records = (  # rows; rows of another field order; one object per sample, hex or numbers
-        written,
+        {**written, "sample_rows": [row]},
         reordered,
         {**objects, "samples": [as_hex]},
         {**objects, "samples": [as_before]},
@@ -160,9 +167,18 @@ def test_task_record_json_is_what_asdict_gave(tmp_path: Path) -> None:
         again = load_task_record(Spec)  # type: ignore[arg-type]
         assert again is not None and again.samples == (sample,)
         assert type(again.samples[0].signature) is bytes
+        # written again as this release writes it: the signature's bytes after the JSON
+        assert path.read_bytes() == json.dumps(written).encode() + b"\n" + sample.signature
     bad = {**objects, "samples": [{**as_before, "signature": [256, *as_before["signature"][1:]]}]}
     path.write_text(json.dumps(bad))
     assert load_task_record(Spec) is None  # type: ignore[arg-type]
+    path.write_text(json.dumps(written))  # the lengths, but not the bytes they count
+    assert load_task_record(Spec) is None  # type: ignore[arg-type]
+    for cut in (1, len(sample.signature)):  # fewer bytes than counted, or none
+        path.write_bytes(json.dumps(written).encode() + b"\n" + sample.signature[:-cut])
+        assert load_task_record(Spec) is None  # type: ignore[arg-type]
+    path.write_bytes(json.dumps(written).encode() + b"\n" + sample.signature + b"\x00")
+    assert load_task_record(Spec) is None  # type: ignore[arg-type]  # one byte too many
 
 
 def test_verify_imports_no_torch(tmp_path: Path) -> None:

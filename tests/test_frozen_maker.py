@@ -14,7 +14,7 @@ import pytest
 
 from hiroml.frozen import maker
 from hiroml.ingest.cache import IndexCache
-from hiroml.pipeline.tasks import TaskResult, load_task_record, save_task_record
+from hiroml.pipeline.tasks import TaskResult, load_task_record, read_record, save_task_record
 from hiroml.records import Batch, ExamZip, Instance, SampleRecord, ZipIndex, ZipName
 from hiroml.vocab import STATE_DIR, BatchStatus, Modality
 
@@ -169,8 +169,10 @@ def test_task_record_of_fewer_or_unknown_fields(tmp_path: Path) -> None:
     again = load_task_record(Spec)  # type: ignore[arg-type]
     assert again is not None and again.samples == (SAMPLE,)
     assert type(again.samples[0]) is SampleRecord
-    rows = json.loads(path.read_text())
+    rows, tail = read_record(path)
     fields, (row,) = rows["sample_fields"], rows["sample_rows"]
+    assert tail is not None and tail.tobytes() == SAMPLE.signature
+    row[fields.index("signature")] = SAMPLE.signature.hex()  # a record of JSON alone: hex
     unknown_rows = {**rows, "sample_fields": [*fields, "colour"], "sample_rows": [[*row, "red"]]}
     path.write_text(json.dumps(unknown_rows))
     assert load_task_record(Spec) is None  # type: ignore[arg-type]

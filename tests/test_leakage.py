@@ -517,11 +517,13 @@ def test_task_records_without_signatures_get_them_from_the_shards(
     radiographs' signatures are computed from the shard."""
     import json
 
+    from hiroml.pipeline.tasks import read_record
+
     root, _ = copies_datamart
     out = tmp_path / "out"
     first = _build(make_cfg, root, out)
     for rec in (out / ".hiroml" / "tasks").glob("*.json"):
-        data = json.loads(rec.read_text())
+        data, _ = read_record(rec)
         fields, rows = data.pop("sample_fields"), data.pop("sample_rows")
         data["samples"] = [  # one object per sample, as records were written then
             {k: v for k, v in zip(fields, row, strict=True) if k != "signature"} for row in rows

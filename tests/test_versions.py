@@ -27,6 +27,7 @@ from hiroml.data.dataset import HiromlDataset, load_sitk
 from hiroml.errors import EXIT_LOCKED
 from hiroml.exams import splits
 from hiroml.pipeline import faults
+from hiroml.pipeline.tasks import read_record
 from hiroml.store.reader import cell_plain
 from hiroml.store.shards import open_shard, sample_refs, shard_sha256
 from hiroml.store.verify import examine, examine_all, verify
@@ -250,10 +251,35 @@ def test_pins_survive_pruning_and_unpinned_versions_go_with_their_shards(
     # latest build's tasks, each naming shards on disk (shard writers keep no records)
     records = list((out / ".hiroml" / "tasks").glob("*.json"))
     assert len(records) == done.tasks
-    named = {s for p in records for s in json.loads(p.read_text())["shards"]}
+    named = {s for p in records for s in read_record(p)[0]["shards"]}
     assert named == on_disk
     assert not list((out / "shards").glob("*.done.json"))
     assert verify(out) == []
+
+
+def test_a_builds_sweep_reads_task_records_with_their_signatures_after_the_json(
+    tiny_datamart: tuple[Path, dict[str, Any]], make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    """A record holds its radiographs' signatures after its JSON line; the sweep reads the
+    shards it names from the JSON and keeps a record of another task whose shards a kept
+    version names, and removes one whose shard is gone."""
+    out = tmp_path / "out"
+    assert build.run(make_cfg(tiny_datamart[0], out)).published
+    task_dir = out / ".hiroml" / "tasks"
+    live = sorted(task_dir.glob("*.json"))
+    record = next(p for p in live if p.name.startswith("cxr-"))
+    data, tail = read_record(record)
+    assert tail is not None and len(tail) >= 1024  # a radiograph's signature at least
+    named = task_dir / "cxr-another.json"  # not this build's task: its shards are kept
+    named.write_bytes(record.read_bytes())
+    gone = task_dir / "cxr-gone.json"
+    gone.write_bytes(json.dumps({**data, "shards": ["shards/gone.h5"]}).encode() + b"\n" + tail)
+    pruned = versions_pruning.prune(
+        out, 10, sweep=True, live_tasks=[p.stem for p in live], task_dir=task_dir
+    )
+    assert pruned.task_records == 1
+    assert named.is_file() and not gone.exists()
+    assert all(p.is_file() for p in live)
 
 
 @pytest.mark.parametrize("damage", [b'{"created": "2026-', b"", b"[1, 2]"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from hiroml.pipeline import faults
+from hiroml.pipeline.tasks import read_record
 from hiroml.versions.listing import Version, VersionError, list_versions, versions_dir
 from hiroml.vocab import MANIFEST, SHARDS_DIR
 
@@ -165,8 +165,8 @@ def _remove_records(out: Path, named: frozenset[str], live: set[str], task_dir: 
             if p.name.removesuffix(".json") in live:
                 continue
             try:
-                shards = json.loads(p.read_text()).get("shards", [])
-            except (OSError, ValueError):
+                shards = read_record(p)[0].get("shards", [])
+            except (OSError, ValueError, AttributeError):
                 shards = []
             if not shards or not all(str(s) in named for s in shards):
                 p.unlink(missing_ok=True)
