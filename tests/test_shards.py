@@ -348,3 +348,34 @@ def test_meta_values_become_json_values() -> None:
     assert [type(v) for v in got[:5]] == [str, int, bool, type(None), float]
     with pytest.raises(ShardError, match="meta 'k': dict"):
         _jsonable({}, "k")
+
+
+def test_within_sha256_once_a_file_is_read_once_until_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import os
+
+    from hiroml.store import shards
+
+    reads: list[str] = []
+    real = shards._sha256
+
+    def counted(path: Path | str) -> str:
+        reads.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(shards, "_sha256", counted)
+    table = tmp_path / "manifest.parquet"
+    table.write_bytes(b"x" * 100)
+    with shards.sha256_once():
+        first, again = shards.shard_sha256(table), shards.shard_sha256(str(table))
+        other = tmp_path / "other"
+        other.write_bytes(b"y" * 100)  # the same size, another file put in its place
+        os.replace(other, table)
+        replaced = shards.shard_sha256(table)
+    after = [shards.shard_sha256(table), shards.shard_sha256(table)]
+    assert first == again == hashlib.sha256(b"x" * 100).hexdigest()
+    assert replaced == after[0] == after[1] == hashlib.sha256(b"y" * 100).hexdigest()
+    # once for the file, once for the file put in its place, and every time outside the block
+    assert reads == ["manifest.parquet"] * 4

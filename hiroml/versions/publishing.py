@@ -21,6 +21,7 @@ from hiroml.doctor.libraries import environment_changes
 from hiroml.pipeline import allocator, faults
 from hiroml.store.atomic import temp_path
 from hiroml.store.reader import read_manifest
+from hiroml.store.shards import sha256_once
 from hiroml.versions import keptcolumns
 from hiroml.versions.changes import (
     VersionDiff,
@@ -157,25 +158,26 @@ def _write_version(
     allocator.release_all()  # the writer's temporaries, before the diff reads the previous one
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
-    checksums = table_checksums(tmp)
-    kept = keptcolumns.kept_dir(out)
-    change = diff_tables(
-        prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, kept=kept
-    )
-    keptcolumns.keep(kept, checksums[MANIFEST], manifest)  # for the next build's diff
-    tables[0] = manifest = None
-    allocator.release_all()  # the tables written and the previous manifest the diff read
-    if latest is not None:  # the settings and environment against the latest's build.json
-        before = build_info_of(latest)
-        now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
-        env = environment_changes(before.get("environment"), now.get("environment"))
-        change = dataclasses.replace(
-            change,
-            settings=tuple(settings_changes(before.get("config"), now.get("config"))),
-            environment=tuple(env),
-            identical_to=identical_earlier(list_versions(out), digest, latest.seq + 1),
+    with sha256_once():  # the tables, hashed here for build.json and by the report's croissant
+        checksums = table_checksums(tmp)
+        kept = keptcolumns.kept_dir(out)
+        change = diff_tables(
+            prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, kept=kept
         )
-    write_report(tmp, name, changes_html(change), digest)
+        keptcolumns.keep(kept, checksums[MANIFEST], manifest)  # for the next build's diff
+        tables[0] = manifest = None
+        allocator.release_all()  # the tables written and the previous manifest the diff read
+        if latest is not None:  # the settings and environment against the latest's build.json
+            before = build_info_of(latest)
+            now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
+            env = environment_changes(before.get("environment"), now.get("environment"))
+            change = dataclasses.replace(
+                change,
+                settings=tuple(settings_changes(before.get("config"), now.get("config"))),
+                environment=tuple(env),
+                identical_to=identical_earlier(list_versions(out), digest, latest.seq + 1),
+            )
+        write_report(tmp, name, changes_html(change), digest)
     return change, checksums
 
 
