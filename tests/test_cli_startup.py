@@ -136,3 +136,27 @@ def test_a_command_does_its_products_on_one_blas_thread() -> None:
         assert threads > 1
     mine = {**env, BLAS_THREADS_VARIABLE: "2"}
     assert _threads_after_loading(mine, "import hiroml.cli")[0] == "2"
+
+
+def test_a_command_collects_its_young_objects_less_often_the_library_does_not() -> None:
+    """A command's process raises the garbage collector's young threshold before its imports
+    (which leave about 100,000 objects that it keeps); ``import hiroml`` leaves it alone, and
+    a threshold of 0 (the collector off) stays 0."""
+    import subprocess
+
+    from hiroml.pipeline.allocator import YOUNG_THRESHOLD
+
+    code = (
+        "import gc, sys\n"
+        "if sys.argv[1] == 'off': gc.set_threshold(0)\n"
+        "import hiroml\n"
+        "library = gc.get_threshold()\n"
+        "import hiroml.cli.build\n"
+        "print(library[0], *gc.get_threshold())"
+    )
+    for start, want in (("on", f"700 {YOUNG_THRESHOLD} 10 10"), ("off", "0 0 10 10")):
+        done = subprocess.run(
+            [sys.executable, "-c", code, start], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == want.split()

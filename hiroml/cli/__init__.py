@@ -10,6 +10,10 @@ the conversion workers or a training job could use. Importing this package, befo
 or OpenCV is loaded, sets ``OPENBLAS_NUM_THREADS=1`` for the process and the workers it
 starts, unless the environment names a number already (the user's choice is kept). The
 library (``import hiroml``, the PyTorch dataset) leaves the environment as it is.
+
+A command's process also collects its young objects less often (the garbage collector's
+threshold: :func:`hiroml.pipeline.allocator.collect_young_less_often`), before its imports
+make the objects it keeps to its end.
 """
 
 import os
@@ -18,3 +22,7 @@ import os
 BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
 
 os.environ.setdefault(BLAS_THREADS_VARIABLE, "1")
+
+from hiroml.pipeline.allocator import collect_young_less_often  # noqa: E402 - after the above
+
+collect_young_less_often()

@@ -93,11 +93,6 @@ def _disk_full(
     return full
 
 
-#: the cyclic garbage collector's first threshold while a build runs: a collection of the
-#: young objects once this many more containers were made than freed (Python's default: 700)
-YOUNG_THRESHOLD = 100_000
-
-
 @contextmanager
 def _long_lived() -> Iterator[None]:
     """Keep what a build holds to its end out of the cyclic garbage collector's walks.
@@ -108,8 +103,9 @@ def _long_lived() -> Iterator[None]:
     the objects alive at a stage's end to the collector's permanent generation
     (``gc.freeze``); they are still freed when their last reference goes.
 
-    The young objects are collected every :data:`YOUNG_THRESHOLD` containers instead of every
-    700: the records a stage makes live until the stage ends, so the collections between
+    The young objects are collected every :data:`~hiroml.pipeline.allocator.YOUNG_THRESHOLD`
+    containers instead of every 700 (:func:`~hiroml.pipeline.allocator.collect_young_less_often`):
+    the records a stage makes live until the stage ends, so the collections between
     walk them again and again and promote them, and the older generations' collections then
     walk them once more. A build's garbage in reference cycles is small (about 8,700 objects
     in a week of 300 zips, on 1,000 zips as on 6,000); what dies otherwise is freed at once
@@ -120,9 +116,7 @@ def _long_lived() -> Iterator[None]:
     threshold, so that a process that builds many times (a test session) collects them
     between builds as it did before.
     """
-    before = gc.get_threshold()
-    if 0 < before[0] < YOUNG_THRESHOLD:
-        gc.set_threshold(YOUNG_THRESHOLD, *before[1:])
+    before = allocator.collect_young_less_often()
     _keep()
     try:
         yield
