@@ -52,6 +52,23 @@ def _command_logging_undone() -> Iterator[None]:
 MakeCfg = Callable[..., BuildConfig]
 
 
+@pytest.fixture
+def sha256_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files ``hiroml.store.shards`` reads for their SHA-256 from now on,
+    in order."""
+    from hiroml.store import shards
+
+    reads: list[str] = []
+    real = shards._sha256
+
+    def counted(path: Path | str) -> str:
+        reads.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(shards, "_sha256", counted)
+    return reads
+
+
 @pytest.fixture(scope="session")
 def tiny_datamart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """The tiny synthetic datamart (seed 0) and its ground truth, built once per session.

@@ -137,30 +137,22 @@ def test_a_build_reads_each_table_once_for_build_json_and_croissant(
     tiny_datamart: tuple[Path, dict[str, Any]],
     make_cfg: MakeCfg,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    sha256_reads: list[str],
 ) -> None:
     """The tables of a new version are hashed once (``shard_sha256`` in ``sha256_once``):
     ``build.json`` and ``croissant.json`` record the same SHA-256, the files' own."""
-    from hiroml.store import shards
+    import hashlib
 
-    reads: list[str] = []
-    real = shards._sha256
-
-    def counted(path: Path | str) -> str:
-        reads.append(Path(path).name)
-        return real(path)
-
-    monkeypatch.setattr(shards, "_sha256", counted)
     out = tmp_path / "out"
     assert build.run(make_cfg(tiny_datamart[0], out)).published
     tables = versions_hashing.TABLE_FILES
-    assert sorted(n for n in reads if n in tables) == sorted(tables)
+    assert sorted(n for n in sha256_reads if n in tables) == sorted(tables)
     version = versions_listing.find_version(out)
     assert version is not None
     recorded = json.loads((version.path / "build.json").read_text())["tables"]
     croissant = json.loads((version.path / "croissant.json").read_text())["distribution"]
     listed = {f["@id"]: f["sha256"] for f in croissant if f["@id"] in tables}
-    own = {n: real(version.path / n) for n in tables}
+    own = {n: hashlib.sha256((version.path / n).read_bytes()).hexdigest() for n in tables}
     assert recorded == listed == own
 
 

@@ -351,21 +351,13 @@ def test_meta_values_become_json_values() -> None:
 
 
 def test_within_sha256_once_a_file_is_read_once_until_it_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sha256_reads: list[str]
 ) -> None:
     import hashlib
     import os
 
     from hiroml.store import shards
 
-    reads: list[str] = []
-    real = shards._sha256
-
-    def counted(path: Path | str) -> str:
-        reads.append(Path(path).name)
-        return real(path)
-
-    monkeypatch.setattr(shards, "_sha256", counted)
     table = tmp_path / "manifest.parquet"
     table.write_bytes(b"x" * 100)
     with shards.sha256_once():
@@ -378,4 +370,4 @@ def test_within_sha256_once_a_file_is_read_once_until_it_is_replaced(
     assert first == again == hashlib.sha256(b"x" * 100).hexdigest()
     assert replaced == after[0] == after[1] == hashlib.sha256(b"y" * 100).hexdigest()
     # once for the file, once for the file put in its place, and every time outside the block
-    assert reads == ["manifest.parquet"] * 4
+    assert sha256_reads == ["manifest.parquet"] * 4
