@@ -30,9 +30,8 @@ Python's cyclic garbage collector: :func:`collect_young_less_often` raises its y
 threshold (a collection of the young objects every :data:`YOUNG_THRESHOLD` containers made,
 not 700). A command's process does it as it starts (``hiroml.cli``: a build's imports leave
 about 100,000 objects the collector tracks, all kept: 93 ms of collections against 44), and
-a build for as long as it runs
-(``hiroml.pipeline.driver``), for the records each stage keeps until it ends
-(``docs/scale.md``: "The collector's young threshold").
+a build for as long as it runs (``hiroml.pipeline.driver``), for the records each stage
+keeps until it ends (``docs/scale.md``: "The collector's young threshold").
 """
 
 from __future__ import annotations

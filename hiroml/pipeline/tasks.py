@@ -9,9 +9,10 @@ redoing completed shards.
 
 A record is one line of JSON, then the bytes of its samples' near-duplicate signatures one
 after another (:func:`read_record`); each sample's row holds its signature's length. Every
-build reads back every task's record: as hex text in the JSON, the signatures were three
-quarters of the records' bytes (12 of 16 MB at 6,000 radiographs) and most of their
-reading. A record of JSON alone, as earlier releases wrote it, is read as well.
+build reads back every task's record, and as hex text in the JSON the signatures would be
+three quarters of the records' bytes (12 of 16 MB at 6,000 radiographs) and most of their
+reading. A record of JSON alone, the signatures as hex text (an earlier release's), is read
+as well.
 """
 
 from __future__ import annotations
