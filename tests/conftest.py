@@ -54,18 +54,18 @@ MakeCfg = Callable[..., BuildConfig]
 
 @pytest.fixture
 def sha256_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the files ``hiroml.store.shards`` reads for their SHA-256 from now on,
-    in order."""
-    from hiroml.store import shards
+    """The names of the files ``hiroml.store.filehash.shard_sha256`` reads from now on, in
+    order."""
+    from hiroml.store import filehash
 
     reads: list[str] = []
-    real = shards._sha256
+    real = filehash._sha256
 
     def counted(path: Path | str) -> str:
         reads.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(shards, "_sha256", counted)
+    monkeypatch.setattr(filehash, "_sha256", counted)
     return reads
 
 

@@ -356,17 +356,17 @@ def test_within_sha256_once_a_file_is_read_once_until_it_is_replaced(
     import hashlib
     import os
 
-    from hiroml.store import shards
+    from hiroml.store import filehash
 
     table = tmp_path / "manifest.parquet"
     table.write_bytes(b"x" * 100)
-    with shards.sha256_once():
-        first, again = shards.shard_sha256(table), shards.shard_sha256(str(table))
+    with filehash.sha256_once():
+        first, again = filehash.shard_sha256(table), filehash.shard_sha256(str(table))
         other = tmp_path / "other"
         other.write_bytes(b"y" * 100)  # the same size, another file put in its place
         os.replace(other, table)
-        replaced = shards.shard_sha256(table)
-    after = [shards.shard_sha256(table), shards.shard_sha256(table)]
+        replaced = filehash.shard_sha256(table)
+    after = [filehash.shard_sha256(table), filehash.shard_sha256(table)]
     assert first == again == hashlib.sha256(b"x" * 100).hexdigest()
     assert replaced == after[0] == after[1] == hashlib.sha256(b"y" * 100).hexdigest()
     # once for the file, once for the file put in its place, and every time outside the block

@@ -20,8 +20,8 @@ from hiroml._version import __version__
 from hiroml.doctor.libraries import environment_changes
 from hiroml.pipeline import allocator, faults
 from hiroml.store.atomic import temp_path
+from hiroml.store.filehash import sha256_once
 from hiroml.store.reader import read_manifest
-from hiroml.store.shards import sha256_once
 from hiroml.versions import keptcolumns
 from hiroml.versions.changes import (
     VersionDiff,
