@@ -163,11 +163,12 @@ def _build_args(datamart: Path, out: Path) -> list[str]:
 
 def fresh_copy(src: Path, dst: Path) -> None:
     """``src`` copied to ``dst`` (replacing what ``dst`` holds), then written to disk
-    (``os.sync``) before anything is measured. A real week is built on an output written days before, whose pages the kernel
-    has long written back; a copy made a moment before leaves them dirty (800 MB for the
-    base of 6,000, 140 MB for 1,000), and a build's own writes may then wait while the
-    kernel flushes them, in system CPU that grows with the base. The flush takes that
-    question out of the measurement (docs/scale.md: "The week, step by step")."""
+    (``os.sync``) before anything is measured. A real week is built on an output written
+    days before, whose pages the kernel has long written back; a copy made a moment before
+    leaves them dirty (800 MB for the base of 6,000, 140 MB for 1,000), and a build's own
+    writes may then wait while the kernel flushes them, in system CPU that grows with the
+    base. The flush takes that question out of the measurement (docs/scale.md: "The week,
+    step by step")."""
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst, symlinks=True)
     os.sync()

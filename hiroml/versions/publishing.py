@@ -158,26 +158,25 @@ def _write_version(
     allocator.release_all()  # the writer's temporaries, before the diff reads the previous one
     prev_dir = latest.path if latest is not None else (out if (out / MANIFEST).is_file() else None)
     prev_name = latest.name if latest is not None else ("the root tables" if prev_dir else "")
-    with sha256_once():  # the tables, hashed here for build.json and by the report's croissant
-        checksums = table_checksums(tmp)
-        kept = keptcolumns.kept_dir(out)
-        change = diff_tables(
-            prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, kept=kept
+    checksums = table_checksums(tmp)
+    kept = keptcolumns.kept_dir(out)
+    change = diff_tables(
+        prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, kept=kept
+    )
+    keptcolumns.keep(kept, checksums[MANIFEST], manifest)  # for the next build's diff
+    tables[0] = manifest = None
+    allocator.release_all()  # the tables written and the previous manifest the diff read
+    if latest is not None:  # the settings and environment against the latest's build.json
+        before = build_info_of(latest)
+        now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
+        env = environment_changes(before.get("environment"), now.get("environment"))
+        change = dataclasses.replace(
+            change,
+            settings=tuple(settings_changes(before.get("config"), now.get("config"))),
+            environment=tuple(env),
+            identical_to=identical_earlier(list_versions(out), digest, latest.seq + 1),
         )
-        keptcolumns.keep(kept, checksums[MANIFEST], manifest)  # for the next build's diff
-        tables[0] = manifest = None
-        allocator.release_all()  # the tables written and the previous manifest the diff read
-        if latest is not None:  # the settings and environment against the latest's build.json
-            before = build_info_of(latest)
-            now = json.loads(json.dumps(dict(build_info), default=str))  # as build.json holds it
-            env = environment_changes(before.get("environment"), now.get("environment"))
-            change = dataclasses.replace(
-                change,
-                settings=tuple(settings_changes(before.get("config"), now.get("config"))),
-                environment=tuple(env),
-                identical_to=identical_earlier(list_versions(out), digest, latest.seq + 1),
-            )
-        write_report(tmp, name, changes_html(change), digest)
+    write_report(tmp, name, changes_html(change), digest)
     return change, checksums
 
 
@@ -306,9 +305,10 @@ def _publish_new(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        change, checksums = _write_version(
-            tmp, out, latest, name, tables, write_report, digest, build_info
-        )
+        with sha256_once():  # the tables: hashed for build.json, then by the report's croissant
+            change, checksums = _write_version(
+                tmp, out, latest, name, tables, write_report, digest, build_info
+            )
         info = {
             **build_info,
             "version": name,
