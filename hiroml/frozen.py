@@ -62,6 +62,8 @@ def share_texts(row: list[Any], at: Sequence[int], shared: dict[Any, Any]) -> No
     share = shared.setdefault
     for k in at:
         v = row[k]
+        if not v:  # None, or an empty text or tuple: one object already
+            continue
         kind = v.__class__
         if kind is str or (kind is tuple and all(x.__class__ is str for x in v)):
             row[k] = share(v, v)

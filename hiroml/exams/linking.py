@@ -194,7 +194,8 @@ def link_groups(
     for s in items:
         if s.data_hash:
             by_hash[s.data_hash].append(s)
-    for digest, holders in sorted(by_hash.items()):
+    shared = sorted((d, holders) for d, holders in by_hash.items() if len(holders) > 1)
+    for digest, holders in shared:
         first: dict[str, SampleIdentity] = {}  # group -> its first sample with this hash
         for s in holders:
             first.setdefault(group[s.patient_id], s)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from hiroml.exams.rules import _Unit
 from hiroml.frozen import maker
-from hiroml.records import PatientGroup
+from hiroml.records import Instance, PatientGroup
 
 log = logging.getLogger(__name__)
 #: ``PatientGroup(group, patient_ids, links, aliases)`` without the frozen ``__init__`` (one
@@ -78,8 +78,9 @@ def _groups(
             sources[new].add(old)
     pair = _link_patients(units, uf, max_hash_patients)
     members: dict[str, list[str]] = defaultdict(list)
+    parent, find = uf.parent, uf.find
     for p in patients:
-        members[uf.find(p)].append(p)
+        members[p if parent[p] == p else find(p)].append(p)
     pair_text: dict[str, list[str]] = defaultdict(list)
     for (a, b), n in sorted(pair.items()):
         pair_text[uf.find(a)].append(
@@ -88,17 +89,36 @@ def _groups(
     group_of: dict[str, str] = {}
     groups: list[PatientGroup] = []
     for root in sorted(members):
-        ids = sorted(members[root])
+        ids = members[root]  # in order: ``patients`` is sorted
         name = f"g{ids[0]}"
         for p in ids:
             group_of[p] = name
         links = tuple(pair_text.get(root, ()))
-        aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
+        if len(ids) == 1:
+            aliases = sorted(sources[root] - {root})
+        else:
+            aliases = sorted(set().union(*(sources[p] for p in ids)) - set(ids))
         groups.append(_make_group(name, tuple(ids), links, tuple(aliases)))
         if links:
             log.info("patient group %s joins ids %s", name, ", ".join(ids))
     groups.sort(key=lambda g: g.group)
     return tuple(groups), group_of
+
+
+def _real_uids(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The SOP Instance UIDs of ``keys`` (:attr:`_Unit.sop_keys`), without the stand-ins of
+    members whose UID is blank."""
+    if len(keys) == 1:
+        return () if keys[0].startswith("\x00") else keys
+    return tuple(k for k in keys if not k.startswith("\x00"))
+
+
+def _pixel_hashes(instances: tuple[Instance, ...]) -> tuple[str, ...]:
+    """The distinct non-blank pixel hashes of ``instances``."""
+    if len(instances) == 1:
+        h = instances[0].pixel_hash
+        return (h,) if h else ()
+    return tuple({i.pixel_hash for i in instances if i.pixel_hash})
 
 
 def _link_patients(
@@ -114,8 +134,8 @@ def _link_patients(
     pair: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     unit_links: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     unit_of: dict[int, _Unit] = {}
-    sop_vals = [tuple(k for k in u.sop_keys if not k.startswith("\x00")) for u in units]
-    hash_vals = [tuple({i.pixel_hash for i in u.instances if i.pixel_hash}) for u in units]
+    sop_vals = [_real_uids(u.sop_keys) for u in units]
+    hash_vals = [_pixel_hashes(u.instances) for u in units]
     common: dict[int, set[str]] = defaultdict(set)  # unit -> common hashes it holds
     for slot, values in ((0, sop_vals), (1, hash_vals)):
         for value, holders in _shared_across_patients(units, values).items():

@@ -194,11 +194,17 @@ def _make_unit(
         pixsig=pixsig,
         decoded=use_decoded,
     )
-    if patient != z.name.patient_id:
-        unit.notes.append(f"patient id {z.name.patient_id} remapped to {patient}")
-    unit.notes.extend(_read_notes(ordered))
-    header_ids = sorted({i.patient_id for i in ordered if i.patient_id})
-    odd = [h for h in header_ids if remap.get(h, h) != patient]
+    if patient != source:
+        unit.notes.append(f"patient id {source} remapped to {patient}")
+    if any(i.read_note for i in ordered):
+        unit.notes.extend(_read_notes(ordered))
+    odd = sorted(
+        {
+            i.patient_id
+            for i in ordered
+            if i.patient_id and remap.get(i.patient_id, i.patient_id) != patient
+        }
+    )
     if odd:
         unit.notes.append(
             f"header PatientID {', '.join(odd)} differs from the zip name's {patient} "
@@ -300,10 +306,11 @@ def _assign_keys(chains: list[list[_Unit]]) -> list[str]:
     """``{patient}_{yyyymmdd-hhmmss}_{hiro}`` of the primary zip, ``-2``, ``-3``... on a clash
     (in zip order of the primaries). Returns the keys in the order of ``chains``."""
     base = [f"{c[0].patient}_{_stamp(c[0].time)}_{c[0].hiro}" for c in chains]
-    order = sorted(range(len(chains)), key=lambda k: (base[k], chains[k][0].order))
+    # (base, zip order, index): no two chains share a primary, so the index never decides
+    order = sorted(zip(base, [c[0].order for c in chains], range(len(chains)), strict=True))
     used: set[str] = set()
     keys = [""] * len(chains)
-    for k in order:
+    for _, _, k in order:
         key, n = base[k], 1
         while key in used:
             n += 1

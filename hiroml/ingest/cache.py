@@ -114,7 +114,7 @@ class IndexCache:
             if rel in wanted:
                 yield _make_zip_index(
                     rel,
-                    tuple(_instance_from_row(row, shared) for row in json.loads(inst_json)),
+                    tuple([_instance_from_row(row, shared) for row in json.loads(inst_json)]),
                     ()
                     if prob_json == "[]"
                     else tuple(map(_problem_from_row, json.loads(prob_json))),

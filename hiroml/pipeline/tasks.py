@@ -297,8 +297,12 @@ def _sample_from_row(row: list[Any], shared: dict[str, str]) -> SampleRecord:
     for k in _TUPLES_AT:
         row[k] = tuple(row[k])
     for k in _TUPLES_OR_NONE_AT:
-        row[k] = _tuple_or_none(row[k])
-    row[_SIGNATURE_AT] = _signature(row[_SIGNATURE_AT])
+        v = row[k]
+        if v is not None:
+            row[k] = tuple(v)
+    sig = row[_SIGNATURE_AT]
+    if sig.__class__ is not bytes:  # bytes: from the record's tail (_take_signatures)
+        row[_SIGNATURE_AT] = _signature(sig)
     share_texts(row, _SHARED_AT, shared)
     return _make_sample(*row)
 
