@@ -28,6 +28,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
@@ -184,7 +185,7 @@ def link_groups(
     every pair counts in ``near_counts`` and ``near_pairs``."""
     if near_threshold is not None and not -1.0 <= near_threshold <= 1.0:
         raise ValueError(f"near_threshold={near_threshold}: must lie in [-1, 1]")
-    items = sorted(samples, key=lambda s: s.sample_key)
+    items = sorted(samples, key=attrgetter("sample_key"))
     group = {s.patient_id: group_of.get(s.patient_id, s.patient_id) for s in items}
     group.update(group_of)
     uf = UnionFind()

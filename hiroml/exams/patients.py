@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 
 from hiroml.exams.rules import _Unit
 from hiroml.frozen import maker
@@ -101,7 +102,7 @@ def _groups(
         groups.append(_make_group(name, tuple(ids), links, tuple(aliases)))
         if links:
             log.info("patient group %s joins ids %s", name, ", ".join(ids))
-    groups.sort(key=lambda g: g.group)
+    groups.sort(key=attrgetter("group"))
     return tuple(groups), group_of
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 
 from hiroml.config import ExamsConfig
 from hiroml.exams.patients import _groups
@@ -254,8 +255,8 @@ def build_exams(
             exams.append(exam)
     audit.extend(_duplicate_rows(units, dup))
 
-    exams.sort(key=lambda e: e.exam_key)
-    audit.sort(key=lambda r: (r.batch, r.zip, r.action, r.reason, r.kept_as, r.detail))
+    exams.sort(key=attrgetter("exam_key"))
+    audit.sort(key=attrgetter("batch", "zip", "action", "reason", "kept_as", "detail"))
     log.info(
         "%d zips -> %d exams, %d duplicates, %d patient groups",
         len(by_rel),

@@ -19,6 +19,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from hiroml.errors import DatamartError, ShrinkRefusedError
@@ -251,7 +252,7 @@ def _scan_batch(folder: Path, batch: Batch) -> tuple[list[ExamZip], list[Problem
             "vanish from the dataset as if deleted. Give the build read access to it (or move "
             "it out of the datamart); nothing was built and the output was not touched"
         ) from err
-    entries = [e for e in sorted(listed, key=lambda e: e.name) if not e.name.startswith(".")]
+    entries = [e for e in sorted(listed, key=attrgetter("name")) if not e.name.startswith(".")]
     if batch.status is BatchStatus.IN_PROGRESS:
         reason = "batch upload IN-PROGRESS: not read until the folder is marked COMPLETE"
         for e in entries:

@@ -56,7 +56,7 @@ def manifest_frame(
     Made column by column: the samples sorted by key first (no sorted copy of the frame),
     each record field's column in one pass over them, each exam's values once per exam (no
     row object per sample)."""
-    samples = sorted((s for r in results for s in r.samples), key=lambda s: s.sample_key)
+    samples = sorted((s for r in results for s in r.samples), key=operator.attrgetter("sample_key"))
     if not samples:
         from hiroml.store.tables import CT_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS
 

@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,19 @@ def config_hash(modality: Modality, cfg: BuildConfig) -> str:
 
 
 def _exam_fingerprint(exam: Exam) -> list[Any]:
+    insts = exam.instances
+    if len(insts) == 1:  # a radiograph: nothing to sort
+        i = insts[0]
+        held = [(i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size)]
+    else:
+        held = sorted((i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size) for i in insts)
     return [
         exam.exam_key,
         exam.patient_id,
         exam.source_patient_id,
         exam.description,
         exam.time.isoformat(),
-        sorted(
-            (i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size) for i in exam.instances
-        ),
+        held,
     ]
 
 
@@ -101,7 +106,7 @@ def plan_tasks(
     in exam-key order, so that a new weekly batch makes new tasks and leaves old ones be."""
     specs: list[TaskSpec] = []
     by_key: dict[tuple[Modality, str], list[Exam]] = {}
-    for e in sorted(exams, key=lambda e: e.exam_key):
+    for e in sorted(exams, key=attrgetter("exam_key")):
         if (e.modality is Modality.CXR and not cfg.cxr.enabled) or (
             e.modality is Modality.CT and not cfg.ct.enabled
         ):
