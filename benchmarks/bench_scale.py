@@ -29,6 +29,7 @@ peak of the first build on 6,000 <= 1.25x that on 1,000, under 2 GB projected at
     python benchmarks/bench_scale.py --full     # also a base of 30,000
     python benchmarks/bench_scale.py --first 2000  # only the first build of 2,000 zips
     python benchmarks/bench_scale.py --repeat 3 --instructions  # and instructions counted
+    python benchmarks/bench_scale.py --instructions --steps  # ... per step of the build
 
 ``--first N`` prints the first build's fixed cost per zip alone: one build of N zips (CPU
 ms per zip) beside the decode loop over the same zips, and their ratio (goal: <= 2x).
@@ -43,6 +44,10 @@ per base in turn (the first builds of every base come first), so that a slow spe
 machine slows the bases of a round alike, not one base's builds. With ``--first`` it builds the N
 zips that many times, each into a new output folder and each after a decode loop over the
 same zips, and keeps the least CPU of each.
+
+``--instructions --steps`` counts them per step of the build as well (the functions of
+``benchmarks/week_markers.py``, each counted apart from the steps it calls), with each
+step's growth from the smallest base: where what grows with the dataset lies.
 
 ``--instructions`` then builds each week once more under valgrind's callgrind and prints
 the instructions each executes, and their growth: a count that no other load on the machine
@@ -72,6 +77,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,17 +292,54 @@ def instructions(datamart: Path, out: Path) -> int:
     return int(found.group(1))
 
 
-def count_weeks(bases: list[Base], n_week: int) -> None:
+def instructions_by_step(datamart: Path, out: Path) -> Counter[str]:
+    """:func:`instructions`, per step of the build (``benchmarks/week_markers.py``: the
+    innermost step running), from one build under callgrind with a dump at each marker."""
+    from week_markers import instructions_by_step as by_step
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="hiroml-steps-") as tmp:
+        dumps, marks = Path(tmp) / "callgrind.out", Path(tmp) / "marks.json"
+        cmd = [valgrind, "--tool=callgrind", "--dump-before=*getppid*"]
+        cmd += [f"--callgrind-out-file={dumps}", sys.executable]
+        cmd += [str(Path(__file__).with_name("week_markers.py")), *_build_args(datamart, out)]
+        env = {**os.environ, "HIROML_MARKS": str(marks)}
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env=env)
+        if done.returncode != 0 or not marks.is_file():
+            raise SystemExit(f"counted build of {datamart} failed:\n{done.stderr[-3000:]}")
+        return by_step(dumps, marks)
+
+
+def count_weeks(bases: list[Base], n_week: int, *, steps: bool = False) -> None:
     """Each base's week built once more under callgrind, on a fresh copy of its first build's
-    output: the instructions of each, and their growth from the smallest base."""
-    counts = []
+    output: the instructions of each, and their growth from the smallest base; with
+    ``steps``, also per step of the build, largest growth first."""
+    counts, by_step = [], []
     for b in bases:
         assert b.copy is not None  # first_build keeps one when instructions are counted
         fresh_copy(b.copy, b.out)
-        counts.append(instructions(b.datamart, b.out))
+        if steps:
+            by_step.append(instructions_by_step(b.datamart, b.out))
+            counts.append(sum(by_step[-1].values()))
+        else:
+            counts.append(instructions(b.datamart, b.out))
         print(f"  base {b.n} + week {n_week}: {counts[-1] / 1e9:.2f} G instructions", flush=True)
     for b, n in zip(bases[1:], counts[1:], strict=True):
         print(f"instructions growth {bases[0].n} -> {b.n}: week x{n / counts[0]:.3f}")
+    if steps:
+        step_table([b.n for b in bases], by_step)
+
+
+def step_table(ns: list[int], by_step: list[Counter[str]]) -> None:
+    """Millions of instructions per step and base, and each step's growth from the smallest
+    base to the largest, largest growth first."""
+    names = sorted(set().union(*by_step), key=lambda k: by_step[0][k] - by_step[-1][k])
+    print(f"{'step (innermost)':40}" + "".join(f"{n:>10,}" for n in ns) + f"{'grows':>10}")
+    for name in names:
+        cells = "".join(f"{c[name] / 1e6:10.0f}" for c in by_step)
+        print(f"{name:40}{cells}{(by_step[-1][name] - by_step[0][name]) / 1e6:+10.0f}")
 
 
 def _timings(out: Path) -> str:
@@ -393,6 +436,11 @@ def main() -> None:
         action="store_true",
         help="then count each week's instructions under valgrind's callgrind",
     )
+    ap.add_argument(
+        "--steps",
+        action="store_true",
+        help="with --instructions: per step of the build (benchmarks/week_markers.py)",
+    )
     args = ap.parse_args()
     if args.build_with:
         build_with(args.build_with.resolve())
@@ -424,7 +472,7 @@ def main() -> None:
             firsts.append(base)
         table(measure(firsts, week, n_week, args.repeat), n_week)
         if args.instructions:
-            count_weeks(firsts, n_week)
+            count_weeks(firsts, n_week, steps=args.steps)
 
 
 if __name__ == "__main__":
