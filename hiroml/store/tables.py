@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from itertools import chain
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 import numpy as np
@@ -137,13 +138,14 @@ def _list_array(values: list[Any], typ: pa.ListType) -> pa.Array:
     one pyarrow call; anything else (numpy arrays read back, NaN cells, a bare text) per
     cell. Each gives the same array as :func:`_as_list` per cell."""
     kind = typ.value_type
-    if kind == pa.uint8() and values and all(v is None or type(v) is bytes for v in values):
+    kinds = set(map(type, values))  # the cells' types, each once
+    if kind == pa.uint8() and values and kinds <= {bytes, NoneType}:
         return _byte_lists(values)  # the driver's signatures (null for CT)
     if values and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        fast = _uniform_numbers(values, kind)
+        fast = _uniform_numbers(values, kind, kinds)
         if fast is not None:
             return fast
-    if all(v is None or type(v) is list or type(v) is tuple for v in values):
+    if kinds <= {list, tuple, NoneType}:
         try:  # the cells the driver builds: pyarrow converts them as they are, in one call
             return pa.array(values, type=typ)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -167,8 +169,14 @@ def _byte_lists(values: list[bytes | None]) -> pa.Array:
 _GRID_ROWS = 512
 
 
-def _uniform_numbers(values: list[Any], kind: pa.DataType) -> pa.Array | None:
-    if not all(isinstance(v, tuple | list | np.ndarray) for v in values):
+def _uniform_numbers(
+    values: list[Any], kind: pa.DataType, kinds: set[type] | None = None
+) -> pa.Array | None:
+    """``values`` as a list array through numpy, when every cell is a sequence of numbers of
+    one length; None otherwise. ``kinds``: the cells' types, where the caller has them."""
+    if kinds is None:
+        kinds = set(map(type, values))
+    if not all(issubclass(k, tuple | list | np.ndarray) for k in kinds):
         return None
     want = np.dtype(kind.to_pandas_dtype())
     parts: list[np.ndarray] = []
