@@ -29,7 +29,7 @@ peak of the first build on 6,000 <= 1.25x that on 1,000, under 2 GB projected at
     python benchmarks/bench_scale.py --full     # also a base of 30,000
     python benchmarks/bench_scale.py --first 2000  # only the first build of 2,000 zips
     python benchmarks/bench_scale.py --repeat 3 --instructions  # and instructions counted
-    python benchmarks/bench_scale.py --instructions --steps  # ... per step of the build
+    python benchmarks/bench_scale.py --steps    # instructions counted per step of the build
 
 ``--first N`` prints the first build's fixed cost per zip alone: one build of N zips (CPU
 ms per zip) beside the decode loop over the same zips, and their ratio (goal: <= 2x).
@@ -45,15 +45,15 @@ machine slows the bases of a round alike, not one base's builds. With ``--first`
 zips that many times, each into a new output folder and each after a decode loop over the
 same zips, and keeps the least CPU of each.
 
-``--instructions --steps`` counts them per step of the build as well (the functions of
-``benchmarks/week_markers.py``, each counted apart from the steps it calls), with each
-step's growth from the smallest base: where what grows with the dataset lies.
-
 ``--instructions`` then builds each week once more under valgrind's callgrind and prints
 the instructions each executes, and their growth: a count that no other load on the machine
 moves (the week's growth in CPU seconds read 1.18-1.36x over three runs here), for a
 before/after of a change smaller than that spread. It needs ``valgrind`` (Debian: ``apt-get
 install valgrind``) and takes about 50 times a build's CPU (4-5 minutes a week here).
+
+``--steps`` counts them per step of the build as well (``--instructions`` implied): the
+functions of ``benchmarks/week_markers.py``, each counted apart from the steps it calls,
+with each step's growth from the smallest base, where what grows with the dataset lies.
 
 ``--compile`` runs the builds on hiroml as an installed package is: the bytecode of the
 hiroml they import (``--build-with``'s, or this environment's) is compiled first
@@ -277,12 +277,18 @@ def measure(bases: list[Base], week: Path, n_week: int, repeat: int = 1) -> list
     return rows
 
 
-def instructions(datamart: Path, out: Path) -> int:
-    """The instructions ``hiroml-build`` (as :func:`build` runs it) executes on ``datamart``
-    into ``out``, counted by valgrind's callgrind (its ``Collected`` line)."""
+def _valgrind() -> str:
+    """The path of ``valgrind``; SystemExit saying how to install it where it is missing."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    return valgrind
+
+
+def instructions(datamart: Path, out: Path) -> int:
+    """The instructions ``hiroml-build`` (as :func:`build` runs it) executes on ``datamart``
+    into ``out``, counted by valgrind's callgrind (its ``Collected`` line)."""
+    valgrind = _valgrind()
     cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     cmd += [sys.executable, "-m", "hiroml", *_build_args(datamart, out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
@@ -297,9 +303,7 @@ def instructions_by_step(datamart: Path, out: Path) -> Counter[str]:
     innermost step running), from one build under callgrind with a dump at each marker."""
     from week_markers import instructions_by_step as by_step
 
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    valgrind = _valgrind()
     with tempfile.TemporaryDirectory(prefix="hiroml-steps-") as tmp:
         dumps, marks = Path(tmp) / "callgrind.out", Path(tmp) / "marks.json"
         cmd = [valgrind, "--tool=callgrind", "--dump-before=*getppid*"]
@@ -439,9 +443,10 @@ def main() -> None:
     ap.add_argument(
         "--steps",
         action="store_true",
-        help="with --instructions: per step of the build (benchmarks/week_markers.py)",
+        help="--instructions, per step of the build as well (benchmarks/week_markers.py)",
     )
     args = ap.parse_args()
+    args.instructions = args.instructions or args.steps
     if args.build_with:
         build_with(args.build_with.resolve())
     if args.compile:

@@ -83,12 +83,8 @@ def config_hash(modality: Modality, cfg: BuildConfig) -> str:
 
 
 def _exam_fingerprint(exam: Exam) -> list[Any]:
-    insts = exam.instances
-    if len(insts) == 1:  # a radiograph: nothing to sort
-        i = insts[0]
-        held = [(i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size)]
-    else:
-        held = sorted((i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size) for i in insts)
+    held = [(i.rel_zip, i.member, i.sop_uid, i.pixel_hash, i.member_size) for i in exam.instances]
+    held.sort()  # in place: a radiograph's one instance costs no sorted copy
     return [
         exam.exam_key,
         exam.patient_id,
@@ -302,12 +298,8 @@ def _sample_from_row(row: list[Any], shared: dict[str, str]) -> SampleRecord:
     for k in _TUPLES_AT:
         row[k] = tuple(row[k])
     for k in _TUPLES_OR_NONE_AT:
-        v = row[k]
-        if v is not None:
-            row[k] = tuple(v)
-    sig = row[_SIGNATURE_AT]
-    if sig.__class__ is not bytes:  # bytes: from the record's tail (_take_signatures)
-        row[_SIGNATURE_AT] = _signature(sig)
+        row[k] = _tuple_or_none(row[k])
+    row[_SIGNATURE_AT] = _signature(row[_SIGNATURE_AT])
     share_texts(row, _SHARED_AT, shared)
     return _make_sample(*row)
 
