@@ -79,6 +79,35 @@ def test_a_touched_zip_or_a_new_sheet_builds_again(
     assert not build.run(make_cfg(dm, out, f"paths.clinical={sheet}")).unchanged
 
 
+@pytest.mark.parametrize("switch", ["skip_unchanged=true", "skip_unchanged=false"])
+def test_an_input_changed_during_the_build_builds_again(
+    once: tuple[Path, Path, build.BuildSummary],
+    make_cfg: MakeCfg,
+    monkeypatch: pytest.MonkeyPatch,
+    switch: str,
+) -> None:
+    """The record holds the inputs as the build listed them: a sheet edited after the build
+    read it (here while the tasks are planned) is new to the next run, which builds again.
+    With or without the check before the build (which lists the datamart for it)."""
+    from hiroml.pipeline import driver
+
+    dm, out, _first = once
+    sheet = dm / "extra.csv"
+    sheet.write_text("patient_id\n1\n")
+    cfg = make_cfg(dm, out, f"paths.clinical={sheet}")
+    real = driver.plan_tasks
+
+    def edited_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        sheet.write_text("patient_id\n1\n2\n")  # read already: this build keeps 1 row
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "plan_tasks", edited_meanwhile)
+    assert not build.run(make_cfg(dm, out, f"paths.clinical={sheet}", switch)).unchanged
+    monkeypatch.undo()
+    assert not build.run(cfg).unchanged, "answered with a result of the sheet before the edit"
+    assert build.run(cfg).unchanged
+
+
 def test_a_result_key_a_changed_output_or_the_switch_builds_again(
     once: tuple[Path, Path, build.BuildSummary], make_cfg: MakeCfg
 ) -> None:

@@ -211,11 +211,14 @@ def run(
     cv2.setNumThreads(1)
     started = now()
     if seen is not None and seen.found is not None and seen.found.root == str(root):
-        found, t_discover = seen.found, seen.seconds
+        found, t_discover, listed = seen.found, seen.seconds, seen.fingerprint
     else:
         t = time.perf_counter()
         found = datamart.discover(root)  # a missing or empty datamart stops here
         t_discover = time.perf_counter() - t
+        listed = None
+    if listed is None:  # the inputs as listed, for the record of this build
+        listed = unchanged.fingerprint(cfg, root, found)
     out = Path(cfg.paths.output)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, wait=cfg.wait_for_lock), _long_lived():
@@ -225,7 +228,7 @@ def run(
         summary.stage_seconds["discover"] = t_discover
         before = (_latest(out),)
         try:
-            return _build(cfg, root, out, found, summary, t_start)
+            return _build(cfg, root, out, found, summary, t_start, listed)
         except (OSError, sqlite3.OperationalError) as err:  # the index, or after publishing
             full = _disk_full(err, out, "building", before=before)
             if full is None:
@@ -262,8 +265,10 @@ def _build(
     found: Discovery,
     summary: BuildSummary,
     t_start: float,
+    listed: str,
 ) -> BuildSummary:
-    """The build itself, under the output's lock (see :func:`run`)."""
+    """The build itself, under the output's lock (see :func:`run`); ``listed``: the
+    fingerprint of the inputs as listed (:func:`hiroml.pipeline.unchanged.fingerprint`)."""
     from hiroml import vocab as synth_truth
 
     sequester.check_output(cfg, out)  # before anything is read or built
@@ -301,7 +306,7 @@ def _build(
     shards = set(m["shard"].astype(str).unique().tolist()) if len(m) else set()
     if cfg.splits.sequester:  # the fast path answers only while the sequestered folder stands
         shards.add(f"{SEQUESTERED_DIR}/{MANIFEST}")
-    unchanged.remember(cfg, root, out, found, summary, shards)
+    unchanged.remember(cfg, root, out, found, summary, shards, inputs=listed)
     return summary
 
 

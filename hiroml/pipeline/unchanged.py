@@ -2,9 +2,10 @@
 the output's latest version answers at once, without indexing, converting or hashing again.
 
 After every successful build, :func:`remember` writes ``<output>/.hiroml/inputs.json``: a
-fingerprint of everything the build's result depends on, and the size and modification time
-of every file of the output it left (root tables and shards). The next build compares
-(:func:`previous_build`) before it reads anything. The fingerprint covers:
+fingerprint of everything the build's result depends on, taken when the build listed its
+inputs (an input edited while the build runs is new to the next run), and the size and
+modification time of every file of the output it left (root tables and shards). The next
+build compares (:func:`previous_build`) before it reads anything. The fingerprint covers:
 
 - the hiroml version, and the versions of the libraries that decide stored values
   (:func:`hiroml.doctor.libraries.environment`, read from the package metadata): a new environment
@@ -125,13 +126,15 @@ def _output_files(out: Path, version: str, shards: set[str]) -> dict[str, list[A
 
 def remember(
     cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary,
-    shards: set[str],
+    shards: set[str], *, inputs: str | None = None,
 ) -> None:  # fmt: skip
     """Record the fingerprint of a build that ended with ``summary.version`` as the latest
-    version, and the output files as they are now (``shards``: those the manifest names)."""
+    version, and the output files as they are now (``shards``: those the manifest names).
+    ``inputs``: the :func:`fingerprint` taken when the build listed its inputs, which is
+    what the build read; without it, taken now."""
     record = {
         "format": _FORMAT,
-        "fingerprint": fingerprint(cfg, root, found),
+        "fingerprint": inputs if inputs is not None else fingerprint(cfg, root, found),
         "version": summary.version,
         "files": _output_files(out, summary.version, shards),
         "summary": jsonable_summary(summary),
@@ -148,6 +151,8 @@ class Look:
     summary: BuildSummary | None
     found: Discovery | None = None
     seconds: float = 0.0  # how long the listing took
+    #: the :func:`fingerprint` of the inputs as listed (None when nothing was listed)
+    fingerprint: str | None = None
 
 
 def answer(cfg: BuildConfig) -> BuildSummary | None:
@@ -174,27 +179,32 @@ def look(cfg: BuildConfig) -> Look:
     found = datamart.discover(root)  # a missing or empty datamart: the build's own error
     listed = time.perf_counter() - t_start
     summary.stage_seconds["discover"] = listed
+    inputs = fingerprint(cfg, root, found)
     with build_lock(out, wait=cfg.wait_for_lock):
         t = time.perf_counter()
-        same = previous_build(cfg, root, out, found, summary)
+        same = previous_build(cfg, root, out, found, summary, inputs=inputs)
     if same is not None:
         same.stage_seconds["check"] = time.perf_counter() - t
         same.seconds = time.perf_counter() - t_start
-    return Look(same, found, listed)
+    return Look(same, found, listed, inputs)
 
 
 def previous_build(
-    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary
-) -> BuildSummary | None:
+    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary,
+    *, inputs: str | None = None,
+) -> BuildSummary | None:  # fmt: skip
     """The summary of the build that made the latest version, when this build's inputs are
-    the same and the output is as that build left it; else None (build as always)."""
+    the same and the output is as that build left it; else None (build as always).
+    ``inputs``: their :func:`fingerprint`, where the caller has taken it."""
     try:
         record = json.loads(record_path(out).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("format") != _FORMAT:
         return None
-    if record.get("fingerprint") != fingerprint(cfg, root, found):
+    if inputs is None:
+        inputs = fingerprint(cfg, root, found)
+    if record.get("fingerprint") != inputs:
         return None
     latest = _newest_version(out)
     if latest is None or latest != record.get("version"):
