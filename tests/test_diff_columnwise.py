@@ -159,7 +159,8 @@ def test_diff_tables_as_the_per_row_rules(tmp_path: Path, seed: int) -> None:
     groups = sorted(set(new["patient_group"]))
     a_dir = _write(tmp_path / "a", _table(old), _audit(rng, 40, []))
     b_table = _table(new)
-    b_dir = _write(tmp_path / "b", b_table, _audit(rng, 45, groups[:5]))
+    audit_b = _audit(rng, 45, groups[:5])
+    b_dir = _write(tmp_path / "b", b_table, audit_b)
     got = versions_changes.diff_tables(a_dir, b_dir)
     want = _by_rows(a_dir, b_dir)
     assert {k: v for k, v in got.as_json().items() if k in want} == want
@@ -170,6 +171,13 @@ def test_diff_tables_as_the_per_row_rules(tmp_path: Path, seed: int) -> None:
     assert {"signature", "description"} <= set(got.columns_changed)
     # the new manifest held in memory gives the same diff as the one read back
     assert versions_changes.diff_tables(a_dir, b_dir, b_manifest=b_table) == got
+    # the new audit held in memory likewise, a missing cell (None, NaN) as the CSV's ""
+    holey = audit_b.astype(object)
+    holey.loc[holey["kept_as"] == "", "kept_as"] = None
+    holey.loc[holey["detail"] == "", "detail"] = np.nan
+    assert holey["kept_as"].isna().any() and holey["detail"].isna().any()
+    in_memory = versions_changes.diff_tables(a_dir, b_dir, b_manifest=b_table, b_audit=holey)
+    assert in_memory == got
     # nothing before: everything added; the same tables: nothing changed
     first = versions_changes.diff_tables(None, b_dir)
     assert first.samples_added == tuple(sorted(new["sample_key"])) and not first.moves

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hiroml.doctor.libraries import environment_changes
-from hiroml.store.reader import OWN_COLUMNS, cell_plain, read_audit
+from hiroml.store.reader import OWN_COLUMNS, cell_plain, is_missing, read_audit
 from hiroml.versions import columns as versions_columns
 from hiroml.versions import keptcolumns
 from hiroml.versions.hashing import _canonical
@@ -190,20 +190,27 @@ def _audit_of(folder: Path | None) -> pd.DataFrame:
     return read_audit(folder)
 
 
-def _decision_rows(audit: pd.DataFrame) -> pd.DataFrame:
-    """The audit's decisions, one row per zip and decision: ``batch``, ``zip`` and ``what``
-    (``"action: reason"``, with ``" (kept as ...)"`` where a row names what it was kept as);
+def _texts(audit: pd.DataFrame, column: str) -> list[str]:
+    """A column of an audit as :func:`read_audit` gives it once written: every cell text, a
+    missing one (None, NaN, NA) ``""``; ``""`` throughout where there is no such column."""
+    if column not in audit.columns:
+        return [""] * len(audit)
+    values = audit[column].tolist()
+    if set(map(type, values)) <= {str}:  # an audit read back, or made of texts
+        return values
+    return ["" if is_missing(v) else str(v) for v in values]
+
+
+def _decision_rows(audit: pd.DataFrame) -> set[tuple[str, str, str]]:
+    """The audit's decisions, one ``(batch, zip, what)`` per zip and decision (``what``:
+    ``"action: reason"``, with ``" (kept as ...)"`` where a row names what it was kept as);
     split moves left out (they are the diff's own section)."""
-
-    def col(c: str) -> pd.Series:
-        return audit[c].astype(str) if c in audit.columns else pd.Series("", index=audit.index)
-
-    reason, kept_as = col("reason"), col("kept_as")
-    what = col("action") + ": " + reason
-    kept = kept_as != ""
-    what = what.where(~kept, what + " (kept as " + kept_as + ")")
-    rows = pd.DataFrame({"batch": col("batch"), "zip": col("zip"), "what": what})
-    return rows[(reason != SPLIT_MOVED).to_numpy()].drop_duplicates()
+    cols = (_texts(audit, c) for c in ("batch", "zip", "action", "reason", "kept_as"))
+    return {
+        (batch, zip_name, f"{action}: {reason} (kept as {kept})" if kept else f"{action}: {reason}")
+        for batch, zip_name, action, reason, kept in zip(*cols, strict=True)
+        if reason != SPLIT_MOVED
+    }
 
 
 def _decisions(aa: pd.DataFrame, ab: pd.DataFrame) -> tuple[DecisionChange, ...]:
@@ -211,16 +218,13 @@ def _decisions(aa: pd.DataFrame, ab: pd.DataFrame) -> tuple[DecisionChange, ...]
     a zip are its rows' distinct texts, sorted and joined with ``"; "`` (``""``: absent). Only
     zips with a decision one audit has and the other lacks are joined and compared."""
     ra, rb = _decision_rows(aa), _decision_rows(ab)
-    both = pd.concat([ra, rb], ignore_index=True)
-    one_sided = both[~both.duplicated(keep=False).to_numpy()]
-    if one_sided.empty:
+    keys = {(batch, zip_name) for batch, zip_name, _ in ra ^ rb}
+    if not keys:
         return ()
-    keys = set(zip(one_sided["batch"].tolist(), one_sided["zip"].tolist(), strict=True))
 
-    def joined(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+    def joined(rows: set[tuple[str, str, str]]) -> dict[tuple[str, str], str]:
         found: dict[tuple[str, str], set[str]] = {}
-        cols = (rows[c].tolist() for c in ("batch", "zip", "what"))
-        for batch, zip_name, what in zip(*cols, strict=True):
+        for batch, zip_name, what in rows:
             if (batch, zip_name) in keys:
                 found.setdefault((batch, zip_name), set()).add(what)
         return {k: "; ".join(sorted(v)) for k, v in found.items()}
@@ -318,11 +322,13 @@ def diff_tables(
     a_name: str = "",
     b_name: str = "",
     b_manifest: pa.Table | None = None,
+    b_audit: pd.DataFrame | None = None,
     kept: Path | None = None,
 ) -> VersionDiff:
     """What changed from the tables in ``a_dir`` (``None``: nothing) to those in ``b_dir``.
     ``b_manifest``: the manifest ``b_dir`` holds, where the caller has it in memory (it was
-    just written there): compared as it is instead of read back. ``kept``: the folder where
+    just written there): compared as it is instead of read back; ``b_audit`` likewise, the
+    audit ``b_dir`` holds (its cells taken as the text read back). ``kept``: the folder where
     builds keep their manifests' large columns (:mod:`hiroml.versions.keptcolumns`), read
     there instead of decoded when they are kept for these manifests. Everything is computed
     on the two manifests' Arrow columns; a missing cell (null) counts as no sample, patient
@@ -344,7 +350,7 @@ def diff_tables(
     had = ta is not None  # else no label is "added"
     labels_a = _labels(ta) if had else set()
     labels_b = _labels(tb) if had else set()
-    audit_b = _audit_of(b_dir)
+    audit_b = _audit_of(b_dir) if b_audit is None else b_audit
     return VersionDiff(
         columns_changed=_values_changed(ta, tb),
         a=a_name,
@@ -433,8 +439,7 @@ def _move_reasons(audit: pd.DataFrame) -> dict[str, str]:
     if "reason" not in audit.columns or "kept_as" not in audit.columns:
         return {}
     rows = audit[audit["reason"] == SPLIT_MOVED]
-    details = rows["detail"].tolist() if "detail" in rows.columns else [""] * len(rows)
-    return {str(k): str(d) for k, d in zip(rows["kept_as"].tolist(), details, strict=True)}
+    return dict(zip(_texts(rows, "kept_as"), _texts(rows, "detail"), strict=True))
 
 
 def _labels(table: versions_columns.Columns | None) -> set[str]:

@@ -161,8 +161,9 @@ def _write_version(
     checksums = table_checksums(tmp)
     kept = keptcolumns.kept_dir(out)
     change = diff_tables(
-        prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, kept=kept
-    )
+        prev_dir, tmp, a_name=prev_name, b_name=name, b_manifest=manifest, b_audit=audit,
+        kept=kept,
+    )  # fmt: skip
     keptcolumns.keep(kept, checksums[MANIFEST], manifest)  # for the next build's diff
     tables[0] = manifest = None
     allocator.release_all()  # the tables written and the previous manifest the diff read
