@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from types import NoneType
 from typing import Any
@@ -341,8 +342,12 @@ def validate_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
 def audit_frame(rows: Iterable[AuditRow]) -> pd.DataFrame:
     """audit.csv's rows from :class:`AuditRow` records (AUDIT_COLUMNS first)."""
     columns = [*AUDIT_COLUMNS, "exam_key", "member"]  # AuditRow.code is not written
-    records = [{k: str(getattr(r, k)) for k in columns} for r in rows]
-    return pd.DataFrame.from_records(records, columns=columns)
+    rows = rows if isinstance(rows, Sequence) else list(rows)
+    if not rows:
+        return pd.DataFrame.from_records([], columns=columns)
+    # column by column: no dict per row
+    texts = {k: list(map(str, map(attrgetter(k), rows))) for k in columns}
+    return pd.DataFrame(texts, columns=columns)
 
 
 def patients_frame(
