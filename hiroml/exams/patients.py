@@ -25,12 +25,14 @@ class UnionFind:
         self.parent = {i: i for i in items}
 
     def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
+        parent = self.parent
+        root = parent.setdefault(x, x)
+        if root == x:  # a root (most ids: a patient of one id)
+            return x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
         return root
 
     def union(self, a: str, b: str) -> None:
@@ -79,9 +81,8 @@ def _groups(
             sources[new].add(old)
     pair = _link_patients(units, uf, max_hash_patients)
     members: dict[str, list[str]] = defaultdict(list)
-    parent, find = uf.parent, uf.find
     for p in patients:
-        members[p if parent[p] == p else find(p)].append(p)
+        members[uf.find(p)].append(p)
     pair_text: dict[str, list[str]] = defaultdict(list)
     for (a, b), n in sorted(pair.items()):
         pair_text[uf.find(a)].append(

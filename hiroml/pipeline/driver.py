@@ -306,7 +306,7 @@ def _build(
     shards = set(m["shard"].astype(str).unique().tolist()) if len(m) else set()
     if cfg.splits.sequester:  # the fast path answers only while the sequestered folder stands
         shards.add(f"{SEQUESTERED_DIR}/{MANIFEST}")
-    unchanged.remember(cfg, root, out, found, summary, shards, inputs=listed)
+    unchanged.remember(out, summary, shards, inputs=listed)
     return summary
 
 

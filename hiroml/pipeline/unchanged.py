@@ -124,17 +124,13 @@ def _output_files(out: Path, version: str, shards: set[str]) -> dict[str, list[A
     return {name: _stat(out / name) for name in names}
 
 
-def remember(
-    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary,
-    shards: set[str], *, inputs: str | None = None,
-) -> None:  # fmt: skip
-    """Record the fingerprint of a build that ended with ``summary.version`` as the latest
-    version, and the output files as they are now (``shards``: those the manifest names).
-    ``inputs``: the :func:`fingerprint` taken when the build listed its inputs, which is
-    what the build read; without it, taken now."""
+def remember(out: Path, summary: BuildSummary, shards: set[str], *, inputs: str) -> None:
+    """Record ``inputs``, the :func:`fingerprint` taken when a build that ended with
+    ``summary.version`` listed its inputs (what it read), with that version as the latest
+    and the output files as they are now (``shards``: those the manifest names)."""
     record = {
         "format": _FORMAT,
-        "fingerprint": inputs if inputs is not None else fingerprint(cfg, root, found),
+        "fingerprint": inputs,
         "version": summary.version,
         "files": _output_files(out, summary.version, shards),
         "summary": jsonable_summary(summary),
@@ -182,28 +178,23 @@ def look(cfg: BuildConfig) -> Look:
     inputs = fingerprint(cfg, root, found)
     with build_lock(out, wait=cfg.wait_for_lock):
         t = time.perf_counter()
-        same = previous_build(cfg, root, out, found, summary, inputs=inputs)
+        same = previous_build(out, summary, inputs=inputs)
     if same is not None:
         same.stage_seconds["check"] = time.perf_counter() - t
         same.seconds = time.perf_counter() - t_start
     return Look(same, found, listed, inputs)
 
 
-def previous_build(
-    cfg: BuildConfig, root: Path, out: Path, found: Discovery, summary: BuildSummary,
-    *, inputs: str | None = None,
-) -> BuildSummary | None:  # fmt: skip
+def previous_build(out: Path, summary: BuildSummary, *, inputs: str) -> BuildSummary | None:
     """The summary of the build that made the latest version, when this build's inputs are
     the same and the output is as that build left it; else None (build as always).
-    ``inputs``: their :func:`fingerprint`, where the caller has taken it."""
+    ``inputs``: their :func:`fingerprint`."""
     try:
         record = json.loads(record_path(out).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("format") != _FORMAT:
         return None
-    if inputs is None:
-        inputs = fingerprint(cfg, root, found)
     if record.get("fingerprint") != inputs:
         return None
     latest = _newest_version(out)
